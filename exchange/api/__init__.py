@@ -1,0 +1,1 @@
+"""gRPC edge: servicers decode and authenticate, call one service function, map errors."""

@@ -1,0 +1,106 @@
+"""The hub process: a grpc.aio server with mTLS, health checking and reflection.
+
+Shutdown (SIGTERM/SIGINT): health turns NOT_SERVING, the server stops accepting calls, in-flight
+calls get ``shutdown_grace_seconds`` to finish, the ledger writes its final checkpoint, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import grpc
+import structlog
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from exchange.api.pipeline import Pipeline
+from exchange.api.services import SERVICES
+from exchange.config import Config
+from exchange.crypto.keystore import Keystore
+from exchange.hub import Hub
+
+log = structlog.get_logger("exchange.server")
+
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+
+
+def server_credentials(config: Config) -> grpc.ServerCredentials:
+    """TLS credentials from the keystore, asking for (not requiring) a client certificate.
+
+    The certificate is then checked on every call by the pipeline, so a caller without one gets
+    a precise UNAUTHENTICATED / NO_CLIENT_CERTIFICATE instead of a failed handshake, and health
+    checks from a load balancer still work. Raises KeyFileError for missing or unsafe files.
+    """
+    identity = Keystore(config.keys_dir).hub_server_tls()
+    return grpc.ssl_server_credentials(
+        [(identity.private_key, identity.certificate)],
+        root_certificates=identity.ca,
+        require_client_auth=False,
+    )
+
+
+class HubServer:
+    """A running hub: start, wait, stop."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.hub = Hub.open(config)
+        self.server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ]
+        )
+        self.health = health_aio.HealthServicer()
+        self.port = 0
+        pipeline = Pipeline(self.hub)
+        from exchange.api.services import bind
+
+        names = [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
+        for name, base, add, methods in SERVICES:
+            add(bind(base, methods, pipeline), self.server)
+            names.append(name)
+        self.service_names = names[1:]
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], self.server)
+
+    async def start(self) -> int:
+        """Open the ledger, bind and start serving; return the bound port."""
+        await self.hub.start()
+        if self.config.insecure:
+            log.warning(
+                "insecure_mode",
+                message="serving WITHOUT TLS: callers are unauthenticated; never in production",
+            )
+            self.port = self.server.add_insecure_port(self.config.listen)
+        else:
+            self.port = self.server.add_secure_port(
+                self.config.listen, server_credentials(self.config)
+            )
+        await self.server.start()
+        for name in ["", *self.service_names]:
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving", listen=self.config.listen, port=self.port, tls=not self.config.insecure)
+        return self.port
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Refuse new calls, let in-flight ones finish within ``grace`` seconds, flush, close."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.config.shutdown_grace_seconds if grace is None else grace)
+        await self.hub.close()
+        log.info("stopped")
+
+
+async def serve(config: Config) -> None:
+    """Run the hub until SIGTERM or SIGINT, then shut down gracefully."""
+    hub_server = HubServer(config)
+    await hub_server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting_down", grace_seconds=config.shutdown_grace_seconds)
+    await hub_server.stop()

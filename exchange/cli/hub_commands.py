@@ -1,0 +1,240 @@
+"""``exchange serve``, ``exchange health`` and the operator's ``exchange registry`` commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from adapters.client import HubClient, Identity, Refused, channel
+from exchange.cli.main import fail, load_config, run
+from exchange.config import Config
+from exchange.crypto.keys import KeyFileError, load_public_key
+from exchange.crypto.keystore import Keystore
+from exchange.v1 import common_pb2, registry_pb2
+
+hub_options = [
+    click.option("--listen", default=None, help="host:port to serve on / of the hub."),
+    click.option("--keys-dir", type=click.Path(file_okay=False, path_type=Path), default=None),
+]
+
+
+def with_hub_options(function: Any) -> Any:
+    for option in reversed(hub_options):
+        function = option(function)
+    return function
+
+
+@click.command()
+@with_hub_options
+@click.option(
+    "--database-url", default=None, help="SQLAlchemy URL (default sqlite:///var/exchange.db)."
+)
+@click.option(
+    "--insecure", is_flag=True, default=None, help="Serve without TLS (development only)."
+)
+@click.option("--log-format", type=click.Choice(["json", "console"]), default=None)
+@click.pass_context
+def serve(
+    ctx: click.Context,
+    listen: str | None,
+    keys_dir: Path | None,
+    database_url: str | None,
+    insecure: bool | None,
+    log_format: str | None,
+) -> None:
+    """Run the hub until SIGTERM or SIGINT."""
+    from exchange import logs
+    from exchange.api.server import serve as serve_hub
+
+    config = load_config(
+        ctx,
+        listen=listen,
+        keys_dir=keys_dir,
+        database_url=database_url,
+        insecure=insecure,
+        log_format=log_format,
+    )
+    logs.configure(config.log_level, config.log_format)
+    if config.insecure:
+        click.secho(
+            "WARNING: --insecure: no TLS, no client authentication. Never use this in production.",
+            fg="yellow",
+            err=True,
+        )
+    try:
+        run(serve_hub(config))
+    except KeyFileError as exc:
+        fail(str(exc))
+
+
+def operator_client(config: Config) -> HubClient:
+    """A client acting as the hub operator (hub key, operator certificate)."""
+    store = Keystore(config.keys_dir)
+    identity = Identity(config.hub_id, store.hub_signing_key(), store.operator_tls())
+    return HubClient(config.listen, identity, server_name="localhost")
+
+
+@click.command()
+@with_hub_options
+@click.pass_context
+def health(ctx: click.Context, listen: str | None, keys_dir: Path | None) -> None:
+    """Ask the hub's gRPC health service; exit 0 if SERVING."""
+    config = load_config(ctx, listen=listen, keys_dir=keys_dir)
+
+    async def check() -> str:
+        tls = None if config.insecure else Keystore(config.keys_dir).operator_tls()
+        async with channel(config.listen, tls, "localhost") as ch:
+            stub = health_pb2_grpc.HealthStub(ch)
+            answer = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+            return str(health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status))
+
+    try:
+        status = run(check())
+    except grpc.aio.AioRpcError as exc:
+        fail(f"health check failed: {exc.code().name} {exc.details()}")
+    except KeyFileError as exc:
+        fail(str(exc))
+    click.echo(status)
+    if status != "SERVING":
+        raise SystemExit(1)
+
+
+@click.group()
+def registry() -> None:
+    """Register departments and manage their keys (hub operator)."""
+
+
+def _call(config: Config, method: str, body: Any, response: Any) -> Any:
+    async def go() -> Any:
+        async with operator_client(config) as client:
+            return await client.call(f"/exchange.v1.Registry/{method}", body, response)
+
+    try:
+        return run(go())
+    except Refused as exc:
+        fail(f"{exc.code.name} {exc.reason}: {exc.message}")
+    except KeyFileError as exc:
+        fail(str(exc))
+
+
+def _show(department: registry_pb2.Department) -> None:
+    roles = ",".join(common_pb2.Role.Name(r) for r in department.roles)
+    state = registry_pb2.DepartmentState.Name(department.state)
+    current = [k.keyid[:16] for k in department.keys if not k.HasField("valid_until")]
+    click.echo(f"{department.id:32} {state:9} {roles:40} keys={','.join(current)}")
+
+
+@registry.command("register")
+@click.argument("department_id")
+@click.option("--name", required=True)
+@click.option(
+    "--role",
+    "roles",
+    multiple=True,
+    required=True,
+    type=click.Choice(["provider", "consumer", "collector", "form-tool", "auditor"]),
+)
+@click.option("--endpoint", default="", help="host:port of the provider adapter.")
+@click.option("--owner", default="", help="Owning department (form tools).")
+@click.option("--public-key", default=None, help="Hex public key (default: from the keystore).")
+@with_hub_options
+@click.pass_context
+def register(
+    ctx: click.Context,
+    department_id: str,
+    name: str,
+    roles: tuple[str, ...],
+    endpoint: str,
+    owner: str,
+    public_key: str | None,
+    listen: str | None,
+    keys_dir: Path | None,
+) -> None:
+    """Register a department with its public key."""
+    config = load_config(ctx, listen=listen, keys_dir=keys_dir)
+    store = Keystore(config.keys_dir)
+    try:
+        raw = (
+            bytes.fromhex(public_key)
+            if public_key
+            else load_public_key(store.department_dir(department_id) / "signing.pub")
+        )
+    except (ValueError, KeyFileError) as exc:
+        fail(str(exc))
+    from exchange.crypto.certificates import certificate_sha256
+
+    tls_pem = store.department_dir(department_id) / "tls.pem"
+    body = registry_pb2.RegisterDepartmentRequest(
+        department=registry_pb2.Department(
+            id=department_id,
+            name=name,
+            roles=[common_pb2.Role.Value(r.upper().replace("-", "_")) for r in roles],
+            provider_endpoint=endpoint,
+            owner=owner,
+            certificate_sha256=certificate_sha256(tls_pem.read_bytes()) if tls_pem.exists() else "",
+            keys=[registry_pb2.DepartmentKey(public_key=raw)],
+        )
+    )
+    answer = _call(config, "RegisterDepartment", body, registry_pb2.DepartmentResponse)
+    _show(answer.department)
+    click.echo(f"ledger entry #{answer.receipt.sequence}")
+
+
+@registry.command("list")
+@with_hub_options
+@click.pass_context
+def list_departments(ctx: click.Context, listen: str | None, keys_dir: Path | None) -> None:
+    """List registered departments."""
+    config = load_config(ctx, listen=listen, keys_dir=keys_dir)
+    answer = _call(
+        config,
+        "ListDepartments",
+        registry_pb2.ListDepartmentsRequest(),
+        registry_pb2.ListDepartmentsResponse,
+    )
+    for department in answer.departments:
+        _show(department)
+
+
+@registry.command("revoke")
+@click.argument("department_id")
+@click.argument("keyid")
+@with_hub_options
+@click.pass_context
+def revoke(
+    ctx: click.Context, department_id: str, keyid: str, listen: str | None, keys_dir: Path | None
+) -> None:
+    """Revoke a department's signing key at once."""
+    config = load_config(ctx, listen=listen, keys_dir=keys_dir)
+    body = registry_pb2.RevokeKeyRequest(department_id=department_id, keyid=keyid)
+    _show(_call(config, "RevokeKey", body, registry_pb2.DepartmentResponse).department)
+
+
+@registry.command("rotate")
+@click.argument("department_id")
+@click.argument("public_key_hex")
+@click.option("--grace-seconds", default=0, type=int)
+@with_hub_options
+@click.pass_context
+def rotate(
+    ctx: click.Context,
+    department_id: str,
+    public_key_hex: str,
+    grace_seconds: int,
+    listen: str | None,
+    keys_dir: Path | None,
+) -> None:
+    """Replace a department's signing key; the old one stays valid for --grace-seconds."""
+    config = load_config(ctx, listen=listen, keys_dir=keys_dir)
+    try:
+        raw = bytes.fromhex(public_key_hex)
+    except ValueError:
+        fail("the public key must be hex")
+    body = registry_pb2.RotateKeyRequest(
+        department_id=department_id, new_public_key=raw, grace_seconds=grace_seconds
+    )
+    _show(_call(config, "RotateKey", body, registry_pb2.DepartmentResponse).department)

@@ -1,0 +1,68 @@
+"""``exchange keys``: the development CA, the hub's keys, departments' keys and certificates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from exchange.cli.main import fail, load_config
+from exchange.crypto.keys import KeyFileError
+from exchange.crypto.keystore import Keystore
+
+SERVER_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+@click.group()
+def keys() -> None:
+    """Create keys and certificates in the keystore (default ./keys)."""
+
+
+@keys.command("init")
+@click.option("--dir", "keys_dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+@click.option("--hub-id", default=None, help="The hub's id (default from configuration: hub).")
+@click.option(
+    "--server-name",
+    "server_names",
+    multiple=True,
+    help="DNS name or IP address of the hub's TLS certificate (repeatable; default localhost, "
+    "127.0.0.1, ::1).",
+)
+@click.pass_context
+def init(
+    ctx: click.Context, keys_dir: Path | None, hub_id: str | None, server_names: tuple[str, ...]
+) -> None:
+    """Create the hub's signing key, subject secret, a development CA and TLS certificates."""
+    config = load_config(ctx, keys_dir=keys_dir, hub_id=hub_id)
+    try:
+        key = Keystore(config.keys_dir).init_hub(config.hub_id, server_names or SERVER_NAMES)
+    except (KeyFileError, ValueError) as exc:
+        fail(str(exc))
+    click.echo(f"hub {config.hub_id}: signing key {key.keyid[:16]}… in {config.keys_dir}/hub")
+    click.echo(f"development CA: {config.keys_dir}/ca/ca.pem (replace with your PKI in production)")
+
+
+@keys.command("department")
+@click.argument("department_id")
+@click.option("--dir", "keys_dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+@click.option(
+    "--server-name",
+    "server_names",
+    multiple=True,
+    help="Also make the certificate a server certificate for these names (provider adapters).",
+)
+@click.pass_context
+def department(
+    ctx: click.Context, department_id: str, keys_dir: Path | None, server_names: tuple[str, ...]
+) -> None:
+    """Create a department's Ed25519 signing key and its TLS client certificate."""
+    config = load_config(ctx, keys_dir=keys_dir)
+    store = Keystore(config.keys_dir)
+    try:
+        key = store.add_department(department_id, server_names=server_names)
+    except (KeyFileError, ValueError) as exc:
+        fail(str(exc))
+    click.echo(
+        f"{department_id}: signing key {key.keyid[:16]}… in {store.department_dir(department_id)}"
+    )
+    click.echo(f"public key: {key.public_bytes.hex()}")

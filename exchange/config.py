@@ -1,0 +1,151 @@
+"""The hub's configuration: one typed object, loaded once, passed down.
+
+Precedence, lowest to highest: built-in defaults < TOML file (``--config``, section ``[hub]`` or
+the top level) < ``EXCHANGE_*`` environment variables (``EXCHANGE_DATABASE_URL``…) < command-line
+flags. No other module reads the environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "EXCHANGE_"
+
+
+class ConfigError(ValueError):
+    """A configuration value is unknown or of the wrong type; the message names it."""
+
+
+@dataclass(frozen=True, slots=True)
+class SupervisionConfig:
+    """Thresholds of the supervision rules."""
+
+    provider_time_limit_ms: int = 2000
+    refusals_per_window: int = 5
+    refusal_window_seconds: int = 600
+    bulk_subjects_per_window: int = 50
+    bulk_window_seconds: int = 3600
+    office_hours_start: int = 8
+    office_hours_end: int = 18
+    objection_deadline_days: int = 15
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Everything the hub process needs to know at start."""
+
+    hub_id: str = "hub"
+    listen: str = "127.0.0.1:7443"
+    database_url: str = "sqlite:///var/exchange.db"
+    keys_dir: Path = Path("keys")
+    insecure: bool = False
+    origin: str = "exchange.local/hub"
+    replay_window_seconds: int = 300
+    shutdown_grace_seconds: float = 10.0
+    checkpoint_every: int = 1000
+    checkpoint_interval_ms: int = 1000
+    provider_timeout_ms: int = 5000
+    log_level: str = "info"
+    log_format: str = "json"
+    supervision: SupervisionConfig = field(default_factory=SupervisionConfig)
+
+
+def _coerce(name: str, kind: Any, value: Any) -> Any:
+    if isinstance(kind, str):  # postponed annotations
+        kind = {"str": str, "int": int, "float": float, "bool": bool, "Path": Path}.get(kind, kind)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in {"1", "true", "yes", "on"}:
+            return True
+        if text in {"0", "false", "no", "off", ""}:
+            return False
+        raise ConfigError(f"{name}: expected a boolean, got {value!r}")
+    if kind is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{name}: expected an integer, got {value!r}")
+        try:
+            return int(value)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{name}: expected an integer, got {value!r}") from exc
+    if kind is float:
+        try:
+            return float(value)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{name}: expected a number, got {value!r}") from exc
+    if kind is Path:
+        return Path(str(value))
+    if kind is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{name}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{name}: unsupported type {kind!r}")  # pragma: no cover
+
+
+def _apply(cls: type[Any], base: Any, values: Mapping[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    changes: dict[str, Any] = {}
+    for key, value in values.items():
+        name = key.replace("-", "_")
+        if name not in known:
+            raise ConfigError(f"{where}: unknown setting {key!r}")
+        kind = hints[name]
+        if dataclasses.is_dataclass(kind):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{where}: [{key}] must be a table")
+            changes[name] = _apply(kind, getattr(base, name), value, f"{where} [{key}]")
+        else:
+            if isinstance(kind, types.UnionType):  # pragma: no cover - none today
+                kind = typing.get_args(kind)[0]
+            changes[name] = _coerce(f"{where}: {key}", kind, value)
+    return dataclasses.replace(base, **changes)
+
+
+def load(
+    file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+) -> Config:
+    """Build the configuration from defaults, a TOML file, the environment and flags.
+
+    ``environ`` is the process environment (passed in by the CLI); only ``EXCHANGE_*`` names are
+    read, and ``EXCHANGE_SUPERVISION__NAME`` sets a supervision threshold. ``flags`` holds values
+    given on the command line (None values are ignored). Raises ConfigError naming the offending
+    setting and where it came from.
+    """
+    config = Config()
+    if file is not None:
+        try:
+            data = tomllib.loads(file.read_text())
+        except FileNotFoundError as exc:
+            raise ConfigError(f"configuration file {file} not found") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{file}: {exc}") from exc
+        data = data.get("hub", data)
+        config = _apply(Config, config, data, str(file))
+    if environ:
+        from_env: dict[str, Any] = {}
+        for key, value in environ.items():
+            if not key.startswith(ENV_PREFIX) or key.startswith(ENV_PREFIX + "TEST_"):
+                continue
+            name = key[len(ENV_PREFIX) :].lower()
+            if "__" in name:
+                section, sub = name.split("__", 1)
+                from_env.setdefault(section, {})[sub] = value
+            else:
+                from_env[name] = value
+        config = _apply(Config, config, from_env, "environment")
+    if flags:
+        config = _apply(
+            Config, config, {k: v for k, v in flags.items() if v is not None}, "command line"
+        )
+    return config

@@ -1,0 +1,1 @@
+"""Keys, signed envelopes and certificates. Depends on nothing else in the exchange."""

@@ -1,0 +1,167 @@
+"""The local keystore: where the hub's and departments' keys and certificates live on disk.
+
+Layout (documented in keys/README.md)::
+
+    <root>/ca/ca.pem, ca.key                 development CA (replace with the government PKI)
+    <root>/hub/signing.key, signing.pub      the hub's Ed25519 key: checkpoints, forwarded requests,
+                                             operator calls
+    <root>/hub/subject.key                   HMAC secret for subject refs and content hashes
+    <root>/hub/tls.pem, tls.key              the hub's TLS server certificate
+    <root>/hub/client.pem, client.key        the operator's TLS client certificate (CN = hub id)
+    <root>/departments/<id>/signing.key, signing.pub, tls.pem, tls.key
+
+Every private file is written 0600 and refused when group- or world-readable.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from exchange.crypto import certificates
+from exchange.crypto.keys import (
+    KeyFileError,
+    SigningKey,
+    load_signing_key,
+    read_private,
+    save_signing_key,
+    write_private,
+)
+
+DEPARTMENT_ID = re.compile(r"^[a-z0-9](?:[a-z0-9.-]{0,126}[a-z0-9])?$")
+SUBJECT_KEY_BYTES = 32
+
+
+@dataclass(frozen=True, slots=True)
+class TlsIdentity:
+    """PEM bytes of a certificate and its key, plus the CA bundle that anchors the peer."""
+
+    certificate: bytes
+    private_key: bytes
+    ca: bytes
+
+
+def check_department_id(department_id: str) -> str:
+    """Return ``department_id`` if well formed (lowercase letters, digits, '.', '-'; 1–128).
+
+    Raises ValueError otherwise.
+    """
+    if not DEPARTMENT_ID.match(department_id):
+        raise ValueError(
+            f"invalid department id {department_id!r}: use 1-128 lowercase letters, digits, "
+            "'.' and '-', starting and ending with a letter or digit"
+        )
+    return department_id
+
+
+class Keystore:
+    """Creates and loads the files under one keystore root."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    # paths -------------------------------------------------------------------------------
+    @property
+    def ca_certificate(self) -> Path:
+        return self.root / "ca" / "ca.pem"
+
+    @property
+    def hub_dir(self) -> Path:
+        return self.root / "hub"
+
+    def department_dir(self, department_id: str) -> Path:
+        return self.root / "departments" / check_department_id(department_id)
+
+    # creation ----------------------------------------------------------------------------
+    def init_hub(self, hub_id: str, server_names: tuple[str, ...]) -> SigningKey:
+        """Create the CA, the hub signing key, subject secret, TLS and operator certificates.
+
+        Raises KeyFileError if the keystore already holds a hub key (never overwrites).
+        """
+        check_department_id(hub_id)
+        if (self.hub_dir / "signing.key").exists():
+            raise KeyFileError(f"{self.hub_dir / 'signing.key'} exists; the keystore is set up")
+        self.root.mkdir(parents=True, exist_ok=True)
+        ca = certificates.create_ca(f"{hub_id} development CA")
+        self.ca_certificate.parent.mkdir(parents=True, exist_ok=True)
+        write_private(self.root / "ca" / "ca.key", ca.private_key_pem)
+        self.ca_certificate.write_bytes(ca.certificate_pem)
+        key = SigningKey.generate()
+        save_signing_key(self.hub_dir / "signing.key", key)
+        write_private(self.hub_dir / "subject.key", os.urandom(SUBJECT_KEY_BYTES))
+        server = certificates.issue(ca, hub_id, server_names=server_names, client=False)
+        write_private(self.hub_dir / "tls.key", server.private_key_pem)
+        (self.hub_dir / "tls.pem").write_bytes(server.certificate_pem)
+        operator = certificates.issue(ca, hub_id)
+        write_private(self.hub_dir / "client.key", operator.private_key_pem)
+        (self.hub_dir / "client.pem").write_bytes(operator.certificate_pem)
+        return key
+
+    def add_department(
+        self, department_id: str, *, server_names: tuple[str, ...] = ()
+    ) -> SigningKey:
+        """Create a department's Ed25519 key and a TLS certificate carrying its id.
+
+        ``server_names`` makes the certificate usable by the department's provider adapter as
+        its server certificate too. Raises KeyFileError if the CA is missing or the department
+        already has a key.
+        """
+        directory = self.department_dir(department_id)
+        if (directory / "signing.key").exists():
+            raise KeyFileError(f"{directory / 'signing.key'} exists; use a rotation instead")
+        ca = self._load_ca()
+        key = SigningKey.generate()
+        save_signing_key(directory / "signing.key", key)
+        issued = certificates.issue(ca, department_id, server_names=server_names)
+        write_private(directory / "tls.key", issued.private_key_pem)
+        (directory / "tls.pem").write_bytes(issued.certificate_pem)
+        return key
+
+    # loading -----------------------------------------------------------------------------
+    def _load_ca(self) -> certificates.IssuedCertificate:
+        key_path = self.root / "ca" / "ca.key"
+        if not key_path.exists():
+            raise KeyFileError(f"no development CA under {self.root} (run `exchange keys init`)")
+        return certificates.IssuedCertificate(
+            self.ca_certificate.read_bytes(), read_private(key_path)
+        )
+
+    def hub_signing_key(self) -> SigningKey:
+        """Load the hub's signing key. Raises KeyFileError."""
+        return load_signing_key(self.hub_dir / "signing.key")
+
+    def subject_key(self) -> bytes:
+        """Load the hub's HMAC secret for subject refs. Raises KeyFileError."""
+        secret = read_private(self.hub_dir / "subject.key")
+        if len(secret) < SUBJECT_KEY_BYTES:
+            raise KeyFileError(f"{self.hub_dir / 'subject.key'} is shorter than 32 bytes")
+        return secret
+
+    def hub_server_tls(self) -> TlsIdentity:
+        """The hub's TLS server identity. Raises KeyFileError."""
+        return self._tls(self.hub_dir / "tls.pem", self.hub_dir / "tls.key")
+
+    def operator_tls(self) -> TlsIdentity:
+        """The operator's TLS client identity. Raises KeyFileError."""
+        return self._tls(self.hub_dir / "client.pem", self.hub_dir / "client.key")
+
+    def department_signing_key(self, department_id: str) -> SigningKey:
+        """Load a department's signing key. Raises KeyFileError."""
+        return load_signing_key(self.department_dir(department_id) / "signing.key")
+
+    def department_tls(self, department_id: str) -> TlsIdentity:
+        """A department's TLS identity (client, and server for its adapter). Raises KeyFileError."""
+        directory = self.department_dir(department_id)
+        return self._tls(directory / "tls.pem", directory / "tls.key")
+
+    def _tls(self, certificate: Path, key: Path) -> TlsIdentity:
+        try:
+            return TlsIdentity(
+                certificate=certificate.read_bytes(),
+                private_key=read_private(key),
+                ca=self.ca_certificate.read_bytes(),
+            )
+        except FileNotFoundError as exc:
+            raise KeyFileError(f"{exc.filename} not found (run `exchange keys …`)") from exc

@@ -1,0 +1,129 @@
+"""The one base exception of the exchange, and its refusals.
+
+Every refusal carries a ``Reason`` from the contract (``exchange.v1.Reason``) and a human message;
+the servicer layer maps it to a gRPC status plus ``google.rpc.ErrorInfo`` in one place
+(``exchange.api.status``). Code below ``api`` raises these and never touches gRPC.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from exchange.v1 import common_pb2
+
+
+class Code(enum.Enum):
+    """The gRPC status a refusal maps to, named without importing grpc."""
+
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+    PERMISSION_DENIED = "PERMISSION_DENIED"
+    NOT_FOUND = "NOT_FOUND"
+    ALREADY_EXISTS = "ALREADY_EXISTS"
+    FAILED_PRECONDITION = "FAILED_PRECONDITION"
+    RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
+    UNAVAILABLE = "UNAVAILABLE"
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+    OUT_OF_RANGE = "OUT_OF_RANGE"
+    INTERNAL = "INTERNAL"
+
+
+class ExchangeError(Exception):
+    """Base of every error the exchange raises on purpose.
+
+    ``reason`` is an ``exchange.v1.Reason`` value, ``code`` the status class, ``message`` is safe
+    to show to the caller (no personal data, no internals). ``retry_after`` (seconds) is set for
+    rate limits.
+    """
+
+    code: Code = Code.INTERNAL
+
+    def __init__(
+        self,
+        reason: int,
+        message: str,
+        *,
+        code: Code | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.retry_after = retry_after
+        self.entry_fields: dict[str, object] = {}
+        self.recorded = False
+
+    def about(self, **fields: object) -> ExchangeError:
+        """Attach facts for the refusal's ledger entry (``material_type=…``, ``subject_ref=…``).
+
+        The names are those of ``exchange.ledger.EntryDraft``; returns self for ``raise``.
+        """
+        self.entry_fields.update(fields)
+        return self
+
+    @property
+    def reason_name(self) -> str:
+        """The reason as its contract name, e.g. ``"BAD_SIGNATURE"``."""
+        return common_pb2.Reason.Name(self.reason)  # type: ignore[arg-type]
+
+
+class InvalidArgument(ExchangeError):
+    """The request is malformed or a field is invalid."""
+
+    code = Code.INVALID_ARGUMENT
+
+
+class Unauthenticated(ExchangeError):
+    """The caller's identity could not be established."""
+
+    code = Code.UNAUTHENTICATED
+
+
+class PermissionDenied(ExchangeError):
+    """The caller is known but not allowed."""
+
+    code = Code.PERMISSION_DENIED
+
+
+class NotFound(ExchangeError):
+    """The thing asked for does not exist."""
+
+    code = Code.NOT_FOUND
+
+
+class AlreadyExists(ExchangeError):
+    """The thing to create exists already."""
+
+    code = Code.ALREADY_EXISTS
+
+
+class FailedPrecondition(ExchangeError):
+    """The system is not in a state that allows the call."""
+
+    code = Code.FAILED_PRECONDITION
+
+
+class ResourceExhausted(ExchangeError):
+    """A rate limit or quota is exceeded; ``retry_after`` says when to retry."""
+
+    code = Code.RESOURCE_EXHAUSTED
+
+
+class Unavailable(ExchangeError):
+    """A dependency (ledger, provider) cannot be reached; nothing was done."""
+
+    code = Code.UNAVAILABLE
+
+
+class DeadlineExceeded(ExchangeError):
+    """A dependency did not answer in time."""
+
+    code = Code.DEADLINE_EXCEEDED
+
+
+class OutOfRange(ExchangeError):
+    """A position beyond the ledger's current end was asked for."""
+
+    code = Code.OUT_OF_RANGE

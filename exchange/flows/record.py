@@ -1,0 +1,36 @@
+"""The one place a call's ledger entry is built from its caller."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from exchange.ledger import EntryDraft, Ledger
+from exchange.policy.identity import Caller, Claim
+from exchange.v1 import common_pb2, ledger_pb2
+
+
+async def record(
+    ledger: Ledger,
+    caller: Caller | Claim,
+    kind: int,
+    *,
+    outcome: int = ledger_pb2.OK,
+    reason: int = common_pb2.REASON_UNSPECIFIED,
+    **fields: Any,
+) -> common_pb2.Receipt:
+    """Append the entry of one call, with the caller's envelope beside it; return its receipt.
+
+    ``fields`` are further ``EntryDraft`` fields (material_type, subject_ref, purpose…).
+    Raises exchange.errors.Unavailable (LEDGER_UNAVAILABLE) if the ledger cannot commit: the
+    caller must then not serve or store anything.
+    """
+    draft = EntryDraft(
+        kind=kind,
+        actor=caller.department_id,
+        outcome=outcome,
+        reason=reason,
+        request_id=caller.request_id,
+        **fields,
+    )
+    receipt = await ledger.append(draft, caller.envelope_bytes)
+    return receipt.to_proto()

@@ -1,0 +1,243 @@
+"""Registry flows: the operator registers departments and manages their keys; members read."""
+
+from __future__ import annotations
+
+import asyncio
+
+from sqlalchemy.exc import IntegrityError
+
+from exchange import errors
+from exchange.clock import now_us, to_timestamp
+from exchange.crypto.keys import keyid
+from exchange.crypto.keystore import check_department_id
+from exchange.flows.record import record
+from exchange.hub import Hub
+from exchange.policy.identity import Caller
+from exchange.store.registry import DepartmentRecord, KeyRecord
+from exchange.v1 import common_pb2, ledger_pb2, registry_pb2
+
+STATES = {
+    registry_pb2.ACTIVE: "ACTIVE",
+    registry_pb2.SUSPENDED: "SUSPENDED",
+    registry_pb2.RETIRED: "RETIRED",
+}
+
+
+def require_operator(caller: Caller) -> None:
+    """Raise PermissionDenied (OPERATOR_ONLY) unless the hub operator is calling."""
+    if not caller.is_operator:
+        raise errors.PermissionDenied(
+            common_pb2.OPERATOR_ONLY, "only the hub operator may change the registry"
+        )
+
+
+def to_proto(department: DepartmentRecord) -> registry_pb2.Department:
+    """The contract form of a stored department."""
+    message = registry_pb2.Department(
+        id=department.id,
+        name=department.name,
+        roles=sorted(common_pb2.Role.Value(r) for r in department.roles),
+        provider_endpoint=department.provider_endpoint,
+        certificate_sha256=department.certificate_sha256,
+        state=registry_pb2.DepartmentState.Value(department.state),
+        owner=department.owner,
+    )
+    for key in department.keys:
+        entry = message.keys.add(
+            keyid=key.keyid, public_key=key.public_key, valid_from=to_timestamp(key.valid_from_us)
+        )
+        if key.valid_until_us is not None:
+            entry.valid_until.CopyFrom(to_timestamp(key.valid_until_us))
+        if key.revoked_us is not None:
+            entry.revoked_at.CopyFrom(to_timestamp(key.revoked_us))
+    return message
+
+
+def _public_key(raw: bytes, field: str) -> bytes:
+    if len(raw) != 32:
+        raise errors.InvalidArgument(
+            common_pb2.INVALID_ARGUMENT_FIELD,
+            f"{field} must be a raw 32-byte Ed25519 public key, got {len(raw)} bytes",
+        )
+    return raw
+
+
+def _fingerprint(value: str) -> str:
+    value = value.lower()
+    if value and (len(value) != 64 or any(c not in "0123456789abcdef" for c in value)):
+        raise errors.InvalidArgument(
+            common_pb2.INVALID_ARGUMENT_FIELD, "certificate_sha256 must be 64 hex digits"
+        )
+    return value
+
+
+async def _existing(hub: Hub, department_id: str) -> DepartmentRecord:
+    department = await asyncio.to_thread(hub.registry.get, department_id)
+    if department is None:
+        raise errors.NotFound(
+            common_pb2.UNKNOWN_DEPARTMENT, f"department {department_id!r} is not registered"
+        )
+    return department
+
+
+async def _answer(
+    hub: Hub, caller: Caller, department_id: str, kind: int, **fields: object
+) -> registry_pb2.DepartmentResponse:
+    hub.departments.invalidate(department_id)
+    department = await _existing(hub, department_id)
+    receipt = await record(hub.ledger, caller, kind, counterparty=department_id, **fields)
+    return registry_pb2.DepartmentResponse(department=to_proto(department), receipt=receipt)
+
+
+async def register_department(
+    hub: Hub, caller: Caller, body: registry_pb2.RegisterDepartmentRequest
+) -> registry_pb2.DepartmentResponse:
+    """Register a department with its first key. Operator only.
+
+    Raises PermissionDenied (OPERATOR_ONLY), InvalidArgument for a bad id, name, role or key,
+    AlreadyExists (DEPARTMENT_EXISTS) for a taken id or key.
+    """
+    require_operator(caller)
+    given = body.department
+    try:
+        check_department_id(given.id)
+    except ValueError as exc:
+        raise errors.InvalidArgument(common_pb2.INVALID_ARGUMENT_FIELD, str(exc)) from exc
+    if given.id == hub.config.hub_id:
+        raise errors.InvalidArgument(
+            common_pb2.INVALID_ARGUMENT_FIELD, "the hub's own id cannot be registered"
+        )
+    if not given.name.strip():
+        raise errors.InvalidArgument(
+            common_pb2.INVALID_ARGUMENT_FIELD, "department.name is required"
+        )
+    roles = {common_pb2.Role.Name(r) for r in given.roles if r != common_pb2.ROLE_UNSPECIFIED}
+    if not roles:
+        raise errors.InvalidArgument(
+            common_pb2.INVALID_ARGUMENT_FIELD, "department.roles must name at least one role"
+        )
+    if "PROVIDER" in roles and not given.provider_endpoint:
+        raise errors.InvalidArgument(
+            common_pb2.INVALID_ARGUMENT_FIELD, "a provider needs department.provider_endpoint"
+        )
+    if len(given.keys) != 1:
+        raise errors.InvalidArgument(
+            common_pb2.INVALID_ARGUMENT_FIELD, "department.keys must hold exactly one key"
+        )
+    public_key = _public_key(given.keys[0].public_key, "department.keys[0].public_key")
+    now = now_us()
+    department = DepartmentRecord(
+        id=given.id,
+        name=given.name.strip(),
+        roles=frozenset(roles),
+        provider_endpoint=given.provider_endpoint,
+        certificate_sha256=_fingerprint(given.certificate_sha256),
+        state="ACTIVE",
+        owner=given.owner,
+        registered_us=now,
+    )
+    key = KeyRecord(keyid(public_key), given.id, public_key, valid_from_us=now)
+    try:
+        await asyncio.to_thread(hub.registry.add, department, key)
+    except IntegrityError as exc:
+        raise errors.AlreadyExists(
+            common_pb2.DEPARTMENT_EXISTS,
+            f"department {given.id!r} or its key is already registered",
+        ) from exc
+    return await _answer(
+        hub,
+        caller,
+        given.id,
+        ledger_pb2.DEPARTMENT_REGISTRATION,
+        attributes={"keyid": key.keyid, "roles": ",".join(sorted(roles))},
+    )
+
+
+async def rotate_key(
+    hub: Hub, caller: Caller, body: registry_pb2.RotateKeyRequest
+) -> registry_pb2.DepartmentResponse:
+    """Add a new key; current keys stay valid for ``grace_seconds``. Operator only.
+
+    Raises PermissionDenied, NotFound (UNKNOWN_DEPARTMENT), InvalidArgument, AlreadyExists.
+    """
+    require_operator(caller)
+    await _existing(hub, body.department_id)
+    public_key = _public_key(body.new_public_key, "new_public_key")
+    now = now_us()
+    key = KeyRecord(keyid(public_key), body.department_id, public_key, valid_from_us=now)
+    fingerprint = _fingerprint(body.certificate_sha256) or None
+    try:
+        await asyncio.to_thread(
+            hub.registry.rotate,
+            body.department_id,
+            key,
+            now + body.grace_seconds * 1_000_000,
+            fingerprint,
+        )
+    except IntegrityError as exc:
+        raise errors.AlreadyExists(
+            common_pb2.DEPARTMENT_EXISTS, "that key is already registered"
+        ) from exc
+    return await _answer(
+        hub, caller, body.department_id, ledger_pb2.KEY_ROTATION, attributes={"keyid": key.keyid}
+    )
+
+
+async def revoke_key(
+    hub: Hub, caller: Caller, body: registry_pb2.RevokeKeyRequest
+) -> registry_pb2.DepartmentResponse:
+    """Revoke a key at once. Operator only.
+
+    Raises PermissionDenied, NotFound (UNKNOWN_DEPARTMENT or UNKNOWN_KEY).
+    """
+    require_operator(caller)
+    department = await _existing(hub, body.department_id)
+    if department.key(body.keyid) is None:
+        raise errors.NotFound(
+            common_pb2.UNKNOWN_KEY, f"{body.department_id!r} has no key {body.keyid[:16]!r}"
+        )
+    await asyncio.to_thread(hub.registry.revoke, body.keyid, now_us())
+    return await _answer(
+        hub, caller, body.department_id, ledger_pb2.KEY_REVOCATION, attributes={"keyid": body.keyid}
+    )
+
+
+async def set_state(
+    hub: Hub, caller: Caller, body: registry_pb2.SetStateRequest
+) -> registry_pb2.DepartmentResponse:
+    """Change a member's life-cycle state (备案 / in use / suspended / retired). Operator only.
+
+    Raises PermissionDenied, NotFound, InvalidArgument for an unspecified state.
+    """
+    require_operator(caller)
+    if body.state not in STATES:
+        raise errors.InvalidArgument(common_pb2.INVALID_ARGUMENT_FIELD, "state must be set")
+    await _existing(hub, body.department_id)
+    await asyncio.to_thread(hub.registry.set_state, body.department_id, STATES[body.state])
+    return await _answer(
+        hub,
+        caller,
+        body.department_id,
+        ledger_pb2.STATE_CHANGE,
+        attributes={"state": STATES[body.state], "reason": body.reason[:200]},
+    )
+
+
+async def get_department(
+    hub: Hub, caller: Caller, body: registry_pb2.GetDepartmentRequest
+) -> registry_pb2.DepartmentResponse:
+    """Read one department. Raises NotFound (UNKNOWN_DEPARTMENT)."""
+    department = await _existing(hub, body.department_id)
+    receipt = await record(hub.ledger, caller, ledger_pb2.READ, counterparty=department.id)
+    return registry_pb2.DepartmentResponse(department=to_proto(department), receipt=receipt)
+
+
+async def list_departments(
+    hub: Hub, caller: Caller, body: registry_pb2.ListDepartmentsRequest
+) -> registry_pb2.ListDepartmentsResponse:
+    """List every registered department."""
+    departments = await asyncio.to_thread(hub.registry.all)
+    receipt = await record(hub.ledger, caller, ledger_pb2.READ, attributes={"what": "registry"})
+    return registry_pb2.ListDepartmentsResponse(
+        departments=[to_proto(d) for d in departments], receipt=receipt
+    )

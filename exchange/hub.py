@@ -1,0 +1,96 @@
+"""The hub's parts, built once from the configuration and shared by every servicer."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from sqlalchemy import Engine
+
+from exchange.config import Config
+from exchange.crypto.keys import SigningKey
+from exchange.crypto.keystore import Keystore
+from exchange.ledger import Ledger, LedgerConfig
+from exchange.policy.identity import Authenticator
+from exchange.store.database import open_engine, upgrade
+from exchange.store.registry import DepartmentRecord, Registry
+from exchange.store.requests import RequestLog
+
+
+@dataclass
+class DepartmentCache:
+    """Registry reads for authentication, cached briefly.
+
+    Writes through this process invalidate at once; another hub process sharing the database
+    sees a change (a revoked key, say) within ``ttl_seconds``.
+    """
+
+    registry: Registry
+    ttl_seconds: float = 2.0
+    _entries: dict[str, tuple[float, DepartmentRecord | None]] = field(default_factory=dict)
+
+    def get(self, department_id: str) -> DepartmentRecord | None:
+        now = time.monotonic()
+        hit = self._entries.get(department_id)
+        if hit is not None and now - hit[0] < self.ttl_seconds:
+            return hit[1]
+        record = self.registry.get(department_id)
+        self._entries[department_id] = (now, record)
+        return record
+
+    def invalidate(self, department_id: str) -> None:
+        self._entries.pop(department_id, None)
+
+
+class Hub:
+    """Everything a call needs: configuration, keys, database, ledger, repositories."""
+
+    def __init__(
+        self,
+        config: Config,
+        engine: Engine,
+        hub_key: SigningKey,
+        subject_key: bytes,
+    ) -> None:
+        self.config = config
+        self.engine = engine
+        self.hub_key = hub_key
+        self.subject_key = subject_key
+        self.registry = Registry(engine)
+        self.departments = DepartmentCache(self.registry)
+        self.requests = RequestLog(engine)
+        self.ledger = Ledger(
+            engine,
+            hub_key,
+            config.origin,
+            LedgerConfig(
+                checkpoint_every=config.checkpoint_every,
+                checkpoint_interval_ms=config.checkpoint_interval_ms,
+            ),
+        )
+        self.authenticator = Authenticator(
+            hub_id=config.hub_id,
+            hub_key=hub_key,
+            lookup=self.departments.get,
+            replay_window_us=config.replay_window_seconds * 1_000_000,
+        )
+
+    @classmethod
+    def open(cls, config: Config) -> Hub:
+        """Load keys from the keystore, open the database and migrate it to the latest schema.
+
+        Raises exchange.crypto.keys.KeyFileError for a missing or unsafe key file.
+        """
+        keystore = Keystore(config.keys_dir)
+        engine = open_engine(config.database_url)
+        upgrade(engine)
+        return cls(config, engine, keystore.hub_signing_key(), keystore.subject_key())
+
+    async def start(self) -> None:
+        """Start the ledger writer."""
+        await self.ledger.start()
+
+    async def close(self) -> None:
+        """Flush the ledger (final checkpoint) and release the database."""
+        await self.ledger.close()
+        self.engine.dispose()

@@ -1,0 +1,305 @@
+"""The ledger's tables and the SQL operations on them (SQLite and PostgreSQL, one schema).
+
+Four tables:
+
+- ``ledger_head``: one row (id 1) holding the log size and the last leaf hash. Every append
+  transaction locks it first (``SELECT … FOR UPDATE`` on PostgreSQL, ``BEGIN IMMEDIATE`` on
+  SQLite) and re-reads it, so several hub processes on one database still build exactly one
+  chain.
+- ``ledger_entries``: entry bytes exactly as hashed, the caller's envelope bytes and the leaf
+  hash, by sequence number; ``subject_ref`` is indexed for access histories.
+- ``ledger_nodes``: the hash of every complete aligned subtree above the leaves,
+  keyed (level, index). Any proof range decomposes into O(log n) of these (plus leaves), so
+  proofs at any size read O(log n) rows.
+- ``ledger_checkpoints``: stored signed checkpoints by size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    Engine,
+    Integer,
+    LargeBinary,
+    SmallInteger,
+    Table,
+    Text,
+    insert,
+    select,
+    tuple_,
+    update,
+)
+from sqlalchemy.exc import IntegrityError
+
+from exchange.ledger import merkle
+from exchange.ledger.checkpoint import Checkpoint
+from exchange.ledger.entry import ZERO_HASH, StoredEntry
+from exchange.store.metadata import metadata
+
+HEAD_ID = 1
+
+ledger_head = Table(
+    "ledger_head",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("size", BigInteger, nullable=False),
+    Column("last_leaf_hash", LargeBinary, nullable=False),
+)
+
+ledger_entries = Table(
+    "ledger_entries",
+    metadata,
+    Column("sequence", BigInteger, primary_key=True, autoincrement=False),
+    Column("entry", LargeBinary, nullable=False),
+    Column("envelope", LargeBinary, nullable=False),
+    Column("leaf_hash", LargeBinary, nullable=False),
+    # NULL when the entry has no subject, which keeps the index to entries that have one.
+    Column("subject_ref", LargeBinary, nullable=True, index=True),
+)
+
+ledger_nodes = Table(
+    "ledger_nodes",
+    metadata,
+    Column("level", SmallInteger, primary_key=True, autoincrement=False),
+    Column("idx", BigInteger, primary_key=True, autoincrement=False),
+    Column("hash", LargeBinary, nullable=False),
+)
+
+ledger_checkpoints = Table(
+    "ledger_checkpoints",
+    metadata,
+    Column("size", BigInteger, primary_key=True, autoincrement=False),
+    Column("root_hash", LargeBinary, nullable=False),
+    Column("note", Text, nullable=False),
+)
+
+Node = tuple[int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """The log's end as committed: size and last leaf hash (zeros when empty)."""
+
+    size: int
+    last_leaf_hash: bytes
+
+
+def ensure_head(engine: Engine) -> None:
+    """Create the head row of an empty log if it is missing (idempotent, race-safe)."""
+    with engine.connect() as conn:
+        if conn.execute(select(ledger_head.c.id)).first() is not None:
+            return
+        try:
+            conn.execute(insert(ledger_head).values(id=HEAD_ID, size=0, last_leaf_hash=ZERO_HASH))
+            conn.commit()
+        except IntegrityError:  # another process created it first
+            conn.rollback()
+
+
+def lock_head(conn: Connection) -> Head:
+    """Start the write transaction on ``conn`` by locking the head row, and return it.
+
+    On SQLite ``BEGIN IMMEDIATE`` takes the database write lock before the read, so a second
+    process can neither interleave nor fail the read-to-write upgrade; on PostgreSQL the row
+    lock serialises appenders across hub processes until commit.
+    """
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    query = select(ledger_head.c.size, ledger_head.c.last_leaf_hash).where(
+        ledger_head.c.id == HEAD_ID
+    )
+    if conn.dialect.name != "sqlite":
+        query = query.with_for_update()
+    row = conn.execute(query).first()
+    if row is None:
+        raise LookupError("ledger_head row is missing (run the migrations)")
+    return Head(size=int(row.size), last_leaf_hash=bytes(row.last_leaf_hash))
+
+
+def read_head(conn: Connection) -> Head:
+    """The committed head, without locking."""
+    row = conn.execute(
+        select(ledger_head.c.size, ledger_head.c.last_leaf_hash).where(ledger_head.c.id == HEAD_ID)
+    ).first()
+    if row is None:
+        return Head(0, ZERO_HASH)
+    return Head(size=int(row.size), last_leaf_hash=bytes(row.last_leaf_hash))
+
+
+def write_batch(
+    conn: Connection,
+    head: Head,
+    rows: Sequence[tuple[int, bytes, bytes, bytes, bytes]],
+    nodes: Sequence[tuple[int, int, bytes]],
+) -> None:
+    """Insert entry rows (sequence, entry, envelope, leaf hash, subject ref) and node rows
+    (level, index, hash), and move the head to ``head``. Part of the caller's transaction."""
+    conn.execute(
+        insert(ledger_entries),
+        [
+            {
+                "sequence": seq,
+                "entry": entry,
+                "envelope": envelope,
+                "leaf_hash": leaf,
+                "subject_ref": subject or None,
+            }
+            for seq, entry, envelope, leaf, subject in rows
+        ],
+    )
+    if nodes:
+        conn.execute(
+            insert(ledger_nodes),
+            [{"level": level, "idx": idx, "hash": h} for level, idx, h in nodes],
+        )
+    conn.execute(
+        update(ledger_head)
+        .where(ledger_head.c.id == HEAD_ID)
+        .values(size=head.size, last_leaf_hash=head.last_leaf_hash)
+    )
+
+
+def fetch_nodes(conn: Connection, wanted: Iterable[Node]) -> dict[Node, bytes]:
+    """Hashes of complete aligned subtrees (level 0 = leaves). Missing nodes are absent."""
+    leaves = sorted({idx for level, idx in wanted if level == 0})
+    inner = sorted({(level, idx) for level, idx in wanted if level > 0})
+    found: dict[Node, bytes] = {}
+    if leaves:
+        for row in conn.execute(
+            select(ledger_entries.c.sequence, ledger_entries.c.leaf_hash).where(
+                ledger_entries.c.sequence.in_(leaves)
+            )
+        ):
+            found[(0, int(row.sequence))] = bytes(row.leaf_hash)
+    if inner:
+        for row in conn.execute(
+            select(ledger_nodes.c.level, ledger_nodes.c.idx, ledger_nodes.c.hash).where(
+                tuple_(ledger_nodes.c.level, ledger_nodes.c.idx).in_(inner)
+            )
+        ):
+            found[(int(row.level), int(row.idx))] = bytes(row.hash)
+    return found
+
+
+def range_hashes(
+    conn: Connection,
+    ranges: Sequence[tuple[int, int]],
+    cache: dict[Node, bytes] | None = None,
+) -> list[bytes]:
+    """The Merkle hash of each leaf range, from stored subtrees (O(log n) rows in total).
+
+    ``cache`` supplies nodes known in memory; the rest are read in two queries. Raises
+    LookupError if a needed node is missing from the store.
+    """
+    plans = [merkle.range_subtrees(start, end) for start, end in ranges]
+    known = cache if cache is not None else {}
+    missing = {node for plan in plans for node in plan if node not in known}
+    fetched = fetch_nodes(conn, missing) if missing else {}
+    out: list[bytes] = []
+    for plan in plans:
+        hashes: list[bytes] = []
+        for node in plan:
+            h = known.get(node) or fetched.get(node)
+            if h is None:
+                raise LookupError(f"ledger node {node} is missing")
+            hashes.append(h)
+        out.append(merkle.fold_subtrees(hashes))
+    return out
+
+
+def compact_range(conn: Connection, size: int) -> merkle.CompactRange:
+    """Rebuild the right edge of the stored tree of ``size`` leaves (O(log n) rows)."""
+    plan = merkle.range_subtrees(0, size)
+    found = fetch_nodes(conn, plan)
+    try:
+        return merkle.CompactRange(size, [found[node] for node in plan])
+    except KeyError as exc:
+        raise LookupError(f"ledger node {exc.args[0]} is missing") from exc
+
+
+def store_checkpoint(conn: Connection, checkpoint: Checkpoint) -> bool:
+    """Store ``checkpoint`` unless one of that size exists; True if stored."""
+    exists = conn.execute(
+        select(ledger_checkpoints.c.size).where(ledger_checkpoints.c.size == checkpoint.size)
+    ).first()
+    if exists is not None:
+        return False
+    conn.execute(
+        insert(ledger_checkpoints).values(
+            size=checkpoint.size, root_hash=checkpoint.root_hash, note=checkpoint.note
+        )
+    )
+    return True
+
+
+def _checkpoint(row: object) -> Checkpoint:
+    return Checkpoint.parse(str(row.note))  # type: ignore[attr-defined]
+
+
+def latest_checkpoint(conn: Connection) -> Checkpoint | None:
+    """The stored checkpoint of the largest size, or None."""
+    row = conn.execute(
+        select(ledger_checkpoints.c.note).order_by(ledger_checkpoints.c.size.desc()).limit(1)
+    ).first()
+    return None if row is None else _checkpoint(row)
+
+
+def checkpoint_at(conn: Connection, size: int) -> Checkpoint | None:
+    """The stored checkpoint of exactly ``size``, or None."""
+    row = conn.execute(
+        select(ledger_checkpoints.c.note).where(ledger_checkpoints.c.size == size)
+    ).first()
+    return None if row is None else _checkpoint(row)
+
+
+def checkpoints(conn: Connection, up_to: int) -> list[Checkpoint]:
+    """Every stored checkpoint of size <= ``up_to``, by size."""
+    rows = conn.execute(
+        select(ledger_checkpoints.c.note)
+        .where(ledger_checkpoints.c.size <= up_to)
+        .order_by(ledger_checkpoints.c.size)
+    )
+    return [_checkpoint(row) for row in rows]
+
+
+def _stored(row: object) -> StoredEntry:
+    return StoredEntry(
+        sequence=int(row.sequence),  # type: ignore[attr-defined]
+        entry_bytes=bytes(row.entry),  # type: ignore[attr-defined]
+        envelope_bytes=bytes(row.envelope),  # type: ignore[attr-defined]
+        leaf_hash=bytes(row.leaf_hash),  # type: ignore[attr-defined]
+    )
+
+
+_ENTRY_COLUMNS = (
+    ledger_entries.c.sequence,
+    ledger_entries.c.entry,
+    ledger_entries.c.envelope,
+    ledger_entries.c.leaf_hash,
+)
+
+
+def read_entries(conn: Connection, from_sequence: int, limit: int) -> list[StoredEntry]:
+    """Up to ``limit`` entries from ``from_sequence`` on, in order."""
+    rows = conn.execute(
+        select(*_ENTRY_COLUMNS)
+        .where(ledger_entries.c.sequence >= from_sequence)
+        .order_by(ledger_entries.c.sequence)
+        .limit(limit)
+    )
+    return [_stored(row) for row in rows]
+
+
+def read_entries_for_subject(conn: Connection, subject_ref: bytes) -> list[StoredEntry]:
+    """Every entry recorded with ``subject_ref``, in order."""
+    rows = conn.execute(
+        select(*_ENTRY_COLUMNS)
+        .where(ledger_entries.c.subject_ref == subject_ref)
+        .order_by(ledger_entries.c.sequence)
+    )
+    return [_stored(row) for row in rows]

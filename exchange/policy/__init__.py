@@ -1,0 +1,1 @@
+"""Who may do what: caller authentication, roles, sharing classes, grants, purposes, rates."""

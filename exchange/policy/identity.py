@@ -1,0 +1,227 @@
+"""Authentication of every call: certificate, envelope signature, key validity, freshness.
+
+The checks, in order (docs/security.md): a client certificate is present; the envelope decodes
+and carries the payload type of the method; the body's header is complete; the certificate names
+the department of the header; the department is registered and active (the hub operator is known
+by the hub key); the signature verifies under a key of that department; that key is neither
+revoked nor expired; the issue time is inside the replay window. Freshness comes after the
+signature so that an unauthenticated caller learns nothing about the hub's clock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from google.protobuf.message import DecodeError, Message
+
+from exchange import errors
+from exchange.clock import from_timestamp, now_us
+from exchange.crypto import certificates
+from exchange.crypto.envelope import EnvelopeError, verify
+from exchange.crypto.keys import SigningKey
+from exchange.store.registry import DepartmentRecord
+from exchange.v1 import common_pb2, envelope_pb2, registry_pb2
+
+REQUEST_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
+ACTIVE = "ACTIVE"
+
+Body = TypeVar("Body", bound=Message)
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """An authenticated call: who, with which key, and the exact bytes they signed."""
+
+    department_id: str
+    roles: frozenset[str]
+    is_operator: bool
+    keyid: str
+    request_id: str
+    issued_us: int
+    envelope_bytes: bytes
+    envelope_sha256: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """What a refused call claimed to be, for its ledger entry (nothing here is verified)."""
+
+    department_id: str
+    request_id: str
+    envelope_bytes: bytes
+
+
+def envelope_bytes(envelope: envelope_pb2.Envelope) -> bytes:
+    """The canonical bytes of an envelope as stored beside its ledger entry."""
+    return envelope.SerializeToString(deterministic=True)
+
+
+def claim_of(envelope: envelope_pb2.Envelope, peer_department: str | None) -> Claim:
+    """Best-effort identity of a call, for recording its refusal; nothing here is trusted."""
+    department = peer_department or ""
+    request_id = ""
+    # Field 1 of every body is the header, so any body type reads it (other fields are kept as
+    # unknown fields and ignored).
+    probe = registry_pb2.ListDepartmentsRequest()
+    try:
+        probe.ParseFromString(envelope.payload)
+    except DecodeError:
+        pass
+    else:
+        department = department or probe.header.department_id[:128]
+        if REQUEST_ID.match(probe.header.request_id):
+            request_id = probe.header.request_id
+    return Claim(department or "unknown", request_id, envelope_bytes(envelope))
+
+
+class Authenticator:
+    """Turns a raw envelope and the peer's certificate into a Caller, or refuses."""
+
+    def __init__(
+        self,
+        hub_id: str,
+        hub_key: SigningKey,
+        lookup: Callable[[str], DepartmentRecord | None],
+        replay_window_us: int,
+    ) -> None:
+        self.hub_id = hub_id
+        self.hub_key = hub_key
+        self.lookup = lookup
+        self.replay_window_us = replay_window_us
+
+    def authenticate(
+        self,
+        peer_certificate: bytes | None,
+        envelope: envelope_pb2.Envelope,
+        body_type: type[Body],
+    ) -> tuple[Caller, Body]:
+        """Authenticate one call and decode its body.
+
+        Raises errors.Unauthenticated, errors.InvalidArgument or errors.PermissionDenied with the
+        matching contract reason.
+        """
+        if not peer_certificate:
+            raise errors.Unauthenticated(
+                common_pb2.NO_CLIENT_CERTIFICATE, "a client certificate is required (mTLS)"
+            )
+        try:
+            peer = certificates.peer_identity(peer_certificate)
+        except certificates.CertificateError as exc:
+            raise errors.Unauthenticated(common_pb2.NO_CLIENT_CERTIFICATE, str(exc)) from exc
+        expected_type = body_type.DESCRIPTOR.full_name
+        if not envelope.payload_type:
+            raise errors.InvalidArgument(
+                common_pb2.MALFORMED_ENVELOPE,
+                f"the envelope has no payload_type; expected {expected_type}",
+            )
+        if envelope.payload_type != expected_type:
+            raise errors.InvalidArgument(
+                common_pb2.PAYLOAD_TYPE_MISMATCH,
+                f"this method takes {expected_type}, the envelope carries "
+                f"{envelope.payload_type[:128]!r}",
+            )
+        body = body_type()
+        try:
+            body.ParseFromString(envelope.payload)
+        except DecodeError as exc:
+            raise errors.InvalidArgument(
+                common_pb2.MALFORMED_ENVELOPE, f"the payload is not a valid {expected_type}"
+            ) from exc
+        header: common_pb2.RequestHeader = body.header  # type: ignore[attr-defined]
+        if not REQUEST_ID.match(header.request_id):
+            raise errors.InvalidArgument(
+                common_pb2.INVALID_ARGUMENT_FIELD,
+                "header.request_id must be 1-128 printable ASCII characters",
+            )
+        if not header.department_id:
+            raise errors.InvalidArgument(
+                common_pb2.INVALID_ARGUMENT_FIELD, "header.department_id is required"
+            )
+        if not header.HasField("issued_at"):
+            raise errors.InvalidArgument(
+                common_pb2.INVALID_ARGUMENT_FIELD, "header.issued_at is required"
+            )
+        if peer.department_id != header.department_id:
+            raise errors.Unauthenticated(
+                common_pb2.CERTIFICATE_MISMATCH,
+                f"the client certificate names {peer.department_id!r}, the request "
+                f"{header.department_id!r}",
+            )
+        now = now_us()
+        if header.department_id == self.hub_id:
+            roles: frozenset[str] = frozenset()
+            state = ACTIVE
+            is_operator = True
+            keys = {self.hub_key.keyid: self.hub_key.public_bytes}
+            usable: Callable[[str], None] = lambda _keyid: None  # noqa: E731
+        else:
+            department = self.lookup(header.department_id)
+            if department is None:
+                raise errors.Unauthenticated(
+                    common_pb2.UNKNOWN_DEPARTMENT,
+                    f"department {header.department_id!r} is not registered",
+                )
+            if department.certificate_sha256 and department.certificate_sha256 != (
+                peer.certificate_sha256
+            ):
+                raise errors.Unauthenticated(
+                    common_pb2.CERTIFICATE_MISMATCH,
+                    f"the client certificate is not the one registered for {department.id!r}",
+                )
+            roles = department.roles
+            state = department.state
+            is_operator = False
+            keys = {k.keyid: k.public_key for k in department.keys}
+
+            def usable(keyid: str, department: DepartmentRecord = department) -> None:
+                key = department.key(keyid)
+                assert key is not None  # verify() only returns keys from ``keys``
+                if key.revoked_us is not None and key.revoked_us <= now:
+                    raise errors.Unauthenticated(
+                        common_pb2.KEY_REVOKED, f"signing key {keyid[:16]}… was revoked"
+                    )
+                if key.valid_until_us is not None and key.valid_until_us <= now:
+                    raise errors.Unauthenticated(
+                        common_pb2.KEY_EXPIRED, f"signing key {keyid[:16]}… was rotated out"
+                    )
+
+        try:
+            verified = verify(envelope, keys.get)
+        except EnvelopeError as exc:
+            known = any(s.keyid in keys for s in envelope.signatures)
+            reason = common_pb2.BAD_SIGNATURE if known else common_pb2.UNKNOWN_KEY
+            if not envelope.signatures:
+                reason = common_pb2.MALFORMED_ENVELOPE
+            error_type = (
+                errors.InvalidArgument if not envelope.signatures else errors.Unauthenticated
+            )
+            raise error_type(reason, str(exc)) from exc
+        usable(verified.keyid)
+        if state != ACTIVE:
+            raise errors.PermissionDenied(
+                common_pb2.DEPARTMENT_INACTIVE,
+                f"department {header.department_id!r} is {state.lower()}",
+            )
+        issued = from_timestamp(header.issued_at)
+        if abs(now - issued) > self.replay_window_us:
+            raise errors.Unauthenticated(
+                common_pb2.STALE_REQUEST,
+                f"issued_at is {abs(now - issued) / 1e6:.0f} s from the hub's clock; the window "
+                f"is ±{self.replay_window_us / 1e6:.0f} s",
+            )
+        data = envelope_bytes(envelope)
+        caller = Caller(
+            department_id=header.department_id,
+            roles=roles,
+            is_operator=is_operator,
+            keyid=verified.keyid,
+            request_id=header.request_id,
+            issued_us=issued,
+            envelope_bytes=data,
+            envelope_sha256=hashlib.sha256(data).digest(),
+        )
+        return caller, body

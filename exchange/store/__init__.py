@@ -1,0 +1,1 @@
+"""SQL storage: one schema for SQLite and PostgreSQL through SQLAlchemy, migrated by Alembic."""
