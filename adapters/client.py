@@ -104,7 +104,7 @@ class HubClient:
 
     async def close(self) -> None:
         """Close the channel."""
-        await self.channel.close()
+        await self.channel.close(None)
 
     def envelope(self, body: Message, request_id: str | None = None) -> envelope_pb2.Envelope:
         """Fill ``body``'s header (request id, issue time, department) and sign it."""

@@ -99,7 +99,7 @@ def _apply(cls: type[Any], base: Any, values: Mapping[str, Any], where: str) -> 
         if name not in known:
             raise ConfigError(f"{where}: unknown setting {key!r}")
         kind = hints[name]
-        if dataclasses.is_dataclass(kind):
+        if isinstance(kind, type) and dataclasses.is_dataclass(kind):
             if not isinstance(value, Mapping):
                 raise ConfigError(f"{where}: [{key}] must be a table")
             changes[name] = _apply(kind, getattr(base, name), value, f"{where} [{key}]")

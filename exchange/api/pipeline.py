@@ -14,7 +14,7 @@ from typing import Any, Generic, TypeVar
 
 import grpc
 import structlog
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 from google.rpc import status_pb2
 
 from exchange import errors
@@ -23,7 +23,7 @@ from exchange.clock import now_us
 from exchange.flows.record import record
 from exchange.hub import Hub
 from exchange.policy.identity import Caller, Claim, claim_of
-from exchange.store.requests import ANSWERED, PENDING, REFUSED
+from exchange.store.requests import ANSWERED, PENDING, REFUSED, RequestRecord
 from exchange.v1 import common_pb2, envelope_pb2, ledger_pb2
 
 log = structlog.get_logger("exchange.call")
@@ -45,8 +45,8 @@ class Method(Generic[Body, Response]):
 
 def peer_certificate(context: grpc.aio.ServicerContext[Any, Any]) -> bytes | None:
     """The PEM client certificate of the TLS peer, or None (no TLS, or none presented)."""
-    values = context.auth_context().get("x509_pem_cert")
-    return values[0] if values else None
+    values = list(context.auth_context().get("x509_pem_cert", ()))
+    return bytes(values[0]) if values else None
 
 
 class Pipeline:
@@ -58,7 +58,7 @@ class Pipeline:
     async def __call__(
         self,
         method: Method[Body, Response],
-        envelope: envelope_pb2.Envelope,
+        request: bytes,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> Response:
         started = time.perf_counter()
@@ -66,27 +66,35 @@ class Pipeline:
         caller: Caller | None = None
         claimed = False
         outcome = "OK"
+        envelope = envelope_pb2.Envelope()
         try:
+            try:
+                envelope.ParseFromString(request)
+            except DecodeError as exc:
+                raise errors.InvalidArgument(
+                    common_pb2.MALFORMED_ENVELOPE, "the request is not an exchange.v1.Envelope"
+                ) from exc
             # Registry reads and signature checks block; keep them off the event loop.
-            caller, body = await asyncio.to_thread(
+            authenticated, body = await asyncio.to_thread(
                 self.hub.authenticator.authenticate, certificate, envelope, method.body_type
             )
+            caller = authenticated
             earlier = await asyncio.to_thread(
                 self.hub.requests.claim,
-                caller.department_id,
-                caller.request_id,
-                caller.envelope_sha256,
+                authenticated.department_id,
+                authenticated.request_id,
+                authenticated.envelope_sha256,
                 method.name,
                 now_us(),
             )
             if earlier is not None:
-                return await self._replay(method, caller, earlier, context)
+                return await self._replay(method, authenticated, earlier, context)
             claimed = True
-            response = await method.run(self.hub, caller, body)
+            response = await method.run(self.hub, authenticated, body)
             await asyncio.to_thread(
                 self.hub.requests.complete,
-                caller.department_id,
-                caller.request_id,
+                authenticated.department_id,
+                authenticated.request_id,
                 ANSWERED,
                 response.SerializeToString(),
             )
@@ -131,7 +139,7 @@ class Pipeline:
         self,
         method: Method[Body, Response],
         caller: Caller,
-        earlier: Any,
+        earlier: RequestRecord,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> Response:
         """Answer a retry: the first answer again, or a refusal if the bytes differ."""

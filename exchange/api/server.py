@@ -12,11 +12,11 @@ import signal
 import grpc
 import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1.health import aio as health_aio
+from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
 
 from exchange.api.pipeline import Pipeline
-from exchange.api.services import SERVICES
+from exchange.api.services import SERVICES, handlers
 from exchange.config import Config
 from exchange.crypto.keystore import Keystore
 from exchange.hub import Hub
@@ -27,17 +27,19 @@ MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 
 
 def server_credentials(config: Config) -> grpc.ServerCredentials:
-    """TLS credentials from the keystore, asking for (not requiring) a client certificate.
+    """mTLS credentials from the keystore: a client certificate from the trusted CA is required.
 
-    The certificate is then checked on every call by the pipeline, so a caller without one gets
-    a precise UNAUTHENTICATED / NO_CLIENT_CERTIFICATE instead of a failed handshake, and health
-    checks from a load balancer still work. Raises KeyFileError for missing or unsafe files.
+    gRPC-Python can only require a client certificate or not ask for one at all (there is no
+    "request but do not require"), so a caller without a certificate is refused during the TLS
+    handshake: it sees UNAVAILABLE with the handshake failure, and no call reaches the hub.
+    The pipeline still checks the certificate on every call (NO_CLIENT_CERTIFICATE,
+    CERTIFICATE_MISMATCH). Raises KeyFileError for missing or unsafe files.
     """
     identity = Keystore(config.keys_dir).hub_server_tls()
     return grpc.ssl_server_credentials(
         [(identity.private_key, identity.certificate)],
         root_certificates=identity.ca,
-        require_client_auth=False,
+        require_client_auth=True,
     )
 
 
@@ -56,15 +58,15 @@ class HubServer:
         self.health = health_aio.HealthServicer()
         self.port = 0
         pipeline = Pipeline(self.hub)
-        from exchange.api.services import bind
-
-        names = [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
-        for name, base, add, methods in SERVICES:
-            add(bind(base, methods, pipeline), self.server)
-            names.append(name)
-        self.service_names = names[1:]
+        self.service_names = [name for name, _ in SERVICES]
+        self.server.add_generic_rpc_handlers(
+            [handlers(name, methods, pipeline) for name, methods in SERVICES]
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], self.server)
+        health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+        reflection.enable_server_reflection(
+            [*self.service_names, health_name, reflection.SERVICE_NAME], self.server
+        )
 
     async def start(self) -> int:
         """Open the ledger, bind and start serving; return the bound port."""

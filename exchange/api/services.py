@@ -1,19 +1,19 @@
 """The table of RPCs: each method's body type, response type, ledger kind and service function.
 
-Servicers are built from this table, so every method goes through the same Pipeline. Methods of
-the contract that are not in the table answer UNIMPLEMENTED (the generated base class does).
+Handlers are built from this table, so every method goes through the same Pipeline. Methods of
+the contract that are not in the table answer UNIMPLEMENTED.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import grpc
 
 from exchange.api.pipeline import Method, Pipeline
 from exchange.flows import registry
-from exchange.v1 import ledger_pb2, registry_pb2, registry_pb2_grpc
+from exchange.v1 import ledger_pb2, registry_pb2
 
 REGISTRY = "exchange.v1.Registry"
 
@@ -63,29 +63,31 @@ REGISTRY_METHODS: tuple[Method[Any, Any], ...] = (
 )
 
 
-def bind(base: type, methods: Iterable[Method[Any, Any]], pipeline: Pipeline) -> Any:
-    """An instance of the generated servicer ``base`` whose listed methods run ``pipeline``."""
-    handlers: dict[str, Callable[..., Any]] = {}
+def handlers(
+    service: str, methods: Iterable[Method[Any, Any]], pipeline: Pipeline
+) -> grpc.GenericRpcHandler:  # type: ignore[type-arg]
+    """A generic handler serving ``methods`` of ``service`` through ``pipeline``.
+
+    Requests arrive as raw bytes (no deserializer) so that bytes that are not an Envelope get the
+    pipeline's precise MALFORMED_ENVELOPE refusal instead of grpc's generic deserialization error.
+    """
+    table: dict[str, grpc.RpcMethodHandler] = {}  # type: ignore[type-arg]
     for method in methods:
 
         async def handler(
-            self: Any,
-            request: Any,
+            request: bytes,
             context: grpc.aio.ServicerContext[Any, Any],
             method: Method[Any, Any] = method,
         ) -> Any:
             return await pipeline(method, request, context)
 
-        handlers[method.name.rsplit("/", 1)[1]] = handler
-    return type(base.__name__, (base,), handlers)()
+        table[method.name.rsplit("/", 1)[1]] = grpc.unary_unary_rpc_method_handler(
+            handler,
+            request_deserializer=None,
+            response_serializer=lambda message: message.SerializeToString(),
+        )
+    return grpc.method_handlers_generic_handler(service, table)
 
 
-# (service full name, generated servicer base, add-to-server function, methods)
-SERVICES: tuple[tuple[str, type, Callable[[Any, Any], None], tuple[Method[Any, Any], ...]], ...] = (
-    (
-        REGISTRY,
-        registry_pb2_grpc.RegistryServicer,
-        registry_pb2_grpc.add_RegistryServicer_to_server,
-        REGISTRY_METHODS,
-    ),
-)
+# (service full name, methods) for every service the hub serves.
+SERVICES: tuple[tuple[str, tuple[Method[Any, Any], ...]], ...] = ((REGISTRY, REGISTRY_METHODS),)

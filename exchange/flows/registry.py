@@ -81,11 +81,13 @@ async def _existing(hub: Hub, department_id: str) -> DepartmentRecord:
 
 
 async def _answer(
-    hub: Hub, caller: Caller, department_id: str, kind: int, **fields: object
+    hub: Hub, caller: Caller, department_id: str, kind: int, attributes: dict[str, str]
 ) -> registry_pb2.DepartmentResponse:
     hub.departments.invalidate(department_id)
     department = await _existing(hub, department_id)
-    receipt = await record(hub.ledger, caller, kind, counterparty=department_id, **fields)
+    receipt = await record(
+        hub.ledger, caller, kind, counterparty=department_id, attributes=attributes
+    )
     return registry_pb2.DepartmentResponse(department=to_proto(department), receipt=receipt)
 
 

@@ -65,7 +65,7 @@ class NoteVerifier:
     @classmethod
     def parse(cls, text: str) -> NoteVerifier:
         """Parse a verifier key string. Raises CheckpointError if it is malformed."""
-        parts = text.strip().split("+")
+        parts = text.strip().split("+", 2)
         if len(parts) != 3:
             raise CheckpointError("a verifier key is <name>+<hex key id>+<base64 key>")
         name, hex_id, encoded = parts

@@ -8,11 +8,17 @@ hash and proof is over those bytes, never over a re-serialization.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from exchange.ledger import merkle
+from exchange.ledger.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    NoteVerifier,
+    verify_checkpoint,
+)
 from exchange.v1 import common_pb2, ledger_pb2
 
 ZERO_HASH = bytes(32)
@@ -149,3 +155,21 @@ class Receipt:
 def leaf_hash_of(entry_bytes: bytes) -> bytes:
     """The RFC 9162 leaf hash of entry bytes."""
     return merkle.leaf_hash(entry_bytes)
+
+
+def verify_receipt(receipt: Receipt, verifiers: Iterable[NoteVerifier | str]) -> Checkpoint:
+    """Check a receipt at once: its checkpoint is signed by one of ``verifiers`` and its
+    inclusion proof puts ``leaf_hash`` at ``sequence`` in that checkpoint's tree.
+
+    Returns the checkpoint. Raises CheckpointError if either check fails.
+    """
+    checkpoint = verify_checkpoint(receipt.checkpoint, verifiers)
+    if not merkle.verify_inclusion(
+        receipt.leaf_hash,
+        receipt.sequence,
+        checkpoint.size,
+        receipt.inclusion_proof,
+        checkpoint.root_hash,
+    ):
+        raise CheckpointError(f"receipt for entry {receipt.sequence} is not in its checkpoint")
+    return checkpoint

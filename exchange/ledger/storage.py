@@ -166,8 +166,9 @@ def write_batch(
 
 def fetch_nodes(conn: Connection, wanted: Iterable[Node]) -> dict[Node, bytes]:
     """Hashes of complete aligned subtrees (level 0 = leaves). Missing nodes are absent."""
-    leaves = sorted({idx for level, idx in wanted if level == 0})
-    inner = sorted({(level, idx) for level, idx in wanted if level > 0})
+    nodes = set(wanted)
+    leaves = sorted(idx for level, idx in nodes if level == 0)
+    inner = sorted((level, idx) for level, idx in nodes if level > 0)
     found: dict[Node, bytes] = {}
     if leaves:
         for row in conn.execute(
@@ -177,12 +178,12 @@ def fetch_nodes(conn: Connection, wanted: Iterable[Node]) -> dict[Node, bytes]:
         ):
             found[(0, int(row.sequence))] = bytes(row.leaf_hash)
     if inner:
-        for row in conn.execute(
+        for level, idx, h in conn.execute(
             select(ledger_nodes.c.level, ledger_nodes.c.idx, ledger_nodes.c.hash).where(
                 tuple_(ledger_nodes.c.level, ledger_nodes.c.idx).in_(inner)
             )
         ):
-            found[(int(row.level), int(row.idx))] = bytes(row.hash)
+            found[(int(level), int(idx))] = bytes(h)
     return found
 
 

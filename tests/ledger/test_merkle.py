@@ -12,9 +12,7 @@ from hypothesis import strategies as st
 
 from exchange.ledger import merkle
 
-VECTORS = json.loads(
-    (Path(__file__).parents[1] / "vectors" / "rfc9162_merkle.json").read_text()
-)
+VECTORS = json.loads((Path(__file__).parents[1] / "vectors" / "rfc9162_merkle.json").read_text())
 LEAVES = [merkle.leaf_hash(bytes.fromhex(x)) for x in VECTORS["leaves"]]
 
 

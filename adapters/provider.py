@@ -1,0 +1,445 @@
+"""The provider adapter: a department's gRPC server in front of its own database or files.
+
+It implements ``exchange.v1.Provider`` for exactly one caller, the hub:
+
+- the TLS peer must present a certificate naming the hub (mTLS, checked on every call, so that
+  a stranger gets a precise refusal and a load balancer can still ask the health service);
+- every envelope must be signed by the hub's key and issued within the replay window;
+- Fetch returns only the fields the hub names (a field the mapping does not know is refused,
+  and only the columns of the named fields are read from the source);
+- every answer is a ``MaterialRecord`` signed with the department's key, bound to the hub's
+  request id, so the consumer can verify it end to end.
+
+Refusals go through the project's one error-to-status mapping (``exchange.api.status``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
+
+import grpc
+import structlog
+from google.protobuf.message import DecodeError, Message
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+
+from adapters.backends import Backend, Holding
+from adapters.errors import BackendError
+from adapters.settings import DepartmentSettings
+from exchange import errors
+from exchange.api.pipeline import peer_certificate
+from exchange.api.status import abort, to_status
+from exchange.clock import from_timestamp, now_us, to_timestamp
+from exchange.crypto import certificates
+from exchange.crypto.envelope import EnvelopeError, sign, verify
+from exchange.crypto.keys import SigningKey, keyid, load_public_key
+from exchange.crypto.keystore import TlsIdentity
+from exchange.v1 import (
+    common_pb2,
+    envelope_pb2,
+    exchange_pb2,
+    provider_pb2,
+    provider_pb2_grpc,
+)
+
+log = structlog.get_logger("adapters.provider")
+
+SERVICE = "exchange.v1.Provider"
+MATERIAL_RECORD = exchange_pb2.MaterialRecord.DESCRIPTOR.full_name
+REQUEST_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+STORE_MEMORY = 10_000
+
+Body = TypeVar("Body", bound=Message)
+
+
+class HubAuthenticator:
+    """Checks that a call comes from the hub: certificate, signature, header, freshness."""
+
+    def __init__(self, hub_id: str, hub_public_key: bytes, replay_window_us: int) -> None:
+        self.hub_id = hub_id
+        self.hub_keyid = keyid(hub_public_key)
+        self.hub_public_key = hub_public_key
+        self.replay_window_us = replay_window_us
+
+    def authenticate(
+        self, peer: bytes | None, envelope: envelope_pb2.Envelope, body_type: type[Body]
+    ) -> Body:
+        """Return the decoded body of a hub-signed envelope from the hub.
+
+        Raises errors.Unauthenticated (no certificate, bad or foreign signature, stale),
+        errors.PermissionDenied (a peer that is not the hub) or errors.InvalidArgument
+        (malformed envelope or header), each with its contract reason.
+        """
+        if not peer:
+            raise errors.Unauthenticated(
+                common_pb2.NO_CLIENT_CERTIFICATE, "a client certificate is required (mTLS)"
+            )
+        try:
+            identity = certificates.peer_identity(peer)
+        except certificates.CertificateError as exc:
+            raise errors.Unauthenticated(common_pb2.NO_CLIENT_CERTIFICATE, str(exc)) from exc
+        if identity.department_id != self.hub_id:
+            raise errors.PermissionDenied(
+                common_pb2.NOT_FROM_HUB,
+                f"only the hub {self.hub_id!r} may call this adapter; the client certificate "
+                f"names {identity.department_id!r}",
+            )
+        expected = body_type.DESCRIPTOR.full_name
+        if envelope.payload_type != expected:
+            raise errors.InvalidArgument(
+                common_pb2.PAYLOAD_TYPE_MISMATCH
+                if envelope.payload_type
+                else (common_pb2.MALFORMED_ENVELOPE),
+                f"this method takes {expected}, the envelope carries "
+                f"{envelope.payload_type[:128]!r}",
+            )
+        # The signature is checked before the payload is parsed: nothing unauthenticated is
+        # decoded. One Ed25519 verification is ~50 µs, so it runs on the event loop.
+        keys = {self.hub_keyid: self.hub_public_key}
+        try:
+            verify(envelope, keys.get)
+        except EnvelopeError as exc:
+            signed_by_hub_key = any(s.keyid == self.hub_keyid for s in envelope.signatures)
+            raise errors.Unauthenticated(
+                common_pb2.BAD_SIGNATURE if signed_by_hub_key else common_pb2.NOT_FROM_HUB,
+                f"the request is not signed by the hub: {exc}",
+            ) from exc
+        body = body_type()
+        try:
+            body.ParseFromString(envelope.payload)
+        except DecodeError as exc:
+            raise errors.InvalidArgument(
+                common_pb2.MALFORMED_ENVELOPE, f"the payload is not a valid {expected}"
+            ) from exc
+        header: common_pb2.RequestHeader = body.header  # type: ignore[attr-defined]
+        if header.department_id != self.hub_id:
+            raise errors.Unauthenticated(
+                common_pb2.CERTIFICATE_MISMATCH,
+                f"the request header names {header.department_id[:128]!r}, not the hub",
+            )
+        if not REQUEST_ID.match(header.request_id):
+            raise errors.InvalidArgument(
+                common_pb2.INVALID_ARGUMENT_FIELD,
+                "header.request_id must be 1-128 printable ASCII characters",
+            )
+        if not header.HasField("issued_at"):
+            raise errors.InvalidArgument(
+                common_pb2.INVALID_ARGUMENT_FIELD, "header.issued_at is required"
+            )
+        skew = abs(now_us() - from_timestamp(header.issued_at))
+        if skew > self.replay_window_us:
+            raise errors.Unauthenticated(
+                common_pb2.STALE_REQUEST,
+                f"issued_at is {skew / 1e6:.0f} s from the adapter's clock; the window is "
+                f"±{self.replay_window_us / 1e6:.0f} s",
+            )
+        return body
+
+
+def _invalid(message: str) -> errors.InvalidArgument:
+    return errors.InvalidArgument(common_pb2.INVALID_ARGUMENT_FIELD, message)
+
+
+class ProviderService:
+    """Fetch and Store over a backend, signing every answer; knows nothing of gRPC transport."""
+
+    def __init__(self, department_id: str, backend: Backend, signing_key: SigningKey) -> None:
+        self.department_id = department_id
+        self.backend = backend
+        self.signing_key = signing_key
+        # Store is not naturally idempotent (a files backend appends), so a retried Store with
+        # the same request id and bytes gets the first answer; different bytes are refused.
+        self._stored: OrderedDict[str, tuple[bytes, provider_pb2.StoreResponse]] = OrderedDict()
+
+    def _mapped(self, material_type: str) -> list[str]:
+        if material_type not in self.backend.material_types():
+            raise errors.NotFound(
+                common_pb2.UNKNOWN_MATERIAL_TYPE,
+                f"this adapter holds no material of type {material_type[:128]!r}",
+            )
+        return list(self.backend.fields_of(material_type))
+
+    def sign_record(
+        self,
+        request_id: str,
+        material_type: str,
+        subject_id: str,
+        fields: Mapping[str, str],
+        reference: str,
+        version: int,
+    ) -> envelope_pb2.Envelope:
+        """The department-signed envelope of a MaterialRecord answering ``request_id``."""
+        record = exchange_pb2.MaterialRecord(
+            material_type=material_type,
+            subject_id=subject_id,
+            reference=reference,
+            version=version,
+            fields=dict(fields),
+            request_id=request_id,
+            holder=self.department_id,
+            issued_at=to_timestamp(now_us()),
+        )
+        return sign(record.SerializeToString(deterministic=True), MATERIAL_RECORD, self.signing_key)
+
+    async def fetch(self, body: provider_pb2.FetchRequest) -> provider_pb2.FetchResponse:
+        """Answer a hub-authenticated FetchRequest with exactly the named fields.
+
+        Raises errors.NotFound (UNKNOWN_MATERIAL_TYPE), errors.InvalidArgument (no subject, no
+        fields, a field the mapping does not know), errors.Unavailable (the source failed).
+        """
+        mapped = self._mapped(body.material_type)
+        if not body.subject_id:
+            raise _invalid("subject_id is required")
+        if not body.fields:
+            raise _invalid("fields must name at least one field; the adapter never guesses")
+        fields = list(dict.fromkeys(body.fields))
+        unknown = [name for name in fields if name not in mapped]
+        if unknown:
+            raise _invalid(
+                f"field(s) {', '.join(repr(n[:64]) for n in unknown)} are not mapped for "
+                f"{body.material_type!r}"
+            )
+        holding = await self._read(body.material_type, body.subject_id, fields)
+        if holding is None:
+            return provider_pb2.FetchResponse(found=False)
+        # Defence in depth: whatever the backend returned, only the named fields leave.
+        delivered = {name: value for name, value in holding.fields.items() if name in fields}
+        envelope = self.sign_record(
+            body.header.request_id,
+            body.material_type,
+            body.subject_id,
+            delivered,
+            holding.reference if holding.reference is not None else body.reference,
+            holding.version if holding.version is not None else body.version,
+        )
+        return provider_pb2.FetchResponse(found=True, material=envelope)
+
+    async def _read(self, material_type: str, subject_id: str, fields: list[str]) -> Holding | None:
+        try:
+            # Database drivers and file reads block; run them off the event loop.
+            return await asyncio.to_thread(self.backend.fetch, material_type, subject_id, fields)
+        except BackendError as exc:
+            log.error("source_failed", material_type=material_type, error=str(exc))
+            raise errors.Unavailable(
+                common_pb2.PROVIDER_UNAVAILABLE,
+                "the department's data source failed; the adapter log has the cause",
+            ) from exc
+
+    async def store(
+        self, body: provider_pb2.StoreRequest, envelope_sha256: bytes
+    ) -> provider_pb2.StoreResponse:
+        """Store a hub-authenticated StoreRequest; answer with the signed record of all fields.
+
+        Raises errors.NotFound (UNKNOWN_MATERIAL_TYPE), errors.FailedPrecondition (the type is
+        not stored here, or the request id was used for other bytes), errors.InvalidArgument,
+        errors.Unavailable (the write failed).
+        """
+        earlier = self._stored.get(body.header.request_id)
+        if earlier is not None:
+            if earlier[0] != envelope_sha256:
+                raise errors.FailedPrecondition(
+                    common_pb2.REQUEST_ID_REUSED,
+                    f"request id {body.header.request_id!r} was used for a different Store",
+                )
+            return earlier[1]
+        self._mapped(body.material_type)
+        allowed = self.backend.store_fields(body.material_type)
+        if allowed is None:
+            raise errors.FailedPrecondition(
+                common_pb2.INVALID_ARGUMENT_FIELD,
+                f"this adapter does not store material of type {body.material_type!r}",
+            )
+        if not body.subject_id:
+            raise _invalid("subject_id is required")
+        if not body.fields:
+            raise _invalid("fields must hold the material")
+        unknown = sorted(name for name in body.fields if name not in allowed)
+        if unknown:
+            raise _invalid(
+                f"field(s) {', '.join(repr(n[:64]) for n in unknown)} have no column in the "
+                f"store target of {body.material_type!r}"
+            )
+        try:
+            await asyncio.to_thread(
+                self.backend.store,
+                body.material_type,
+                body.subject_id,
+                dict(body.fields),
+                reference=body.reference,
+                version=body.version,
+                submitted_by=body.submitted_by,
+            )
+        except BackendError as exc:
+            log.error("store_failed", material_type=body.material_type, error=str(exc))
+            raise errors.Unavailable(
+                common_pb2.PROVIDER_UNAVAILABLE,
+                "the department's data source refused the write; the adapter log has the cause",
+            ) from exc
+        response = provider_pb2.StoreResponse(
+            material=self.sign_record(
+                body.header.request_id,
+                body.material_type,
+                body.subject_id,
+                body.fields,
+                body.reference,
+                body.version,
+            )
+        )
+        self._stored[body.header.request_id] = (envelope_sha256, response)
+        while len(self._stored) > STORE_MEMORY:
+            self._stored.popitem(last=False)
+        return response
+
+
+class _Servicer(provider_pb2_grpc.ProviderServicer):
+    def __init__(self, server: ProviderServer) -> None:
+        self.server = server
+
+    async def Fetch(
+        self, request: envelope_pb2.Envelope, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> provider_pb2.FetchResponse:
+        return await self.server.handle(
+            "Fetch", provider_pb2.FetchRequest, request, context, self.server.service.fetch
+        )
+
+    async def Store(
+        self, request: envelope_pb2.Envelope, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> provider_pb2.StoreResponse:
+        service = self.server.service
+        digest = hashlib.sha256(request.SerializeToString(deterministic=True)).digest()
+
+        async def run(body: provider_pb2.StoreRequest) -> provider_pb2.StoreResponse:
+            return await service.store(body, digest)
+
+        return await self.server.handle("Store", provider_pb2.StoreRequest, request, context, run)
+
+
+def server_credentials(tls: TlsIdentity) -> grpc.ServerCredentials:
+    """TLS with the department's certificate, asking for (not requiring) a client certificate.
+
+    The peer certificate is checked on every call instead, so a caller without one gets a
+    precise UNAUTHENTICATED / NO_CLIENT_CERTIFICATE and health checks still work.
+    """
+    return grpc.ssl_server_credentials(
+        [(tls.private_key, tls.certificate)], root_certificates=tls.ca, require_client_auth=False
+    )
+
+
+class ProviderServer:
+    """A department's running adapter: ``await start()`` returns the port, ``await stop()``."""
+
+    def __init__(
+        self,
+        settings: DepartmentSettings,
+        backend: Backend,
+        *,
+        signing_key: SigningKey | None = None,
+        tls: TlsIdentity | None = None,
+        hub_public_key: bytes | None = None,
+    ) -> None:
+        """Prepare an adapter; keys not given are loaded from the settings' keystore.
+
+        Raises exchange.crypto.keys.KeyFileError for a missing or unsafe key file.
+        """
+        self.settings = settings
+        self.backend = backend
+        keystore = settings.keystore
+        self.tls = tls or keystore.department_tls(settings.department_id)
+        self.service = ProviderService(
+            settings.department_id,
+            backend,
+            signing_key or keystore.department_signing_key(settings.department_id),
+        )
+        self.authenticator = HubAuthenticator(
+            settings.hub_id,
+            hub_public_key or load_public_key(settings.hub_public_key),
+            settings.replay_window_seconds * 1_000_000,
+        )
+        self.health = health_aio.HealthServicer()
+        self.server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ]
+        )
+        provider_pb2_grpc.add_ProviderServicer_to_server(_Servicer(self), self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self.port = 0
+
+    async def start(self) -> int:
+        """Check every mapping against the source, bind, serve; return the bound port.
+
+        Raises adapters.errors.MappingError for a mapping naming a missing table, column or
+        file, BackendError if the source cannot be reached, RuntimeError if the port is taken.
+        """
+        # Reflection does blocking I/O; keep it off the loop (other servers may share it).
+        await asyncio.to_thread(self.backend.validate)
+        self.port = self.server.add_secure_port(self.settings.listen, server_credentials(self.tls))
+        await self.server.start()
+        for name in ("", SERVICE):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info(
+            "adapter_serving",
+            department=self.settings.department_id,
+            listen=self.settings.listen,
+            port=self.port,
+            material_types=list(self.backend.material_types()),
+        )
+        return self.port
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Turn health NOT_SERVING, let in-flight calls finish within ``grace`` s, close."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.settings.shutdown_grace_seconds if grace is None else grace)
+        await asyncio.to_thread(self.backend.close)
+        log.info("adapter_stopped", department=self.settings.department_id)
+
+    async def wait(self) -> None:
+        """Wait until the server terminates."""
+        await self.server.wait_for_termination()
+
+    async def handle(
+        self,
+        method: str,
+        body_type: type[Body],
+        envelope: envelope_pb2.Envelope,
+        context: grpc.aio.ServicerContext[Any, Any],
+        serve: Callable[[Body], Awaitable[Any]],
+    ) -> Any:
+        """Authenticate, serve, and map refusals; one log event per call, no personal data."""
+        started = time.perf_counter()
+        outcome = "OK"
+        material_type = ""
+        try:
+            body = self.authenticator.authenticate(peer_certificate(context), envelope, body_type)
+            material_type = getattr(body, "material_type", "")
+            return await serve(body)
+        except errors.ExchangeError as error:
+            outcome = error.reason_name
+            await abort(context, to_status(error))
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            incident = uuid.uuid4().hex[:12]
+            outcome = "INTERNAL_ERROR"
+            log.exception("adapter_call_failed", method=method, incident=incident)
+            await context.abort(
+                grpc.StatusCode.INTERNAL, f"internal error; incident {incident} is in the log"
+            )
+        finally:
+            log.info(
+                "adapter_call",
+                method=method,
+                material_type=material_type[:128],
+                outcome=outcome,
+                latency_ms=round((time.perf_counter() - started) * 1000, 3),
+            )
+        raise AssertionError("unreachable")  # abort raises

@@ -1,0 +1,205 @@
+"""Repository of the catalog: material types (every version), purposes and forms."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sqlalchemy import Engine, Row, delete, func, insert, select
+
+from exchange.catalog.model import (
+    FieldSpec,
+    FieldType,
+    Form,
+    FormField,
+    MaterialType,
+    Purpose,
+    SharingClass,
+)
+from exchange.store.cache import TtlCache
+from exchange.store.exchange_tables import forms, material_types, purposes
+
+
+def _material_type(row: Row[Any]) -> MaterialType:
+    m = row._mapping
+    return MaterialType(
+        id=m["id"],
+        owner=m["owner"],
+        name=m["name"],
+        fields=tuple(
+            FieldSpec(
+                name=f["name"],
+                type=FieldType(f["type"]),
+                required=bool(f["required"]),
+                description=f.get("description", ""),
+            )
+            for f in json.loads(m["fields"])
+        ),
+        sharing_class=SharingClass(m["sharing_class"]),
+        retention_days=m["retention_days"],
+        version=m["version"],
+    )
+
+
+def _form(row: Row[Any]) -> Form:
+    m = row._mapping
+    return Form(
+        id=m["id"],
+        name=m["name"],
+        owner=m["owner"],
+        purpose=m["purpose"],
+        fields=tuple(FormField(**f) for f in json.loads(m["fields"])),
+    )
+
+
+class CatalogStore:
+    """Reads and writes the catalog tables; hot reads are cached (see TtlCache)."""
+
+    def __init__(self, engine: Engine, ttl_seconds: float = 2.0) -> None:
+        self.engine = engine
+        self._types: TtlCache[str, MaterialType | None] = TtlCache(
+            self._load_material_type, ttl_seconds
+        )
+        self._purposes: TtlCache[str, Purpose | None] = TtlCache(self._load_purpose, ttl_seconds)
+        self._forms: TtlCache[str, Form | None] = TtlCache(self._load_form, ttl_seconds)
+
+    # ------------------------------------------------------------------ material types
+
+    def material_type(self, type_id: str) -> MaterialType | None:
+        """The latest version of a material type, or None. May block on a cache miss."""
+        return self._types.get(type_id)
+
+    def cached_material_type(self, type_id: str) -> MaterialType | None | object:
+        """The cached latest version, or ``exchange.store.cache.MISSING`` (never blocks)."""
+        return self._types.peek(type_id)
+
+    def _load_material_type(self, type_id: str) -> MaterialType | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(material_types)
+                .where(material_types.c.id == type_id)
+                .order_by(material_types.c.version.desc())
+                .limit(1)
+            ).first()
+        return None if row is None else _material_type(row)
+
+    def material_types(self) -> list[MaterialType]:
+        """The latest version of every material type, ordered by id."""
+        latest = (
+            select(material_types.c.id, func.max(material_types.c.version).label("version"))
+            .group_by(material_types.c.id)
+            .subquery()
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(material_types)
+                .join(
+                    latest,
+                    (material_types.c.id == latest.c.id)
+                    & (material_types.c.version == latest.c.version),
+                )
+                .order_by(material_types.c.id)
+            ).all()
+        return [_material_type(r) for r in rows]
+
+    def add_material_type(self, value: MaterialType, now_us: int) -> None:
+        """Insert one version of a material type.
+
+        Raises sqlalchemy.exc.IntegrityError if that (id, version) exists (a concurrent publish).
+        """
+        fields = [
+            {
+                "name": f.name,
+                "type": f.type.value,
+                "required": f.required,
+                "description": f.description,
+            }
+            for f in value.fields
+        ]
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert(material_types).values(
+                    id=value.id,
+                    version=value.version,
+                    owner=value.owner,
+                    name=value.name,
+                    fields=json.dumps(fields, ensure_ascii=False, sort_keys=True),
+                    sharing_class=value.sharing_class.value,
+                    retention_days=value.retention_days,
+                    published_us=now_us,
+                )
+            )
+        self._types.invalidate(value.id)
+
+    # ------------------------------------------------------------------ purposes
+
+    def purpose(self, purpose_id: str) -> Purpose | None:
+        """A catalogued purpose, or None. May block on a cache miss."""
+        return self._purposes.get(purpose_id)
+
+    def _load_purpose(self, purpose_id: str) -> Purpose | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(purposes).where(purposes.c.id == purpose_id)).first()
+        if row is None:
+            return None
+        m = row._mapping
+        return Purpose(m["id"], m["name"], m["legal_basis"])
+
+    def purposes(self) -> list[Purpose]:
+        """Every purpose, ordered by id."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(purposes).order_by(purposes.c.id)).all()
+        return [Purpose(r.id, r.name, r.legal_basis) for r in rows]
+
+    def put_purpose(self, value: Purpose, now_us: int) -> None:
+        """Insert or replace a purpose."""
+        with self.engine.begin() as conn:
+            conn.execute(delete(purposes).where(purposes.c.id == value.id))
+            conn.execute(
+                insert(purposes).values(
+                    id=value.id, name=value.name, legal_basis=value.legal_basis, defined_us=now_us
+                )
+            )
+        self._purposes.invalidate(value.id)
+
+    # ------------------------------------------------------------------ forms
+
+    def form(self, form_id: str) -> Form | None:
+        """A registered form, or None. May block on a cache miss."""
+        return self._forms.get(form_id)
+
+    def _load_form(self, form_id: str) -> Form | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(forms).where(forms.c.id == form_id)).first()
+        return None if row is None else _form(row)
+
+    def forms(self) -> list[Form]:
+        """Every form, ordered by id."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(forms).order_by(forms.c.id)).all()
+        return [_form(r) for r in rows]
+
+    def put_form(self, value: Form, now_us: int) -> None:
+        """Insert or replace a form."""
+        fields = [
+            {
+                "name": f.name,
+                "label": f.label,
+                "material_type": f.material_type,
+                "material_field": f.material_field,
+            }
+            for f in value.fields
+        ]
+        with self.engine.begin() as conn:
+            conn.execute(delete(forms).where(forms.c.id == value.id))
+            conn.execute(
+                insert(forms).values(
+                    id=value.id,
+                    name=value.name,
+                    owner=value.owner,
+                    purpose=value.purpose,
+                    fields=json.dumps(fields, ensure_ascii=False, sort_keys=True),
+                    registered_us=now_us,
+                )
+            )
+        self._forms.invalidate(value.id)

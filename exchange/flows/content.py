@@ -1,0 +1,108 @@
+"""Content identity: subject refs, keyed content hashes and per-field hashes, references.
+
+Specified byte for byte in docs/content-hash.md, so any language with HMAC-SHA256 reproduces
+it. Everything is keyed under the hub's subject secret (keys/hub/subject.key): material often
+has little entropy (a marital status, a birth date), so a bare hash could be reversed by
+guessing. Keys for the different uses are derived from that secret and never mixed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import struct
+import unicodedata
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+CONTENT_LABEL = "exchange.v1.material"
+FIELD_LABEL = "exchange.v1.field"
+
+
+def canonical_subject_id(subject_id: str) -> str:
+    """The subject id as hashed and forwarded: trimmed, NFC, ASCII letters upper-cased.
+
+    (Chinese ID numbers end in a check character that may be written 'x' or 'X'; unified social
+    credit codes are upper case.)
+    """
+    text = unicodedata.normalize("NFC", subject_id.strip())
+    return "".join(c.upper() if c.isascii() else c for c in text)
+
+
+def lp(text: str) -> bytes:
+    """Length-prefixed UTF-8 of ``text`` in NFC: 4-byte big-endian byte length, then bytes."""
+    data = unicodedata.normalize("NFC", text).encode("utf-8")
+    return struct.pack(">I", len(data)) + data
+
+
+def content_encoding(material_type: str, subject_id: str, fields: Mapping[str, str]) -> bytes:
+    """The canonical encoding of a material: label, type, subject, count, then sorted fields.
+
+    Fields are sorted by the UTF-8 bytes of their names; values must already be in the
+    canonical form of their type (exchange.catalog.schema).
+    """
+    parts = [lp(CONTENT_LABEL), lp(material_type), lp(subject_id), struct.pack(">I", len(fields))]
+    for name in sorted(fields, key=lambda n: unicodedata.normalize("NFC", n).encode("utf-8")):
+        parts.append(lp(name))
+        parts.append(lp(fields[name]))
+    return b"".join(parts)
+
+
+def field_encoding(material_type: str, subject_id: str, name: str, value: str) -> bytes:
+    """The canonical encoding of one field of a material."""
+    return lp(FIELD_LABEL) + lp(material_type) + lp(subject_id) + lp(name) + lp(value)
+
+
+def _derive(secret: bytes, label: str) -> bytes:
+    return hmac.new(secret, label.encode("ascii"), hashlib.sha256).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class ContentKeys:
+    """The keys derived from the hub's subject secret, one per use."""
+
+    subject: bytes
+    content: bytes
+    field: bytes
+    reference: bytes
+
+    @classmethod
+    def derive(cls, subject_secret: bytes) -> ContentKeys:
+        """Derive every key from the 32-byte secret in keys/hub/subject.key."""
+        return cls(
+            subject=subject_secret,
+            content=_derive(subject_secret, "exchange.v1/content-hash"),
+            field=_derive(subject_secret, "exchange.v1/field-hash"),
+            reference=_derive(subject_secret, "exchange.v1/reference"),
+        )
+
+    def subject_ref(self, subject_id: str) -> bytes:
+        """HMAC-SHA256(subject secret, UTF-8 of the canonical subject id)."""
+        data = canonical_subject_id(subject_id).encode("utf-8")
+        return hmac.new(self.subject, data, hashlib.sha256).digest()
+
+    def content_hash(self, material_type: str, subject_id: str, fields: Mapping[str, str]) -> bytes:
+        """Keyed hash of a whole material (every field)."""
+        encoding = content_encoding(material_type, canonical_subject_id(subject_id), fields)
+        return hmac.new(self.content, encoding, hashlib.sha256).digest()
+
+    def field_hashes(
+        self, material_type: str, subject_id: str, fields: Mapping[str, str]
+    ) -> dict[str, bytes]:
+        """Keyed hash of each field, by name."""
+        subject = canonical_subject_id(subject_id)
+        return {
+            name: hmac.new(
+                self.field, field_encoding(material_type, subject, name, value), hashlib.sha256
+            ).digest()
+            for name, value in fields.items()
+        }
+
+    def reference(self, material_type: str, subject_ref: bytes, version: int) -> str:
+        """The reference of one version of a material: deterministic, opaque, keyed.
+
+        Deterministic so that a retried or concurrent store of the same version names the same
+        material at the provider.
+        """
+        data = lp(material_type) + subject_ref + struct.pack(">Q", version)
+        return "m-" + hmac.new(self.reference, data, hashlib.sha256).hexdigest()[:32]

@@ -1,0 +1,491 @@
+"""Offline verification of a ledger export, with no access to the hub.
+
+Checks every chain link, every envelope against the key of the entry's actor valid at the
+entry's time, the Merkle root at every checkpoint, every checkpoint signature, that checkpoints
+grow (consecutive checkpoints are consistent because both roots are recomputed from the one
+leaf sequence), that the export is complete, and optionally that it extends a checkpoint the
+auditor already trusts.
+
+Per-entry work (decode, hashes, envelope signatures) runs in a process pool over chunks of the
+stream, since Ed25519 verification dominates and the GIL would hold it to one core; the parent
+only reads lines, links the chain and folds leaf hashes into the tree, in order.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import json
+import os
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from google.protobuf.message import DecodeError
+
+from exchange.crypto.envelope import EnvelopeError, verify
+from exchange.crypto.keys import keyid as keyid_of
+from exchange.ledger import merkle
+from exchange.ledger.checkpoint import (
+    CheckpointError,
+    NoteVerifier,
+    verify_checkpoint,
+)
+from exchange.ledger.entry import ZERO_HASH, entry_time_ns, envelope_hash
+from exchange.ledger.export import FORMAT, VERSION, parse_time_ns
+from exchange.v1 import envelope_pb2, ledger_pb2
+
+CHUNK = 2048
+
+
+class FailureReason(enum.Enum):
+    """Why an export does not verify; for one sequence number, earlier members are reported
+    first (an entry-local cause explains a broken link better than the link does)."""
+
+    MALFORMED_EXPORT = "malformed export"
+    MALFORMED_ENTRY = "malformed entry"
+    SEQUENCE_GAP = "entry missing or out of order"
+    ENVELOPE_HASH_MISMATCH = "envelope does not match the entry's envelope hash"
+    NO_VALID_KEY = "envelope not signed by a key of the entry's actor valid at its time"
+    BAD_ENVELOPE_SIGNATURE = "envelope signature does not verify"
+    CHAIN_BROKEN = "hash chain broken"
+    BAD_CHECKPOINT_SIGNATURE = "checkpoint not signed by the hub"
+    ROOT_MISMATCH = "checkpoint root differs from the entries' Merkle root"
+    CHECKPOINT_ORDER = "checkpoints out of order or of another log"
+    TRUNCATED = "export is truncated"
+    TRUSTED_CHECKPOINT_MISMATCH = "history differs from the trusted checkpoint"
+    BAD_TRUSTED_CHECKPOINT = "trusted checkpoint not signed by the hub"
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """The first problem found: the sequence number it concerns (None for the export as a
+    whole), the reason and a human message."""
+
+    sequence: int | None
+    reason: FailureReason
+    message: str
+
+    def __str__(self) -> str:
+        where = "export" if self.sequence is None else f"sequence {self.sequence}"
+        return f"{where}: {self.reason.name}: {self.message}"
+
+
+@dataclass(slots=True)
+class Report:
+    """The outcome of a verification."""
+
+    entries: int = 0
+    checkpoints: int = 0
+    signatures: int = 0
+    size: int = 0
+    origin: str = ""
+    failures: list[Failure] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True if nothing failed."""
+        return not self.failures
+
+    @property
+    def first_failure(self) -> Failure | None:
+        """The failure with the smallest sequence number (export-level ones first)."""
+        if not self.failures:
+            return None
+        order = list(FailureReason)
+        return min(
+            self.failures,
+            key=lambda f: (-1 if f.sequence is None else f.sequence, order.index(f.reason)),
+        )
+
+
+# ------------------------------------------------------------------ worker side
+
+_Key = tuple[str, bytes, int, int | None, int | None]  # keyid, public key, from, until, revoked
+_KEYS: dict[str, list[_Key]] = {}
+
+ChunkResult = tuple[list[int], list[bytes], list[bytes], list[tuple[int, str, str]], int]
+
+
+def _init_worker(keys: dict[str, list[_Key]]) -> None:
+    global _KEYS  # a per-process key table, set once by the pool initializer
+    _KEYS = keys
+
+
+def _key_lookup(actor: str, time_ns: int) -> Callable[[str], bytes | None]:
+    candidates = _KEYS.get(actor, [])
+
+    def lookup(keyid: str) -> bytes | None:
+        for kid, public_key, valid_from, valid_until, revoked_at in candidates:
+            if kid != keyid or time_ns < valid_from:
+                continue
+            if valid_until is not None and time_ns >= valid_until:
+                continue
+            if revoked_at is not None and time_ns >= revoked_at:
+                continue
+            return public_key
+        return None
+
+    return lookup
+
+
+def _check_chunk(start: int, lines: list[str]) -> ChunkResult:
+    """Decode and check entries ``start`` … of one chunk; no chain or tree state needed."""
+    sequences: list[int] = []
+    leaves: list[bytes] = []
+    prevs: list[bytes] = []
+    failures: list[tuple[int, str, str]] = []
+    signatures = 0
+    for offset, line in enumerate(lines):
+        position = start + offset
+        try:
+            record = json.loads(line)
+            entry_bytes = base64.b64decode(record["entry"], validate=True)
+            envelope = base64.b64decode(record.get("envelope", ""), validate=True)
+            entry = ledger_pb2.LedgerEntry.FromString(entry_bytes)
+        except (ValueError, KeyError, TypeError, binascii.Error, DecodeError) as exc:
+            failures.append((position, "MALFORMED_ENTRY", f"cannot decode: {exc}"))
+            sequences.append(-1)
+            leaves.append(b"")
+            prevs.append(b"")
+            continue
+        sequences.append(entry.sequence)
+        leaves.append(merkle.leaf_hash(entry_bytes))
+        prevs.append(entry.prev_leaf_hash)
+        if entry.envelope_hash != envelope_hash(envelope):
+            failures.append(
+                (position, "ENVELOPE_HASH_MISMATCH", "the stored envelope bytes were altered")
+            )
+            continue
+        # A refused or failed call may carry a bad signature legitimately: only OK entries
+        # vouch for their envelope's signature.
+        if entry.outcome != ledger_pb2.OK or not envelope:
+            continue
+        signatures += 1
+        try:
+            message = envelope_pb2.Envelope.FromString(envelope)
+        except DecodeError:
+            failures.append((position, "BAD_ENVELOPE_SIGNATURE", "envelope is not decodable"))
+            continue
+        lookup = _key_lookup(entry.actor, entry_time_ns(entry))
+        try:
+            verify(message, lookup)
+        except EnvelopeError as exc:
+            reason = "NO_VALID_KEY" if "known key" in str(exc) else "BAD_ENVELOPE_SIGNATURE"
+            failures.append((position, reason, f"actor {entry.actor}: {exc}"))
+    return sequences, leaves, prevs, failures, signatures
+
+
+# ------------------------------------------------------------------ parent side
+
+
+class _Stream:
+    """The export's lines, parsed lazily: entry lines stay raw for the workers."""
+
+    def __init__(self, handle: IO[str]) -> None:
+        self._lines = iter(handle)
+        self.line_number = 0
+
+    def __iter__(self) -> Iterator[str]:
+        for line in self._lines:
+            self.line_number += 1
+            if line.strip():
+                yield line
+
+
+def _record_type(line: str) -> str:
+    # Entry lines are the bulk: recognise them without parsing JSON in the parent.
+    if line.startswith('{"type":"entry"'):
+        return "entry"
+    record = json.loads(line)
+    if not isinstance(record, dict) or not isinstance(record.get("type"), str):
+        raise ValueError("a record is not an object with a type")
+    return str(record["type"])
+
+
+def _keys_from(records: list[dict[str, Any]]) -> dict[str, list[_Key]]:
+    keys: dict[str, list[_Key]] = {}
+    for record in records:
+        public_key = base64.b64decode(record["public_key"], validate=True)
+        if len(public_key) != 32 or keyid_of(public_key) != record["keyid"]:
+            raise ValueError(f"key {record['keyid'][:16]}… does not match its public key")
+        until = record.get("valid_until")
+        revoked = record.get("revoked_at")
+        keys.setdefault(str(record["actor"]), []).append(
+            (
+                str(record["keyid"]),
+                public_key,
+                parse_time_ns(record["valid_from"]),
+                parse_time_ns(until) if until else None,
+                parse_time_ns(revoked) if revoked else None,
+            )
+        )
+    return keys
+
+
+class _Verifier:
+    def __init__(
+        self,
+        report: Report,
+        hub_keys: list[NoteVerifier],
+        trusted: tuple[int, bytes] | None,
+        progress: Callable[[int], None] | None,
+    ) -> None:
+        self.report = report
+        self.hub_keys = hub_keys
+        self.trusted = trusted
+        self.progress = progress
+        self.tree = merkle.CompactRange()
+        self.prev = ZERO_HASH
+        self.position = 0
+        self.last_checkpoint = 0
+        self.checkpoints_at: dict[int, str] = {}
+        self.broken = False
+
+    def fail(self, sequence: int | None, reason: FailureReason, message: str) -> None:
+        self.report.failures.append(Failure(sequence, reason, message))
+
+    def absorb(self, result: ChunkResult) -> None:
+        sequences, leaves, prevs, failures, signatures = result
+        self.report.signatures += signatures
+        for position, reason, message in failures:
+            self.fail(position, FailureReason[reason], message)
+        for sequence, leaf, prev in zip(sequences, leaves, prevs, strict=True):
+            position = self.position
+            if not self.broken:
+                if sequence == -1:
+                    self.broken = True  # already reported as malformed
+                elif sequence != position:
+                    self.fail(
+                        position,
+                        FailureReason.SEQUENCE_GAP,
+                        f"expected entry {position}, found entry {sequence}",
+                    )
+                    self.broken = True
+                elif prev != self.prev:
+                    culprit = max(position - 1, 0)
+                    self.fail(
+                        culprit,
+                        FailureReason.CHAIN_BROKEN,
+                        f"entry {position}'s prev_leaf_hash is not the leaf hash of entry "
+                        f"{culprit}: an entry was altered, removed or inserted",
+                    )
+                    self.broken = True
+            self.prev = leaf
+            self.tree.append(leaf)
+            self.position += 1
+            self._check_roots()
+        self.report.entries = self.position
+        if self.progress is not None:
+            self.progress(len(sequences))
+
+    def _check_roots(self) -> None:
+        size = self.position
+        note = self.checkpoints_at.pop(size, None)
+        if note is not None:
+            self._check_checkpoint(size, note)
+        trusted = self.trusted
+        if trusted is not None and trusted[0] == size and self.tree.root() != trusted[1]:
+            self.fail(
+                size - 1,
+                FailureReason.TRUSTED_CHECKPOINT_MISMATCH,
+                f"the first {size} entries do not have the trusted checkpoint's root: "
+                "the history was rewritten",
+            )
+
+    def _check_checkpoint(self, size: int, note: str) -> None:
+        try:
+            checkpoint = verify_checkpoint(note, self.hub_keys)
+        except CheckpointError as exc:
+            self.fail(size - 1, FailureReason.BAD_CHECKPOINT_SIGNATURE, f"size {size}: {exc}")
+            return
+        if checkpoint.size != size or checkpoint.origin != self.report.origin:
+            self.fail(
+                size - 1,
+                FailureReason.CHECKPOINT_ORDER,
+                f"checkpoint placed at size {size} states {checkpoint.origin} size "
+                f"{checkpoint.size}",
+            )
+            return
+        if checkpoint.root_hash != self.tree.root():
+            self.fail(
+                size - 1,
+                FailureReason.ROOT_MISMATCH,
+                f"checkpoint of size {size} has a root the entries do not produce",
+            )
+
+    def checkpoint(self, line: str, entries_seen: int) -> None:
+        record = json.loads(line)
+        size = int(record["size"])
+        note = str(record["note"])
+        self.report.checkpoints += 1
+        if size <= self.last_checkpoint or size < entries_seen:
+            self.fail(
+                max(size - 1, 0),
+                FailureReason.CHECKPOINT_ORDER,
+                f"checkpoint of size {size} follows one of size {self.last_checkpoint} "
+                f"or is placed after entry {entries_seen - 1}",
+            )
+            return
+        self.last_checkpoint = size
+        self.checkpoints_at[size] = note
+
+
+def verify_export(
+    handle: IO[str],
+    *,
+    hub_keys: Sequence[str] = (),
+    trusted_checkpoint: str | None = None,
+    workers: int | None = None,
+    progress: Callable[[int], None] | None = None,
+    on_header: Callable[[int], None] | None = None,
+) -> Report:
+    """Verify an export stream read from ``handle``.
+
+    ``hub_keys`` pins the hub's verifier keys; if empty, those declared in the export header are
+    used (trust on first use: pin them for a real audit). ``trusted_checkpoint`` is a
+    signed-note checkpoint the auditor already holds; the export must extend it. ``workers`` is
+    the process count for per-entry checks (default: every core; 0 checks in this process).
+    ``progress`` is called with the number of entries checked so far in each step and
+    ``on_header`` with the declared size. Returns a Report; never raises for a bad export.
+    """
+    report = Report()
+    source = _Stream(handle)
+    stream = iter(source)
+    try:
+        header = json.loads(next(stream))
+        if header.get("format") != FORMAT or header.get("version") != VERSION:
+            raise ValueError(f"not a {FORMAT} version {VERSION} stream")
+        report.origin = str(header["origin"])
+        report.size = int(header["size"])
+        declared = [NoteVerifier.parse(k) for k in header.get("hub_keys", [])]
+        pinned = [NoteVerifier.parse(k) for k in hub_keys] or declared
+    except (StopIteration, ValueError, KeyError, TypeError, CheckpointError) as exc:
+        report.failures.append(Failure(None, FailureReason.MALFORMED_EXPORT, f"bad header: {exc}"))
+        return report
+    if on_header is not None:
+        on_header(report.size)
+    trusted: tuple[int, bytes] | None = None
+    if trusted_checkpoint is not None:
+        try:
+            held = verify_checkpoint(trusted_checkpoint, pinned)
+        except CheckpointError as exc:
+            report.failures.append(Failure(None, FailureReason.BAD_TRUSTED_CHECKPOINT, str(exc)))
+            return report
+        if held.origin != report.origin:
+            report.failures.append(
+                Failure(
+                    None,
+                    FailureReason.BAD_TRUSTED_CHECKPOINT,
+                    f"trusted checkpoint is of log {held.origin}, export of {report.origin}",
+                )
+            )
+            return report
+        trusted = (held.size, held.root_hash)
+    state = _Verifier(report, pinned, trusted, progress)
+    key_records: list[dict[str, Any]] = []
+    chunk: list[str] = []
+    chunk_start = 0
+    entries_seen = 0
+    ended: dict[str, Any] | None = None
+    pool: ProcessPoolExecutor | None = None
+    pending: deque[Future[ChunkResult]] = deque()
+    keys: dict[str, list[_Key]] | None = None
+    count = (os.cpu_count() or 1) if workers is None else workers
+
+    def submit() -> None:
+        nonlocal pool, chunk, chunk_start
+        assert keys is not None
+        if count > 0 and pool is None and (len(chunk) == CHUNK or pending):
+            pool = ProcessPoolExecutor(count, initializer=_init_worker, initargs=(keys,))
+        if pool is None:
+            _init_worker(keys)
+            state.absorb(_check_chunk(chunk_start, chunk))
+        else:
+            pending.append(pool.submit(_check_chunk, chunk_start, chunk))
+            while len(pending) > 2 * count:
+                state.absorb(pending.popleft().result())
+        chunk_start += len(chunk)
+        chunk = []
+
+    try:
+        for line in stream:
+            if ended is not None:
+                raise ValueError("records after the end record")
+            kind = _record_type(line)
+            if kind == "entry":
+                if keys is None:
+                    keys = _keys_from(key_records)
+                chunk.append(line)
+                entries_seen += 1
+                if len(chunk) == CHUNK:
+                    submit()
+            elif kind == "checkpoint":
+                # Only registered here; checked when the tree reaches its size, so the
+                # workers keep streaming.
+                state.checkpoint(line, entries_seen)
+            elif kind == "key":
+                if keys is not None:
+                    raise ValueError("key records must come before entries")
+                key_records.append(json.loads(line))
+            elif kind == "end":
+                ended = json.loads(line)
+            else:
+                raise ValueError(f"unknown record type {kind!r}")
+        if keys is None:
+            keys = _keys_from(key_records)
+        if chunk:
+            submit()
+        while pending:
+            state.absorb(pending.popleft().result())
+    except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+        report.failures.append(
+            Failure(None, FailureReason.MALFORMED_EXPORT, f"line {source.line_number}: {exc}")
+        )
+        return report
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    _finish(state, ended)
+    return report
+
+
+def _finish(state: _Verifier, ended: dict[str, Any] | None) -> None:
+    report = state.report
+    n = state.position
+    for size in sorted(state.checkpoints_at):
+        state.fail(
+            min(size, n) - 1 if n else None,
+            FailureReason.TRUNCATED,
+            f"checkpoint of size {size} but the export holds only {n} entries",
+        )
+    if ended is None:
+        state.fail(
+            n if n < report.size else None,
+            FailureReason.TRUNCATED,
+            f"no end record after {n} entries (the header declares {report.size})",
+        )
+    elif int(ended.get("entries", -1)) != n or n != report.size:
+        state.fail(
+            min(n, report.size),
+            FailureReason.TRUNCATED,
+            f"the export holds {n} entries; header declares {report.size}, end record "
+            f"{ended.get('entries')}",
+        )
+    elif state.last_checkpoint != n:
+        state.fail(
+            state.last_checkpoint,
+            FailureReason.TRUNCATED,
+            f"entries after the last checkpoint (size {state.last_checkpoint}) are not covered "
+            "by any checkpoint",
+        )
+    if state.trusted is not None and state.trusted[0] > n:
+        state.fail(
+            n,
+            FailureReason.TRUSTED_CHECKPOINT_MISMATCH,
+            f"the trusted checkpoint covers {state.trusted[0]} entries, the export only {n}: "
+            "the log was truncated or rolled back",
+        )

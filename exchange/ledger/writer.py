@@ -1,0 +1,496 @@
+"""The ledger: one sequencing writer with group commit, and readers for checkpoints and proofs.
+
+Many concurrent ``append`` calls are queued to one writer thread, which takes everything queued
+(up to ``max_batch``) and commits it in one transaction: lock and re-read the head, assign
+sequence numbers, encode each entry once, chain it to the previous leaf hash, persist entries and
+every newly completed Merkle node, sign the batch's checkpoint and compute each entry's inclusion
+proof in it, commit, and only then resolve the callers' futures. A commit that fails resolves the
+whole batch with ``LedgerUnavailable``; nothing in it was acknowledged.
+
+The writer is a thread rather than an asyncio task because SQLite and the psycopg driver block:
+running them on the event loop would stall every gRPC call while a batch is being fsynced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import structlog
+from sqlalchemy import Connection, Engine
+
+from exchange.crypto.keys import SigningKey
+from exchange.ledger import merkle, storage
+from exchange.ledger.checkpoint import Checkpoint, sign_checkpoint, verifier_key
+from exchange.ledger.entry import EntryDraft, Receipt, StoredEntry, build_entry, encode_entry
+from exchange.ledger.errors import BeyondLog, CheckpointNotFound, LedgerUnavailable
+from exchange.v1 import ledger_pb2
+
+log = structlog.get_logger(__name__)
+
+CommittedEntries = Sequence[tuple[int, ledger_pb2.LedgerEntry]]
+CommitListener = Callable[[CommittedEntries], None]
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerConfig:
+    """How the ledger batches and checkpoints.
+
+    A checkpoint is stored when ``checkpoint_every`` entries have been appended since the last
+    stored one, or when ``checkpoint_interval_ms`` have passed with entries not yet covered, and
+    at shutdown. Every commit batch is signed regardless (its checkpoint is in the receipts).
+    ``key_name`` is the signed-note key name; by default the origin.
+    """
+
+    checkpoint_every: int = 1000
+    checkpoint_interval_ms: int = 1000
+    max_batch: int = 1000
+    key_name: str | None = None
+
+
+@dataclass(slots=True)
+class _Pending:
+    draft: EntryDraft
+    envelope: bytes
+    future: asyncio.Future[Receipt]
+    loop: asyncio.AbstractEventLoop
+
+
+_STOP = object()
+
+
+def _settle(items: list[tuple[asyncio.Future[Receipt], Receipt | BaseException]]) -> None:
+    for future, result in items:
+        if future.done():  # the caller gave up (cancelled); the entry may still be committed
+            continue
+        if isinstance(result, BaseException):
+            future.set_exception(result)
+        else:
+            future.set_result(result)
+
+
+class Ledger:
+    """The append-only, hash-chained, Merkle-tree log of the exchange.
+
+    Knows nothing of departments or policy: it appends entries, makes checkpoints and proves
+    them. ``append`` is async and returns only after commit; the readers are synchronous, safe
+    from any thread, and read the database (so they see appends of other hub processes too).
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        signer: SigningKey,
+        origin: str,
+        config: LedgerConfig = LedgerConfig(),  # frozen, so sharing the default is safe
+    ) -> None:
+        """Prepare a ledger on ``engine`` whose checkpoints ``signer`` signs for ``origin``.
+
+        Raises CheckpointError if the key name (``config.key_name`` or the origin) is not a valid
+        signed-note key name.
+        """
+        self._engine = engine
+        self._signer = signer
+        self._origin = origin
+        self._config = config
+        self._key_name = config.key_name or origin
+        self._verifier_key = verifier_key(self._key_name, signer.public_bytes)
+        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._accepting = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._listeners: list[CommitListener] = []
+        self._grown: asyncio.Event | None = None
+        self._known_size = 0
+        # Writer-thread state: the committed head this process last saw and the right edge of
+        # the tree at it. Reused only while the locked head still equals it.
+        self._head: storage.Head | None = None
+        self._compact: merkle.CompactRange | None = None
+        self._checkpoint_size = 0
+        self._checkpoint_time = 0.0
+
+    # ---------------------------------------------------------------- life cycle
+
+    @property
+    def origin(self) -> str:
+        """The log origin named in every checkpoint."""
+        return self._origin
+
+    @property
+    def verifier_key(self) -> str:
+        """The hub's signed-note verifier key string for this ledger's checkpoints."""
+        return self._verifier_key
+
+    async def start(self) -> None:
+        """Recover state from the database and start the writer.
+
+        If entries were committed after the last stored checkpoint (a crash), a checkpoint is
+        stored for them now. Raises LedgerUnavailable if the database cannot be reached.
+        """
+        if self._thread is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._grown = asyncio.Event()
+        try:
+            await asyncio.to_thread(self._recover)
+        except Exception as exc:  # any driver or OS error means the same: cannot start
+            raise LedgerUnavailable(f"the ledger cannot start: {type(exc).__name__}") from exc
+        self._accepting = True
+        self._thread = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
+        self._thread.start()
+
+    async def close(self) -> None:
+        """Commit every queued append, store a final checkpoint and stop the writer."""
+        thread = self._thread
+        if thread is None:
+            return
+        self._accepting = False
+        self._queue.put(_STOP)
+        await asyncio.to_thread(thread.join)
+        self._thread = None
+        # Appends that raced with close and were queued after the writer left.
+        leftovers: list[_Pending] = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, _Pending):
+                leftovers.append(item)
+        self._fail(leftovers, LedgerUnavailable("the ledger is closed"))
+
+    async def append(self, draft: EntryDraft, envelope: bytes = b"") -> Receipt:
+        """Record ``draft`` (with the caller's ``envelope`` bytes stored beside it).
+
+        Returns after the entry is committed, with its receipt. Raises LedgerUnavailable if the
+        ledger is not running or the commit fails; the entry is then not acknowledged.
+        """
+        if not self._accepting:
+            raise LedgerUnavailable("the ledger is not running")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Receipt] = loop.create_future()
+        self._queue.put(_Pending(draft, envelope, future, loop))
+        return await future
+
+    def subscribe(self, listener: CommitListener) -> Callable[[], None]:
+        """Call ``listener`` on the event loop of ``start`` after each commit of this process,
+        with the committed (sequence, LedgerEntry) pairs in order. Returns an unsubscribe
+        function. Commits by other hub processes are not announced: follow them with
+        ``entries``."""
+        self._listeners.append(listener)
+
+        def unsubscribe() -> None:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+        return unsubscribe
+
+    async def wait_beyond(self, size: int, timeout: float | None = None) -> int:
+        """Wait until this process has committed entries beyond ``size``; return the new size.
+
+        Returns the current known size on timeout (which may equal ``size``).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._known_size <= size and self._grown is not None:
+            event = self._grown
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                break
+            try:
+                await asyncio.wait_for(event.wait(), remaining)
+            except TimeoutError:
+                break
+        return self._known_size
+
+    # ---------------------------------------------------------------- readers
+
+    def size(self) -> int:
+        """The number of committed entries."""
+        with self._engine.connect() as conn:
+            return storage.read_head(conn).size
+
+    def latest_checkpoint(self) -> Checkpoint | None:
+        """The stored checkpoint of the largest size, or None if none is stored yet."""
+        with self._engine.connect() as conn:
+            return storage.latest_checkpoint(conn)
+
+    def checkpoint_at(self, size: int) -> Checkpoint:
+        """The stored checkpoint of exactly ``size``.
+
+        Raises BeyondLog (OutOfRange) if ``size`` is beyond the log, CheckpointNotFound
+        (NotFound) if no checkpoint of that size was stored.
+        """
+        with self._engine.connect() as conn:
+            head = storage.read_head(conn)
+            if not 0 <= size <= head.size:
+                raise BeyondLog(f"size {size} is beyond the log's {head.size} entries")
+            checkpoint = storage.checkpoint_at(conn, size)
+        if checkpoint is None:
+            raise CheckpointNotFound(f"no checkpoint is stored at size {size}")
+        return checkpoint
+
+    def inclusion_proof(self, sequence: int, tree_size: int) -> list[bytes]:
+        """The RFC 9162 inclusion proof of entry ``sequence`` in the tree of ``tree_size``.
+
+        Reads O(log n) rows. Raises BeyondLog unless 0 <= sequence < tree_size <= size().
+        """
+        with self._engine.connect() as conn:
+            head = storage.read_head(conn)
+            if not 0 <= sequence < tree_size <= head.size:
+                raise BeyondLog(
+                    f"no entry {sequence} in a tree of {tree_size} (log has {head.size})"
+                )
+            return storage.range_hashes(conn, merkle.inclusion_ranges(sequence, tree_size))
+
+    def consistency_proof(self, old_size: int, new_size: int) -> list[bytes]:
+        """The RFC 9162 consistency proof between two tree sizes (O(log n) rows).
+
+        Raises BeyondLog unless 0 <= old_size <= new_size <= size().
+        """
+        with self._engine.connect() as conn:
+            head = storage.read_head(conn)
+            if not 0 <= old_size <= new_size <= head.size:
+                raise BeyondLog(
+                    f"no consistency proof from {old_size} to {new_size} (log has {head.size})"
+                )
+            return storage.range_hashes(conn, merkle.consistency_ranges(old_size, new_size))
+
+    def entries(self, from_sequence: int, limit: int) -> list[StoredEntry]:
+        """Up to ``limit`` stored entries from ``from_sequence`` on, in order."""
+        with self._engine.connect() as conn:
+            return storage.read_entries(conn, from_sequence, limit)
+
+    def entries_for_subject(self, subject_ref: bytes) -> list[StoredEntry]:
+        """Every stored entry recorded with ``subject_ref`` (an indexed lookup), in order."""
+        if not subject_ref:
+            return []
+        with self._engine.connect() as conn:
+            return storage.read_entries_for_subject(conn, subject_ref)
+
+    # ---------------------------------------------------------------- writer thread
+
+    def _recover(self) -> None:
+        storage.ensure_head(self._engine)
+        with self._engine.connect() as conn:
+            head = storage.read_head(conn)
+            latest = storage.latest_checkpoint(conn)
+        self._known_size = head.size
+        self._checkpoint_size = latest.size if latest else 0
+        self._checkpoint_time = time.monotonic()
+        if head.size > self._checkpoint_size:
+            self._store_checkpoint_now()
+
+    def _run(self) -> None:
+        stopping = False
+        max_batch = self._config.max_batch
+        while True:
+            if stopping:  # drain what was queued before close, then leave
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            else:
+                try:
+                    item = self._queue.get(timeout=self._checkpoint_wait())
+                except queue.Empty:
+                    self._store_checkpoint_now()
+                    continue
+            batch: list[_Pending] = []
+            while True:
+                if item is _STOP:
+                    stopping = True
+                elif isinstance(item, _Pending):
+                    batch.append(item)
+                if len(batch) >= max_batch:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            if batch:
+                self._commit(batch)
+        self._store_checkpoint_now()
+
+    def _checkpoint_wait(self) -> float | None:
+        head = self._head
+        if head is None or head.size <= self._checkpoint_size:
+            return None
+        elapsed = time.monotonic() - self._checkpoint_time
+        return max(0.0, self._config.checkpoint_interval_ms / 1000 - elapsed)
+
+    def _checkpoint_due(self, size: int) -> bool:
+        if size - self._checkpoint_size >= self._config.checkpoint_every:
+            return True
+        elapsed_ms = (time.monotonic() - self._checkpoint_time) * 1000
+        return elapsed_ms >= self._config.checkpoint_interval_ms
+
+    def _sign(self, size: int, root: bytes) -> Checkpoint:
+        return sign_checkpoint(self._origin, size, root, self._signer, self._key_name)
+
+    def _commit(self, batch: list[_Pending]) -> None:
+        try:
+            receipts, committed, size = self._append_batch(batch)
+        except Exception as exc:  # the writer must survive any driver/OS error and report it
+            self._head = self._compact = None  # re-read everything next time
+            log.error("ledger_commit_failed", entries=len(batch), error=type(exc).__name__)
+            self._fail(batch, LedgerUnavailable(f"the ledger cannot commit: {type(exc).__name__}"))
+            return
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Receipt], Receipt]]]
+        by_loop = {}
+        for pending, receipt in zip(batch, receipts, strict=True):
+            by_loop.setdefault(pending.loop, []).append((pending.future, receipt))
+        for loop, items in by_loop.items():
+            self._call_soon(loop, _settle, items)
+        if self._loop is not None:
+            self._call_soon(self._loop, self._announce, committed, size)
+
+    def _fail(self, batch: list[_Pending], error: LedgerUnavailable) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Receipt], Exception]]]
+        by_loop = {}
+        for pending in batch:
+            by_loop.setdefault(pending.loop, []).append((pending.future, error))
+        for loop, items in by_loop.items():
+            self._call_soon(loop, _settle, items)
+
+    @staticmethod
+    def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: object) -> None:
+        try:
+            loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:  # the caller's loop is closed: nobody is waiting any more
+            log.warning("ledger_caller_loop_closed")
+
+    def _announce(self, committed: CommittedEntries, size: int) -> None:
+        self._known_size = max(self._known_size, size)
+        if self._grown is not None:
+            self._grown.set()
+            self._grown = asyncio.Event()
+        for listener in list(self._listeners):
+            try:
+                listener(committed)
+            except Exception:  # one faulty consumer must not starve the others
+                log.exception("ledger_listener_failed")
+
+    def _append_batch(
+        self, batch: list[_Pending]
+    ) -> tuple[list[Receipt], list[tuple[int, ledger_pb2.LedgerEntry]], int]:
+        now_ns = time.time_ns()
+        with self._engine.connect() as conn:
+            head = storage.lock_head(conn)
+            if head == self._head and self._compact is not None:
+                compact = self._compact.copy()
+            else:  # first batch, after a failure, or another hub appended: re-read the edge
+                compact = storage.compact_range(conn, head.size)
+            old_size = head.size
+            cache: dict[storage.Node, bytes] = dict(
+                zip(merkle.range_subtrees(0, old_size), compact.hashes, strict=True)
+            )
+            prev = head.last_leaf_hash
+            rows: list[tuple[int, bytes, bytes, bytes, bytes]] = []
+            completed: list[tuple[int, int, bytes]] = []
+            committed: list[tuple[int, ledger_pb2.LedgerEntry]] = []
+            leaf_hashes: list[bytes] = []
+            for offset, pending in enumerate(batch):
+                sequence = old_size + offset
+                entry = build_entry(
+                    pending.draft,
+                    sequence=sequence,
+                    time_ns=now_ns,
+                    prev_leaf_hash=prev,
+                    envelope=pending.envelope,
+                )
+                data = encode_entry(entry)
+                leaf = merkle.leaf_hash(data)
+                compact.append(leaf, completed)
+                cache[(0, sequence)] = leaf
+                rows.append((sequence, data, pending.envelope, leaf, pending.draft.subject_ref))
+                committed.append((sequence, entry))
+                leaf_hashes.append(leaf)
+                prev = leaf
+            for level, idx, h in completed:
+                cache[(level, idx)] = h
+            new_head = storage.Head(compact.size, prev)
+            storage.write_batch(conn, new_head, rows, completed)
+            checkpoint = self._sign(new_head.size, compact.root())
+            store = self._checkpoint_due(new_head.size)
+            if store:
+                storage.store_checkpoint(conn, checkpoint)
+            proofs = _BatchProofs(conn, cache, new_head.size)
+            receipts = [
+                Receipt(
+                    sequence=old_size + offset,
+                    leaf_hash=leaf,
+                    checkpoint=checkpoint.note,
+                    inclusion_proof=proofs.inclusion(old_size + offset),
+                )
+                for offset, leaf in enumerate(leaf_hashes)
+            ]
+            conn.commit()
+        self._head, self._compact = new_head, compact
+        if store:
+            self._checkpoint_size = new_head.size
+            self._checkpoint_time = time.monotonic()
+        return receipts, committed, new_head.size
+
+    def _store_checkpoint_now(self) -> None:
+        """Store a checkpoint at the committed head if none is stored there (timer, start,
+        shutdown). A failure is logged and retried at the next interval."""
+        try:
+            with self._engine.connect() as conn:
+                head = storage.lock_head(conn)
+                if head.size == 0:
+                    conn.rollback()
+                    self._head = head
+                    return
+                if head == self._head and self._compact is not None:
+                    compact = self._compact
+                else:
+                    compact = storage.compact_range(conn, head.size)
+                storage.store_checkpoint(conn, self._sign(head.size, compact.root()))
+                conn.commit()
+        except Exception as exc:  # keep the writer alive; the next interval retries
+            self._head = self._compact = None
+            self._checkpoint_time = time.monotonic()
+            log.error("ledger_checkpoint_failed", error=type(exc).__name__)
+            return
+        self._head, self._compact = head, compact
+        self._checkpoint_size = head.size
+        self._checkpoint_time = time.monotonic()
+
+
+class _BatchProofs:
+    """Inclusion proofs for every entry of a batch in the batch's tree.
+
+    Entries of one batch share most of their proof ranges, so range hashes are memoised; every
+    node they need is either on the old tree's right edge or completed by the batch (both in
+    ``cache``), and anything else is read from the open transaction.
+    """
+
+    def __init__(self, conn: Connection, cache: dict[storage.Node, bytes], size: int) -> None:
+        self._conn = conn
+        self._cache = cache
+        self._size = size
+        self._memo: dict[tuple[int, int], bytes] = {}
+
+    def _node(self, node: storage.Node) -> bytes:
+        h = self._cache.get(node)
+        if h is None:
+            fetched = storage.fetch_nodes(self._conn, [node])
+            if node not in fetched:
+                raise LookupError(f"ledger node {node} is missing")
+            h = self._cache[node] = fetched[node]
+        return h
+
+    def _range(self, start: int, end: int) -> bytes:
+        key = (start, end)
+        h = self._memo.get(key)
+        if h is None:
+            h = merkle.fold_subtrees([self._node(n) for n in merkle.range_subtrees(start, end)])
+            self._memo[key] = h
+        return h
+
+    def inclusion(self, sequence: int) -> tuple[bytes, ...]:
+        return tuple(self._range(s, e) for s, e in merkle.inclusion_ranges(sequence, self._size))

@@ -1,0 +1,57 @@
+"""A small time-bounded cache for hot-path reads (catalog entries, grants, index answers).
+
+Writes through this process invalidate at once; another hub process sharing the database is seen
+within ``ttl_seconds``. Safe to use from the event loop and from worker threads: a race between
+two misses only reads the database twice.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+_MISSING = object()
+
+
+class TtlCache(Generic[K, V]):
+    """Remembers ``load(key)`` for ``ttl_seconds``; at most ``max_entries`` keys."""
+
+    def __init__(
+        self, load: Callable[[K], V], ttl_seconds: float = 2.0, max_entries: int = 10_000
+    ) -> None:
+        self._load = load
+        self.ttl_seconds = ttl_seconds
+        self.max_entries = max_entries
+        self._entries: dict[K, tuple[float, V]] = {}
+
+    def peek(self, key: K) -> V | object:
+        """The cached value if fresh, else the module's ``MISSING`` marker (never loads)."""
+        hit = self._entries.get(key)
+        if hit is not None and time.monotonic() - hit[0] < self.ttl_seconds:
+            return hit[1]
+        return _MISSING
+
+    def get(self, key: K) -> V:
+        """The cached value, loading it (blocking) when absent or stale."""
+        value = self.peek(key)
+        if value is not _MISSING:
+            return value  # type: ignore[return-value]
+        loaded = self._load(key)
+        if len(self._entries) >= self.max_entries:
+            self._entries.clear()
+        self._entries[key] = (time.monotonic(), loaded)
+        return loaded
+
+    def invalidate(self, key: K | None = None) -> None:
+        """Forget ``key``, or everything."""
+        if key is None:
+            self._entries.clear()
+        else:
+            self._entries.pop(key, None)
+
+
+MISSING = _MISSING

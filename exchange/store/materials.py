@@ -1,0 +1,163 @@
+"""Repository of the material index and of correction proposals.
+
+The index knows, per material type and keyed subject ref, every version's reference, keyed
+content hash, keyed field hashes and holder. It never holds a subject id or a field value.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from sqlalchemy import Engine, insert, select, update
+
+from exchange.store.exchange_tables import material_fields, materials, objections
+
+
+@dataclass(frozen=True, slots=True)
+class IndexedMaterial:
+    """One version of one material as the hub knows it."""
+
+    reference: str
+    material_type: str
+    subject_ref: bytes
+    version: int
+    content_hash: bytes
+    holder: str
+    submitted_by: str
+    field_hashes: Mapping[str, bytes] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Proposal:
+    """A correction proposal filed against a material, waiting for its owner."""
+
+    id: str
+    material_type: str
+    reference: str
+    subject_ref: bytes
+    filed_by: str
+    owner: str
+    reason: str
+    proposed_fields: Mapping[str, str]
+    filed_us: int
+    deadline_us: int
+
+
+class MaterialIndex:
+    """Reads and writes the index. Every method is one transaction."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def current(self, material_type: str, subject_ref: bytes) -> IndexedMaterial | None:
+        """The current version of the material, with its field hashes, or None."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(materials).where(
+                    materials.c.material_type == material_type,
+                    materials.c.subject_ref == subject_ref,
+                    materials.c.superseded_us.is_(None),
+                )
+            ).first()
+            if row is None:
+                return None
+            hashes = conn.execute(
+                select(material_fields.c.name, material_fields.c.field_hash).where(
+                    material_fields.c.reference == row.reference
+                )
+            ).all()
+        m = row._mapping
+        return IndexedMaterial(
+            reference=m["reference"],
+            material_type=m["material_type"],
+            subject_ref=bytes(m["subject_ref"]),
+            version=m["version"],
+            content_hash=bytes(m["content_hash"]),
+            holder=m["holder"],
+            submitted_by=m["submitted_by"],
+            field_hashes={name: bytes(value) for name, value in hashes},
+        )
+
+    def put_version(self, material: IndexedMaterial, superseded: str | None, now_us: int) -> None:
+        """Index a new version; mark ``superseded`` (the previous reference) as replaced.
+
+        Raises sqlalchemy.exc.IntegrityError if that version or reference is already indexed
+        (a concurrent submission by another hub process).
+        """
+        with self.engine.begin() as conn:
+            if superseded is not None:
+                conn.execute(
+                    update(materials)
+                    .where(materials.c.reference == superseded, materials.c.superseded_us.is_(None))
+                    .values(superseded_us=now_us)
+                )
+            conn.execute(
+                insert(materials).values(
+                    reference=material.reference,
+                    material_type=material.material_type,
+                    subject_ref=material.subject_ref,
+                    version=material.version,
+                    content_hash=material.content_hash,
+                    holder=material.holder,
+                    submitted_by=material.submitted_by,
+                    indexed_us=now_us,
+                    superseded_us=None,
+                )
+            )
+            if material.field_hashes:
+                conn.execute(
+                    insert(material_fields),
+                    [
+                        {"reference": material.reference, "name": name, "field_hash": value}
+                        for name, value in sorted(material.field_hashes.items())
+                    ],
+                )
+
+    def add_proposal(self, proposal: Proposal) -> None:
+        """Record a correction proposal (state OPEN) for the owner."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert(objections).values(
+                    id=proposal.id,
+                    material_type=proposal.material_type,
+                    reference=proposal.reference,
+                    subject_ref=proposal.subject_ref,
+                    filed_by=proposal.filed_by,
+                    owner=proposal.owner,
+                    reason=proposal.reason,
+                    proposed_fields=json.dumps(
+                        dict(proposal.proposed_fields), ensure_ascii=False, sort_keys=True
+                    ),
+                    state="OPEN",
+                    filed_us=proposal.filed_us,
+                    deadline_us=proposal.deadline_us,
+                    resolution="",
+                    resolved_us=None,
+                )
+            )
+
+    def proposals_for(self, owner: str) -> list[Proposal]:
+        """Open proposals against ``owner``'s material, oldest first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(objections)
+                .where(objections.c.owner == owner, objections.c.state == "OPEN")
+                .order_by(objections.c.filed_us)
+            ).all()
+        return [
+            Proposal(
+                id=r.id,
+                material_type=r.material_type,
+                reference=r.reference,
+                subject_ref=bytes(r.subject_ref),
+                filed_by=r.filed_by,
+                owner=r.owner,
+                reason=r.reason,
+                proposed_fields=json.loads(r.proposed_fields),
+                filed_us=r.filed_us,
+                deadline_us=r.deadline_us,
+            )
+            for r in rows
+        ]

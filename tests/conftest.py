@@ -1,0 +1,170 @@
+"""Shared fixtures: real keystores, real hubs on loopback ports, real databases.
+
+PostgreSQL tests read EXCHANGE_TEST_DATABASE_URL (e.g.
+``postgresql+psycopg://postgres@127.0.0.1:5432/test``). Without it they skip with a reason; with
+``CI=true`` (set by .ci/run) a missing database fails the run instead.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from adapters.client import HubClient, Identity
+from exchange.api.server import HubServer
+from exchange.config import Config
+from exchange.crypto.keystore import Keystore
+from exchange.v1 import common_pb2, registry_pb2
+
+HUB_ID = "hub"
+
+
+def require_postgres() -> str:
+    """The admin URL of the test PostgreSQL, or skip (fail under CI) if none is configured."""
+    url = os.environ.get("EXCHANGE_TEST_DATABASE_URL")
+    if not url:
+        message = "PostgreSQL tests need EXCHANGE_TEST_DATABASE_URL (e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message + "; CI requires it")
+        pytest.skip(message)
+    return url
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+    admin_url = make_url(require_postgres())
+    if admin_url.drivername == "postgresql":
+        admin_url = admin_url.set(drivername="postgresql+psycopg")
+    name = f"exchange_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield admin_url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(
+                text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"),
+                {"n": name},
+            )
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+        admin.dispose()
+
+
+@pytest.fixture
+def keystore(tmp_path: Path) -> Keystore:
+    """A keystore with a hub key, subject secret, development CA and TLS certificates."""
+    store = Keystore(tmp_path / "keys")
+    store.init_hub(HUB_ID, ("localhost", "127.0.0.1"))
+    return store
+
+
+def hub_config(keystore: Keystore, database_url: str, **overrides: object) -> Config:
+    """A configuration for a test hub on a free loopback port."""
+    base = Config(
+        hub_id=HUB_ID,
+        listen="127.0.0.1:0",
+        database_url=database_url,
+        keys_dir=keystore.root,
+        checkpoint_interval_ms=200,
+        shutdown_grace_seconds=5.0,
+    )
+    import dataclasses
+
+    return dataclasses.replace(base, **overrides)  # type: ignore[arg-type]
+
+
+@dataclass
+class RunningHub:
+    """A hub serving on loopback, with helpers to act as its operator and its members."""
+
+    server: HubServer
+    keystore: Keystore
+    config: Config
+    clients: list[HubClient] = field(default_factory=list)
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.server.port}"
+
+    def client(self, department_id: str) -> HubClient:
+        """A client for a department (or the operator when ``department_id`` is the hub id)."""
+        if department_id == HUB_ID:
+            identity = Identity(
+                HUB_ID, self.keystore.hub_signing_key(), self.keystore.operator_tls()
+            )
+        else:
+            identity = Identity(
+                department_id,
+                self.keystore.department_signing_key(department_id),
+                self.keystore.department_tls(department_id),
+            )
+        client = HubClient(self.target, identity, server_name="localhost", retries=0)
+        self.clients.append(client)
+        return client
+
+    @property
+    def operator(self) -> HubClient:
+        return self.client(HUB_ID)
+
+    async def register(
+        self,
+        department_id: str,
+        roles: tuple[int, ...] = (common_pb2.CONSUMER,),
+        *,
+        endpoint: str = "",
+        server_names: tuple[str, ...] = (),
+    ) -> HubClient:
+        """Create keys for a department, register it through the operator, return its client."""
+        key = self.keystore.add_department(department_id, server_names=server_names)
+        body = registry_pb2.RegisterDepartmentRequest(
+            department=registry_pb2.Department(
+                id=department_id,
+                name=department_id.replace(".", " ").title(),
+                roles=list(roles),
+                provider_endpoint=endpoint,
+                keys=[registry_pb2.DepartmentKey(public_key=key.public_bytes)],
+            )
+        )
+        await self.operator.call(
+            "/exchange.v1.Registry/RegisterDepartment", body, registry_pb2.DepartmentResponse
+        )
+        return self.client(department_id)
+
+
+StartHub = Callable[..., Awaitable[RunningHub]]
+
+
+@pytest.fixture
+async def start_hub(keystore: Keystore, tmp_path: Path) -> AsyncIterator[StartHub]:
+    """A factory starting hubs (SQLite in tmp_path unless a URL is given); all stopped after."""
+    running: list[RunningHub] = []
+
+    async def start(database_url: str | None = None, **overrides: object) -> RunningHub:
+        url = database_url or f"sqlite:///{tmp_path / 'exchange.db'}"
+        config = hub_config(keystore, url, **overrides)
+        server = HubServer(config)
+        await server.start()
+        hub = RunningHub(server, keystore, config)
+        running.append(hub)
+        return hub
+
+    yield start
+    for hub in running:
+        for client in hub.clients:
+            await client.close()
+        await hub.server.stop(grace=1.0)
+
+
+@pytest.fixture
+async def hub(start_hub: StartHub) -> RunningHub:
+    """A running hub on SQLite."""
+    return await start_hub()
