@@ -2,8 +2,7 @@
 
 It implements ``exchange.v1.Provider`` for exactly one caller, the hub:
 
-- the TLS peer must present a certificate naming the hub (mTLS, checked on every call, so that
-  a stranger gets a precise refusal and a load balancer can still ask the health service);
+- the TLS peer must present a certificate of the exchange's CA (mTLS) that names the hub;
 - every envelope must be signed by the hub's key and issued within the replay window;
 - Fetch returns only the fields the hub names (a field the mapping does not know is refused,
   and only the columns of the named fields are read from the source);
@@ -28,7 +27,7 @@ import grpc
 import structlog
 from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1.health import aio as health_aio
+from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 
 from adapters.backends import Backend, Holding
 from adapters.errors import BackendError
@@ -58,6 +57,7 @@ MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 STORE_MEMORY = 10_000
 
 Body = TypeVar("Body", bound=Message)
+Answer = TypeVar("Answer", bound=Message)
 
 
 class HubAuthenticator:
@@ -323,13 +323,14 @@ class _Servicer(provider_pb2_grpc.ProviderServicer):
 
 
 def server_credentials(tls: TlsIdentity) -> grpc.ServerCredentials:
-    """TLS with the department's certificate, asking for (not requiring) a client certificate.
+    """TLS with the department's certificate, requiring a client certificate from the CA.
 
-    The peer certificate is checked on every call instead, so a caller without one gets a
-    precise UNAUTHENTICATED / NO_CLIENT_CERTIFICATE and health checks still work.
+    gRPC-Python cannot ask for a client certificate without requiring it, so a caller without
+    one fails the handshake; a caller with a certificate of the CA that does not name the hub is
+    refused per call (PERMISSION_DENIED / NOT_FROM_HUB).
     """
     return grpc.ssl_server_credentials(
-        [(tls.private_key, tls.certificate)], root_certificates=tls.ca, require_client_auth=False
+        [(tls.private_key, tls.certificate)], root_certificates=tls.ca, require_client_auth=True
     )
 
 
@@ -412,8 +413,8 @@ class ProviderServer:
         body_type: type[Body],
         envelope: envelope_pb2.Envelope,
         context: grpc.aio.ServicerContext[Any, Any],
-        serve: Callable[[Body], Awaitable[Any]],
-    ) -> Any:
+        serve: Callable[[Body], Awaitable[Answer]],
+    ) -> Answer:
         """Authenticate, serve, and map refusals; one log event per call, no personal data."""
         started = time.perf_counter()
         outcome = "OK"

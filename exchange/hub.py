@@ -7,12 +7,18 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
 
+from exchange.catalog.repository import CatalogStore
 from exchange.config import Config
 from exchange.crypto.keys import SigningKey
-from exchange.crypto.keystore import Keystore
+from exchange.crypto.keystore import Keystore, TlsIdentity
 from exchange.ledger import Ledger, LedgerConfig
+from exchange.flows.content import ContentKeys
+from exchange.policy.grants import GrantStore
 from exchange.policy.identity import Authenticator
+from exchange.policy.rates import RateLimiter
+from exchange.routing.provider import ProviderRouter
 from exchange.store.database import open_engine, upgrade
+from exchange.store.materials import MaterialIndex
 from exchange.store.registry import DepartmentRecord, Registry
 from exchange.store.requests import RequestLog
 
@@ -51,6 +57,7 @@ class Hub:
         engine: Engine,
         hub_key: SigningKey,
         subject_key: bytes,
+        provider_tls: TlsIdentity | None = None,
     ) -> None:
         self.config = config
         self.engine = engine
@@ -74,6 +81,18 @@ class Hub:
             lookup=self.departments.get,
             replay_window_us=config.replay_window_seconds * 1_000_000,
         )
+        # The exchange flows (issue 5): catalog, grants, material index, rates, routing.
+        self.content_keys = ContentKeys.derive(subject_key)
+        self.catalog = CatalogStore(engine)
+        self.grants = GrantStore(engine)
+        self.index = MaterialIndex(engine)
+        self.rates = RateLimiter()
+        self.providers = ProviderRouter(
+            config.hub_id,
+            hub_key,
+            None if config.insecure else provider_tls,
+            config.provider_timeout_ms / 1000,
+        )
 
     @classmethod
     def open(cls, config: Config) -> Hub:
@@ -84,7 +103,13 @@ class Hub:
         keystore = Keystore(config.keys_dir)
         engine = open_engine(config.database_url)
         upgrade(engine)
-        return cls(config, engine, keystore.hub_signing_key(), keystore.subject_key())
+        return cls(
+            config,
+            engine,
+            keystore.hub_signing_key(),
+            keystore.subject_key(),
+            None if config.insecure else keystore.operator_tls(),
+        )
 
     async def start(self) -> None:
         """Start the ledger writer."""
@@ -93,4 +118,5 @@ class Hub:
     async def close(self) -> None:
         """Flush the ledger (final checkpoint) and release the database."""
         await self.ledger.close()
+        await self.providers.close()
         self.engine.dispose()

@@ -226,9 +226,8 @@ class SqlBackend:
                 labels = set(result.keys())
                 result.close()
             except SQLAlchemyError as exc:
-                raise MappingError(
-                    f"{where}: {label} does not run: {str(exc.orig if hasattr(exc, 'orig') else exc).strip()}"
-                ) from exc
+                cause = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+                raise MappingError(f"{where}: {label} does not run: {cause}") from exc
             missing = {what: column for what, column in needed.items() if column not in labels}
             if missing:
                 listed = ", ".join(f"{column!r} ({what})" for what, column in missing.items())
@@ -270,7 +269,10 @@ class SqlBackend:
 
     @staticmethod
     def _holding(
-        mapping: MaterialMapping, subject_id: str, row: Mapping[str, Any], wanted: Mapping[str, str]
+        mapping: MaterialMapping,
+        subject_id: str,
+        row: Mapping[Any, Any],
+        wanted: Mapping[str, str],
     ) -> Holding:
         values = {name: canonical_value(row[column]) for name, column in wanted.items()}
         reference = (

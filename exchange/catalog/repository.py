@@ -69,7 +69,7 @@ class CatalogStore:
         """The latest version of a material type, or None. May block on a cache miss."""
         return self._types.get(type_id)
 
-    def cached_material_type(self, type_id: str) -> MaterialType | None | object:
+    def cached_material_type(self, type_id: str) -> object:
         """The cached latest version, or ``exchange.store.cache.MISSING`` (never blocks)."""
         return self._types.peek(type_id)
 

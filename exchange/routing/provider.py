@@ -1,0 +1,188 @@
+"""The hub's client to provider adapters: hub-signed Fetch and Store over mTLS.
+
+One cached grpc.aio channel per endpoint. The hub presents its own client certificate
+(CN = hub id) and signs every forwarded request with the hub key; ``header.request_id`` is a
+fresh id per forwarded call. Each call waits at most ``min(provider timeout, what is left of the
+caller's deadline minus a margin)``, so a slow provider yields DEADLINE_EXCEEDED to the caller
+in time for the failure to be recorded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import grpc
+
+from exchange import errors
+from exchange.clock import now_us, to_timestamp
+from exchange.crypto.envelope import sign
+from exchange.crypto.keys import SigningKey
+from exchange.crypto.keystore import TlsIdentity
+from exchange.routing.deadline import call_deadline
+from exchange.v1 import common_pb2, envelope_pb2, provider_pb2
+
+FETCH = "/exchange.v1.Provider/Fetch"
+STORE = "/exchange.v1.Provider/Store"
+
+# Time kept back from the caller's deadline to record the failure and answer.
+MARGIN_SECONDS = 0.25
+
+
+class ProviderRouter:
+    """Calls provider adapters on behalf of the hub."""
+
+    def __init__(
+        self,
+        hub_id: str,
+        hub_key: SigningKey,
+        tls: TlsIdentity | None,
+        timeout_seconds: float,
+    ) -> None:
+        self.hub_id = hub_id
+        self.hub_key = hub_key
+        self.tls = tls
+        self.timeout_seconds = timeout_seconds
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._credentials = (
+            None
+            if tls is None
+            else grpc.ssl_channel_credentials(
+                root_certificates=tls.ca,
+                private_key=tls.private_key,
+                certificate_chain=tls.certificate,
+            )
+        )
+
+    def _channel(self, endpoint: str) -> grpc.aio.Channel:
+        channel = self._channels.get(endpoint)
+        if channel is None:
+            if self._credentials is None:
+                channel = grpc.aio.insecure_channel(endpoint)
+            else:
+                channel = grpc.aio.secure_channel(endpoint, self._credentials)
+            self._channels[endpoint] = channel
+        return channel
+
+    async def forget(self, endpoint: str) -> None:
+        """Close and drop the cached channel of ``endpoint`` (e.g. after the registry changed)."""
+        channel = self._channels.pop(endpoint, None)
+        if channel is not None:
+            await channel.close()
+
+    async def close(self) -> None:
+        """Close every channel."""
+        channels, self._channels = list(self._channels.values()), {}
+        for channel in channels:
+            await channel.close()
+
+    def _timeout(self) -> float:
+        remaining = call_deadline()
+        if remaining is None:
+            return self.timeout_seconds
+        budget = remaining - min(MARGIN_SECONDS, remaining / 2)
+        if budget <= 0.001:
+            raise errors.DeadlineExceeded(
+                common_pb2.PROVIDER_TIMEOUT,
+                "no time left in the caller's deadline to ask the holder",
+            )
+        return min(self.timeout_seconds, budget)
+
+    def _envelope(
+        self, body: provider_pb2.FetchRequest | provider_pb2.StoreRequest, request_id: str
+    ) -> envelope_pb2.Envelope:
+        body.header.request_id = request_id
+        body.header.department_id = self.hub_id
+        body.header.issued_at.CopyFrom(to_timestamp(now_us()))
+        return sign(
+            body.SerializeToString(deterministic=True), body.DESCRIPTOR.full_name, self.hub_key
+        )
+
+    async def fetch(
+        self,
+        endpoint: str,
+        *,
+        request_id: str,
+        material_type: str,
+        subject_id: str,
+        fields: Sequence[str],
+        consumer: str,
+        purpose: str,
+    ) -> provider_pb2.FetchResponse:
+        """Ask the holder for exactly ``fields`` of a material.
+
+        Raises Unavailable (PROVIDER_UNAVAILABLE) or DeadlineExceeded (PROVIDER_TIMEOUT).
+        """
+        body = provider_pb2.FetchRequest(
+            material_type=material_type,
+            subject_id=subject_id,
+            fields=list(fields),
+            consumer=consumer,
+            purpose=purpose,
+        )
+        return await self._call(
+            endpoint, FETCH, self._envelope(body, request_id), provider_pb2.FetchResponse
+        )
+
+    async def store(
+        self,
+        endpoint: str,
+        *,
+        request_id: str,
+        material_type: str,
+        subject_id: str,
+        fields: Mapping[str, str],
+        reference: str,
+        version: int,
+        submitted_by: str,
+    ) -> provider_pb2.StoreResponse:
+        """Ask the holder to store a material (new subject or new version).
+
+        Raises Unavailable (PROVIDER_UNAVAILABLE) or DeadlineExceeded (PROVIDER_TIMEOUT).
+        """
+        body = provider_pb2.StoreRequest(
+            material_type=material_type,
+            subject_id=subject_id,
+            fields=dict(fields),
+            reference=reference,
+            version=version,
+            submitted_by=submitted_by,
+        )
+        return await self._call(
+            endpoint, STORE, self._envelope(body, request_id), provider_pb2.StoreResponse
+        )
+
+    async def _call(
+        self,
+        endpoint: str,
+        method: str,
+        envelope: envelope_pb2.Envelope,
+        response_type: type[provider_pb2.FetchResponse] | type[provider_pb2.StoreResponse],
+    ) -> Any:
+        if not endpoint:
+            raise errors.Unavailable(
+                common_pb2.PROVIDER_UNAVAILABLE, "the holder has no provider endpoint registered"
+            )
+        timeout = self._timeout()
+        call = self._channel(endpoint).unary_unary(
+            method,
+            request_serializer=envelope_pb2.Envelope.SerializeToString,
+            response_deserializer=response_type.FromString,
+        )
+        try:
+            return await call(envelope, timeout=timeout)
+        except grpc.aio.AioRpcError as error:
+            code = error.code()
+            if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise errors.DeadlineExceeded(
+                    common_pb2.PROVIDER_TIMEOUT,
+                    f"the holder did not answer within {timeout:.3f} s",
+                ) from None
+            if code == grpc.StatusCode.UNAVAILABLE:
+                raise errors.Unavailable(
+                    common_pb2.PROVIDER_UNAVAILABLE, "the holder's adapter cannot be reached"
+                ) from None
+            raise errors.Unavailable(
+                common_pb2.PROVIDER_UNAVAILABLE,
+                f"the holder's adapter failed the call ({code.name})",
+            ) from None
