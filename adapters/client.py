@@ -1,34 +1,66 @@
-"""Client SDK: signed, idempotent calls to the hub.
+"""Client SDK: signed, idempotent, verified calls to the hub.
 
 Every call wraps its body in an envelope signed by the department's key, with a request id and
 an issue time in the header. Transient failures (UNAVAILABLE) are retried with the same request
-id and the same bytes, so a retry never has a second effect. Refusals raise ``Refused`` with the
-contract's reason.
+id and the same bytes, so a retry never has a second effect: the hub answers it with the first
+answer. Refusals raise ``Refused`` with the contract's reason.
+
+Given the hub's verifier key (``hub_verifier``), every receipt is checked on arrival: its
+checkpoint must be signed by the hub and its inclusion proof must place the call's ledger entry
+in that checkpoint. Material delivered by a provider is checked end to end: the envelope must be
+signed by a key the registry lists for the holder, valid when the record was issued, and the
+record must answer this request (request id, material type, subject, fields asked for).
+Anything that does not verify raises ``VerificationError``.
+
+The typed methods (``check``, ``submit``, ``request``, ``prefill``, ``access_history``,
+``department``) return frozen dataclasses; ``call`` and ``send`` reach any method.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
+from adapters.errors import AdapterError, VerificationError
 from exchange.api.status import error_info
-from exchange.clock import now_us, to_timestamp
-from exchange.crypto.envelope import sign
+from exchange.clock import from_timestamp, now_us, to_timestamp
+from exchange.crypto.envelope import EnvelopeError, sign, verify
 from exchange.crypto.keys import SigningKey
 from exchange.crypto.keystore import TlsIdentity
-from exchange.v1 import envelope_pb2
+from exchange.ledger import CheckpointError, NoteVerifier, Receipt, verify_receipt
+from exchange.v1 import common_pb2, envelope_pb2, exchange_pb2, ledger_pb2, registry_pb2
+
+__all__ = [
+    "Access",
+    "CheckResult",
+    "HubClient",
+    "Identity",
+    "Material",
+    "Prefill",
+    "PrefilledValue",
+    "Refused",
+    "SubmitResult",
+    "VerificationError",
+    "channel",
+]
 
 Response = TypeVar("Response", bound=Message)
 
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE})
+EXCHANGE = "/exchange.v1.Exchange"
+MATERIAL_RECORD = exchange_pb2.MaterialRecord.DESCRIPTOR.full_name
+DEPARTMENT_CACHE_SECONDS = 60.0
 
 
-class Refused(Exception):
+class Refused(AdapterError):
     """The hub (or a provider through it) refused or failed a call.
 
     ``code`` is the gRPC status, ``reason`` the contract's reason name (e.g. "NO_GRANT"),
@@ -66,21 +98,128 @@ class Identity:
     tls: TlsIdentity | None
 
 
+# ---------------------------------------------------------------------------- typed results
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    """Whether material is on file: reference, version and holder; never content."""
+
+    on_file: bool
+    reference: str
+    version: int
+    holder: str
+    receipt: Receipt
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitResult:
+    """What a submission did: ``outcome`` is STORED, ALREADY_ON_FILE, NEW_VERSION or
+    CORRECTION_PROPOSED."""
+
+    outcome: str
+    reference: str
+    version: int
+    content_hash: bytes
+    objection_id: str
+    receipt: Receipt
+
+
+@dataclass(frozen=True, slots=True)
+class Material:
+    """A material delivered by its holder, verified end to end.
+
+    ``envelope`` is the holder-signed envelope exactly as received, for anyone to re-verify;
+    ``issued_us`` is when the holder signed it (microseconds since the epoch).
+    """
+
+    material_type: str
+    subject_id: str
+    reference: str
+    version: int
+    fields: Mapping[str, str]
+    holder: str
+    request_id: str
+    issued_us: int
+    envelope: envelope_pb2.Envelope = field(repr=False)
+    receipt: Receipt | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class PrefilledValue:
+    """One form field filled from material on file, with its provenance."""
+
+    name: str
+    value: str
+    holder: str
+    material_type: str
+    reference: str
+    version: int
+    content_hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Prefill:
+    """A prefilled form: filled fields with provenance, and the names still to ask for."""
+
+    fields: tuple[PrefilledValue, ...]
+    missing: tuple[str, ...]
+    materials: tuple[Material, ...]
+    receipt: Receipt
+
+    def values(self) -> dict[str, str]:
+        """Form field name -> value for the filled fields."""
+        return {f.name: f.value for f in self.fields}
+
+
+@dataclass(frozen=True, slots=True)
+class Access:
+    """One ledger entry that touched the subject: who, when, what, why, how it ended."""
+
+    sequence: int
+    time_us: int
+    actor: str
+    kind: str
+    material_type: str
+    purpose: str
+    outcome: str
+    reason: str
+
+
+# ---------------------------------------------------------------------------- transport
+
+
 def channel(
-    target: str, tls: TlsIdentity | None, server_name: str | None = None
+    target: str,
+    tls: TlsIdentity | None,
+    server_name: str | None = None,
+    interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None,
 ) -> grpc.aio.Channel:
     """An aio channel to ``target``: mTLS with ``tls``, or plaintext if ``tls`` is None."""
     if tls is None:
-        return grpc.aio.insecure_channel(target)
+        return grpc.aio.insecure_channel(target, interceptors=interceptors)
     credentials = grpc.ssl_channel_credentials(
         root_certificates=tls.ca, private_key=tls.private_key, certificate_chain=tls.certificate
     )
     options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
-    return grpc.aio.secure_channel(target, credentials, options=options)
+    return grpc.aio.secure_channel(target, credentials, options=options, interceptors=interceptors)
+
+
+def _key_valid_at(key: registry_pb2.DepartmentKey, at_us: int) -> bool:
+    if key.HasField("revoked_at") and from_timestamp(key.revoked_at) <= at_us:
+        return False
+    if key.HasField("valid_from") and from_timestamp(key.valid_from) > at_us:
+        return False
+    return not (key.HasField("valid_until") and from_timestamp(key.valid_until) <= at_us)
 
 
 class HubClient:
-    """Calls hub methods as one department. Use as an async context manager or ``close()``."""
+    """Calls hub methods as one department. Use as an async context manager or ``close()``.
+
+    ``hub_verifier`` is the hub's signed-note verifier key (``<name>+<hex id>+<base64 key>``,
+    printed by the hub at start and in its docs): when given, every receipt is verified on
+    arrival. ``interceptors`` are passed to the gRPC channel (tests use them to lose answers).
+    """
 
     def __init__(
         self,
@@ -90,11 +229,18 @@ class HubClient:
         server_name: str | None = None,
         retries: int = 3,
         backoff_seconds: float = 0.2,
+        hub_verifier: str | NoteVerifier | None = None,
+        interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None,
     ) -> None:
+        """Raises exchange.ledger.CheckpointError if ``hub_verifier`` is malformed."""
         self.identity = identity
-        self.channel = channel(target, identity.tls, server_name)
+        self.channel = channel(target, identity.tls, server_name, interceptors)
         self.retries = retries
         self.backoff_seconds = backoff_seconds
+        self.hub_verifier = (
+            NoteVerifier.parse(hub_verifier) if isinstance(hub_verifier, str) else hub_verifier
+        )
+        self._departments: dict[str, tuple[float, registry_pb2.Department]] = {}
 
     async def __aenter__(self) -> HubClient:
         return self
@@ -128,7 +274,8 @@ class HubClient:
     ) -> Response:
         """Send a prepared envelope to ``method`` ("/exchange.v1.Registry/ListDepartments").
 
-        Retries UNAVAILABLE with the same bytes. Raises Refused.
+        Retries UNAVAILABLE with the same bytes. Verifies the response's receipt when the
+        client has the hub's verifier key. Raises Refused, VerificationError.
         """
         call = self.channel.unary_unary(
             method,
@@ -139,13 +286,16 @@ class HubClient:
         while True:
             try:
                 response: Response = await call(envelope, timeout=timeout)
-                return response
+                break
             except grpc.aio.AioRpcError as error:
                 if error.code() in RETRYABLE and attempt < self.retries:
                     attempt += 1
                     await asyncio.sleep(self.backoff_seconds * 2 ** (attempt - 1))
                     continue
                 raise Refused.from_rpc_error(error) from None
+        if self.hub_verifier is not None and "receipt" in response.DESCRIPTOR.fields_by_name:
+            self.verify_receipt(response.receipt)  # type: ignore[attr-defined]
+        return response
 
     async def call(
         self,
@@ -156,7 +306,254 @@ class HubClient:
         request_id: str | None = None,
         timeout: float = 30.0,
     ) -> Response:
-        """Sign ``body`` and call ``method``; return the response. Raises Refused."""
+        """Sign ``body`` and call ``method``; return the response. Raises Refused,
+        VerificationError."""
         return await self.send(
             method, self.envelope(body, request_id), response_type, timeout=timeout
+        )
+
+    # ------------------------------------------------------------------------ verification
+
+    def verify_receipt(self, receipt: common_pb2.Receipt) -> Receipt:
+        """Check a receipt against the hub's verifier key; return it as a value.
+
+        Without a verifier key the receipt is only converted. Raises VerificationError if the
+        checkpoint is not signed by the hub or the entry is not in its tree.
+        """
+        value = Receipt.from_proto(receipt)
+        if self.hub_verifier is None:
+            return value
+        if not receipt.checkpoint:
+            raise VerificationError("the answer carries no receipt")
+        try:
+            verify_receipt(value, [self.hub_verifier])
+        except CheckpointError as exc:
+            raise VerificationError(f"the hub's receipt does not verify: {exc}") from exc
+        return value
+
+    async def department(
+        self, department_id: str, *, fresh: bool = False
+    ) -> registry_pb2.Department:
+        """A registered department (keys, roles, endpoint), cached for a minute.
+
+        Raises Refused (e.g. NOT_FOUND / UNKNOWN_DEPARTMENT).
+        """
+        cached = self._departments.get(department_id)
+        if (
+            cached is not None
+            and not fresh
+            and time.monotonic() - cached[0] < DEPARTMENT_CACHE_SECONDS
+        ):
+            return cached[1]
+        answer = await self.call(
+            "/exchange.v1.Registry/GetDepartment",
+            registry_pb2.GetDepartmentRequest(department_id=department_id),
+            registry_pb2.DepartmentResponse,
+        )
+        self._departments[department_id] = (time.monotonic(), answer.department)
+        return answer.department
+
+    async def verify_material(
+        self,
+        envelope: envelope_pb2.Envelope,
+        *,
+        material_type: str,
+        subject_id: str,
+        request_id: str | None = None,
+        fields: Sequence[str] = (),
+        holder: str | None = None,
+    ) -> Material:
+        """Verify a holder-signed MaterialRecord envelope end to end and decode it.
+
+        The signature must be by a key the registry lists for the record's holder (``holder``
+        if given), valid when the record was issued; the record must be about ``material_type``
+        and ``subject_id``, answer ``request_id`` if given, and carry only ``fields`` if given.
+        Raises VerificationError, or Refused if the holder cannot be looked up.
+        """
+        if envelope.payload_type != MATERIAL_RECORD:
+            raise VerificationError(f"not a material record: {envelope.payload_type[:64]!r}")
+        record = exchange_pb2.MaterialRecord()
+        try:
+            record.ParseFromString(envelope.payload)
+        except DecodeError as exc:
+            raise VerificationError("the material record does not decode") from exc
+        if holder is not None and record.holder != holder:
+            raise VerificationError(f"the record names holder {record.holder!r}, not {holder!r}")
+        issued = from_timestamp(record.issued_at)
+        department = await self.department(record.holder)
+        keys = {k.keyid: k.public_key for k in department.keys if _key_valid_at(k, issued)}
+        try:
+            verify(envelope, keys.get)
+        except EnvelopeError as exc:
+            raise VerificationError(
+                f"the material is not signed by its holder {record.holder!r}: {exc}"
+            ) from exc
+        if record.material_type != material_type:
+            raise VerificationError("the record is of another material type")
+        if record.subject_id.strip().upper() != subject_id.strip().upper():
+            raise VerificationError("the record is about another subject")
+        if request_id is not None and record.request_id != request_id:
+            raise VerificationError("the record answers another request")
+        extra = set(record.fields) - set(fields) if fields else set()
+        if extra:
+            raise VerificationError(f"the record carries fields not asked for: {sorted(extra)}")
+        return Material(
+            material_type=record.material_type,
+            subject_id=record.subject_id,
+            reference=record.reference,
+            version=record.version,
+            fields=dict(record.fields),
+            holder=record.holder,
+            request_id=record.request_id,
+            issued_us=issued,
+            envelope=envelope,
+        )
+
+    # ------------------------------------------------------------------------ the flows
+
+    async def check(self, material_type: str, subject_id: str) -> CheckResult:
+        """Is material of ``material_type`` on file for the subject? Raises Refused."""
+        answer = await self.call(
+            f"{EXCHANGE}/Check",
+            exchange_pb2.CheckRequest(material_type=material_type, subject_id=subject_id),
+            exchange_pb2.CheckResponse,
+        )
+        return CheckResult(
+            on_file=answer.on_file,
+            reference=answer.reference,
+            version=answer.version,
+            holder=answer.holder,
+            receipt=self.verify_receipt(answer.receipt),
+        )
+
+    async def submit(
+        self,
+        material_type: str,
+        subject_id: str,
+        fields: Mapping[str, str],
+        *,
+        request_id: str | None = None,
+    ) -> SubmitResult:
+        """Submit material collected from a person (collect once). Raises Refused."""
+        answer = await self.call(
+            f"{EXCHANGE}/Submit",
+            exchange_pb2.SubmitRequest(
+                material_type=material_type, subject_id=subject_id, fields=dict(fields)
+            ),
+            exchange_pb2.SubmitResponse,
+            request_id=request_id,
+        )
+        return SubmitResult(
+            outcome=exchange_pb2.SubmitOutcome.Name(answer.outcome),
+            reference=answer.reference,
+            version=answer.version,
+            content_hash=answer.content_hash,
+            objection_id=answer.objection_id,
+            receipt=self.verify_receipt(answer.receipt),
+        )
+
+    async def request(
+        self,
+        material_type: str,
+        subject_id: str,
+        *,
+        purpose: str,
+        fields: Sequence[str] = (),
+        request_id: str | None = None,
+    ) -> Material:
+        """Request material from its holder for ``purpose``; verified end to end.
+
+        ``fields`` empty asks for every field the grant allows. Raises Refused, or
+        VerificationError if the delivered material is not the holder's answer to this request.
+        """
+        request_id = request_id or uuid.uuid4().hex
+        answer = await self.call(
+            f"{EXCHANGE}/Request",
+            exchange_pb2.MaterialRequest(
+                material_type=material_type,
+                subject_id=subject_id,
+                fields=list(fields),
+                purpose=purpose,
+            ),
+            exchange_pb2.MaterialResponse,
+            request_id=request_id,
+        )
+        receipt = self.verify_receipt(answer.receipt)
+        material = await self.verify_material(
+            answer.material,
+            material_type=material_type,
+            subject_id=subject_id,
+            request_id=request_id,
+            fields=fields,
+        )
+        return dataclasses.replace(material, receipt=receipt)
+
+    async def prefill(self, form_id: str, subject_id: str) -> Prefill:
+        """Prefill a registered form for a subject, every value checked against the signed
+        material it came from. Raises Refused, VerificationError."""
+        answer = await self.call(
+            f"{EXCHANGE}/Prefill",
+            exchange_pb2.PrefillRequest(form_id=form_id, subject_id=subject_id),
+            exchange_pb2.PrefillResponse,
+        )
+        receipt = self.verify_receipt(answer.receipt)
+        materials = []
+        for envelope in answer.materials:
+            record = exchange_pb2.MaterialRecord()
+            try:
+                record.ParseFromString(envelope.payload)
+            except DecodeError as exc:
+                raise VerificationError("a prefill material does not decode") from exc
+            materials.append(
+                await self.verify_material(
+                    envelope, material_type=record.material_type, subject_id=subject_id
+                )
+            )
+        by_source = {(m.holder, m.material_type): m for m in materials}
+        values = []
+        for item in answer.fields:
+            source = by_source.get((item.holder, item.material_type))
+            if source is None or item.value not in source.fields.values():
+                raise VerificationError(
+                    f"prefilled field {item.name!r} is not backed by material signed by "
+                    f"{item.holder!r}"
+                )
+            values.append(
+                PrefilledValue(
+                    name=item.name,
+                    value=item.value,
+                    holder=item.holder,
+                    material_type=item.material_type,
+                    reference=item.reference,
+                    version=item.version,
+                    content_hash=item.content_hash,
+                )
+            )
+        return Prefill(
+            fields=tuple(values),
+            missing=tuple(answer.missing),
+            materials=tuple(materials),
+            receipt=receipt,
+        )
+
+    async def access_history(self, subject_id: str) -> tuple[Access, ...]:
+        """Every ledger entry that touched the subject, oldest first. Raises Refused."""
+        answer = await self.call(
+            f"{EXCHANGE}/AccessHistory",
+            exchange_pb2.AccessHistoryRequest(subject_id=subject_id),
+            exchange_pb2.AccessHistoryResponse,
+        )
+        self.verify_receipt(answer.receipt)
+        return tuple(
+            Access(
+                sequence=r.sequence,
+                time_us=from_timestamp(r.time),
+                actor=r.actor,
+                kind=ledger_pb2.EntryKind.Name(r.kind),
+                material_type=r.material_type,
+                purpose=r.purpose,
+                outcome=ledger_pb2.Outcome.Name(r.outcome),
+                reason=common_pb2.Reason.Name(r.reason) if r.reason else "",
+            )
+            for r in answer.records
         )

@@ -11,8 +11,8 @@ from exchange.catalog.repository import CatalogStore
 from exchange.config import Config
 from exchange.crypto.keys import SigningKey
 from exchange.crypto.keystore import Keystore, TlsIdentity
-from exchange.ledger import Ledger, LedgerConfig
 from exchange.flows.content import ContentKeys
+from exchange.ledger import Ledger, LedgerConfig
 from exchange.policy.grants import GrantStore
 from exchange.policy.identity import Authenticator
 from exchange.policy.rates import RateLimiter

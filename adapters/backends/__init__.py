@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import decimal
+import unicodedata
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -94,13 +95,13 @@ class Backend(Protocol):
 def canonical_value(value: object) -> str | None:
     """The canonical string form of a column value, or None for a null.
 
-    Text as is; integers and decimals in decimal; floats by ``repr`` (shortest round trip);
+    Text in Unicode NFC; integers and decimals in decimal; floats by ``repr`` (shortest round trip);
     booleans ``true``/``false``; dates, times and datetimes in ISO 8601; bytes in base64.
     """
     if value is None:
         return None
     if isinstance(value, str):
-        return value
+        return unicodedata.normalize("NFC", value)
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | decimal.Decimal):

@@ -294,7 +294,11 @@ class SqlBackend:
                     f"[materials.{material_type}] is mapped by query and has no list_query, "
                     "so its holdings cannot be listed"
                 )
-            statement: Any = text(mapping.list_query)
+            # Ordered by subject, so that the rows of one subject arrive together.
+            quoted = self.reader.dialect.identifier_preparer.quote(mapping.subject_column)
+            statement: Any = text(
+                f"SELECT * FROM ({mapping.list_query}) AS holdings ORDER BY {quoted}"
+            )
         else:
             table = self._tables[material_type]
             statement = select(table)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -43,6 +43,17 @@ class Method(Generic[Body, Response]):
     run: Callable[[Hub, Caller, Body], Awaitable[Response]]
 
 
+@dataclass(frozen=True, slots=True)
+class StreamMethod(Generic[Body, Response]):
+    """A server-streaming RPC: like Method, but ``run`` yields responses."""
+
+    name: str
+    body_type: type[Body]
+    response_type: type[Response]
+    kind: int
+    run: Callable[[Hub, Caller, Body], AsyncIterator[Response]]
+
+
 def peer_certificate(context: grpc.aio.ServicerContext[Any, Any]) -> bytes | None:
     """The PEM client certificate of the TLS peer, or None (no TLS, or none presented)."""
     values = list(context.auth_context().get("x509_pem_cert", ()))
@@ -68,15 +79,8 @@ class Pipeline:
         outcome = "OK"
         envelope = envelope_pb2.Envelope()
         try:
-            try:
-                envelope.ParseFromString(request)
-            except DecodeError as exc:
-                raise errors.InvalidArgument(
-                    common_pb2.MALFORMED_ENVELOPE, "the request is not an exchange.v1.Envelope"
-                ) from exc
-            # Registry reads and signature checks block; keep them off the event loop.
-            authenticated, body = await asyncio.to_thread(
-                self.hub.authenticator.authenticate, certificate, envelope, method.body_type
+            authenticated, body = await self._authenticate(
+                envelope, request, certificate, method.body_type
             )
             caller = authenticated
             earlier = await asyncio.to_thread(
@@ -135,6 +139,72 @@ class Pipeline:
                 latency_ms=round((time.perf_counter() - started) * 1000, 3),
             )
 
+    async def stream(
+        self,
+        method: StreamMethod[Body, Response],
+        request: bytes,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[Response]:
+        """Serve a server-streaming method: authenticate, then relay what ``method.run`` yields.
+
+        Streams are reads: they are not claimed by request id, so a retry (or a resumption from
+        a later position) simply streams again. ``method.run`` records the call's entry before
+        its first item.
+        """
+        started = time.perf_counter()
+        certificate = peer_certificate(context)
+        caller: Caller | None = None
+        outcome = "OK"
+        envelope = envelope_pb2.Envelope()
+        try:
+            caller, body = await self._authenticate(
+                envelope, request, certificate, method.body_type
+            )
+            async for item in method.run(self.hub, caller, body):
+                yield item
+        except grpc.aio.AbortError:
+            raise
+        except asyncio.CancelledError:
+            outcome = "CANCELLED"
+            raise
+        except errors.ExchangeError as error:
+            outcome = error.reason_name
+            await abort(context, await self._refuse(method, error, caller, certificate, envelope))
+        except Exception:
+            incident = uuid.uuid4().hex[:12]
+            outcome = "INTERNAL_ERROR"
+            log.exception("call_failed", method=method.name, incident=incident)
+            await context.abort(
+                grpc.StatusCode.INTERNAL, f"internal error; incident {incident} is in the hub log"
+            )
+        finally:
+            log.info(
+                "call",
+                method=method.name,
+                department=caller.department_id if caller else None,
+                outcome=outcome,
+                latency_ms=round((time.perf_counter() - started) * 1000, 3),
+            )
+
+    async def _authenticate(
+        self,
+        envelope: envelope_pb2.Envelope,
+        request: bytes,
+        certificate: bytes | None,
+        body_type: type[Body],
+    ) -> tuple[Caller, Body]:
+        """Decode ``request`` into ``envelope`` and authenticate it. Raises ExchangeError."""
+        try:
+            envelope.ParseFromString(request)
+        except DecodeError as exc:
+            raise errors.InvalidArgument(
+                common_pb2.MALFORMED_ENVELOPE, "the request is not an exchange.v1.Envelope"
+            ) from exc
+        # Registry reads and signature checks block; keep them off the event loop.
+        return await asyncio.to_thread(
+            self.hub.authenticator.authenticate, certificate, envelope, body_type
+        )
+
     async def _replay(
         self,
         method: Method[Body, Response],
@@ -160,7 +230,7 @@ class Pipeline:
 
     async def _refuse(
         self,
-        method: Method[Any, Any],
+        method: Method[Any, Any] | StreamMethod[Any, Any],
         error: errors.ExchangeError,
         caller: Caller | None,
         certificate: bytes | None,

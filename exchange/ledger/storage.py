@@ -8,8 +8,9 @@ Four tables:
   chain.
 - ``ledger_entries``: entry bytes exactly as hashed, the caller's envelope bytes and the leaf
   hash, by sequence number; ``subject_ref`` is indexed for access histories.
-- ``ledger_nodes``: the hash of every complete aligned subtree above the leaves,
-  keyed (level, index). Any proof range decomposes into O(log n) of these (plus leaves), so
+- ``ledger_nodes``: the hash of every complete aligned subtree above the leaves, keyed by one
+  integer ``node_id = index * 64 + level`` (a single-column primary key, so a proof's nodes are
+  one ``IN`` lookup on it). Any proof range decomposes into O(log n) of these (plus leaves), so
   proofs at any size read O(log n) rows.
 - ``ledger_checkpoints``: stored signed checkpoints by size.
 """
@@ -26,12 +27,10 @@ from sqlalchemy import (
     Engine,
     Integer,
     LargeBinary,
-    SmallInteger,
     Table,
     Text,
     insert,
     select,
-    tuple_,
     update,
 )
 from sqlalchemy.exc import IntegrityError
@@ -65,8 +64,7 @@ ledger_entries = Table(
 ledger_nodes = Table(
     "ledger_nodes",
     metadata,
-    Column("level", SmallInteger, primary_key=True, autoincrement=False),
-    Column("idx", BigInteger, primary_key=True, autoincrement=False),
+    Column("node_id", BigInteger, primary_key=True, autoincrement=False),
     Column("hash", LargeBinary, nullable=False),
 )
 
@@ -79,6 +77,12 @@ ledger_checkpoints = Table(
 )
 
 Node = tuple[int, int]
+LEVEL_BITS = 6  # levels 1..63
+
+
+def node_id(level: int, index: int) -> int:
+    """The ``ledger_nodes`` key of the subtree at (level, index)."""
+    return (index << LEVEL_BITS) | level
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +159,7 @@ def write_batch(
     if nodes:
         conn.execute(
             insert(ledger_nodes),
-            [{"level": level, "idx": idx, "hash": h} for level, idx, h in nodes],
+            [{"node_id": (idx << LEVEL_BITS) | level, "hash": h} for level, idx, h in nodes],
         )
     conn.execute(
         update(ledger_head)
@@ -168,7 +172,7 @@ def fetch_nodes(conn: Connection, wanted: Iterable[Node]) -> dict[Node, bytes]:
     """Hashes of complete aligned subtrees (level 0 = leaves). Missing nodes are absent."""
     nodes = set(wanted)
     leaves = sorted(idx for level, idx in nodes if level == 0)
-    inner = sorted((level, idx) for level, idx in nodes if level > 0)
+    inner = sorted(node_id(level, idx) for level, idx in nodes if level > 0)
     found: dict[Node, bytes] = {}
     if leaves:
         for row in conn.execute(
@@ -178,12 +182,13 @@ def fetch_nodes(conn: Connection, wanted: Iterable[Node]) -> dict[Node, bytes]:
         ):
             found[(0, int(row.sequence))] = bytes(row.leaf_hash)
     if inner:
-        for level, idx, h in conn.execute(
-            select(ledger_nodes.c.level, ledger_nodes.c.idx, ledger_nodes.c.hash).where(
-                tuple_(ledger_nodes.c.level, ledger_nodes.c.idx).in_(inner)
+        mask = (1 << LEVEL_BITS) - 1
+        for key, h in conn.execute(
+            select(ledger_nodes.c.node_id, ledger_nodes.c.hash).where(
+                ledger_nodes.c.node_id.in_(inner)
             )
         ):
-            found[(int(level), int(idx))] = bytes(h)
+            found[(int(key) & mask, int(key) >> LEVEL_BITS)] = bytes(h)
     return found
 
 

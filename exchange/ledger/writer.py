@@ -112,6 +112,7 @@ class Ledger:
         self._compact: merkle.CompactRange | None = None
         self._checkpoint_size = 0
         self._checkpoint_time = 0.0
+        self._commits = 0
 
     # ---------------------------------------------------------------- life cycle
 
@@ -119,6 +120,11 @@ class Ledger:
     def origin(self) -> str:
         """The log origin named in every checkpoint."""
         return self._origin
+
+    @property
+    def commit_count(self) -> int:
+        """Append transactions committed by this process (batches), for metrics."""
+        return self._commits
 
     @property
     def verifier_key(self) -> str:
@@ -430,6 +436,7 @@ class Ledger:
             ]
             conn.commit()
         self._head, self._compact = new_head, compact
+        self._commits += 1
         if store:
             self._checkpoint_size = new_head.size
             self._checkpoint_time = time.monotonic()

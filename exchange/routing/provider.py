@@ -108,6 +108,8 @@ class ProviderRouter:
         fields: Sequence[str],
         consumer: str,
         purpose: str,
+        reference: str = "",
+        version: int = 0,
     ) -> provider_pb2.FetchResponse:
         """Ask the holder for exactly ``fields`` of a material.
 
@@ -119,6 +121,8 @@ class ProviderRouter:
             fields=list(fields),
             consumer=consumer,
             purpose=purpose,
+            reference=reference,
+            version=version,
         )
         return await self._call(
             endpoint, FETCH, self._envelope(body, request_id), provider_pb2.FetchResponse

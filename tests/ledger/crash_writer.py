@@ -34,7 +34,7 @@ async def main(url: str, key_file: str, run: str) -> None:
             draft = EntryDraft(
                 kind=ledger_pb2.CHECK,
                 actor=f"dept-{w}",
-                outcome=ledger_pb2.OK,
+                outcome=ledger_pb2.FAILED,  # the verifier checks only the opaque envelope hash
                 request_id=f"{run}-{w}-{i}",
             )
             receipt = await ledger.append(draft, envelope=f"{run}-{w}-{i}".encode())

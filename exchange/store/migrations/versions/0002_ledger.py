@@ -32,8 +32,8 @@ def upgrade() -> None:
     op.create_index("ix_ledger_entries_subject_ref", "ledger_entries", ["subject_ref"])
     op.create_table(
         "ledger_nodes",
-        sa.Column("level", sa.SmallInteger, primary_key=True, autoincrement=False),
-        sa.Column("idx", sa.BigInteger, primary_key=True, autoincrement=False),
+        # index * 64 + level: one integer key per complete aligned subtree above the leaves
+        sa.Column("node_id", sa.BigInteger, primary_key=True, autoincrement=False),
         sa.Column("hash", sa.LargeBinary, nullable=False),
     )
     op.create_table(

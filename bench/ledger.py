@@ -1,0 +1,244 @@
+"""Ledger benchmark: durable appends, full offline verification, proof time vs. log size.
+
+Prints each figure beside a baseline measured in the same run on this machine:
+
+- durable appends/s through ``Ledger.append`` (SQLite WAL, synchronous=FULL, many concurrent
+  callers) vs. raw ``sqlite3`` inserts of rows of the same size with the same batching;
+- full verification of an export (entries/s) vs. cores x bare Ed25519 verifications/s;
+- inclusion and consistency proof time at 10k, 100k and 1M entries (node rows bulk-built).
+
+Run: python bench/ledger.py [--appends N] [--skip-million]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import os
+import random
+import sqlite3
+import statistics
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from exchange.crypto.envelope import sign
+from exchange.crypto.keys import SigningKey, verify_signature
+from exchange.ledger import EntryDraft, Ledger, LedgerConfig, merkle, sign_checkpoint
+from exchange.ledger.export import KeyRecord, export_ledger
+from exchange.ledger.verify import verify_export
+from exchange.store.database import open_engine, upgrade
+from exchange.v1 import ledger_pb2
+
+ORIGIN = "bench.exchange/ledger"
+ACTOR = "js.nj.civil-affairs"
+
+
+def _draft(i: int) -> EntryDraft:
+    return EntryDraft(
+        kind=ledger_pb2.REQUEST,
+        actor=ACTOR,
+        outcome=ledger_pb2.OK,
+        subject_ref=random.randbytes(32),
+        material_type="household-registration",
+        content_hash=random.randbytes(32),
+        purpose="social-assistance-eligibility",
+        counterparty="js.nj.public-security",
+        reference=f"mat-{i:012d}",
+        version=1,
+        request_id=f"req-{i:012d}",
+        attributes={"latency_ms": "12"},
+    )
+
+
+async def _appends(engine_url: str, hub: SigningKey, envelope: bytes, n: int, callers: int):
+    engine = open_engine(engine_url)
+    upgrade(engine)
+    ledger = Ledger(engine, hub, ORIGIN, LedgerConfig())
+    await ledger.start()
+    drafts = [_draft(i) for i in range(n)]
+    per = n // callers
+
+    async def caller(c: int) -> None:
+        for i in range(c * per, (c + 1) * per):
+            await ledger.append(drafts[i], envelope)
+
+    # warm up (connection pool, first checkpoint) before timing
+    await ledger.append(_draft(-1), envelope)
+    start = time.perf_counter()
+    await asyncio.gather(*(caller(c) for c in range(callers)))
+    elapsed = time.perf_counter() - start
+    commits = ledger.commit_count - 1
+    await ledger.close()
+    sample = ledger.entries(1, 100)
+    entry_size = statistics.mean(len(e.entry_bytes) for e in sample)
+    return engine, ledger, per * callers / elapsed, per * callers / max(commits, 1), entry_size
+
+
+def _raw_sqlite(path: Path, n: int, batch: int, entry_size: int, envelope_size: int) -> float:
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute(
+        "CREATE TABLE t (sequence INTEGER PRIMARY KEY, entry BLOB NOT NULL, envelope BLOB NOT NULL,"
+        " leaf_hash BLOB NOT NULL, subject_ref BLOB)"
+    )
+    conn.execute("CREATE INDEX ix_t_subject ON t (subject_ref)")
+    rows = [
+        (
+            i,
+            random.randbytes(entry_size),
+            random.randbytes(envelope_size),
+            random.randbytes(32),
+            random.randbytes(32),
+        )
+        for i in range(n)
+    ]
+    start = time.perf_counter()
+    for i in range(0, n, batch):
+        conn.execute("BEGIN")
+        conn.executemany("INSERT INTO t VALUES (?, ?, ?, ?, ?)", rows[i : i + batch])
+        conn.execute("COMMIT")
+    elapsed = time.perf_counter() - start
+    conn.close()
+    return n / elapsed
+
+
+def _bare_verify_rate(seconds: float = 1.0) -> float:
+    key = SigningKey.generate()
+    message = b"x" * 200
+    signature = key.sign(message)
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for _ in range(500):
+            verify_signature(key.public_bytes, signature, message)
+        count += 500
+    return count / (time.perf_counter() - start)
+
+
+def _bulk_log(path: Path, size: int, hub: SigningKey) -> str:
+    """A log of ``size`` synthetic entries with every node row, written directly."""
+    url = f"sqlite:///{path}"
+    engine = open_engine(url)
+    upgrade(engine)
+    engine.dispose()
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA synchronous=OFF")
+    compact = merkle.CompactRange()
+    step = 100_000
+    prev = bytes(32)
+    for lo in range(0, size, step):
+        entries, nodes = [], []
+        for i in range(lo, min(size, lo + step)):
+            data = i.to_bytes(8, "big") + prev[:8]
+            leaf = merkle.leaf_hash(data)
+            done: list[tuple[int, int, bytes]] = []
+            compact.append(leaf, done)
+            entries.append((i, data, b"", leaf, None))
+            nodes.extend(((idx << 6) | level, h) for level, idx, h in done)
+            prev = leaf
+        conn.execute("BEGIN")
+        conn.executemany("INSERT INTO ledger_entries VALUES (?, ?, ?, ?, ?)", entries)
+        conn.executemany("INSERT INTO ledger_nodes VALUES (?, ?)", nodes)
+        conn.execute("COMMIT")
+    checkpoint = sign_checkpoint(ORIGIN, size, compact.root(), hub, ORIGIN)
+    conn.execute("UPDATE ledger_head SET size = ?, last_leaf_hash = ? WHERE id = 1", (size, prev))
+    conn.execute(
+        "INSERT INTO ledger_checkpoints VALUES (?, ?, ?)", (size, compact.root(), checkpoint.note)
+    )
+    conn.close()
+    return url
+
+
+def _proof_times(url: str, size: int, hub: SigningKey, trials: int = 300) -> tuple[float, float]:
+    engine = open_engine(url)
+    ledger = Ledger(engine, hub, ORIGIN)
+    rng = random.Random(size)
+    ledger.inclusion_proof(0, size)  # warm the pool
+    start = time.perf_counter()
+    for _ in range(trials):
+        ledger.inclusion_proof(rng.randrange(size), size)
+    inclusion = (time.perf_counter() - start) / trials
+    start = time.perf_counter()
+    for _ in range(trials):
+        ledger.consistency_proof(rng.randrange(1, size), size)
+    consistency = (time.perf_counter() - start) / trials
+    engine.dispose()
+    return inclusion, consistency
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--appends", type=int, default=40_000)
+    parser.add_argument("--callers", type=int, default=1000)
+    parser.add_argument("--skip-million", action="store_true")
+    args = parser.parse_args()
+    cores = os.cpu_count() or 1
+    hub = SigningKey.generate()
+    dept = SigningKey.generate()
+    envelope = sign(random.randbytes(160), "exchange.v1.RequestRequest", dept).SerializeToString()
+    print(f"machine: {cores} cores; envelope {len(envelope)} bytes")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmpdir = Path(tmp)
+        engine, ledger, rate, batch, entry_size = asyncio.run(
+            _appends(f"sqlite:///{tmpdir / 'ledger.db'}", hub, envelope, args.appends, args.callers)
+        )
+        raw = _raw_sqlite(
+            tmpdir / "raw.db", args.appends, max(1, round(batch)), round(entry_size), len(envelope)
+        )
+        print(
+            f"appends (durable, SQLite WAL+FULL, {args.callers} callers): {rate:,.0f} entries/s, "
+            f"avg batch {batch:.0f}, entry {entry_size:.0f} B"
+        )
+        print(f"  baseline raw sqlite3 insert, same row size and batching: {raw:,.0f} rows/s")
+        print(f"  ratio: {rate / raw:.2f}  (target >= 0.25; target >= 20,000/s)")
+
+        out = io.StringIO()
+        history = [
+            KeyRecord(ACTOR, dept.keyid, dept.public_bytes, datetime(2020, 1, 1, tzinfo=UTC))
+        ]
+        summary = export_ledger(engine, out, history, [ledger.verifier_key])
+        text = out.getvalue()
+        start = time.perf_counter()
+        report = verify_export(io.StringIO(text), hub_keys=[ledger.verifier_key])
+        elapsed = time.perf_counter() - start
+        assert report.ok, report.first_failure
+        engine.dispose()
+        bare = _bare_verify_rate()
+        vrate = summary.entries / elapsed
+        print(
+            f"full verification: {vrate:,.0f} entries/s ({summary.entries} entries, "
+            f"{report.signatures} signatures, {report.checkpoints} checkpoints, {cores} workers)"
+        )
+        print(
+            f"  baseline bare Ed25519 verify: {bare:,.0f}/s per core x {cores} = "
+            f"{bare * cores:,.0f}/s"
+        )
+        print(f"  ratio: {vrate / (bare * cores):.2f}  (target >= 0.8)")
+
+        sizes = [10_000, 100_000] + ([] if args.skip_million else [1_000_000])
+        results = {}
+        for size in sizes:
+            start = time.perf_counter()
+            url = _bulk_log(tmpdir / f"proofs-{size}.db", size, hub)
+            built = time.perf_counter() - start
+            inclusion, consistency = _proof_times(url, size, hub)
+            results[size] = (inclusion, consistency)
+            print(
+                f"proofs at {size:>9,} entries: inclusion {inclusion * 1e6:7.0f} us, "
+                f"consistency {consistency * 1e6:7.0f} us  (log built in {built:.0f} s)"
+            )
+        base = results[sizes[0]]
+        for size in sizes[1:]:
+            inc, con = results[size]
+            print(
+                f"  ratio {size:,} / {sizes[0]:,}: inclusion {inc / base[0]:.2f}, "
+                f"consistency {con / base[1]:.2f}  (target <= 2)"
+            )
+
+
+if __name__ == "__main__":
+    main()

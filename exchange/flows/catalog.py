@@ -1,0 +1,246 @@
+"""Catalog flows: owners publish material types, the operator defines purposes, form tools
+register forms; every registered department reads."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+
+from sqlalchemy.exc import IntegrityError
+
+from exchange import errors
+from exchange.catalog.model import (
+    FieldSpec,
+    FieldType,
+    Form,
+    FormField,
+    MaterialType,
+    Purpose,
+    SharingClass,
+    form_to_proto,
+    material_type_to_proto,
+    purpose_to_proto,
+)
+from exchange.catalog.schema import check_field_name, check_identifier
+from exchange.clock import now_us
+from exchange.flows import lookups
+from exchange.flows.record import record
+from exchange.hub import Hub
+from exchange.policy.identity import Caller
+from exchange.v1 import catalog_pb2, common_pb2, ledger_pb2
+
+MAX_FIELDS = 200
+
+
+def _invalid(message: str) -> errors.InvalidArgument:
+    return errors.InvalidArgument(common_pb2.INVALID_ARGUMENT_FIELD, message)
+
+
+def _material_type(given: catalog_pb2.MaterialType, owner: str) -> MaterialType:
+    check_identifier(given.id, "material_type.id")
+    if not given.name.strip():
+        raise _invalid("material_type.name is required")
+    if given.sharing_class == catalog_pb2.SHARING_CLASS_UNSPECIFIED:
+        raise _invalid("material_type.sharing_class must be set")
+    if not 0 < len(given.fields) <= MAX_FIELDS:
+        raise _invalid(f"material_type.fields must hold 1 to {MAX_FIELDS} fields")
+    fields: list[FieldSpec] = []
+    for spec in given.fields:
+        check_field_name(spec.name, "field name")
+        if spec.type == catalog_pb2.FIELD_TYPE_UNSPECIFIED:
+            raise _invalid(f"field {spec.name!r} needs a type")
+        if any(f.name == spec.name for f in fields):
+            raise _invalid(f"field {spec.name!r} is declared twice")
+        fields.append(
+            FieldSpec(
+                name=spec.name,
+                type=FieldType(catalog_pb2.FieldType.Name(spec.type)),
+                required=spec.required,
+                description=spec.description[:1000],
+            )
+        )
+    return MaterialType(
+        id=given.id,
+        owner=owner,
+        name=given.name.strip(),
+        fields=tuple(fields),
+        sharing_class=SharingClass(catalog_pb2.SharingClass.Name(given.sharing_class)),
+        retention_days=given.retention_days,
+        version=1,
+    )
+
+
+async def publish_material_type(
+    hub: Hub, caller: Caller, body: catalog_pb2.PublishMaterialTypeRequest
+) -> catalog_pb2.MaterialTypeResponse:
+    """Publish a new material type, or a new version of one the caller owns.
+
+    The hub assigns the version (1, then +1 on every change; an unchanged republish keeps it).
+    Raises PermissionDenied (ROLE_REQUIRED without the provider role, NOT_OWNER for another's
+    type or owner), InvalidArgument for a malformed type, Unavailable on a concurrent publish.
+    """
+    with lookups.facts(material_type=body.material_type.id[:128]):
+        lookups.require_role(caller, "PROVIDER", what="publishing a material type")
+        if body.material_type.owner and body.material_type.owner != caller.department_id:
+            raise errors.PermissionDenied(
+                common_pb2.NOT_OWNER, "a department publishes only its own material types"
+            )
+        value = _material_type(body.material_type, caller.department_id)
+        previous = await asyncio.to_thread(hub.catalog.material_type, value.id)
+        if previous is not None and previous.owner != caller.department_id:
+            raise errors.PermissionDenied(
+                common_pb2.NOT_OWNER, f"material type {value.id!r} belongs to {previous.owner!r}"
+            )
+        changed = True
+        if previous is not None:
+            changed = replace(value, version=previous.version) != previous
+            value = replace(value, version=previous.version + (1 if changed else 0))
+        if changed:
+            try:
+                await asyncio.to_thread(hub.catalog.add_material_type, value, now_us())
+            except IntegrityError as exc:
+                raise errors.Unavailable(
+                    common_pb2.INTERNAL_ERROR,
+                    f"material type {value.id!r} was published concurrently; retry",
+                ) from exc
+        receipt = await record(
+            hub.ledger,
+            caller,
+            ledger_pb2.MATERIAL_TYPE_PUBLICATION,
+            material_type=value.id,
+            version=value.version,
+            attributes={
+                "sharing_class": value.sharing_class.value,
+                "fields": ",".join(value.field_names),
+                "changed": "true" if changed else "false",
+            },
+        )
+    return catalog_pb2.MaterialTypeResponse(
+        material_type=material_type_to_proto(value), receipt=receipt
+    )
+
+
+async def get_material_type(
+    hub: Hub, caller: Caller, body: catalog_pb2.GetMaterialTypeRequest
+) -> catalog_pb2.MaterialTypeResponse:
+    """Read the latest version of one material type. Raises NotFound (UNKNOWN_MATERIAL_TYPE)."""
+    with lookups.facts(material_type=body.material_type[:128]):
+        found = await lookups.material_type(hub, body.material_type)
+        receipt = await record(
+            hub.ledger, caller, ledger_pb2.READ, material_type=found.id, version=found.version
+        )
+    return catalog_pb2.MaterialTypeResponse(
+        material_type=material_type_to_proto(found), receipt=receipt
+    )
+
+
+async def list_catalog(
+    hub: Hub, caller: Caller, body: catalog_pb2.ListCatalogRequest
+) -> catalog_pb2.ListCatalogResponse:
+    """The whole catalog: every material type (latest version), purpose and form."""
+    types, purposes, forms = await asyncio.to_thread(
+        lambda: (hub.catalog.material_types(), hub.catalog.purposes(), hub.catalog.forms())
+    )
+    receipt = await record(hub.ledger, caller, ledger_pb2.READ, attributes={"what": "catalog"})
+    return catalog_pb2.ListCatalogResponse(
+        material_types=[material_type_to_proto(t) for t in types],
+        purposes=[purpose_to_proto(p) for p in purposes],
+        forms=[form_to_proto(f) for f in forms],
+        receipt=receipt,
+    )
+
+
+async def define_purpose(
+    hub: Hub, caller: Caller, body: catalog_pb2.DefinePurposeRequest
+) -> catalog_pb2.PurposeResponse:
+    """Add or update a purpose (legal basis). Operator only.
+
+    Raises PermissionDenied (OPERATOR_ONLY), InvalidArgument (id, name or legal basis).
+    """
+    with lookups.facts(purpose=body.purpose.id[:128]):
+        if not caller.is_operator:
+            raise errors.PermissionDenied(
+                common_pb2.OPERATOR_ONLY, "only the hub operator may define purposes"
+            )
+        check_identifier(body.purpose.id, "purpose.id")
+        lookups.require_text(body.purpose.name.strip(), "purpose.name", 500)
+        lookups.require_text(body.purpose.legal_basis.strip(), "purpose.legal_basis", 2000)
+        value = Purpose(
+            body.purpose.id, body.purpose.name.strip(), body.purpose.legal_basis.strip()
+        )
+        await asyncio.to_thread(hub.catalog.put_purpose, value, now_us())
+        receipt = await record(hub.ledger, caller, ledger_pb2.PURPOSE_DEFINITION, purpose=value.id)
+    return catalog_pb2.PurposeResponse(purpose=purpose_to_proto(value), receipt=receipt)
+
+
+async def register_form(
+    hub: Hub, caller: Caller, body: catalog_pb2.RegisterFormRequest
+) -> catalog_pb2.FormResponse:
+    """Register or update a form whose fields map to catalogued material type fields.
+
+    Form tools and the operator only; a form is updated only by its owner (or the operator).
+    Raises PermissionDenied (ROLE_REQUIRED, NOT_OWNER), InvalidArgument, NotFound
+    (UNKNOWN_MATERIAL_TYPE, UNKNOWN_PURPOSE).
+    """
+    given = body.form
+    with lookups.facts(purpose=given.purpose[:128], attributes={"form": given.id[:128]}):
+        if not caller.is_operator:
+            lookups.require_role(caller, "FORM_TOOL", what="registering a form")
+        check_identifier(given.id, "form.id")
+        lookups.require_text(given.name.strip(), "form.name", 500)
+        await lookups.purpose(hub, given.purpose)
+        if not given.fields:
+            raise _invalid("form.fields must hold at least one field")
+        fields: list[FormField] = []
+        for spec in given.fields:
+            check_field_name(spec.name, "form field name")
+            if any(f.name == spec.name for f in fields):
+                raise _invalid(f"form field {spec.name!r} is declared twice")
+            if spec.material_type:
+                mapped = await lookups.material_type(hub, spec.material_type)
+                if mapped.field(spec.material_field) is None:
+                    raise _invalid(
+                        f"form field {spec.name!r} maps to {spec.material_type}."
+                        f"{spec.material_field}, which is not a field of that type"
+                    )
+            elif spec.material_field:
+                raise _invalid(f"form field {spec.name!r} names a field but no material type")
+            fields.append(
+                FormField(spec.name, spec.label[:500], spec.material_type, spec.material_field)
+            )
+        existing = await asyncio.to_thread(hub.catalog.form, given.id)
+        if (
+            existing is not None
+            and existing.owner != caller.department_id
+            and not (caller.is_operator)
+        ):
+            raise errors.PermissionDenied(
+                common_pb2.NOT_OWNER, f"form {given.id!r} belongs to {existing.owner!r}"
+            )
+        value = Form(
+            id=given.id,
+            name=given.name.strip(),
+            owner=caller.department_id,
+            fields=tuple(fields),
+            purpose=given.purpose,
+        )
+        await asyncio.to_thread(hub.catalog.put_form, value, now_us())
+        types = sorted({f.material_type for f in fields if f.material_type})
+        receipt = await record(
+            hub.ledger,
+            caller,
+            ledger_pb2.FORM_REGISTRATION,
+            purpose=value.purpose,
+            attributes={"form": value.id, "material_types": ",".join(types)},
+        )
+    return catalog_pb2.FormResponse(form=form_to_proto(value), receipt=receipt)
+
+
+async def get_form(
+    hub: Hub, caller: Caller, body: catalog_pb2.GetFormRequest
+) -> catalog_pb2.FormResponse:
+    """Read one form. Raises NotFound (UNKNOWN_FORM)."""
+    with lookups.facts(attributes={"form": body.form_id[:128]}):
+        found = await lookups.form(hub, body.form_id)
+        receipt = await record(hub.ledger, caller, ledger_pb2.READ, attributes={"form": found.id})
+    return catalog_pb2.FormResponse(form=form_to_proto(found), receipt=receipt)

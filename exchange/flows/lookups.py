@@ -1,0 +1,113 @@
+"""What every exchange flow looks up before deciding: roles, catalog entries, holders.
+
+Hot reads come from the repositories' caches without leaving the event loop; a miss reads the
+database in a worker thread (SQLite and psycopg block).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+from exchange import errors
+from exchange.catalog.model import Form, MaterialType, Purpose
+from exchange.hub import Hub
+from exchange.policy.identity import Caller
+from exchange.store.cache import MISSING
+from exchange.store.registry import DepartmentRecord
+from exchange.v1 import common_pb2
+
+T = TypeVar("T")
+
+
+async def cached(peek: Callable[[], object], load: Callable[[], T]) -> T:
+    """``peek()`` if it hits the cache, else ``load()`` in a worker thread."""
+    value = peek()
+    if value is not MISSING:
+        return value  # type: ignore[return-value]
+    return await asyncio.to_thread(load)
+
+
+@contextmanager
+def facts(**fields: Any) -> Iterator[dict[str, Any]]:
+    """Attach ``fields`` (EntryDraft names) to any ExchangeError raised inside, for its ledger
+    entry; the yielded dict may be updated as more facts become known."""
+    known = dict(fields)
+    try:
+        yield known
+    except errors.ExchangeError as error:
+        for name, value in known.items():
+            error.entry_fields.setdefault(name, value)
+        raise
+
+
+def require_role(caller: Caller, *roles: str, what: str) -> None:
+    """Raise PermissionDenied (ROLE_REQUIRED) unless the caller holds one of ``roles``."""
+    if not caller.roles.intersection(roles):
+        names = " or ".join(r.lower().replace("_", " ") for r in roles)
+        raise errors.PermissionDenied(common_pb2.ROLE_REQUIRED, f"{what} needs the {names} role")
+
+
+def require_text(value: str, name: str, limit: int = 256) -> str:
+    """Return ``value`` if non-empty and at most ``limit`` characters, else InvalidArgument."""
+    if not value or len(value) > limit:
+        raise errors.InvalidArgument(
+            common_pb2.INVALID_ARGUMENT_FIELD, f"{name} is required (at most {limit} characters)"
+        )
+    return value
+
+
+async def material_type(hub: Hub, type_id: str) -> MaterialType:
+    """The catalogued material type. Raises NotFound (UNKNOWN_MATERIAL_TYPE)."""
+    require_text(type_id, "material_type", 128)
+    found: MaterialType | None = await cached(
+        lambda: hub.catalog.cached_material_type(type_id),
+        lambda: hub.catalog.material_type(type_id),
+    )
+    if found is None:
+        raise errors.NotFound(
+            common_pb2.UNKNOWN_MATERIAL_TYPE, f"material type {type_id[:128]!r} is not catalogued"
+        )
+    return found
+
+
+async def purpose(hub: Hub, purpose_id: str) -> Purpose:
+    """The catalogued purpose. Raises InvalidArgument (empty) or NotFound (UNKNOWN_PURPOSE)."""
+    require_text(purpose_id, "purpose", 128)
+    found = await asyncio.to_thread(hub.catalog.purpose, purpose_id)
+    if found is None:
+        raise errors.NotFound(
+            common_pb2.UNKNOWN_PURPOSE, f"purpose {purpose_id[:128]!r} is not catalogued"
+        )
+    return found
+
+
+async def form(hub: Hub, form_id: str) -> Form:
+    """The registered form. Raises NotFound (UNKNOWN_FORM)."""
+    require_text(form_id, "form_id", 128)
+    found = await asyncio.to_thread(hub.catalog.form, form_id)
+    if found is None:
+        raise errors.NotFound(common_pb2.UNKNOWN_FORM, f"form {form_id[:128]!r} is not registered")
+    return found
+
+
+async def department(hub: Hub, department_id: str) -> DepartmentRecord | None:
+    """The registered department (cached, as for authentication), or None."""
+    return await asyncio.to_thread(hub.departments.get, department_id)
+
+
+async def holder(hub: Hub, department_id: str) -> DepartmentRecord:
+    """The department holding a material, able to answer.
+
+    Raises Unavailable (PROVIDER_UNAVAILABLE) if it is unregistered, inactive or has no
+    provider endpoint.
+    """
+    found = await department(hub, department_id)
+    if found is None or found.state != "ACTIVE" or not found.provider_endpoint:
+        raise errors.Unavailable(
+            common_pb2.PROVIDER_UNAVAILABLE,
+            f"the holder {department_id!r} has no active provider adapter registered",
+        )
+    return found

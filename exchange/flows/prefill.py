@@ -1,0 +1,224 @@
+"""Prefill (一表通): a form tool gets every field of a registered form that is on file.
+
+The form's fields are grouped by material type; for each type the hub decides what the form
+tool may receive for the form's purpose (sharing class, grants held by the form tool or by the
+department that owns it), looks the material up in its index, and fetches only those fields from
+the holders, all holders concurrently. The answer gives each filled field with its provenance
+(holder, reference, version, content hash) and lists the rest: ``missing`` (not on file: ask
+the person), ``withheld`` (on file, not permitted here: ask the person) and ``unavailable`` (the
+holder did not answer: retry later). One ledger entry records the whole prefill.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import structlog
+
+from exchange import errors
+from exchange.catalog.model import FormField, MaterialType, SharingClass
+from exchange.clock import now_us
+from exchange.flows import lookups
+from exchange.flows.content import canonical_subject_id
+from exchange.flows.material import check_fields, mismatch, open_record
+from exchange.flows.record import record
+from exchange.flows.request import grants_for, take_rate
+from exchange.flows.submit import forwarded_id
+from exchange.hub import Hub
+from exchange.policy.grants import Grant
+from exchange.policy.identity import Caller
+from exchange.policy.sharing import Permit
+from exchange.store.materials import IndexedMaterial
+from exchange.v1 import common_pb2, envelope_pb2, exchange_pb2, ledger_pb2
+
+log = structlog.get_logger("exchange.prefill")
+
+
+@dataclass(slots=True)
+class _Part:
+    """The form fields served by one material type, and what became of them."""
+
+    material_type: MaterialType | None
+    form_fields: list[FormField]
+    permit: Permit | None = None
+    current: IndexedMaterial | None = None
+    envelope: envelope_pb2.Envelope | None = None
+    values: dict[str, str] | None = None
+    failure: str = ""
+
+
+def _permit_part(
+    material_type: MaterialType, grants: list[Grant], wanted: set[str], purpose: str
+) -> Permit | None:
+    """The largest permitted subset of ``wanted`` under one grant, or None."""
+    if material_type.sharing_class is SharingClass.NOT_SHARED:
+        return None
+    if material_type.sharing_class is SharingClass.UNCONDITIONAL:
+        return Permit(tuple(sorted(wanted)), None)
+    now = now_us()
+    usable = [
+        g for g in grants if not g.revoked_at(now) and g.valid_at(now) and purpose in g.purposes
+    ]
+    best = max(usable, key=lambda g: len(wanted & g.fields), default=None)
+    if best is None or not wanted & best.fields:
+        return None
+    return Permit(tuple(sorted(wanted & best.fields)), best)
+
+
+async def prefill(
+    hub: Hub, caller: Caller, body: exchange_pb2.PrefillRequest
+) -> exchange_pb2.PrefillResponse:
+    """Prefill a registered form for a subject.
+
+    Raises PermissionDenied (ROLE_REQUIRED), InvalidArgument, NotFound (UNKNOWN_FORM),
+    ResourceExhausted (RATE_LIMITED on a grant used). A holder that is down, slow or answers
+    content that disagrees with the index does not fail the call: its fields are listed as
+    ``unavailable`` and the entry says so.
+    """
+    subject_ref = hub.content_keys.subject_ref(body.subject_id) if body.subject_id else b""
+    with lookups.facts(subject_ref=subject_ref, attributes={"form": body.form_id[:128]}) as known:
+        lookups.require_role(caller, "FORM_TOOL", what="Prefill")
+        lookups.require_text(body.subject_id, "subject_id", 128)
+        form = await lookups.form(hub, body.form_id)
+        known["purpose"] = form.purpose
+        subject_id = canonical_subject_id(body.subject_id)
+        me = await lookups.department(hub, caller.department_id)
+        consumers = (caller.department_id,) + ((me.owner,) if me is not None and me.owner else ())
+
+        parts: dict[str, _Part] = {}
+        unmapped: list[str] = []
+        for field in form.fields:
+            if not field.material_type:
+                unmapped.append(field.name)
+                continue
+            parts.setdefault(field.material_type, _Part(None, [])).form_fields.append(field)
+        for type_id, part in parts.items():
+            part.material_type = await lookups.cached(
+                lambda t=type_id: hub.catalog.cached_material_type(t),  # type: ignore[misc]
+                lambda t=type_id: hub.catalog.material_type(t),  # type: ignore[misc]
+            )
+            if part.material_type is None:
+                continue
+            grants: list[Grant] = (
+                list(await grants_for(hub, consumers, type_id))
+                if part.material_type.sharing_class is SharingClass.CONDITIONAL
+                else []
+            )
+            wanted = {f.material_field for f in part.form_fields}
+            part.permit = _permit_part(part.material_type, grants, wanted, form.purpose)
+            if part.permit is not None:
+                take_rate(hub, part.permit.grant)
+                part.current = await asyncio.to_thread(hub.index.current, type_id, subject_ref)
+
+        async def fetch(part: _Part) -> None:
+            assert part.material_type is not None and part.permit is not None
+            assert part.current is not None
+            try:
+                holder = await lookups.holder(hub, part.current.holder)
+                request_id = forwarded_id(caller, "prefill")
+                answer = await hub.providers.fetch(
+                    holder.provider_endpoint,
+                    request_id=request_id,
+                    material_type=part.material_type.id,
+                    subject_id=subject_id,
+                    fields=part.permit.fields,
+                    consumer=caller.department_id,
+                    purpose=form.purpose,
+                    reference=part.current.reference,
+                    version=part.current.version,
+                )
+                if not answer.found:
+                    raise mismatch("the holder has no such material, but the hub's index has")
+                delivered = open_record(
+                    answer.material,
+                    holder,
+                    request_id=request_id,
+                    material_type=part.material_type.id,
+                    subject_id=subject_id,
+                )
+                check_fields(
+                    hub.content_keys,
+                    part.material_type,
+                    subject_id,
+                    delivered.fields,
+                    part.permit.fields,
+                    part.current,
+                )
+            except (errors.Unavailable, errors.DeadlineExceeded, errors.FailedPrecondition) as exc:
+                part.failure = exc.reason_name
+                log.warning(
+                    "prefill_holder_failed",
+                    material_type=part.material_type.id,
+                    holder=part.current.holder,
+                    reason=exc.reason_name,
+                )
+                return
+            part.envelope = answer.material
+            part.values = dict(delivered.fields)
+
+        fetching = [p for p in parts.values() if p.current is not None]
+        await asyncio.gather(*(fetch(p) for p in fetching))
+
+        response = exchange_pb2.PrefillResponse()
+        missing, withheld, unavailable = list(unmapped), [], []
+        failures: dict[str, str] = {}
+        for part in parts.values():
+            permitted = set(part.permit.fields) if part.permit else set()
+            for field in part.form_fields:
+                if part.material_type is None or part.permit is None:
+                    if part.material_type is None:
+                        missing.append(field.name)
+                    else:
+                        withheld.append(field.name)
+                elif field.material_field not in permitted:
+                    withheld.append(field.name)
+                elif part.current is None:
+                    missing.append(field.name)
+                elif part.values is None:
+                    unavailable.append(field.name)
+                elif field.material_field not in part.values:
+                    missing.append(field.name)
+                else:
+                    response.fields.add(
+                        name=field.name,
+                        value=part.values[field.material_field],
+                        holder=part.current.holder,
+                        material_type=part.current.material_type,
+                        reference=part.current.reference,
+                        version=part.current.version,
+                        content_hash=part.current.content_hash,
+                    )
+            if part.envelope is not None:
+                response.materials.append(part.envelope)
+            if part.failure and part.material_type is not None:
+                failures[part.material_type.id] = part.failure
+        order = {f.name: i for i, f in enumerate(form.fields)}
+        response.missing.extend(sorted(missing, key=order.__getitem__))
+        response.withheld.extend(sorted(withheld, key=order.__getitem__))
+        response.unavailable.extend(sorted(unavailable, key=order.__getitem__))
+        used = sorted({f.material_type for f in response.fields})
+        attributes = {
+            "form": form.id,
+            "material_types": ",".join(used),
+            "filled": str(len(response.fields)),
+            "missing": str(len(response.missing)),
+            "withheld": str(len(response.withheld)),
+            "unavailable": str(len(response.unavailable)),
+        }
+        if failures:
+            attributes["failures"] = ",".join(f"{t}:{r}" for t, r in sorted(failures.items()))
+        receipt = await record(
+            hub.ledger,
+            caller,
+            ledger_pb2.PREFILL,
+            subject_ref=subject_ref,
+            purpose=form.purpose,
+            material_type=used[0] if len(used) == 1 else "",
+            counterparty=",".join(sorted({f.holder for f in response.fields}))[:128],
+            outcome=ledger_pb2.OK,
+            reason=common_pb2.REASON_UNSPECIFIED,
+            attributes=attributes,
+        )
+    response.receipt.CopyFrom(receipt)
+    return response

@@ -1,0 +1,143 @@
+"""Request: a consumer gets material from its holder, within what it was granted.
+
+Checked in order: consumer role, material type, purpose catalogued, sharing class, fields,
+grant (in force, purpose, fields), rate, on file. Then the hub forwards a hub-signed
+FetchRequest naming only the permitted fields to the owner's adapter, checks the owner-signed
+answer against its index, and returns that envelope unchanged. Every outcome is one entry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from exchange import errors
+from exchange.catalog.model import SharingClass
+from exchange.clock import now_us
+from exchange.flows import lookups
+from exchange.flows.content import canonical_subject_id
+from exchange.flows.material import check_fields, mismatch, open_record
+from exchange.flows.record import record
+from exchange.flows.submit import forwarded_id
+from exchange.hub import Hub
+from exchange.policy.grants import Grant
+from exchange.policy.identity import Caller
+from exchange.policy.sharing import permit
+from exchange.v1 import common_pb2, exchange_pb2, ledger_pb2
+
+
+async def grants_for(hub: Hub, consumers: tuple[str, ...], material_type: str) -> list[Grant]:
+    """Every grant (any state) held by any of ``consumers`` for ``material_type``."""
+    found: list[Grant] = []
+    for consumer in consumers:
+        found.extend(
+            await lookups.cached(
+                lambda c=consumer: hub.grants.cached_for_consumer(c, material_type),  # type: ignore[misc]
+                lambda c=consumer: hub.grants.for_consumer(c, material_type),  # type: ignore[misc]
+            )
+        )
+    return found
+
+
+def take_rate(hub: Hub, grant: Grant | None) -> None:
+    """Spend one request of the grant's rate. Raises ResourceExhausted (RATE_LIMITED)."""
+    if grant is None or grant.rate_per_minute <= 0:
+        return
+    wait = hub.rates.take(grant.id, grant.rate_per_minute)
+    if wait > 0:
+        raise errors.ResourceExhausted(
+            common_pb2.RATE_LIMITED,
+            f"grant {grant.id} allows {grant.rate_per_minute} requests per minute; retry in "
+            f"{wait:.1f} s",
+            retry_after=wait,
+        )
+
+
+async def request(
+    hub: Hub, caller: Caller, body: exchange_pb2.MaterialRequest
+) -> exchange_pb2.MaterialResponse:
+    """Deliver the permitted fields of a material in its holder's signed envelope.
+
+    Raises PermissionDenied (ROLE_REQUIRED, MATERIAL_NOT_SHARED, NO_GRANT, GRANT_REVOKED,
+    GRANT_EXPIRED, PURPOSE_NOT_GRANTED, FIELD_NOT_GRANTED), InvalidArgument, NotFound
+    (UNKNOWN_MATERIAL_TYPE, UNKNOWN_PURPOSE, NOT_ON_FILE), ResourceExhausted (RATE_LIMITED),
+    Unavailable (PROVIDER_UNAVAILABLE), DeadlineExceeded (PROVIDER_TIMEOUT), FailedPrecondition
+    (CONTENT_MISMATCH).
+    """
+    subject_ref = hub.content_keys.subject_ref(body.subject_id) if body.subject_id else b""
+    with lookups.facts(
+        material_type=body.material_type[:128],
+        subject_ref=subject_ref,
+        purpose=body.purpose[:128],
+    ) as known:
+        lookups.require_role(caller, "CONSUMER", what="Request")
+        lookups.require_text(body.subject_id, "subject_id", 128)
+        material_type = await lookups.material_type(hub, body.material_type)
+        known["counterparty"] = material_type.owner
+        await lookups.purpose(hub, body.purpose)
+        grants = (
+            await grants_for(hub, (caller.department_id,), material_type.id)
+            if material_type.sharing_class is SharingClass.CONDITIONAL
+            else []
+        )
+        allowed = permit(material_type, grants, list(body.fields), body.purpose, now_us())
+        attributes = {"fields": ",".join(allowed.fields)}
+        if allowed.grant is not None:
+            attributes["grant_id"] = allowed.grant.id
+        known["attributes"] = attributes
+        take_rate(hub, allowed.grant)
+        current = await asyncio.to_thread(hub.index.current, material_type.id, subject_ref)
+        if current is None:
+            raise errors.NotFound(
+                common_pb2.NOT_ON_FILE, f"no {material_type.id!r} is on file for this subject"
+            )
+        known.update(
+            reference=current.reference,
+            version=current.version,
+            content_hash=current.content_hash,
+            counterparty=current.holder,
+        )
+        holder = await lookups.holder(hub, current.holder)
+        subject_id = canonical_subject_id(body.subject_id)
+        request_id = forwarded_id(caller, "fetch")
+        started = time.perf_counter()
+        try:
+            answer = await hub.providers.fetch(
+                holder.provider_endpoint,
+                request_id=request_id,
+                material_type=material_type.id,
+                subject_id=subject_id,
+                fields=allowed.fields,
+                consumer=caller.department_id,
+                purpose=body.purpose,
+                reference=current.reference,
+                version=current.version,
+            )
+        finally:
+            attributes["latency_ms"] = f"{(time.perf_counter() - started) * 1000:.1f}"
+        if not answer.found:
+            raise mismatch("the holder has no such material, but the hub's index has")
+        delivered = open_record(
+            answer.material,
+            holder,
+            request_id=request_id,
+            material_type=material_type.id,
+            subject_id=subject_id,
+        )
+        check_fields(
+            hub.content_keys, material_type, subject_id, delivered.fields, allowed.fields, current
+        )
+        receipt = await record(
+            hub.ledger,
+            caller,
+            ledger_pb2.REQUEST,
+            subject_ref=subject_ref,
+            material_type=material_type.id,
+            content_hash=current.content_hash,
+            purpose=body.purpose,
+            counterparty=current.holder,
+            reference=current.reference,
+            version=current.version,
+            attributes=attributes,
+        )
+    return exchange_pb2.MaterialResponse(material=answer.material, receipt=receipt)

@@ -1,0 +1,195 @@
+"""Submit: material collected from a person, stored once.
+
+- the same content as the current version: ALREADY_ON_FILE with the existing reference, nothing
+  stored, counted as a re-collection avoided (entry attribute ``submit=ALREADY_ON_FILE``);
+- nothing on file: stored at the owner's adapter (Provider.Store) and indexed (``STORED``);
+- changed content from the owner: a new version superseding the old (``NEW_VERSION``);
+- changed content from another department: a correction proposal to the owner, never an
+  overwrite (``CORRECTION_PROPOSED``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+import weakref
+
+from exchange.catalog.model import MaterialType
+from exchange.catalog.schema import canonical_fields
+from exchange.clock import now_us
+from exchange.flows import lookups
+from exchange.flows.content import canonical_subject_id
+from exchange.flows.material import mismatch, open_record
+from exchange.flows.record import record
+from exchange.hub import Hub
+from exchange.policy.identity import Caller
+from exchange.store.materials import IndexedMaterial, Proposal
+from exchange.v1 import exchange_pb2, ledger_pb2
+
+SUBMIT_ROLES = ("COLLECTOR", "FORM_TOOL")
+DAY_US = 86_400 * 1_000_000
+
+# Submissions for one (material type, subject) are decided one at a time in this process, so
+# two concurrent identical submissions give one STORED and one ALREADY_ON_FILE. Across hub
+# processes the index's unique (type, subject, version) makes the loser fail and retry.
+_locks: weakref.WeakValueDictionary[tuple[int, str, bytes], asyncio.Lock] = (
+    weakref.WeakValueDictionary()
+)
+
+
+def _lock(hub: Hub, material_type: str, subject_ref: bytes) -> asyncio.Lock:
+    key = (id(hub), material_type, subject_ref)
+    lock = _locks.get(key)
+    if lock is None:
+        lock = asyncio.Lock()
+        _locks[key] = lock
+    return lock
+
+
+def forwarded_id(caller: Caller, what: str) -> str:
+    """A fresh request id for a call the hub forwards for ``caller`` (traceable to it)."""
+    return f"{caller.request_id[:80]}/{what}-{uuid.uuid4().hex[:16]}"
+
+
+async def submit(
+    hub: Hub, caller: Caller, body: exchange_pb2.SubmitRequest
+) -> exchange_pb2.SubmitResponse:
+    """Submit a material; see the module docstring for the four outcomes.
+
+    Raises PermissionDenied (ROLE_REQUIRED), InvalidArgument (SCHEMA_VIOLATION or a missing
+    subject), NotFound (UNKNOWN_MATERIAL_TYPE), Unavailable / DeadlineExceeded (the owner's
+    adapter is down or slow: nothing stored), FailedPrecondition (CONTENT_MISMATCH: the adapter
+    confirmed other content than submitted).
+    """
+    subject_ref = hub.content_keys.subject_ref(body.subject_id) if body.subject_id else b""
+    with lookups.facts(material_type=body.material_type[:128], subject_ref=subject_ref) as known:
+        lookups.require_text(body.subject_id, "subject_id", 128)
+        material_type = await lookups.material_type(hub, body.material_type)
+        known["counterparty"] = material_type.owner
+        is_owner = caller.department_id == material_type.owner
+        if not is_owner:
+            lookups.require_role(caller, *SUBMIT_ROLES, what="Submit")
+        fields = canonical_fields(material_type, body.fields, complete=True)
+        subject_id = canonical_subject_id(body.subject_id)
+        content_hash = hub.content_keys.content_hash(material_type.id, subject_id, fields)
+        known["content_hash"] = content_hash
+        async with _lock(hub, material_type.id, subject_ref):
+            current = await asyncio.to_thread(hub.index.current, material_type.id, subject_ref)
+            if current is not None and current.content_hash == content_hash:
+                outcome = exchange_pb2.ALREADY_ON_FILE
+                reference, version, objection_id = current.reference, current.version, ""
+            elif current is not None and not is_owner:
+                outcome = exchange_pb2.CORRECTION_PROPOSED
+                reference, version = current.reference, current.version
+                objection_id = await _propose(hub, caller, material_type, current, fields)
+            else:
+                outcome = exchange_pb2.STORED if current is None else exchange_pb2.NEW_VERSION
+                version = 1 if current is None else current.version + 1
+                reference = hub.content_keys.reference(material_type.id, subject_ref, version)
+                objection_id = ""
+                known.update(reference=reference, version=version)
+                await _store(
+                    hub, caller, material_type, subject_id, fields, content_hash, reference, version
+                )
+            name = exchange_pb2.SubmitOutcome.Name(outcome)
+            attributes = {"submit": name}
+            if objection_id:
+                attributes["objection_id"] = objection_id
+            receipt = await record(
+                hub.ledger,
+                caller,
+                ledger_pb2.SUBMIT,
+                subject_ref=subject_ref,
+                material_type=material_type.id,
+                content_hash=content_hash,
+                counterparty=material_type.owner,
+                reference=reference,
+                version=version,
+                attributes=attributes,
+            )
+            if outcome in (exchange_pb2.STORED, exchange_pb2.NEW_VERSION):
+                indexed = IndexedMaterial(
+                    reference=reference,
+                    material_type=material_type.id,
+                    subject_ref=subject_ref,
+                    version=version,
+                    content_hash=content_hash,
+                    holder=material_type.owner,
+                    submitted_by=caller.department_id,
+                    field_hashes=hub.content_keys.field_hashes(
+                        material_type.id, subject_id, fields
+                    ),
+                )
+                await asyncio.to_thread(
+                    hub.index.put_version,
+                    indexed,
+                    current.reference if current else None,
+                    now_us(),
+                )
+    return exchange_pb2.SubmitResponse(
+        outcome=outcome,
+        reference=reference,
+        version=version,
+        content_hash=content_hash,
+        objection_id=objection_id,
+        receipt=receipt,
+    )
+
+
+async def _store(
+    hub: Hub,
+    caller: Caller,
+    material_type: MaterialType,
+    subject_id: str,
+    fields: dict[str, str],
+    content_hash: bytes,
+    reference: str,
+    version: int,
+) -> None:
+    """Store at the owner's adapter and check its signed confirmation."""
+    owner = await lookups.holder(hub, material_type.owner)
+    request_id = forwarded_id(caller, "store")
+    answer = await hub.providers.store(
+        owner.provider_endpoint,
+        request_id=request_id,
+        material_type=material_type.id,
+        subject_id=subject_id,
+        fields=fields,
+        reference=reference,
+        version=version,
+        submitted_by=caller.department_id,
+    )
+    stored = open_record(
+        answer.material,
+        owner,
+        request_id=request_id,
+        material_type=material_type.id,
+        subject_id=subject_id,
+    )
+    confirmed = canonical_fields(material_type, stored.fields, complete=False)
+    if hub.content_keys.content_hash(material_type.id, subject_id, confirmed) != content_hash:
+        raise mismatch("the holder confirmed other content than was submitted")
+
+
+async def _propose(
+    hub: Hub,
+    caller: Caller,
+    material_type: MaterialType,
+    current: IndexedMaterial,
+    fields: dict[str, str],
+) -> str:
+    """File a correction proposal to the owner; return its id."""
+    proposal = Proposal(
+        id="o-" + uuid.uuid4().hex[:24],
+        material_type=material_type.id,
+        reference=current.reference,
+        subject_ref=current.subject_ref,
+        filed_by=caller.department_id,
+        owner=material_type.owner,
+        reason="submitted content differs from the material on file",
+        proposed_fields=fields,
+        filed_us=now_us(),
+        deadline_us=now_us() + hub.config.supervision.objection_deadline_days * DAY_US,
+    )
+    await asyncio.to_thread(hub.index.add_proposal, proposal)
+    return proposal.id

@@ -1,0 +1,101 @@
+"""The ledger on PostgreSQL: several hubs on one database still build exactly one chain."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import secrets
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from exchange.crypto.keys import SigningKey
+from exchange.ledger import Ledger, LedgerConfig, LedgerUnavailable, merkle, verify_receipt
+from exchange.ledger.entry import ZERO_HASH
+from exchange.ledger.export import export_ledger
+from exchange.ledger.verify import verify_export
+from exchange.store.database import open_engine, upgrade
+
+from .support import ORIGIN, draft
+
+URL = os.environ.get("EXCHANGE_TEST_DATABASE_URL")
+pytestmark = [
+    pytest.mark.postgres,
+    pytest.mark.skipif(
+        not URL or not URL.startswith("postgresql"),
+        reason="set EXCHANGE_TEST_DATABASE_URL to a PostgreSQL URL to run PostgreSQL tests",
+    ),
+]
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh database for this test, dropped afterwards."""
+    assert URL is not None
+    base = make_url(URL)
+    name = f"exchange_test_{secrets.token_hex(6)}"
+    admin = create_engine(base.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield base.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+async def test_two_hubs_on_one_postgresql_build_one_chain(pg_url: str) -> None:
+    hub = SigningKey.generate()
+    engines = [open_engine(pg_url) for _ in range(2)]
+    upgrade(engines[0])
+    hubs = [Ledger(e, hub, ORIGIN, LedgerConfig(checkpoint_every=25)) for e in engines]
+    for h in hubs:
+        await h.start()
+    receipts = await asyncio.gather(
+        *(h.append(draft(i, subject_ref=bytes([i % 3]) * 32)) for i in range(150) for h in hubs)
+    )
+    for h in hubs:
+        await h.close()
+    assert sorted(r.sequence for r in receipts) == list(range(300))
+    stored = hubs[0].entries(0, 1000)
+    prev = ZERO_HASH
+    for entry in stored:
+        assert entry.decode().prev_leaf_hash == prev
+        prev = entry.leaf_hash
+    leaves = [e.leaf_hash for e in stored]
+    latest = hubs[1].latest_checkpoint()
+    assert latest is not None and latest.size == 300
+    assert latest.root_hash == merkle.root(leaves)
+    for r in receipts[::7]:
+        held = verify_receipt(r, [hubs[0].verifier_key])
+        assert merkle.verify_consistency(
+            held.size,
+            300,
+            held.root_hash,
+            latest.root_hash,
+            hubs[1].consistency_proof(held.size, 300),
+        )
+    assert hubs[0].inclusion_proof(17, 300) == merkle.inclusion_proof(17, leaves)
+    assert len(hubs[0].entries_for_subject(bytes([1]) * 32)) == 100
+    out = io.StringIO()
+    export_ledger(engines[0], out, [], [hubs[0].verifier_key])
+    out.seek(0)
+    report = verify_export(out, workers=0)
+    assert report.ok, report.first_failure
+    for e in engines:
+        e.dispose()
+
+
+async def test_append_is_unavailable_when_postgresql_is_unreachable() -> None:
+    assert URL is not None
+    dead = make_url(URL).set(port=1).render_as_string(hide_password=False)
+    ledger = Ledger(
+        open_engine(dead, connect_args={"connect_timeout": 1}), SigningKey.generate(), ORIGIN
+    )
+
+    with pytest.raises(LedgerUnavailable):
+        await ledger.start()
