@@ -205,6 +205,16 @@ def channel(
     return grpc.aio.secure_channel(target, credentials, options=options, interceptors=interceptors)
 
 
+def answers(record_request_id: str, request_id: str) -> bool:
+    """Whether a provider's record answers the caller's ``request_id``.
+
+    The hub forwards each call to a provider under ``<caller request id[:80]>/<what>-<nonce>``
+    (one id per forwarded call), so the record names either the caller's id or one derived
+    from it.
+    """
+    return record_request_id == request_id or record_request_id.startswith(request_id[:80] + "/")
+
+
 def _key_valid_at(key: registry_pb2.DepartmentKey, at_us: int) -> bool:
     if key.HasField("revoked_at") and from_timestamp(key.revoked_at) <= at_us:
         return False
@@ -392,7 +402,7 @@ class HubClient:
             raise VerificationError("the record is of another material type")
         if record.subject_id.strip().upper() != subject_id.strip().upper():
             raise VerificationError("the record is about another subject")
-        if request_id is not None and record.request_id != request_id:
+        if request_id is not None and not answers(record.request_id, request_id):
             raise VerificationError("the record answers another request")
         extra = set(record.fields) - set(fields) if fields else set()
         if extra:
@@ -491,10 +501,12 @@ class HubClient:
     async def prefill(self, form_id: str, subject_id: str) -> Prefill:
         """Prefill a registered form for a subject, every value checked against the signed
         material it came from. Raises Refused, VerificationError."""
+        request_id = uuid.uuid4().hex
         answer = await self.call(
             f"{EXCHANGE}/Prefill",
             exchange_pb2.PrefillRequest(form_id=form_id, subject_id=subject_id),
             exchange_pb2.PrefillResponse,
+            request_id=request_id,
         )
         receipt = self.verify_receipt(answer.receipt)
         materials = []
@@ -506,7 +518,10 @@ class HubClient:
                 raise VerificationError("a prefill material does not decode") from exc
             materials.append(
                 await self.verify_material(
-                    envelope, material_type=record.material_type, subject_id=subject_id
+                    envelope,
+                    material_type=record.material_type,
+                    subject_id=subject_id,
+                    request_id=request_id,
                 )
             )
         by_source = {(m.holder, m.material_type): m for m in materials}

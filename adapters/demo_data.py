@@ -23,6 +23,13 @@ import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from exchange.crypto.keystore import Keystore
+from exchange.v1 import catalog_pb2
+
+if TYPE_CHECKING:
+    from adapters.provider import ProviderServer
 
 PUBLIC_SECURITY = "demo.public-security"
 CIVIL_AFFAIRS = "demo.civil-affairs"
@@ -48,6 +55,25 @@ class CatalogEntry:
     name: str
     fields: tuple[str, ...]
     sharing_class: str  # "UNCONDITIONAL" | "CONDITIONAL" | "NOT_SHARED"
+    required: tuple[str, ...] = ()
+    dates: tuple[str, ...] = ()  # fields of type DATE; the others are STRING
+
+    def to_proto(self) -> catalog_pb2.MaterialType:
+        """The catalog entry to publish (``Catalog.PublishMaterialType``, by its owner)."""
+        return catalog_pb2.MaterialType(
+            id=self.material_type,
+            owner=self.owner,
+            name=self.name,
+            sharing_class=catalog_pb2.SharingClass.Value(self.sharing_class),
+            fields=[
+                catalog_pb2.FieldSpec(
+                    name=name,
+                    type=catalog_pb2.DATE if name in self.dates else catalog_pb2.STRING,
+                    required=name in self.required,
+                )
+                for name in self.fields
+            ],
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +104,8 @@ CATALOG: tuple[CatalogEntry, ...] = (
         "户籍信息 Household registration",
         ("name", "gender", "birth_date", "address", "household_head"),
         "UNCONDITIONAL",
+        required=("name", "birth_date"),
+        dates=("birth_date",),
     ),
     CatalogEntry(
         BIOMETRICS,
@@ -92,6 +120,8 @@ CATALOG: tuple[CatalogEntry, ...] = (
         "婚姻登记 Marriage record",
         ("marital_status", "spouse_name", "registered_on"),
         "CONDITIONAL",
+        required=("marital_status",),
+        dates=("registered_on",),
     ),
     CatalogEntry(
         LICENCE,
@@ -99,6 +129,8 @@ CATALOG: tuple[CatalogEntry, ...] = (
         "营业执照 Business licence",
         ("enterprise_name", "credit_code", "business_scope", "established_on"),
         "UNCONDITIONAL",
+        required=("enterprise_name", "credit_code"),
+        dates=("established_on",),
     ),
 )
 
@@ -273,3 +305,39 @@ url = "sqlite:///data.db"
         types = tuple(entry.material_type for entry in CATALOG if entry.owner == department_id)
         created.append(DemoDepartment(department_id, name, database, config, port, types))
     return created
+
+
+def create_keys(
+    keystore: Keystore, *, server_names: tuple[str, ...] = ("localhost", "127.0.0.1")
+) -> None:
+    """Create the demo departments' and the township form tool's keys, unless they exist.
+
+    The provider departments' certificates double as their adapters' server certificates.
+    """
+    for department_id in (*_BUILDERS, TOWNSHIP):
+        if not (keystore.department_dir(department_id) / "signing.key").exists():
+            names = server_names if department_id in _BUILDERS else ()
+            keystore.add_department(department_id, server_names=names)
+
+
+async def start_adapters(departments: Sequence[DemoDepartment]) -> list[ProviderServer]:
+    """Start each department's adapter; their ``port`` attributes say where they listen.
+
+    Stop them with ``await server.stop(grace)``. Raises MappingError, KeyFileError.
+    """
+    from adapters.backends import open_backend
+    from adapters.provider import ProviderServer
+    from adapters.settings import load
+
+    servers: list[ProviderServer] = []
+    try:
+        for department in departments:
+            settings = load(department.config)
+            server = ProviderServer(settings, open_backend(settings))
+            await server.start()
+            servers.append(server)
+    except BaseException:
+        for server in servers:
+            await server.stop(0)
+        raise
+    return servers

@@ -25,7 +25,16 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class SupervisionConfig:
-    """Thresholds of the supervision rules."""
+    """Thresholds of the supervision rules and the burden report (docs/supervision.md).
+
+    Office hours are local hours ``[office_hours_start, office_hours_end)`` at
+    ``utc_offset_minutes`` from UTC (China Standard Time by default); with ``weekends_off``
+    Saturday and Sunday are outside office hours all day. ``tick_seconds`` is how often the
+    deadline rules look at the clock. ``form_tool_min_uses`` is the number of prefills and
+    submissions in the idle window below which a form tool is flagged; ``form_overlap`` the
+    share of shared fields (over the smaller form) from which two forms are consolidation
+    candidates; ``idle_days`` the report's default idle window.
+    """
 
     provider_time_limit_ms: int = 2000
     refusals_per_window: int = 5
@@ -35,6 +44,12 @@ class SupervisionConfig:
     office_hours_start: int = 8
     office_hours_end: int = 18
     objection_deadline_days: int = 15
+    utc_offset_minutes: int = 480
+    weekends_off: bool = True
+    tick_seconds: float = 60.0
+    idle_days: int = 90
+    form_tool_min_uses: int = 5
+    form_overlap: float = 0.6
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
@@ -13,6 +14,7 @@ from exchange.crypto.keys import SigningKey
 from exchange.crypto.keystore import Keystore, TlsIdentity
 from exchange.flows.content import ContentKeys
 from exchange.ledger import Ledger, LedgerConfig
+from exchange.ledger.export import KeyRecord as ExportKey
 from exchange.policy.grants import GrantStore
 from exchange.policy.identity import Authenticator
 from exchange.policy.rates import RateLimiter
@@ -21,6 +23,7 @@ from exchange.store.database import open_engine, upgrade
 from exchange.store.materials import MaterialIndex
 from exchange.store.registry import DepartmentRecord, Registry
 from exchange.store.requests import RequestLog
+from exchange.supervision import Supervisor
 
 
 @dataclass
@@ -46,6 +49,10 @@ class DepartmentCache:
 
     def invalidate(self, department_id: str) -> None:
         self._entries.pop(department_id, None)
+
+
+def _moment(us: int) -> datetime:
+    return datetime.fromtimestamp(us / 1_000_000, UTC)
 
 
 class Hub:
@@ -93,6 +100,8 @@ class Hub:
             None if config.insecure else provider_tls,
             config.provider_timeout_ms / 1000,
         )
+        # Supervision (issue 7): alerts and burden counters, fed by the ledger's commits.
+        self.supervision = Supervisor(self.ledger, engine, config.supervision)
 
     @classmethod
     def open(cls, config: Config) -> Hub:
@@ -111,12 +120,38 @@ class Hub:
             None if config.insecure else keystore.operator_tls(),
         )
 
+    def key_history(self) -> list[ExportKey]:
+        """Every signing key the ledger's entries may be signed with, for auditors' exports:
+        each department's keys with their validity, and the operator's (the hub key)."""
+        history = [
+            ExportKey(
+                actor=self.config.hub_id,
+                keyid=self.hub_key.keyid,
+                public_key=self.hub_key.public_bytes,
+                valid_from=datetime.fromtimestamp(0, UTC),
+            )
+        ]
+        for key in self.registry.key_history():
+            history.append(
+                ExportKey(
+                    actor=key.department_id,
+                    keyid=key.keyid,
+                    public_key=key.public_key,
+                    valid_from=_moment(key.valid_from_us),
+                    valid_until=None if key.valid_until_us is None else _moment(key.valid_until_us),
+                    revoked_at=None if key.revoked_us is None else _moment(key.revoked_us),
+                )
+            )
+        return history
+
     async def start(self) -> None:
         """Start the ledger writer."""
         await self.ledger.start()
+        await self.supervision.start()
 
     async def close(self) -> None:
         """Flush the ledger (final checkpoint) and release the database."""
+        await self.supervision.close()
         await self.ledger.close()
         await self.providers.close()
         self.engine.dispose()

@@ -13,8 +13,24 @@ import grpc
 from google.protobuf.message import Message
 
 from exchange.api.pipeline import Method, Pipeline, StreamMethod
-from exchange.flows import audit, registry
-from exchange.v1 import audit_pb2, ledger_pb2, registry_pb2
+from exchange.api.supervision_methods import SUPERVISION, SUPERVISION_METHODS
+from exchange.flows import audit, history, registry
+from exchange.flows import catalog as catalog_flows
+from exchange.flows import check as check_flow
+from exchange.flows import grants as grant_flows
+from exchange.flows import holdings as holdings_flow
+from exchange.flows import prefill as prefill_flow
+from exchange.flows import request as request_flow
+from exchange.flows import submit as submit_flow
+from exchange.routing.deadline import set_call_deadline
+from exchange.v1 import (
+    audit_pb2,
+    catalog_pb2,
+    exchange_pb2,
+    grants_pb2,
+    ledger_pb2,
+    registry_pb2,
+)
 
 REGISTRY = "exchange.v1.Registry"
 
@@ -102,6 +118,9 @@ def handlers(
             context: grpc.aio.ServicerContext[Any, Any],
             method: Method[Any, Any] = method,
         ) -> Any:
+            # The flows see the caller's deadline as a plain float (exchange.routing.deadline),
+            # so a provider call can end in time for its failure to be recorded.
+            set_call_deadline(context.time_remaining())
             return await pipeline(method, request, context)
 
         table[name] = grpc.unary_unary_rpc_method_handler(
@@ -143,8 +162,132 @@ AUDIT_METHODS: tuple[Method[Any, Any] | StreamMethod[Any, Any], ...] = (
     ),
 )
 
+CATALOG = "exchange.v1.Catalog"
+
+CATALOG_METHODS: tuple[Method[Any, Any], ...] = (
+    Method(
+        f"/{CATALOG}/PublishMaterialType",
+        catalog_pb2.PublishMaterialTypeRequest,
+        catalog_pb2.MaterialTypeResponse,
+        ledger_pb2.MATERIAL_TYPE_PUBLICATION,
+        catalog_flows.publish_material_type,
+    ),
+    Method(
+        f"/{CATALOG}/GetMaterialType",
+        catalog_pb2.GetMaterialTypeRequest,
+        catalog_pb2.MaterialTypeResponse,
+        ledger_pb2.READ,
+        catalog_flows.get_material_type,
+    ),
+    Method(
+        f"/{CATALOG}/ListCatalog",
+        catalog_pb2.ListCatalogRequest,
+        catalog_pb2.ListCatalogResponse,
+        ledger_pb2.READ,
+        catalog_flows.list_catalog,
+    ),
+    Method(
+        f"/{CATALOG}/DefinePurpose",
+        catalog_pb2.DefinePurposeRequest,
+        catalog_pb2.PurposeResponse,
+        ledger_pb2.PURPOSE_DEFINITION,
+        catalog_flows.define_purpose,
+    ),
+    Method(
+        f"/{CATALOG}/RegisterForm",
+        catalog_pb2.RegisterFormRequest,
+        catalog_pb2.FormResponse,
+        ledger_pb2.FORM_REGISTRATION,
+        catalog_flows.register_form,
+    ),
+    Method(
+        f"/{CATALOG}/GetForm",
+        catalog_pb2.GetFormRequest,
+        catalog_pb2.FormResponse,
+        ledger_pb2.READ,
+        catalog_flows.get_form,
+    ),
+)
+
+GRANTS = "exchange.v1.Grants"
+
+GRANTS_METHODS: tuple[Method[Any, Any], ...] = (
+    Method(
+        f"/{GRANTS}/IssueGrant",
+        grants_pb2.IssueGrantRequest,
+        grants_pb2.GrantResponse,
+        ledger_pb2.GRANT_ISSUANCE,
+        grant_flows.issue_grant,
+    ),
+    Method(
+        f"/{GRANTS}/RevokeGrant",
+        grants_pb2.RevokeGrantRequest,
+        grants_pb2.GrantResponse,
+        ledger_pb2.GRANT_REVOCATION,
+        grant_flows.revoke_grant,
+    ),
+    Method(
+        f"/{GRANTS}/ListGrants",
+        grants_pb2.ListGrantsRequest,
+        grants_pb2.ListGrantsResponse,
+        ledger_pb2.READ,
+        grant_flows.list_grants,
+    ),
+)
+
+EXCHANGE = "exchange.v1.Exchange"
+
+EXCHANGE_METHODS: tuple[Method[Any, Any], ...] = (
+    Method(
+        f"/{EXCHANGE}/Check",
+        exchange_pb2.CheckRequest,
+        exchange_pb2.CheckResponse,
+        ledger_pb2.CHECK,
+        check_flow.check,
+    ),
+    Method(
+        f"/{EXCHANGE}/Submit",
+        exchange_pb2.SubmitRequest,
+        exchange_pb2.SubmitResponse,
+        ledger_pb2.SUBMIT,
+        submit_flow.submit,
+    ),
+    Method(
+        f"/{EXCHANGE}/Request",
+        exchange_pb2.MaterialRequest,
+        exchange_pb2.MaterialResponse,
+        ledger_pb2.REQUEST,
+        request_flow.request,
+    ),
+    Method(
+        f"/{EXCHANGE}/Prefill",
+        exchange_pb2.PrefillRequest,
+        exchange_pb2.PrefillResponse,
+        ledger_pb2.PREFILL,
+        prefill_flow.prefill,
+    ),
+    Method(
+        f"/{EXCHANGE}/PublishHoldings",
+        exchange_pb2.PublishHoldingsRequest,
+        exchange_pb2.PublishHoldingsResponse,
+        ledger_pb2.SUBMIT,
+        holdings_flow.publish_holdings,
+    ),
+    Method(
+        f"/{EXCHANGE}/AccessHistory",
+        exchange_pb2.AccessHistoryRequest,
+        exchange_pb2.AccessHistoryResponse,
+        ledger_pb2.ACCESS_HISTORY,
+        history.access_history,
+    ),
+)
+
 # (service full name, methods) for every service the hub serves.
 SERVICES: tuple[tuple[str, tuple[Method[Any, Any] | StreamMethod[Any, Any], ...]], ...] = (
     (REGISTRY, REGISTRY_METHODS),
     (AUDIT, AUDIT_METHODS),
+    (CATALOG, CATALOG_METHODS),
+    (GRANTS, GRANTS_METHODS),
+    (EXCHANGE, EXCHANGE_METHODS),
+    (SUPERVISION, SUPERVISION_METHODS),
 )

@@ -137,6 +137,10 @@ class CatalogStore:
         """A catalogued purpose, or None. May block on a cache miss."""
         return self._purposes.get(purpose_id)
 
+    def cached_purpose(self, purpose_id: str) -> object:
+        """The cached purpose, or ``exchange.store.cache.MISSING`` (never blocks)."""
+        return self._purposes.peek(purpose_id)
+
     def _load_purpose(self, purpose_id: str) -> Purpose | None:
         with self.engine.connect() as conn:
             row = conn.execute(select(purposes).where(purposes.c.id == purpose_id)).first()

@@ -58,7 +58,13 @@ def _register_subcommands() -> None:
     main.add_command(hub_commands.serve)
     main.add_command(hub_commands.health)
     main.add_command(hub_commands.registry)
-    for optional in ("exchange.cli.audit", "exchange.cli.demo", "exchange.cli.flows_commands"):
+    for optional in (
+        "exchange.cli.audit",
+        "exchange.cli.demo",
+        "exchange.cli.flows_commands",
+        "exchange.cli.supervise_commands",
+        "exchange.cli.adapter_commands",
+    ):
         try:
             module = __import__(optional, fromlist=["commands"])
         except ImportError as exc:

@@ -61,30 +61,30 @@ def _derive(secret: bytes, label: str) -> bytes:
 class ContentKeys:
     """The keys derived from the hub's subject secret, one per use."""
 
-    subject: bytes
-    content: bytes
-    field: bytes
-    reference: bytes
+    subject_key: bytes
+    content_key: bytes
+    field_key: bytes
+    reference_key: bytes
 
     @classmethod
     def derive(cls, subject_secret: bytes) -> ContentKeys:
         """Derive every key from the 32-byte secret in keys/hub/subject.key."""
         return cls(
-            subject=subject_secret,
-            content=_derive(subject_secret, "exchange.v1/content-hash"),
-            field=_derive(subject_secret, "exchange.v1/field-hash"),
-            reference=_derive(subject_secret, "exchange.v1/reference"),
+            subject_key=subject_secret,
+            content_key=_derive(subject_secret, "exchange.v1/content-hash"),
+            field_key=_derive(subject_secret, "exchange.v1/field-hash"),
+            reference_key=_derive(subject_secret, "exchange.v1/reference"),
         )
 
     def subject_ref(self, subject_id: str) -> bytes:
         """HMAC-SHA256(subject secret, UTF-8 of the canonical subject id)."""
         data = canonical_subject_id(subject_id).encode("utf-8")
-        return hmac.new(self.subject, data, hashlib.sha256).digest()
+        return hmac.new(self.subject_key, data, hashlib.sha256).digest()
 
     def content_hash(self, material_type: str, subject_id: str, fields: Mapping[str, str]) -> bytes:
         """Keyed hash of a whole material (every field)."""
         encoding = content_encoding(material_type, canonical_subject_id(subject_id), fields)
-        return hmac.new(self.content, encoding, hashlib.sha256).digest()
+        return hmac.new(self.content_key, encoding, hashlib.sha256).digest()
 
     def field_hashes(
         self, material_type: str, subject_id: str, fields: Mapping[str, str]
@@ -93,7 +93,7 @@ class ContentKeys:
         subject = canonical_subject_id(subject_id)
         return {
             name: hmac.new(
-                self.field, field_encoding(material_type, subject, name, value), hashlib.sha256
+                self.field_key, field_encoding(material_type, subject, name, value), hashlib.sha256
             ).digest()
             for name, value in fields.items()
         }
@@ -105,4 +105,4 @@ class ContentKeys:
         material at the provider.
         """
         data = lp(material_type) + subject_ref + struct.pack(">Q", version)
-        return "m-" + hmac.new(self.reference, data, hashlib.sha256).hexdigest()[:32]
+        return "m-" + hmac.new(self.reference_key, data, hashlib.sha256).hexdigest()[:32]

@@ -76,7 +76,10 @@ async def material_type(hub: Hub, type_id: str) -> MaterialType:
 async def purpose(hub: Hub, purpose_id: str) -> Purpose:
     """The catalogued purpose. Raises InvalidArgument (empty) or NotFound (UNKNOWN_PURPOSE)."""
     require_text(purpose_id, "purpose", 128)
-    found = await asyncio.to_thread(hub.catalog.purpose, purpose_id)
+    found: Purpose | None = await cached(
+        lambda: hub.catalog.cached_purpose(purpose_id),
+        lambda: hub.catalog.purpose(purpose_id),
+    )
     if found is None:
         raise errors.NotFound(
             common_pb2.UNKNOWN_PURPOSE, f"purpose {purpose_id[:128]!r} is not catalogued"

@@ -85,8 +85,9 @@ def build_entry(
         reference=draft.reference,
         version=draft.version,
         request_id=draft.request_id,
-        attributes=dict(draft.attributes),
     )
+    if draft.attributes:
+        entry.attributes.update(draft.attributes)
     entry.time.seconds, entry.time.nanos = divmod(time_ns, 1_000_000_000)
     return entry
 

@@ -8,10 +8,12 @@ Four tables:
   chain.
 - ``ledger_entries``: entry bytes exactly as hashed, the caller's envelope bytes and the leaf
   hash, by sequence number; ``subject_ref`` is indexed for access histories.
-- ``ledger_nodes``: the hash of every complete aligned subtree above the leaves, keyed by one
-  integer ``node_id = index * 64 + level`` (a single-column primary key, so a proof's nodes are
-  one ``IN`` lookup on it). Any proof range decomposes into O(log n) of these (plus leaves), so
-  proofs at any size read O(log n) rows.
+- ``ledger_nodes``: the hash of every complete aligned subtree of level >= 4 (16 leaves or
+  more), keyed by one integer ``node_id = index * 64 + level`` (a single-column primary key, so
+  a proof's nodes are one ``IN`` lookup on it). A subtree of level 1 to 3 is recomputed from its
+  at most 8 leaves instead: storing them would add 7 rows per 8 entries to every append, the
+  largest single cost of the writer. Any proof range decomposes into O(log n) complete subtrees,
+  so a proof at any size reads O(log n) rows (at most 15 leaves more than with every level).
 - ``ledger_checkpoints``: stored signed checkpoints by size.
 """
 
@@ -42,6 +44,10 @@ from exchange.store.metadata import metadata
 
 HEAD_ID = 1
 
+# On SQLite only an INTEGER PRIMARY KEY is the table's rowid; a BIGINT key would add a second
+# b-tree (and a second insert) per row. SQLite integers are 64-bit either way.
+Key = BigInteger().with_variant(Integer(), "sqlite")
+
 ledger_head = Table(
     "ledger_head",
     metadata,
@@ -53,7 +59,7 @@ ledger_head = Table(
 ledger_entries = Table(
     "ledger_entries",
     metadata,
-    Column("sequence", BigInteger, primary_key=True, autoincrement=False),
+    Column("sequence", Key, primary_key=True, autoincrement=False),
     Column("entry", LargeBinary, nullable=False),
     Column("envelope", LargeBinary, nullable=False),
     Column("leaf_hash", LargeBinary, nullable=False),
@@ -64,7 +70,7 @@ ledger_entries = Table(
 ledger_nodes = Table(
     "ledger_nodes",
     metadata,
-    Column("node_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("node_id", Key, primary_key=True, autoincrement=False),
     Column("hash", LargeBinary, nullable=False),
 )
 
@@ -78,6 +84,7 @@ ledger_checkpoints = Table(
 
 Node = tuple[int, int]
 LEVEL_BITS = 6  # levels 1..63
+STORED_FROM_LEVEL = 4  # lower subtrees are recomputed from their leaves
 
 
 def node_id(level: int, index: int) -> int:
@@ -135,32 +142,30 @@ def read_head(conn: Connection) -> Head:
     return Head(size=int(row.size), last_leaf_hash=bytes(row.last_leaf_hash))
 
 
+def _insert_many(conn: Connection, table: Table, rows: Sequence[tuple[object, ...]]) -> None:
+    # The driver's executemany with plain tuples: the per-row parameter processing of a Core
+    # insert costs more than the insert itself at tens of thousands of rows per second.
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    columns = ", ".join(c.name for c in table.columns)
+    marks = ", ".join(mark for _ in table.columns)
+    conn.exec_driver_sql(f"INSERT INTO {table.name} ({columns}) VALUES ({marks})", list(rows))
+
+
 def write_batch(
     conn: Connection,
     head: Head,
-    rows: Sequence[tuple[int, bytes, bytes, bytes, bytes]],
+    rows: Sequence[tuple[int, bytes, bytes, bytes, bytes | None]],
     nodes: Sequence[tuple[int, int, bytes]],
 ) -> None:
-    """Insert entry rows (sequence, entry, envelope, leaf hash, subject ref) and node rows
-    (level, index, hash), and move the head to ``head``. Part of the caller's transaction."""
-    conn.execute(
-        insert(ledger_entries),
-        [
-            {
-                "sequence": seq,
-                "entry": entry,
-                "envelope": envelope,
-                "leaf_hash": leaf,
-                "subject_ref": subject or None,
-            }
-            for seq, entry, envelope, leaf, subject in rows
-        ],
-    )
-    if nodes:
-        conn.execute(
-            insert(ledger_nodes),
-            [{"node_id": (idx << LEVEL_BITS) | level, "hash": h} for level, idx, h in nodes],
-        )
+    """Insert entry rows (sequence, entry, envelope, leaf hash, subject ref or None) and node
+    rows (level, index, hash), and move the head to ``head``. Part of the caller's
+    transaction."""
+    _insert_many(conn, ledger_entries, rows)
+    stored = [
+        ((idx << LEVEL_BITS) | level, h) for level, idx, h in nodes if level >= STORED_FROM_LEVEL
+    ]
+    if stored:
+        _insert_many(conn, ledger_nodes, stored)
     conn.execute(
         update(ledger_head)
         .where(ledger_head.c.id == HEAD_ID)
@@ -171,16 +176,24 @@ def write_batch(
 def fetch_nodes(conn: Connection, wanted: Iterable[Node]) -> dict[Node, bytes]:
     """Hashes of complete aligned subtrees (level 0 = leaves). Missing nodes are absent."""
     nodes = set(wanted)
-    leaves = sorted(idx for level, idx in nodes if level == 0)
-    inner = sorted(node_id(level, idx) for level, idx in nodes if level > 0)
+    low = [(level, idx) for level, idx in nodes if 0 < level < STORED_FROM_LEVEL]
+    leaves = {idx for level, idx in nodes if level == 0}
+    for level, idx in low:
+        leaves.update(range(idx << level, (idx + 1) << level))
+    inner = sorted(node_id(level, idx) for level, idx in nodes if level >= STORED_FROM_LEVEL)
     found: dict[Node, bytes] = {}
     if leaves:
         for row in conn.execute(
             select(ledger_entries.c.sequence, ledger_entries.c.leaf_hash).where(
-                ledger_entries.c.sequence.in_(leaves)
+                ledger_entries.c.sequence.in_(sorted(leaves))
             )
         ):
             found[(0, int(row.sequence))] = bytes(row.leaf_hash)
+        for level, idx in low:
+            span = range(idx << level, (idx + 1) << level)
+            hashes = [found.get((0, i)) for i in span]
+            if all(h is not None for h in hashes):
+                found[(level, idx)] = merkle.root(hashes)  # type: ignore[arg-type]
     if inner:
         mask = (1 << LEVEL_BITS) - 1
         for key, h in conn.execute(

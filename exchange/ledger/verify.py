@@ -331,7 +331,10 @@ class _Verifier:
             )
             return
         self.last_checkpoint = size
-        self.checkpoints_at[size] = note
+        if size == self.position:  # the tree already holds exactly its entries
+            self._check_checkpoint(size, note)
+        else:
+            self.checkpoints_at[size] = note
 
 
 def verify_export(

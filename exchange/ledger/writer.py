@@ -395,7 +395,7 @@ class Ledger:
                 zip(merkle.range_subtrees(0, old_size), compact.hashes, strict=True)
             )
             prev = head.last_leaf_hash
-            rows: list[tuple[int, bytes, bytes, bytes, bytes]] = []
+            rows: list[tuple[int, bytes, bytes, bytes, bytes | None]] = []
             completed: list[tuple[int, int, bytes]] = []
             committed: list[tuple[int, ledger_pb2.LedgerEntry]] = []
             leaf_hashes: list[bytes] = []
@@ -412,7 +412,8 @@ class Ledger:
                 leaf = merkle.leaf_hash(data)
                 compact.append(leaf, completed)
                 cache[(0, sequence)] = leaf
-                rows.append((sequence, data, pending.envelope, leaf, pending.draft.subject_ref))
+                subject = pending.draft.subject_ref or None  # NULL keeps the index small
+                rows.append((sequence, data, pending.envelope, leaf, subject))
                 committed.append((sequence, entry))
                 leaf_hashes.append(leaf)
                 prev = leaf
@@ -471,33 +472,54 @@ class Ledger:
 class _BatchProofs:
     """Inclusion proofs for every entry of a batch in the batch's tree.
 
-    Entries of one batch share most of their proof ranges, so range hashes are memoised; every
-    node they need is either on the old tree's right edge or completed by the batch (both in
-    ``cache``), and anything else is read from the open transaction.
+    The proof of leaf i in a tree of n leaves is, bottom-up: the siblings of i's ancestors below
+    the level where the paths to i and to n-1 part (all complete subtrees, except the topmost of
+    them, which is the right edge [start, n) and may be incomplete), then the left siblings
+    wherever i's ancestor is a right child above that level. This is RFC 9162 PATH computed
+    directly from (level, index) nodes. Every node needed is on the old tree's right edge or
+    completed by the batch (both in ``cache``); anything else is read from the open
+    transaction. Right-edge hashes are shared by many entries of the batch, so they are memoised.
     """
 
     def __init__(self, conn: Connection, cache: dict[storage.Node, bytes], size: int) -> None:
         self._conn = conn
         self._cache = cache
         self._size = size
-        self._memo: dict[tuple[int, int], bytes] = {}
+        self._edges: dict[tuple[int, int], bytes] = {}
 
-    def _node(self, node: storage.Node) -> bytes:
-        h = self._cache.get(node)
+    def _node(self, level: int, index: int) -> bytes:
+        h = self._cache.get((level, index))
         if h is None:
+            node = (level, index)
             fetched = storage.fetch_nodes(self._conn, [node])
             if node not in fetched:
                 raise LookupError(f"ledger node {node} is missing")
             h = self._cache[node] = fetched[node]
         return h
 
-    def _range(self, start: int, end: int) -> bytes:
-        key = (start, end)
-        h = self._memo.get(key)
+    def _edge(self, level: int, index: int) -> bytes:
+        start = index << level
+        if start + (1 << level) <= self._size:
+            return self._node(level, index)
+        key = (level, index)
+        h = self._edges.get(key)
         if h is None:
-            h = merkle.fold_subtrees([self._node(n) for n in merkle.range_subtrees(start, end)])
-            self._memo[key] = h
+            plan = merkle.range_subtrees(start, self._size)
+            h = self._edges[key] = merkle.fold_subtrees([self._node(*n) for n in plan])
         return h
 
-    def inclusion(self, sequence: int) -> tuple[bytes, ...]:
-        return tuple(self._range(s, e) for s, e in merkle.inclusion_ranges(sequence, self._size))
+    def inclusion(self, index: int) -> tuple[bytes, ...]:
+        size = self._size
+        cache = self._cache
+        inner = (index ^ (size - 1)).bit_length()
+        proof: list[bytes] = []
+        for level in range(inner - 1):
+            sibling = (index >> level) ^ 1
+            h = cache.get((level, sibling))
+            proof.append(h if h is not None else self._node(level, sibling))
+        if inner:
+            proof.append(self._edge(inner - 1, (index >> (inner - 1)) ^ 1))
+        for level in range(inner, size.bit_length()):
+            if (index >> level) & 1:
+                proof.append(self._node(level, (index >> level) ^ 1))
+        return tuple(proof)

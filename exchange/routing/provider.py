@@ -68,13 +68,13 @@ class ProviderRouter:
         """Close and drop the cached channel of ``endpoint`` (e.g. after the registry changed)."""
         channel = self._channels.pop(endpoint, None)
         if channel is not None:
-            await channel.close()
+            await channel.close(None)
 
     async def close(self) -> None:
         """Close every channel."""
         channels, self._channels = list(self._channels.values()), {}
         for channel in channels:
-            await channel.close()
+            await channel.close(None)
 
     def _timeout(self) -> float:
         remaining = call_deadline()
@@ -124,9 +124,10 @@ class ProviderRouter:
             reference=reference,
             version=version,
         )
-        return await self._call(
+        answer: provider_pb2.FetchResponse = await self._call(
             endpoint, FETCH, self._envelope(body, request_id), provider_pb2.FetchResponse
         )
+        return answer
 
     async def store(
         self,
@@ -152,9 +153,10 @@ class ProviderRouter:
             version=version,
             submitted_by=submitted_by,
         )
-        return await self._call(
+        stored: provider_pb2.StoreResponse = await self._call(
             endpoint, STORE, self._envelope(body, request_id), provider_pb2.StoreResponse
         )
+        return stored
 
     async def _call(
         self,

@@ -7,7 +7,7 @@ content hash, keyed field hashes and holder. It never holds a subject id or a fi
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy import Engine, insert, select, update
@@ -86,34 +86,49 @@ class MaterialIndex:
         Raises sqlalchemy.exc.IntegrityError if that version or reference is already indexed
         (a concurrent submission by another hub process).
         """
+        self.put_versions([(material, superseded)], now_us)
+
+    def put_versions(
+        self, changes: Sequence[tuple[IndexedMaterial, str | None]], now_us: int
+    ) -> None:
+        """Index several new versions in one transaction (see ``put_version``)."""
+        if not changes:
+            return
         with self.engine.begin() as conn:
-            if superseded is not None:
-                conn.execute(
-                    update(materials)
-                    .where(materials.c.reference == superseded, materials.c.superseded_us.is_(None))
-                    .values(superseded_us=now_us)
-                )
+            for _material, superseded in changes:
+                if superseded is not None:
+                    conn.execute(
+                        update(materials)
+                        .where(
+                            materials.c.reference == superseded,
+                            materials.c.superseded_us.is_(None),
+                        )
+                        .values(superseded_us=now_us)
+                    )
             conn.execute(
-                insert(materials).values(
-                    reference=material.reference,
-                    material_type=material.material_type,
-                    subject_ref=material.subject_ref,
-                    version=material.version,
-                    content_hash=material.content_hash,
-                    holder=material.holder,
-                    submitted_by=material.submitted_by,
-                    indexed_us=now_us,
-                    superseded_us=None,
-                )
+                insert(materials),
+                [
+                    {
+                        "reference": m.reference,
+                        "material_type": m.material_type,
+                        "subject_ref": m.subject_ref,
+                        "version": m.version,
+                        "content_hash": m.content_hash,
+                        "holder": m.holder,
+                        "submitted_by": m.submitted_by,
+                        "indexed_us": now_us,
+                        "superseded_us": None,
+                    }
+                    for m, _ in changes
+                ],
             )
-            if material.field_hashes:
-                conn.execute(
-                    insert(material_fields),
-                    [
-                        {"reference": material.reference, "name": name, "field_hash": value}
-                        for name, value in sorted(material.field_hashes.items())
-                    ],
-                )
+            rows = [
+                {"reference": m.reference, "name": name, "field_hash": value}
+                for m, _ in changes
+                for name, value in sorted(m.field_hashes.items())
+            ]
+            if rows:
+                conn.execute(insert(material_fields), rows)
 
     def add_proposal(self, proposal: Proposal) -> None:
         """Record a correction proposal (state OPEN) for the owner."""

@@ -126,5 +126,5 @@ def test_missing_csv_column_is_a_clear_error_at_start(tmp_path: Path) -> None:
 
 def test_missing_file_is_a_clear_error_at_start(tmp_path: Path) -> None:
     backend = open_backend(settings_for(tmp_path, "absent.jsonl"))  # type: ignore[arg-type]
-    with pytest.raises(MappingError, match="absent.jsonl does not exist"):
+    with pytest.raises(MappingError, match=r"absent\.jsonl does not exist"):
         backend.validate()

@@ -66,3 +66,14 @@ def test_invalid_settings_are_refused_naming_the_setting(
 def test_missing_file_is_a_settings_error(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match="not found"):
         load(tmp_path / "absent.toml")
+
+
+@pytest.mark.parametrize(
+    "name", ["civil-affairs.toml", "market-regulation.toml", "township-files.toml"]
+)
+def test_shipped_examples_load(name: str) -> None:
+    path = Path(__file__).parents[2] / "adapters" / "examples" / name
+    settings = load(path)
+    assert settings.materials
+    for mapping in settings.materials.values():
+        assert mapping.fields

@@ -13,7 +13,7 @@ from exchange.crypto import certificates
 from exchange.crypto.envelope import sign
 from exchange.crypto.keys import SigningKey
 from exchange.crypto.keystore import TlsIdentity
-from exchange.v1 import common_pb2, envelope_pb2, registry_pb2
+from exchange.v1 import common_pb2, registry_pb2
 from tests.conftest import RunningHub
 
 LIST = "/exchange.v1.Registry/ListDepartments"
@@ -326,4 +326,4 @@ async def test_register_duplicate_department_is_already_exists(hub: RunningHub) 
 
 
 def test_dates_are_utc() -> None:
-    assert to_timestamp(0).seconds == 0 and dt.UTC is dt.timezone.utc
+    assert to_timestamp(0).seconds == 0 and dt.UTC is dt.UTC

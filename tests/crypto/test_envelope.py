@@ -1,12 +1,11 @@
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from exchange.crypto.envelope import EnvelopeError, pae, sign, verify
 from exchange.crypto.keys import SigningKey
-
-import pytest
 
 
 def test_pae_matches_the_dsse_v1_specification_vector() -> None:

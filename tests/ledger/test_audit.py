@@ -335,3 +335,16 @@ def test_cli_export_takes_engine_key_history_and_hub_key_from_the_context(
     assert result.exit_code == 0, result.output
     report = verify_export(out.open(), hub_keys=[world.hub_vkey])
     assert report.ok, report.first_failure
+
+
+def test_checkpoint_right_after_a_chunk_boundary_is_checked(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lines = world.export()
+    first = next(json.loads(line) for line in lines if '"type":"checkpoint"' in line)
+    monkeypatch.setattr(verify_module, "CHUNK", first["size"])
+    assert _verify(lines, workers=0).ok
+    index = next(i for i, line in enumerate(lines) if '"type":"checkpoint"' in line)
+    rogue = sign_checkpoint(ORIGIN, first["size"], bytes(32), world.hub, ORIGIN)
+    bad = _rewrite(lines, index, lambda r: r.update(note=rogue.note))
+    _assert_fails(_verify(bad, workers=0), first["size"] - 1, FailureReason.ROOT_MISMATCH)

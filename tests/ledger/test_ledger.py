@@ -188,13 +188,13 @@ async def test_append_fails_unavailable_when_the_database_is_gone(
     await ledger.start()
     await ledger.append(draft(0))
     with engine.begin() as conn:
-        conn.exec_driver_sql("DROP TABLE ledger_nodes")
+        conn.exec_driver_sql("DROP TABLE ledger_entries")
     with pytest.raises(LedgerUnavailable) as info:
         await asyncio.gather(*(ledger.append(draft(i)) for i in range(1, 5)))
     assert isinstance(info.value, Unavailable)
     assert info.value.reason == common_pb2.LEDGER_UNAVAILABLE
     await ledger.close()
-    assert ledger.size() == 1  # nothing of the failed batch was committed
+    assert ledger.size() == 1  # the head did not move: nothing of the failed batch committed
 
 
 async def test_append_after_close_is_unavailable(ledger: Ledger) -> None:

@@ -12,6 +12,9 @@ down_revision = "0001"
 branch_labels = None
 depends_on = None
 
+# On SQLite only INTEGER PRIMARY KEY is the rowid itself; BIGINT would add a second b-tree.
+KEY = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
 
 def upgrade() -> None:
     head = op.create_table(
@@ -23,7 +26,7 @@ def upgrade() -> None:
     op.bulk_insert(head, [{"id": 1, "size": 0, "last_leaf_hash": bytes(32)}])
     op.create_table(
         "ledger_entries",
-        sa.Column("sequence", sa.BigInteger, primary_key=True, autoincrement=False),
+        sa.Column("sequence", KEY, primary_key=True, autoincrement=False),
         sa.Column("entry", sa.LargeBinary, nullable=False),
         sa.Column("envelope", sa.LargeBinary, nullable=False),
         sa.Column("leaf_hash", sa.LargeBinary, nullable=False),
@@ -33,7 +36,7 @@ def upgrade() -> None:
     op.create_table(
         "ledger_nodes",
         # index * 64 + level: one integer key per complete aligned subtree above the leaves
-        sa.Column("node_id", sa.BigInteger, primary_key=True, autoincrement=False),
+        sa.Column("node_id", KEY, primary_key=True, autoincrement=False),
         sa.Column("hash", sa.LargeBinary, nullable=False),
     )
     op.create_table(

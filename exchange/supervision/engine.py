@@ -1,0 +1,307 @@
+"""The supervision engine: follows the ledger as entries commit and keeps alerts and the burden
+counters up to date, incrementally.
+
+How it keeps its state, and why:
+
+- **Windowed rule state is in memory** (refusals and subjects per consumer in the last
+  window, off-hours alerts of the day). It is cheap to rebuild and too hot to write on every
+  entry, so on start the engine replays only the window before its cursor: it finds the
+  window's first entry by binary search over entry times (O(log n) reads) and replays from
+  there, which is bounded by the traffic of one window, not by the size of the log.
+- **Everything that must outlive a window is persisted** (``exchange.supervision.store``): the
+  alerts, the burden counters (all-time counts cannot be rebuilt without a full rescan), the
+  open objections (deadlines run for weeks) and a cursor, all written in one transaction per
+  batch of entries. The cursor makes the effects of every entry stored exactly once across
+  restarts and across several hub processes on one database.
+
+Entries arrive through ``Ledger.subscribe`` (this process's commits, with the decoded entries,
+so no read is needed). Any gap, the catch-up after a restart and entries committed by other hub
+processes are read from the ledger by sequence. A periodic tick runs the deadline rules against
+the clock, which is injectable (``clock``) so tests are deterministic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Callable, Sequence
+
+import structlog
+from sqlalchemy import Engine
+
+from exchange.clock import now_us
+from exchange.config import SupervisionConfig
+from exchange.ledger import Ledger
+from exchange.supervision.burden import counter_changes, usage_of
+from exchange.supervision.model import Finding, Observation
+from exchange.supervision.objections import objection_change
+from exchange.supervision.rules import Rule, default_rules
+from exchange.supervision.store import Effects, SupervisionStore
+from exchange.v1 import ledger_pb2
+
+log = structlog.get_logger("exchange.supervision")
+
+Committed = Sequence[tuple[int, ledger_pb2.LedgerEntry]]
+
+READ_CHUNK = 1000
+RETRY_MAX_SECONDS = 5.0
+
+
+class Supervisor:
+    """Runs the supervision rules and the burden counters over the committed entry stream."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        engine: Engine,
+        config: SupervisionConfig,
+        *,
+        clock: Callable[[], int] = now_us,
+        rules: Sequence[Rule] | None = None,
+    ) -> None:
+        self.ledger = ledger
+        self.config = config
+        self.store = SupervisionStore(engine)
+        self.clock = clock
+        self.rules: list[Rule] = list(default_rules(config) if rules is None else rules)
+        self._next = 0  # the next sequence to observe
+        self._target = 0  # the log size this process knows of
+        self._pending: deque[tuple[int, ledger_pb2.LedgerEntry]] = deque()
+        self._wake: asyncio.Event | None = None
+        self._progress: asyncio.Event | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._unsubscribe: Callable[[], None] | None = None
+
+    # ---------------------------------------------------------------- life cycle
+
+    async def start(self) -> None:
+        """Warm the windowed rules, subscribe to commits, catch up and start ticking.
+
+        Call after the ledger has started. Raises sqlalchemy errors if the database cannot be
+        read (the hub then does not start).
+        """
+        if self._tasks:
+            return
+        self._wake = asyncio.Event()
+        self._progress = asyncio.Event()
+        await asyncio.to_thread(self.store.ensure_cursor)
+        cursor = await asyncio.to_thread(self.store.cursor)
+        await asyncio.to_thread(self._warm, cursor)
+        self._next = cursor
+        self._target = max(cursor, await asyncio.to_thread(self.ledger.size))
+        self._unsubscribe = self.ledger.subscribe(self._on_commit)
+        self._tasks = [
+            asyncio.create_task(self._run(), name="supervision"),
+            asyncio.create_task(self._tick_loop(), name="supervision-tick"),
+        ]
+        self._wake.set()
+        log.info("supervision_started", cursor=cursor, size=self._target)
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Process what was announced (for up to ``timeout`` seconds), then stop. Entries
+        left unprocessed are caught up at the next start."""
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        if not self._tasks:
+            return
+        await self.settle(timeout)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    @property
+    def position(self) -> int:
+        """The number of entries observed (the next sequence to observe)."""
+        return self._next
+
+    async def settle(self, timeout: float = 2.0) -> bool:
+        """Wait until every entry committed so far (by any hub process) has been processed.
+
+        Returns False if that did not happen within ``timeout`` seconds (answers may then lag
+        the log slightly).
+        """
+        loop = asyncio.get_running_loop()
+        # The commit announcement may still be on its way to the loop (and other processes do
+        # not announce at all): the database's head is the target.
+        self._extend(await asyncio.to_thread(self.ledger.size))
+        deadline = loop.time() + timeout
+        while self._next < self._target and self._tasks:
+            progress = self._progress
+            remaining = deadline - loop.time()
+            if progress is None or remaining <= 0:
+                return False
+            try:
+                await asyncio.wait_for(progress.wait(), remaining)
+            except TimeoutError:
+                return False
+        return self._next >= self._target
+
+    # ---------------------------------------------------------------- entry stream
+
+    def _on_commit(self, committed: Committed) -> None:
+        # Called on the event loop by the ledger after each commit: queue and wake, no work.
+        if not committed:
+            return
+        self._pending.extend(committed)
+        self._target = max(self._target, committed[-1][0] + 1)
+        if self._wake is not None:
+            self._wake.set()
+
+    def _contiguous(self) -> list[tuple[int, ledger_pb2.LedgerEntry]]:
+        """Announced entries that continue exactly at ``_next`` (empty on a gap)."""
+        while self._pending and self._pending[0][0] < self._next:
+            self._pending.popleft()
+        taken: list[tuple[int, ledger_pb2.LedgerEntry]] = []
+        while self._pending and self._pending[0][0] == self._next + len(taken):
+            taken.append(self._pending.popleft())
+            if len(taken) >= READ_CHUNK:
+                break
+        return taken
+
+    async def _run(self) -> None:
+        assert self._wake is not None
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while True:
+                batch = self._contiguous()
+                if not batch:
+                    if self._next >= self._target:
+                        break
+                    stored = await asyncio.to_thread(self.ledger.entries, self._next, READ_CHUNK)
+                    if not stored:
+                        break
+                    batch = [(s.sequence, s.decode()) for s in stored]
+                await self._process(batch)
+
+    async def _process(self, batch: Committed) -> None:
+        # Observing is pure in-memory work of a few microseconds per entry, so it runs on the
+        # loop; only the (blocking) database write goes to a thread.
+        effects = self.observe(batch)
+        end = batch[-1][0] + 1
+        delay = 0.1
+        while True:
+            try:
+                stored = await asyncio.to_thread(self.store.apply, effects, end)
+                break
+            except Exception as exc:  # database down: keep the effects and retry, in order
+                log.error("supervision_store_failed", error=type(exc).__name__, retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_SECONDS)
+        self._next = end
+        self._target = max(self._target, end)
+        self._announce(stored)
+        if self._progress is not None:
+            self._progress.set()
+            self._progress = asyncio.Event()
+
+    def observe(self, batch: Committed) -> list[Effects]:
+        """Run every rule and the burden tally over ``batch`` (in order) and return the effects
+        to store. Advances the rules' in-memory state; stores nothing."""
+        effects = []
+        for sequence, entry in batch:
+            obs = Observation.of(sequence, entry)
+            findings = tuple(f for rule in self.rules for f in rule.observe(obs))
+            effect = Effects(
+                sequence=sequence,
+                findings=findings,
+                counters=tuple(counter_changes(obs)),
+                usage=usage_of(obs),
+                objection=objection_change(obs, self.config),
+            )
+            if not effect.empty:
+                effects.append(effect)
+        return effects
+
+    async def feed(self, batch: Committed) -> list[Finding]:
+        """Observe and store ``batch`` now, as if it had just been committed (for tools and
+        tests that hold entries rather than a running ledger). Returns the alerts stored."""
+        effects = self.observe(batch)
+        if not batch:
+            return []
+        end = max(self._next, batch[-1][0] + 1)
+        stored = await asyncio.to_thread(self.store.apply, effects, end)
+        self._next = end
+        self._announce(stored)
+        return stored
+
+    @staticmethod
+    def _announce(findings: Sequence[Finding]) -> None:
+        for f in findings:
+            log.warning(
+                "alert_raised",
+                rule=f.rule,
+                level=f.level.name,
+                category=f.category.value,
+                department=f.department,
+                material_type=f.material_type,
+                sequence=f.sequence,
+            )
+
+    # ---------------------------------------------------------------- restart
+
+    def _warm(self, cursor: int) -> None:
+        """Replay the rules' window before ``cursor`` (discarding findings: they were stored
+        when those entries were first processed)."""
+        window = max((rule.window_us for rule in self.rules), default=0)
+        if cursor == 0 or window == 0:
+            return
+        last = self.ledger.entries(cursor - 1, 1)
+        if not last:
+            return
+        since = Observation.of(cursor - 1, last[0].decode()).time_us - window
+        lo, hi = 0, cursor - 1  # first entry with time >= since: binary search on time
+        while lo < hi:
+            mid = (lo + hi) // 2
+            probe = self.ledger.entries(mid, 1)
+            if probe and Observation.of(mid, probe[0].decode()).time_us < since:
+                lo = mid + 1
+            else:
+                hi = mid
+        replayed = 0
+        sequence = lo
+        while sequence < cursor:
+            stored = self.ledger.entries(sequence, min(READ_CHUNK, cursor - sequence))
+            if not stored:
+                break
+            for s in stored:
+                obs = Observation.of(s.sequence, s.decode())
+                for rule in self.rules:
+                    rule.observe(obs)
+            sequence = stored[-1].sequence + 1
+            replayed += len(stored)
+        log.info("supervision_warmed", replayed=replayed, window_seconds=window // 1_000_000)
+
+    # ---------------------------------------------------------------- the clock
+
+    async def tick(self, now: int | None = None) -> list[Finding]:
+        """Run the deadline rules at ``now`` (default: the clock) and forget expired window
+        state. Also catches up with entries other hub processes committed. Returns the alerts
+        raised."""
+        at = self.clock() if now is None else now
+        for rule in self.rules:
+            rule.expire(at)
+        raised = await asyncio.to_thread(self.store.tick, at)
+        self._announce(raised)
+        self._extend(await asyncio.to_thread(self.ledger.size))
+        return raised
+
+    def _extend(self, size: int) -> None:
+        """Know the log to be ``size`` entries long; wake the reader if that is news."""
+        if size > self._target:
+            self._target = size
+            if self._wake is not None:
+                self._wake.set()
+
+    async def _tick_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.tick_seconds)
+            try:
+                await self.tick()
+            except Exception as exc:  # a failed tick is retried at the next one
+                log.error("supervision_tick_failed", error=type(exc).__name__)

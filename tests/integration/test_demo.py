@@ -1,0 +1,48 @@
+"""README's first command: `exchange demo` tells the whole story and exits 0."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+@pytest.mark.slow
+def test_demo_tells_every_step_and_exits_zero(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EXCHANGE_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "exchange.cli", "demo", "--dir", str(tmp_path / "demo")],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
+        cwd=tmp_path,
+    )
+    out = result.stdout
+    assert result.returncode == 0, out[-3000:] + result.stderr[-3000:]
+    # A form prefilled with each field's source; the missing fields listed.
+    assert re.search(r"applicant_name\s+= 王五 \(demo\)\s+← demo\.public-security", out)
+    assert re.search(r"credit_code\s+= 91990000DEMO00002X\s+← demo\.market-regulation", out)
+    assert re.search(r"marital_status\s+= \(not on file: ask the person\)", out)
+    assert "5 fields prefilled from signed sources, 2 missing" in out
+    # Collected once, then the same submission again.
+    assert "STORED: stored at demo.civil-affairs" in out
+    assert "ALREADY_ON_FILE: nothing stored" in out
+    # Conditional: refused, granted, served; NOT_SHARED refused.
+    assert "PERMISSION_DENIED NO_GRANT" in out
+    assert "served {'marital_status': 'married'} signed by demo.civil-affairs" in out
+    assert "PERMISSION_DENIED MATERIAL_NOT_SHARED" in out
+    # The person's access history shows the prefill and both submissions.
+    history = out.split("who has used his material", 1)[1].split("[", 1)[0]
+    assert len(re.findall(r"demo\.township-office\s+SUBMIT\s+marriage-record", history)) == 2
+    assert re.search(r"demo\.township-office\s+PREFILL", history)
+    # Supervision shows an alert and the burden report.
+    assert re.search(r"YELLOW PROCESS\s+repeated-refusals", out)
+    assert re.search(r"demo\.civil-affairs\s+marriage-record\s+1\s+1\s+1\s+1", out)
+    # The ledger exported and verified offline; everything stopped.
+    assert re.search(r"verified: \d+ entries, \d+ envelope signatures, \d+ checkpoints", out)
+    assert "Demo complete: everything it started has stopped." in out
