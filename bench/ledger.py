@@ -25,6 +25,8 @@ from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
+from sqlalchemy import Engine
+
 from exchange.crypto.envelope import sign
 from exchange.crypto.keys import SigningKey, verify_signature
 from exchange.ledger import EntryDraft, Ledger, LedgerConfig, merkle, sign_checkpoint
@@ -54,7 +56,9 @@ def _draft(i: int) -> EntryDraft:
     )
 
 
-async def _appends(engine_url: str, hub: SigningKey, envelope: bytes, n: int, callers: int):
+async def _appends(
+    engine_url: str, hub: SigningKey, envelope: bytes, n: int, callers: int
+) -> tuple[Engine, Ledger, float, float, float]:
     engine = open_engine(engine_url)
     upgrade(engine)
     ledger = Ledger(engine, hub, ORIGIN, LedgerConfig())
@@ -149,7 +153,8 @@ def _bulk_log(path: Path, size: int, hub: SigningKey) -> str:
     step = 100_000
     prev = bytes(32)
     for lo in range(0, size, step):
-        entries, nodes = [], []
+        entries: list[tuple[int, bytes, bytes, bytes, None]] = []
+        nodes: list[tuple[int, bytes]] = []
         for i in range(lo, min(size, lo + step)):
             data = i.to_bytes(8, "big") + prev[:8]
             leaf = merkle.leaf_hash(data)

@@ -21,6 +21,7 @@ from exchange.policy.rates import RateLimiter
 from exchange.routing.provider import ProviderRouter
 from exchange.store.database import open_engine, upgrade
 from exchange.store.materials import MaterialIndex
+from exchange.store.objections import Objections
 from exchange.store.registry import DepartmentRecord, Registry
 from exchange.store.requests import RequestLog
 from exchange.supervision import Supervisor
@@ -93,6 +94,7 @@ class Hub:
         self.catalog = CatalogStore(engine)
         self.grants = GrantStore(engine)
         self.index = MaterialIndex(engine)
+        self.objections = Objections(engine)
         self.rates = RateLimiter()
         self.providers = ProviderRouter(
             config.hub_id,

@@ -14,7 +14,7 @@ from google.protobuf.message import Message
 
 from exchange.api.pipeline import Method, Pipeline, StreamMethod
 from exchange.api.supervision_methods import SUPERVISION, SUPERVISION_METHODS
-from exchange.flows import audit, history, registry
+from exchange.flows import audit, history, objections, registry
 from exchange.flows import catalog as catalog_flows
 from exchange.flows import check as check_flow
 from exchange.flows import grants as grant_flows
@@ -98,7 +98,6 @@ def handlers(
     for method in methods:
         name = method.name.rsplit("/", 1)[1]
         if isinstance(method, StreamMethod):
-
             # grpc.aio recognises streaming handlers by being async generator functions.
             async def streamer(
                 request: bytes,
@@ -279,6 +278,27 @@ EXCHANGE_METHODS: tuple[Method[Any, Any], ...] = (
         exchange_pb2.AccessHistoryResponse,
         ledger_pb2.ACCESS_HISTORY,
         history.access_history,
+    ),
+    Method(
+        f"/{EXCHANGE}/FileObjection",
+        exchange_pb2.FileObjectionRequest,
+        exchange_pb2.ObjectionResponse,
+        ledger_pb2.OBJECTION_FILING,
+        objections.file_objection,
+    ),
+    Method(
+        f"/{EXCHANGE}/ListObjections",
+        exchange_pb2.ListObjectionsRequest,
+        exchange_pb2.ListObjectionsResponse,
+        ledger_pb2.READ,
+        objections.list_objections,
+    ),
+    Method(
+        f"/{EXCHANGE}/ResolveObjection",
+        exchange_pb2.ResolveObjectionRequest,
+        exchange_pb2.ObjectionResponse,
+        ledger_pb2.OBJECTION_RESOLUTION,
+        objections.resolve_objection,
     ),
 )
 

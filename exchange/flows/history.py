@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 from exchange import errors
-from exchange.flows.content import ContentKeys
 from exchange.flows.record import record
 from exchange.hub import Hub
 from exchange.policy.identity import Caller
@@ -41,7 +40,7 @@ async def access_history(
         )
     if not body.subject_id.strip():
         raise errors.InvalidArgument(common_pb2.INVALID_ARGUMENT_FIELD, "subject_id is required")
-    subject_ref = ContentKeys.derive(hub.subject_key).subject_ref(body.subject_id)
+    subject_ref = hub.content_keys.subject_ref(body.subject_id)
     stored = await asyncio.to_thread(hub.ledger.entries_for_subject, subject_ref)
     records = []
     for item in stored:

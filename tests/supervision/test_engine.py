@@ -107,3 +107,32 @@ async def test_the_same_entries_are_stored_once(engine: Engine, ledger: Ledger) 
     store = Supervisor(ledger, engine, CONFIG).store
     assert [c.avoided for c in store.counters()] == [1]
     assert len(store.alerts()) == 1 and store.cursor() == 2
+
+
+async def test_postgres_stores_effects_once_and_ticks(postgres_url: str) -> None:
+    from exchange.crypto.keys import SigningKey
+    from exchange.store.database import open_engine, upgrade
+
+    pg = open_engine(postgres_url)
+    upgrade(pg)
+    ledger = Ledger(pg, SigningKey.generate(), "exchange.test/supervision")
+    try:
+        batch = Stream()(
+            entry(ledger_pb2.SUBMIT, OFFICE_TIME, submit="STORED"),
+            entry(ledger_pb2.PREFILL, OFFICE_TIME, actor="js.tool", material_types="a,b"),
+            entry(ledger_pb2.OBJECTION_FILING, OFFICE_TIME, objection_id="o-1"),
+        )
+        await Supervisor(ledger, pg, CONFIG).feed(batch)
+        again = Supervisor(ledger, pg, CONFIG)
+        await again.feed(batch)
+        assert [(c.material_type, c.stored, c.prefills) for c in again.store.counters()] == [
+            ("a", 0, 1),
+            ("b", 0, 1),
+            ("marriage-record", 1, 0),
+        ]
+        assert again.store.usage(0)["js.tool"].uses == 1
+        [overdue] = await again.tick(OFFICE_TIME + 16 * 86_400_000_000)
+        assert overdue.level is AlertLevel.YELLOW
+        assert await again.tick(OFFICE_TIME + 16 * 86_400_000_000) == []
+    finally:
+        pg.dispose()

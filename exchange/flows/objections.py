@@ -1,0 +1,191 @@
+"""Objections and corrections: a person (through a form tool) or a consumer objects to a
+material; its owner corrects it (a new version on file) or rejects the objection with a reason.
+
+Every step is a ledger entry. Filing records the deadline (``deadline_us``) so supervision can
+raise alerts when the owner has not answered in time. A correction is made the way every
+version is made — the owner submits the corrected material (NEW_VERSION) — and resolving the
+objection as CORRECTED then checks that a version newer than the one objected to is on file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from exchange import errors
+from exchange.catalog.schema import canonical_fields
+from exchange.clock import now_us, to_timestamp
+from exchange.flows import lookups
+from exchange.flows.record import record
+from exchange.hub import Hub
+from exchange.policy.identity import Caller
+from exchange.store.materials import Proposal
+from exchange.store.objections import ObjectionRecord
+from exchange.v1 import common_pb2, exchange_pb2, ledger_pb2
+
+DAY_US = 86_400 * 1_000_000
+FILE_ROLES = ("FORM_TOOL", "CONSUMER")
+STATES = {exchange_pb2.CORRECTED: "CORRECTED", exchange_pb2.REJECTED: "REJECTED"}
+
+
+def to_proto(objection: ObjectionRecord) -> exchange_pb2.Objection:
+    """The contract form of a stored objection."""
+    return exchange_pb2.Objection(
+        id=objection.id,
+        material_type=objection.material_type,
+        reference=objection.reference,
+        filed_by=objection.filed_by,
+        reason=objection.reason,
+        proposed_fields=objection.proposed_fields,
+        state=exchange_pb2.ObjectionState.Value(objection.state),
+        filed_at=to_timestamp(objection.filed_us),
+        deadline=to_timestamp(objection.deadline_us),
+        resolution=objection.resolution,
+        owner=objection.owner,
+    )
+
+
+async def file_objection(
+    hub: Hub, caller: Caller, body: exchange_pb2.FileObjectionRequest
+) -> exchange_pb2.ObjectionResponse:
+    """File an objection against the current version of a material.
+
+    Raises PermissionDenied (ROLE_REQUIRED: form tools and consumers), InvalidArgument
+    (missing subject or reason, proposed fields outside the schema), NotFound
+    (UNKNOWN_MATERIAL_TYPE, NOT_ON_FILE).
+    """
+    subject_ref = hub.content_keys.subject_ref(body.subject_id) if body.subject_id else b""
+    with lookups.facts(material_type=body.material_type[:128], subject_ref=subject_ref) as known:
+        lookups.require_role(caller, *FILE_ROLES, what="FileObjection")
+        lookups.require_text(body.subject_id, "subject_id", 128)
+        reason = lookups.require_text(body.reason.strip(), "reason", 2000)
+        material_type = await lookups.material_type(hub, body.material_type)
+        known["counterparty"] = material_type.owner
+        proposed = (
+            canonical_fields(material_type, body.proposed_fields, complete=False)
+            if body.proposed_fields
+            else {}
+        )
+        current = await asyncio.to_thread(hub.index.current, material_type.id, subject_ref)
+        if current is None:
+            raise errors.NotFound(
+                common_pb2.NOT_ON_FILE,
+                f"no {material_type.id!r} is on file for this subject: nothing to object to",
+            )
+        filed = now_us()
+        proposal = Proposal(
+            id="o-" + uuid.uuid4().hex[:24],
+            material_type=material_type.id,
+            reference=current.reference,
+            subject_ref=subject_ref,
+            filed_by=caller.department_id,
+            owner=material_type.owner,
+            reason=reason,
+            proposed_fields=proposed,
+            filed_us=filed,
+            deadline_us=filed + hub.config.supervision.objection_deadline_days * DAY_US,
+        )
+        await asyncio.to_thread(hub.index.add_proposal, proposal)
+        receipt = await record(
+            hub.ledger,
+            caller,
+            ledger_pb2.OBJECTION_FILING,
+            subject_ref=subject_ref,
+            material_type=material_type.id,
+            counterparty=material_type.owner,
+            reference=current.reference,
+            version=current.version,
+            attributes={"objection_id": proposal.id, "deadline_us": str(proposal.deadline_us)},
+        )
+    stored = await asyncio.to_thread(hub.objections.get, proposal.id)
+    assert stored is not None
+    return exchange_pb2.ObjectionResponse(objection=to_proto(stored), receipt=receipt)
+
+
+async def list_objections(
+    hub: Hub, caller: Caller, body: exchange_pb2.ListObjectionsRequest
+) -> exchange_pb2.ListObjectionsResponse:
+    """Objections against the caller's material (as owner), oldest first."""
+    found = await asyncio.to_thread(hub.objections.for_owner, caller.department_id, body.open_only)
+    receipt = await record(
+        hub.ledger,
+        caller,
+        ledger_pb2.READ,
+        attributes={"what": "objections", "count": str(len(found))},
+    )
+    return exchange_pb2.ListObjectionsResponse(
+        objections=[to_proto(o) for o in found], receipt=receipt
+    )
+
+
+async def resolve_objection(
+    hub: Hub, caller: Caller, body: exchange_pb2.ResolveObjectionRequest
+) -> exchange_pb2.ObjectionResponse:
+    """Resolve an objection as CORRECTED (a newer version is on file) or REJECTED (with a reason).
+
+    Raises NotFound (UNKNOWN_OBJECTION), PermissionDenied (NOT_OWNER), InvalidArgument (no
+    state, or REJECTED without a resolution), FailedPrecondition (ALREADY_RESOLVED, or
+    CORRECTION_NOT_ON_FILE when no newer version was submitted).
+    """
+    with lookups.facts(attributes={"objection_id": body.objection_id[:64]}) as known:
+        objection = await asyncio.to_thread(hub.objections.get, body.objection_id)
+        if objection is None:
+            raise errors.NotFound(
+                common_pb2.UNKNOWN_OBJECTION, f"objection {body.objection_id[:64]!r} is not known"
+            )
+        known.update(
+            material_type=objection.material_type,
+            subject_ref=objection.subject_ref,
+            reference=objection.reference,
+            counterparty=objection.filed_by,
+        )
+        if caller.department_id != objection.owner:
+            raise errors.PermissionDenied(
+                common_pb2.NOT_OWNER, "only the owner of the material may resolve its objections"
+            )
+        if body.state not in STATES:
+            raise errors.InvalidArgument(
+                common_pb2.INVALID_ARGUMENT_FIELD, "state must be CORRECTED or REJECTED"
+            )
+        if objection.state != "OPEN":
+            raise errors.FailedPrecondition(
+                common_pb2.ALREADY_RESOLVED, f"the objection was already {objection.state.lower()}"
+            )
+        resolution = body.resolution.strip()
+        if body.state == exchange_pb2.REJECTED and not resolution:
+            raise errors.InvalidArgument(
+                common_pb2.INVALID_ARGUMENT_FIELD, "a rejection needs a resolution (the reason)"
+            )
+        version = 0
+        if body.state == exchange_pb2.CORRECTED:
+            current = await asyncio.to_thread(
+                hub.index.current, objection.material_type, objection.subject_ref
+            )
+            if current is None or current.reference == objection.reference:
+                raise errors.FailedPrecondition(
+                    common_pb2.CORRECTION_NOT_ON_FILE,
+                    "submit the corrected material first (a new version), then resolve",
+                )
+            version = current.version
+            resolution = resolution or f"corrected: version {current.version} is on file"
+        state = STATES[body.state]
+        if not await asyncio.to_thread(
+            hub.objections.resolve, objection.id, state, resolution[:2000], now_us()
+        ):
+            raise errors.FailedPrecondition(
+                common_pb2.ALREADY_RESOLVED, "the objection was resolved meanwhile"
+            )
+        receipt = await record(
+            hub.ledger,
+            caller,
+            ledger_pb2.OBJECTION_RESOLUTION,
+            subject_ref=objection.subject_ref,
+            material_type=objection.material_type,
+            counterparty=objection.filed_by,
+            reference=objection.reference,
+            version=version,
+            attributes={"objection_id": objection.id, "state": state},
+        )
+    stored = await asyncio.to_thread(hub.objections.get, objection.id)
+    assert stored is not None
+    return exchange_pb2.ObjectionResponse(objection=to_proto(stored), receipt=receipt)

@@ -1,0 +1,86 @@
+"""Repository of objections and correction proposals (filed, listed, resolved)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, Row, select, update
+
+from exchange.store.exchange_tables import objections
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectionRecord:
+    """An objection as stored; ``proposed_fields`` are values in flight to the owner."""
+
+    id: str
+    material_type: str
+    reference: str
+    subject_ref: bytes
+    filed_by: str
+    owner: str
+    reason: str
+    proposed_fields: dict[str, str]
+    state: str
+    filed_us: int
+    deadline_us: int
+    resolution: str
+    resolved_us: int | None
+
+
+def _record(row: Row[Any]) -> ObjectionRecord:
+    m = row._mapping
+    return ObjectionRecord(
+        id=m["id"],
+        material_type=m["material_type"],
+        reference=m["reference"],
+        subject_ref=bytes(m["subject_ref"]),
+        filed_by=m["filed_by"],
+        owner=m["owner"],
+        reason=m["reason"],
+        proposed_fields=json.loads(m["proposed_fields"]),
+        state=m["state"],
+        filed_us=m["filed_us"],
+        deadline_us=m["deadline_us"],
+        resolution=m["resolution"],
+        resolved_us=m["resolved_us"],
+    )
+
+
+class Objections:
+    """Reads and resolves objections. Filing goes through ``MaterialIndex.add_proposal``."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def get(self, objection_id: str) -> ObjectionRecord | None:
+        """The objection with this id, or None."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(objections).where(objections.c.id == objection_id)).first()
+        return None if row is None else _record(row)
+
+    def for_owner(self, owner: str, open_only: bool) -> list[ObjectionRecord]:
+        """Objections against ``owner``'s material, oldest first."""
+        query = select(objections).where(objections.c.owner == owner)
+        if open_only:
+            query = query.where(objections.c.state == "OPEN")
+        with self.engine.connect() as conn:
+            rows = conn.execute(query.order_by(objections.c.filed_us, objections.c.id)).all()
+        return [_record(r) for r in rows]
+
+    def resolve(self, objection_id: str, state: str, resolution: str, now_us: int) -> bool:
+        """Resolve an OPEN objection; False if it was no longer open (resolved concurrently).
+
+        Resolving clears the proposed values: they were only in flight to the owner.
+        """
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(objections)
+                .where(objections.c.id == objection_id, objections.c.state == "OPEN")
+                .values(
+                    state=state, resolution=resolution, resolved_us=now_us, proposed_fields="{}"
+                )
+            )
+        return bool(result.rowcount)
