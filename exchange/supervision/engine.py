@@ -106,7 +106,10 @@ class Supervisor:
             self._unsubscribe = None
         if not self._tasks:
             return
-        await self.settle(timeout)
+        try:
+            await self.settle(timeout)
+        except Exception as exc:  # database gone at shutdown: the next start catches up
+            log.warning("supervision_close_unsettled", error=type(exc).__name__)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
