@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from sqlalchemy import Engine
 
@@ -147,13 +147,15 @@ class Hub:
         return history
 
     async def start(self) -> None:
-        """Start the ledger writer."""
+        """Start the ledger writer, the request log's writer and supervision."""
         await self.ledger.start()
+        self.requests.start()
         await self.supervision.start()
 
     async def close(self) -> None:
         """Flush the ledger (final checkpoint) and release the database."""
         await self.supervision.close()
+        await self.requests.close()
         await self.ledger.close()
         await self.providers.close()
         self.engine.dispose()

@@ -83,8 +83,7 @@ class Pipeline:
                 envelope, request, certificate, method.body_type
             )
             caller = authenticated
-            earlier = await asyncio.to_thread(
-                self.hub.requests.claim,
+            earlier = await self.hub.requests.claim(
                 authenticated.department_id,
                 authenticated.request_id,
                 authenticated.envelope_sha256,
@@ -95,8 +94,7 @@ class Pipeline:
                 return await self._replay(method, authenticated, earlier, context)
             claimed = True
             response = await method.run(self.hub, authenticated, body)
-            await asyncio.to_thread(
-                self.hub.requests.complete,
+            await self.hub.requests.complete(
                 authenticated.department_id,
                 authenticated.request_id,
                 ANSWERED,
@@ -109,8 +107,7 @@ class Pipeline:
             outcome = error.reason_name
             status = await self._refuse(method, error, caller, certificate, envelope)
             if claimed and caller is not None:
-                await asyncio.to_thread(
-                    self.hub.requests.complete,
+                await self.hub.requests.complete(
                     caller.department_id,
                     caller.request_id,
                     REFUSED,
@@ -123,9 +120,7 @@ class Pipeline:
             outcome = "INTERNAL_ERROR"
             log.exception("call_failed", method=method.name, incident=incident)
             if claimed and caller is not None:
-                await asyncio.to_thread(
-                    self.hub.requests.release, caller.department_id, caller.request_id
-                )
+                await self.hub.requests.release(caller.department_id, caller.request_id)
             await context.abort(
                 grpc.StatusCode.INTERNAL, f"internal error; incident {incident} is in the hub log"
             )

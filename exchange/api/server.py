@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import structlog
@@ -24,6 +25,7 @@ from exchange.hub import Hub
 log = structlog.get_logger("exchange.server")
 
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+WORKER_THREADS = 32
 
 
 def server_credentials(config: Config) -> grpc.ServerCredentials:
@@ -70,6 +72,11 @@ class HubServer:
 
     async def start(self) -> int:
         """Open the ledger, bind and start serving; return the bound port."""
+        # Blocking work (SQL, signature checks) runs in worker threads; the default pool of
+        # cores + 4 threads would cap concurrent calls at the number of threads waiting on I/O.
+        asyncio.get_running_loop().set_default_executor(
+            ThreadPoolExecutor(max_workers=WORKER_THREADS, thread_name_prefix="hub-worker")
+        )
         await self.hub.start()
         if self.config.insecure:
             log.warning(

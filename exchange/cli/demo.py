@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import shutil
-from datetime import datetime
 from collections.abc import Awaitable
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 

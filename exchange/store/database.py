@@ -11,13 +11,18 @@ from sqlalchemy.engine import make_url
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-def open_engine(url: str, **kwargs: Any) -> Engine:
+def open_engine(url: str, *, synchronous: str = "FULL", **kwargs: Any) -> Engine:
     """Create an engine for ``url``.
 
     SQLite files are put in WAL mode with ``synchronous=FULL`` so that a committed transaction
     survives a crash of the process or the machine (an acknowledged call is durable), and the
-    parent directory is created. Raises sqlalchemy.exc.ArgumentError for an unparseable URL.
+    parent directory is created. ``synchronous="NORMAL"`` (SQLite only) skips the fsync at
+    commit: the transaction survives a crash of the process, and becomes machine-crash durable
+    with the next FULL commit on the same file (WAL frames are appended in order). Raises
+    sqlalchemy.exc.ArgumentError for an unparseable URL.
     """
+    if synchronous not in ("FULL", "NORMAL"):
+        raise ValueError(f"synchronous must be FULL or NORMAL, not {synchronous!r}")
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database
@@ -29,7 +34,7 @@ def open_engine(url: str, **kwargs: Any) -> Engine:
         def _pragmas(dbapi_connection: Any, _record: Any) -> None:
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute(f"PRAGMA synchronous={synchronous}")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA busy_timeout=10000")
             cursor.close()

@@ -1,17 +1,30 @@
-"""Repository of request idempotency records: one per (department, request id)."""
+"""Repository of request idempotency records: one per (department, request id).
+
+Every call claims its request id before it has any effect and records its answer after, so two
+writes per call. Written one transaction each, they would contend with the ledger writer for
+SQLite's single write lock and pay an fsync each; instead one writer thread commits every claim
+and answer waiting at that moment in one transaction (group commit), and each caller is
+answered after that commit.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import queue
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import Engine, delete, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Connection, Engine, and_, delete, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 
 from exchange.store.tables import requests
 
 PENDING = 0
 ANSWERED = 1
 REFUSED = 2
+MAX_BATCH = 512
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,71 +37,84 @@ class RequestRecord:
     response: bytes | None
 
 
+@dataclass(frozen=True, slots=True)
+class _Claim:
+    department_id: str
+    request_id: str
+    envelope_sha256: bytes
+    method: str
+    now_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Complete:
+    department_id: str
+    request_id: str
+    state: int
+    response: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class _Release:
+    department_id: str
+    request_id: str
+
+
+Operation = _Claim | _Complete | _Release
+_STOP = object()
+
+
 class RequestLog:
-    """Claims request ids and remembers their answers, so a retry gets the first answer."""
+    """Claims request ids and remembers their answers, so a retry gets the first answer.
+
+    The async methods go through the group-commit writer (``start`` it first, from the event
+    loop); ``purge`` and ``lookup`` are plain synchronous reads and writes.
+    """
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
 
-    def claim(
+    # ------------------------------------------------------------------ life cycle
+
+    def start(self) -> None:
+        """Start the writer thread."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="request-log", daemon=True)
+            self._thread.start()
+
+    async def close(self) -> None:
+        """Commit what is queued, then stop the writer."""
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._queue.put(_STOP)
+            await asyncio.to_thread(thread.join)
+
+    # ------------------------------------------------------------------ operations
+
+    async def claim(
         self, department_id: str, request_id: str, envelope_sha256: bytes, method: str, now_us: int
     ) -> RequestRecord | None:
-        """Claim the request id for this call; return None if claimed, else the earlier record."""
-        try:
-            with self.engine.begin() as conn:
-                conn.execute(
-                    insert(requests).values(
-                        department_id=department_id,
-                        request_id=request_id,
-                        envelope_sha256=envelope_sha256,
-                        method=method,
-                        state=PENDING,
-                        response=None,
-                        received_us=now_us,
-                    )
-                )
-            return None
-        except IntegrityError:
-            pass
-        with self.engine.connect() as conn:
-            row = conn.execute(
-                select(requests).where(
-                    requests.c.department_id == department_id,
-                    requests.c.request_id == request_id,
-                )
-            ).first()
-        if row is None:  # released between our insert and read: a fresh claim is fair
-            return self.claim(department_id, request_id, envelope_sha256, method, now_us)
-        m = row._mapping
-        response = m["response"]
-        return RequestRecord(
-            envelope_sha256=bytes(m["envelope_sha256"]),
-            method=m["method"],
-            state=m["state"],
-            response=None if response is None else bytes(response),
+        """Claim the request id for this call; None if claimed, else the earlier record.
+
+        Raises the database's error if the claim cannot be committed.
+        """
+        result: RequestRecord | None = await self._submit(
+            _Claim(department_id, request_id, envelope_sha256, method, now_us)
         )
+        return result
 
-    def complete(self, department_id: str, request_id: str, state: int, response: bytes) -> None:
+    async def complete(
+        self, department_id: str, request_id: str, state: int, response: bytes
+    ) -> None:
         """Record the answer (serialized response, or serialized google.rpc.Status)."""
-        with self.engine.begin() as conn:
-            conn.execute(
-                update(requests)
-                .where(
-                    requests.c.department_id == department_id,
-                    requests.c.request_id == request_id,
-                )
-                .values(state=state, response=response)
-            )
+        await self._submit(_Complete(department_id, request_id, state, response))
 
-    def release(self, department_id: str, request_id: str) -> None:
+    async def release(self, department_id: str, request_id: str) -> None:
         """Forget a claim whose call failed for an internal reason, so a retry runs again."""
-        with self.engine.begin() as conn:
-            conn.execute(
-                delete(requests).where(
-                    requests.c.department_id == department_id,
-                    requests.c.request_id == request_id,
-                )
-            )
+        await self._submit(_Release(department_id, request_id))
 
     def purge(self, before_us: int) -> int:
         """Delete records received before ``before_us``; return how many.
@@ -98,3 +124,120 @@ class RequestLog:
         with self.engine.begin() as conn:
             result = conn.execute(delete(requests).where(requests.c.received_us < before_us))
         return result.rowcount or 0
+
+    async def _submit(self, operation: Operation) -> Any:
+        if self._thread is None:
+            raise RuntimeError("the request log is not started")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._queue.put((operation, future, loop))
+        return await future
+
+    # ------------------------------------------------------------------ writer thread
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            batch = [self._queue.get()]
+            while len(batch) < MAX_BATCH:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            work = [item for item in batch if item is not _STOP]
+            stopping = len(work) != len(batch)
+            if work:
+                self._commit(work)  # type: ignore[arg-type]
+
+    def _commit(self, work: list[tuple[Operation, asyncio.Future[Any], Any]]) -> None:
+        try:
+            with self.engine.begin() as conn:
+                results = self._apply(conn, [operation for operation, _, _ in work])
+        except Exception as exc:  # every waiting caller learns the commit failed
+            for _, future, loop in work:
+                loop.call_soon_threadsafe(_settle, future, exc, True)
+            return
+        for (_, future, loop), result in zip(work, results, strict=True):
+            loop.call_soon_threadsafe(_settle, future, result, False)
+
+    def _apply(self, conn: Connection, operations: list[Operation]) -> list[Any]:
+        claims = [op for op in operations if isinstance(op, _Claim)]
+        earlier: dict[tuple[str, str], RequestRecord] = {}
+        if claims:
+            keys = {(c.department_id, c.request_id) for c in claims}
+            rows = conn.execute(
+                select(requests).where(
+                    or_(
+                        *(
+                            and_(
+                                requests.c.department_id == department,
+                                requests.c.request_id == request_id,
+                            )
+                            for department, request_id in keys
+                        )
+                    )
+                )
+            ).all()
+            for row in rows:
+                m = row._mapping
+                earlier[(m["department_id"], m["request_id"])] = RequestRecord(
+                    envelope_sha256=bytes(m["envelope_sha256"]),
+                    method=m["method"],
+                    state=m["state"],
+                    response=None if m["response"] is None else bytes(m["response"]),
+                )
+        results: list[Any] = []
+        for op in operations:
+            if isinstance(op, _Claim):
+                key = (op.department_id, op.request_id)
+                if key in earlier:
+                    results.append(earlier[key])
+                    continue
+                conn.execute(
+                    self._insert(requests)
+                    .values(
+                        department_id=op.department_id,
+                        request_id=op.request_id,
+                        envelope_sha256=op.envelope_sha256,
+                        method=op.method,
+                        state=PENDING,
+                        response=None,
+                        received_us=op.now_us,
+                    )
+                    .on_conflict_do_nothing()
+                )
+                # A later claim of the same id in this batch sees this one.
+                earlier[key] = RequestRecord(op.envelope_sha256, op.method, PENDING, None)
+                results.append(None)
+            elif isinstance(op, _Complete):
+                conn.execute(
+                    update(requests)
+                    .where(
+                        requests.c.department_id == op.department_id,
+                        requests.c.request_id == op.request_id,
+                    )
+                    .values(state=op.state, response=op.response)
+                )
+                results.append(None)
+            else:
+                conn.execute(
+                    delete(requests).where(
+                        requests.c.department_id == op.department_id,
+                        requests.c.request_id == op.request_id,
+                    )
+                )
+                earlier.pop((op.department_id, op.request_id), None)
+                results.append(None)
+        return results
+
+
+def _settle(future: asyncio.Future[Any], value: Any, failed: bool) -> None:
+    if future.done():
+        return
+    if failed:
+        future.set_exception(value)
+    else:
+        future.set_result(value)
+
+
+Callback = Callable[[], None]

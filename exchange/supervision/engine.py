@@ -132,6 +132,8 @@ class Supervisor:
         # The commit announcement may still be on its way to the loop (and other processes do
         # not announce at all): the database's head is the target.
         self._extend(await asyncio.to_thread(self.ledger.size))
+        if self._next < self._target and self._wake is not None:
+            self._wake.set()  # also retries a read that failed earlier
         deadline = loop.time() + timeout
         while self._next < self._target and self._tasks:
             progress = self._progress
@@ -176,7 +178,13 @@ class Supervisor:
                 if not batch:
                     if self._next >= self._target:
                         break
-                    stored = await asyncio.to_thread(self.ledger.entries, self._next, READ_CHUNK)
+                    try:
+                        stored = await asyncio.to_thread(
+                            self.ledger.entries, self._next, READ_CHUNK
+                        )
+                    except Exception as exc:  # database down: the next tick wakes us again
+                        log.error("supervision_read_failed", error=type(exc).__name__)
+                        break
                     if not stored:
                         break
                     batch = [(s.sequence, s.decode()) for s in stored]
@@ -188,7 +196,12 @@ class Supervisor:
         effects = self.observe(batch)
         end = batch[-1][0] + 1
         delay = 0.1
-        while True:
+        stored: list[Finding] = []
+        # Most entries (reads, registrations) change nothing: skip the write, which on SQLite
+        # would compete with the ledger writer for the database lock. The stored cursor then
+        # lags over effect-free entries only, and replaying those after a restart stores
+        # nothing.
+        while effects:
             try:
                 stored = await asyncio.to_thread(self.store.apply, effects, end)
                 break
@@ -209,7 +222,7 @@ class Supervisor:
         effects = []
         for sequence, entry in batch:
             obs = Observation.of(sequence, entry)
-            findings = tuple(f for rule in self.rules for f in rule.observe(obs))
+            findings = tuple(f for rule in self.rules for f in self._run_rule(rule, obs))
             effect = Effects(
                 sequence=sequence,
                 findings=findings,
@@ -220,6 +233,14 @@ class Supervisor:
             if not effect.empty:
                 effects.append(effect)
         return effects
+
+    @staticmethod
+    def _run_rule(rule: Rule, obs: Observation) -> list[Finding]:
+        try:
+            return rule.observe(obs)
+        except Exception:  # one faulty rule must not stop the others or the counters
+            log.exception("supervision_rule_failed", rule=rule.name, sequence=obs.sequence)
+            return []
 
     async def feed(self, batch: Committed) -> list[Finding]:
         """Observe and store ``batch`` now, as if it had just been committed (for tools and
