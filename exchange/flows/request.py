@@ -74,6 +74,7 @@ async def request(
         lookups.require_text(body.subject_id, "subject_id", 128)
         material_type = await lookups.material_type(hub, body.material_type)
         known["counterparty"] = material_type.owner
+        known["attributes"] = {"sharing_class": material_type.sharing_class.name}
         await lookups.purpose(hub, body.purpose)
         grants = (
             await grants_for(hub, (caller.department_id,), material_type.id)
@@ -81,7 +82,10 @@ async def request(
             else []
         )
         allowed = permit(material_type, grants, list(body.fields), body.purpose, now_us())
-        attributes = {"fields": ",".join(allowed.fields)}
+        attributes = {
+            "fields": ",".join(allowed.fields),
+            "sharing_class": material_type.sharing_class.name,
+        }
         if allowed.grant is not None:
             attributes["grant_id"] = allowed.grant.id
         known["attributes"] = attributes
@@ -114,7 +118,7 @@ async def request(
                 version=current.version,
             )
         finally:
-            attributes["latency_ms"] = f"{(time.perf_counter() - started) * 1000:.1f}"
+            attributes["provider_latency_ms"] = f"{(time.perf_counter() - started) * 1000:.1f}"
         if not answer.found:
             raise mismatch("the holder has no such material, but the hub's index has")
         delivered = open_record(
