@@ -26,6 +26,8 @@ def canonical_subject_id(subject_id: str) -> str:
     credit codes are upper case.)
     """
     text = unicodedata.normalize("NFC", subject_id.strip())
+    if text.isascii():  # the common case: ID numbers and credit codes
+        return text.upper()
     return "".join(c.upper() if c.isascii() else c for c in text)
 
 

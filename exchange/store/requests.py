@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, delete, or_, select, update
+from sqlalchemy import Connection, Engine, bindparam, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from exchange.store.tables import requests
@@ -75,7 +75,22 @@ class RequestLog:
         self.engine = engine
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
-        self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+        insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+        self._claim = insert(requests).on_conflict_do_nothing()
+        self._select = select(requests).where(
+            requests.c.department_id == bindparam("d"), requests.c.request_id == bindparam("r")
+        )
+        self._complete = (
+            update(requests)
+            .where(
+                requests.c.department_id == bindparam("d"),
+                requests.c.request_id == bindparam("r"),
+            )
+            .values(state=bindparam("s"), response=bindparam("b"))
+        )
+        self._delete = delete(requests).where(
+            requests.c.department_id == bindparam("d"), requests.c.request_id == bindparam("r")
+        )
 
     # ------------------------------------------------------------------ life cycle
 
@@ -161,74 +176,68 @@ class RequestLog:
             loop.call_soon_threadsafe(_settle, future, result, False)
 
     def _apply(self, conn: Connection, operations: list[Operation]) -> list[Any]:
-        claims = [op for op in operations if isinstance(op, _Claim)]
-        earlier: dict[tuple[str, str], RequestRecord] = {}
-        if claims:
-            keys = {(c.department_id, c.request_id) for c in claims}
-            rows = conn.execute(
-                select(requests).where(
-                    or_(
-                        *(
-                            and_(
-                                requests.c.department_id == department,
-                                requests.c.request_id == request_id,
-                            )
-                            for department, request_id in keys
-                        )
-                    )
-                )
-            ).all()
-            for row in rows:
-                m = row._mapping
-                earlier[(m["department_id"], m["request_id"])] = RequestRecord(
-                    envelope_sha256=bytes(m["envelope_sha256"]),
-                    method=m["method"],
-                    state=m["state"],
-                    response=None if m["response"] is None else bytes(m["response"]),
-                )
+        # One prepared statement per kind of write, executed with many parameter sets: the
+        # statements are built once (building them costs more than running them).
+        earlier: dict[tuple[str, str], RequestRecord | None] = {}
         results: list[Any] = []
+        inserts: list[dict[str, Any]] = []
+        completes: list[dict[str, Any]] = []
         for op in operations:
+            key = (op.department_id, op.request_id)
             if isinstance(op, _Claim):
-                key = (op.department_id, op.request_id)
-                if key in earlier:
-                    results.append(earlier[key])
+                if key not in earlier:
+                    row = conn.execute(self._select, {"d": key[0], "r": key[1]}).first()
+                    earlier[key] = None if row is None else _record(row)
+                found = earlier[key]
+                if found is not None:
+                    results.append(found)
                     continue
-                conn.execute(
-                    self._insert(requests)
-                    .values(
-                        department_id=op.department_id,
-                        request_id=op.request_id,
-                        envelope_sha256=op.envelope_sha256,
-                        method=op.method,
-                        state=PENDING,
-                        response=None,
-                        received_us=op.now_us,
-                    )
-                    .on_conflict_do_nothing()
+                inserts.append(
+                    {
+                        "department_id": op.department_id,
+                        "request_id": op.request_id,
+                        "envelope_sha256": op.envelope_sha256,
+                        "method": op.method,
+                        "state": PENDING,
+                        "response": None,
+                        "received_us": op.now_us,
+                    }
                 )
                 # A later claim of the same id in this batch sees this one.
                 earlier[key] = RequestRecord(op.envelope_sha256, op.method, PENDING, None)
                 results.append(None)
             elif isinstance(op, _Complete):
-                conn.execute(
-                    update(requests)
-                    .where(
-                        requests.c.department_id == op.department_id,
-                        requests.c.request_id == op.request_id,
-                    )
-                    .values(state=op.state, response=op.response)
+                completes.append(
+                    {"d": op.department_id, "r": op.request_id, "s": op.state, "b": op.response}
                 )
                 results.append(None)
             else:
-                conn.execute(
-                    delete(requests).where(
-                        requests.c.department_id == op.department_id,
-                        requests.c.request_id == op.request_id,
-                    )
-                )
-                earlier.pop((op.department_id, op.request_id), None)
+                self._flush(conn, inserts, completes)
+                conn.execute(self._delete, {"d": key[0], "r": key[1]})
+                earlier[key] = None
                 results.append(None)
+        self._flush(conn, inserts, completes)
         return results
+
+    def _flush(
+        self, conn: Connection, inserts: list[dict[str, Any]], completes: list[dict[str, Any]]
+    ) -> None:
+        if inserts:
+            conn.execute(self._claim, inserts)
+            inserts.clear()
+        if completes:
+            conn.execute(self._complete, completes)
+            completes.clear()
+
+
+def _record(row: Any) -> RequestRecord:
+    m = row._mapping
+    return RequestRecord(
+        envelope_sha256=bytes(m["envelope_sha256"]),
+        method=m["method"],
+        state=m["state"],
+        response=None if m["response"] is None else bytes(m["response"]),
+    )
 
 
 def _settle(future: asyncio.Future[Any], value: Any, failed: bool) -> None:
