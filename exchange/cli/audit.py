@@ -17,7 +17,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,54 @@ def _hub_verifier(hub_key: object, origin: str) -> str:
     raise click.UsageError("ctx.obj['hub_key'] is not a key")
 
 
+def _configured(ctx: click.Context) -> Any:
+    """The hub configuration of the ``exchange`` CLI (file < environment < flags)."""
+    from exchange.cli.main import load_config
+
+    return load_config(ctx)
+
+
+def _configured_hub_key(config: Any) -> SigningKey:
+    from exchange.crypto.keystore import Keystore
+
+    return Keystore(config.keys_dir).hub_signing_key()
+
+
+def _configured_key_history(config: Any) -> KeyHistory:
+    """Every department key from the registry, plus the operator's (the hub key)."""
+
+    def history(engine: Engine) -> Sequence[KeyRecord]:
+        from exchange.store.registry import Registry
+
+        hub_key = _configured_hub_key(config)
+        records = [
+            KeyRecord(
+                actor=config.hub_id,
+                keyid=hub_key.keyid,
+                public_key=hub_key.public_bytes,
+                valid_from=datetime.fromtimestamp(0, UTC),
+            )
+        ]
+        for key in Registry(engine).key_history():
+            records.append(
+                KeyRecord(
+                    actor=key.department_id,
+                    keyid=key.keyid,
+                    public_key=key.public_key,
+                    valid_from=_moment(key.valid_from_us),
+                    valid_until=None if key.valid_until_us is None else _moment(key.valid_until_us),
+                    revoked_at=None if key.revoked_us is None else _moment(key.revoked_us),
+                )
+            )
+        return records
+
+    return history
+
+
+def _moment(us: int) -> datetime:
+    return datetime.fromtimestamp(us / 1_000_000, UTC)
+
+
 @click.group(name="audit")
 def audit() -> None:
     """Export the ledger and verify exports offline."""
@@ -89,13 +137,19 @@ def export_command(
     """Write the ledger (up to its latest checkpoint) as a self-describing stream to --out."""
     obj = _obj(ctx)
     engine: Engine | None = obj.get("engine")
+    configured = _configured(ctx) if "config_file" in obj else None
     with ExitStack() as stack:
         if engine is None:
-            if not database_url:
+            url = database_url or (configured.database_url if configured else None)
+            if not url:
                 raise click.UsageError("--database-url is required")
-            engine = open_engine(database_url)
+            engine = open_engine(url)
             stack.callback(engine.dispose)
         history: KeyHistory | None = obj.get("key_history")
+        if history is None and key_history_path is None and configured is not None:
+            history = _configured_key_history(configured)
+            if not hub_verifier_keys and obj.get("hub_key") is None:
+                obj["hub_key"] = _configured_hub_key(configured)
         if history is not None:
             keys = list(history(engine))
         elif key_history_path is not None:
@@ -196,3 +250,170 @@ def verify_command(
         f"valid: {report.entries} entries, {report.checkpoints} checkpoints, "
         f"{report.signatures} envelope signatures, origin {report.origin}"
     )
+
+
+def _auditor_client(
+    ctx: click.Context, department: str, listen: str | None, keys_dir: Path | None
+) -> Any:
+    from adapters.client import HubClient, Identity
+    from exchange.cli.main import load_config
+    from exchange.crypto.keystore import Keystore
+
+    config = load_config(ctx, listen=listen, keys_dir=keys_dir)
+    store = Keystore(config.keys_dir)
+    if department == config.hub_id:
+        identity = Identity(department, store.hub_signing_key(), store.operator_tls())
+    else:
+        identity = Identity(
+            department, store.department_signing_key(department), store.department_tls(department)
+        )
+    # grpc.aio channels belong to the event loop that creates them: make it inside asyncio.run.
+    return config, lambda: HubClient(config.listen, identity, server_name="localhost")
+
+
+def _verifier(config: Any, given: str | None) -> str:
+    if given:
+        return str(NoteVerifier.parse(given))
+    from exchange.crypto.keys import load_public_key
+
+    public = load_public_key(Path(config.keys_dir) / "hub" / "signing.pub")
+    return verifier_key(config.origin, public)
+
+
+watch_options = [
+    click.option(
+        "--as", "department", required=True, help="The auditor department (or the hub id)."
+    ),
+    click.option("--listen", default=None, help="The hub's host:port."),
+    click.option("--keys-dir", type=click.Path(file_okay=False, path_type=Path), default=None),
+    click.option(
+        "--hub-verifier-key",
+        default=None,
+        help="The hub's verifier key (default: from keys/hub/signing.pub and the origin).",
+    ),
+    click.option(
+        "--state",
+        "state_file",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=Path("var/audit/trusted-checkpoint"),
+        show_default=True,
+        help="Where the last trusted checkpoint is kept.",
+    ),
+]
+
+
+def _with_watch_options(function: Any) -> Any:
+    for option in reversed(watch_options):
+        function = option(function)
+    return function
+
+
+@audit.command(name="watch")
+@_with_watch_options
+@click.option("--interval", default=5.0, show_default=True, help="Seconds between checks.")
+@click.option("--once", is_flag=True, help="Check once and exit.")
+@click.pass_context
+def watch_command(
+    ctx: click.Context,
+    department: str,
+    listen: str | None,
+    keys_dir: Path | None,
+    hub_verifier_key: str | None,
+    state_file: Path,
+    interval: float,
+    once: bool,
+) -> None:
+    """Follow the live log: every new checkpoint must extend the trusted one.
+
+    A rewritten or forked log is reported loudly with both checkpoints and exit code 3.
+    """
+    import asyncio
+
+    from adapters.auditor import ForkDetected, Watcher
+    from adapters.client import Refused
+
+    config, connect = _auditor_client(ctx, department, listen, keys_dir)
+    verifier = _verifier(config, hub_verifier_key)
+
+    async def loop() -> None:
+        client = connect()
+        watcher = Watcher(client, verifier, state_file)
+        try:
+            while True:
+                advance = await watcher.check()
+                checkpoint = advance.checkpoint
+                if advance.old_size != checkpoint.size:
+                    click.echo(
+                        f"ok: size {advance.old_size} -> {checkpoint.size}, consistent; "
+                        f"root {checkpoint.root_hash.hex()[:16]}…"
+                    )
+                if once:
+                    return
+                await asyncio.sleep(interval)
+        finally:
+            await client.close()
+
+    try:
+        asyncio.run(loop())
+    except ForkDetected as fork:
+        click.secho("!" * 72, fg="red", err=True)
+        click.secho(str(fork), fg="red", bold=True, err=True)
+        click.secho("!" * 72, fg="red", err=True)
+        sys.exit(3)
+    except (Refused, CheckpointError) as exc:
+        click.secho(f"error: {exc}", fg="red", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        pass
+
+
+@audit.command(name="check-receipt")
+@click.argument("receipt_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@_with_watch_options
+@click.pass_context
+def check_receipt_command(
+    ctx: click.Context,
+    receipt_file: Path,
+    department: str,
+    listen: str | None,
+    keys_dir: Path | None,
+    hub_verifier_key: str | None,
+    state_file: Path,
+) -> None:
+    """Prove a receipt (JSON form of exchange.v1.Receipt): signed, included, consistent with
+    the trusted checkpoint."""
+    import asyncio
+
+    from google.protobuf import json_format
+
+    from adapters.auditor import ForkDetected, Watcher
+    from adapters.client import Refused
+    from exchange.v1 import common_pb2
+
+    try:
+        receipt = json_format.Parse(receipt_file.read_text(), common_pb2.Receipt())
+    except json_format.ParseError as exc:
+        raise click.BadParameter(str(exc), param_hint="RECEIPT_FILE") from exc
+    config, connect = _auditor_client(ctx, department, listen, keys_dir)
+    verifier = _verifier(config, hub_verifier_key)
+
+    async def check() -> Any:
+        client = connect()
+        watcher = Watcher(client, verifier, state_file)
+        try:
+            return await watcher.check_receipt(receipt)
+        finally:
+            await client.close()
+
+    try:
+        checkpoint = asyncio.run(check())
+    except ForkDetected as fork:
+        click.secho(str(fork), fg="red", bold=True, err=True)
+        sys.exit(3)
+    except (Refused, CheckpointError) as exc:
+        click.secho(f"INVALID: {exc}", fg="red", err=True)
+        sys.exit(1)
+    click.echo(f"valid: entry {receipt.sequence} is in the hub's log of size {checkpoint.size}")
+
+
+COMMANDS = [audit]

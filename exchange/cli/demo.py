@@ -11,9 +11,10 @@ verified offline. Everything it started is stopped before it exits 0, unless --k
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import shutil
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -210,7 +211,12 @@ class Story:
         ok(f"form {data.FORM_ID!r} registered; civil affairs grants the township marital fields")
 
     async def _register(
-        self, operator: HubClient, department_id: str, name: str, roles: list[int], endpoint: str
+        self,
+        operator: HubClient,
+        department_id: str,
+        name: str,
+        roles: Sequence[common_pb2.Role.ValueType],
+        endpoint: str,
     ) -> None:
         key = self.keystore.department_signing_key(department_id)
         await operator.call(
@@ -261,9 +267,8 @@ class Story:
             )
         for name in prefill.missing:
             say(f"    {name:16} = (not on file: ask the person)", fg="yellow")
-        ok(
-            f"{len(prefill.fields)} fields prefilled from signed sources, {len(prefill.missing)} missing"
-        )
+        filled, missing = len(prefill.fields), len(prefill.missing)
+        ok(f"{filled} fields prefilled from signed sources, {missing} missing")
 
         step("Only the missing field is asked of 王五, and submitted once")
         collected = {"marital_status": "unmarried"}
@@ -312,7 +317,8 @@ class Story:
             when = datetime.fromtimestamp(access.time_us / 1e6).strftime("%H:%M:%S")
             say(
                 f"    #{access.sequence:<4} {when} {access.actor:24} {access.kind:15} "
-                f"{access.material_type or '-':24} {access.purpose or '-':22} {access.outcome}{reason}"
+                f"{access.material_type or '-':24} {access.purpose or '-':22} "
+                f"{access.outcome}{reason}"
             )
 
     async def oversight(self) -> None:
@@ -408,10 +414,8 @@ async def _demo(root: Path, port: int, keep_running: bool) -> None:
                 f"--keys-dir {story.keystore.root}"
             )
             say("Ctrl-C stops everything.")
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.Event().wait()
-            except asyncio.CancelledError:
-                pass
             return
         await story.audit()
     finally:
