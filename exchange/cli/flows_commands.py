@@ -5,49 +5,107 @@ department's key and presenting its certificate from the keystore, through the c
 (``adapters.client.HubClient``): the same envelopes, retries and end-to-end verification as any
 department system. With ``--hub-verifier`` every receipt is checked against the hub's key.
 
-Exit codes: 0 served; 1 a local error (keys, verification, the hub unreachable); 2 the hub
-refused (``refused: CODE REASON: message`` on stderr); click's usage error for bad arguments.
-Subject ids are arguments the user typed; nothing here logs them.
+Exit codes: 0 served; 1 a local failure (keys, verification, the hub not answering); 2 the hub
+refused (``refused: CODE REASON: message`` on stderr); 2 also for click's usage errors. Subject
+ids are arguments the user typed: they are printed back only where asked, and never logged.
 """
 
 from __future__ import annotations
 
-import json
+import functools
 import sys
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import click
+from google.protobuf.message import Message
 
-from adapters.client import (
-    CheckResult,
-    HubClient,
-    Identity,
-    Material,
-    Prefill,
-    Refused,
-    SubmitResult,
-    VerificationError,
-)
+from adapters.client import HubClient, Identity, Refused, VerificationError
+from exchange.cli import flows_output as out
 from exchange.cli.main import fail, load_config, run
 from exchange.cli.material_file import MaterialFileError, load_material_type
-from exchange.clock import from_timestamp, now_us, to_timestamp
+from exchange.clock import now_us, to_timestamp
 from exchange.config import Config
 from exchange.crypto.keys import KeyFileError
 from exchange.crypto.keystore import Keystore, check_department_id
-from exchange.ledger import CheckpointError, NoteVerifier, Receipt
+from exchange.ledger import CheckpointError, NoteVerifier
 from exchange.v1 import catalog_pb2, grants_pb2
 
 T = TypeVar("T")
+Response = TypeVar("Response", bound=Message)
 
 CATALOG = "/exchange.v1.Catalog"
 GRANTS = "/exchange.v1.Grants"
-SERVER_NAME = "localhost"  # the name the hub's certificate carries (as the registry commands)
+SERVER_NAME = "localhost"  # the name in the hub's certificate, as the registry commands use
 DAY_US = 86_400_000_000
-
 REFUSED_EXIT = 2
+
+
+# ------------------------------------------------------------------------------ calling
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who calls the hub (a department, or the operator as the hub id), where, and whether
+    receipts are verified (``hub_verifier``)."""
+
+    config: Config
+    department_id: str
+    hub_verifier: str | None
+
+    def client(self) -> HubClient:
+        """A client signing as the department or the operator. Raises KeyFileError."""
+        store = Keystore(self.config.keys_dir)
+        if self.department_id == self.config.hub_id:
+            key = store.hub_signing_key()
+            tls = None if self.config.insecure else store.operator_tls()
+        else:
+            key = store.department_signing_key(self.department_id)
+            tls = None if self.config.insecure else store.department_tls(self.department_id)
+        return HubClient(
+            self.config.listen,
+            Identity(self.department_id, key, tls),
+            server_name=SERVER_NAME,
+            hub_verifier=self.hub_verifier,
+        )
+
+    def perform(self, action: Callable[[HubClient], Awaitable[T]]) -> T:
+        """Run ``action`` with a client and return its result.
+
+        Never returns on failure: a refusal prints ``refused: CODE REASON: message`` and exits
+        2; a call no hub answered (no reason attached), a failed verification or a key file
+        problem prints ``error: …`` and exits 1.
+        """
+
+        async def go() -> T:
+            async with self.client() as client:
+                return await action(client)
+
+        try:
+            return run(go())
+        except Refused as exc:
+            if not exc.reason:  # no ErrorInfo: transport failure, not the hub's decision
+                _fail(f"the hub at {self.config.listen} did not answer: {exc}")
+            click.secho(
+                f"refused: {exc.code.name} {exc.reason}: {exc.message}", fg="yellow", err=True
+            )
+            sys.exit(REFUSED_EXIT)
+        except VerificationError as exc:
+            _fail(f"verification failed: {exc}")
+        except KeyFileError as exc:
+            _fail(str(exc))
+
+    def call(self, method: str, body: Message, response: type[Response]) -> Response:
+        """Sign ``body`` and call ``method`` ("/exchange.v1.Catalog/ListCatalog"); return the
+        answer. Exits as ``perform`` does on failure."""
+        return self.perform(lambda client: client.call(method, body, response))
+
+
+def _fail(message: str) -> NoReturn:
+    fail(message)
+    raise SystemExit(1)  # fail() exits; this informs the type checker
 
 
 # ------------------------------------------------------------------------------ options
@@ -61,16 +119,15 @@ def _department(_ctx: click.Context, _param: click.Parameter, value: str) -> str
 
 
 def _verifier(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
-    if value is None:
-        return None
-    try:
-        NoteVerifier.parse(value)
-    except CheckpointError as exc:
-        raise click.BadParameter(str(exc)) from exc
+    if value is not None:
+        try:
+            NoteVerifier.parse(value)
+        except CheckpointError as exc:
+            raise click.BadParameter(str(exc)) from exc
     return value
 
 
-caller_options = [
+CALLER_OPTIONS = (
     click.option(
         "--as",
         "department",
@@ -90,96 +147,37 @@ caller_options = [
         "--hub-verifier",
         default=None,
         callback=_verifier,
-        help="The hub's verifier key <name>+<hex id>+<base64 key>; receipts are then verified.",
+        help="The hub's verifier key <name>+<hex id>+<base64 key>: receipts are then verified.",
     ),
-]
+    click.option("--json", "as_json", is_flag=True, help="Print JSON instead of lines."),
+)
 
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-
-
-def with_caller_options(function: Any) -> Any:
-    """Add --as, --listen, --keys-dir and --hub-verifier to a command."""
-    for option in reversed(caller_options):
-        function = option(function)
-    return function
+Command = Callable[..., None]
 
 
-# ------------------------------------------------------------------------------ calling
+def with_caller(function: Command) -> Command:
+    """Add --as, --listen, --keys-dir, --hub-verifier and --json to a command, and call it with
+    a ``Caller`` (configuration loaded once: file < environment < flags) and ``as_json``."""
 
+    @functools.wraps(function)
+    @click.pass_context
+    def command(
+        ctx: click.Context,
+        /,
+        *args: Any,
+        department: str,
+        listen: str | None,
+        keys_dir: Path | None,
+        hub_verifier: str | None,
+        **kwargs: Any,
+    ) -> None:
+        config = load_config(ctx, listen=listen, keys_dir=keys_dir)
+        function(Caller(config, department, hub_verifier), *args, **kwargs)
 
-@dataclass(frozen=True, slots=True)
-class Caller:
-    """Who calls the hub, where, and whether receipts are verified."""
-
-    config: Config
-    department_id: str
-    hub_verifier: str | None
-
-    def client(self) -> HubClient:
-        """A client signing as the department (or the operator). Raises KeyFileError."""
-        store = Keystore(self.config.keys_dir)
-        if self.department_id == self.config.hub_id:
-            key = store.hub_signing_key()
-            tls = None if self.config.insecure else store.operator_tls()
-        else:
-            key = store.department_signing_key(self.department_id)
-            tls = None if self.config.insecure else store.department_tls(self.department_id)
-        return HubClient(
-            self.config.listen,
-            Identity(self.department_id, key, tls),
-            server_name=SERVER_NAME,
-            hub_verifier=self.hub_verifier,
-        )
-
-    def perform(self, action: Callable[[HubClient], Awaitable[T]]) -> T:
-        """Run ``action`` with a client; turn refusals and local failures into exits 2 and 1."""
-
-        async def go() -> T:
-            async with self.client() as client:
-                return await action(client)
-
-        try:
-            return run(go())
-        except Refused as exc:
-            if not exc.reason:  # no ErrorInfo: the call never reached a hub that answered
-                _fail(f"the hub at {self.config.listen} did not answer: {exc}")
-            click.secho(
-                f"refused: {exc.code.name} {exc.reason}: {exc.message}", fg="yellow", err=True
-            )
-            sys.exit(REFUSED_EXIT)
-        except VerificationError as exc:
-            _fail(f"verification failed: {exc}")
-        except KeyFileError as exc:
-            _fail(str(exc))
-
-
-def _fail(message: str) -> NoReturn:
-    fail(message)
-    raise SystemExit(1)  # fail() exits; this informs the type checker
-
-
-def _caller(
-    ctx: click.Context,
-    department: str,
-    listen: str | None,
-    keys_dir: Path | None,
-    hub_verifier: str | None,
-) -> Caller:
-    return Caller(load_config(ctx, listen=listen, keys_dir=keys_dir), department, hub_verifier)
-
-
-def _echo_json(value: object) -> None:
-    click.echo(json.dumps(value, ensure_ascii=False, indent=2))
-
-
-def _iso(us: int) -> str:
-    from datetime import UTC, datetime
-
-    return datetime.fromtimestamp(us / 1e6, tz=UTC).isoformat(timespec="seconds")
-
-
-def _ledger(receipt: Receipt | None) -> str:
-    return f"ledger entry #{receipt.sequence}" if receipt is not None else ""
+    decorated: Command = command
+    for option in reversed(CALLER_OPTIONS):
+        decorated = option(decorated)
+    return decorated
 
 
 # ------------------------------------------------------------------------------ the flows
@@ -188,31 +186,19 @@ def _ledger(receipt: Receipt | None) -> str:
 @click.command()
 @click.argument("material_type")
 @click.argument("subject_id")
-@with_caller_options
-@json_option
-@click.pass_context
-def check(
-    ctx: click.Context,
-    material_type: str,
-    subject_id: str,
-    department: str,
-    listen: str | None,
-    keys_dir: Path | None,
-    hub_verifier: str | None,
-    as_json: bool,
-) -> None:
+@with_caller
+def check(caller: Caller, material_type: str, subject_id: str, as_json: bool) -> None:
     """Is material of MATERIAL_TYPE on file for SUBJECT_ID? Never shows content."""
-    caller = _caller(ctx, department, listen, keys_dir, hub_verifier)
     result = caller.perform(lambda client: client.check(material_type, subject_id))
     if as_json:
-        _echo_json(check_as_dict(material_type, result))
+        out.echo_json(out.check_as_dict(material_type, result))
     elif result.on_file:
         click.echo(
             f"on file: {material_type} v{result.version} held by {result.holder} "
-            f"(reference {result.reference}; {_ledger(result.receipt)})"
+            f"(reference {result.reference}; {out.ledger(result.receipt)})"
         )
     else:
-        click.echo(f"not on file: {material_type} ({_ledger(result.receipt)})")
+        click.echo(f"not on file: {material_type} ({out.ledger(result.receipt)})")
 
 
 def _field_values(values: tuple[str, ...]) -> dict[str, str]:
@@ -233,30 +219,19 @@ def _field_values(values: tuple[str, ...]) -> dict[str, str]:
 @click.argument("material_type")
 @click.argument("subject_id")
 @click.argument("values", nargs=-1, metavar="FIELD=VALUE...")
-@with_caller_options
-@json_option
-@click.pass_context
+@with_caller
 def submit(
-    ctx: click.Context,
-    material_type: str,
-    subject_id: str,
-    values: tuple[str, ...],
-    department: str,
-    listen: str | None,
-    keys_dir: Path | None,
-    hub_verifier: str | None,
-    as_json: bool,
+    caller: Caller, material_type: str, subject_id: str, values: tuple[str, ...], as_json: bool
 ) -> None:
-    """Submit material collected from the person (collect once): stored at its holder."""
+    """Submit material collected from the person (collect once); the holder stores it."""
     fields = _field_values(values)
-    caller = _caller(ctx, department, listen, keys_dir, hub_verifier)
     result = caller.perform(lambda client: client.submit(material_type, subject_id, fields))
     if as_json:
-        _echo_json(submit_as_dict(material_type, result))
+        out.echo_json(out.submit_as_dict(material_type, result))
         return
     click.echo(
         f"{result.outcome}: {material_type} reference {result.reference} v{result.version} "
-        f"({_ledger(result.receipt)})"
+        f"({out.ledger(result.receipt)})"
     )
     if result.objection_id:
         click.echo(f"objection {result.objection_id} filed with the holder")
@@ -272,32 +247,25 @@ def submit(
     multiple=True,
     help="A field to receive (repeatable; default every field the grant allows).",
 )
-@with_caller_options
-@json_option
-@click.pass_context
+@with_caller
 def request(
-    ctx: click.Context,
+    caller: Caller,
     material_type: str,
     subject_id: str,
     purpose: str,
     fields: tuple[str, ...],
-    department: str,
-    listen: str | None,
-    keys_dir: Path | None,
-    hub_verifier: str | None,
     as_json: bool,
 ) -> None:
-    """Request material from its holder for a purpose; the answer is verified end to end."""
-    caller = _caller(ctx, department, listen, keys_dir, hub_verifier)
+    """Request material from its holder for a purpose, verified end to end."""
     material = caller.perform(
         lambda client: client.request(material_type, subject_id, purpose=purpose, fields=fields)
     )
     if as_json:
-        _echo_json(material_as_dict(material))
+        out.echo_json(out.material_as_dict(material))
         return
     click.echo(
         f"served: {material.material_type} v{material.version} signed by {material.holder} "
-        f"(reference {material.reference}; {_ledger(material.receipt)})"
+        f"(reference {material.reference}; {out.ledger(material.receipt)})"
     )
     for name, value in sorted(material.fields.items()):
         click.echo(f"  {name:24} {value}")
@@ -306,24 +274,12 @@ def request(
 @click.command()
 @click.argument("form_id")
 @click.argument("subject_id")
-@with_caller_options
-@json_option
-@click.pass_context
-def prefill(
-    ctx: click.Context,
-    form_id: str,
-    subject_id: str,
-    department: str,
-    listen: str | None,
-    keys_dir: Path | None,
-    hub_verifier: str | None,
-    as_json: bool,
-) -> None:
+@with_caller
+def prefill(caller: Caller, form_id: str, subject_id: str, as_json: bool) -> None:
     """Prefill a registered form: each value with its source, and what is left to ask."""
-    caller = _caller(ctx, department, listen, keys_dir, hub_verifier)
     result = caller.perform(lambda client: client.prefill(form_id, subject_id))
     if as_json:
-        _echo_json(prefill_as_dict(form_id, result))
+        out.echo_json(out.prefill_as_dict(form_id, result))
         return
     for value in result.fields:
         click.echo(
@@ -334,7 +290,7 @@ def prefill(
         click.echo(f"  {name:24}   (not on file: ask the person)")
     click.echo(
         f"{form_id}: {len(result.fields)} prefilled, {len(result.missing)} missing "
-        f"({_ledger(result.receipt)})"
+        f"({out.ledger(result.receipt)})"
     )
 
 
@@ -352,26 +308,21 @@ def grant() -> None:
 @click.option("--field", "fields", multiple=True, required=True, help="A field (repeatable).")
 @click.option("--purpose", "purposes", multiple=True, required=True, help="A purpose (repeatable).")
 @click.option("--days", type=click.IntRange(1, 36_500), default=None, help="Valid for N days.")
-@click.option("--rate-per-minute", type=click.IntRange(0), default=0, help="0: no limit.")
-@with_caller_options
-@json_option
-@click.pass_context
+@click.option(
+    "--rate-per-minute", type=click.IntRange(0), default=0, help="Requests a minute; 0: no limit."
+)
+@with_caller
 def grant_issue(
-    ctx: click.Context,
+    caller: Caller,
     consumer: str,
     material_type: str,
     fields: tuple[str, ...],
     purposes: tuple[str, ...],
     days: int | None,
     rate_per_minute: int,
-    department: str,
-    listen: str | None,
-    keys_dir: Path | None,
-    hub_verifier: str | None,
     as_json: bool,
 ) -> None:
-    """Issue a grant, signed as the owner (--as) of MATERIAL_TYPE."""
-    caller = _caller(ctx, department, listen, keys_dir, hub_verifier)
+    """Issue a grant to CONSUMER for MATERIAL_TYPE, signed as its owner (--as)."""
     body = grants_pb2.IssueGrantRequest(
         grant=grants_pb2.Grant(
             consumer=consumer,
@@ -381,69 +332,42 @@ def grant_issue(
             rate_per_minute=rate_per_minute,
         )
     )
-    if days is not None:  # validity starts when the hub records it
+    if days is not None:  # valid_from stays unset: the grant starts when the hub records it
         body.grant.valid_until.CopyFrom(to_timestamp(now_us() + days * DAY_US))
-    answer = caller.perform(
-        lambda client: client.call(f"{GRANTS}/IssueGrant", body, grants_pb2.GrantResponse)
-    )
+    answer = caller.call(f"{GRANTS}/IssueGrant", body, grants_pb2.GrantResponse)
     if as_json:
-        _echo_json(grant_as_dict(answer.grant))
+        out.echo_json(out.grant_as_dict(answer.grant))
         return
-    _show_grant(answer.grant)
-    click.echo(f"issued: ledger entry #{answer.receipt.sequence}")
+    out.show_grant(answer.grant)
+    click.echo(f"issued (ledger entry #{answer.receipt.sequence})")
 
 
 @grant.command("revoke")
 @click.argument("grant_id")
-@with_caller_options
-@json_option
-@click.pass_context
-def grant_revoke(
-    ctx: click.Context,
-    grant_id: str,
-    department: str,
-    listen: str | None,
-    keys_dir: Path | None,
-    hub_verifier: str | None,
-    as_json: bool,
-) -> None:
+@with_caller
+def grant_revoke(caller: Caller, grant_id: str, as_json: bool) -> None:
     """Revoke a grant at once (its owner only)."""
-    caller = _caller(ctx, department, listen, keys_dir, hub_verifier)
     body = grants_pb2.RevokeGrantRequest(grant_id=grant_id)
-    answer = caller.perform(
-        lambda client: client.call(f"{GRANTS}/RevokeGrant", body, grants_pb2.GrantResponse)
-    )
+    answer = caller.call(f"{GRANTS}/RevokeGrant", body, grants_pb2.GrantResponse)
     if as_json:
-        _echo_json(grant_as_dict(answer.grant))
+        out.echo_json(out.grant_as_dict(answer.grant))
         return
-    _show_grant(answer.grant)
-    click.echo(f"revoked: ledger entry #{answer.receipt.sequence}")
+    out.show_grant(answer.grant)
+    click.echo(f"revoked (ledger entry #{answer.receipt.sequence})")
 
 
 @grant.command("list")
-@with_caller_options
-@json_option
-@click.pass_context
-def grant_list(
-    ctx: click.Context,
-    department: str,
-    listen: str | None,
-    keys_dir: Path | None,
-    hub_verifier: str | None,
-    as_json: bool,
-) -> None:
+@with_caller
+def grant_list(caller: Caller, as_json: bool) -> None:
     """List the grants the department issued or holds."""
-    caller = _caller(ctx, department, listen, keys_dir, hub_verifier)
-    answer = caller.perform(
-        lambda client: client.call(
-            f"{GRANTS}/ListGrants", grants_pb2.ListGrantsRequest(), grants_pb2.ListGrantsResponse
-        )
+    answer = caller.call(
+        f"{GRANTS}/ListGrants", grants_pb2.ListGrantsRequest(), grants_pb2.ListGrantsResponse
     )
     if as_json:
-        _echo_json([grant_as_dict(g) for g in answer.grants])
+        out.echo_json([out.grant_as_dict(g) for g in answer.grants])
         return
     for item in answer.grants:
-        _show_grant(item)
+        out.show_grant(item)
     if not answer.grants:
         click.echo("no grants")
 
@@ -457,28 +381,14 @@ def catalog() -> None:
 
 
 @catalog.command("list")
-@with_caller_options
-@json_option
-@click.pass_context
-def catalog_list(
-    ctx: click.Context,
-    department: str,
-    listen: str | None,
-    keys_dir: Path | None,
-    hub_verifier: str | None,
-    as_json: bool,
-) -> None:
+@with_caller
+def catalog_list(caller: Caller, as_json: bool) -> None:
     """List material types, purposes and forms."""
-    caller = _caller(ctx, department, listen, keys_dir, hub_verifier)
-    answer = caller.perform(
-        lambda client: client.call(
-            f"{CATALOG}/ListCatalog",
-            catalog_pb2.ListCatalogRequest(),
-            catalog_pb2.ListCatalogResponse,
-        )
+    answer = caller.call(
+        f"{CATALOG}/ListCatalog", catalog_pb2.ListCatalogRequest(), catalog_pb2.ListCatalogResponse
     )
     if as_json:
-        _echo_json(catalog_as_dict(answer))
+        out.echo_json(out.catalog_as_dict(answer))
         return
     click.echo(f"material types ({len(answer.material_types)})")
     for m in answer.material_types:
@@ -492,104 +402,56 @@ def catalog_list(
         click.echo(f"  {f.id:32} {len(f.fields)} fields, for {f.purpose}, by {f.owner}")
 
 
-def _material_type_call(caller: Caller, method: str, body: Any) -> catalog_pb2.MaterialType:
-    answer = caller.perform(
-        lambda client: client.call(f"{CATALOG}/{method}", body, catalog_pb2.MaterialTypeResponse)
-    )
-    return answer.material_type
-
-
 @catalog.command("show")
 @click.argument("material_type")
-@with_caller_options
-@json_option
-@click.pass_context
-def catalog_show(
-    ctx: click.Context,
-    material_type: str,
-    department: str,
-    listen: str | None,
-    keys_dir: Path | None,
-    hub_verifier: str | None,
-    as_json: bool,
-) -> None:
-    """Show one material type: owner, sharing class, fields."""
-    caller = _caller(ctx, department, listen, keys_dir, hub_verifier)
+@with_caller
+def catalog_show(caller: Caller, material_type: str, as_json: bool) -> None:
+    """Show one material type: owner, sharing class, retention, fields."""
     body = catalog_pb2.GetMaterialTypeRequest(material_type=material_type)
-    value = _material_type_call(caller, "GetMaterialType", body)
+    answer = caller.call(f"{CATALOG}/GetMaterialType", body, catalog_pb2.MaterialTypeResponse)
     if as_json:
-        _echo_json(material_type_as_dict(value))
+        out.echo_json(out.material_type_as_dict(answer.material_type))
     else:
-        _show_material_type(value)
+        out.show_material_type(answer.material_type)
 
 
 @catalog.command("publish")
 @click.argument("file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
-@with_caller_options
-@json_option
-@click.pass_context
-def catalog_publish(
-    ctx: click.Context,
-    file: Path,
-    department: str,
-    listen: str | None,
-    keys_dir: Path | None,
-    hub_verifier: str | None,
-    as_json: bool,
-) -> None:
-    """Publish a material type from a .toml or .json definition, as its owner (--as)."""
+@with_caller
+def catalog_publish(caller: Caller, file: Path, as_json: bool) -> None:
+    """Publish a material type from a .toml or .json FILE, as its owner (--as)."""
     try:
-        definition = load_material_type(file, default_owner=department)
+        definition = load_material_type(file, default_owner=caller.department_id)
     except MaterialFileError as exc:
         raise click.BadParameter(str(exc), param_hint="FILE") from exc
-    caller = _caller(ctx, department, listen, keys_dir, hub_verifier)
     body = catalog_pb2.PublishMaterialTypeRequest(material_type=definition)
-    value = _material_type_call(caller, "PublishMaterialType", body)
+    answer = caller.call(f"{CATALOG}/PublishMaterialType", body, catalog_pb2.MaterialTypeResponse)
     if as_json:
-        _echo_json(material_type_as_dict(value))
-    else:
-        click.echo(f"published {value.id} v{value.version}")
-        _show_material_type(value)
+        out.echo_json(out.material_type_as_dict(answer.material_type))
+        return
+    out.show_material_type(answer.material_type)
+    click.echo(f"published (ledger entry #{answer.receipt.sequence})")
 
 
 @catalog.command("purpose")
 @click.argument("purpose_id")
 @click.option("--name", required=True, help="Human-readable name.")
 @click.option("--legal-basis", required=True, help="The law or regulation that allows it.")
-@with_caller_options
-@json_option
-@click.pass_context
+@with_caller
 def catalog_purpose(
-    ctx: click.Context,
-    purpose_id: str,
-    name: str,
-    legal_basis: str,
-    department: str,
-    listen: str | None,
-    keys_dir: Path | None,
-    hub_verifier: str | None,
-    as_json: bool,
+    caller: Caller, purpose_id: str, name: str, legal_basis: str, as_json: bool
 ) -> None:
-    """Define a purpose (operator: --as the hub id)."""
-    caller = _caller(ctx, department, listen, keys_dir, hub_verifier)
+    """Define a purpose: the legal basis requests name (operator: --as the hub id)."""
     body = catalog_pb2.DefinePurposeRequest(
         purpose=catalog_pb2.Purpose(id=purpose_id, name=name, legal_basis=legal_basis)
     )
-    answer = caller.perform(
-        lambda client: client.call(f"{CATALOG}/DefinePurpose", body, catalog_pb2.PurposeResponse)
-    )
-    purpose: Mapping[str, str] = {
-        "id": answer.purpose.id,
-        "name": answer.purpose.name,
-        "legal_basis": answer.purpose.legal_basis,
-    }
+    answer = caller.call(f"{CATALOG}/DefinePurpose", body, catalog_pb2.PurposeResponse)
     if as_json:
-        _echo_json(dict(purpose))
-    else:
-        click.echo(
-            f"purpose {purpose['id']}: {purpose['name']} ({purpose['legal_basis']}); "
-            f"ledger entry #{answer.receipt.sequence}"
-        )
+        out.echo_json(out.purpose_as_dict(answer.purpose))
+        return
+    p = answer.purpose
+    click.echo(f"purpose {p.id}: {p.name} ({p.legal_basis})")
+    click.echo(f"defined (ledger entry #{answer.receipt.sequence})")
 
 
 COMMANDS = [check, submit, request, prefill, grant, catalog]

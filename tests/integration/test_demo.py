@@ -23,6 +23,7 @@ def test_demo_tells_every_step_and_exits_zero(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     out = result.stdout
+    print(out, result.stderr[-5000:])  # shown by pytest if an assertion below fails
     assert result.returncode == 0, out[-3000:] + result.stderr[-3000:]
     # A form prefilled with each field's source; the missing fields listed.
     assert re.search(r"applicant_name\s+= 王五 \(demo\)\s+← demo\.public-security", out)
