@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import structlog
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from exchange.catalog.repository import CatalogStore
+from exchange.clock import now_us
 from exchange.config import Config
 from exchange.crypto.keys import SigningKey
 from exchange.crypto.keystore import Keystore, TlsIdentity
@@ -52,6 +57,11 @@ class DepartmentCache:
         self._entries.pop(department_id, None)
 
 
+log = structlog.get_logger("exchange.hub")
+
+PURGE_INTERVAL_SECONDS = 600
+
+
 def _moment(us: int) -> datetime:
     return datetime.fromtimestamp(us / 1_000_000, UTC)
 
@@ -72,6 +82,7 @@ class Hub:
         self.hub_key = hub_key
         self.subject_key = subject_key
         self.registry = Registry(engine)
+        self._purger: asyncio.Task[None] | None = None
         self.departments = DepartmentCache(self.registry)
         self.requests = RequestLog(engine)
         self.ledger = Ledger(
@@ -147,13 +158,33 @@ class Hub:
         return history
 
     async def start(self) -> None:
-        """Start the ledger writer, the request log's writer and supervision."""
+        """Start the ledger writer, the request log's writer, supervision and the purge of
+        request-id records that have aged out of the replay window."""
         await self.ledger.start()
         self.requests.start()
         await self.supervision.start()
+        self._purger = asyncio.create_task(self._purge_requests(), name="request-purge")
+
+    async def _purge_requests(self) -> None:
+        # A request older than the replay window is refused as stale before its id is looked
+        # up, so its record can go once it is twice that old.
+        horizon_us = 2 * self.config.replay_window_seconds * 1_000_000
+        while True:
+            await asyncio.sleep(PURGE_INTERVAL_SECONDS)
+            try:
+                purged = await asyncio.to_thread(self.requests.purge, now_us() - horizon_us)
+            except SQLAlchemyError as exc:
+                log.warning("request_purge_failed", error=type(exc).__name__)
+                continue
+            if purged:
+                log.info("request_records_purged", count=purged)
 
     async def close(self) -> None:
         """Flush the ledger (final checkpoint) and release the database."""
+        if self._purger is not None:
+            self._purger.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._purger
         await self.supervision.close()
         await self.requests.close()
         await self.ledger.close()

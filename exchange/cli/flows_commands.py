@@ -198,7 +198,8 @@ def check(caller: Caller, material_type: str, subject_id: str, as_json: bool) ->
             f"(reference {result.reference}; {out.ledger(result.receipt)})"
         )
     else:
-        click.echo(f"not on file: {material_type} ({out.ledger(result.receipt)})")
+        holder = f" at {result.holder}" if result.holder else ""
+        click.echo(f"not on file: {material_type}{holder} ({out.ledger(result.receipt)})")
 
 
 def _field_values(values: tuple[str, ...]) -> dict[str, str]:
@@ -288,6 +289,10 @@ def prefill(caller: Caller, form_id: str, subject_id: str, as_json: bool) -> Non
         )
     for name in result.missing:
         click.echo(f"  {name:24}   (not on file: ask the person)")
+    for name in out.prefill_withheld(result):
+        click.echo(f"  {name:24}   (on file, not granted to this form: ask the person)")
+    for name in out.prefill_unavailable(result):
+        click.echo(f"  {name:24}   (holder did not answer: retry later)")
     click.echo(
         f"{form_id}: {len(result.fields)} prefilled, {len(result.missing)} missing "
         f"({out.ledger(result.receipt)})"

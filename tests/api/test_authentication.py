@@ -327,3 +327,13 @@ async def test_register_duplicate_department_is_already_exists(hub: RunningHub) 
 
 def test_dates_are_utc() -> None:
     assert to_timestamp(0).seconds == 0 and dt.UTC is dt.UTC
+
+
+async def test_request_records_older_than_twice_the_window_are_purged(hub: RunningHub) -> None:
+    from exchange.clock import now_us
+
+    client = await hub.register("js.nj.civil-affairs")
+    await client.call(LIST, list_body(), registry_pb2.ListDepartmentsResponse, request_id="old-1")
+    requests = hub.server.hub.requests
+    assert requests.purge(now_us() - 600_000_000) == 0  # younger than the horizon: kept
+    assert requests.purge(now_us() + 1) >= 2  # the registration and the list call
