@@ -42,8 +42,10 @@ def objection_change(
     """What ``obs`` changes in the open objections.
 
     A successful OBJECTION_FILING with attribute ``objection_id`` opens one, due at attribute
-    ``deadline_us`` (else ``objection_deadline_days`` after filing); its holder is the entry's
-    counterparty. A successful OBJECTION_RESOLUTION closes the one named.
+    ``deadline_us`` (else ``objection_deadline_days`` after filing); so does a SUBMIT whose
+    outcome was a correction proposal (``submit=CORRECTION_PROPOSED``, with ``objection_id``).
+    Its holder is the entry's counterparty. A successful OBJECTION_RESOLUTION closes the one
+    named.
     """
     if obs.outcome != "OK":
         return None
@@ -52,7 +54,8 @@ def objection_change(
         return None
     if obs.kind == "OBJECTION_RESOLUTION":
         return ObjectionClosed(objection_id)
-    if obs.kind != "OBJECTION_FILING":
+    proposal = obs.kind == "SUBMIT" and obs.attributes.get("submit") == "CORRECTION_PROPOSED"
+    if obs.kind != "OBJECTION_FILING" and not proposal:
         return None
     deadline = obs.attribute_int("deadline_us")
     if deadline is None or deadline <= obs.time_us:

@@ -117,6 +117,20 @@ async def test_objection_without_deadline_uses_configured_days(supervisor: Super
     assert [a.level for a in await supervisor.tick(OFFICE_TIME + 16 * DAY)] == [AlertLevel.YELLOW]
 
 
+async def test_correction_proposal_is_watched_like_an_objection(supervisor: Supervisor) -> None:
+    stream = Stream()
+    proposal = entry(
+        ledger_pb2.SUBMIT,
+        OFFICE_TIME,
+        actor="js.nj.township-office",
+        submit="CORRECTION_PROPOSED",
+        objection_id="o-3",
+    )
+    other = entry(ledger_pb2.SUBMIT, OFFICE_TIME, submit="ALREADY_ON_FILE", objection_id="o-4")
+    await supervisor.feed(stream(proposal, other))
+    assert [a.level for a in await supervisor.tick(OFFICE_TIME + 16 * DAY)] == [AlertLevel.YELLOW]
+
+
 # ---------------------------------------------------------------- repeated refusals
 
 
