@@ -160,12 +160,18 @@ class PrefilledValue:
 
 @dataclass(frozen=True, slots=True)
 class Prefill:
-    """A prefilled form: filled fields with provenance, and the names still to ask for."""
+    """A prefilled form: filled fields with provenance, and the names still to ask for.
+
+    ``missing``: nothing on file; ``withheld``: on file but not granted to this form, so asked
+    of the person too; ``unavailable``: the holder did not answer in time (retry later).
+    """
 
     fields: tuple[PrefilledValue, ...]
     missing: tuple[str, ...]
     materials: tuple[Material, ...]
     receipt: Receipt
+    withheld: tuple[str, ...] = ()
+    unavailable: tuple[str, ...] = ()
 
     def values(self) -> dict[str, str]:
         """Form field name -> value for the filled fields."""
@@ -549,6 +555,8 @@ class HubClient:
             missing=tuple(answer.missing),
             materials=tuple(materials),
             receipt=receipt,
+            withheld=tuple(answer.withheld),
+            unavailable=tuple(answer.unavailable),
         )
 
     async def access_history(self, subject_id: str) -> tuple[Access, ...]:

@@ -73,18 +73,13 @@ def material_as_dict(material: Material) -> dict[str, Any]:
 
 
 def prefill_withheld(prefill: Prefill) -> tuple[str, ...]:
-    """Form fields on file that the form may not receive (ask the person these too).
-
-    The contract's ``PrefillResponse.withheld``; read only if the SDK's ``Prefill`` carries it
-    (it does not yet: then nothing is listed).
-    """
-    return tuple(getattr(prefill, "withheld", ()))
+    """Form fields on file that the form may not receive (ask the person these too)."""
+    return prefill.withheld
 
 
 def prefill_unavailable(prefill: Prefill) -> tuple[str, ...]:
-    """Form fields whose holder did not answer (retry later): ``PrefillResponse.unavailable``,
-    read only if the SDK's ``Prefill`` carries it."""
-    return tuple(getattr(prefill, "unavailable", ()))
+    """Form fields whose holder did not answer (retry later)."""
+    return prefill.unavailable
 
 
 def prefill_as_dict(form_id: str, prefill: Prefill) -> dict[str, Any]:

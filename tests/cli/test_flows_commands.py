@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ SUBJECTS = (ANNA, BEN, CARL)
 
 
 @pytest.fixture
-def hub_logs() -> Iterator[list[dict[str, Any]]]:
+def hub_logs() -> Iterator[list[MutableMapping[str, Any]]]:
     """Every log event of the hub and adapters during the test, kept out of the CLI's output."""
     with structlog.testing.capture_logs() as events:
         yield events
@@ -53,7 +53,7 @@ def hub_logs() -> Iterator[list[dict[str, Any]]]:
 
 @pytest.fixture
 async def world(
-    start_hub: StartHub, tmp_path: Path, hub_logs: list[dict[str, Any]]
+    start_hub: StartHub, tmp_path: Path, hub_logs: list[MutableMapping[str, Any]]
 ) -> AsyncIterator[World]:
     hub = await start_hub(provider_timeout_ms=1500)
     built = await build(hub, tmp_path)
@@ -290,6 +290,16 @@ async def test_prefill_draws_from_every_holder_once_granted(world: World) -> Non
     assert f"<- {POLICE} ({HOUSEHOLD} v1)" in lines["address"]
     assert "(not on file: ask the person)" in lines["bank_account"]
     assert out.splitlines()[-1].startswith(f"{FORM}: 4 prefilled, 1 missing (ledger entry #")
+
+
+async def test_prefill_lists_material_on_file_but_not_granted_as_withheld(world: World) -> None:
+    out = succeeded(await exchange(world, FORM_TOOL, "prefill", FORM, ANNA))
+    lines = {line.split()[0]: line for line in out.splitlines()[:-1]}
+    assert "(on file, not granted to this form: ask the person)" in lines["marital_status"]
+    result = json.loads(
+        succeeded(await exchange(world, FORM_TOOL, "prefill", FORM, ANNA, "--json"))
+    )
+    assert result["withheld"] == ["marital_status"]
 
 
 async def test_prefill_json_output_parses(world: World) -> None:
