@@ -94,9 +94,11 @@ class Pipeline:
                 return await self._replay(method, authenticated, earlier, context)
             claimed = True
             response = await method.run(self.hub, authenticated, body)
-            await self.hub.requests.complete(
+            self.hub.requests.complete_soon(
                 authenticated.department_id,
                 authenticated.request_id,
+                authenticated.envelope_sha256,
+                method.name,
                 ANSWERED,
                 response.SerializeToString(),
             )
@@ -107,9 +109,11 @@ class Pipeline:
             outcome = error.reason_name
             status = await self._refuse(method, error, caller, certificate, envelope)
             if claimed and caller is not None:
-                await self.hub.requests.complete(
+                self.hub.requests.complete_soon(
                     caller.department_id,
                     caller.request_id,
+                    caller.envelope_sha256,
+                    method.name,
                     REFUSED,
                     status.SerializeToString(),
                 )

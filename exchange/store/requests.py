@@ -12,14 +12,16 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import structlog
 from sqlalchemy import Connection, Engine, bindparam, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from exchange.store.tables import requests
+
+log = structlog.get_logger("exchange.requests")
 
 PENDING = 0
 ANSWERED = 1
@@ -50,6 +52,8 @@ class _Claim:
 class _Complete:
     department_id: str
     request_id: str
+    envelope_sha256: bytes
+    method: str
     state: int
     response: bytes
 
@@ -121,11 +125,28 @@ class RequestLog:
         )
         return result
 
-    async def complete(
-        self, department_id: str, request_id: str, state: int, response: bytes
-    ) -> None:
-        """Record the answer (serialized response, or serialized google.rpc.Status)."""
-        await self._submit(_Complete(department_id, request_id, state, response))
+    def complete_soon(
+        self,
+        department_id: str,
+        request_id: str,
+        envelope_sha256: bytes,
+        method: str,
+        state: int,
+        response: bytes,
+    ) -> asyncio.Future[Any]:
+        """Queue the answer (serialized response, or serialized google.rpc.Status) and return
+        at once; the returned future settles when it is committed.
+
+        The caller need not wait: the call's effect is already durable in the ledger, and the
+        writer applies operations in order, so a retry queued after this sees the answer. If the
+        process dies before the commit, a retry finds the claim still PENDING and is refused as
+        in progress until it ages out of the replay window. A failed commit is logged.
+        """
+        future = self._enqueue(
+            _Complete(department_id, request_id, envelope_sha256, method, state, response)
+        )
+        future.add_done_callback(_log_failure)
+        return future
 
     async def release(self, department_id: str, request_id: str) -> None:
         """Forget a claim whose call failed for an internal reason, so a retry runs again."""
@@ -141,12 +162,15 @@ class RequestLog:
         return result.rowcount or 0
 
     async def _submit(self, operation: Operation) -> Any:
+        return await self._enqueue(operation)
+
+    def _enqueue(self, operation: Operation) -> asyncio.Future[Any]:
         if self._thread is None:
             raise RuntimeError("the request log is not started")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._queue.put((operation, future, loop))
-        return await future
+        return future
 
     # ------------------------------------------------------------------ writer thread
 
@@ -210,6 +234,8 @@ class RequestLog:
                 completes.append(
                     {"d": op.department_id, "r": op.request_id, "s": op.state, "b": op.response}
                 )
+                # A retry claimed later in this batch gets this answer.
+                earlier[key] = RequestRecord(op.envelope_sha256, op.method, op.state, op.response)
                 results.append(None)
             else:
                 self._flush(conn, inserts, completes)
@@ -240,6 +266,11 @@ def _record(row: Any) -> RequestRecord:
     )
 
 
+def _log_failure(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.error("request_record_failed", error=type(future.exception()).__name__)
+
+
 def _settle(future: asyncio.Future[Any], value: Any, failed: bool) -> None:
     if future.done():
         return
@@ -247,6 +278,3 @@ def _settle(future: asyncio.Future[Any], value: Any, failed: bool) -> None:
         future.set_exception(value)
     else:
         future.set_result(value)
-
-
-Callback = Callable[[], None]
