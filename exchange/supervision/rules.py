@@ -43,6 +43,19 @@ class Rule(Protocol):
         ...
 
 
+def prefill_failures(obs: Observation, reason: str) -> list[str]:
+    """Material types whose holder failed a PREFILL with ``reason``: a prefill does not fail for
+    one holder, it records ``failures="type:REASON,…"`` on its entry."""
+    if obs.kind != "PREFILL":
+        return []
+    failed = []
+    for item in obs.attributes.get("failures", "").split(","):
+        material_type, _, why = item.rpartition(":")
+        if material_type and why == reason:
+            failed.append(material_type)
+    return failed
+
+
 def _finding(
     rule: str,
     level: AlertLevel,
@@ -50,17 +63,18 @@ def _finding(
     obs: Observation,
     department: str,
     message: str,
+    material_type: str | None = None,
 ) -> Finding:
     return Finding(
         level=level,
         category=category,
         rule=rule,
         department=department,
-        material_type=obs.material_type,
+        material_type=obs.material_type if material_type is None else material_type,
         message=message,
         sequence=obs.sequence,
         raised_us=obs.time_us,
-        key=str(obs.sequence),
+        key=str(obs.sequence) if material_type is None else f"{obs.sequence}:{material_type}",
     )
 
 
@@ -81,6 +95,21 @@ class ProviderLateness:
     def observe(self, obs: Observation) -> list[Finding]:
         if obs.kind not in PROVIDER_KINDS:
             return []
+        timeouts = prefill_failures(obs, "PROVIDER_TIMEOUT")
+        if timeouts:
+            message = f"a holder did not answer a prefill within the {self.limit_ms} ms limit"
+            return [
+                _finding(
+                    self.name,
+                    AlertLevel.RED,
+                    AlertCategory.TIMELINESS,
+                    obs,
+                    obs.counterparty,
+                    message,
+                    material_type,
+                )
+                for material_type in timeouts
+            ]
         if obs.reason == "PROVIDER_TIMEOUT":
             message = f"the provider did not answer within the {self.limit_ms} ms limit (timeout)"
             level = AlertLevel.RED
@@ -106,9 +135,23 @@ class ContentMismatch:
     window_us = 0
 
     def observe(self, obs: Observation) -> list[Finding]:
+        message = "material from the provider does not match the content hash in the index"
+        mismatched = prefill_failures(obs, "CONTENT_MISMATCH")
+        if mismatched:
+            return [
+                _finding(
+                    self.name,
+                    AlertLevel.RED,
+                    AlertCategory.CONTENT,
+                    obs,
+                    obs.counterparty,
+                    message,
+                    material_type,
+                )
+                for material_type in mismatched
+            ]
         if obs.kind not in PROVIDER_KINDS or obs.reason != "CONTENT_MISMATCH":
             return []
-        message = "material from the provider does not match the content hash in the index"
         return [
             _finding(
                 self.name, AlertLevel.RED, AlertCategory.CONTENT, obs, obs.counterparty, message

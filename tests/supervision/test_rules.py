@@ -277,3 +277,26 @@ async def test_office_hours_or_unconditional_requests_raise_nothing(
         )
     )
     assert supervisor.store.alerts() == []
+
+
+async def test_prefill_failures_raise_timeliness_and_content_alerts(supervisor: Supervisor) -> None:
+    stream = Stream()
+    failed = entry(
+        ledger_pb2.PREFILL,
+        OFFICE_TIME,
+        material_type="",
+        failures="marriage-record:PROVIDER_TIMEOUT,household-registration:CONTENT_MISMATCH",
+    )
+    clean = entry(ledger_pb2.PREFILL, OFFICE_TIME, material_type="", failures="")
+    unavailable = entry(
+        ledger_pb2.PREFILL,
+        OFFICE_TIME,
+        material_type="",
+        failures="marriage-record:PROVIDER_UNAVAILABLE",
+    )
+    await supervisor.feed(stream(failed, clean, unavailable))
+    raised = {(a.rule, a.level, a.material_type) for a in supervisor.store.alerts()}
+    assert raised == {
+        ("provider-late", AlertLevel.RED, "marriage-record"),
+        ("content-mismatch", AlertLevel.RED, "household-registration"),
+    }
