@@ -12,6 +12,7 @@ holder did not answer: retry later). One ledger entry records the whole prefill.
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 
 import structlog
@@ -111,12 +112,15 @@ async def prefill(
                 take_rate(hub, part.permit.grant)
                 part.current = await asyncio.to_thread(hub.index.current, type_id, subject_ref)
 
+        latencies: list[float] = []  # of holders that answered, for supervision
+
         async def fetch(part: _Part) -> None:
             assert part.material_type is not None and part.permit is not None
             assert part.current is not None
             try:
                 holder = await lookups.holder(hub, part.current.holder)
                 request_id = forwarded_id(caller, "prefill")
+                started = time.perf_counter()
                 answer = await hub.providers.fetch(
                     holder.provider_endpoint,
                     request_id=request_id,
@@ -128,6 +132,7 @@ async def prefill(
                     reference=part.current.reference,
                     version=part.current.version,
                 )
+                latencies.append((time.perf_counter() - started) * 1000)
                 if not answer.found:
                     raise mismatch("the holder has no such material, but the hub's index has")
                 delivered = open_record(
@@ -206,6 +211,8 @@ async def prefill(
             "withheld": str(len(response.withheld)),
             "unavailable": str(len(response.unavailable)),
         }
+        if latencies:
+            attributes["provider_latency_ms"] = f"{max(latencies):.1f}"
         if failures:
             attributes["failures"] = ",".join(f"{t}:{r}" for t, r in sorted(failures.items()))
         receipt = await record(
