@@ -36,6 +36,7 @@ from exchange.crypto.envelope import EnvelopeError, sign, verify
 from exchange.crypto.keys import SigningKey
 from exchange.crypto.keystore import TlsIdentity
 from exchange.ledger import CheckpointError, NoteVerifier, Receipt, verify_receipt
+from exchange.policy.disclosure import split
 from exchange.v1 import common_pb2, envelope_pb2, exchange_pb2, ledger_pb2, registry_pb2
 
 __all__ = [
@@ -269,16 +270,23 @@ class HubClient:
         await self.channel.close(None)
 
     def envelope(self, body: Message, request_id: str | None = None) -> envelope_pb2.Envelope:
-        """Fill ``body``'s header (request id, issue time, department) and sign it."""
+        """Fill ``body``'s header (request id, issue time, department) and sign it.
+
+        Personal fields (subject ids, field values) are moved into the envelope's disclosure,
+        bound to the signature by their hash, so the envelope the hub stores holds none.
+        """
         header: Any = body.header  # type: ignore[attr-defined]
         header.request_id = request_id or uuid.uuid4().hex
         header.issued_at.CopyFrom(to_timestamp(now_us()))
         header.department_id = self.identity.department_id
-        return sign(
-            body.SerializeToString(deterministic=True),
+        signed, disclosure = split(body)
+        envelope = sign(
+            signed.SerializeToString(deterministic=True),
             body.DESCRIPTOR.full_name,
             self.identity.signing_key,
         )
+        envelope.disclosure = disclosure
+        return envelope
 
     async def send(
         self,

@@ -6,6 +6,7 @@ One log line per call (method, department, status, reason, latency); never perso
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -20,8 +21,10 @@ from google.rpc import status_pb2
 from exchange import errors
 from exchange.api.status import abort, to_status
 from exchange.clock import now_us
+from exchange.crypto.sealing import SealError, seal, unseal
 from exchange.flows.record import record
 from exchange.hub import Hub
+from exchange.policy.disclosure import open_disclosure
 from exchange.policy.identity import Caller, Claim, claim_of
 from exchange.store.requests import ANSWERED, PENDING, REFUSED, RequestRecord
 from exchange.v1 import common_pb2, envelope_pb2, ledger_pb2
@@ -79,10 +82,11 @@ class Pipeline:
         outcome = "OK"
         envelope = envelope_pb2.Envelope()
         try:
-            authenticated, body = await self._authenticate(
+            authenticated, signed, disclosure = await self._authenticate(
                 envelope, request, certificate, method.body_type
             )
             caller = authenticated
+            body = self._disclose(signed, disclosure)
             earlier = await self.hub.requests.claim(
                 authenticated.department_id,
                 authenticated.request_id,
@@ -91,7 +95,7 @@ class Pipeline:
                 now_us(),
             )
             if earlier is not None:
-                return await self._replay(method, authenticated, earlier, context)
+                return await self._replay(method, authenticated, earlier, context, disclosure)
             claimed = True
             response = await method.run(self.hub, authenticated, body)
             self.hub.requests.complete_soon(
@@ -100,10 +104,17 @@ class Pipeline:
                 authenticated.envelope_sha256,
                 method.name,
                 ANSWERED,
-                response.SerializeToString(),
+                seal(response.SerializeToString(), disclosure),
             )
             return response
         except grpc.aio.AbortError:
+            raise
+        except asyncio.CancelledError:
+            # The caller went away: free the request id so its retry runs (it never got an
+            # answer), without waiting, as this task is being cancelled.
+            outcome = "CANCELLED"
+            if claimed and caller is not None:
+                self.hub.requests.release_soon(caller.department_id, caller.request_id)
             raise
         except errors.ExchangeError as error:
             outcome = error.reason_name
@@ -115,7 +126,7 @@ class Pipeline:
                     caller.envelope_sha256,
                     method.name,
                     REFUSED,
-                    status.SerializeToString(),
+                    seal(status.SerializeToString(), disclosure),
                 )
             await abort(context, status)
             raise AssertionError("unreachable") from None  # abort raises
@@ -156,9 +167,10 @@ class Pipeline:
         outcome = "OK"
         envelope = envelope_pb2.Envelope()
         try:
-            caller, body = await self._authenticate(
+            caller, signed, disclosure = await self._authenticate(
                 envelope, request, certificate, method.body_type
             )
+            body = self._disclose(signed, disclosure)
             async for item in method.run(self.hub, caller, body):
                 yield item
         except grpc.aio.AbortError:
@@ -191,18 +203,36 @@ class Pipeline:
         request: bytes,
         certificate: bytes | None,
         body_type: type[Body],
-    ) -> tuple[Caller, Body]:
-        """Decode ``request`` into ``envelope`` and authenticate it. Raises ExchangeError."""
+    ) -> tuple[Caller, Body, bytes]:
+        """Decode ``request`` into ``envelope`` and authenticate it; return the caller, the
+        signed body and the disclosure. Raises ExchangeError.
+
+        The disclosure (personal data) is taken out of ``envelope`` first, so the envelope the
+        caller's entry stores, and whose hash identifies the request, never holds it.
+        """
         try:
             envelope.ParseFromString(request)
         except DecodeError as exc:
             raise errors.InvalidArgument(
                 common_pb2.MALFORMED_ENVELOPE, "the request is not an exchange.v1.Envelope"
             ) from exc
+        disclosure = envelope.disclosure
+        envelope.ClearField("disclosure")
         # Registry reads and signature checks block; keep them off the event loop.
-        return await asyncio.to_thread(
+        caller, body = await asyncio.to_thread(
             self.hub.authenticator.authenticate, certificate, envelope, body_type
         )
+        return caller, body, disclosure
+
+    @staticmethod
+    def _disclose(body: Body, disclosure: bytes) -> Body:
+        """The body with its disclosed personal fields. A refusal here must not store the
+        envelope: with DISCLOSURE_REQUIRED it holds the personal data."""
+        try:
+            return open_disclosure(body, disclosure)
+        except errors.ExchangeError as error:
+            error.store_envelope = False  # type: ignore[attr-defined]
+            raise
 
     async def _replay(
         self,
@@ -210,8 +240,13 @@ class Pipeline:
         caller: Caller,
         earlier: RequestRecord,
         context: grpc.aio.ServicerContext[Any, Any],
+        disclosure: bytes,
     ) -> Response:
-        """Answer a retry: the first answer again, or a refusal if the bytes differ."""
+        """Answer a retry: the first answer again, or a refusal if the bytes differ.
+
+        Stored answers are sealed to the request's disclosure (exchange.crypto.sealing): the
+        retry carries it, the database does not.
+        """
         if earlier.envelope_sha256 != caller.envelope_sha256 or earlier.method != method.name:
             raise errors.FailedPrecondition(
                 common_pb2.REQUEST_ID_REUSED,
@@ -222,10 +257,16 @@ class Pipeline:
                 common_pb2.REQUEST_ID_REUSED,
                 f"request {caller.request_id!r} is still being processed; retry shortly",
             )
+        try:
+            answer = unseal(earlier.response, disclosure)
+        except SealError as exc:
+            raise errors.FailedPrecondition(
+                common_pb2.REQUEST_ID_REUSED,
+                f"request id {caller.request_id!r} was already used for a different request",
+            ) from exc
         if earlier.state == REFUSED:
-            status = status_pb2.Status.FromString(earlier.response)
-            await abort(context, status)
-        return method.response_type.FromString(earlier.response)
+            await abort(context, status_pb2.Status.FromString(answer))
+        return method.response_type.FromString(answer)
 
     async def _refuse(
         self,
@@ -239,8 +280,14 @@ class Pipeline:
         if error.recorded:
             return to_status(error, getattr(error, "ledger_sequence", None))
         who: Caller | Claim
-        if caller is not None:
+        fields = dict(error.entry_fields)
+        attributes = dict(fields.pop("attributes", {}) or {})  # type: ignore[call-overload]
+        attributes["method"] = method.name
+        if caller is not None and getattr(error, "store_envelope", True):
             who, kind = caller, method.kind
+        elif caller is not None:
+            who, kind = Claim(caller.department_id, caller.request_id, b""), method.kind
+            attributes["envelope_sha256"] = caller.envelope_sha256.hex()
         else:
             peer = None
             if certificate:
@@ -250,15 +297,17 @@ class Pipeline:
                     peer = peer_identity(certificate).department_id
                 except CertificateError:
                     peer = None
-            who, kind = claim_of(envelope, peer), ledger_pb2.CALL_REFUSAL
+            # Unauthenticated bytes are not kept (anyone holding a certificate could fill the
+            # ledger with them): only their hash and size.
+            claim = claim_of(envelope, peer)
+            who, kind = Claim(claim.department_id, claim.request_id, b""), ledger_pb2.CALL_REFUSAL
+            attributes["envelope_sha256"] = hashlib.sha256(claim.envelope_bytes).hexdigest()
+            attributes["envelope_bytes"] = str(len(claim.envelope_bytes))
         outcome = (
             ledger_pb2.FAILED
             if error.code in (errors.Code.UNAVAILABLE, errors.Code.DEADLINE_EXCEEDED)
             else ledger_pb2.REFUSED
         )
-        fields = dict(error.entry_fields)
-        attributes = dict(fields.pop("attributes", {}) or {})  # type: ignore[call-overload]
-        attributes["method"] = method.name
         try:
             receipt = await record(
                 self.hub.ledger,

@@ -30,25 +30,26 @@ MAX_VALUE_BYTES = 64 * 1024
 def canonical_value(kind: FieldType, value: str) -> str:
     """``value`` in the canonical form of ``kind``.
 
-    Raises ValueError if it is not a value of that type.
+    Raises ValueError if it is not a value of that type. The message names the expected form
+    only, never the value: values are personal data and messages reach callers and logs.
     """
     if kind is FieldType.STRING:
         return unicodedata.normalize("NFC", value)
     if kind is FieldType.INTEGER:
         if not _INTEGER.match(value):
-            raise ValueError(f"{value[:32]!r} is not a decimal integer")
+            raise ValueError("must be a decimal integer")
         return str(int(value))
     if kind is FieldType.DATE:
         if not _DATE.match(value):
-            raise ValueError(f"{value[:32]!r} is not a YYYY-MM-DD date")
+            raise ValueError("must be a date in the form YYYY-MM-DD")
         try:
             return dt.date.fromisoformat(value).isoformat()
         except ValueError as exc:
-            raise ValueError(f"{value!r} is not a calendar date") from exc
+            raise ValueError("must be a calendar date (YYYY-MM-DD)") from exc
     if kind is FieldType.BOOLEAN:
         lowered = value.lower()
         if lowered not in ("true", "false"):
-            raise ValueError(f"{value[:32]!r} is not true or false")
+            raise ValueError("must be true or false")
         return lowered
     raise ValueError(f"unknown field type {kind!r}")  # pragma: no cover - closed enum
 
@@ -72,7 +73,7 @@ def canonical_fields(
         try:
             result[name] = canonical_value(spec.type, value)
         except ValueError as exc:
-            raise _violation(f"field {name!r}: {exc}") from exc
+            raise _violation(f"field {name!r} ({spec.type.name}) {exc}") from exc
     if complete:
         missing = [f.name for f in material_type.fields if f.required and f.name not in result]
         if missing:

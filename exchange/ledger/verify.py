@@ -1,10 +1,13 @@
 """Offline verification of a ledger export, with no access to the hub.
 
-Checks every chain link, every envelope against the key of the entry's actor valid at the
-entry's time, the Merkle root at every checkpoint, every checkpoint signature, that checkpoints
+Checks every chain link, that entry times never go back, that every OK entry carries an
+envelope, every envelope against the key of the entry's actor valid at the entry's time, the
+Merkle root at every checkpoint, every checkpoint signature, that checkpoints
 grow (consecutive checkpoints are consistent because both roots are recomputed from the one
 leaf sequence), that the export is complete, and optionally that it extends a checkpoint the
-auditor already trusts.
+auditor already trusts. What the ledger does not know (that an envelope is the request of its
+entry, and that the export's unsigned key records are vouched for by the operator's registry
+entries) is checked by an ``EntryAudit`` hook, by default ``keyhistory.RegistryAudit``.
 
 Per-entry work (decode, hashes, envelope signatures) runs in a process pool over chunks of the
 stream, since Ed25519 verification dominates and the GIL would hold it to one core; the parent
@@ -22,7 +25,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, NamedTuple, Protocol
 
 from google.protobuf.message import DecodeError
 
@@ -49,8 +52,13 @@ class FailureReason(enum.Enum):
     MALFORMED_ENTRY = "malformed entry"
     SEQUENCE_GAP = "entry missing or out of order"
     ENVELOPE_HASH_MISMATCH = "envelope does not match the entry's envelope hash"
+    MISSING_ENVELOPE = "an OK entry carries no envelope"
     NO_VALID_KEY = "envelope not signed by a key of the entry's actor valid at its time"
     BAD_ENVELOPE_SIGNATURE = "envelope signature does not verify"
+    ENVELOPE_ENTRY_MISMATCH = "envelope is not the request the entry records"
+    UNREGISTERED_KEY = "signing key not vouched for by the operator's registry entries"
+    REVOKED_KEY_USED = "signing key used after the entry that revoked it"
+    TIME_REGRESSION = "entry time earlier than the previous entry's"
     CHAIN_BROKEN = "hash chain broken"
     BAD_CHECKPOINT_SIGNATURE = "checkpoint not signed by the hub"
     ROOT_MISMATCH = "checkpoint root differs from the entries' Merkle root"
@@ -102,17 +110,65 @@ class Report:
         )
 
 
+class KeyInfo(NamedTuple):
+    """One key record of the export; times in nanoseconds since the Unix epoch."""
+
+    keyid: str
+    public_key: bytes
+    valid_from: int
+    valid_until: int | None
+    revoked_at: int | None
+
+
+Problem = tuple[str, str]  # (FailureReason member name, message)
+
+
+class EntryAudit(Protocol):
+    """Checks beyond what the ledger knows, plugged into ``verify_export``.
+
+    ``inspect`` runs in the worker processes (the object is pickled to them once), for every
+    OK entry whose envelope verified; it must not depend on state. ``start`` and ``observe`` run
+    in the parent: ``start`` once with the key records (by actor) and the pinned hub public keys,
+    ``observe`` for the same entries in log order with what ``inspect`` returned as facts.
+    Problems name a ``FailureReason`` member.
+    """
+
+    def inspect(
+        self, entry: ledger_pb2.LedgerEntry, envelope: envelope_pb2.Envelope
+    ) -> tuple[list[Problem], Any]: ...
+
+    def start(
+        self, keys: dict[str, list[KeyInfo]], hub_public_keys: Sequence[bytes]
+    ) -> list[Problem]: ...
+
+    def observe(
+        self, sequence: int, time_ns: int, actor: str, keyid: str, facts: Any
+    ) -> list[Problem]: ...
+
+
+def default_audit() -> EntryAudit:
+    """The hook ``verify_export`` uses by default: ``keyhistory.RegistryAudit``."""
+    from exchange.ledger.keyhistory import RegistryAudit
+
+    return RegistryAudit()
+
+
 # ------------------------------------------------------------------ worker side
 
-_Key = tuple[str, bytes, int, int | None, int | None]  # keyid, public key, from, until, revoked
+_Key = KeyInfo
 _KEYS: dict[str, list[_Key]] = {}
+_AUDIT: EntryAudit | None = None
 
-ChunkResult = tuple[list[int], list[bytes], list[bytes], list[tuple[int, str, str]], int]
+Verified = tuple[int, int, str, str, Any]  # position, time, actor, keyid, facts
+ChunkResult = tuple[
+    list[int], list[bytes], list[bytes], list[tuple[int, str, str]], int, list[int], list[Verified]
+]
 
 
-def _init_worker(keys: dict[str, list[_Key]]) -> None:
-    global _KEYS  # a per-process key table, set once by the pool initializer
+def _init_worker(keys: dict[str, list[_Key]], audit: EntryAudit | None = None) -> None:
+    global _KEYS, _AUDIT  # a per-process key table and hook, set once by the pool initializer
     _KEYS = keys
+    _AUDIT = audit
 
 
 def _key_lookup(actor: str, time_ns: int) -> Callable[[str], bytes | None]:
@@ -138,6 +194,8 @@ def _check_chunk(start: int, lines: list[str]) -> ChunkResult:
     leaves: list[bytes] = []
     prevs: list[bytes] = []
     failures: list[tuple[int, str, str]] = []
+    times: list[int] = []
+    verified: list[Verified] = []
     signatures = 0
     for offset, line in enumerate(lines):
         position = start + offset
@@ -151,18 +209,27 @@ def _check_chunk(start: int, lines: list[str]) -> ChunkResult:
             sequences.append(-1)
             leaves.append(b"")
             prevs.append(b"")
+            times.append(-1)
             continue
         sequences.append(entry.sequence)
         leaves.append(merkle.leaf_hash(entry_bytes))
         prevs.append(entry.prev_leaf_hash)
+        time_ns = entry_time_ns(entry)
+        times.append(time_ns)
         if entry.envelope_hash != envelope_hash(envelope):
             failures.append(
                 (position, "ENVELOPE_HASH_MISMATCH", "the stored envelope bytes were altered")
             )
             continue
         # A refused or failed call may carry a bad signature legitimately: only OK entries
-        # vouch for their envelope's signature.
-        if entry.outcome != ledger_pb2.OK or not envelope:
+        # vouch for their envelope's signature. Every OK entry records an authenticated call,
+        # whose signed envelope the hub stores beside it (the operator's calls included).
+        if entry.outcome != ledger_pb2.OK:
+            continue
+        if not envelope:
+            failures.append(
+                (position, "MISSING_ENVELOPE", f"actor {entry.actor}: the call's envelope is gone")
+            )
             continue
         signatures += 1
         try:
@@ -170,13 +237,18 @@ def _check_chunk(start: int, lines: list[str]) -> ChunkResult:
         except DecodeError:
             failures.append((position, "BAD_ENVELOPE_SIGNATURE", "envelope is not decodable"))
             continue
-        lookup = _key_lookup(entry.actor, entry_time_ns(entry))
+        lookup = _key_lookup(entry.actor, time_ns)
         try:
-            verify(message, lookup)
+            signer = verify(message, lookup)
         except EnvelopeError as exc:
             reason = "NO_VALID_KEY" if "known key" in str(exc) else "BAD_ENVELOPE_SIGNATURE"
             failures.append((position, reason, f"actor {entry.actor}: {exc}"))
-    return sequences, leaves, prevs, failures, signatures
+            continue
+        if _AUDIT is not None:
+            problems, facts = _AUDIT.inspect(entry, message)
+            failures.extend((position, reason, text) for reason, text in problems)
+            verified.append((position, time_ns, entry.actor, signer.keyid, facts))
+    return sequences, leaves, prevs, failures, signatures, times, verified
 
 
 # ------------------------------------------------------------------ parent side
@@ -215,7 +287,7 @@ def _keys_from(records: list[dict[str, Any]]) -> dict[str, list[_Key]]:
         until = record.get("valid_until")
         revoked = record.get("revoked_at")
         keys.setdefault(str(record["actor"]), []).append(
-            (
+            KeyInfo(
                 str(record["keyid"]),
                 public_key,
                 parse_time_ns(record["valid_from"]),
@@ -233,9 +305,12 @@ class _Verifier:
         hub_keys: list[NoteVerifier],
         trusted: tuple[int, bytes] | None,
         progress: Callable[[int], None] | None,
+        audit: EntryAudit | None = None,
     ) -> None:
         self.report = report
         self.hub_keys = hub_keys
+        self.audit = audit
+        self.last_time = -1
         self.trusted = trusted
         self.progress = progress
         self.tree = merkle.CompactRange()
@@ -249,12 +324,25 @@ class _Verifier:
         self.report.failures.append(Failure(sequence, reason, message))
 
     def absorb(self, result: ChunkResult) -> None:
-        sequences, leaves, prevs, failures, signatures = result
+        sequences, leaves, prevs, failures, signatures, times, verified = result
         self.report.signatures += signatures
         for position, reason, message in failures:
             self.fail(position, FailureReason[reason], message)
-        for sequence, leaf, prev in zip(sequences, leaves, prevs, strict=True):
+        if self.audit is not None:
+            for position, time_ns, actor, keyid, facts in verified:
+                for reason, message in self.audit.observe(position, time_ns, actor, keyid, facts):
+                    self.fail(position, FailureReason[reason], message)
+        for sequence, leaf, prev, time_ns in zip(sequences, leaves, prevs, times, strict=True):
             position = self.position
+            if time_ns != -1:
+                # A backdated entry could slip into a rotated or revoked key's validity window.
+                if time_ns < self.last_time:
+                    self.fail(
+                        position,
+                        FailureReason.TIME_REGRESSION,
+                        f"entry {position} is dated before entry {position - 1}",
+                    )
+                self.last_time = time_ns
             if not self.broken:
                 if sequence == -1:
                     self.broken = True  # already reported as malformed
@@ -345,6 +433,7 @@ def verify_export(
     workers: int | None = None,
     progress: Callable[[int], None] | None = None,
     on_header: Callable[[int], None] | None = None,
+    audit: EntryAudit | None = None,
 ) -> Report:
     """Verify an export stream read from ``handle``.
 
@@ -353,7 +442,9 @@ def verify_export(
     signed-note checkpoint the auditor already holds; the export must extend it. ``workers`` is
     the process count for per-entry checks (default: every core; 0 checks in this process).
     ``progress`` is called with the number of entries checked so far in each step and
-    ``on_header`` with the declared size. Returns a Report; never raises for a bad export.
+    ``on_header`` with the declared size. ``audit`` checks what the ledger does not know
+    (default: ``default_audit()``, the binding of envelopes to entries and of key records to the
+    operator's registry entries). Returns a Report; never raises for a bad export.
     """
     report = Report()
     source = _Stream(handle)
@@ -388,7 +479,8 @@ def verify_export(
             )
             return report
         trusted = (held.size, held.root_hash)
-    state = _Verifier(report, pinned, trusted, progress)
+    hook = default_audit() if audit is None else audit
+    state = _Verifier(report, pinned, trusted, progress, hook)
     key_records: list[dict[str, Any]] = []
     chunk: list[str] = []
     chunk_start = 0
@@ -403,9 +495,9 @@ def verify_export(
         nonlocal pool, chunk, chunk_start
         assert keys is not None
         if count > 0 and pool is None and (len(chunk) == CHUNK or pending):
-            pool = ProcessPoolExecutor(count, initializer=_init_worker, initargs=(keys,))
+            pool = ProcessPoolExecutor(count, initializer=_init_worker, initargs=(keys, hook))
         if pool is None:
-            _init_worker(keys)
+            _init_worker(keys, hook)
             state.absorb(_check_chunk(chunk_start, chunk))
         else:
             pending.append(pool.submit(_check_chunk, chunk_start, chunk))
@@ -421,7 +513,7 @@ def verify_export(
             kind = _record_type(line)
             if kind == "entry":
                 if keys is None:
-                    keys = _keys_from(key_records)
+                    keys = _start(state, key_records)
                 chunk.append(line)
                 entries_seen += 1
                 if len(chunk) == CHUNK:
@@ -439,7 +531,7 @@ def verify_export(
             else:
                 raise ValueError(f"unknown record type {kind!r}")
         if keys is None:
-            keys = _keys_from(key_records)
+            keys = _start(state, key_records)
         if chunk:
             submit()
         while pending:
@@ -454,6 +546,15 @@ def verify_export(
             pool.shutdown(cancel_futures=True)
     _finish(state, ended)
     return report
+
+
+def _start(state: _Verifier, records: list[dict[str, Any]]) -> dict[str, list[_Key]]:
+    keys = _keys_from(records)
+    if state.audit is not None:
+        hub_public_keys = [k.public_key for k in state.hub_keys]
+        for reason, message in state.audit.start(keys, hub_public_keys):
+            state.fail(None, FailureReason[reason], message)
+    return keys
 
 
 def _finish(state: _Verifier, ended: dict[str, Any] | None) -> None:

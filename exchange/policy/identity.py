@@ -3,9 +3,10 @@
 The checks, in order (docs/security.md): a client certificate is present; the envelope decodes
 and carries the payload type of the method; the body's header is complete; the certificate names
 the department of the header; the department is registered and active (the hub operator is known
-by the hub key); the signature verifies under a key of that department; that key is neither
-revoked nor expired; the issue time is inside the replay window. Freshness comes after the
-signature so that an unauthenticated caller learns nothing about the hub's clock.
+by the hub key); the signature verifies under a key of that department; that key is inside its
+validity (not before ``valid_from``, not rotated out) and not revoked; the issue time is inside
+the replay window. Freshness comes after the signature so that an unauthenticated caller learns
+nothing about the hub's clock.
 """
 
 from __future__ import annotations
@@ -180,14 +181,22 @@ class Authenticator:
             def usable(keyid: str, department: DepartmentRecord = department) -> None:
                 key = department.key(keyid)
                 assert key is not None  # verify() only returns keys from ``keys``
+                if key.usable_at(now):
+                    return
+                # Not usable: say why. Revocation wins over the validity window. A key whose
+                # validity has not begun is known to the registry, so it is reported as outside
+                # its validity (KEY_EXPIRED), not as UNKNOWN_KEY (docs/api.md).
                 if key.revoked_us is not None and key.revoked_us <= now:
                     raise errors.Unauthenticated(
                         common_pb2.KEY_REVOKED, f"signing key {keyid[:16]}… was revoked"
                     )
-                if key.valid_until_us is not None and key.valid_until_us <= now:
+                if now < key.valid_from_us:
                     raise errors.Unauthenticated(
-                        common_pb2.KEY_EXPIRED, f"signing key {keyid[:16]}… was rotated out"
+                        common_pb2.KEY_EXPIRED, f"signing key {keyid[:16]}… is not valid yet"
                     )
+                raise errors.Unauthenticated(
+                    common_pb2.KEY_EXPIRED, f"signing key {keyid[:16]}… was rotated out"
+                )
 
         try:
             verified = verify(envelope, keys.get)

@@ -80,7 +80,9 @@ class RequestLog:
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
-        self._claim = insert(requests).on_conflict_do_nothing()
+        # RETURNING tells a claim that inserted from one that lost to a concurrent claim (by
+        # another hub process) and must read the winner's record instead.
+        self._claim = insert(requests).on_conflict_do_nothing().returning(requests.c.request_id)
         self._select = select(requests).where(
             requests.c.department_id == bindparam("d"), requests.c.request_id == bindparam("r")
         )
@@ -152,6 +154,10 @@ class RequestLog:
         """Forget a claim whose call failed for an internal reason, so a retry runs again."""
         await self._submit(_Release(department_id, request_id))
 
+    def release_soon(self, department_id: str, request_id: str) -> None:
+        """``release`` without waiting: for a call being cancelled (its caller went away)."""
+        self._enqueue(_Release(department_id, request_id)).add_done_callback(_log_failure)
+
     def purge(self, before_us: int) -> int:
         """Delete records received before ``before_us``; return how many.
 
@@ -200,11 +206,10 @@ class RequestLog:
             loop.call_soon_threadsafe(_settle, future, result, False)
 
     def _apply(self, conn: Connection, operations: list[Operation]) -> list[Any]:
-        # One prepared statement per kind of write, executed with many parameter sets: the
-        # statements are built once (building them costs more than running them).
+        # Prepared statements, built once (building them costs more than running them); the
+        # answers are written with one executemany per batch.
         earlier: dict[tuple[str, str], RequestRecord | None] = {}
         results: list[Any] = []
-        inserts: list[dict[str, Any]] = []
         completes: list[dict[str, Any]] = []
         for op in operations:
             key = (op.department_id, op.request_id)
@@ -216,7 +221,8 @@ class RequestLog:
                 if found is not None:
                     results.append(found)
                     continue
-                inserts.append(
+                inserted = conn.execute(
+                    self._claim,
                     {
                         "department_id": op.department_id,
                         "request_id": op.request_id,
@@ -225,8 +231,14 @@ class RequestLog:
                         "state": PENDING,
                         "response": None,
                         "received_us": op.now_us,
-                    }
-                )
+                    },
+                ).first()
+                if inserted is None:
+                    # Another hub process claimed the id between our read and our insert.
+                    row = conn.execute(self._select, {"d": key[0], "r": key[1]}).first()
+                    earlier[key] = None if row is None else _record(row)
+                    results.append(earlier[key])
+                    continue
                 # A later claim of the same id in this batch sees this one.
                 earlier[key] = RequestRecord(op.envelope_sha256, op.method, PENDING, None)
                 results.append(None)
@@ -238,19 +250,14 @@ class RequestLog:
                 earlier[key] = RequestRecord(op.envelope_sha256, op.method, op.state, op.response)
                 results.append(None)
             else:
-                self._flush(conn, inserts, completes)
+                self._flush(conn, completes)
                 conn.execute(self._delete, {"d": key[0], "r": key[1]})
                 earlier[key] = None
                 results.append(None)
-        self._flush(conn, inserts, completes)
+        self._flush(conn, completes)
         return results
 
-    def _flush(
-        self, conn: Connection, inserts: list[dict[str, Any]], completes: list[dict[str, Any]]
-    ) -> None:
-        if inserts:
-            conn.execute(self._claim, inserts)
-            inserts.clear()
+    def _flush(self, conn: Connection, completes: list[dict[str, Any]]) -> None:
         if completes:
             conn.execute(self._complete, completes)
             completes.clear()

@@ -24,7 +24,9 @@ PROVIDER_KINDS = frozenset({"REQUEST", "PREFILL"})
 # CALL_REFUSAL is left out: its actor is only what an unauthenticated caller claimed to be.
 DATA_KINDS = frozenset({"CHECK", "SUBMIT", "REQUEST", "PREFILL", "ACCESS_HISTORY"})
 # Calls that reveal something about a subject; distinct subjects count towards bulk access.
-ACCESS_KINDS = frozenset({"CHECK", "REQUEST", "PREFILL"})
+# ACCESS_HISTORY is one: it tells the caller who touched a person's material, so a form tool
+# reading many people's histories is enumerating people like any bulk reader.
+ACCESS_KINDS = frozenset({"CHECK", "REQUEST", "PREFILL", "ACCESS_HISTORY"})
 
 
 class Rule(Protocol):
@@ -269,7 +271,7 @@ class RepeatedRefusals:
 
 class BulkAccess:
     """RISK, RED: one consumer touched more than ``bulk_subjects_per_window`` distinct subjects
-    within the window (successful checks, requests and prefills).
+    within the window (successful checks, requests, prefills and access-history reads).
 
     The subject refs (keyed hashes) stay in memory for the window only; the alert counts them.
     Raised at most once per window and consumer.

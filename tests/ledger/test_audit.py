@@ -18,18 +18,23 @@ from sqlalchemy import Engine
 from exchange.cli.audit import audit
 from exchange.crypto.envelope import sign
 from exchange.crypto.keys import SigningKey
-from exchange.ledger import Ledger, LedgerConfig, sign_checkpoint, verifier_key
+from exchange.ledger import EntryDraft, Ledger, LedgerConfig, merkle, sign_checkpoint, verifier_key
 from exchange.ledger import verify as verify_module
 from exchange.ledger.entry import envelope_hash
 from exchange.ledger.export import KeyRecord, export_ledger
 from exchange.ledger.verify import FailureReason, Report, verify_export
 from exchange.store.database import open_engine, upgrade
-from exchange.v1 import ledger_pb2
+from exchange.v1 import common_pb2, envelope_pb2, exchange_pb2, ledger_pb2, registry_pb2
 
 from .support import ORIGIN, draft
 
-A, B = "js.nj.civil-affairs", "js.nj.public-security"
+A, B, HUB = "js.nj.civil-affairs", "js.nj.public-security", "hub"
 LONG_AGO = datetime(2020, 1, 1, tzinfo=UTC)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Where things are in the world's log: the operator registers A (key a1) and B (key b), A calls
+# twelve times (req-0 … req-11), B once, A is refused once, the operator rotates A's key to a2,
+# A calls sixteen times with a2 (req-14 … req-29), B once more (req-30).
+REGISTER_A, REGISTER_B, ROTATE_A, LAST = 0, 1, 16, 33
 
 
 @dataclass
@@ -50,31 +55,96 @@ class World:
         return out.getvalue().splitlines(keepends=True)
 
 
-def _envelope(key: SigningKey, text: str) -> bytes:
-    return sign(text.encode(), "exchange.v1.CheckRequest", key).SerializeToString()
+def _header(department: str, request_id: str) -> common_pb2.RequestHeader:
+    header = common_pb2.RequestHeader(request_id=request_id, department_id=department)
+    header.issued_at.GetCurrentTime()
+    return header
+
+
+def _envelope(key: SigningKey, department: str, request_id: str) -> bytes:
+    """A department's signed Check call."""
+    body = exchange_pb2.CheckRequest(
+        header=_header(department, request_id), material_type="household-registration"
+    )
+    return sign(body.SerializeToString(), "exchange.v1.CheckRequest", key).SerializeToString()
+
+
+def _registration(
+    hub: SigningKey, department: str, key: SigningKey, request_id: str, rotate: bool = False
+) -> tuple[EntryDraft, bytes]:
+    """The operator's signed registration (or rotation) of ``key`` for ``department``."""
+    header = _header(HUB, request_id)
+    kind, body_type = ledger_pb2.DEPARTMENT_REGISTRATION, "exchange.v1.RegisterDepartmentRequest"
+    if rotate:
+        kind, body_type = ledger_pb2.KEY_ROTATION, "exchange.v1.RotateKeyRequest"
+        payload = registry_pb2.RotateKeyRequest(
+            header=header, department_id=department, new_public_key=key.public_bytes
+        ).SerializeToString()
+    else:
+        registered = registry_pb2.Department(id=department, name=department)
+        registered.keys.add(public_key=key.public_bytes)
+        payload = registry_pb2.RegisterDepartmentRequest(
+            header=header, department=registered
+        ).SerializeToString()
+    entry = draft(
+        0,
+        actor=HUB,
+        kind=kind,
+        request_id=request_id,
+        counterparty=department,
+        material_type="",
+        attributes={"keyid": key.keyid},
+    )
+    return entry, sign(payload, body_type, hub).SerializeToString()
+
+
+def _revocation(
+    hub: SigningKey, department: str, keyid: str, request_id: str
+) -> tuple[EntryDraft, bytes]:
+    """The operator's signed revocation of a department's key."""
+    body = registry_pb2.RevokeKeyRequest(
+        header=_header(HUB, request_id), department_id=department, keyid=keyid
+    )
+    envelope = sign(body.SerializeToString(), "exchange.v1.RevokeKeyRequest", hub)
+    entry = draft(
+        0,
+        actor=HUB,
+        kind=ledger_pb2.KEY_REVOCATION,
+        request_id=request_id,
+        counterparty=department,
+        material_type="",
+        attributes={"keyid": keyid},
+    )
+    return entry, envelope.SerializeToString()
 
 
 async def _build(engine: Engine, hub: SigningKey, salt: str = "") -> World:
     keys = {"a1": SigningKey.generate(), "a2": SigningKey.generate(), "b": SigningKey.generate()}
     ledger = Ledger(engine, hub, ORIGIN, LedgerConfig(checkpoint_every=7, max_batch=4))
     await ledger.start()
+    await ledger.append(*_registration(hub, A, keys["a1"], f"op-{salt}1"))
+    await ledger.append(*_registration(hub, B, keys["b"], f"op-{salt}2"))
     for i in range(12):
-        await ledger.append(
-            draft(i, actor=A, request_id=f"req-{salt}{i}"), _envelope(keys["a1"], f"a{i}")
-        )
-    await ledger.append(draft(12, actor=B), _envelope(keys["b"], "b12"))
+        rid = f"req-{salt}{i}"
+        await ledger.append(draft(i, actor=A, request_id=rid), _envelope(keys["a1"], A, rid))
+    await ledger.append(draft(12, actor=B), _envelope(keys["b"], B, "req-12"))
     # a refused call whose envelope signature is bad: recorded, only its hash must match
-    refused = _envelope(keys["b"], "forged").replace(b"forged", b"FORGED")
+    refused = _envelope(keys["b"], A, "req-13").replace(b"req-13", b"REQ-13")
     await ledger.append(draft(13, actor=A, outcome=ledger_pb2.REFUSED, reason=10), refused)
+    await ledger.append(*_registration(hub, A, keys["a2"], f"op-{salt}3", rotate=True))
     await asyncio.sleep(0.002)
     rotation = datetime.now(UTC)
     await asyncio.sleep(0.002)
     await asyncio.gather(
-        *(ledger.append(draft(i, actor=A), _envelope(keys["a2"], f"a{i}")) for i in range(14, 30))
+        *(
+            ledger.append(draft(i, actor=A), _envelope(keys["a2"], A, f"req-{i}"))
+            for i in range(14, 30)
+        )
     )
-    await ledger.append(draft(30, actor=B))  # no envelope
+    await ledger.append(draft(30, actor=B), _envelope(keys["b"], B, "req-30"))
     await ledger.close()
     history = [
+        KeyRecord(HUB, hub.keyid, hub.public_bytes, EPOCH),
         KeyRecord(A, keys["a1"].keyid, keys["a1"].public_bytes, LONG_AGO, valid_until=rotation),
         KeyRecord(A, keys["a2"].keyid, keys["a2"].public_bytes, rotation),
         KeyRecord(B, keys["b"].keyid, keys["b"].public_bytes, LONG_AGO),
@@ -119,9 +189,9 @@ def test_valid_export_verifies(world: World) -> None:
     lines = world.export()
     report = _verify(lines, hub_keys=[world.hub_vkey])
     assert report.ok, report.first_failure
-    assert report.entries == report.size == 31
+    assert report.entries == report.size == LAST + 1
     assert report.checkpoints >= 4
-    assert report.signatures == 29  # OK entries with envelopes; the refused one is not checked
+    assert report.signatures == LAST  # every OK entry; the refused one is not checked
     header = json.loads(lines[0])
     assert header["format"] == "exchange-ledger-export" and header["origin"] == ORIGIN
 
@@ -137,27 +207,27 @@ def test_verification_in_a_process_pool_finds_the_same(
     _assert_fails(_verify(bad, workers=2), 21, FailureReason.ENVELOPE_HASH_MISMATCH)
 
 
+def _flip_material_type(record: dict[str, object]) -> None:
+    data = base64.b64decode(str(record["entry"]))
+    changed = data.replace(b"household-registration", b"household-registrbtion")
+    assert changed != data
+    record["entry"] = base64.b64encode(changed).decode()
+
+
 def test_changed_byte_in_an_entry_is_detected(world: World) -> None:
     lines = world.export()
-    index = _entry_index(lines, 5)
-
-    def change(record: dict[str, object]) -> None:
-        data = base64.b64decode(str(record["entry"]))
-        record["entry"] = base64.b64encode(data.replace(b"req-5", b"req-6")).decode()
-
-    _assert_fails(_verify(_rewrite(lines, index, change)), 5, FailureReason.CHAIN_BROKEN)
+    index = _entry_index(lines, 7)
+    _assert_fails(
+        _verify(_rewrite(lines, index, _flip_material_type)), 7, FailureReason.CHAIN_BROKEN
+    )
 
 
 def test_changed_byte_in_the_last_entry_breaks_the_checkpoint_root(world: World) -> None:
     lines = world.export()
-    index = _entry_index(lines, 30)
-
-    def change(record: dict[str, object]) -> None:
-        data = bytearray(base64.b64decode(str(record["entry"])))
-        data[data.index(b"req-30") + 4] ^= 0x01
-        record["entry"] = base64.b64encode(bytes(data)).decode()
-
-    _assert_fails(_verify(_rewrite(lines, index, change)), 30, FailureReason.ROOT_MISMATCH)
+    index = _entry_index(lines, LAST)
+    _assert_fails(
+        _verify(_rewrite(lines, index, _flip_material_type)), LAST, FailureReason.ROOT_MISMATCH
+    )
 
 
 def test_changed_byte_in_an_envelope_is_detected(world: World) -> None:
@@ -212,8 +282,8 @@ def test_truncated_log_is_detected(world: World) -> None:
 
 def test_entry_resigned_with_another_departments_key_is_detected(world: World) -> None:
     lines = world.export()
-    index = _entry_index(lines, 4)
-    forged = _envelope(world.keys["b"], "a4")
+    index = _entry_index(lines, 6)
+    forged = _envelope(world.keys["b"], A, "req-4")
 
     def change(record: dict[str, object]) -> None:
         # the forger also fixes the entry's envelope hash so the envelope check passes
@@ -222,17 +292,18 @@ def test_entry_resigned_with_another_departments_key_is_detected(world: World) -
         record["entry"] = base64.b64encode(entry.SerializeToString(deterministic=True)).decode()
         record["envelope"] = base64.b64encode(forged).decode()
 
-    _assert_fails(_verify(_rewrite(lines, index, change)), 4, FailureReason.NO_VALID_KEY)
+    _assert_fails(_verify(_rewrite(lines, index, change)), 6, FailureReason.NO_VALID_KEY)
 
 
 async def test_key_validity_follows_the_entry_time(engine: Engine, hub_key: SigningKey) -> None:
     world = await _build(engine, hub_key)
     ledger = Ledger(engine, hub_key, ORIGIN)
     await ledger.start()
-    await ledger.append(draft(31, actor=A), _envelope(world.keys["a1"], "late"))
+    await ledger.append(draft(31, actor=A), _envelope(world.keys["a1"], A, "req-31"))
     await ledger.close()
-    _assert_fails(_verify(world.export()), 31, FailureReason.NO_VALID_KEY)
+    _assert_fails(_verify(world.export()), LAST + 1, FailureReason.NO_VALID_KEY)
     revoked = [
+        world.history[0],
         KeyRecord(
             A,
             world.keys["a1"].keyid,
@@ -240,10 +311,10 @@ async def test_key_validity_follows_the_entry_time(engine: Engine, hub_key: Sign
             LONG_AGO,
             revoked_at=world.rotation - timedelta(days=1),
         ),
-        *world.history[1:],
+        *world.history[2:],
     ]
     world.history = revoked
-    _assert_fails(_verify(world.export()), 0, FailureReason.NO_VALID_KEY)
+    _assert_fails(_verify(world.export()), REGISTER_B + 1, FailureReason.NO_VALID_KEY)
 
 
 def test_checkpoint_signed_by_another_key_is_detected(world: World) -> None:
@@ -309,7 +380,7 @@ def test_cli_export_and_verify(tmp_path: Path, world: World, db_url: str) -> Non
     assert result.exit_code == 0, result.output
     result = runner.invoke(audit, ["verify", str(out), "--hub-verifier-key", world.hub_vkey])
     assert result.exit_code == 0, result.output
-    assert "valid: 31 entries" in result.output
+    assert f"valid: {LAST + 1} entries" in result.output
     trusted = tmp_path / "trusted.txt"
     trusted.write_text(Ledger(world.engine, world.hub, ORIGIN).checkpoint_at(14).note)
     result = runner.invoke(audit, ["verify", str(out), "--trusted-checkpoint", str(trusted)])
@@ -348,3 +419,230 @@ def test_checkpoint_right_after_a_chunk_boundary_is_checked(
     rogue = sign_checkpoint(ORIGIN, first["size"], bytes(32), world.hub, ORIGIN)
     bad = _rewrite(lines, index, lambda r: r.update(note=rogue.note))
     _assert_fails(_verify(bad, workers=0), first["size"] - 1, FailureReason.ROOT_MISMATCH)
+
+
+# ---------------------------------------------------------------- a dishonest hub
+#
+# The hub holds the hub key: it can rewrite entries, re-chain them and re-sign every
+# checkpoint, so the export is self-consistent. What it cannot do is sign as a department or as
+# the operator key the auditor pinned; these tests check that what it can do is still caught.
+
+Change = Callable[[ledger_pb2.LedgerEntry, bytes], bytes]
+
+
+def _reforge(lines: list[str], hub: SigningKey, changes: dict[int, Change]) -> list[str]:
+    """Apply ``changes`` (by sequence: alter the entry in place, return the new envelope), then
+    re-chain every entry and re-sign every checkpoint with the hub key."""
+    out: list[str] = []
+    leaves: list[bytes] = []
+    prev = bytes(32)
+    for line in lines:
+        record = json.loads(line)
+        if record["type"] == "entry":
+            entry = ledger_pb2.LedgerEntry.FromString(base64.b64decode(record["entry"]))
+            envelope = base64.b64decode(record["envelope"])
+            change = changes.get(entry.sequence)
+            if change is not None:
+                envelope = change(entry, envelope)
+            entry.envelope_hash = envelope_hash(envelope)
+            entry.prev_leaf_hash = prev
+            data = entry.SerializeToString(deterministic=True)
+            prev = merkle.leaf_hash(data)
+            leaves.append(prev)
+            record["entry"] = base64.b64encode(data).decode()
+            record["envelope"] = base64.b64encode(envelope).decode()
+        elif record["type"] == "checkpoint":
+            size = record["size"]
+            record["note"] = sign_checkpoint(
+                ORIGIN, size, merkle.root(leaves[:size]), hub, ORIGIN
+            ).note
+        out.append(json.dumps(record, separators=(",", ":"), ensure_ascii=False) + "\n")
+    assert set(changes) <= set(range(len(leaves)))
+    return out
+
+
+def _envelope_of(lines: list[str], sequence: int) -> bytes:
+    return base64.b64decode(json.loads(lines[_entry_index(lines, sequence)])["envelope"])
+
+
+def test_the_reforged_export_itself_verifies(world: World) -> None:
+    lines = world.export()
+    assert _reforge(lines, world.hub, {}) == lines
+
+    # a harmless rewrite (the material type) re-chained and re-signed verifies: the tests
+    # below fail for what they change, not for the reforging
+    def harmless(entry: ledger_pb2.LedgerEntry, envelope: bytes) -> bytes:
+        entry.material_type = "marriage-record"
+        return envelope
+
+    assert _verify(_reforge(lines, world.hub, {5: harmless}), hub_keys=[world.hub_vkey]).ok
+
+
+def test_envelope_of_another_request_beside_an_entry_is_detected(world: World) -> None:
+    lines = world.export()
+    other = _envelope_of(lines, 4)  # A's signed req-2, valid under the same key
+    forged = _reforge(lines, world.hub, {3: lambda entry, envelope: other})
+    report = _verify(forged, hub_keys=[world.hub_vkey])
+    _assert_fails(report, 3, FailureReason.ENVELOPE_ENTRY_MISMATCH)
+    assert "req-2" in str(report.first_failure)
+
+
+def test_envelope_of_another_department_beside_an_entry_is_detected(world: World) -> None:
+    lines = world.export()
+    # A signed a request in B's name (the hub refused it: the certificate names A); the hub
+    # keeps it and records it as an OK call of A.
+    claimed = _envelope(world.keys["a1"], B, "req-3")
+    forged = _reforge(lines, world.hub, {5: lambda entry, envelope: claimed})
+    _assert_fails(
+        _verify(forged, hub_keys=[world.hub_vkey]), 5, FailureReason.ENVELOPE_ENTRY_MISMATCH
+    )
+
+    # the same envelope beside a rewritten entry of B is not B's signature
+    def as_b(entry: ledger_pb2.LedgerEntry, envelope: bytes) -> bytes:
+        entry.actor = B
+        return claimed
+
+    forged = _reforge(lines, world.hub, {5: as_b})
+    _assert_fails(_verify(forged, hub_keys=[world.hub_vkey]), 5, FailureReason.NO_VALID_KEY)
+
+
+def test_registration_whose_body_names_another_key_is_detected(world: World) -> None:
+    lines = world.export()
+    # the operator's registration of B placed beside the entry registering A
+    of_b = _envelope_of(lines, REGISTER_B)
+
+    def swap(entry: ledger_pb2.LedgerEntry, envelope: bytes) -> bytes:
+        entry.request_id = "op-2"
+        return of_b
+
+    forged = _reforge(lines, world.hub, {REGISTER_A: swap})
+    _assert_fails(
+        _verify(forged, hub_keys=[world.hub_vkey]),
+        REGISTER_A,
+        FailureReason.ENVELOPE_ENTRY_MISMATCH,
+    )
+
+
+async def test_backdated_entry_is_detected(engine: Engine, hub_key: SigningKey) -> None:
+    world = await _build(engine, hub_key)
+    ledger = Ledger(engine, hub_key, ORIGIN)
+    await ledger.start()
+    # a call signed with A's rotated-out key: refused by a verifier (its time is after the end
+    # of the key's validity) …
+    await ledger.append(draft(31, actor=A), _envelope(world.keys["a1"], A, "req-31"))
+    await ledger.close()
+    lines = world.export()
+    _assert_fails(_verify(lines), LAST + 1, FailureReason.NO_VALID_KEY)
+
+    # … so the hub backdates it into the key's validity window, re-chains and re-signs
+    def backdate(entry: ledger_pb2.LedgerEntry, envelope: bytes) -> bytes:
+        moment = world.rotation - timedelta(seconds=1)
+        entry.time.FromDatetime(moment)
+        return envelope
+
+    forged = _reforge(lines, world.hub, {LAST + 1: backdate})
+    _assert_fails(
+        _verify(forged, hub_keys=[world.hub_vkey]), LAST + 1, FailureReason.TIME_REGRESSION
+    )
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_ok_entry_without_its_envelope_is_detected(
+    world: World, workers: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(verify_module, "CHUNK", 4)
+    lines = world.export()
+    forged = _reforge(lines, world.hub, {9: lambda entry, envelope: b""})
+    _assert_fails(
+        _verify(forged, hub_keys=[world.hub_vkey], workers=workers),
+        9,
+        FailureReason.MISSING_ENVELOPE,
+    )
+    # also the operator's own calls carry their envelope
+    forged = _reforge(lines, world.hub, {ROTATE_A: lambda entry, envelope: b""})
+    _assert_fails(
+        _verify(forged, hub_keys=[world.hub_vkey], workers=workers),
+        ROTATE_A,
+        FailureReason.MISSING_ENVELOPE,
+    )
+
+
+def test_key_record_not_introduced_by_a_registry_entry_is_detected(world: World) -> None:
+    # The hub adds a key of its own making for A to the key history and signs A's calls.
+    rogue = SigningKey.generate()
+    world.history.append(KeyRecord(A, rogue.keyid, rogue.public_bytes, LONG_AGO))
+    lines = world.export()
+    assert _verify(lines, hub_keys=[world.hub_vkey]).ok  # an unused record harms nobody
+
+    def resign(entry: ledger_pb2.LedgerEntry, envelope: bytes) -> bytes:
+        return _envelope(rogue, A, entry.request_id)
+
+    forged = _reforge(lines, world.hub, {8: resign})
+    report = _verify(forged, hub_keys=[world.hub_vkey])
+    _assert_fails(report, 8, FailureReason.UNREGISTERED_KEY)
+    assert rogue.keyid[:16] in str(report.first_failure)
+
+
+def test_key_record_introduced_for_another_department_is_detected(world: World) -> None:
+    # B's registered key does not become A's because the hub says so
+    b = world.keys["b"]
+    world.history.append(KeyRecord(A, b.keyid, b.public_bytes, LONG_AGO))
+
+    def resign(entry: ledger_pb2.LedgerEntry, envelope: bytes) -> bytes:
+        return _envelope(b, A, entry.request_id)
+
+    forged = _reforge(world.export(), world.hub, {8: resign})
+    _assert_fails(_verify(forged, hub_keys=[world.hub_vkey]), 8, FailureReason.UNREGISTERED_KEY)
+
+
+def test_forged_registration_needs_the_pinned_operator_key(world: World) -> None:
+    # The hub replaces the operator's key record by a key of its own, signs a registration of
+    # a rogue key for A with it and uses the rogue key: the operator's key is pinned by the hub
+    # verifier key, so the registration vouches for nothing.
+    operator, rogue = SigningKey.generate(), SigningKey.generate()
+    world.history[0] = KeyRecord(HUB, operator.keyid, operator.public_bytes, EPOCH)
+    world.history.append(KeyRecord(A, rogue.keyid, rogue.public_bytes, LONG_AGO))
+
+    def register(entry: ledger_pb2.LedgerEntry, envelope: bytes) -> bytes:
+        _, signed = _registration(operator, A, rogue, entry.request_id)
+        entry.attributes["keyid"] = rogue.keyid
+        return signed
+
+    def resign_operator(entry: ledger_pb2.LedgerEntry, envelope: bytes) -> bytes:
+        payload = envelope_pb2.Envelope.FromString(envelope)
+        return sign(payload.payload, payload.payload_type, operator).SerializeToString()
+
+    changes: dict[int, Change] = {
+        REGISTER_A: register,
+        REGISTER_B: resign_operator,
+        ROTATE_A: resign_operator,
+        8: lambda entry, envelope: _envelope(rogue, A, entry.request_id),
+    }
+    forged = _reforge(world.export(), world.hub, changes)
+    _assert_fails(
+        _verify(forged, hub_keys=[world.hub_vkey]), REGISTER_A, FailureReason.UNREGISTERED_KEY
+    )
+
+
+def test_key_record_giving_the_hub_key_to_a_department_is_detected(world: World) -> None:
+    # with it, the hub could sign B's calls itself
+    world.history.append(KeyRecord(B, world.hub.keyid, world.hub.public_bytes, EPOCH))
+    _assert_fails(
+        _verify(world.export(), hub_keys=[world.hub_vkey]), None, FailureReason.UNREGISTERED_KEY
+    )
+
+
+async def test_key_revoked_in_the_log_does_not_verify_later_entries(
+    engine: Engine, hub_key: SigningKey
+) -> None:
+    world = await _build(engine, hub_key)
+    ledger = Ledger(engine, hub_key, ORIGIN)
+    await ledger.start()
+    await ledger.append(*_revocation(hub_key, B, world.keys["b"].keyid, "op-4"))
+    await asyncio.sleep(0.002)
+    # the hub serves B's key after revoking it, and exports a key record without revoked_at
+    await ledger.append(draft(31, actor=B), _envelope(world.keys["b"], B, "req-31"))
+    await ledger.close()
+    report = _verify(world.export(), hub_keys=[world.hub_vkey])
+    _assert_fails(report, LAST + 2, FailureReason.REVOKED_KEY_USED)
+    assert f"revoked by entry {LAST + 1}" in str(report.first_failure)

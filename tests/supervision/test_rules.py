@@ -210,6 +210,31 @@ async def test_bulk_access_at_threshold_or_same_subjects_raises_nothing(
     assert [a for a in supervisor.store.alerts() if a.rule == "bulk-access"] == []
 
 
+async def test_form_tool_reading_many_access_histories_raises_red_risk(
+    supervisor: Supervisor,
+) -> None:
+    stream = Stream()
+    histories = [
+        entry(
+            ledger_pb2.ACCESS_HISTORY,
+            OFFICE_TIME + i * SECOND,
+            actor="js.nj.township-form",
+            counterparty="",
+            material_type="",
+            subject_ref=subject(i),
+        )
+        for i in range(6)
+    ]
+    await supervisor.feed(stream(*histories))
+    [alert] = supervisor.store.alerts()
+    assert (alert.rule, alert.level, alert.category) == (
+        "bulk-access",
+        AlertLevel.RED,
+        AlertCategory.RISK,
+    )
+    assert alert.department == "js.nj.township-form" and alert.sequence == 5
+
+
 # ---------------------------------------------------------------- content mismatch
 
 

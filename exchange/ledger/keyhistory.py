@@ -1,0 +1,211 @@
+"""What the verifier checks of an envelope's body against its entry and the key history.
+
+The ledger itself knows nothing of departments: ``verify.py`` checks the chain, the tree, the
+checkpoints and that an OK entry's envelope is signed by a key of ``actor`` valid at ``time``
+according to the export's key records. Those key records are written by the hub and not signed,
+so on their own they prove nothing against a dishonest hub. This module is the hook that ties
+them, and each envelope, to facts the hub cannot forge without the operator's key:
+
+- **binding**: the signed body of every verified envelope starts with an
+  ``exchange.v1.RequestHeader`` (field 1 of every request body) whose ``department_id`` is the
+  entry's ``actor`` and whose ``request_id`` is the entry's ``request_id`` (when it has one), so
+  an envelope of another call cannot be placed beside an entry;
+- **the operator** is the actor whose key records carry a pinned hub verifier key (the hub key
+  signs checkpoints and the operator's calls); a record of the operator with any other key is
+  not trusted;
+- **introduction**: a department key verifies an entry only if an earlier OK
+  ``DEPARTMENT_REGISTRATION`` or ``KEY_ROTATION`` entry of the operator, whose operator-signed
+  body carries that public key, introduced it for that department (attribute ``keyid``);
+- **revocation**: a key named by an earlier OK ``KEY_REVOCATION`` entry of the operator does not
+  verify entries later than that entry's time, whatever the key record says.
+
+The checks run in two places: ``inspect`` in the verifier's worker processes (per entry, no
+state) and ``start`` / ``observe`` in the parent, in log order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from google.protobuf.message import DecodeError
+
+from exchange.crypto.keys import keyid as keyid_of
+from exchange.v1 import envelope_pb2, ledger_pb2, registry_pb2
+
+Problem = tuple[str, str]  # (FailureReason member name, message)
+
+_REGISTER = "exchange.v1.RegisterDepartmentRequest"
+_ROTATE = "exchange.v1.RotateKeyRequest"
+_REVOKE = "exchange.v1.RevokeKeyRequest"
+_INTRODUCING = (ledger_pb2.DEPARTMENT_REGISTRATION, ledger_pb2.KEY_ROTATION)
+
+
+@dataclass(frozen=True, slots=True)
+class Introduced:
+    """Facts of a registry entry whose body introduces a key for a department."""
+
+    department: str
+    keyid: str
+    public_key: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Revoked:
+    """Facts of a registry entry that revokes a key of a department."""
+
+    department: str
+    keyid: str
+
+
+Facts = Introduced | Revoked | None
+
+
+def _mismatch(message: str) -> list[Problem]:
+    return [("ENVELOPE_ENTRY_MISMATCH", message)]
+
+
+def _registry_facts(
+    entry: ledger_pb2.LedgerEntry, envelope: envelope_pb2.Envelope
+) -> tuple[list[Problem], Facts]:
+    department = entry.counterparty
+    named = entry.attributes.get("keyid", "")
+    try:
+        if entry.kind in _INTRODUCING:
+            if envelope.payload_type == _REGISTER:
+                register = registry_pb2.RegisterDepartmentRequest.FromString(envelope.payload)
+                body_department = register.department.id
+                keys = register.department.keys
+                public_key = keys[0].public_key if len(keys) == 1 else b""
+            elif envelope.payload_type == _ROTATE:
+                rotate = registry_pb2.RotateKeyRequest.FromString(envelope.payload)
+                body_department, public_key = rotate.department_id, rotate.new_public_key
+            else:
+                return _mismatch(f"a key registration carries a {envelope.payload_type!r}"), None
+            if body_department != department:
+                return _mismatch(
+                    f"the body registers {body_department!r}, the entry {department!r}"
+                ), None
+            if len(public_key) != 32 or keyid_of(public_key) != named:
+                return _mismatch(
+                    f"the body's public key is not the entry's keyid {named[:16]!r}"
+                ), None
+            return [], Introduced(department, named, public_key)
+        if entry.kind == ledger_pb2.KEY_REVOCATION:
+            if envelope.payload_type != _REVOKE:
+                return _mismatch(f"a key revocation carries a {envelope.payload_type!r}"), None
+            revoke = registry_pb2.RevokeKeyRequest.FromString(envelope.payload)
+            if revoke.department_id != department or revoke.keyid != named:
+                return _mismatch("the body revokes another key than the entry names"), None
+            return [], Revoked(department, named)
+    except DecodeError:
+        return _mismatch(f"the payload is not a valid {envelope.payload_type!r}"), None
+    return [], None
+
+
+@dataclass(slots=True)
+class RegistryAudit:
+    """The default hook of ``verify_export``: binding, operator, introduction and revocation."""
+
+    operator: str | None = None
+    _operator_keys: frozenset[str] = frozenset()
+    _record_keys: dict[tuple[str, str], bytes] = field(default_factory=dict)
+    _introduced: dict[tuple[str, str], tuple[int, bytes]] = field(default_factory=dict)
+    _revoked: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
+
+    # ------------------------------------------------------------ worker side
+
+    def inspect(
+        self, entry: ledger_pb2.LedgerEntry, envelope: envelope_pb2.Envelope
+    ) -> tuple[list[Problem], Facts]:
+        """For an OK entry whose envelope verified: problems found in its body, and the facts
+        ``observe`` needs. Stateless: runs in the verifier's worker processes."""
+        # Field 1 of every request body is the header: any body type reads it, the other
+        # fields are kept as unknown fields and ignored.
+        probe = registry_pb2.ListDepartmentsRequest()
+        try:
+            probe.ParseFromString(envelope.payload)
+        except DecodeError:
+            return _mismatch("the signed payload is not a request body with a header"), None
+        header = probe.header
+        if header.department_id != entry.actor:
+            return _mismatch(
+                f"the envelope is a request of {header.department_id!r}, the entry's actor is "
+                f"{entry.actor!r}"
+            ), None
+        if entry.request_id and header.request_id != entry.request_id:
+            return _mismatch(
+                f"the envelope is request {header.request_id[:128]!r}, the entry records "
+                f"{entry.request_id!r}"
+            ), None
+        if entry.kind in _INTRODUCING or entry.kind == ledger_pb2.KEY_REVOCATION:
+            return _registry_facts(entry, envelope)
+        return [], None
+
+    # ------------------------------------------------------------ parent side
+
+    def start(
+        self,
+        keys: Mapping[str, Sequence[tuple[str, bytes, int, int | None, int | None]]],
+        hub_public_keys: Sequence[bytes],
+    ) -> list[Problem]:
+        """Take the export's key records (by actor: keyid, public key, from, until, revoked)
+        and the pinned hub public keys; return problems of the export as a whole."""
+        pinned = set(hub_public_keys)
+        self._operator_keys = frozenset(keyid_of(k) for k in pinned)
+        claimants = sorted(
+            actor for actor, records in keys.items() if any(r[1] in pinned for r in records)
+        )
+        for actor, records in keys.items():
+            for record in records:
+                self._record_keys[(actor, record[0])] = record[1]
+        if len(claimants) > 1:
+            return [
+                (
+                    "UNREGISTERED_KEY",
+                    f"key records give the hub key to several actors: {', '.join(claimants)}",
+                )
+            ]
+        self.operator = claimants[0] if claimants else None
+        return []
+
+    def observe(
+        self, sequence: int, time_ns: int, actor: str, keyid: str, facts: object
+    ) -> list[Problem]:
+        """An OK entry whose envelope verified under ``keyid`` of ``actor``, in log order:
+        check that key's standing, then learn what the entry registers."""
+        problems: list[Problem] = []
+        if actor == self.operator:
+            if keyid not in self._operator_keys:
+                problems.append(
+                    (
+                        "UNREGISTERED_KEY",
+                        f"the operator {actor!r} signed with key {keyid[:16]}…, not the pinned "
+                        "hub key",
+                    )
+                )
+            elif isinstance(facts, Introduced):
+                self._introduced.setdefault(
+                    (facts.department, facts.keyid), (sequence, facts.public_key)
+                )
+            elif isinstance(facts, Revoked):
+                self._revoked.setdefault((facts.department, facts.keyid), (sequence, time_ns))
+            return problems
+        introduced = self._introduced.get((actor, keyid))
+        if introduced is None or introduced[1] != self._record_keys.get((actor, keyid)):
+            problems.append(
+                (
+                    "UNREGISTERED_KEY",
+                    f"key {keyid[:16]}… of {actor!r} was never introduced by an operator-signed "
+                    "registration or rotation entry with that public key",
+                )
+            )
+        revoked = self._revoked.get((actor, keyid))
+        if revoked is not None and time_ns > revoked[1]:
+            problems.append(
+                (
+                    "REVOKED_KEY_USED",
+                    f"key {keyid[:16]}… of {actor!r} was revoked by entry {revoked[0]}",
+                )
+            )
+        return problems
