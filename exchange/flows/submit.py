@@ -14,6 +14,9 @@ import asyncio
 import uuid
 import weakref
 
+from sqlalchemy.exc import IntegrityError
+
+from exchange import errors
 from exchange.catalog.model import MaterialType
 from exchange.catalog.schema import canonical_fields
 from exchange.clock import now_us
@@ -24,14 +27,15 @@ from exchange.flows.record import record
 from exchange.hub import Hub
 from exchange.policy.identity import Caller
 from exchange.store.materials import IndexedMaterial, Proposal
-from exchange.v1 import exchange_pb2, ledger_pb2
+from exchange.v1 import common_pb2, exchange_pb2, ledger_pb2
 
 SUBMIT_ROLES = ("COLLECTOR", "FORM_TOOL")
 DAY_US = 86_400 * 1_000_000
 
 # Submissions for one (material type, subject) are decided one at a time in this process, so
 # two concurrent identical submissions give one STORED and one ALREADY_ON_FILE. Across hub
-# processes the index's unique (type, subject, version) makes the loser fail and retry.
+# processes the index's unique (type, subject, version) makes the loser fail with UNAVAILABLE
+# (its entry is already written); its retry is answered from the index.
 _locks: weakref.WeakValueDictionary[tuple[int, str, bytes], asyncio.Lock] = (
     weakref.WeakValueDictionary()
 )
@@ -120,12 +124,21 @@ async def submit(
                         material_type.id, subject_id, fields
                     ),
                 )
-                await asyncio.to_thread(
-                    hub.index.put_version,
-                    indexed,
-                    current.reference if current else None,
-                    now_us(),
-                )
+                try:
+                    await asyncio.to_thread(
+                        hub.index.put_version,
+                        indexed,
+                        current.reference if current else None,
+                        now_us(),
+                    )
+                except IntegrityError as exc:
+                    # Another hub process indexed this version first (the in-process lock
+                    # cannot see it). The adapter's store is idempotent per reference; the
+                    # caller's retry gets the material on file.
+                    raise errors.Unavailable(
+                        common_pb2.INTERNAL_ERROR,
+                        "the same material was submitted concurrently through another hub; retry",
+                    ) from exc
     return exchange_pb2.SubmitResponse(
         outcome=outcome,
         reference=reference,

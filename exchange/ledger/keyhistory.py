@@ -17,7 +17,9 @@ them, and each envelope, to facts the hub cannot forge without the operator's ke
   ``DEPARTMENT_REGISTRATION`` or ``KEY_ROTATION`` entry of the operator, whose operator-signed
   body carries that public key, introduced it for that department (attribute ``keyid``);
 - **revocation**: a key named by an earlier OK ``KEY_REVOCATION`` entry of the operator does not
-  verify entries later than that entry's time, whatever the key record says.
+  verify entries later than that entry's time, whatever the key record says; likewise a key
+  rotated out by a later ``KEY_ROTATION`` of its department, once the rotation's signed
+  ``grace_seconds`` have passed after that entry's time.
 
 The checks run in two places: ``inspect`` in the verifier's worker processes (per entry, no
 state) and ``start`` / ``observe`` in the parent, in log order.
@@ -48,6 +50,7 @@ class Introduced:
     department: str
     keyid: str
     public_key: bytes
+    grace_ns: int | None = None  # a rotation: how long the department's earlier keys stay valid
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,9 +80,11 @@ def _registry_facts(
                 body_department = register.department.id
                 keys = register.department.keys
                 public_key = keys[0].public_key if len(keys) == 1 else b""
+                grace: int | None = None
             elif envelope.payload_type == _ROTATE:
                 rotate = registry_pb2.RotateKeyRequest.FromString(envelope.payload)
                 body_department, public_key = rotate.department_id, rotate.new_public_key
+                grace = rotate.grace_seconds * 1_000_000_000
             else:
                 return _mismatch(f"a key registration carries a {envelope.payload_type!r}"), None
             if body_department != department:
@@ -90,7 +95,7 @@ def _registry_facts(
                 return _mismatch(
                     f"the body's public key is not the entry's keyid {named[:16]!r}"
                 ), None
-            return [], Introduced(department, named, public_key)
+            return [], Introduced(department, named, public_key, grace)
         if entry.kind == ledger_pb2.KEY_REVOCATION:
             if envelope.payload_type != _REVOKE:
                 return _mismatch(f"a key revocation carries a {envelope.payload_type!r}"), None
@@ -112,6 +117,7 @@ class RegistryAudit:
     _record_keys: dict[tuple[str, str], bytes] = field(default_factory=dict)
     _introduced: dict[tuple[str, str], tuple[int, bytes]] = field(default_factory=dict)
     _revoked: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
+    _rotated_out: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
 
     # ------------------------------------------------------------ worker side
 
@@ -185,6 +191,13 @@ class RegistryAudit:
                     )
                 )
             elif isinstance(facts, Introduced):
+                if facts.grace_ns is not None:
+                    # a rotation ends every earlier key of the department after its grace
+                    for department, old in self._introduced:
+                        if department == facts.department and old != facts.keyid:
+                            self._rotated_out.setdefault(
+                                (department, old), (sequence, time_ns + facts.grace_ns)
+                            )
                 self._introduced.setdefault(
                     (facts.department, facts.keyid), (sequence, facts.public_key)
                 )
@@ -206,6 +219,15 @@ class RegistryAudit:
                 (
                     "REVOKED_KEY_USED",
                     f"key {keyid[:16]}… of {actor!r} was revoked by entry {revoked[0]}",
+                )
+            )
+        rotated = self._rotated_out.get((actor, keyid))
+        if rotated is not None and time_ns > rotated[1]:
+            problems.append(
+                (
+                    "REVOKED_KEY_USED",
+                    f"key {keyid[:16]}… of {actor!r} was rotated out by entry {rotated[0]} and "
+                    "its grace period is over",
                 )
             )
         return problems

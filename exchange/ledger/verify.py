@@ -57,7 +57,7 @@ class FailureReason(enum.Enum):
     BAD_ENVELOPE_SIGNATURE = "envelope signature does not verify"
     ENVELOPE_ENTRY_MISMATCH = "envelope is not the request the entry records"
     UNREGISTERED_KEY = "signing key not vouched for by the operator's registry entries"
-    REVOKED_KEY_USED = "signing key used after the entry that revoked it"
+    REVOKED_KEY_USED = "signing key used after the entry that revoked or rotated it out"
     TIME_REGRESSION = "entry time earlier than the previous entry's"
     CHAIN_BROKEN = "hash chain broken"
     BAD_CHECKPOINT_SIGNATURE = "checkpoint not signed by the hub"

@@ -646,3 +646,16 @@ async def test_key_revoked_in_the_log_does_not_verify_later_entries(
     report = _verify(world.export(), hub_keys=[world.hub_vkey])
     _assert_fails(report, LAST + 2, FailureReason.REVOKED_KEY_USED)
     assert f"revoked by entry {LAST + 1}" in str(report.first_failure)
+
+
+def test_key_rotated_out_does_not_verify_after_the_grace_period(world: World) -> None:
+    # The hub drops valid_until from A's first key and serves it after the rotation: the
+    # operator-signed rotation (grace 0) ends it at the rotation entry's time.
+    world.history[1] = KeyRecord(A, world.keys["a1"].keyid, world.keys["a1"].public_bytes, LONG_AGO)
+    a1 = world.keys["a1"]
+    forged = _reforge(
+        world.export(), world.hub, {20: lambda entry, envelope: _envelope(a1, A, entry.request_id)}
+    )
+    report = _verify(forged, hub_keys=[world.hub_vkey])
+    _assert_fails(report, 20, FailureReason.REVOKED_KEY_USED)
+    assert f"rotated out by entry {ROTATE_A}" in str(report.first_failure)

@@ -18,6 +18,7 @@ from exchange.ledger.entry import ZERO_HASH
 from exchange.ledger.export import export_ledger
 from exchange.ledger.verify import verify_export
 from exchange.store.database import open_engine, upgrade
+from exchange.v1 import ledger_pb2
 
 from .support import ORIGIN, draft
 
@@ -56,7 +57,12 @@ async def test_two_hubs_on_one_postgresql_build_one_chain(pg_url: str) -> None:
     for h in hubs:
         await h.start()
     receipts = await asyncio.gather(
-        *(h.append(draft(i, subject_ref=bytes([i % 3]) * 32)) for i in range(150) for h in hubs)
+        # FAILED: an OK entry would need its caller's signed envelope to verify
+        *(
+            h.append(draft(i, subject_ref=bytes([i % 3]) * 32, outcome=ledger_pb2.FAILED))
+            for i in range(150)
+            for h in hubs
+        )
     )
     for h in hubs:
         await h.close()
