@@ -53,6 +53,11 @@ class DepartmentCache:
         self._entries[department_id] = (now, record)
         return record
 
+    def fresh(self, department_id: str) -> bool:
+        """Whether ``get`` would answer from the cache (without reading the database)."""
+        hit = self._entries.get(department_id)
+        return hit is not None and time.monotonic() - hit[0] < self.ttl_seconds
+
     def invalidate(self, department_id: str) -> None:
         self._entries.pop(department_id, None)
 
