@@ -26,7 +26,14 @@ from sqlalchemy import Connection, Engine
 from exchange.crypto.keys import SigningKey
 from exchange.ledger import merkle, storage
 from exchange.ledger.checkpoint import Checkpoint, sign_checkpoint, verifier_key
-from exchange.ledger.entry import EntryDraft, Receipt, StoredEntry, build_entry, encode_entry
+from exchange.ledger.entry import (
+    EntryDraft,
+    Receipt,
+    StoredEntry,
+    build_entry,
+    encode_entry,
+    entry_time_ns,
+)
 from exchange.ledger.errors import BeyondLog, CheckpointNotFound, LedgerUnavailable
 from exchange.v1 import ledger_pb2
 
@@ -109,6 +116,7 @@ class Ledger:
         # Writer-thread state: the committed head this process last saw and the right edge of
         # the tree at it. Reused only while the locked head still equals it.
         self._head: storage.Head | None = None
+        self._last_time_ns = 0
         self._compact: merkle.CompactRange | None = None
         self._checkpoint_size = 0
         self._checkpoint_time = 0.0
@@ -388,8 +396,14 @@ class Ledger:
             head = storage.lock_head(conn)
             if head == self._head and self._compact is not None:
                 compact = self._compact.copy()
+                last_ns = self._last_time_ns
             else:  # first batch, after a failure, or another hub appended: re-read the edge
                 compact = storage.compact_range(conn, head.size)
+                last_ns = self._time_at(conn, head.size)
+            # Entry times never go backwards along the chain (the verifier checks it): another
+            # hub process may have appended with a later clock reading, or this clock stepped
+            # back. The batch's time is read after the head is locked.
+            now_ns = max(now_ns, last_ns)
             old_size = head.size
             cache: dict[storage.Node, bytes] = dict(
                 zip(merkle.range_subtrees(0, old_size), compact.hashes, strict=True)
@@ -437,11 +451,20 @@ class Ledger:
             ]
             conn.commit()
         self._head, self._compact = new_head, compact
+        self._last_time_ns = now_ns
         self._commits += 1
         if store:
             self._checkpoint_size = new_head.size
             self._checkpoint_time = time.monotonic()
         return receipts, committed, new_head.size
+
+    @staticmethod
+    def _time_at(conn: Connection, size: int) -> int:
+        """The time of the last entry of a log of ``size`` entries (0 when empty)."""
+        if size == 0:
+            return 0
+        (last,) = storage.read_entries(conn, size - 1, 1)
+        return entry_time_ns(last.decode())
 
     def _store_checkpoint_now(self) -> None:
         """Store a checkpoint at the committed head if none is stored there (timer, start,
