@@ -7,6 +7,7 @@ server certificate, and client certificates whose subject common name is the dep
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import ipaddress
 from dataclasses import dataclass
@@ -134,11 +135,14 @@ class PeerIdentity:
     certificate_sha256: str
 
 
+@functools.lru_cache(maxsize=4096)
 def peer_identity(certificate_pem: bytes) -> PeerIdentity:
     """Return the department named by a client certificate and the certificate's fingerprint.
 
     The department id is the ``urn:exchange:department:`` SAN URI if present, else the subject
-    CN. Raises CertificateError if the certificate cannot be parsed or names nobody.
+    CN. Raises CertificateError if the certificate cannot be parsed or names nobody. Results are
+    cached by certificate bytes: every call of a connection presents the same certificate, and
+    parsing it costs more than the rest of authentication but the signature check.
     """
     try:
         certificate = x509.load_pem_x509_certificate(certificate_pem)
