@@ -71,6 +71,31 @@ def _moment(us: int) -> datetime:
     return datetime.fromtimestamp(us / 1_000_000, UTC)
 
 
+def key_history(registry: Registry, hub_id: str, hub_key: SigningKey) -> list[ExportKey]:
+    """Every signing key the ledger's entries may be signed with, for auditors' exports: the
+    operator's (the hub key) and each department's keys with their validity."""
+    history = [
+        ExportKey(
+            actor=hub_id,
+            keyid=hub_key.keyid,
+            public_key=hub_key.public_bytes,
+            valid_from=datetime.fromtimestamp(0, UTC),
+        )
+    ]
+    for key in registry.key_history():
+        history.append(
+            ExportKey(
+                actor=key.department_id,
+                keyid=key.keyid,
+                public_key=key.public_key,
+                valid_from=_moment(key.valid_from_us),
+                valid_until=None if key.valid_until_us is None else _moment(key.valid_until_us),
+                revoked_at=None if key.revoked_us is None else _moment(key.revoked_us),
+            )
+        )
+    return history
+
+
 class Hub:
     """Everything a call needs: configuration, keys, database, ledger, repositories."""
 
@@ -139,28 +164,8 @@ class Hub:
         )
 
     def key_history(self) -> list[ExportKey]:
-        """Every signing key the ledger's entries may be signed with, for auditors' exports:
-        each department's keys with their validity, and the operator's (the hub key)."""
-        history = [
-            ExportKey(
-                actor=self.config.hub_id,
-                keyid=self.hub_key.keyid,
-                public_key=self.hub_key.public_bytes,
-                valid_from=datetime.fromtimestamp(0, UTC),
-            )
-        ]
-        for key in self.registry.key_history():
-            history.append(
-                ExportKey(
-                    actor=key.department_id,
-                    keyid=key.keyid,
-                    public_key=key.public_key,
-                    valid_from=_moment(key.valid_from_us),
-                    valid_until=None if key.valid_until_us is None else _moment(key.valid_until_us),
-                    revoked_at=None if key.revoked_us is None else _moment(key.revoked_us),
-                )
-            )
-        return history
+        """Every signing key the ledger's entries may be signed with (see ``key_history``)."""
+        return key_history(self.registry, self.config.hub_id, self.hub_key)
 
     async def start(self) -> None:
         """Start the ledger writer, the request log's writer, supervision and the purge of

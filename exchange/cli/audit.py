@@ -17,7 +17,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -80,35 +80,12 @@ def _configured_key_history(config: Any) -> KeyHistory:
     """Every department key from the registry, plus the operator's (the hub key)."""
 
     def history(engine: Engine) -> Sequence[KeyRecord]:
+        from exchange.hub import key_history
         from exchange.store.registry import Registry
 
-        hub_key = _configured_hub_key(config)
-        records = [
-            KeyRecord(
-                actor=config.hub_id,
-                keyid=hub_key.keyid,
-                public_key=hub_key.public_bytes,
-                valid_from=datetime.fromtimestamp(0, UTC),
-            )
-        ]
-        for key in Registry(engine).key_history():
-            records.append(
-                KeyRecord(
-                    actor=key.department_id,
-                    keyid=key.keyid,
-                    public_key=key.public_key,
-                    valid_from=_moment(key.valid_from_us),
-                    valid_until=None if key.valid_until_us is None else _moment(key.valid_until_us),
-                    revoked_at=None if key.revoked_us is None else _moment(key.revoked_us),
-                )
-            )
-        return records
+        return key_history(Registry(engine), config.hub_id, _configured_hub_key(config))
 
     return history
-
-
-def _moment(us: int) -> datetime:
-    return datetime.fromtimestamp(us / 1_000_000, UTC)
 
 
 @click.group(name="audit")
