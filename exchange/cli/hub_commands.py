@@ -108,10 +108,13 @@ def registry() -> None:
     """Register departments and manage their keys (hub operator)."""
 
 
-def _call(config: Config, method: str, body: Any, response: Any) -> Any:
+def operator_call(config: Config, method: str, body: Any, response: Any) -> Any:
+    """Call ``method`` ("/exchange.v1.Registry/ListDepartments") as the operator; on a refusal
+    or a key problem print it and exit 1."""
+
     async def go() -> Any:
         async with operator_client(config) as client:
-            return await client.call(f"/exchange.v1.Registry/{method}", body, response)
+            return await client.call(method, body, response)
 
     try:
         return run(go())
@@ -119,6 +122,10 @@ def _call(config: Config, method: str, body: Any, response: Any) -> Any:
         fail(f"{exc.code.name} {exc.reason}: {exc.message}")
     except KeyFileError as exc:
         fail(str(exc))
+
+
+def _call(config: Config, method: str, body: Any, response: Any) -> Any:
+    return operator_call(config, f"/exchange.v1.Registry/{method}", body, response)
 
 
 def _show(department: registry_pb2.Department) -> None:

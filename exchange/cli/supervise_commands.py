@@ -18,11 +18,9 @@ from google.protobuf import timestamp_pb2
 from rich.console import Console
 from rich.table import Table
 
-from adapters.client import Refused
-from exchange.cli.hub_commands import operator_client, with_hub_options
-from exchange.cli.main import fail, load_config, run
+from exchange.cli.hub_commands import operator_call, with_hub_options
+from exchange.cli.main import load_config
 from exchange.config import Config
-from exchange.crypto.keys import KeyFileError
 from exchange.v1 import supervision_pb2
 
 SUPERVISION = "/exchange.v1.Supervision"
@@ -48,16 +46,7 @@ def _time(ts: timestamp_pb2.Timestamp, present: bool = True) -> str:
 
 
 def _call(config: Config, method: str, body: Any, response: Any) -> Any:
-    async def go() -> Any:
-        async with operator_client(config) as client:
-            return await client.call(f"{SUPERVISION}/{method}", body, response)
-
-    try:
-        return run(go())
-    except Refused as exc:
-        fail(f"{exc.code.name} {exc.reason}: {exc.message}")
-    except KeyFileError as exc:
-        fail(str(exc))
+    return operator_call(config, f"{SUPERVISION}/{method}", body, response)
 
 
 # ------------------------------------------------------------------------------ rendering
