@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import stat
@@ -62,10 +63,16 @@ def verify_signature(public_key: bytes, signature: bytes, data: bytes) -> bool:
     A malformed key or signature is simply invalid: this never raises.
     """
     try:
-        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, data)
+        _public_key(public_key).verify(signature, data)
     except (InvalidSignature, ValueError):
         return False
     return True
+
+
+@functools.lru_cache(maxsize=4096)
+def _public_key(raw: bytes) -> Ed25519PublicKey:
+    # A few keys verify every envelope: parsing each once matters to the offline verifier.
+    return Ed25519PublicKey.from_public_bytes(raw)
 
 
 def write_private(path: Path, data: bytes) -> None:
