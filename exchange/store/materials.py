@@ -47,13 +47,16 @@ class Proposal:
 
 # Built once: constructing a statement per call costs more CPU than executing it (the hot path
 # of every Request and Prefill).
-_CURRENT = select(materials).where(
-    materials.c.material_type == bindparam("material_type"),
-    materials.c.subject_ref == bindparam("subject_ref"),
-    materials.c.superseded_us.is_(None),
-)
-_FIELD_HASHES = select(material_fields.c.name, material_fields.c.field_hash).where(
-    material_fields.c.reference == bindparam("reference")
+_CURRENT = (
+    select(materials, material_fields.c.name, material_fields.c.field_hash)
+    .select_from(
+        materials.outerjoin(material_fields, material_fields.c.reference == materials.c.reference)
+    )
+    .where(
+        materials.c.material_type == bindparam("material_type"),
+        materials.c.subject_ref == bindparam("subject_ref"),
+        materials.c.superseded_us.is_(None),
+    )
 )
 
 
@@ -65,14 +68,14 @@ class MaterialIndex:
 
     def current(self, material_type: str, subject_ref: bytes) -> IndexedMaterial | None:
         """The current version of the material, with its field hashes, or None."""
+        # One statement: the current version joined with its field hashes (one row per field).
         with self.engine.connect() as conn:
-            row = conn.execute(
+            rows = conn.execute(
                 _CURRENT, {"material_type": material_type, "subject_ref": subject_ref}
-            ).first()
-            if row is None:
-                return None
-            hashes = conn.execute(_FIELD_HASHES, {"reference": row.reference}).all()
-        m = row._mapping
+            ).all()
+        if not rows:
+            return None
+        m = rows[0]._mapping
         return IndexedMaterial(
             reference=m["reference"],
             material_type=m["material_type"],
@@ -81,7 +84,7 @@ class MaterialIndex:
             content_hash=bytes(m["content_hash"]),
             holder=m["holder"],
             submitted_by=m["submitted_by"],
-            field_hashes={name: bytes(value) for name, value in hashes},
+            field_hashes={r.name: bytes(r.field_hash) for r in rows if r.name is not None},
         )
 
     def put_version(self, material: IndexedMaterial, superseded: str | None, now_us: int) -> None:

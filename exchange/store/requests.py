@@ -214,13 +214,12 @@ class RequestLog:
         for op in operations:
             key = (op.department_id, op.request_id)
             if isinstance(op, _Claim):
-                if key not in earlier:
-                    row = conn.execute(self._select, {"d": key[0], "r": key[1]}).first()
-                    earlier[key] = None if row is None else _record(row)
-                found = earlier[key]
-                if found is not None:
+                found = earlier.get(key)
+                if found is not None:  # claimed or answered earlier in this batch
                     results.append(found)
                     continue
+                # Insert first: a new id (the usual case) costs one statement; an id in use
+                # inserts nothing and its record is read.
                 inserted = conn.execute(
                     self._claim,
                     {
@@ -234,7 +233,6 @@ class RequestLog:
                     },
                 ).first()
                 if inserted is None:
-                    # Another hub process claimed the id between our read and our insert.
                     row = conn.execute(self._select, {"d": key[0], "r": key[1]}).first()
                     earlier[key] = None if row is None else _record(row)
                     results.append(earlier[key])
