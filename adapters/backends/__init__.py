@@ -17,9 +17,17 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from adapters.errors import BackendError, MappingError
-from adapters.settings import BackendKind, DepartmentSettings
+from adapters.settings import BackendKind, DepartmentSettings, MaterialMapping
 
-__all__ = ["Backend", "BackendError", "Holding", "MappingError", "canonical_value", "open_backend"]
+__all__ = [
+    "Backend",
+    "BackendError",
+    "Holding",
+    "MappedBackend",
+    "MappingError",
+    "canonical_value",
+    "open_backend",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +98,23 @@ class Backend(Protocol):
 
     def close(self) -> None:
         """Release connections and file handles."""
+
+
+class MappedBackend:
+    """What every backend derives from its department's mapping alone."""
+
+    def __init__(self, materials: Mapping[str, MaterialMapping]) -> None:
+        self.materials = dict(materials)
+
+    def material_types(self) -> Sequence[str]:
+        return list(self.materials)
+
+    def fields_of(self, material_type: str) -> Sequence[str]:
+        return list(self.materials[material_type].fields)
+
+    def store_fields(self, material_type: str) -> Sequence[str] | None:
+        store = self.materials[material_type].store
+        return list(store.fields) if store is not None else None
 
 
 def canonical_value(value: object) -> str | None:

@@ -16,7 +16,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from adapters.backends import Holding, canonical_value
+from adapters.backends import Holding, MappedBackend, canonical_value
 from adapters.errors import BackendError, MappingError
 from adapters.settings import FILE_SUFFIXES, MaterialMapping, StoreTarget
 
@@ -63,23 +63,13 @@ def _columns(path: Path) -> set[str]:
     return seen
 
 
-class FileBackend:
+class FileBackend(MappedBackend):
     """Material in CSV and JSON Lines files. Construct, ``validate()``, then serve."""
 
     def __init__(self, materials: Mapping[str, MaterialMapping]) -> None:
-        self.materials = dict(materials)
+        super().__init__(materials)
         # One lock per file: appends from concurrent Store calls must not interleave.
         self._locks: dict[Path, threading.Lock] = {}
-
-    def material_types(self) -> Sequence[str]:
-        return list(self.materials)
-
-    def fields_of(self, material_type: str) -> Sequence[str]:
-        return list(self.materials[material_type].fields)
-
-    def store_fields(self, material_type: str) -> Sequence[str] | None:
-        store = self.materials[material_type].store
-        return list(store.fields) if store is not None else None
 
     def validate(self) -> None:
         """Check every mapped file exists and has the mapped columns; see ``Backend.validate``."""

@@ -29,7 +29,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchTableError, SQLAlchemyError
 
-from adapters.backends import Holding, canonical_value
+from adapters.backends import Holding, MappedBackend, canonical_value
 from adapters.errors import BackendError, MappingError
 from adapters.settings import MaterialMapping, StoreTarget
 
@@ -106,28 +106,18 @@ def _python_value(column: Column[Any], value: str) -> object:
     return value
 
 
-class SqlBackend:
+class SqlBackend(MappedBackend):
     """Material in a SQL database. Construct, ``validate()``, then serve."""
 
     def __init__(self, url: str, materials: Mapping[str, MaterialMapping]) -> None:
+        super().__init__(materials)
         self.url = url
-        self.materials = dict(materials)
         self.reader = read_only_engine(url)
         self._writer: Engine | None = None
         self._tables: dict[str, Table] = {}  # material type -> reflected read table
         self._stores: dict[str, Table] = {}  # material type -> reflected store table
 
     # ------------------------------------------------------------------ start-up checks
-
-    def material_types(self) -> Sequence[str]:
-        return list(self.materials)
-
-    def fields_of(self, material_type: str) -> Sequence[str]:
-        return list(self.materials[material_type].fields)
-
-    def store_fields(self, material_type: str) -> Sequence[str] | None:
-        store = self.materials[material_type].store
-        return list(store.fields) if store is not None else None
 
     def validate(self) -> None:
         """Reflect every mapped table and probe every query; see ``Backend.validate``."""
