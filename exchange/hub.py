@@ -106,15 +106,27 @@ class Hub:
         hub_key: SigningKey,
         subject_key: bytes,
         provider_tls: TlsIdentity | None = None,
+        write_behind: Engine | None = None,
     ) -> None:
         self.config = config
         self.engine = engine
+        # Writes whose loss in a machine crash the ledger makes harmless go through an engine
+        # that does not wait for the disk at commit (see open_engine: synchronous NORMAL);
+        # the ledger's next commit, which waits, makes them durable too, as they come earlier
+        # in the database's write-ahead log. A request-id claim is made before its call's
+        # entry, so an acknowledged call's claim is always durable; an answer or supervision
+        # state lost with the machine is recomputed (a retry is refused as in progress until
+        # the replay window passes; supervision replays from its cursor, kept in the same
+        # transaction).
+        self.write_behind = write_behind or engine
+        # Point reads of the embedded database are done on the event loop (lookups.point_read).
+        self.reads_inline = engine.dialect.name == "sqlite"
         self.hub_key = hub_key
         self.subject_key = subject_key
         self.registry = Registry(engine)
         self._purger: asyncio.Task[None] | None = None
         self.departments = DepartmentCache(self.registry)
-        self.requests = RequestLog(engine)
+        self.requests = RequestLog(self.write_behind)
         self.ledger = Ledger(
             engine,
             hub_key,
@@ -144,7 +156,7 @@ class Hub:
             config.provider_timeout_ms / 1000,
         )
         # Supervision (issue 7): alerts and burden counters, fed by the ledger's commits.
-        self.supervision = Supervisor(self.ledger, engine, config.supervision)
+        self.supervision = Supervisor(self.ledger, self.write_behind, config.supervision)
 
     @classmethod
     def open(cls, config: Config) -> Hub:
@@ -155,12 +167,14 @@ class Hub:
         keystore = Keystore(config.keys_dir)
         engine = open_engine(config.database_url)
         upgrade(engine)
+        write_behind = open_engine(config.database_url, synchronous="NORMAL")
         return cls(
             config,
             engine,
             keystore.hub_signing_key(),
             keystore.subject_key(),
             None if config.insecure else keystore.operator_tls(),
+            write_behind,
         )
 
     def key_history(self) -> list[ExportKey]:
@@ -200,3 +214,5 @@ class Hub:
         await self.ledger.close()
         await self.providers.close()
         self.engine.dispose()
+        if self.write_behind is not self.engine:
+            self.write_behind.dispose()

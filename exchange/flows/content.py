@@ -56,7 +56,7 @@ def field_encoding(material_type: str, subject_id: str, name: str, value: str) -
 
 
 def _derive(secret: bytes, label: str) -> bytes:
-    return hmac.new(secret, label.encode("ascii"), hashlib.sha256).digest()
+    return hmac.digest(secret, label.encode("ascii"), "sha256")
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,22 +81,22 @@ class ContentKeys:
     def subject_ref(self, subject_id: str) -> bytes:
         """HMAC-SHA256(subject secret, UTF-8 of the canonical subject id)."""
         data = canonical_subject_id(subject_id).encode("utf-8")
-        return hmac.new(self.subject_key, data, hashlib.sha256).digest()
+        return hmac.digest(self.subject_key, data, "sha256")
 
     def content_hash(self, material_type: str, subject_id: str, fields: Mapping[str, str]) -> bytes:
         """Keyed hash of a whole material (every field)."""
         encoding = content_encoding(material_type, canonical_subject_id(subject_id), fields)
-        return hmac.new(self.content_key, encoding, hashlib.sha256).digest()
+        return hmac.digest(self.content_key, encoding, "sha256")
 
     def field_hashes(
         self, material_type: str, subject_id: str, fields: Mapping[str, str]
     ) -> dict[str, bytes]:
         """Keyed hash of each field, by name."""
         subject = canonical_subject_id(subject_id)
+        # The prefix shared by every field of the material is encoded once.
+        prefix = lp(FIELD_LABEL) + lp(material_type) + lp(subject)
         return {
-            name: hmac.new(
-                self.field_key, field_encoding(material_type, subject, name, value), hashlib.sha256
-            ).digest()
+            name: hmac.digest(self.field_key, prefix + lp(name) + lp(value), "sha256")
             for name, value in fields.items()
         }
 

@@ -22,6 +22,15 @@ from exchange.v1 import common_pb2
 T = TypeVar("T")
 
 
+async def point_read(hub: Hub, read: Callable[..., T], *args: Any) -> T:
+    """Run a short indexed read: on the event loop for the embedded SQLite database (a point
+    read of a local file costs less than handing it to a worker thread and back), in a worker
+    thread for a database server (a network round trip would stall every other call)."""
+    if hub.reads_inline:
+        return read(*args)
+    return await asyncio.to_thread(read, *args)
+
+
 async def cached(peek: Callable[[], object], load: Callable[[], T]) -> T:
     """``peek()`` if it hits the cache, else ``load()`` in a worker thread."""
     value = peek()
@@ -98,6 +107,8 @@ async def form(hub: Hub, form_id: str) -> Form:
 
 async def department(hub: Hub, department_id: str) -> DepartmentRecord | None:
     """The registered department (cached, as for authentication), or None."""
+    if hub.departments.fresh(department_id):
+        return hub.departments.get(department_id)
     return await asyncio.to_thread(hub.departments.get, department_id)
 
 

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 import uuid
 import weakref
 
@@ -52,7 +53,7 @@ def _lock(hub: Hub, material_type: str, subject_ref: bytes) -> asyncio.Lock:
 
 def forwarded_id(caller: Caller, what: str) -> str:
     """A fresh request id for a call the hub forwards for ``caller`` (traceable to it)."""
-    return f"{caller.request_id[:80]}/{what}-{uuid.uuid4().hex[:16]}"
+    return f"{caller.request_id[:80]}/{what}-{secrets.token_hex(8)}"
 
 
 async def submit(

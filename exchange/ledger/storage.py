@@ -31,6 +31,7 @@ from sqlalchemy import (
     LargeBinary,
     Table,
     Text,
+    bindparam,
     insert,
     select,
     update,
@@ -100,6 +101,16 @@ class Head:
     last_leaf_hash: bytes
 
 
+# Built once: the writer runs them on every batch, and building costs more than running.
+_HEAD = select(ledger_head.c.size, ledger_head.c.last_leaf_hash).where(ledger_head.c.id == HEAD_ID)
+_HEAD_FOR_UPDATE = _HEAD.with_for_update()
+_MOVE_HEAD = (
+    update(ledger_head)
+    .where(ledger_head.c.id == HEAD_ID)
+    .values(size=bindparam("new_size"), last_leaf_hash=bindparam("new_leaf"))
+)
+
+
 def ensure_head(engine: Engine) -> None:
     """Create the head row of an empty log if it is missing (idempotent, race-safe)."""
     with engine.connect() as conn:
@@ -121,12 +132,9 @@ def lock_head(conn: Connection) -> Head:
     """
     if conn.dialect.name == "sqlite":
         conn.exec_driver_sql("BEGIN IMMEDIATE")
-    query = select(ledger_head.c.size, ledger_head.c.last_leaf_hash).where(
-        ledger_head.c.id == HEAD_ID
-    )
-    if conn.dialect.name != "sqlite":
-        query = query.with_for_update()
-    row = conn.execute(query).first()
+        row = conn.execute(_HEAD).first()
+    else:
+        row = conn.execute(_HEAD_FOR_UPDATE).first()
     if row is None:
         raise LookupError("ledger_head row is missing (run the migrations)")
     return Head(size=int(row.size), last_leaf_hash=bytes(row.last_leaf_hash))
@@ -134,9 +142,7 @@ def lock_head(conn: Connection) -> Head:
 
 def read_head(conn: Connection) -> Head:
     """The committed head, without locking."""
-    row = conn.execute(
-        select(ledger_head.c.size, ledger_head.c.last_leaf_hash).where(ledger_head.c.id == HEAD_ID)
-    ).first()
+    row = conn.execute(_HEAD).first()
     if row is None:
         return Head(0, ZERO_HASH)
     return Head(size=int(row.size), last_leaf_hash=bytes(row.last_leaf_hash))
@@ -166,11 +172,7 @@ def write_batch(
     ]
     if stored:
         _insert_many(conn, ledger_nodes, stored)
-    conn.execute(
-        update(ledger_head)
-        .where(ledger_head.c.id == HEAD_ID)
-        .values(size=head.size, last_leaf_hash=head.last_leaf_hash)
-    )
+    conn.execute(_MOVE_HEAD, {"new_size": head.size, "new_leaf": head.last_leaf_hash})
 
 
 def fetch_nodes(conn: Connection, wanted: Iterable[Node]) -> dict[Node, bytes]:

@@ -121,6 +121,7 @@ class Ledger:
         self._checkpoint_size = 0
         self._checkpoint_time = 0.0
         self._commits = 0
+        self._writer_conn: Connection | None = None  # the writer thread's own, kept open
 
     # ---------------------------------------------------------------- life cycle
 
@@ -327,6 +328,7 @@ class Ledger:
                     break
             if batch:
                 self._commit(batch)
+        self._drop_connection()
         self._store_checkpoint_now()
 
     def _checkpoint_wait(self) -> float | None:
@@ -350,6 +352,7 @@ class Ledger:
             receipts, committed, size = self._append_batch(batch)
         except Exception as exc:  # the writer must survive any driver/OS error and report it
             self._head = self._compact = None  # re-read everything next time
+            self._drop_connection()
             log.error("ledger_commit_failed", entries=len(batch), error=type(exc).__name__)
             self._fail(batch, LedgerUnavailable(f"the ledger cannot commit: {type(exc).__name__}"))
             return
@@ -392,64 +395,64 @@ class Ledger:
         self, batch: list[_Pending]
     ) -> tuple[list[Receipt], list[tuple[int, ledger_pb2.LedgerEntry]], int]:
         now_ns = time.time_ns()
-        with self._engine.connect() as conn:
-            head = storage.lock_head(conn)
-            if head == self._head and self._compact is not None:
-                compact = self._compact.copy()
-                last_ns = self._last_time_ns
-            else:  # first batch, after a failure, or another hub appended: re-read the edge
-                compact = storage.compact_range(conn, head.size)
-                last_ns = self._time_at(conn, head.size)
-            # Entry times never go backwards along the chain (the verifier checks it): another
-            # hub process may have appended with a later clock reading, or this clock stepped
-            # back. The batch's time is read after the head is locked.
-            now_ns = max(now_ns, last_ns)
-            old_size = head.size
-            cache: dict[storage.Node, bytes] = dict(
-                zip(merkle.range_subtrees(0, old_size), compact.hashes, strict=True)
+        conn = self._connection()
+        head = storage.lock_head(conn)
+        if head == self._head and self._compact is not None:
+            compact = self._compact.copy()
+            last_ns = self._last_time_ns
+        else:  # first batch, after a failure, or another hub appended: re-read the edge
+            compact = storage.compact_range(conn, head.size)
+            last_ns = self._time_at(conn, head.size)
+        # Entry times never go backwards along the chain (the verifier checks it): another
+        # hub process may have appended with a later clock reading, or this clock stepped
+        # back. The batch's time is read after the head is locked.
+        now_ns = max(now_ns, last_ns)
+        old_size = head.size
+        cache: dict[storage.Node, bytes] = dict(
+            zip(merkle.range_subtrees(0, old_size), compact.hashes, strict=True)
+        )
+        prev = head.last_leaf_hash
+        rows: list[tuple[int, bytes, bytes, bytes, bytes | None]] = []
+        completed: list[tuple[int, int, bytes]] = []
+        committed: list[tuple[int, ledger_pb2.LedgerEntry]] = []
+        leaf_hashes: list[bytes] = []
+        for offset, pending in enumerate(batch):
+            sequence = old_size + offset
+            entry = build_entry(
+                pending.draft,
+                sequence=sequence,
+                time_ns=now_ns,
+                prev_leaf_hash=prev,
+                envelope=pending.envelope,
             )
-            prev = head.last_leaf_hash
-            rows: list[tuple[int, bytes, bytes, bytes, bytes | None]] = []
-            completed: list[tuple[int, int, bytes]] = []
-            committed: list[tuple[int, ledger_pb2.LedgerEntry]] = []
-            leaf_hashes: list[bytes] = []
-            for offset, pending in enumerate(batch):
-                sequence = old_size + offset
-                entry = build_entry(
-                    pending.draft,
-                    sequence=sequence,
-                    time_ns=now_ns,
-                    prev_leaf_hash=prev,
-                    envelope=pending.envelope,
-                )
-                data = encode_entry(entry)
-                leaf = merkle.leaf_hash(data)
-                compact.append(leaf, completed)
-                cache[(0, sequence)] = leaf
-                subject = pending.draft.subject_ref or None  # NULL keeps the index small
-                rows.append((sequence, data, pending.envelope, leaf, subject))
-                committed.append((sequence, entry))
-                leaf_hashes.append(leaf)
-                prev = leaf
-            for level, idx, h in completed:
-                cache[(level, idx)] = h
-            new_head = storage.Head(compact.size, prev)
-            storage.write_batch(conn, new_head, rows, completed)
-            checkpoint = self._sign(new_head.size, compact.root())
-            store = self._checkpoint_due(new_head.size)
-            if store:
-                storage.store_checkpoint(conn, checkpoint)
-            proofs = _BatchProofs(conn, cache, new_head.size)
-            receipts = [
-                Receipt(
-                    sequence=old_size + offset,
-                    leaf_hash=leaf,
-                    checkpoint=checkpoint.note,
-                    inclusion_proof=proofs.inclusion(old_size + offset),
-                )
-                for offset, leaf in enumerate(leaf_hashes)
-            ]
-            conn.commit()
+            data = encode_entry(entry)
+            leaf = merkle.leaf_hash(data)
+            compact.append(leaf, completed)
+            cache[(0, sequence)] = leaf
+            subject = pending.draft.subject_ref or None  # NULL keeps the index small
+            rows.append((sequence, data, pending.envelope, leaf, subject))
+            committed.append((sequence, entry))
+            leaf_hashes.append(leaf)
+            prev = leaf
+        for level, idx, h in completed:
+            cache[(level, idx)] = h
+        new_head = storage.Head(compact.size, prev)
+        storage.write_batch(conn, new_head, rows, completed)
+        checkpoint = self._sign(new_head.size, compact.root())
+        store = self._checkpoint_due(new_head.size)
+        if store:
+            storage.store_checkpoint(conn, checkpoint)
+        proofs = _BatchProofs(conn, cache, new_head.size)
+        receipts = [
+            Receipt(
+                sequence=old_size + offset,
+                leaf_hash=leaf,
+                checkpoint=checkpoint.note,
+                inclusion_proof=proofs.inclusion(old_size + offset),
+            )
+            for offset, leaf in enumerate(leaf_hashes)
+        ]
+        conn.commit()
         self._head, self._compact = new_head, compact
         self._last_time_ns = now_ns
         self._commits += 1
@@ -457,6 +460,23 @@ class Ledger:
             self._checkpoint_size = new_head.size
             self._checkpoint_time = time.monotonic()
         return receipts, committed, new_head.size
+
+    def _connection(self) -> Connection:
+        """The writer thread's connection, opened once and kept: checking one out of the pool
+        and resetting it on every batch costs more than the batch's statements."""
+        if self._writer_conn is None:
+            self._writer_conn = self._engine.connect()
+        return self._writer_conn
+
+    def _drop_connection(self) -> None:
+        """Discard the writer's connection after a failure (the next batch opens a new one)."""
+        conn, self._writer_conn = self._writer_conn, None
+        if conn is not None:
+            try:
+                conn.rollback()
+                conn.close()
+            except Exception as exc:  # the database may be gone: nothing left to release
+                log.warning("ledger_connection_close_failed", error=type(exc).__name__)
 
     @staticmethod
     def _time_at(conn: Connection, size: int) -> int:

@@ -44,6 +44,8 @@ class ProviderRouter:
         self.tls = tls
         self.timeout_seconds = timeout_seconds
         self._channels: dict[str, grpc.aio.Channel] = {}
+        # Multi-callables per (endpoint, method), built once per channel.
+        self._callables: dict[tuple[str, str], Any] = {}
         self._credentials = (
             None
             if tls is None
@@ -67,12 +69,14 @@ class ProviderRouter:
     async def forget(self, endpoint: str) -> None:
         """Close and drop the cached channel of ``endpoint`` (e.g. after the registry changed)."""
         channel = self._channels.pop(endpoint, None)
+        self._callables = {k: v for k, v in self._callables.items() if k[0] != endpoint}
         if channel is not None:
             await channel.close(None)
 
     async def close(self) -> None:
         """Close every channel."""
         channels, self._channels = list(self._channels.values()), {}
+        self._callables = {}
         for channel in channels:
             await channel.close(None)
 
@@ -170,11 +174,13 @@ class ProviderRouter:
                 common_pb2.PROVIDER_UNAVAILABLE, "the holder has no provider endpoint registered"
             )
         timeout = self._timeout()
-        call = self._channel(endpoint).unary_unary(
-            method,
-            request_serializer=envelope_pb2.Envelope.SerializeToString,
-            response_deserializer=response_type.FromString,
-        )
+        call = self._callables.get((endpoint, method))
+        if call is None:
+            call = self._callables[endpoint, method] = self._channel(endpoint).unary_unary(
+                method,
+                request_serializer=envelope_pb2.Envelope.SerializeToString,
+                response_deserializer=response_type.FromString,
+            )
         try:
             return await call(envelope, timeout=timeout)
         except grpc.aio.AioRpcError as error:

@@ -18,8 +18,10 @@ def open_engine(url: str, *, synchronous: str = "FULL", **kwargs: Any) -> Engine
     survives a crash of the process or the machine (an acknowledged call is durable), and the
     parent directory is created. ``synchronous="NORMAL"`` (SQLite only) skips the fsync at
     commit: the transaction survives a crash of the process, and becomes machine-crash durable
-    with the next FULL commit on the same file (WAL frames are appended in order). Raises
-    sqlalchemy.exc.ArgumentError for an unparseable URL.
+    with the next FULL commit on the same file (WAL frames are appended in order). On
+    PostgreSQL, NORMAL is ``synchronous_commit=off`` for the engine's sessions, with the same
+    guarantee: the WAL is flushed in order, so the next synchronous commit flushes it too.
+    Raises sqlalchemy.exc.ArgumentError for an unparseable URL.
     """
     if synchronous not in ("FULL", "NORMAL"):
         raise ValueError(f"synchronous must be FULL or NORMAL, not {synchronous!r}")
@@ -43,6 +45,17 @@ def open_engine(url: str, *, synchronous: str = "FULL", **kwargs: Any) -> Engine
     if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
         # The psycopg (3) driver is the one the project installs.
         url = parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    if synchronous == "NORMAL" and parsed.get_backend_name() == "postgresql":
+        engine = create_engine(url, pool_pre_ping=True, **kwargs)
+
+        @event.listens_for(engine, "connect")
+        def _asynchronous_commit(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("SET synchronous_commit = off")
+            cursor.close()
+            dbapi_connection.commit()
+
+        return engine
     return create_engine(url, pool_pre_ping=True, **kwargs)
 
 

@@ -79,10 +79,15 @@ class RequestLog:
         self.engine = engine
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._conn: Connection | None = None  # the writer thread's
         insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
         # RETURNING tells a claim that inserted from one that lost to a concurrent claim (by
         # another hub process) and must read the winner's record instead.
-        self._claim = insert(requests).on_conflict_do_nothing().returning(requests.c.request_id)
+        self._claim = (
+            insert(requests)
+            .on_conflict_do_nothing()
+            .returning(requests.c.department_id, requests.c.request_id)
+        )
         self._select = select(requests).where(
             requests.c.department_id == bindparam("d"), requests.c.request_id == bindparam("r")
         )
@@ -193,67 +198,97 @@ class RequestLog:
             stopping = len(work) != len(batch)
             if work:
                 self._commit(work)  # type: ignore[arg-type]
+        self._close_connection()
 
     def _commit(self, work: list[tuple[Operation, asyncio.Future[Any], Any]]) -> None:
         try:
-            with self.engine.begin() as conn:
-                results = self._apply(conn, [operation for operation, _, _ in work])
+            # The writer keeps its connection: a checkout and reset per batch costs more than
+            # the batch's statements.
+            if self._conn is None:
+                self._conn = self.engine.connect()
+            with self._conn.begin():
+                results = self._apply(self._conn, [operation for operation, _, _ in work])
         except Exception as exc:  # every waiting caller learns the commit failed
-            for _, future, loop in work:
-                loop.call_soon_threadsafe(_settle, future, exc, True)
+            self._close_connection()
+            _settle_all(work, [exc] * len(work), failed=True)
             return
-        for (_, future, loop), result in zip(work, results, strict=True):
-            loop.call_soon_threadsafe(_settle, future, result, False)
+        _settle_all(work, results, failed=False)
+
+    def _close_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception as exc:  # the database may be gone: nothing left to release
+                log.warning("request_log_connection_close_failed", error=type(exc).__name__)
 
     def _apply(self, conn: Connection, operations: list[Operation]) -> list[Any]:
-        # Prepared statements, built once (building them costs more than running them); the
-        # answers are written with one executemany per batch.
+        # Prepared statements, built once (building them costs more than running them). A run
+        # of claims is one multi-row INSERT … ON CONFLICT DO NOTHING RETURNING (a new id, the
+        # usual case, inserts; an id in use inserts nothing and its record is read); the answers
+        # are one executemany. Operations keep their order: a run ends before an operation on
+        # an id already in it.
         earlier: dict[tuple[str, str], RequestRecord | None] = {}
-        results: list[Any] = []
+        results: list[Any] = [None] * len(operations)
         completes: list[dict[str, Any]] = []
-        for op in operations:
+        claims: dict[tuple[str, str], tuple[int, _Claim]] = {}
+        for index, op in enumerate(operations):
             key = (op.department_id, op.request_id)
+            if key in claims:
+                self._claim_run(conn, claims, earlier, results)
             if isinstance(op, _Claim):
-                found = earlier.get(key)
-                if found is not None:  # claimed or answered earlier in this batch
-                    results.append(found)
-                    continue
-                # Insert first: a new id (the usual case) costs one statement; an id in use
-                # inserts nothing and its record is read.
-                inserted = conn.execute(
-                    self._claim,
-                    {
-                        "department_id": op.department_id,
-                        "request_id": op.request_id,
-                        "envelope_sha256": op.envelope_sha256,
-                        "method": op.method,
-                        "state": PENDING,
-                        "response": None,
-                        "received_us": op.now_us,
-                    },
-                ).first()
-                if inserted is None:
-                    row = conn.execute(self._select, {"d": key[0], "r": key[1]}).first()
-                    earlier[key] = None if row is None else _record(row)
-                    results.append(earlier[key])
-                    continue
-                # A later claim of the same id in this batch sees this one.
-                earlier[key] = RequestRecord(op.envelope_sha256, op.method, PENDING, None)
-                results.append(None)
+                if key in earlier:  # claimed, answered or released earlier in this batch
+                    found = earlier[key]
+                    if found is not None:
+                        results[index] = found
+                        continue
+                claims[key] = (index, op)
             elif isinstance(op, _Complete):
                 completes.append(
                     {"d": op.department_id, "r": op.request_id, "s": op.state, "b": op.response}
                 )
                 # A retry claimed later in this batch gets this answer.
                 earlier[key] = RequestRecord(op.envelope_sha256, op.method, op.state, op.response)
-                results.append(None)
             else:
+                self._claim_run(conn, claims, earlier, results)
                 self._flush(conn, completes)
                 conn.execute(self._delete, {"d": key[0], "r": key[1]})
                 earlier[key] = None
-                results.append(None)
+        self._claim_run(conn, claims, earlier, results)
         self._flush(conn, completes)
         return results
+
+    def _claim_run(
+        self,
+        conn: Connection,
+        claims: dict[tuple[str, str], tuple[int, _Claim]],
+        earlier: dict[tuple[str, str], RequestRecord | None],
+        results: list[Any],
+    ) -> None:
+        if not claims:
+            return
+        rows = [
+            {
+                "department_id": op.department_id,
+                "request_id": op.request_id,
+                "envelope_sha256": op.envelope_sha256,
+                "method": op.method,
+                "state": PENDING,
+                "response": None,
+                "received_us": op.now_us,
+            }
+            for _, op in claims.values()
+        ]
+        inserted = {(d, r) for d, r in conn.execute(self._claim, rows)}
+        for key, (index, op) in claims.items():
+            if key in inserted:
+                # A later claim of the same id in this batch sees this one.
+                earlier[key] = RequestRecord(op.envelope_sha256, op.method, PENDING, None)
+                continue
+            row = conn.execute(self._select, {"d": key[0], "r": key[1]}).first()
+            earlier[key] = None if row is None else _record(row)
+            results[index] = earlier[key]
+        claims.clear()
 
     def _flush(self, conn: Connection, completes: list[dict[str, Any]]) -> None:
         if completes:
@@ -276,10 +311,25 @@ def _log_failure(future: asyncio.Future[Any]) -> None:
         log.error("request_record_failed", error=type(future.exception()).__name__)
 
 
-def _settle(future: asyncio.Future[Any], value: Any, failed: bool) -> None:
-    if future.done():
-        return
-    if failed:
-        future.set_exception(value)
-    else:
-        future.set_result(value)
+def _settle_all(
+    work: list[tuple[Operation, asyncio.Future[Any], Any]], values: list[Any], *, failed: bool
+) -> None:
+    """Settle every future of a batch with one wake-up of each event loop concerned."""
+    by_loop: dict[Any, list[tuple[asyncio.Future[Any], Any]]] = {}
+    for (_, future, loop), value in zip(work, values, strict=True):
+        by_loop.setdefault(loop, []).append((future, value))
+    for loop, items in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_settle, items, failed)
+        except RuntimeError:  # that loop is closed: nobody is waiting any more
+            log.warning("request_log_caller_loop_closed")
+
+
+def _settle(items: list[tuple[asyncio.Future[Any], Any]], failed: bool) -> None:
+    for future, value in items:
+        if future.done():
+            continue
+        if failed:
+            future.set_exception(value)
+        else:
+            future.set_result(value)

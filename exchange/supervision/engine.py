@@ -46,6 +46,10 @@ Committed = Sequence[tuple[int, ledger_pb2.LedgerEntry]]
 
 READ_CHUNK = 1000
 RETRY_MAX_SECONDS = 5.0
+# Commits are gathered this long before they are observed and stored, so that under load the
+# engine writes a few transactions a second, not one per ledger commit (each would compete
+# with the ledger writer for the database). Alerts are raised that much later.
+COALESCE_SECONDS = 0.05
 
 
 class Supervisor:
@@ -172,6 +176,7 @@ class Supervisor:
         assert self._wake is not None
         while True:
             await self._wake.wait()
+            await asyncio.sleep(COALESCE_SECONDS)
             self._wake.clear()
             while True:
                 batch = self._contiguous()
