@@ -119,7 +119,7 @@ class Hub:
         # the replay window passes; supervision replays from its cursor, kept in the same
         # transaction).
         self.write_behind = write_behind or engine
-        # Point reads of the embedded database are done on the event loop (lookups.point_read).
+        # Point reads of the embedded database are done on the event loop (lookups.indexed).
         self.reads_inline = engine.dialect.name == "sqlite"
         self.hub_key = hub_key
         self.subject_key = subject_key
@@ -213,6 +213,7 @@ class Hub:
         await self.requests.close()
         await self.ledger.close()
         await self.providers.close()
+        self.index.close()
         self.engine.dispose()
         if self.write_behind is not self.engine:
             self.write_behind.dispose()

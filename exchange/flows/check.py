@@ -25,7 +25,7 @@ async def check(
         lookups.require_role(caller, *CHECK_ROLES, what="Check")
         lookups.require_text(body.subject_id, "subject_id", 128)
         material_type = await lookups.material_type(hub, body.material_type)
-        current = await lookups.point_read(hub, hub.index.current, material_type.id, subject_ref)
+        current = await lookups.indexed(hub, material_type.id, subject_ref)
         receipt = await record(
             hub.ledger,
             caller,

@@ -16,19 +16,21 @@ from exchange.catalog.model import Form, MaterialType, Purpose
 from exchange.hub import Hub
 from exchange.policy.identity import Caller
 from exchange.store.cache import MISSING
+from exchange.store.materials import IndexedMaterial
 from exchange.store.registry import DepartmentRecord
 from exchange.v1 import common_pb2
 
 T = TypeVar("T")
 
 
-async def point_read(hub: Hub, read: Callable[..., T], *args: Any) -> T:
-    """Run a short indexed read: on the event loop for the embedded SQLite database (a point
-    read of a local file costs less than handing it to a worker thread and back), in a worker
-    thread for a database server (a network round trip would stall every other call)."""
+async def indexed(hub: Hub, material_type: str, subject_ref: bytes) -> IndexedMaterial | None:
+    """The current version on the hub's index: read on the event loop for the embedded SQLite
+    database (a point read of a local file costs less than handing it to a worker thread and
+    back), in a worker thread for a database server (a network round trip would stall every
+    other call)."""
     if hub.reads_inline:
-        return read(*args)
-    return await asyncio.to_thread(read, *args)
+        return hub.index.current_on_loop(material_type, subject_ref)
+    return await asyncio.to_thread(hub.index.current, material_type, subject_ref)
 
 
 async def cached(peek: Callable[[], object], load: Callable[[], T]) -> T:

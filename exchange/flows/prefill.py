@@ -110,9 +110,7 @@ async def prefill(
             part.permit = _permit_part(part.material_type, grants, wanted, form.purpose)
             if part.permit is not None:
                 take_rate(hub, part.permit.grant)
-                part.current = await lookups.point_read(
-                    hub, hub.index.current, type_id, subject_ref
-                )
+                part.current = await lookups.indexed(hub, type_id, subject_ref)
 
         latencies: list[float] = []  # of holders that answered, for supervision
 

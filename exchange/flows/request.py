@@ -89,7 +89,7 @@ async def request(
             attributes["grant_id"] = allowed.grant.id
         known["attributes"] = attributes
         take_rate(hub, allowed.grant)
-        current = await lookups.point_read(hub, hub.index.current, material_type.id, subject_ref)
+        current = await lookups.indexed(hub, material_type.id, subject_ref)
         if current is None:
             raise errors.NotFound(
                 common_pb2.NOT_ON_FILE, f"no {material_type.id!r} is on file for this subject"

@@ -9,8 +9,11 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import Engine, bindparam, insert, select, update
+from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.pool import PoolProxiedConnection
 
 from exchange.store.exchange_tables import material_fields, materials, objections
 
@@ -48,7 +51,17 @@ class Proposal:
 # Built once: constructing a statement per call costs more CPU than executing it (the hot path
 # of every Request and Prefill).
 _CURRENT = (
-    select(materials, material_fields.c.name, material_fields.c.field_hash)
+    select(
+        materials.c.reference,
+        materials.c.material_type,
+        materials.c.subject_ref,
+        materials.c.version,
+        materials.c.content_hash,
+        materials.c.holder,
+        materials.c.submitted_by,
+        material_fields.c.name,
+        material_fields.c.field_hash,
+    )
     .select_from(
         materials.outerjoin(material_fields, material_fields.c.reference == materials.c.reference)
     )
@@ -60,11 +73,38 @@ _CURRENT = (
 )
 
 
+# The same read as the driver's SQL, for the event loop's own SQLite connection.
+_CURRENT_SQL = (
+    "SELECT m.reference, m.material_type, m.subject_ref, m.version, m.content_hash, m.holder,"
+    " m.submitted_by, f.name, f.field_hash FROM materials AS m"
+    " LEFT OUTER JOIN material_fields AS f ON f.reference = m.reference"
+    " WHERE m.material_type = ? AND m.subject_ref = ? AND m.superseded_us IS NULL"
+)
+
+
+def _indexed(rows: Sequence[Sequence[Any]]) -> IndexedMaterial | None:
+    """The material of ``_CURRENT`` rows (one per field; columns as in ``_CURRENT_SQL``)."""
+    if not rows:
+        return None
+    first = rows[0]
+    return IndexedMaterial(
+        reference=first[0],
+        material_type=first[1],
+        subject_ref=bytes(first[2]),
+        version=first[3],
+        content_hash=bytes(first[4]),
+        holder=first[5],
+        submitted_by=first[6],
+        field_hashes={row[7]: bytes(row[8]) for row in rows if row[7] is not None},
+    )
+
+
 class MaterialIndex:
     """Reads and writes the index. Every method is one transaction."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._loop_connection: PoolProxiedConnection | None = None
 
     def current(self, material_type: str, subject_ref: bytes) -> IndexedMaterial | None:
         """The current version of the material, with its field hashes, or None."""
@@ -73,19 +113,30 @@ class MaterialIndex:
             rows = conn.execute(
                 _CURRENT, {"material_type": material_type, "subject_ref": subject_ref}
             ).all()
-        if not rows:
-            return None
-        m = rows[0]._mapping
-        return IndexedMaterial(
-            reference=m["reference"],
-            material_type=m["material_type"],
-            subject_ref=bytes(m["subject_ref"]),
-            version=m["version"],
-            content_hash=bytes(m["content_hash"]),
-            holder=m["holder"],
-            submitted_by=m["submitted_by"],
-            field_hashes={r.name: bytes(r.field_hash) for r in rows if r.name is not None},
-        )
+        return _indexed([tuple(row) for row in rows])
+
+    def current_on_loop(self, material_type: str, subject_ref: bytes) -> IndexedMaterial | None:
+        """``current`` for the event loop thread of a hub on SQLite only.
+
+        One statement on a driver connection the loop keeps (in autocommit: the read is its
+        own transaction): a pool checkout and the statement machinery would cost several times
+        the read itself, on the thread every call shares.
+        """
+        if self._loop_connection is None:
+            self._loop_connection = self.engine.raw_connection()
+        driver: DBAPIConnection = self._loop_connection.driver_connection  # type: ignore[assignment]
+        cursor = driver.cursor()
+        try:
+            cursor.execute(_CURRENT_SQL, (material_type, subject_ref))
+            return _indexed(cursor.fetchall())
+        finally:
+            cursor.close()
+
+    def close(self) -> None:
+        """Return the event loop's connection to the pool."""
+        connection, self._loop_connection = self._loop_connection, None
+        if connection is not None:
+            connection.close()
 
     def put_version(self, material: IndexedMaterial, superseded: str | None, now_us: int) -> None:
         """Index a new version; mark ``superseded`` (the previous reference) as replaced.

@@ -1,0 +1,120 @@
+"""The hub's hot-path storage: the loop's index read, batched request-id claims, write-behind
+commits. Real SQLite files and, where named, a real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from exchange.store.database import open_engine, upgrade
+from exchange.store.materials import IndexedMaterial, MaterialIndex
+from exchange.store.requests import ANSWERED, PENDING, RequestLog
+
+
+def _material(reference: str, version: int, fields: dict[str, bytes]) -> IndexedMaterial:
+    return IndexedMaterial(
+        reference=reference,
+        material_type="marriage-record",
+        subject_ref=b"s" * 32,
+        version=version,
+        content_hash=bytes([version]) * 32,
+        holder="js.nj.civil-affairs",
+        submitted_by="js.nj.civil-affairs",
+        field_hashes=fields,
+    )
+
+
+def test_the_loop_read_answers_as_the_pooled_read(tmp_path: Path) -> None:
+    engine = open_engine(f"sqlite:///{tmp_path}/hub.db")
+    upgrade(engine)
+    index = MaterialIndex(engine)
+    try:
+        ref = b"s" * 32
+        assert index.current_on_loop("marriage-record", ref) is None
+        assert index.current("marriage-record", ref) is None
+
+        first = _material("m-1", 1, {"marital_status": b"a" * 32, "spouse_name": b"b" * 32})
+        index.put_version(first, None, 1)
+        assert index.current_on_loop("marriage-record", ref) == first
+        assert index.current("marriage-record", ref) == first
+
+        # A new version supersedes the old one: both reads see only the new one, at once (the
+        # loop's connection holds no snapshot between reads).
+        second = _material("m-2", 2, {"marital_status": b"c" * 32})
+        index.put_version(second, "m-1", 2)
+        assert index.current_on_loop("marriage-record", ref) == second
+        assert index.current("marriage-record", ref) == second
+
+        # A version with no field hashes (every field empty) still reads.
+        third = _material("m-3", 3, {})
+        index.put_version(third, "m-2", 3)
+        assert index.current_on_loop("marriage-record", ref) == third
+        assert index.current_on_loop("birth-record", ref) is None
+    finally:
+        index.close()
+        engine.dispose()
+
+
+async def _claims_in_one_batch(url: str) -> None:
+    engine = open_engine(url, synchronous="NORMAL")
+    upgrade(engine)
+    log = RequestLog(engine)
+    log.start()
+    try:
+        # Queued together, so the writer takes them as one batch: the same id twice, two ids,
+        # and an answer followed by a retry of its id.
+        first, again, other = await asyncio.gather(
+            log.claim("d1", "r1", b"e" * 32, "/m", 1),
+            log.claim("d1", "r1", b"e" * 32, "/m", 1),
+            log.claim("d2", "r1", b"f" * 32, "/m", 1),
+        )
+        assert first is None and other is None
+        assert again is not None and again.state == PENDING and again.envelope_sha256 == b"e" * 32
+
+        log.complete_soon("d1", "r1", b"e" * 32, "/m", ANSWERED, b"answer")
+        retry = await log.claim("d1", "r1", b"e" * 32, "/m", 2)
+        assert retry is not None and retry.state == ANSWERED and retry.response == b"answer"
+
+        # A released id is claimed afresh, also within one batch.
+        released, reclaimed = await asyncio.gather(
+            log.release("d2", "r1"), log.claim("d2", "r1", b"g" * 32, "/m", 3)
+        )
+        assert released is None and reclaimed is None
+        record = await log.claim("d2", "r1", b"g" * 32, "/m", 3)
+        assert record is not None and record.envelope_sha256 == b"g" * 32
+    finally:
+        await log.close()
+        engine.dispose()
+
+
+def test_claims_batched_on_sqlite(tmp_path: Path) -> None:
+    asyncio.run(_claims_in_one_batch(f"sqlite:///{tmp_path}/hub.db"))
+
+
+def test_claims_batched_on_postgres(postgres_url: str) -> None:
+    asyncio.run(_claims_in_one_batch(postgres_url))
+
+
+def test_write_behind_engines(tmp_path: Path, postgres_url: str) -> None:
+    sqlite = open_engine(f"sqlite:///{tmp_path}/hub.db", synchronous="NORMAL")
+    with sqlite.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
+    sqlite.dispose()
+    relaxed = open_engine(postgres_url, synchronous="NORMAL")
+    durable = open_engine(postgres_url)
+    try:
+        with relaxed.connect() as conn:
+            assert conn.execute(text("SHOW synchronous_commit")).scalar() == "off"
+        with durable.connect() as conn:
+            assert conn.execute(text("SHOW synchronous_commit")).scalar() == "on"
+    finally:
+        relaxed.dispose()
+        durable.dispose()
+
+
+def test_write_behind_refuses_unknown_modes(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="FULL or NORMAL"):
+        open_engine(f"sqlite:///{tmp_path}/hub.db", synchronous="OFF")
