@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -27,11 +26,6 @@ log = structlog.get_logger("exchange.server")
 
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 WORKER_THREADS = 32
-# The event loop thread runs Python almost without pause under load, while the writer threads
-# (ledger, request log) only need the interpreter for short moments between database calls.
-# With the default 5 ms switch interval each of those moments can wait 5 ms for the loop to
-# let go, and every call waiting on a commit waits with it; 0.5 ms keeps them short.
-SWITCH_INTERVAL_SECONDS = 0.0005
 
 
 def server_credentials(config: Config) -> grpc.ServerCredentials:
@@ -83,7 +77,6 @@ class HubServer:
         asyncio.get_running_loop().set_default_executor(
             ThreadPoolExecutor(max_workers=WORKER_THREADS, thread_name_prefix="hub-worker")
         )
-        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_SECONDS))
         await self.hub.start()
         if self.config.insecure:
             log.warning(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,9 @@ PENDING = 0
 ANSWERED = 1
 REFUSED = 2
 MAX_BATCH = 512
+# Answers nobody waits for are written with the next batch of claims, or after this long: a
+# retry's claim always comes after its answer was queued, and a batch applies answers first.
+ANSWER_DELAY_SECONDS = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +70,7 @@ class _Release:
 
 Operation = _Claim | _Complete | _Release
 _STOP = object()
+_WAKE = object()  # an answer is waiting and the writer may be idle
 
 
 class RequestLog:
@@ -80,6 +85,7 @@ class RequestLog:
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._conn: Connection | None = None  # the writer thread's
+        self._answers: deque[tuple[Operation, asyncio.Future[Any], Any]] = deque()
         insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
         # RETURNING tells a claim that inserted from one that lost to a concurrent claim (by
         # another hub process) and must read the winner's record instead.
@@ -144,14 +150,28 @@ class RequestLog:
         """Queue the answer (serialized response, or serialized google.rpc.Status) and return
         at once; the returned future settles when it is committed.
 
-        The caller need not wait: the call's effect is already durable in the ledger, and the
-        writer applies operations in order, so a retry queued after this sees the answer. If the
+        The caller need not wait: the call's effect is already durable in the ledger. The
+        answer is written with the writer's next batch (at most ANSWER_DELAY_SECONDS later),
+        before that batch's claims, so a retry queued after this sees the answer. If the
         process dies before the commit, a retry finds the claim still PENDING and is refused as
         in progress until it ages out of the replay window. A failed commit is logged.
         """
-        future = self._enqueue(
-            _Complete(department_id, request_id, envelope_sha256, method, state, response)
+        if self._thread is None:
+            raise RuntimeError("the request log is not started")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        # The answer goes with the writer's next batch (ANSWER_DELAY_SECONDS); the writer is
+        # woken only if it may be idle, i.e. this is the only answer waiting (appending first
+        # and counting after leaves no window in which an answer waits unseen).
+        self._answers.append(
+            (
+                _Complete(department_id, request_id, envelope_sha256, method, state, response),
+                future,
+                loop,
+            )
         )
+        if len(self._answers) <= 1:
+            self._queue.put(_WAKE)
         future.add_done_callback(_log_failure)
         return future
 
@@ -188,14 +208,22 @@ class RequestLog:
     def _run(self) -> None:
         stopping = False
         while not stopping:
-            batch = [self._queue.get()]
+            try:
+                batch = [self._queue.get(timeout=ANSWER_DELAY_SECONDS if self._answers else None)]
+            except queue.Empty:
+                batch = []
             while len(batch) < MAX_BATCH:
                 try:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            work = [item for item in batch if item is not _STOP]
-            stopping = len(work) != len(batch)
+            # Answers queued before anything in ``batch`` are applied before it (see
+            # ANSWER_DELAY_SECONDS); taken after the queue, so none queued earlier is missed.
+            answers = []
+            while self._answers:
+                answers.append(self._answers.popleft())
+            stopping = any(item is _STOP for item in batch)
+            work = answers + [item for item in batch if item is not _STOP and item is not _WAKE]
             if work:
                 self._commit(work)  # type: ignore[arg-type]
         self._close_connection()

@@ -118,3 +118,28 @@ def test_write_behind_engines(tmp_path: Path, postgres_url: str) -> None:
 def test_write_behind_refuses_unknown_modes(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="FULL or NORMAL"):
         open_engine(f"sqlite:///{tmp_path}/hub.db", synchronous="OFF")
+
+
+async def _answer_written_while_idle(url: str) -> None:
+    engine = open_engine(url, synchronous="NORMAL")
+    upgrade(engine)
+    log = RequestLog(engine)
+    log.start()
+    try:
+        assert await log.claim("d1", "r1", b"e" * 32, "/m", 1) is None
+        # No claim follows: the answer must still be committed, and soon.
+        await asyncio.wait_for(
+            log.complete_soon("d1", "r1", b"e" * 32, "/m", ANSWERED, b"answer"), timeout=2
+        )
+        with engine.connect() as conn:
+            state, response = conn.execute(
+                text("SELECT state, response FROM requests WHERE request_id = 'r1'")
+            ).one()
+        assert (state, bytes(response)) == (ANSWERED, b"answer")
+    finally:
+        await log.close()
+        engine.dispose()
+
+
+def test_an_answer_is_written_when_no_claim_follows(tmp_path: Path) -> None:
+    asyncio.run(_answer_written_while_idle(f"sqlite:///{tmp_path}/hub.db"))
