@@ -10,9 +10,10 @@ MaterialRecord of the same fields, signed with the department's key, bound to th
          bytes) -> echo provider.
 
 Same payload size, same concurrency, each server in its own process; the consumer signs a fresh
-envelope per call on both paths. Prints throughput and p50/p99 latency of each and the ratios.
+envelope per call on both paths. Prints throughput and p50/p99 latency of each and the ratios,
+then the CPU time each process spends per call (Linux), which shows where the gap is.
 
-Run: python bench/routing.py [--seconds 10] [--concurrency 32] [--database-url URL]
+Run: python bench/routing.py [--seconds 10] [--concurrency 32] [--repeat 3] [--database-url URL]
 Targets: hub throughput >= 0.6 x relay; hub p99 <= 2 x relay p99.
 """
 
@@ -24,6 +25,7 @@ import contextlib
 import dataclasses
 import multiprocessing
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -126,7 +128,7 @@ def run_relay(keys_dir: str, provider_port: int, ports: Any) -> None:
             f"127.0.0.1:{provider_port}",
             grpc.ssl_channel_credentials(tls.ca, tls.private_key, tls.certificate),
         )
-        forward = upstream.unary_unary("/exchange.v1.Provider/Fetch")
+        forward = upstream.unary_unary("/exchange.v1.Provider/Fetch")  # type: ignore[call-arg]
 
         async def relay(request: bytes, context: Any) -> bytes:
             answer: bytes = await forward(request, timeout=context.time_remaining())
@@ -150,7 +152,10 @@ def run_hub(config: Config, ports: Any) -> None:
 
     import structlog
 
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        cache_logger_on_first_use=True,
+    )
 
     async def start() -> tuple[int, Any]:
         server = HubServer(config)
@@ -163,12 +168,22 @@ def run_hub(config: Config, ports: Any) -> None:
 # ----------------------------------------------------------------------------- load
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of process ``pid`` so far (Linux /proc), or None elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @dataclasses.dataclass
 class Result:
     name: str
     calls: int
     seconds: float
     latencies: list[float]
+    cpu_ms_per_call: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @property
     def throughput(self) -> float:
@@ -179,8 +194,11 @@ class Result:
         return ordered[min(len(ordered) - 1, int(p * len(ordered)))] * 1000
 
 
-async def load(name: str, client: HubClient, seconds: float, concurrency: int) -> Result:
-    """Call Exchange/Request from ``concurrency`` workers for ``seconds``; time every call."""
+async def load(
+    name: str, client: HubClient, seconds: float, concurrency: int, pids: dict[str, int]
+) -> Result:
+    """Call Exchange/Request from ``concurrency`` workers for ``seconds``; time every call, and
+    measure the CPU time each process in ``pids`` spends per call."""
     method = "/exchange.v1.Exchange/Request"
 
     async def one() -> float:
@@ -193,7 +211,7 @@ async def load(name: str, client: HubClient, seconds: float, concurrency: int) -
                 material_type=MATERIAL, subject_id=SUBJECT, purpose=PURPOSE, fields=list(FIELDS)
             )
         started = time.perf_counter()
-        await client.call(method, body, provider_pb2.FetchResponse, timeout=10)  # type: ignore[arg-type]
+        await client.call(method, body, provider_pb2.FetchResponse, timeout=10)
         return time.perf_counter() - started
 
     for _ in range(100):  # warm up: connections, caches
@@ -205,9 +223,15 @@ async def load(name: str, client: HubClient, seconds: float, concurrency: int) -
         while time.perf_counter() < deadline:
             latencies.append(await one())
 
+    before = {role: cpu_seconds(pid) for role, pid in pids.items()}
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return Result(name, len(latencies), time.perf_counter() - started, latencies)
+    result = Result(name, len(latencies), time.perf_counter() - started, latencies)
+    for role, pid in pids.items():
+        after, earlier = cpu_seconds(pid), before[role]
+        if after is not None and earlier is not None and result.calls:
+            result.cpu_ms_per_call[role] = (after - earlier) / result.calls * 1000
+    return result
 
 
 async def setup_hub(target: str, store: Keystore) -> None:
@@ -296,6 +320,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--repeat", type=int, default=3, help="interleaved (relay, hub) pairs")
     parser.add_argument("--database-url", default=None, help="hub database (default: SQLite)")
     args = parser.parse_args()
     context = multiprocessing.get_context("spawn")
@@ -307,15 +332,18 @@ def main() -> None:
         ports = context.Queue()
         processes = []
 
-        def spawn(target: Any, *extra: Any) -> int:
+        pids: dict[str, int] = {"client": os.getpid()}
+
+        def spawn(role: str, target: Any, *extra: Any) -> int:
             process = context.Process(target=target, args=(*extra, ports), daemon=True)
             process.start()
             processes.append(process)
+            pids[role] = process.pid or 0
             return int(ports.get(timeout=60))
 
         try:
-            provider_port = spawn(run_echo, str(store.root))
-            relay_port = spawn(run_relay, str(store.root), provider_port)
+            provider_port = spawn("provider", run_echo, str(store.root))
+            relay_port = spawn("relay", run_relay, str(store.root), provider_port)
             os.environ["BENCH_PROVIDER"] = f"127.0.0.1:{provider_port}"
             config = Config(
                 hub_id=HUB_ID,
@@ -323,45 +351,76 @@ def main() -> None:
                 database_url=args.database_url or f"sqlite:///{tmp}/exchange.db",
                 keys_dir=store.root,
             )
-            hub_port = spawn(run_hub, config)
-            results = asyncio.run(run(store, hub_port, relay_port, args))
+            hub_port = spawn("hub", run_hub, config)
+            results = asyncio.run(run(store, hub_port, relay_port, args, pids))
         finally:
             for process in processes:
                 process.terminate()
                 process.join(5)
-    relay, hub = results
     print(
         f"machine: {os.cpu_count()} cores; {args.concurrency} concurrent callers, "
-        f"{args.seconds:.0f} s per path; hub database "
+        f"{args.seconds:.0f} s per path, {len(results)} interleaved pairs; hub database "
         f"{'SQLite' if not args.database_url else args.database_url.split('://')[0]}"
     )
-    for result in (relay, hub):
-        print(
-            f"  {result.name:5}: {result.throughput:8,.0f} req/s   "
-            f"p50 {result.percentile(0.5):6.2f} ms"
-            f"   p99 {result.percentile(0.99):6.2f} ms   ({result.calls} calls)"
-        )
-    print(f"  ratio throughput hub/relay: {hub.throughput / relay.throughput:.2f} (target >= 0.6)")
+    for relay, hub in results:
+        for result in (relay, hub):
+            print(
+                f"  {result.name:5}: {result.throughput:8,.0f} req/s   "
+                f"p50 {result.percentile(0.5):6.2f} ms"
+                f"   p99 {result.percentile(0.99):6.2f} ms   ({result.calls} calls)"
+            )
+    throughput = [hub.throughput / relay.throughput for relay, hub in results]
+    p99 = [hub.percentile(0.99) / relay.percentile(0.99) for relay, hub in results]
     print(
-        f"  ratio p99 hub/relay: {hub.percentile(0.99) / relay.percentile(0.99):.2f} "
-        "(target <= 2.0)"
+        f"  ratio throughput hub/relay (median of pairs): {statistics.median(throughput):.2f} "
+        f"[{', '.join(f'{r:.2f}' for r in throughput)}] (target >= 0.6)"
     )
+    print(
+        f"  ratio p99 hub/relay (median of pairs): {statistics.median(p99):.2f} "
+        f"[{', '.join(f'{r:.2f}' for r in p99)}] (target <= 2.0)"
+    )
+    relay, hub = results[len(results) // 2]
+    if relay.cpu_ms_per_call and hub.cpu_ms_per_call:
+        # Where the time goes: the processes share the machine's cores, so CPU per call bounds
+        # throughput once they are busy; it is also steadier than req/s on a noisy VM.
+        print("CPU per call (user + system, ms; middle pair):")
+        for result in (relay, hub):
+            parts = "   ".join(f"{role} {ms:.2f}" for role, ms in result.cpu_ms_per_call.items())
+            total = sum(result.cpu_ms_per_call.values())
+            print(f"  {result.name:5}: {parts}   all {total:.2f}")
+        middle = hub.cpu_ms_per_call.get("hub", 0.0) / max(relay.cpu_ms_per_call["relay"], 1e-9)
+        print(f"  hub process / relay process: {middle:.1f}x")
 
 
-async def run(store: Keystore, hub_port: int, relay_port: int, args: Any) -> tuple[Result, Result]:
+async def run(
+    store: Keystore, hub_port: int, relay_port: int, args: Any, pids: dict[str, int]
+) -> list[tuple[Result, Result]]:
+    """Load the relay, then the hub, ``args.repeat`` times (interleaved, so a machine that
+    speeds up or slows down during the run affects both paths alike)."""
+
+    def roles(middle: str) -> dict[str, int]:
+        return {role: pids[role] for role in ("client", middle, "provider")}
+
     await setup_hub(f"127.0.0.1:{hub_port}", store)
     identity = Identity(
         CONSUMER, store.department_signing_key(CONSUMER), store.department_tls(CONSUMER)
     )
-    async with HubClient(
-        f"127.0.0.1:{relay_port}", identity, server_name="localhost", retries=0
-    ) as relay_client:
-        relay = await load("relay", relay_client, args.seconds, args.concurrency)
-    async with HubClient(
-        f"127.0.0.1:{hub_port}", identity, server_name="localhost", retries=0
-    ) as hub_client:
-        hub = await load("hub", hub_client, args.seconds, args.concurrency)
-    return relay, hub
+    pairs: list[tuple[Result, Result]] = []
+    async with (
+        HubClient(
+            f"127.0.0.1:{relay_port}", identity, server_name="localhost", retries=0
+        ) as relay_client,
+        HubClient(
+            f"127.0.0.1:{hub_port}", identity, server_name="localhost", retries=0
+        ) as hub_client,
+    ):
+        for _ in range(args.repeat):
+            relay = await load(
+                "relay", relay_client, args.seconds, args.concurrency, roles("relay")
+            )
+            hub = await load("hub", hub_client, args.seconds, args.concurrency, roles("hub"))
+            pairs.append((relay, hub))
+    return pairs
 
 
 if __name__ == "__main__":
