@@ -24,6 +24,7 @@ from exchange.policy.grants import GrantStore
 from exchange.policy.identity import Authenticator
 from exchange.policy.rates import RateLimiter
 from exchange.routing.provider import ProviderRouter
+from exchange.store.cache import MISSING
 from exchange.store.database import open_engine, upgrade
 from exchange.store.materials import MaterialIndex
 from exchange.store.objections import Objections
@@ -52,6 +53,14 @@ class DepartmentCache:
         record = self.registry.get(department_id)
         self._entries[department_id] = (now, record)
         return record
+
+    def peek(self, department_id: str) -> object:
+        """The cached record (or None: known not registered), or MISSING if ``get`` would read
+        the database."""
+        hit = self._entries.get(department_id)
+        if hit is not None and time.monotonic() - hit[0] < self.ttl_seconds:
+            return hit[1]
+        return MISSING
 
     def fresh(self, department_id: str) -> bool:
         """Whether ``get`` would answer from the cache (without reading the database)."""

@@ -75,10 +75,16 @@ def verify_signature(public_key: bytes, signature: bytes, data: bytes) -> bool:
 
     A malformed key or signature is simply invalid: this never raises.
     """
-    if len(public_key) != nacl.bindings.crypto_sign_PUBLICKEYBYTES or len(signature) != 64:
+    try:
+        key, signed = bytes(public_key), bytes(signature) + bytes(data)
+    except TypeError:  # not bytes-like
+        return False
+    if len(key) != nacl.bindings.crypto_sign_PUBLICKEYBYTES or len(signed) < 64:
+        return False
+    if len(signature) != nacl.bindings.crypto_sign_BYTES:
         return False
     try:
-        nacl.bindings.crypto_sign_open(signature + data, public_key)
+        nacl.bindings.crypto_sign_open(signed, key)
     except (nacl.exceptions.BadSignatureError, nacl.exceptions.CryptoError, ValueError):
         return False
     return True

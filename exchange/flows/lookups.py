@@ -109,9 +109,11 @@ async def form(hub: Hub, form_id: str) -> Form:
 
 async def department(hub: Hub, department_id: str) -> DepartmentRecord | None:
     """The registered department (cached, as for authentication), or None."""
-    if hub.departments.fresh(department_id):
-        return hub.departments.get(department_id)
-    return await asyncio.to_thread(hub.departments.get, department_id)
+    found: DepartmentRecord | None = await cached(
+        lambda: hub.departments.peek(department_id),
+        lambda: hub.departments.get(department_id),
+    )
+    return found
 
 
 async def holder(hub: Hub, department_id: str) -> DepartmentRecord:

@@ -35,6 +35,7 @@ from exchange.ledger.entry import (
     entry_time_ns,
 )
 from exchange.ledger.errors import BeyondLog, CheckpointNotFound, LedgerUnavailable
+from exchange.store.database import connection_lost
 from exchange.v1 import ledger_pb2
 
 log = structlog.get_logger(__name__)
@@ -122,6 +123,7 @@ class Ledger:
         self._checkpoint_time = 0.0
         self._commits = 0
         self._writer_conn: Connection | None = None  # the writer thread's own, kept open
+        self._committing = False  # the batch's COMMIT was sent (its outcome is then unknown)
 
     # ---------------------------------------------------------------- life cycle
 
@@ -348,14 +350,24 @@ class Ledger:
         return sign_checkpoint(self._origin, size, root, self._signer, self._key_name)
 
     def _commit(self, batch: list[_Pending]) -> None:
-        try:
-            receipts, committed, size = self._append_batch(batch)
-        except Exception as exc:  # the writer must survive any driver/OS error and report it
-            self._head = self._compact = None  # re-read everything next time
-            self._drop_connection()
-            log.error("ledger_commit_failed", entries=len(batch), error=type(exc).__name__)
-            self._fail(batch, LedgerUnavailable(f"the ledger cannot commit: {type(exc).__name__}"))
-            return
+        for attempt in (1, 2):
+            self._committing = False
+            try:
+                receipts, committed, size = self._append_batch(batch)
+                break
+            except Exception as exc:  # the writer must survive any driver/OS error, and say so
+                self._head = self._compact = None  # re-read everything next time
+                self._drop_connection()
+                if attempt == 1 and not self._committing and connection_lost(exc):
+                    # The kept connection died while idle; nothing was sent for commit: the
+                    # batch again, on a new connection.
+                    log.warning("ledger_reconnected", error=type(exc).__name__)
+                    continue
+                log.error("ledger_commit_failed", entries=len(batch), error=type(exc).__name__)
+                self._fail(
+                    batch, LedgerUnavailable(f"the ledger cannot commit: {type(exc).__name__}")
+                )
+                return
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Receipt], Receipt]]]
         by_loop = {}
         for pending, receipt in zip(batch, receipts, strict=True):
@@ -473,8 +485,7 @@ class Ledger:
         conn, self._writer_conn = self._writer_conn, None
         if conn is not None:
             try:
-                conn.rollback()
-                conn.close()
+                conn.close()  # rolls back what is open
             except Exception as exc:  # the database may be gone: nothing left to release
                 log.warning("ledger_connection_close_failed", error=type(exc).__name__)
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -48,15 +49,22 @@ def open_engine(url: str, *, synchronous: str = "FULL", **kwargs: Any) -> Engine
     if synchronous == "NORMAL" and parsed.get_backend_name() == "postgresql":
         engine = create_engine(url, pool_pre_ping=True, **kwargs)
 
-        @event.listens_for(engine, "connect")
-        def _asynchronous_commit(dbapi_connection: Any, _record: Any) -> None:
-            cursor = dbapi_connection.cursor()
-            cursor.execute("SET synchronous_commit = off")
-            cursor.close()
-            dbapi_connection.commit()
+        # Per transaction (SET LOCAL), never per session: a session setting could outlive a
+        # pooler's reset or reach another client's transactions through a transaction-mode
+        # pooler, and make the ledger's commits asynchronous too.
+        @event.listens_for(engine, "begin")
+        def _asynchronous_commit(conn: Connection) -> None:
+            conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
 
         return engine
     return create_engine(url, pool_pre_ping=True, **kwargs)
+
+
+def connection_lost(error: BaseException) -> bool:
+    """Whether ``error`` means the database connection itself is gone (server restart,
+    failover, idle timeout): a writer that keeps its connection then opens a new one and, if
+    nothing was sent for commit yet, runs its batch again."""
+    return isinstance(error, DBAPIError) and bool(error.connection_invalidated)
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:

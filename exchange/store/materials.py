@@ -125,12 +125,16 @@ class MaterialIndex:
         if self._loop_connection is None:
             self._loop_connection = self.engine.raw_connection()
         driver: DBAPIConnection = self._loop_connection.driver_connection  # type: ignore[assignment]
-        cursor = driver.cursor()
         try:
-            cursor.execute(_CURRENT_SQL, (material_type, subject_ref))
-            return _indexed(cursor.fetchall())
-        finally:
-            cursor.close()
+            cursor = driver.cursor()
+            try:
+                cursor.execute(_CURRENT_SQL, (material_type, subject_ref))
+                return _indexed(cursor.fetchall())
+            finally:
+                cursor.close()
+        except Exception:
+            self.close()  # a driver error may have left it unusable: the next read opens anew
+            raise
 
     def close(self) -> None:
         """Return the event loop's connection to the pool."""

@@ -20,6 +20,7 @@ import structlog
 from sqlalchemy import Connection, Engine, bindparam, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from exchange.store.database import connection_lost
 from exchange.store.tables import requests
 
 log = structlog.get_logger("exchange.requests")
@@ -70,7 +71,6 @@ class _Release:
 
 Operation = _Claim | _Complete | _Release
 _STOP = object()
-_WAKE = object()  # an answer is waiting and the writer may be idle
 
 
 class RequestLog:
@@ -160,9 +160,8 @@ class RequestLog:
             raise RuntimeError("the request log is not started")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        # The answer goes with the writer's next batch (ANSWER_DELAY_SECONDS); the writer is
-        # woken only if it may be idle, i.e. this is the only answer waiting (appending first
-        # and counting after leaves no window in which an answer waits unseen).
+        # No wake-up: the answer goes with the writer's next batch, within ANSWER_DELAY_SECONDS
+        # (the writer never waits longer than that for its queue).
         self._answers.append(
             (
                 _Complete(department_id, request_id, envelope_sha256, method, state, response),
@@ -170,8 +169,6 @@ class RequestLog:
                 loop,
             )
         )
-        if len(self._answers) <= 1:
-            self._queue.put(_WAKE)
         future.add_done_callback(_log_failure)
         return future
 
@@ -209,7 +206,7 @@ class RequestLog:
         stopping = False
         while not stopping:
             try:
-                batch = [self._queue.get(timeout=ANSWER_DELAY_SECONDS if self._answers else None)]
+                batch = [self._queue.get(timeout=ANSWER_DELAY_SECONDS)]
             except queue.Empty:
                 batch = []
             while len(batch) < MAX_BATCH:
@@ -223,24 +220,35 @@ class RequestLog:
             while self._answers:
                 answers.append(self._answers.popleft())
             stopping = any(item is _STOP for item in batch)
-            work = answers + [item for item in batch if item is not _STOP and item is not _WAKE]
+            work = answers + [item for item in batch if item is not _STOP]
             if work:
                 self._commit(work)  # type: ignore[arg-type]
         self._close_connection()
 
     def _commit(self, work: list[tuple[Operation, asyncio.Future[Any], Any]]) -> None:
-        try:
-            # The writer keeps its connection: a checkout and reset per batch costs more than
-            # the batch's statements.
-            if self._conn is None:
-                self._conn = self.engine.connect()
-            with self._conn.begin():
-                results = self._apply(self._conn, [operation for operation, _, _ in work])
-        except Exception as exc:  # every waiting caller learns the commit failed
-            self._close_connection()
-            _settle_all(work, [exc] * len(work), failed=True)
+        operations = [operation for operation, _, _ in work]
+        for attempt in (1, 2):
+            committing = False
+            try:
+                # The writer keeps its connection: a checkout and reset per batch costs more
+                # than the batch's statements.
+                if self._conn is None:
+                    self._conn = self.engine.connect()
+                transaction = self._conn.begin()
+                results = self._apply(self._conn, operations)
+                committing = True
+                transaction.commit()
+            except Exception as exc:
+                self._close_connection()
+                if attempt == 1 and not committing and connection_lost(exc):
+                    # The kept connection died while idle; nothing was committed: again, on
+                    # a new one.
+                    log.warning("request_log_reconnected", error=type(exc).__name__)
+                    continue
+                _settle_all(work, [exc] * len(work), failed=True)  # every waiter learns it
+                return
+            _settle_all(work, results, failed=False)
             return
-        _settle_all(work, results, failed=False)
 
     def _close_connection(self) -> None:
         conn, self._conn = self._conn, None

@@ -5,9 +5,10 @@ import stat
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from exchange.crypto import certificates
-from exchange.crypto.keys import KeyFileError, load_signing_key
+from exchange.crypto.keys import KeyFileError, SigningKey, load_signing_key, verify_signature
 from exchange.crypto.keystore import Keystore
 
 
@@ -57,3 +58,30 @@ def test_invalid_department_ids_are_refused(tmp_path: Path, bad: str) -> None:
     store.init_hub("hub", ("localhost",))
     with pytest.raises(ValueError, match="invalid department id"):
         store.add_department(bad)
+
+
+def test_signatures_are_rfc8032_ed25519_and_verification_never_raises() -> None:
+    key = SigningKey.generate()
+    message = b"exchange.v1 test message"
+    signature = key.sign(message)
+    # The same bytes as any RFC 8032 implementation (here: OpenSSL's, through cryptography).
+    assert signature == key.private.sign(message)
+    Ed25519PublicKey.from_public_bytes(key.public_bytes).verify(signature, message)
+    assert verify_signature(key.public_bytes, signature, message)
+    # Bytes-like input verifies like bytes.
+    assert verify_signature(bytearray(key.public_bytes), memoryview(signature), message)
+    # Anything else is simply invalid.
+    tampered = bytes([signature[0] ^ 1]) + signature[1:]
+    other = SigningKey.generate().public_bytes
+    for public, sig, data in (
+        (key.public_bytes, signature, message + b"!"),
+        (key.public_bytes, tampered, message),
+        (other, signature, message),
+        (key.public_bytes[:31], signature, message),
+        (key.public_bytes, signature[:63], message),
+        (key.public_bytes, signature + b"\0", message),
+        (b"\0" * 32, b"\0" * 64, message),
+        (None, signature, message),
+        ("not bytes", signature, message),
+    ):
+        assert verify_signature(public, sig, data) is False  # type: ignore[arg-type]

@@ -9,9 +9,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
+from exchange.crypto.keys import SigningKey
+from exchange.ledger import EntryDraft, Ledger
 from exchange.store.database import open_engine, upgrade
 from exchange.store.materials import IndexedMaterial, MaterialIndex
 from exchange.store.requests import ANSWERED, PENDING, RequestLog
+from exchange.v1 import ledger_pb2
 
 
 def _material(reference: str, version: int, fields: dict[str, bytes]) -> IndexedMaterial:
@@ -143,3 +146,60 @@ async def _answer_written_while_idle(url: str) -> None:
 
 def test_an_answer_is_written_when_no_claim_follows(tmp_path: Path) -> None:
     asyncio.run(_answer_written_while_idle(f"sqlite:///{tmp_path}/hub.db"))
+
+
+def _drop_other_connections(url: str) -> int:
+    """Terminate every other session on the test database (a server restart, as the writers
+    see it); return how many."""
+    admin = open_engine(url)
+    try:
+        with admin.connect() as conn:
+            killed = conn.execute(
+                text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            ).scalar()
+        return int(killed or 0)
+    finally:
+        admin.dispose()
+
+
+async def _writers_survive_a_dropped_connection(url: str) -> None:
+    engine = open_engine(url)
+    upgrade(engine)
+    relaxed = open_engine(url, synchronous="NORMAL")
+    log = RequestLog(relaxed)
+    log.start()
+    ledger = Ledger(engine, SigningKey.generate(), "test.exchange/log")
+    await ledger.start()
+    try:
+        assert await log.claim("d1", "r1", b"e" * 32, "/m", 1) is None
+        first = await ledger.append(_entry(1))
+        # Both writers keep a connection between batches; the server drops them.
+        assert _drop_other_connections(url) >= 2
+        # The next batch of each reconnects once and succeeds: nothing was lost or refused.
+        assert await log.claim("d1", "r2", b"f" * 32, "/m", 2) is None
+        second = await ledger.append(_entry(2))
+        assert second.sequence == first.sequence + 1
+        again = await log.claim("d1", "r1", b"e" * 32, "/m", 3)
+        assert again is not None and again.state == PENDING
+    finally:
+        await ledger.close()
+        await log.close()
+        relaxed.dispose()
+        engine.dispose()
+
+
+def _entry(i: int) -> EntryDraft:
+    return EntryDraft(
+        kind=ledger_pb2.CHECK,
+        actor="js.nj.civil-affairs",
+        outcome=ledger_pb2.OK,
+        request_id=f"req-{i}",
+        material_type="household-registration",
+    )
+
+
+def test_writers_survive_a_dropped_postgres_connection(postgres_url: str) -> None:
+    asyncio.run(_writers_survive_a_dropped_connection(postgres_url))
