@@ -4,10 +4,12 @@ commits. Real SQLite files and, where named, a real PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import Engine, text
 
 from exchange.crypto.keys import SigningKey
 from exchange.ledger import EntryDraft, Ledger
@@ -61,12 +63,22 @@ def test_the_loop_read_answers_as_the_pooled_read(tmp_path: Path) -> None:
         engine.dispose()
 
 
-async def _claims_in_one_batch(url: str) -> None:
+@contextlib.asynccontextmanager
+async def _request_log(url: str) -> AsyncIterator[tuple[RequestLog, Engine]]:
+    """A started request log on a migrated write-behind engine; closed afterwards."""
     engine = open_engine(url, synchronous="NORMAL")
     upgrade(engine)
     log = RequestLog(engine)
     log.start()
     try:
+        yield log, engine
+    finally:
+        await log.close()
+        engine.dispose()
+
+
+async def _claims_in_one_batch(url: str) -> None:
+    async with _request_log(url) as (log, _):
         # Queued together, so the writer takes them as one batch: the same id twice, two ids,
         # and an answer followed by a retry of its id.
         first, again, other = await asyncio.gather(
@@ -88,9 +100,6 @@ async def _claims_in_one_batch(url: str) -> None:
         assert released is None and reclaimed is None
         record = await log.claim("d2", "r1", b"g" * 32, "/m", 3)
         assert record is not None and record.envelope_sha256 == b"g" * 32
-    finally:
-        await log.close()
-        engine.dispose()
 
 
 def test_claims_batched_on_sqlite(tmp_path: Path) -> None:
@@ -124,11 +133,7 @@ def test_write_behind_refuses_unknown_modes(tmp_path: Path) -> None:
 
 
 async def _answer_written_while_idle(url: str) -> None:
-    engine = open_engine(url, synchronous="NORMAL")
-    upgrade(engine)
-    log = RequestLog(engine)
-    log.start()
-    try:
+    async with _request_log(url) as (log, engine):
         assert await log.claim("d1", "r1", b"e" * 32, "/m", 1) is None
         # No claim follows: the answer must still be committed, and soon.
         await asyncio.wait_for(
@@ -139,9 +144,6 @@ async def _answer_written_while_idle(url: str) -> None:
                 text("SELECT state, response FROM requests WHERE request_id = 'r1'")
             ).one()
         assert (state, bytes(response)) == (ANSWERED, b"answer")
-    finally:
-        await log.close()
-        engine.dispose()
 
 
 def test_an_answer_is_written_when_no_claim_follows(tmp_path: Path) -> None:
