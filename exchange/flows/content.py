@@ -55,8 +55,15 @@ def field_encoding(material_type: str, subject_id: str, name: str, value: str) -
     return lp(FIELD_LABEL) + lp(material_type) + lp(subject_id) + lp(name) + lp(value)
 
 
+def _mac(key: bytes, data: bytes) -> bytes:
+    # hmac.new, not the one-shot hmac.digest: the one-shot releases the GIL around even a tiny
+    # message, and on a busy hub getting it back costs up to the interpreter's switch interval
+    # (5 ms) when another thread takes it meanwhile; the HMAC object keeps it for small inputs.
+    return hmac.new(key, data, hashlib.sha256).digest()
+
+
 def _derive(secret: bytes, label: str) -> bytes:
-    return hmac.digest(secret, label.encode("ascii"), "sha256")
+    return _mac(secret, label.encode("ascii"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,12 +88,12 @@ class ContentKeys:
     def subject_ref(self, subject_id: str) -> bytes:
         """HMAC-SHA256(subject secret, UTF-8 of the canonical subject id)."""
         data = canonical_subject_id(subject_id).encode("utf-8")
-        return hmac.digest(self.subject_key, data, "sha256")
+        return _mac(self.subject_key, data)
 
     def content_hash(self, material_type: str, subject_id: str, fields: Mapping[str, str]) -> bytes:
         """Keyed hash of a whole material (every field)."""
         encoding = content_encoding(material_type, canonical_subject_id(subject_id), fields)
-        return hmac.digest(self.content_key, encoding, "sha256")
+        return _mac(self.content_key, encoding)
 
     def field_hashes(
         self, material_type: str, subject_id: str, fields: Mapping[str, str]
@@ -96,7 +103,7 @@ class ContentKeys:
         # The prefix shared by every field of the material is encoded once.
         prefix = lp(FIELD_LABEL) + lp(material_type) + lp(subject)
         return {
-            name: hmac.digest(self.field_key, prefix + lp(name) + lp(value), "sha256")
+            name: _mac(self.field_key, prefix + lp(name) + lp(value))
             for name, value in fields.items()
         }
 
@@ -107,4 +114,4 @@ class ContentKeys:
         material at the provider.
         """
         data = lp(material_type) + subject_ref + struct.pack(">Q", version)
-        return "m-" + hmac.new(self.reference_key, data, hashlib.sha256).hexdigest()[:32]
+        return "m-" + _mac(self.reference_key, data).hex()[:32]

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import secrets
 import uuid
 import weakref
@@ -51,9 +52,16 @@ def _lock(hub: Hub, material_type: str, subject_ref: bytes) -> asyncio.Lock:
     return lock
 
 
+# Forwarded ids are unique, not secret: a random prefix per process and a counter. (Reading the
+# system's randomness on every call would release the GIL, and on a busy hub getting it back
+# costs more than the id.)
+_FORWARDED_PREFIX = secrets.token_hex(4)
+_forwarded_numbers = itertools.count(1)
+
+
 def forwarded_id(caller: Caller, what: str) -> str:
     """A fresh request id for a call the hub forwards for ``caller`` (traceable to it)."""
-    return f"{caller.request_id[:80]}/{what}-{secrets.token_hex(8)}"
+    return f"{caller.request_id[:80]}/{what}-{_FORWARDED_PREFIX}{next(_forwarded_numbers):x}"
 
 
 async def submit(
