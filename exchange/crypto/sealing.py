@@ -10,7 +10,9 @@ carries the same disclosure, can open the stored answer; a copy of the database 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
+import struct
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -24,6 +26,17 @@ class SealError(Exception):
     """A sealed answer cannot be opened with this disclosure."""
 
 
+# AES-GCM nonces: a random 4-byte field per process and a 64-bit invocation counter (the
+# deterministic construction of NIST SP 800-38D), so no nonce repeats under any key; reading the
+# system's randomness per answer would release the GIL on the hub's busiest thread.
+_NONCE_FIELD = os.urandom(4)
+_invocations = itertools.count(1)
+
+
+def _nonce() -> bytes:
+    return _NONCE_FIELD + struct.pack(">Q", next(_invocations))
+
+
 def _key(disclosure: bytes) -> bytes:
     return hashlib.sha256(LABEL + disclosure).digest()
 
@@ -32,7 +45,7 @@ def seal(answer: bytes, disclosure: bytes) -> bytes:
     """The stored form of ``answer``: sealed to ``disclosure`` if there is one, else plain."""
     if not disclosure:
         return PLAIN + answer
-    nonce = os.urandom(12)
+    nonce = _nonce()
     return SEALED + nonce + AESGCM(_key(disclosure)).encrypt(nonce, answer, LABEL)
 
 
