@@ -223,6 +223,12 @@ class RequestLog:
             work = answers + [item for item in batch if item is not _STOP]
             if work:
                 self._commit(work)  # type: ignore[arg-type]
+        # An answer queued while the last batch was being taken still gets written.
+        late = []
+        while self._answers:
+            late.append(self._answers.popleft())
+        if late:
+            self._commit(late)
         self._close_connection()
 
     def _commit(self, work: list[tuple[Operation, asyncio.Future[Any], Any]]) -> None:
