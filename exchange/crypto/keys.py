@@ -1,8 +1,8 @@
 """Ed25519 signing keys: identifiers, loading with permission checks, writing 0600.
 
 Keys are read and written with ``cryptography`` (PKCS#8 PEM); signatures are made and checked
-with libsodium (PyNaCl), whose Ed25519 is about twice as fast as OpenSSL 3's and whose
-signatures are the same bytes (Ed25519 is deterministic, RFC 8032). The hub checks two
+with libsodium (``exchange.crypto.sodium``), whose Ed25519 is about twice as fast as OpenSSL 3's
+and whose signatures are the same bytes (Ed25519 is deterministic, RFC 8032). The hub checks two
 signatures and makes one on every Request, so this is on its hottest path.
 """
 
@@ -14,10 +14,10 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import nacl.bindings
-import nacl.exceptions
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from exchange.crypto import sodium
 
 
 class KeyFileError(Exception):
@@ -58,8 +58,7 @@ class SigningKey:
 
     def sign(self, data: bytes) -> bytes:
         """Return the 64-byte Ed25519 signature of ``data``."""
-        signed: bytes = nacl.bindings.crypto_sign(data, self._secret)
-        return signed[: nacl.bindings.crypto_sign_BYTES]
+        return sodium.sign_detached(data, self._secret)
 
     def private_pem(self) -> bytes:
         """The private key as unencrypted PKCS#8 PEM."""
@@ -76,18 +75,9 @@ def verify_signature(public_key: bytes, signature: bytes, data: bytes) -> bool:
     A malformed key or signature is simply invalid: this never raises.
     """
     try:
-        key, signed = bytes(public_key), bytes(signature) + bytes(data)
+        return sodium.verify_detached(bytes(signature), bytes(data), bytes(public_key))
     except TypeError:  # not bytes-like
         return False
-    if len(key) != nacl.bindings.crypto_sign_PUBLICKEYBYTES or len(signed) < 64:
-        return False
-    if len(signature) != nacl.bindings.crypto_sign_BYTES:
-        return False
-    try:
-        nacl.bindings.crypto_sign_open(signed, key)
-    except (nacl.exceptions.BadSignatureError, nacl.exceptions.CryptoError, ValueError):
-        return False
-    return True
 
 
 def write_private(path: Path, data: bytes) -> None:
