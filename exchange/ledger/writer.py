@@ -35,7 +35,7 @@ from exchange.ledger.entry import (
     entry_time_ns,
 )
 from exchange.ledger.errors import BeyondLog, CheckpointNotFound, LedgerUnavailable
-from exchange.store.database import connection_lost
+from exchange.store.database import connection_lost, write_lock
 from exchange.v1 import ledger_pb2
 
 log = structlog.get_logger(__name__)
@@ -124,6 +124,7 @@ class Ledger:
         self._commits = 0
         self._writer_conn: Connection | None = None  # the writer thread's own, kept open
         self._committing = False  # the batch's COMMIT was sent (its outcome is then unknown)
+        self._write_lock = write_lock(engine)
 
     # ---------------------------------------------------------------- life cycle
 
@@ -353,7 +354,8 @@ class Ledger:
         for attempt in (1, 2):
             self._committing = False
             try:
-                receipts, committed, size = self._append_batch(batch)
+                with self._write_lock:
+                    receipts, committed, size = self._append_batch(batch)
                 break
             except Exception as exc:  # the writer must survive any driver/OS error, and say so
                 self._head = self._compact = None  # re-read everything next time
@@ -501,7 +503,7 @@ class Ledger:
         """Store a checkpoint at the committed head if none is stored there (timer, start,
         shutdown). A failure is logged and retried at the next interval."""
         try:
-            with self._engine.connect() as conn:
+            with self._write_lock, self._engine.connect() as conn:
                 head = storage.lock_head(conn)
                 if head.size == 0:
                     conn.rollback()

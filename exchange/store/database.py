@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +60,27 @@ def open_engine(url: str, *, synchronous: str = "FULL", **kwargs: Any) -> Engine
 
         return engine
     return create_engine(url, pool_pre_ping=True, **kwargs)
+
+
+_WRITE_LOCKS: dict[str, threading.Lock] = {}
+_WRITE_LOCKS_GUARD = threading.Lock()
+
+
+def write_lock(engine: Engine) -> contextlib.AbstractContextManager[object]:
+    """A lock the hub's busy writers (ledger, request log, supervision) hold around their
+    transactions on one SQLite file, shared by every engine of that file in this process.
+
+    SQLite has one write lock per file, and a writer that finds it taken sleeps in its busy
+    handler (1, 2, 5, 10… ms) rather than being woken when it is free: taking turns on a
+    Python lock first is woken at once. PostgreSQL locks rows, so there it is a no-op. Writers
+    in other processes still meet at SQLite's lock, as before.
+    """
+    if engine.dialect.name != "sqlite" or engine.url.database in (None, "", ":memory:"):
+        return contextlib.nullcontext()
+    key = str(Path(engine.url.database).resolve())
+    with _WRITE_LOCKS_GUARD:
+        lock = _WRITE_LOCKS.setdefault(key, threading.Lock())
+    return lock
 
 
 def connection_lost(error: BaseException) -> bool:

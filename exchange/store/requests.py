@@ -20,7 +20,7 @@ import structlog
 from sqlalchemy import Connection, Engine, bindparam, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from exchange.store.database import connection_lost
+from exchange.store.database import connection_lost, write_lock
 from exchange.store.tables import requests
 
 log = structlog.get_logger("exchange.requests")
@@ -85,6 +85,7 @@ class RequestLog:
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._conn: Connection | None = None  # the writer thread's
+        self._write_lock = write_lock(engine)
         self._answers: deque[tuple[Operation, asyncio.Future[Any], Any]] = deque()
         insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
         # RETURNING tells a claim that inserted from one that lost to a concurrent claim (by
@@ -240,10 +241,11 @@ class RequestLog:
                 # than the batch's statements.
                 if self._conn is None:
                     self._conn = self.engine.connect()
-                transaction = self._conn.begin()
-                results = self._apply(self._conn, operations)
-                committing = True
-                transaction.commit()
+                with self._write_lock:
+                    transaction = self._conn.begin()
+                    results = self._apply(self._conn, operations)
+                    committing = True
+                    transaction.commit()
             except Exception as exc:
                 self._close_connection()
                 if attempt == 1 and not committing and connection_lost(exc):

@@ -38,6 +38,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
+from exchange.store.database import write_lock
 from exchange.store.metadata import metadata
 from exchange.supervision.burden import CounterChange, Counters, ToolUse, Usage
 from exchange.supervision.model import Alert, AlertCategory, AlertLevel, Finding
@@ -204,7 +205,7 @@ class SupervisionStore:
         """Store the effects of the entries before ``end`` not stored yet, and move the cursor
         to ``end``. Effects of entries another process (or an earlier run) already stored are
         skipped. Returns the findings stored as alerts."""
-        with self.engine.connect() as conn:
+        with write_lock(self.engine), self.engine.connect() as conn:
             start = self._lock(conn)
             todo = [e for e in effects if e.sequence >= start]
             findings = [f for e in todo for f in e.findings]
