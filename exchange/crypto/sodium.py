@@ -70,6 +70,7 @@ def sign_detached(message: bytes, secret_key: bytes) -> bytes:
 
     Raises ValueError for a secret key of another length.
     """
+    message, secret_key = bytes(message), bytes(secret_key)  # ctypes takes bytes only
     if len(secret_key) != SECRET_KEY_BYTES:
         raise ValueError(f"an Ed25519 secret key has {SECRET_KEY_BYTES} bytes")
     if _DIRECT is None:
@@ -85,8 +86,9 @@ def verify_detached(signature: bytes, message: bytes, public_key: bytes) -> bool
     """Whether ``signature`` is a valid Ed25519 signature of ``message`` under ``public_key``.
 
     Strict (libsodium): non-canonical signatures and small-order keys are invalid. Wrong
-    lengths are invalid; this never raises for bytes input.
+    lengths are invalid; this never raises for bytes-like input.
     """
+    signature, message, public_key = bytes(signature), bytes(message), bytes(public_key)
     if len(signature) != SIGNATURE_BYTES or len(public_key) != PUBLIC_KEY_BYTES:
         return False
     if _DIRECT is None:

@@ -60,3 +60,10 @@ def test_messages_with_nul_bytes_are_signed_whole(mode: str) -> None:
     signature = sodium.sign_detached(message, secret)
     assert sodium.verify_detached(signature, message, public)
     assert not sodium.verify_detached(signature, b"before", public)
+
+
+def test_bytes_like_input_is_accepted(mode: str) -> None:
+    _, public, secret = _keypair()
+    message = bytearray(b"form 7")
+    signature = sodium.sign_detached(memoryview(message), bytearray(secret))
+    assert sodium.verify_detached(bytearray(signature), memoryview(message), bytearray(public))
