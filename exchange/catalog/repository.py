@@ -17,6 +17,7 @@ from exchange.catalog.model import (
     SharingClass,
 )
 from exchange.store.cache import TtlCache
+from exchange.store.database import writing
 from exchange.store.exchange_tables import forms, material_types, purposes
 
 
@@ -116,7 +117,7 @@ class CatalogStore:
             }
             for f in value.fields
         ]
-        with self.engine.begin() as conn:
+        with writing(self.engine) as conn:
             conn.execute(
                 insert(material_types).values(
                     id=value.id,
@@ -157,7 +158,7 @@ class CatalogStore:
 
     def put_purpose(self, value: Purpose, now_us: int) -> None:
         """Insert or replace a purpose."""
-        with self.engine.begin() as conn:
+        with writing(self.engine) as conn:
             conn.execute(delete(purposes).where(purposes.c.id == value.id))
             conn.execute(
                 insert(purposes).values(
@@ -194,7 +195,7 @@ class CatalogStore:
             }
             for f in value.fields
         ]
-        with self.engine.begin() as conn:
+        with writing(self.engine) as conn:
             conn.execute(delete(forms).where(forms.c.id == value.id))
             conn.execute(
                 insert(forms).values(

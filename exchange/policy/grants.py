@@ -9,6 +9,7 @@ from sqlalchemy import Engine, Row, insert, or_, select, update
 
 from exchange.clock import to_timestamp
 from exchange.store.cache import TtlCache
+from exchange.store.database import writing
 from exchange.store.exchange_tables import grants
 from exchange.v1 import grants_pb2
 
@@ -127,7 +128,7 @@ class GrantStore:
 
     def add(self, grant: Grant) -> None:
         """Insert a new grant."""
-        with self.engine.begin() as conn:
+        with writing(self.engine) as conn:
             conn.execute(
                 insert(grants).values(
                     id=grant.id,
@@ -147,7 +148,7 @@ class GrantStore:
 
     def revoke(self, grant: Grant, revoked_us: int) -> Grant:
         """Mark the grant revoked (keeps an earlier revocation); return it as now stored."""
-        with self.engine.begin() as conn:
+        with writing(self.engine) as conn:
             conn.execute(
                 update(grants)
                 .where(grants.c.id == grant.id, grants.c.revoked_us.is_(None))

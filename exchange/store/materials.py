@@ -15,6 +15,7 @@ from sqlalchemy import Engine, bindparam, insert, select, update
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.pool import PoolProxiedConnection
 
+from exchange.store.database import writing
 from exchange.store.exchange_tables import material_fields, materials, objections
 
 
@@ -156,7 +157,7 @@ class MaterialIndex:
         """Index several new versions in one transaction (see ``put_version``)."""
         if not changes:
             return
-        with self.engine.begin() as conn:
+        with writing(self.engine) as conn:
             for _material, superseded in changes:
                 if superseded is not None:
                     conn.execute(
@@ -194,7 +195,7 @@ class MaterialIndex:
 
     def add_proposal(self, proposal: Proposal) -> None:
         """Record a correction proposal (state OPEN) for the owner."""
-        with self.engine.begin() as conn:
+        with writing(self.engine) as conn:
             conn.execute(
                 insert(objections).values(
                     id=proposal.id,

@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import Engine, Row, select, update
 
+from exchange.store.database import writing
 from exchange.store.exchange_tables import objections
 
 
@@ -75,7 +76,7 @@ class Objections:
 
         Resolving clears the proposed values: they were only in flight to the owner.
         """
-        with self.engine.begin() as conn:
+        with writing(self.engine) as conn:
             result = conn.execute(
                 update(objections)
                 .where(objections.c.id == objection_id, objections.c.state == "OPEN")

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine, Row, insert, select, update
 
+from exchange.store.database import writing
 from exchange.store.tables import department_keys, departments
 
 
@@ -108,7 +109,7 @@ class Registry:
 
         Raises sqlalchemy.exc.IntegrityError if the id or the key is taken.
         """
-        with self.engine.begin() as conn:
+        with writing(self.engine) as conn:
             conn.execute(
                 insert(departments).values(
                     id=department.id,
@@ -134,7 +135,7 @@ class Registry:
 
         Raises sqlalchemy.exc.IntegrityError if the new key is already registered.
         """
-        with self.engine.begin() as conn:
+        with writing(self.engine) as conn:
             conn.execute(
                 update(department_keys)
                 .where(
@@ -153,7 +154,7 @@ class Registry:
 
     def revoke(self, keyid: str, revoked_us: int) -> None:
         """Mark a key revoked from ``revoked_us`` on (keeps an earlier revocation time)."""
-        with self.engine.begin() as conn:
+        with writing(self.engine) as conn:
             conn.execute(
                 update(department_keys)
                 .where(department_keys.c.keyid == keyid, department_keys.c.revoked_us.is_(None))
@@ -162,7 +163,7 @@ class Registry:
 
     def set_state(self, department_id: str, state: str) -> None:
         """Change a department's life-cycle state."""
-        with self.engine.begin() as conn:
+        with writing(self.engine) as conn:
             conn.execute(
                 update(departments).where(departments.c.id == department_id).values(state=state)
             )

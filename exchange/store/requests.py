@@ -20,7 +20,7 @@ import structlog
 from sqlalchemy import Connection, Engine, bindparam, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from exchange.store.database import connection_lost, write_lock
+from exchange.store.database import connection_lost, write_lock, writing
 from exchange.store.tables import requests
 
 log = structlog.get_logger("exchange.requests")
@@ -186,7 +186,7 @@ class RequestLog:
 
         Safe once they are older than the replay window: such requests are refused as stale.
         """
-        with self.engine.begin() as conn:
+        with writing(self.engine) as conn:
             result = conn.execute(delete(requests).where(requests.c.received_us < before_us))
         return result.rowcount or 0
 

@@ -160,12 +160,13 @@ class SupervisionStore:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._write_lock = write_lock(engine)
 
     # ---------------------------------------------------------------- cursor
 
     def ensure_cursor(self) -> None:
         """Create the cursor row at 0 if it is missing (idempotent, race-safe)."""
-        with self.engine.connect() as conn:
+        with self._write_lock, self.engine.connect() as conn:
             if conn.execute(select(supervision_cursor.c.id)).first() is not None:
                 return
             try:
@@ -205,7 +206,7 @@ class SupervisionStore:
         """Store the effects of the entries before ``end`` not stored yet, and move the cursor
         to ``end``. Effects of entries another process (or an earlier run) already stored are
         skipped. Returns the findings stored as alerts."""
-        with write_lock(self.engine), self.engine.connect() as conn:
+        with self._write_lock, self.engine.connect() as conn:
             start = self._lock(conn)
             todo = [e for e in effects if e.sequence >= start]
             findings = [f for e in todo for f in e.findings]
@@ -233,7 +234,7 @@ class SupervisionStore:
     def tick(self, now_us: int) -> list[Finding]:
         """Raise the objection alerts due at ``now_us`` (each level once). Returns them."""
         raised: list[Finding] = []
-        with self.engine.connect() as conn:
+        with self._write_lock, self.engine.connect() as conn:
             self._lock(conn)
             t = supervision_objections.c
             rows = conn.execute(

@@ -67,3 +67,20 @@ def test_bytes_like_input_is_accepted(mode: str) -> None:
     message = bytearray(b"form 7")
     signature = sodium.sign_detached(memoryview(message), bytearray(secret))
     assert sodium.verify_detached(bytearray(signature), memoryview(message), bytearray(public))
+
+
+def test_long_messages_are_checked_without_holding_the_gil_and_agree(mode: str) -> None:
+    private, public, secret = _keypair()
+    message = os.urandom(sodium.GIL_KEPT_UP_TO + 1)  # through PyNaCl's bindings
+    signature = sodium.sign_detached(message, secret)
+    assert signature == private.sign(message)
+    assert sodium.verify_detached(signature, message, public)
+    assert not sodium.verify_detached(signature, message[:-1], public)
+
+
+def test_numbers_and_text_are_not_bytes(mode: str) -> None:
+    _, public, secret = _keypair()
+    with pytest.raises(TypeError):
+        sodium.sign_detached(5, secret)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        sodium.verify_detached(bytes(64), "text", public)  # type: ignore[arg-type]
