@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import structlog
@@ -24,52 +22,13 @@ from exchange.policy.grants import GrantStore
 from exchange.policy.identity import Authenticator
 from exchange.policy.rates import RateLimiter
 from exchange.routing.provider import ProviderRouter
-from exchange.store.cache import MISSING
+from exchange.store.cache import TtlCache
 from exchange.store.database import open_engine, upgrade
 from exchange.store.materials import MaterialIndex
 from exchange.store.objections import Objections
 from exchange.store.registry import DepartmentRecord, Registry
 from exchange.store.requests import RequestLog
 from exchange.supervision import Supervisor
-
-
-@dataclass
-class DepartmentCache:
-    """Registry reads for authentication, cached briefly.
-
-    Writes through this process invalidate at once; another hub process sharing the database
-    sees a change (a revoked key, say) within ``ttl_seconds``.
-    """
-
-    registry: Registry
-    ttl_seconds: float = 2.0
-    _entries: dict[str, tuple[float, DepartmentRecord | None]] = field(default_factory=dict)
-
-    def get(self, department_id: str) -> DepartmentRecord | None:
-        now = time.monotonic()
-        hit = self._entries.get(department_id)
-        if hit is not None and now - hit[0] < self.ttl_seconds:
-            return hit[1]
-        record = self.registry.get(department_id)
-        self._entries[department_id] = (now, record)
-        return record
-
-    def peek(self, department_id: str) -> object:
-        """The cached record (or None: known not registered), or MISSING if ``get`` would read
-        the database."""
-        hit = self._entries.get(department_id)
-        if hit is not None and time.monotonic() - hit[0] < self.ttl_seconds:
-            return hit[1]
-        return MISSING
-
-    def fresh(self, department_id: str) -> bool:
-        """Whether ``get`` would answer from the cache (without reading the database)."""
-        hit = self._entries.get(department_id)
-        return hit is not None and time.monotonic() - hit[0] < self.ttl_seconds
-
-    def invalidate(self, department_id: str) -> None:
-        self._entries.pop(department_id, None)
-
 
 log = structlog.get_logger("exchange.hub")
 
@@ -134,7 +93,10 @@ class Hub:
         self.subject_key = subject_key
         self.registry = Registry(engine)
         self._purger: asyncio.Task[None] | None = None
-        self.departments = DepartmentCache(self.registry)
+        # Registry reads for authentication, cached briefly: writes through this process
+        # invalidate at once; another hub process sees a change (a revoked key, say) within
+        # the cache's two seconds.
+        self.departments: TtlCache[str, DepartmentRecord | None] = TtlCache(self.registry.get)
         self.requests = RequestLog(self.write_behind)
         self.ledger = Ledger(
             engine,

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Engine, bindparam, insert, select, update
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.pool import PoolProxiedConnection
 
@@ -74,17 +75,16 @@ _CURRENT = (
 )
 
 
-# The same read as the driver's SQL, for the event loop's own SQLite connection.
-_CURRENT_SQL = (
-    "SELECT m.reference, m.material_type, m.subject_ref, m.version, m.content_hash, m.holder,"
-    " m.submitted_by, f.name, f.field_hash FROM materials AS m"
-    " LEFT OUTER JOIN material_fields AS f ON f.reference = m.reference"
-    " WHERE m.material_type = ? AND m.subject_ref = ? AND m.superseded_us IS NULL"
-)
+# The same statement as SQLite's driver SQL, for the event loop's own connection, which passes
+# its parameters by position.
+_compiled = _CURRENT.compile(dialect=sqlite.dialect())
+if _compiled.positiontup != ["material_type", "subject_ref"]:
+    raise RuntimeError(f"unexpected parameter order {_compiled.positiontup}")
+_CURRENT_SQLITE = str(_compiled)
 
 
 def _indexed(rows: Sequence[Sequence[Any]]) -> IndexedMaterial | None:
-    """The material of ``_CURRENT`` rows (one per field; columns as in ``_CURRENT_SQL``)."""
+    """The material of ``_CURRENT`` rows (one per field, columns in the statement's order)."""
     if not rows:
         return None
     first = rows[0]
@@ -129,7 +129,7 @@ class MaterialIndex:
         try:
             cursor = driver.cursor()
             try:
-                cursor.execute(_CURRENT_SQL, (material_type, subject_ref))
+                cursor.execute(_CURRENT_SQLITE, (material_type, subject_ref))
                 return _indexed(cursor.fetchall())
             finally:
                 cursor.close()
