@@ -35,7 +35,7 @@ from exchange.ledger.entry import (
     entry_time_ns,
 )
 from exchange.ledger.errors import BeyondLog, CheckpointNotFound, LedgerUnavailable
-from exchange.store.database import connection_lost, write_lock
+from exchange.store.database import KeptConnection, write_lock
 from exchange.v1 import ledger_pb2
 
 log = structlog.get_logger(__name__)
@@ -122,8 +122,7 @@ class Ledger:
         self._checkpoint_size = 0
         self._checkpoint_time = 0.0
         self._commits = 0
-        self._writer_conn: Connection | None = None  # the writer thread's own, kept open
-        self._committing = False  # the batch's COMMIT was sent (its outcome is then unknown)
+        self._writer = KeptConnection(engine, "ledger")
         self._write_lock = write_lock(engine)
 
     # ---------------------------------------------------------------- life cycle
@@ -331,7 +330,7 @@ class Ledger:
                     break
             if batch:
                 self._commit(batch)
-        self._drop_connection()
+        self._writer.close()
         self._store_checkpoint_now()
 
     def _checkpoint_wait(self) -> float | None:
@@ -351,25 +350,15 @@ class Ledger:
         return sign_checkpoint(self._origin, size, root, self._signer, self._key_name)
 
     def _commit(self, batch: list[_Pending]) -> None:
-        for attempt in (1, 2):
-            self._committing = False
-            try:
-                with self._write_lock:
-                    receipts, committed, size = self._append_batch(batch)
-                break
-            except Exception as exc:  # the writer must survive any driver/OS error, and say so
-                self._head = self._compact = None  # re-read everything next time
-                self._drop_connection()
-                if attempt == 1 and not self._committing and connection_lost(exc):
-                    # The kept connection died while idle; nothing was sent for commit: the
-                    # batch again, on a new connection.
-                    log.warning("ledger_reconnected", error=type(exc).__name__)
-                    continue
-                log.error("ledger_commit_failed", entries=len(batch), error=type(exc).__name__)
-                self._fail(
-                    batch, LedgerUnavailable(f"the ledger cannot commit: {type(exc).__name__}")
-                )
-                return
+        try:
+            receipts, committed, size = self._writer.run(
+                lambda conn: self._append_batch(conn, batch)
+            )
+        except Exception as exc:  # the writer must survive any driver/OS error, and say so
+            self._head = self._compact = None  # re-read everything next time
+            log.error("ledger_commit_failed", entries=len(batch), error=type(exc).__name__)
+            self._fail(batch, LedgerUnavailable(f"the ledger cannot commit: {type(exc).__name__}"))
+            return
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Receipt], Receipt]]]
         by_loop = {}
         for pending, receipt in zip(batch, receipts, strict=True):
@@ -406,10 +395,9 @@ class Ledger:
                 log.exception("ledger_listener_failed")
 
     def _append_batch(
-        self, batch: list[_Pending]
+        self, conn: Connection, batch: list[_Pending]
     ) -> tuple[list[Receipt], list[tuple[int, ledger_pb2.LedgerEntry]], int]:
         now_ns = time.time_ns()
-        conn = self._connection()
         head = storage.lock_head(conn)
         if head == self._head and self._compact is not None:
             compact = self._compact.copy()
@@ -474,22 +462,6 @@ class Ledger:
             self._checkpoint_size = new_head.size
             self._checkpoint_time = time.monotonic()
         return receipts, committed, new_head.size
-
-    def _connection(self) -> Connection:
-        """The writer thread's connection, opened once and kept: checking one out of the pool
-        and resetting it on every batch costs more than the batch's statements."""
-        if self._writer_conn is None:
-            self._writer_conn = self._engine.connect()
-        return self._writer_conn
-
-    def _drop_connection(self) -> None:
-        """Discard the writer's connection after a failure (the next batch opens a new one)."""
-        conn, self._writer_conn = self._writer_conn, None
-        if conn is not None:
-            try:
-                conn.close()  # rolls back what is open
-            except Exception as exc:  # the database may be gone: nothing left to release
-                log.warning("ledger_connection_close_failed", error=type(exc).__name__)
 
     @staticmethod
     def _time_at(conn: Connection, size: int) -> int:

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import structlog
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+
+_log = structlog.get_logger("exchange.store")
 
 
 def open_engine(url: str, *, synchronous: str = "FULL", **kwargs: Any) -> Engine:
@@ -95,9 +98,60 @@ def writing(engine: Engine) -> Iterator[Connection]:
 
 def connection_lost(error: BaseException) -> bool:
     """Whether ``error`` means the database connection itself is gone (server restart,
-    failover, idle timeout): a writer that keeps its connection then opens a new one and, if
-    nothing was sent for commit yet, runs its batch again."""
+    failover, idle timeout)."""
     return isinstance(error, DBAPIError) and bool(error.connection_invalidated)
+
+
+T = TypeVar("T")
+
+
+class KeptConnection:
+    """A writer thread's own connection, kept between its batches: checking one out of the
+    pool and resetting it for every batch costs more than the batch's statements.
+
+    ``run`` holds the file's ``write_lock`` around a batch. If the database dropped the kept
+    connection (a restart, a failover, an idle timeout), the batch fails before anything was
+    sent for commit, and ``run`` runs it once more on a new connection; a failure once the
+    commit was sent (``commit``), or any other failure, is raised. After a failure the
+    connection is discarded.
+    """
+
+    def __init__(self, engine: Engine, name: str) -> None:
+        self.engine = engine
+        self.name = name
+        self._lock = write_lock(engine)
+        self._connection: Connection | None = None
+        self._sent = False
+
+    def run(self, batch: Callable[[Connection], T]) -> T:
+        """``batch(connection)``, which ends with ``commit``; see the class."""
+        for attempt in (1, 2):
+            self._sent = False
+            try:
+                with self._lock:
+                    if self._connection is None:
+                        self._connection = self.engine.connect()
+                    return batch(self._connection)
+            except Exception as exc:
+                self.close()
+                if attempt == 2 or self._sent or not connection_lost(exc):
+                    raise
+                _log.warning(f"{self.name}_reconnected", error=type(exc).__name__)
+        raise AssertionError("unreachable")
+
+    def commit(self, connection: Connection) -> None:
+        """Commit the batch's transaction (after which its outcome is unknown on failure)."""
+        self._sent = True
+        connection.commit()
+
+    def close(self) -> None:
+        """Return the connection (rolling back what is open); the next batch opens anew."""
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            try:
+                connection.close()
+            except Exception as exc:  # the database may be gone: nothing left to release
+                _log.warning(f"{self.name}_connection_close_failed", error=type(exc).__name__)
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:

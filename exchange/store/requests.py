@@ -20,7 +20,7 @@ import structlog
 from sqlalchemy import Connection, Engine, bindparam, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from exchange.store.database import connection_lost, write_lock, writing
+from exchange.store.database import KeptConnection, writing
 from exchange.store.tables import requests
 
 log = structlog.get_logger("exchange.requests")
@@ -84,8 +84,7 @@ class RequestLog:
         self.engine = engine
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
-        self._conn: Connection | None = None  # the writer thread's
-        self._write_lock = write_lock(engine)
+        self._writer = KeptConnection(engine, "request_log")
         self._answers: deque[tuple[Operation, asyncio.Future[Any], Any]] = deque()
         insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
         # RETURNING tells a claim that inserted from one that lost to a concurrent claim (by
@@ -230,41 +229,23 @@ class RequestLog:
             late.append(self._answers.popleft())
         if late:
             self._commit(late)
-        self._close_connection()
+        self._writer.close()
 
     def _commit(self, work: list[tuple[Operation, asyncio.Future[Any], Any]]) -> None:
         operations = [operation for operation, _, _ in work]
-        for attempt in (1, 2):
-            committing = False
-            try:
-                # The writer keeps its connection: a checkout and reset per batch costs more
-                # than the batch's statements.
-                if self._conn is None:
-                    self._conn = self.engine.connect()
-                with self._write_lock:
-                    transaction = self._conn.begin()
-                    results = self._apply(self._conn, operations)
-                    committing = True
-                    transaction.commit()
-            except Exception as exc:
-                self._close_connection()
-                if attempt == 1 and not committing and connection_lost(exc):
-                    # The kept connection died while idle; nothing was committed: again, on
-                    # a new one.
-                    log.warning("request_log_reconnected", error=type(exc).__name__)
-                    continue
-                _settle_all(work, [exc] * len(work), failed=True)  # every waiter learns it
-                return
-            _settle_all(work, results, failed=False)
-            return
 
-    def _close_connection(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                conn.close()
-            except Exception as exc:  # the database may be gone: nothing left to release
-                log.warning("request_log_connection_close_failed", error=type(exc).__name__)
+        def batch(conn: Connection) -> list[Any]:
+            conn.begin()
+            results = self._apply(conn, operations)
+            self._writer.commit(conn)
+            return results
+
+        try:
+            results = self._writer.run(batch)
+        except Exception as exc:
+            _settle_all(work, [exc] * len(work), failed=True)  # every waiter learns it
+            return
+        _settle_all(work, results, failed=False)
 
     def _apply(self, conn: Connection, operations: list[Operation]) -> list[Any]:
         # Prepared statements, built once (building them costs more than running them). A run
