@@ -133,11 +133,21 @@ class KeptConnection:
                         self._connection = self.engine.connect()
                     return batch(self._connection)
             except Exception as exc:
+                lost = connection_lost(exc) or self._driver_broken()
                 self.close()
-                if attempt == 2 or self._sent or not connection_lost(exc):
+                if attempt == 2 or self._sent or not lost:
                     raise
                 _log.warning(f"{self.name}_reconnected", error=type(exc).__name__)
         raise AssertionError("unreachable")
+
+    def _driver_broken(self) -> bool:
+        """Whether the kept connection's driver says it is gone (a batch may run statements on
+        the driver's cursor, whose errors SQLAlchemy has not examined)."""
+        connection = self._connection
+        if connection is None or connection.closed:
+            return False
+        driver = connection.connection.driver_connection
+        return bool(getattr(driver, "broken", False))  # psycopg; SQLite files are not dropped
 
     def commit(self, connection: Connection) -> None:
         """Commit the batch's transaction (after which its outcome is unknown on failure)."""

@@ -5,11 +5,15 @@ writes per call. Written one transaction each, they would contend with the ledge
 SQLite's single write lock and pay an fsync each; instead one writer thread commits every claim
 and answer waiting at that moment in one transaction (group commit), and each caller is
 answered after that commit.
+
+The statements are plain SQL on the driver's cursor: SQLAlchemy's statement machinery cost
+more than the statements themselves.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import queue
 import threading
 from collections import deque
@@ -17,8 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from sqlalchemy import Connection, Engine, bindparam, delete, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, Engine, delete
+from sqlalchemy.engine.interfaces import DBAPICursor
 
 from exchange.store.database import KeptConnection, writing
 from exchange.store.tables import requests
@@ -86,28 +90,7 @@ class RequestLog:
         self._thread: threading.Thread | None = None
         self._writer = KeptConnection(engine, "request_log")
         self._answers: deque[tuple[Operation, asyncio.Future[Any], Any]] = deque()
-        insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
-        # RETURNING tells a claim that inserted from one that lost to a concurrent claim (by
-        # another hub process) and must read the winner's record instead.
-        self._claim = (
-            insert(requests)
-            .on_conflict_do_nothing()
-            .returning(requests.c.department_id, requests.c.request_id)
-        )
-        self._select = select(requests).where(
-            requests.c.department_id == bindparam("d"), requests.c.request_id == bindparam("r")
-        )
-        self._complete = (
-            update(requests)
-            .where(
-                requests.c.department_id == bindparam("d"),
-                requests.c.request_id == bindparam("r"),
-            )
-            .values(state=bindparam("s"), response=bindparam("b"))
-        )
-        self._delete = delete(requests).where(
-            requests.c.department_id == bindparam("d"), requests.c.request_id == bindparam("r")
-        )
+        self._sql = _Statements("%s" if engine.dialect.name == "postgresql" else "?")
 
     # ------------------------------------------------------------------ life cycle
 
@@ -214,29 +197,33 @@ class RequestLog:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            # Answers queued before anything in ``batch`` are applied before it (see
-            # ANSWER_DELAY_SECONDS); taken after the queue, so none queued earlier is missed.
-            answers = []
-            while self._answers:
-                answers.append(self._answers.popleft())
             stopping = any(item is _STOP for item in batch)
-            work = answers + [item for item in batch if item is not _STOP]
-            if work:
-                self._commit(work)  # type: ignore[arg-type]
+            self._commit([item for item in batch if item is not _STOP])  # type: ignore[misc]
         # An answer queued while the last batch was being taken still gets written.
-        late = []
-        while self._answers:
-            late.append(self._answers.popleft())
-        if late:
-            self._commit(late)
+        self._commit([])
         self._writer.close()
 
-    def _commit(self, work: list[tuple[Operation, asyncio.Future[Any], Any]]) -> None:
-        operations = [operation for operation, _, _ in work]
+    def _take_answers(self) -> list[tuple[Operation, asyncio.Future[Any], Any]]:
+        """The answers queued so far, applied before the batch's claims (see
+        ANSWER_DELAY_SECONDS): taken after the batch, so a retry claimed after its answer was
+        queued always sees it."""
+        answers = []
+        while self._answers:
+            answers.append(self._answers.popleft())
+        return answers
+
+    def _commit(self, queued: list[tuple[Operation, asyncio.Future[Any], Any]]) -> None:
+        work = self._take_answers() + queued
+        if not work:
+            return
 
         def batch(conn: Connection) -> list[Any]:
             conn.begin()
-            results = self._apply(conn, operations)
+            cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+            try:
+                results = self._apply(cursor, [operation for operation, _, _ in work])
+            finally:
+                cursor.close()
             self._writer.commit(conn)
             return results
 
@@ -247,20 +234,22 @@ class RequestLog:
             return
         _settle_all(work, results, failed=False)
 
-    def _apply(self, conn: Connection, operations: list[Operation]) -> list[Any]:
-        # Prepared statements, built once (building them costs more than running them). A run
-        # of claims is one multi-row INSERT … ON CONFLICT DO NOTHING RETURNING (a new id, the
-        # usual case, inserts; an id in use inserts nothing and its record is read); the answers
-        # are one executemany. Operations keep their order: a run ends before an operation on
-        # an id already in it.
+    # ------------------------------------------------------------------ statements
+
+    def _apply(self, cursor: DBAPICursor, operations: list[Operation]) -> list[Any]:
+        # Plain SQL on the driver's cursor, in the caller's transaction (the statement
+        # machinery would cost more than the statements). A run of claims is one multi-row
+        # INSERT … ON CONFLICT DO NOTHING RETURNING (a new id, the usual case, inserts; an id in
+        # use inserts nothing and its record is read); the answers are one executemany.
+        # Operations keep their order: a run ends before an operation on an id already in it.
         earlier: dict[tuple[str, str], RequestRecord | None] = {}
         results: list[Any] = [None] * len(operations)
-        completes: list[dict[str, Any]] = []
+        completes: list[tuple[Any, ...]] = []
         claims: dict[tuple[str, str], tuple[int, _Claim]] = {}
         for index, op in enumerate(operations):
             key = (op.department_id, op.request_id)
             if key in claims:
-                self._claim_run(conn, claims, earlier, results)
+                self._claim_run(cursor, claims, earlier, results)
             if isinstance(op, _Claim):
                 if key in earlier:  # claimed, answered or released earlier in this batch
                     found = earlier[key]
@@ -269,65 +258,83 @@ class RequestLog:
                         continue
                 claims[key] = (index, op)
             elif isinstance(op, _Complete):
-                completes.append(
-                    {"d": op.department_id, "r": op.request_id, "s": op.state, "b": op.response}
-                )
+                completes.append((op.state, op.response, op.department_id, op.request_id))
                 # A retry claimed later in this batch gets this answer.
                 earlier[key] = RequestRecord(op.envelope_sha256, op.method, op.state, op.response)
             else:
-                self._claim_run(conn, claims, earlier, results)
-                self._flush(conn, completes)
-                conn.execute(self._delete, {"d": key[0], "r": key[1]})
+                self._claim_run(cursor, claims, earlier, results)
+                self._flush(cursor, completes)
+                cursor.execute(self._sql.delete, key)
                 earlier[key] = None
-        self._claim_run(conn, claims, earlier, results)
-        self._flush(conn, completes)
+        self._claim_run(cursor, claims, earlier, results)
+        self._flush(cursor, completes)
         return results
 
     def _claim_run(
         self,
-        conn: Connection,
+        cursor: DBAPICursor,
         claims: dict[tuple[str, str], tuple[int, _Claim]],
         earlier: dict[tuple[str, str], RequestRecord | None],
         results: list[Any],
     ) -> None:
         if not claims:
             return
-        rows = [
-            {
-                "department_id": op.department_id,
-                "request_id": op.request_id,
-                "envelope_sha256": op.envelope_sha256,
-                "method": op.method,
-                "state": PENDING,
-                "response": None,
-                "received_us": op.now_us,
-            }
-            for _, op in claims.values()
-        ]
-        inserted = {(d, r) for d, r in conn.execute(self._claim, rows)}
+        values: list[Any] = []
+        for _, op in claims.values():
+            values += (op.department_id, op.request_id, op.envelope_sha256, op.method)
+            values += (PENDING, None, op.now_us)
+        cursor.execute(self._sql.claims(len(claims)), values)
+        inserted = {(d, r) for d, r in cursor.fetchall()}
         for key, (index, op) in claims.items():
             if key in inserted:
                 # A later claim of the same id in this batch sees this one.
                 earlier[key] = RequestRecord(op.envelope_sha256, op.method, PENDING, None)
                 continue
-            row = conn.execute(self._select, {"d": key[0], "r": key[1]}).first()
+            cursor.execute(self._sql.select, key)
+            row = cursor.fetchone()
             earlier[key] = None if row is None else _record(row)
             results[index] = earlier[key]
         claims.clear()
 
-    def _flush(self, conn: Connection, completes: list[dict[str, Any]]) -> None:
+    def _flush(self, cursor: DBAPICursor, completes: list[tuple[Any, ...]]) -> None:
         if completes:
-            conn.execute(self._complete, completes)
+            cursor.executemany(self._sql.complete, completes)
             completes.clear()
 
 
+class _Statements:
+    """The request log's statements as SQL text, for the driver's ``placeholder`` style."""
+
+    COLUMNS = ", ".join(column.name for column in requests.columns)
+
+    def __init__(self, placeholder: str) -> None:
+        p = placeholder
+        key = f"department_id = {p} AND request_id = {p}"
+        self._row = "(" + ", ".join([p] * len(requests.columns)) + ")"
+        self.select = (
+            f"SELECT envelope_sha256, method, state, response FROM {requests.name} WHERE {key}"
+        )
+        self.complete = f"UPDATE {requests.name} SET state = {p}, response = {p} WHERE {key}"
+        self.delete = f"DELETE FROM {requests.name} WHERE {key}"
+
+    @functools.lru_cache(maxsize=64)  # noqa: B019 (one instance per log, kept for its life)
+    def claims(self, count: int) -> str:
+        """INSERT of ``count`` claims; RETURNING names the ones inserted (an id in use is not:
+        its record is then read)."""
+        rows = ", ".join([self._row] * count)
+        return (
+            f"INSERT INTO {requests.name} ({self.COLUMNS}) VALUES {rows} "
+            "ON CONFLICT DO NOTHING RETURNING department_id, request_id"
+        )
+
+
 def _record(row: Any) -> RequestRecord:
-    m = row._mapping
+    envelope_sha256, method, state, response = row
     return RequestRecord(
-        envelope_sha256=bytes(m["envelope_sha256"]),
-        method=m["method"],
-        state=m["state"],
-        response=None if m["response"] is None else bytes(m["response"]),
+        envelope_sha256=bytes(envelope_sha256),
+        method=method,
+        state=state,
+        response=None if response is None else bytes(response),
     )
 
 
