@@ -39,6 +39,7 @@ from exchange.clock import now_us, to_timestamp
 from exchange.config import Config
 from exchange.crypto.envelope import sign
 from exchange.crypto.keystore import Keystore
+from exchange.store.database import scratch_postgres
 from exchange.v1 import (
     catalog_pb2,
     common_pb2,
@@ -321,10 +322,19 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--repeat", type=int, default=3, help="interleaved (relay, hub) pairs")
-    parser.add_argument("--database-url", default=None, help="hub database (default: SQLite)")
+    parser.add_argument(
+        "--database-url",
+        default=None,
+        help="a PostgreSQL server for the hub (a database is created there for the run and "
+        "dropped after; the URL's role must be allowed to create databases); default: SQLite",
+    )
     args = parser.parse_args()
     context = multiprocessing.get_context("spawn")
-    with tempfile.TemporaryDirectory() as tmp:
+    with contextlib.ExitStack() as scope:
+        tmp = scope.enter_context(tempfile.TemporaryDirectory())
+        database_url = f"sqlite:///{tmp}/exchange.db"
+        if args.database_url:
+            database_url = scope.enter_context(scratch_postgres(args.database_url, "bench_routing"))
         store = Keystore(Path(tmp) / "keys")
         store.init_hub(HUB_ID, ("localhost", "127.0.0.1"))
         store.add_department(OWNER, server_names=("localhost", "127.0.0.1"))
@@ -348,7 +358,7 @@ def main() -> None:
             config = Config(
                 hub_id=HUB_ID,
                 listen="127.0.0.1:0",
-                database_url=args.database_url or f"sqlite:///{tmp}/exchange.db",
+                database_url=database_url,
                 keys_dir=store.root,
             )
             hub_port = spawn("hub", run_hub, config)

@@ -8,19 +8,17 @@ PostgreSQL tests read EXCHANGE_TEST_DATABASE_URL (e.g.
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from adapters.client import HubClient, Identity
 from exchange.api.server import HubServer
 from exchange.config import Config
 from exchange.crypto.keystore import Keystore
+from exchange.store.database import scratch_postgres
 from exchange.v1 import common_pb2, registry_pb2
 
 HUB_ID = "hub"
@@ -40,23 +38,8 @@ def require_postgres() -> str:
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
     """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
-    admin_url = make_url(require_postgres())
-    if admin_url.drivername == "postgresql":
-        admin_url = admin_url.set(drivername="postgresql+psycopg")
-    name = f"exchange_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield admin_url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(
-                text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"),
-                {"n": name},
-            )
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-        admin.dispose()
+    with scratch_postgres(require_postgres(), "exchange_test") as url:
+        yield url
 
 
 @pytest.fixture

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import structlog
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
@@ -162,6 +163,32 @@ class KeptConnection:
                 connection.close()
             except Exception as exc:  # the database may be gone: nothing left to release
                 _log.warning(f"{self.name}_connection_close_failed", error=type(exc).__name__)
+
+
+_END_SESSIONS = text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n")
+
+
+@contextlib.contextmanager
+def scratch_postgres(admin_url: str, prefix: str) -> Iterator[str]:
+    """A new, empty database named ``prefix`` plus a random suffix on the PostgreSQL server of
+    ``admin_url`` (whose role may create databases), dropped on exit with its sessions: for
+    tests and benchmarks, which must not meet an earlier run's rows."""
+    admin_parsed = make_url(admin_url)
+    if admin_parsed.drivername == "postgresql":
+        admin_parsed = admin_parsed.set(drivername="postgresql+psycopg")
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(admin_parsed, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        try:
+            yield admin_parsed.set(database=name).render_as_string(hide_password=False)
+        finally:
+            with admin.connect() as conn:
+                conn.execute(_END_SESSIONS, {"n": name})
+                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}"')
+    finally:
+        admin.dispose()
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
