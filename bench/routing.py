@@ -34,7 +34,7 @@ from typing import Any
 import grpc
 
 from adapters.client import HubClient, Identity
-from exchange.api.server import HubServer
+from exchange.api.server import HubServer, freeze_startup_heap
 from exchange.clock import now_us, to_timestamp
 from exchange.config import Config
 from exchange.crypto.envelope import sign
@@ -161,6 +161,7 @@ def run_hub(config: Config, ports: Any) -> None:
     async def start() -> tuple[int, Any]:
         server = HubServer(config)
         port = await server.start()
+        freeze_startup_heap()
         return port, server.stop
 
     _serve_forever(start, ports)
