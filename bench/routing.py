@@ -5,7 +5,8 @@ MaterialRecord of the same fields, signed with the department's key, bound to th
 
 - hub:   consumer -> hub (mTLS, envelope signature, key validity, replay window, request-id
          claim, catalog + grant + purpose + rate checks, index lookup, hub-signed FetchRequest,
-         provider signature and field-hash checks, one ledger entry, receipt) -> echo provider;
+         provider signature and field-hash checks, one ledger entry, receipt, one JSON log line)
+         -> echo provider, configured as `exchange serve` runs it;
 - relay: consumer -> relay (mTLS, forwards the envelope bytes unchanged, returns the answer
          bytes) -> echo provider.
 
@@ -26,6 +27,7 @@ import dataclasses
 import multiprocessing
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,6 +36,7 @@ from typing import Any
 import grpc
 
 from adapters.client import HubClient, Identity
+from exchange import logs
 from exchange.api.server import HubServer, freeze_startup_heap
 from exchange.clock import now_us, to_timestamp
 from exchange.config import Config
@@ -147,16 +150,11 @@ def run_relay(keys_dir: str, provider_port: int, ports: Any) -> None:
     _serve_forever(start, ports)
 
 
-def run_hub(config: Config, ports: Any) -> None:
-    """The hub, as `exchange serve` runs it (structured logs off: they would dominate)."""
-    import logging
-
-    import structlog
-
-    structlog.configure(
-        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
-        cache_logger_on_first_use=True,
-    )
+def run_hub(config: Config, log_file: str, ports: Any) -> None:
+    """The hub, as `exchange serve` runs it: its log (one JSON line per call) goes to
+    ``log_file``."""
+    sys.stderr = open(log_file, "w")  # noqa: SIM115 (the process's stderr until it exits)
+    logs.configure(config.log_level, config.log_format)
 
     async def start() -> tuple[int, Any]:
         server = HubServer(config)
@@ -362,7 +360,7 @@ def main() -> None:
                 database_url=database_url,
                 keys_dir=store.root,
             )
-            hub_port = spawn("hub", run_hub, config)
+            hub_port = spawn("hub", run_hub, config, f"{tmp}/hub.log")
             results = asyncio.run(run(store, hub_port, relay_port, args, pids))
         finally:
             for process in processes:
