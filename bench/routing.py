@@ -360,8 +360,17 @@ def main() -> None:
                 database_url=database_url,
                 keys_dir=store.root,
             )
-            hub_port = spawn("hub", run_hub, config, f"{tmp}/hub.log")
-            results = asyncio.run(run(store, hub_port, relay_port, args, pids))
+            hub_log = Path(tmp) / "hub.log"
+            try:
+                hub_port = spawn("hub", run_hub, config, str(hub_log))
+                results = asyncio.run(run(store, hub_port, relay_port, args, pids))
+            except BaseException:
+                # The hub's log (a startup failure, an incident's traceback) goes with tmp.
+                if hub_log.exists():
+                    print(
+                        "hub log (last lines):", *hub_log.read_text().splitlines()[-20:], sep="\n"
+                    )
+                raise
         finally:
             for process in processes:
                 process.terminate()

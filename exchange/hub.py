@@ -185,6 +185,7 @@ class Hub:
         await self.ledger.close()
         await self.providers.close()
         self.index.close()
+        await self.index.close_readers()
         self.engine.dispose()
         if self.write_behind is not self.engine:
             self.write_behind.dispose()

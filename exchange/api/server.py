@@ -112,7 +112,8 @@ def freeze_startup_heap() -> int:
     that paused the event loop for 50–75 ms a few times in 10 s, and set the hub's p99. Frozen
     (after collecting what is already garbage), a full collection walks only what was made
     since: at most 1.5 ms in the same run. Objects freed by reference counting are still freed;
-    only reference cycles among the frozen ones would be kept.
+    a reference cycle that includes a frozen object is never collected, with what it holds (at
+    most what the process held at start).
     """
     gc.collect()
     gc.freeze()

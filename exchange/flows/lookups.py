@@ -24,13 +24,13 @@ T = TypeVar("T")
 
 
 async def indexed(hub: Hub, material_type: str, subject_ref: bytes) -> IndexedMaterial | None:
-    """The current version on the hub's index: read on the event loop for the embedded SQLite
-    database (a point read of a local file costs less than handing it to a worker thread and
-    back), in a worker thread for a database server (a network round trip would stall every
-    other call)."""
+    """The current version on the hub's index, read on the event loop: for the embedded SQLite
+    database synchronously (a point read of a local file costs less than handing it to a worker
+    thread and back), for PostgreSQL awaited on the loop's own connections (a network round
+    trip must not stall every other call)."""
     if hub.reads_inline:
         return hub.index.current_on_loop(material_type, subject_ref)
-    return await asyncio.to_thread(hub.index.current, material_type, subject_ref)
+    return await hub.index.current_async(material_type, subject_ref)
 
 
 async def cached(peek: Callable[[], object], load: Callable[[], T]) -> T:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import re
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -135,6 +137,8 @@ class KeptConnection:
                     return batch(self._connection)
             except Exception as exc:
                 lost = connection_lost(exc) or self._driver_broken()
+                if lost and self._connection is not None:
+                    self._connection.invalidate()  # nothing to roll back on a dead connection
                 self.close()
                 if attempt == 2 or self._sent or not lost:
                     raise
@@ -172,8 +176,16 @@ _END_SESSIONS = text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHE
 def scratch_postgres(admin_url: str, prefix: str) -> Iterator[str]:
     """A new, empty database named ``prefix`` plus a random suffix on the PostgreSQL server of
     ``admin_url`` (whose role may create databases), dropped on exit with its sessions: for
-    tests and benchmarks, which must not meet an earlier run's rows."""
+    tests and benchmarks, which must not meet an earlier run's rows.
+
+    Raises ValueError for a URL that is not PostgreSQL's or a prefix that is not a short
+    lower-case identifier.
+    """
     admin_parsed = make_url(admin_url)
+    if admin_parsed.get_backend_name() != "postgresql":
+        raise ValueError(f"a scratch database needs a PostgreSQL server, not {admin_url!r}")
+    if not re.fullmatch(r"[a-z_][a-z0-9_]{0,40}", prefix):
+        raise ValueError(f"{prefix!r} is not a lower-case identifier of at most 41 characters")
     if admin_parsed.drivername == "postgresql":
         admin_parsed = admin_parsed.set(drivername="postgresql+psycopg")
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
@@ -189,6 +201,89 @@ def scratch_postgres(admin_url: str, prefix: str) -> Iterator[str]:
                 conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}"')
     finally:
         admin.dispose()
+
+
+class AsyncReaders:
+    """A few autocommit psycopg connections of the event loop, for point reads of a hub on
+    PostgreSQL: awaiting the server costs the loop nothing, where a worker thread would cost a
+    hand-off each way, a pool checkout and a rollback. At most ``size`` reads run at once (one
+    per connection). If the server dropped the connection a read ran on, the idle ones are
+    closed too and the read is tried once more on a new connection.
+    """
+
+    def __init__(self, engine: Engine, size: int = 4) -> None:
+        self._conninfo = engine.url.set(drivername="postgresql").render_as_string(
+            hide_password=False
+        )
+        self._size = size
+        self._free: list[Any] = []
+        self._opened = 0
+        self._returned: asyncio.Condition | None = None
+
+    async def fetchall(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        """The rows of one statement. Raises the driver's error."""
+        for attempt in (1, 2):
+            connection = await self._take()
+            try:
+                cursor = await connection.execute(sql, params)
+                rows: list[tuple[Any, ...]] = await cursor.fetchall()
+            except Exception:
+                broken = bool(connection.broken)
+                await self._give_back(connection, discard=True)
+                if attempt == 2 or not broken:
+                    raise
+                # The server went away (a restart, a failover): the idle connections with it.
+                await self.close()
+                _log.warning("index_reader_reconnected")
+                continue
+            await self._give_back(connection)
+            return rows
+        raise AssertionError("unreachable")
+
+    @property
+    def opened(self) -> int:
+        """Connections open now, idle or reading (at most ``size``)."""
+        return self._opened
+
+    async def close(self) -> None:
+        """Close the idle connections (call when no read is running)."""
+        free, self._free = self._free, []
+        self._opened -= len(free)
+        for connection in free:
+            with contextlib.suppress(Exception):
+                await connection.close()
+        if free and self._returned is not None:
+            async with self._returned:
+                self._returned.notify_all()
+
+    async def _take(self) -> Any:
+        import psycopg  # only a hub on PostgreSQL gets here
+
+        if self._returned is None:
+            self._returned = asyncio.Condition()
+        async with self._returned:
+            while not self._free and self._opened >= self._size:
+                await self._returned.wait()
+            if self._free:
+                return self._free.pop()
+            self._opened += 1
+        try:
+            return await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
+        except Exception:
+            await self._give_back(None, discard=True)
+            raise
+
+    async def _give_back(self, connection: Any, *, discard: bool = False) -> None:
+        assert self._returned is not None
+        if discard:
+            if connection is not None:
+                with contextlib.suppress(Exception):
+                    await connection.close()
+            self._opened -= 1
+        else:
+            self._free.append(connection)
+        async with self._returned:
+            self._returned.notify()
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:

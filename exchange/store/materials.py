@@ -13,10 +13,11 @@ from typing import Any
 
 from sqlalchemy import Engine, bindparam, insert, select, update
 from sqlalchemy.dialects import sqlite
+from sqlalchemy.dialects.postgresql import psycopg
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.pool import PoolProxiedConnection
 
-from exchange.store.database import writing
+from exchange.store.database import AsyncReaders, writing
 from exchange.store.exchange_tables import material_fields, materials, objections
 
 
@@ -81,6 +82,8 @@ _compiled = _CURRENT.compile(dialect=sqlite.dialect())
 if _compiled.positiontup != ["material_type", "subject_ref"]:
     raise RuntimeError(f"unexpected parameter order {_compiled.positiontup}")
 _CURRENT_SQLITE = str(_compiled)
+# And as psycopg's SQL, with named parameters, for the event loop's PostgreSQL readers.
+_CURRENT_POSTGRES = str(_CURRENT.compile(dialect=psycopg.dialect()))  # type: ignore[no-untyped-call]
 
 
 def _indexed(rows: Sequence[Sequence[Any]]) -> IndexedMaterial | None:
@@ -106,6 +109,7 @@ class MaterialIndex:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._loop_connection: PoolProxiedConnection | None = None
+        self._readers = AsyncReaders(engine) if engine.dialect.name == "postgresql" else None
 
     def current(self, material_type: str, subject_ref: bytes) -> IndexedMaterial | None:
         """The current version of the material, with its field hashes, or None."""
@@ -136,6 +140,20 @@ class MaterialIndex:
         except Exception:
             self.close()  # a driver error may have left it unusable: the next read opens anew
             raise
+
+    async def current_async(self, material_type: str, subject_ref: bytes) -> IndexedMaterial | None:
+        """``current`` for the event loop of a hub on PostgreSQL: one statement, awaited on a
+        connection of the loop's own (``AsyncReaders``)."""
+        assert self._readers is not None, "current_async is for PostgreSQL"
+        rows = await self._readers.fetchall(
+            _CURRENT_POSTGRES, {"material_type": material_type, "subject_ref": subject_ref}
+        )
+        return _indexed(rows)
+
+    async def close_readers(self) -> None:
+        """Close the event loop's PostgreSQL readers (at shutdown)."""
+        if self._readers is not None:
+            await self._readers.close()
 
     def close(self) -> None:
         """Return the event loop's connection to the pool."""

@@ -13,7 +13,6 @@ more than the statements themselves.
 from __future__ import annotations
 
 import asyncio
-import functools
 import queue
 import threading
 from collections import deque
@@ -305,27 +304,39 @@ class RequestLog:
 class _Statements:
     """The request log's statements as SQL text, for the driver's ``placeholder`` style."""
 
-    COLUMNS = ", ".join(column.name for column in requests.columns)
+    # The order of a claim's values in ``claims`` (``RequestLog._claim_run`` follows it).
+    COLUMNS = (
+        "department_id",
+        "request_id",
+        "envelope_sha256",
+        "method",
+        "state",
+        "response",
+        "received_us",
+    )
 
     def __init__(self, placeholder: str) -> None:
         p = placeholder
         key = f"department_id = {p} AND request_id = {p}"
-        self._row = "(" + ", ".join([p] * len(requests.columns)) + ")"
+        self._row = "(" + ", ".join([p] * len(self.COLUMNS)) + ")"
+        self._claims: dict[int, str] = {}
         self.select = (
             f"SELECT envelope_sha256, method, state, response FROM {requests.name} WHERE {key}"
         )
         self.complete = f"UPDATE {requests.name} SET state = {p}, response = {p} WHERE {key}"
         self.delete = f"DELETE FROM {requests.name} WHERE {key}"
 
-    @functools.lru_cache(maxsize=64)  # noqa: B019 (one instance per log, kept for its life)
     def claims(self, count: int) -> str:
         """INSERT of ``count`` claims; RETURNING names the ones inserted (an id in use is not:
         its record is then read)."""
-        rows = ", ".join([self._row] * count)
-        return (
-            f"INSERT INTO {requests.name} ({self.COLUMNS}) VALUES {rows} "
-            "ON CONFLICT DO NOTHING RETURNING department_id, request_id"
-        )
+        sql = self._claims.get(count)
+        if sql is None:
+            rows = ", ".join([self._row] * count)
+            sql = self._claims[count] = (
+                f"INSERT INTO {requests.name} ({', '.join(self.COLUMNS)}) VALUES {rows} "
+                "ON CONFLICT DO NOTHING RETURNING department_id, request_id"
+            )
+        return sql
 
 
 def _record(row: Any) -> RequestRecord:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, text
+from structlog.testing import capture_logs
 
 from exchange.crypto.keys import SigningKey
 from exchange.ledger import EntryDraft, Ledger
@@ -205,3 +206,64 @@ def _entry(i: int) -> EntryDraft:
 
 def test_writers_survive_a_dropped_postgres_connection(postgres_url: str) -> None:
     asyncio.run(_writers_survive_a_dropped_connection(postgres_url))
+
+
+async def _loop_reads_on_postgres(url: str) -> None:
+    engine = open_engine(url)
+    upgrade(engine)
+    index = MaterialIndex(engine)
+    ref = b"s" * 32
+    try:
+        assert await index.current_async("marriage-record", ref) is None
+        first = _material("m-1", 1, {"marital_status": b"a" * 32, "spouse_name": b"b" * 32})
+        index.put_version(first, None, 1)
+        assert await index.current_async("marriage-record", ref) == first
+        assert index.current("marriage-record", ref) == first
+        second = _material("m-2", 2, {})
+        index.put_version(second, "m-1", 2)
+        assert await index.current_async("marriage-record", ref) == second
+
+        # Many reads at once share a few connections; every one gets the answer.
+        answers = await asyncio.gather(
+            *(index.current_async("marriage-record", ref) for _ in range(20))
+        )
+        assert answers == [second] * 20
+        assert index._readers is not None and 1 <= index._readers.opened <= 4
+
+        # The server drops the loop's connections: the next read reconnects once.
+        assert _drop_other_connections(url) >= 1
+        assert await index.current_async("marriage-record", ref) == second
+    finally:
+        await index.close_readers()
+        index.close()
+        engine.dispose()
+
+
+def test_the_loop_reads_the_index_on_postgres(postgres_url: str) -> None:
+    asyncio.run(_loop_reads_on_postgres(postgres_url))
+
+
+async def _claims_reconnect_mid_batch(url: str) -> None:
+    # A durable engine has no transaction hook: the batch's first statement is the claim on
+    # the driver's cursor, so it is the driver that finds the connection gone.
+    engine = open_engine(url)
+    upgrade(engine)
+    log = RequestLog(engine)
+    log.start()
+    try:
+        assert await log.claim("d1", "r1", b"e" * 32, "/m", 1) is None
+        assert _drop_other_connections(url) >= 1
+        with capture_logs() as events:
+            assert await log.claim("d1", "r2", b"f" * 32, "/m", 2) is None
+        names = [event["event"] for event in events]
+        assert "request_log_reconnected" in names
+        assert not [name for name in names if name.endswith("close_failed")], names
+        again = await log.claim("d1", "r1", b"e" * 32, "/m", 3)
+        assert again is not None and again.state == PENDING
+    finally:
+        await log.close()
+        engine.dispose()
+
+
+def test_claims_reconnect_when_the_driver_finds_the_connection_gone(postgres_url: str) -> None:
+    asyncio.run(_claims_reconnect_mid_batch(postgres_url))
