@@ -13,9 +13,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from exchange.catalog.repository import CatalogStore
 from exchange.clock import now_us
 from exchange.config import Config
+from exchange.crypto.content import ContentKeys
 from exchange.crypto.keys import SigningKey
 from exchange.crypto.keystore import Keystore, TlsIdentity
-from exchange.flows.content import ContentKeys
 from exchange.ledger import Ledger, LedgerConfig
 from exchange.ledger.export import KeyRecord as ExportKey
 from exchange.policy.grants import GrantStore

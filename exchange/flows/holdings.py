@@ -18,8 +18,8 @@ from sqlalchemy.exc import IntegrityError
 from exchange import errors
 from exchange.catalog.schema import canonical_fields
 from exchange.clock import now_us
+from exchange.crypto.content import canonical_subject_id
 from exchange.flows import lookups
-from exchange.flows.content import canonical_subject_id
 from exchange.flows.record import record
 from exchange.hub import Hub
 from exchange.policy.identity import Caller

@@ -17,8 +17,8 @@ from exchange import errors
 from exchange.catalog.model import MaterialType
 from exchange.catalog.schema import canonical_fields
 from exchange.clock import now_us
+from exchange.crypto.content import ContentKeys, canonical_subject_id
 from exchange.crypto.envelope import EnvelopeError, verify
-from exchange.flows.content import ContentKeys, canonical_subject_id
 from exchange.store.materials import IndexedMaterial
 from exchange.store.registry import DepartmentRecord
 from exchange.v1 import common_pb2, envelope_pb2, exchange_pb2

@@ -20,8 +20,8 @@ import structlog
 from exchange import errors
 from exchange.catalog.model import FormField, MaterialType, SharingClass
 from exchange.clock import now_us
+from exchange.crypto.content import canonical_subject_id
 from exchange.flows import lookups
-from exchange.flows.content import canonical_subject_id
 from exchange.flows.material import check_fields, mismatch, open_record
 from exchange.flows.record import record
 from exchange.flows.request import grants_for, take_rate

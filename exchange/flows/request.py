@@ -13,8 +13,8 @@ import time
 from exchange import errors
 from exchange.catalog.model import SharingClass
 from exchange.clock import now_us
+from exchange.crypto.content import canonical_subject_id
 from exchange.flows import lookups
-from exchange.flows.content import canonical_subject_id
 from exchange.flows.material import check_fields, mismatch, open_record
 from exchange.flows.record import record
 from exchange.flows.submit import forwarded_id

@@ -22,8 +22,8 @@ from exchange import errors
 from exchange.catalog.model import MaterialType
 from exchange.catalog.schema import canonical_fields
 from exchange.clock import now_us
+from exchange.crypto.content import canonical_subject_id
 from exchange.flows import lookups
-from exchange.flows.content import canonical_subject_id
 from exchange.flows.material import mismatch, open_record
 from exchange.flows.record import record
 from exchange.hub import Hub

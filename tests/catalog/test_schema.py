@@ -7,7 +7,7 @@ import pytest
 from exchange import errors
 from exchange.catalog.model import FieldSpec, FieldType, MaterialType, SharingClass
 from exchange.catalog.schema import canonical_fields
-from exchange.flows.content import ContentKeys
+from exchange.crypto.content import ContentKeys
 from exchange.flows.material import check_fields
 from exchange.store.materials import IndexedMaterial
 from exchange.v1 import common_pb2

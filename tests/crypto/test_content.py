@@ -9,7 +9,7 @@ import struct
 from hypothesis import given
 from hypothesis import strategies as st
 
-from exchange.flows.content import ContentKeys, canonical_subject_id, content_encoding
+from exchange.crypto.content import ContentKeys, canonical_subject_id, content_encoding
 
 SECRET = bytes(range(32))
 VECTOR_ENCODING = (
