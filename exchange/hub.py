@@ -23,7 +23,7 @@ from exchange.policy.identity import Authenticator
 from exchange.policy.rates import RateLimiter
 from exchange.routing.provider import ProviderRouter
 from exchange.store.cache import TtlCache
-from exchange.store.database import open_engine, upgrade
+from exchange.store.database import AsyncConnections, open_engine, upgrade
 from exchange.store.materials import MaterialIndex
 from exchange.store.objections import Objections
 from exchange.store.registry import DepartmentRecord, Registry
@@ -118,6 +118,14 @@ class Hub:
         self.catalog = CatalogStore(engine)
         self.grants = GrantStore(engine)
         self.index = MaterialIndex(engine)
+        # Submissions for one material and subject are decided one at a time by every hub
+        # process of a PostgreSQL database (exchange.flows.submit): held on connections of
+        # their own, as a submission holds its lock while the owner's adapter stores.
+        self.subject_locks = (
+            AsyncConnections(engine, "subject_lock", size=8)
+            if engine.dialect.name == "postgresql"
+            else None
+        )
         self.objections = Objections(engine)
         self.rates = RateLimiter()
         self.providers = ProviderRouter(
@@ -186,6 +194,8 @@ class Hub:
         await self.providers.close()
         self.index.close()
         await self.index.close_readers()
+        if self.subject_locks is not None:
+            await self.subject_locks.close()
         self.engine.dispose()
         if self.write_behind is not self.engine:
             self.write_behind.dispose()

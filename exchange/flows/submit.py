@@ -11,10 +11,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import itertools
 import secrets
 import uuid
 import weakref
+from collections.abc import AsyncIterator
 
 from sqlalchemy.exc import IntegrityError
 
@@ -34,22 +37,32 @@ from exchange.v1 import common_pb2, exchange_pb2, ledger_pb2
 SUBMIT_ROLES = ("COLLECTOR", "FORM_TOOL")
 DAY_US = 86_400 * 1_000_000
 
-# Submissions for one (material type, subject) are decided one at a time in this process, so
-# two concurrent identical submissions give one STORED and one ALREADY_ON_FILE. Across hub
-# processes the index's unique (type, subject, version) makes the loser fail with UNAVAILABLE
-# (its entry is already written); its retry is answered from the index.
+# Submissions for one (material type, subject) are decided one at a time, so two concurrent
+# submissions give one STORED and then an ALREADY_ON_FILE, a NEW_VERSION or a correction
+# proposal: never two version 1s, whose stores at the owner's adapter would overwrite each other.
+# In this process an asyncio lock orders them; on PostgreSQL, where several hub processes may
+# share the database, a session advisory lock per (type, subject) orders the processes too.
+# (Hub processes sharing one SQLite file are not ordered: the index's unique version then makes
+# the later one fail with UNAVAILABLE, and its retry is answered from the index.)
 _locks: weakref.WeakValueDictionary[tuple[int, str, bytes], asyncio.Lock] = (
     weakref.WeakValueDictionary()
 )
 
 
-def _lock(hub: Hub, material_type: str, subject_ref: bytes) -> asyncio.Lock:
+@contextlib.asynccontextmanager
+async def _decided_alone(hub: Hub, material_type: str, subject_ref: bytes) -> AsyncIterator[None]:
+    """Hold the submission lock of (``material_type``, ``subject_ref``) for the block."""
     key = (id(hub), material_type, subject_ref)
     lock = _locks.get(key)
     if lock is None:
-        lock = asyncio.Lock()
-        _locks[key] = lock
-    return lock
+        lock = _locks[key] = asyncio.Lock()
+    async with lock:
+        if hub.subject_locks is None:
+            yield
+            return
+        digest = hashlib.sha256(f"submit\0{material_type}\0".encode() + subject_ref).digest()
+        async with hub.subject_locks.advisory_lock(int.from_bytes(digest[:8], "big", signed=True)):
+            yield
 
 
 # Forwarded ids are unique, not secret: a random prefix per process and a counter. (Reading the
@@ -86,7 +99,7 @@ async def submit(
         subject_id = canonical_subject_id(body.subject_id)
         content_hash = hub.content_keys.content_hash(material_type.id, subject_id, fields)
         known["content_hash"] = content_hash
-        async with _lock(hub, material_type.id, subject_ref):
+        async with _decided_alone(hub, material_type.id, subject_ref):
             current = await asyncio.to_thread(hub.index.current, material_type.id, subject_ref)
             if current is not None and current.content_hash == content_hash:
                 outcome = exchange_pb2.ALREADY_ON_FILE
@@ -141,9 +154,8 @@ async def submit(
                         now_us(),
                     )
                 except IntegrityError as exc:
-                    # Another hub process indexed this version first (the in-process lock
-                    # cannot see it). The adapter's store is idempotent per reference; the
-                    # caller's retry gets the material on file.
+                    # Another hub process on the same SQLite file indexed this version first
+                    # (see _decided_alone); the caller's retry gets the material on file.
                     raise errors.Unavailable(
                         common_pb2.INTERNAL_ERROR,
                         "the same material was submitted concurrently through another hub; retry",

@@ -7,7 +7,7 @@ import contextlib
 import re
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -203,42 +203,67 @@ def scratch_postgres(admin_url: str, prefix: str) -> Iterator[str]:
         admin.dispose()
 
 
-class AsyncReaders:
-    """A few autocommit psycopg connections of the event loop, for point reads of a hub on
-    PostgreSQL: awaiting the server costs the loop nothing, where a worker thread would cost a
-    hand-off each way, a pool checkout and a rollback. At most ``size`` reads run at once (one
-    per connection). If the server dropped the connection a read ran on, the idle ones are
-    closed too and the read is tried once more on a new connection.
+class AsyncConnections:
+    """A few autocommit psycopg connections of the event loop, for a hub on PostgreSQL: awaiting
+    the server costs the loop nothing, where a worker thread would cost a hand-off each way, a
+    pool checkout and a rollback. At most ``size`` connections are open; a caller waits for one
+    to be free. A connection whose use failed or was cancelled is closed, not reused.
     """
 
-    def __init__(self, engine: Engine, size: int = 4) -> None:
+    def __init__(self, engine: Engine, name: str, size: int = 4) -> None:
         self._conninfo = engine.url.set(drivername="postgresql").render_as_string(
             hide_password=False
         )
+        self._name = name
         self._size = size
         self._free: list[Any] = []
         self._opened = 0
         self._returned: asyncio.Condition | None = None
 
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[Any]:
+        """A connection for the caller alone until the block ends."""
+        connection = await self._take()
+        try:
+            yield connection
+        except BaseException:
+            await self._give_back(connection, discard=True)  # its state is unknown
+            raise
+        await self._give_back(connection)
+
     async def fetchall(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
-        """The rows of one statement. Raises the driver's error."""
+        """The rows of one statement. If the server dropped the connection (a restart, a
+        failover), the idle ones are closed too and the statement is run once more on a new
+        connection. Raises the driver's error."""
         for attempt in (1, 2):
-            connection = await self._take()
+            broken = False
             try:
-                cursor = await connection.execute(sql, params)
-                rows: list[tuple[Any, ...]] = await cursor.fetchall()
+                async with self.connection() as connection:
+                    try:
+                        cursor = await connection.execute(sql, params)
+                        rows: list[tuple[Any, ...]] = await cursor.fetchall()
+                        return rows
+                    except Exception:
+                        broken = bool(connection.broken)
+                        raise
             except Exception:
-                broken = bool(connection.broken)
-                await self._give_back(connection, discard=True)
                 if attempt == 2 or not broken:
                     raise
-                # The server went away (a restart, a failover): the idle connections with it.
                 await self.close()
-                _log.warning("index_reader_reconnected")
-                continue
-            await self._give_back(connection)
-            return rows
+                _log.warning(f"{self._name}_reconnected")
         raise AssertionError("unreachable")
+
+    @contextlib.asynccontextmanager
+    async def advisory_lock(self, key: int) -> AsyncIterator[None]:
+        """Hold PostgreSQL's session advisory lock ``key`` for the block: whichever hub process
+        asks second waits for the first to leave its block. A caller that gives up while
+        waiting closes its connection, which ends its claim on the lock."""
+        async with self.connection() as connection:
+            await connection.execute("SELECT pg_advisory_lock(%s)", (key,))
+            try:
+                yield
+            finally:
+                await connection.execute("SELECT pg_advisory_unlock(%s)", (key,))
 
     @property
     def opened(self) -> int:
@@ -246,7 +271,7 @@ class AsyncReaders:
         return self._opened
 
     async def close(self) -> None:
-        """Close the idle connections (call when no read is running)."""
+        """Close the idle connections (at shutdown, when none is in use)."""
         free, self._free = self._free, []
         self._opened -= len(free)
         for connection in free:

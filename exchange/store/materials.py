@@ -17,7 +17,7 @@ from sqlalchemy.dialects.postgresql import psycopg
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.pool import PoolProxiedConnection
 
-from exchange.store.database import AsyncReaders, writing
+from exchange.store.database import AsyncConnections, writing
 from exchange.store.exchange_tables import material_fields, materials, objections
 
 
@@ -109,7 +109,11 @@ class MaterialIndex:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._loop_connection: PoolProxiedConnection | None = None
-        self._readers = AsyncReaders(engine) if engine.dialect.name == "postgresql" else None
+        self._readers = (
+            AsyncConnections(engine, "index_reader")
+            if engine.dialect.name == "postgresql"
+            else None
+        )
 
     def current(self, material_type: str, subject_ref: bytes) -> IndexedMaterial | None:
         """The current version of the material, with its field hashes, or None."""
@@ -143,7 +147,7 @@ class MaterialIndex:
 
     async def current_async(self, material_type: str, subject_ref: bytes) -> IndexedMaterial | None:
         """``current`` for the event loop of a hub on PostgreSQL: one statement, awaited on a
-        connection of the loop's own (``AsyncReaders``)."""
+        connection of the loop's own (``AsyncConnections``)."""
         assert self._readers is not None, "current_async is for PostgreSQL"
         rows = await self._readers.fetchall(
             _CURRENT_POSTGRES, {"material_type": material_type, "subject_ref": subject_ref}

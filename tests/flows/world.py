@@ -52,12 +52,14 @@ MARRIAGE_FIELDS = ("marital_status", "spouse_name", "registered_on")
 
 
 class SpyBackend:
-    """A real backend, recording every fetch the hub makes and optionally slowed down."""
+    """A real backend, recording every fetch the hub makes, its fetches and stores optionally
+    slowed down."""
 
     def __init__(self, inner: Backend) -> None:
         self.inner = inner
         self.fetches: list[tuple[str, str, tuple[str, ...]]] = []
         self.delay = 0.0
+        self.store_delay = 0.0
 
     def validate(self) -> None:
         self.inner.validate()
@@ -80,6 +82,8 @@ class SpyBackend:
     def store(
         self, material_type: str, subject_id: str, fields: Mapping[str, str], **kw: Any
     ) -> None:
+        if self.store_delay:
+            time.sleep(self.store_delay)  # runs in the adapter's worker thread
         self.inner.store(material_type, subject_id, fields, **kw)
 
     def list_holdings(self, material_type: str) -> Iterator[Holding]:

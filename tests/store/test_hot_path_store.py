@@ -14,7 +14,7 @@ from structlog.testing import capture_logs
 
 from exchange.crypto.keys import SigningKey
 from exchange.ledger import EntryDraft, Ledger
-from exchange.store.database import open_engine, upgrade
+from exchange.store.database import AsyncConnections, open_engine, upgrade
 from exchange.store.materials import IndexedMaterial, MaterialIndex
 from exchange.store.requests import ANSWERED, PENDING, RequestLog
 from exchange.v1 import ledger_pb2
@@ -267,3 +267,37 @@ async def _claims_reconnect_mid_batch(url: str) -> None:
 
 def test_claims_reconnect_when_the_driver_finds_the_connection_gone(postgres_url: str) -> None:
     asyncio.run(_claims_reconnect_mid_batch(postgres_url))
+
+
+async def _advisory_locks(url: str) -> None:
+    engine = open_engine(url)
+    one, other = AsyncConnections(engine, "one"), AsyncConnections(engine, "other")
+    order: list[str] = []
+    try:
+        async with one.advisory_lock(42):
+            # Another process's holder waits for this block to end.
+            waiting = asyncio.create_task(_hold(other, 42, order, "other"))
+            await asyncio.sleep(0.2)
+            assert not waiting.done()
+            order.append("one")
+            # A caller that gives up while waiting takes no lock with it.
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(_hold(other, 42, order, "gave up"), 0.2)
+        await asyncio.wait_for(waiting, 5)
+        assert order == ["one", "other"]
+        async with one.advisory_lock(42):  # free again
+            order.append("again")
+        assert one.opened == 1 and other.opened == 1  # the given-up connection was closed
+    finally:
+        await one.close()
+        await other.close()
+        engine.dispose()
+
+
+async def _hold(connections: AsyncConnections, key: int, order: list[str], name: str) -> None:
+    async with connections.advisory_lock(key):
+        order.append(name)
+
+
+def test_advisory_locks_order_processes_and_survive_a_caller_giving_up(postgres_url: str) -> None:
+    asyncio.run(_advisory_locks(postgres_url))
