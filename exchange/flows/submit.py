@@ -31,6 +31,8 @@ from exchange.flows.material import mismatch, open_record
 from exchange.flows.record import record
 from exchange.hub import Hub
 from exchange.policy.identity import Caller
+from exchange.routing.deadline import call_deadline
+from exchange.routing.provider import MARGIN_SECONDS
 from exchange.store.materials import IndexedMaterial, Proposal
 from exchange.v1 import common_pb2, exchange_pb2, ledger_pb2
 
@@ -49,20 +51,44 @@ _locks: weakref.WeakValueDictionary[tuple[int, str, bytes], asyncio.Lock] = (
 )
 
 
+def submission_lock_key(material_type: str, subject_ref: bytes) -> int:
+    """The PostgreSQL advisory lock key of submissions for one material type and subject."""
+    digest = hashlib.sha256(f"submit\0{material_type}\0".encode() + subject_ref).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
 @contextlib.asynccontextmanager
 async def _decided_alone(hub: Hub, material_type: str, subject_ref: bytes) -> AsyncIterator[None]:
-    """Hold the submission lock of (``material_type``, ``subject_ref``) for the block."""
+    """Hold the submission lock of (``material_type``, ``subject_ref``) for the block.
+
+    The lock's holder stores at the owner's adapter within the provider timeout, so a caller
+    waits at most twice that (and never past its own deadline) before it is refused with
+    UNAVAILABLE, to retry.
+    """
     key = (id(hub), material_type, subject_ref)
     lock = _locks.get(key)
     if lock is None:
         lock = _locks[key] = asyncio.Lock()
-    async with lock:
-        if hub.subject_locks is None:
-            yield
-            return
-        digest = hashlib.sha256(f"submit\0{material_type}\0".encode() + subject_ref).digest()
-        async with hub.subject_locks.advisory_lock(int.from_bytes(digest[:8], "big", signed=True)):
-            yield
+    wait = 2 * hub.providers.timeout_seconds + 1
+    remaining = call_deadline()
+    if remaining is not None:
+        wait = min(wait, max(remaining - min(MARGIN_SECONDS, remaining / 2), 0.001))
+    async with contextlib.AsyncExitStack() as held:
+        try:
+            async with asyncio.timeout(wait):
+                await held.enter_async_context(lock)
+                if hub.subject_locks is not None:
+                    shared = hub.subject_locks.advisory_lock(
+                        submission_lock_key(material_type, subject_ref)
+                    )
+                    await held.enter_async_context(shared)
+        except TimeoutError:
+            raise errors.Unavailable(
+                common_pb2.INTERNAL_ERROR,
+                f"another submission of this {material_type!r} for this subject is still being "
+                "decided; retry",
+            ) from None
+        yield
 
 
 # Forwarded ids are unique, not secret: a random prefix per process and a counter. (Reading the

@@ -7,6 +7,7 @@ import contextlib
 import re
 import threading
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -207,8 +208,12 @@ class AsyncConnections:
     """A few autocommit psycopg connections of the event loop, for a hub on PostgreSQL: awaiting
     the server costs the loop nothing, where a worker thread would cost a hand-off each way, a
     pool checkout and a rollback. At most ``size`` connections are open; a caller waits for one
-    to be free. A connection whose use failed or was cancelled is closed, not reused.
+    to be free, in turn. A connection whose use failed or was cancelled is closed, not reused.
+    Every count is settled before the next ``await``, so a caller cancelled anywhere (its
+    deadline, its client gone) takes no slot and no turn with it.
     """
+
+    CONNECT_TIMEOUT_SECONDS = 5
 
     def __init__(self, engine: Engine, name: str, size: int = 4) -> None:
         self._conninfo = engine.url.set(drivername="postgresql").render_as_string(
@@ -218,7 +223,13 @@ class AsyncConnections:
         self._size = size
         self._free: list[Any] = []
         self._opened = 0
-        self._returned: asyncio.Condition | None = None
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._closed = False
+
+    @property
+    def opened(self) -> int:
+        """Connections open now, idle or in use (at most ``size``)."""
+        return self._opened
 
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[Any]:
@@ -249,66 +260,115 @@ class AsyncConnections:
             except Exception:
                 if attempt == 2 or not broken:
                     raise
-                await self.close()
-                _log.warning(f"{self._name}_reconnected")
+                await self._reconnecting()
         raise AssertionError("unreachable")
 
     @contextlib.asynccontextmanager
     async def advisory_lock(self, key: int) -> AsyncIterator[None]:
         """Hold PostgreSQL's session advisory lock ``key`` for the block: whichever hub process
-        asks second waits for the first to leave its block. A caller that gives up while
-        waiting closes its connection, which ends its claim on the lock."""
-        async with self.connection() as connection:
-            await connection.execute("SELECT pg_advisory_lock(%s)", (key,))
-            try:
-                yield
-            finally:
-                await connection.execute("SELECT pg_advisory_unlock(%s)", (key,))
+        asks second waits until the first leaves its block.
 
-    @property
-    def opened(self) -> int:
-        """Connections open now, idle or reading (at most ``size``)."""
-        return self._opened
+        A caller that gives up while waiting closes its connection, which withdraws its
+        request. If the session ends during the block (a failover, a network cut), the lock
+        ends with it: the block is not told, and is no longer alone. An unlock that fails is
+        logged, not raised (the block's own outcome stands), and its connection is closed,
+        which releases the lock.
+        """
+        connection = await self._locked(key)
+        released = False
+        try:
+            yield
+        finally:
+            try:
+                cursor = await connection.execute("SELECT pg_advisory_unlock(%s)", (key,))
+                row = await cursor.fetchone()
+                released = bool(row and row[0])
+            except Exception as exc:
+                _log.warning(f"{self._name}_unlock_failed", error=type(exc).__name__)
+            finally:
+                await self._give_back(connection, discard=not released)
 
     async def close(self) -> None:
-        """Close the idle connections (at shutdown, when none is in use)."""
+        """Close the idle connections, and every other one as it is given back (at shutdown)."""
+        self._closed = True
+        await self._close_idle()
+
+    async def _locked(self, key: int) -> Any:
+        """A connection holding advisory lock ``key``; tried once more on a new connection if
+        the server dropped the one taken (nothing is held yet)."""
+        for attempt in (1, 2):
+            connection = await self._take()
+            try:
+                await connection.execute("SELECT pg_advisory_lock(%s)", (key,))
+                return connection
+            except BaseException as exc:
+                broken = isinstance(exc, Exception) and bool(connection.broken)
+                await self._give_back(connection, discard=True)
+                if attempt == 2 or not broken:
+                    raise
+                await self._reconnecting()
+        raise AssertionError("unreachable")
+
+    async def _reconnecting(self) -> None:
+        # The server went away (a restart, a failover): the idle connections with it.
+        _log.warning(f"{self._name}_reconnected")
+        await self._close_idle()
+
+    async def _close_idle(self) -> None:
         free, self._free = self._free, []
         self._opened -= len(free)
+        for _ in free:
+            self._wake_one()
         for connection in free:
             with contextlib.suppress(Exception):
                 await connection.close()
-        if free and self._returned is not None:
-            async with self._returned:
-                self._returned.notify_all()
 
     async def _take(self) -> Any:
         import psycopg  # only a hub on PostgreSQL gets here
 
-        if self._returned is None:
-            self._returned = asyncio.Condition()
-        async with self._returned:
-            while not self._free and self._opened >= self._size:
-                await self._returned.wait()
-            if self._free:
-                return self._free.pop()
-            self._opened += 1
+        while not self._free and self._opened >= self._size:
+            if self._closed:
+                raise RuntimeError(f"the {self._name} connections are closed")
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except BaseException:
+                if not waiter.done():
+                    self._waiters.remove(waiter)
+                elif not waiter.cancelled():
+                    self._wake_one()  # woken, then cancelled: the turn goes to the next
+                raise
+        if self._closed:
+            raise RuntimeError(f"the {self._name} connections are closed")
+        if self._free:
+            return self._free.pop()
+        self._opened += 1
         try:
-            return await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
-        except Exception:
-            await self._give_back(None, discard=True)
+            return await psycopg.AsyncConnection.connect(
+                self._conninfo, autocommit=True, connect_timeout=self.CONNECT_TIMEOUT_SECONDS
+            )
+        except BaseException:
+            self._opened -= 1
+            self._wake_one()
             raise
 
     async def _give_back(self, connection: Any, *, discard: bool = False) -> None:
-        assert self._returned is not None
-        if discard:
-            if connection is not None:
-                with contextlib.suppress(Exception):
-                    await connection.close()
+        if discard or self._closed:
             self._opened -= 1
+            self._wake_one()
+            with contextlib.suppress(Exception):
+                await connection.close()
         else:
             self._free.append(connection)
-        async with self._returned:
-            self._returned.notify()
+            self._wake_one()
+
+    def _wake_one(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:

@@ -301,3 +301,65 @@ async def _hold(connections: AsyncConnections, key: int, order: list[str], name:
 
 def test_advisory_locks_order_processes_and_survive_a_caller_giving_up(postgres_url: str) -> None:
     asyncio.run(_advisory_locks(postgres_url))
+
+
+async def _pool_survives_cancellation(url: str) -> None:
+    engine = open_engine(url)
+    pool = AsyncConnections(engine, "probe", size=2)
+    try:
+        # Callers cancelled while connecting, while waiting for a turn and mid-statement
+        # take no slot with them.
+        for delay in (0.0, 0.001, 0.005, 0.02, 0.05):
+            tasks = [
+                asyncio.create_task(pool.fetchall("SELECT pg_sleep(0.03)", {})) for _ in range(5)
+            ]
+            await asyncio.sleep(delay)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            assert pool.opened <= 2
+            assert await asyncio.wait_for(pool.fetchall("SELECT 1", {}), 10) == [(1,)]
+
+        # A waiter woken and then cancelled before it runs passes its turn to the next.
+        one = AsyncConnections(engine, "one", size=1)
+        try:
+            async with one.connection():
+                woken = asyncio.create_task(one.fetchall("SELECT 1", {}))
+                next_in_line = asyncio.create_task(one.fetchall("SELECT 2", {}))
+                await asyncio.sleep(0.05)
+            woken.cancel()  # its turn came with the end of the block above, before it ran
+            assert await asyncio.wait_for(next_in_line, 5) == [(2,)]
+        finally:
+            await one.close()
+    finally:
+        await pool.close()
+        engine.dispose()
+
+
+def test_the_loop_connections_survive_cancelled_callers(postgres_url: str) -> None:
+    asyncio.run(_pool_survives_cancellation(postgres_url))
+
+
+async def _locks_across_server_drops(url: str) -> None:
+    engine = open_engine(url)
+    locks = AsyncConnections(engine, "locks")
+    try:
+        async with locks.advisory_lock(7):
+            pass
+        assert locks.opened == 1
+        # The server drops the idle session: the next lock is taken on a new one.
+        assert _drop_other_connections(url) >= 1
+        async with locks.advisory_lock(7):
+            # ...and dropped again during the block: the block's outcome stands (the unlock's
+            # failure is logged, and the session's end released the lock).
+            assert _drop_other_connections(url) >= 1
+        assert locks.opened == 0
+        async with locks.advisory_lock(7):
+            pass
+    finally:
+        await locks.close()
+        engine.dispose()
+
+
+def test_advisory_locks_outlive_dropped_sessions(postgres_url: str) -> None:
+    asyncio.run(_locks_across_server_drops(postgres_url))
