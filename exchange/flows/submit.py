@@ -62,8 +62,8 @@ async def _decided_alone(hub: Hub, material_type: str, subject_ref: bytes) -> As
     """Hold the submission lock of (``material_type``, ``subject_ref``) for the block.
 
     The lock's holder stores at the owner's adapter within the provider timeout, so a caller
-    waits at most twice that (and never past its own deadline) before it is refused with
-    UNAVAILABLE, to retry.
+    waits at most twice that plus a second (and never past its own deadline) before it is
+    refused with UNAVAILABLE, to retry.
     """
     key = (id(hub), material_type, subject_ref)
     lock = _locks.get(key)
@@ -86,7 +86,7 @@ async def _decided_alone(hub: Hub, material_type: str, subject_ref: bytes) -> As
             raise errors.Unavailable(
                 common_pb2.INTERNAL_ERROR,
                 f"another submission of this {material_type!r} for this subject is still being "
-                "decided; retry",
+                "decided (or the database is slow to answer); retry",
             ) from None
         yield
 

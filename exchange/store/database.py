@@ -209,8 +209,8 @@ class AsyncConnections:
     the server costs the loop nothing, where a worker thread would cost a hand-off each way, a
     pool checkout and a rollback. At most ``size`` connections are open; a caller waits for one
     to be free, in turn. A connection whose use failed or was cancelled is closed, not reused.
-    Every count is settled before the next ``await``, so a caller cancelled anywhere (its
-    deadline, its client gone) takes no slot and no turn with it.
+    A caller cancelled anywhere (its deadline, its client gone) takes no slot and no turn with
+    it.
     """
 
     CONNECT_TIMEOUT_SECONDS = 5
@@ -223,8 +223,9 @@ class AsyncConnections:
         self._size = size
         self._free: list[Any] = []
         self._opened = 0
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._waiters: deque[asyncio.Future[Any]] = deque()
         self._closed = False
+        self._closing: set[asyncio.Future[Any]] = set()
 
     @property
     def opened(self) -> int:
@@ -280,17 +281,18 @@ class AsyncConnections:
             yield
         finally:
             try:
-                cursor = await connection.execute("SELECT pg_advisory_unlock(%s)", (key,))
-                row = await cursor.fetchone()
-                released = bool(row and row[0])
+                released = await self._unlock(connection, key)
             except Exception as exc:
                 _log.warning(f"{self._name}_unlock_failed", error=type(exc).__name__)
             finally:
                 await self._give_back(connection, discard=not released)
 
     async def close(self) -> None:
-        """Close the idle connections, and every other one as it is given back (at shutdown)."""
+        """Close the idle connections, and every other one as it is given back; callers
+        waiting for one are refused (at shutdown)."""
         self._closed = True
+        while (waiter := self._next_waiter()) is not None:
+            waiter.set_result(_CLOSED)
         await self._close_idle()
 
     async def _locked(self, key: int) -> Any:
@@ -309,6 +311,12 @@ class AsyncConnections:
                 await self._reconnecting()
         raise AssertionError("unreachable")
 
+    async def _unlock(self, connection: Any, key: int) -> bool:
+        async with asyncio.timeout(self.CONNECT_TIMEOUT_SECONDS):
+            cursor = await connection.execute("SELECT pg_advisory_unlock(%s)", (key,))
+            row = await cursor.fetchone()
+        return bool(row and row[0])
+
     async def _reconnecting(self) -> None:
         # The server went away (a restart, a failover): the idle connections with it.
         _log.warning(f"{self._name}_reconnected")
@@ -316,59 +324,102 @@ class AsyncConnections:
 
     async def _close_idle(self) -> None:
         free, self._free = self._free, []
-        self._opened -= len(free)
         for _ in free:
-            self._wake_one()
+            self._release_slot()
         for connection in free:
             with contextlib.suppress(Exception):
                 await connection.close()
 
-    async def _take(self) -> Any:
-        import psycopg  # only a hub on PostgreSQL gets here
+    # A connection is handed straight to the first caller waiting, or the slot of a closed one
+    # (_SLOT: that caller opens a new connection in it), so a caller that comes later never
+    # overtakes one that waits. Every count is settled before the next ``await``.
 
-        while not self._free and self._opened >= self._size:
-            if self._closed:
-                raise RuntimeError(f"the {self._name} connections are closed")
-            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            try:
-                await waiter
-            except BaseException:
-                if not waiter.done():
-                    self._waiters.remove(waiter)
-                elif not waiter.cancelled():
-                    self._wake_one()  # woken, then cancelled: the turn goes to the next
-                raise
+    async def _take(self) -> Any:
         if self._closed:
             raise RuntimeError(f"the {self._name} connections are closed")
         if self._free:
             return self._free.pop()
-        self._opened += 1
+        if self._opened < self._size:
+            self._opened += 1
+            return await self._connect()
+        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            handed = await waiter
+        except BaseException:
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(waiter)
+            if waiter.done() and not waiter.cancelled() and waiter.result() is not _CLOSED:
+                self._pass_on(waiter.result())  # handed over, then cancelled: pass it on
+            raise
+        if handed is _CLOSED:
+            raise RuntimeError(f"the {self._name} connections are closed")
+        if handed is _SLOT:
+            return await self._connect()
+        return handed
+
+    async def _connect(self) -> Any:
+        """A new connection in a slot already counted for the caller."""
+        import psycopg  # only a hub on PostgreSQL gets here
+
         try:
             return await psycopg.AsyncConnection.connect(
-                self._conninfo, autocommit=True, connect_timeout=self.CONNECT_TIMEOUT_SECONDS
+                self._conninfo,
+                autocommit=True,
+                connect_timeout=self.CONNECT_TIMEOUT_SECONDS,
+                # A cut network (no reset) ends the session within seconds, not TCP's minutes.
+                keepalives=1,
+                keepalives_idle=5,
+                keepalives_interval=2,
+                keepalives_count=3,
+                tcp_user_timeout=10_000,
             )
         except BaseException:
-            self._opened -= 1
-            self._wake_one()
+            self._release_slot()
             raise
 
     async def _give_back(self, connection: Any, *, discard: bool = False) -> None:
         if discard or self._closed:
-            self._opened -= 1
-            self._wake_one()
+            self._release_slot()
             with contextlib.suppress(Exception):
                 await connection.close()
         else:
-            self._free.append(connection)
-            self._wake_one()
+            self._pass_on(connection)
 
-    def _wake_one(self) -> None:
+    def _pass_on(self, handed: Any) -> None:
+        """Give ``handed`` (a healthy connection, or _SLOT) to the next caller waiting."""
+        if handed is _SLOT:
+            self._release_slot()
+            return
+        if self._closed:  # handed over before close(), its caller cancelled after it
+            self._release_slot()
+            closing = asyncio.ensure_future(handed.close())
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
+            return
+        waiter = self._next_waiter()
+        if waiter is None:
+            self._free.append(handed)
+        else:
+            waiter.set_result(handed)
+
+    def _release_slot(self) -> None:
+        waiter = self._next_waiter()
+        if waiter is None:
+            self._opened -= 1
+        else:
+            waiter.set_result(_SLOT)
+
+    def _next_waiter(self) -> asyncio.Future[Any] | None:
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
-                waiter.set_result(None)
-                return
+                return waiter
+        return None
+
+
+_SLOT = object()  # handed to a waiting caller: open a new connection in the slot freed
+_CLOSED = object()  # handed to a waiting caller: the connections are closed
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:

@@ -159,7 +159,8 @@ def _drop_other_connections(url: str) -> int:
         with admin.connect() as conn:
             killed = conn.execute(
                 text(
-                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    # Waits (up to 5 s) until each session has ended.
+                    "SELECT count(pg_terminate_backend(pid, 5000)) FROM pg_stat_activity "
                     "WHERE datname = current_database() AND pid <> pg_backend_pid()"
                 )
             ).scalar()
@@ -317,8 +318,9 @@ async def _pool_survives_cancellation(url: str) -> None:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            assert pool.opened <= 2
-            assert await asyncio.wait_for(pool.fetchall("SELECT 1", {}), 10) == [(1,)]
+            assert pool.opened == len(pool._free) <= 2  # nothing in use, no slot lost
+            both = [pool.fetchall("SELECT pg_sleep(0.01)", {}) for _ in range(2)]
+            assert await asyncio.wait_for(asyncio.gather(*both), 10) == [[("",)], [("",)]]
 
         # A waiter woken and then cancelled before it runs passes its turn to the next.
         one = AsyncConnections(engine, "one", size=1)
@@ -329,6 +331,29 @@ async def _pool_survives_cancellation(url: str) -> None:
                 await asyncio.sleep(0.05)
             woken.cancel()  # its turn came with the end of the block above, before it ran
             assert await asyncio.wait_for(next_in_line, 5) == [(2,)]
+
+            # A caller that comes when a connection is given back does not overtake one that
+            # waits for it.
+            order: list[str] = []
+
+            async def use(name: str) -> None:
+                async with one.connection():
+                    order.append(name)
+
+            async with one.connection():
+                waited = asyncio.create_task(use("waited"))
+                await asyncio.sleep(0.05)
+            later = asyncio.create_task(use("later"))
+            await asyncio.wait_for(asyncio.gather(waited, later), 5)
+            assert order == ["waited", "later"]
+
+            # Closing refuses every caller still waiting.
+            async with one.connection():
+                refused = [asyncio.create_task(use("refused")) for _ in range(2)]
+                await asyncio.sleep(0.05)
+                await one.close()
+            outcomes = await asyncio.gather(*refused, return_exceptions=True)
+            assert all(isinstance(o, RuntimeError) for o in outcomes) and one.opened == 0
         finally:
             await one.close()
     finally:
