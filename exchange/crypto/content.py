@@ -52,7 +52,12 @@ def content_encoding(material_type: str, subject_id: str, fields: Mapping[str, s
 
 def field_encoding(material_type: str, subject_id: str, name: str, value: str) -> bytes:
     """The canonical encoding of one field of a material."""
-    return lp(FIELD_LABEL) + lp(material_type) + lp(subject_id) + lp(name) + lp(value)
+    return _field_prefix(material_type, subject_id) + lp(name) + lp(value)
+
+
+def _field_prefix(material_type: str, subject_id: str) -> bytes:
+    """What every field encoding of one material begins with."""
+    return lp(FIELD_LABEL) + lp(material_type) + lp(subject_id)
 
 
 def _mac(key: bytes, data: bytes) -> bytes:
@@ -100,8 +105,7 @@ class ContentKeys:
     ) -> dict[str, bytes]:
         """Keyed hash of each field, by name."""
         subject = canonical_subject_id(subject_id)
-        # The prefix shared by every field of the material is encoded once.
-        prefix = lp(FIELD_LABEL) + lp(material_type) + lp(subject)
+        prefix = _field_prefix(material_type, subject)  # encoded once for every field
         return {
             name: _mac(self.field_key, prefix + lp(name) + lp(value))
             for name, value in fields.items()

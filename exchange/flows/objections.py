@@ -66,7 +66,7 @@ async def file_objection(
             if body.proposed_fields
             else {}
         )
-        current = await asyncio.to_thread(hub.index.current, material_type.id, subject_ref)
+        current = await lookups.indexed(hub, material_type.id, subject_ref)
         if current is None:
             raise errors.NotFound(
                 common_pb2.NOT_ON_FILE,
@@ -158,9 +158,7 @@ async def resolve_objection(
             )
         version = 0
         if body.state == exchange_pb2.CORRECTED:
-            current = await asyncio.to_thread(
-                hub.index.current, objection.material_type, objection.subject_ref
-            )
+            current = await lookups.indexed(hub, objection.material_type, objection.subject_ref)
             if current is None or current.reference == objection.reference:
                 raise errors.FailedPrecondition(
                     common_pb2.CORRECTION_NOT_ON_FILE,

@@ -126,7 +126,7 @@ async def submit(
         content_hash = hub.content_keys.content_hash(material_type.id, subject_id, fields)
         known["content_hash"] = content_hash
         async with _decided_alone(hub, material_type.id, subject_ref):
-            current = await asyncio.to_thread(hub.index.current, material_type.id, subject_ref)
+            current = await lookups.indexed(hub, material_type.id, subject_ref)
             if current is not None and current.content_hash == content_hash:
                 outcome = exchange_pb2.ALREADY_ON_FILE
                 reference, version, objection_id = current.reference, current.version, ""

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import structlog
 from sqlalchemy import Connection, Engine, create_engine, event, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -53,9 +53,8 @@ def open_engine(url: str, *, synchronous: str = "FULL", **kwargs: Any) -> Engine
             cursor.close()
 
         return engine
-    if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
-        # The psycopg (3) driver is the one the project installs.
-        url = parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    if parsed.get_backend_name() == "postgresql":
+        url = _with_psycopg(parsed).render_as_string(hide_password=False)
     if synchronous == "NORMAL" and parsed.get_backend_name() == "postgresql":
         engine = create_engine(url, pool_pre_ping=True, **kwargs)
 
@@ -68,6 +67,11 @@ def open_engine(url: str, *, synchronous: str = "FULL", **kwargs: Any) -> Engine
 
         return engine
     return create_engine(url, pool_pre_ping=True, **kwargs)
+
+
+def _with_psycopg(url: URL) -> URL:
+    """A PostgreSQL URL naming no driver, given the psycopg (3) one the project installs."""
+    return url.set(drivername="postgresql+psycopg") if url.drivername == "postgresql" else url
 
 
 _WRITE_LOCKS: dict[str, threading.RLock] = {}
@@ -187,8 +191,7 @@ def scratch_postgres(admin_url: str, prefix: str) -> Iterator[str]:
         raise ValueError(f"a scratch database needs a PostgreSQL server, not {admin_url!r}")
     if not re.fullmatch(r"[a-z_][a-z0-9_]{0,40}", prefix):
         raise ValueError(f"{prefix!r} is not a lower-case identifier of at most 41 characters")
-    if admin_parsed.drivername == "postgresql":
-        admin_parsed = admin_parsed.set(drivername="postgresql+psycopg")
+    admin_parsed = _with_psycopg(admin_parsed)
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     admin = create_engine(admin_parsed, isolation_level="AUTOCOMMIT")
     try:
