@@ -1,6 +1,6 @@
 """Routing benchmark: Request through the hub vs. a bare gRPC relay doing the same two hops.
 
-Both paths end at the same echo Provider (in its own process, mTLS, answering every Fetch with a
+All paths end at the same echo Provider (in its own process, mTLS, answering every Fetch with a
 MaterialRecord of the same fields, signed with the department's key, bound to the request id):
 
 - hub:   consumer -> hub (mTLS, envelope signature, key validity, replay window, request-id
@@ -8,11 +8,16 @@ MaterialRecord of the same fields, signed with the department's key, bound to th
          provider signature and field-hash checks, one ledger entry, receipt, one JSON log line)
          -> echo provider, configured as `exchange serve` runs it;
 - relay: consumer -> relay (mTLS, forwards the envelope bytes unchanged, returns the answer
-         bytes) -> echo provider.
+         bytes) -> echo provider;
+- floor: consumer -> a relay that does only the signature work the contract asks of any hub on
+         this path (checks the caller's envelope signature, signs the forwarded FetchRequest
+         with the hub key, checks the holder's signature on the answer) -> echo provider. No
+         policy, no index, no ledger: what is left of the relay's throughput once the
+         signatures alone are paid, an upper bound for any hub that honours the contract.
 
 Same payload size, same concurrency, each server in its own process; the consumer signs a fresh
-envelope per call on both paths. Prints throughput and p50/p99 latency of each and the ratios,
-then the CPU time each process spends per call (Linux), which shows where the gap is.
+envelope per call on every path. Prints throughput and p50/p99 latency of each and the ratios to
+the relay, then the CPU time each process spends per call (Linux), which shows where the gap is.
 
 Run: python bench/routing.py [--seconds 10] [--concurrency 32] [--repeat 3] [--database-url URL]
 Targets: hub throughput >= 0.6 x relay; hub p99 <= 2 x relay p99.
@@ -40,7 +45,7 @@ from exchange import logs
 from exchange.api.server import HubServer, freeze_startup_heap
 from exchange.clock import now_us, to_timestamp
 from exchange.config import Config
-from exchange.crypto.envelope import sign
+from exchange.crypto.envelope import sign, verify
 from exchange.crypto.keystore import Keystore
 from exchange.store.database import scratch_postgres
 from exchange.v1 import (
@@ -150,6 +155,49 @@ def run_relay(keys_dir: str, provider_port: int, ports: Any) -> None:
     _serve_forever(start, ports)
 
 
+def run_floor(keys_dir: str, provider_port: int, ports: Any) -> None:
+    """The floor: a relay that checks the caller's signature, signs the forwarded request with
+    the hub key and checks the holder's signature on the answer, and does nothing else."""
+    store = Keystore(Path(keys_dir))
+    tls = store.operator_tls()
+    hub_key = store.hub_signing_key()
+    known = {
+        key.keyid: key.public_bytes
+        for key in (store.department_signing_key(CONSUMER), store.department_signing_key(OWNER))
+    }
+
+    async def start() -> tuple[int, Any]:
+        upstream = grpc.aio.secure_channel(
+            f"127.0.0.1:{provider_port}",
+            grpc.ssl_channel_credentials(tls.ca, tls.private_key, tls.certificate),
+        )
+        forward = upstream.unary_unary("/exchange.v1.Provider/Fetch")  # type: ignore[call-arg]
+
+        async def relay(request: bytes, context: Any) -> bytes:
+            envelope = envelope_pb2.Envelope.FromString(request)
+            verify(envelope, known.get)
+            body = provider_pb2.FetchRequest.FromString(envelope.payload)
+            body.header.department_id = HUB_ID
+            payload = body.SerializeToString(deterministic=True)
+            signed = sign(payload, envelope.payload_type, hub_key)
+            answer: bytes = await forward(
+                signed.SerializeToString(), timeout=context.time_remaining()
+            )
+            verify(provider_pb2.FetchResponse.FromString(answer).material, known.get)
+            return answer
+
+        server = grpc.aio.server()
+        handler = grpc.unary_unary_rpc_method_handler(relay)
+        server.add_generic_rpc_handlers(
+            [grpc.method_handlers_generic_handler("exchange.v1.Exchange", {"Request": handler})]
+        )
+        port = server.add_secure_port("127.0.0.1:0", _tls_server(store, None))
+        await server.start()
+        return port, server.stop
+
+    _serve_forever(start, ports)
+
+
 def run_hub(config: Config, log_file: str, ports: Any) -> None:
     """The hub, as `exchange serve` runs it: its log (one JSON line per call) goes to
     ``log_file``."""
@@ -205,7 +253,7 @@ async def load(
         body = exchange_pb2.MaterialRequest(
             material_type=MATERIAL, subject_id=SUBJECT, purpose=PURPOSE, fields=list(FIELDS)
         )
-        if name == "relay":
+        if name != "hub":
             # Same envelope size as the hub path: a signed FetchRequest naming the same fields.
             body = provider_pb2.FetchRequest(  # type: ignore[assignment]
                 material_type=MATERIAL, subject_id=SUBJECT, purpose=PURPOSE, fields=list(FIELDS)
@@ -320,7 +368,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--repeat", type=int, default=3, help="interleaved (relay, hub) pairs")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="interleaved (relay, floor, hub) rounds"
+    )
     parser.add_argument(
         "--database-url",
         default=None,
@@ -352,7 +402,10 @@ def main() -> None:
 
         try:
             provider_port = spawn("provider", run_echo, str(store.root))
-            relay_port = spawn("relay", run_relay, str(store.root), provider_port)
+            targets = {
+                "relay": spawn("relay", run_relay, str(store.root), provider_port),
+                "floor": spawn("floor", run_floor, str(store.root), provider_port),
+            }
             os.environ["BENCH_PROVIDER"] = f"127.0.0.1:{provider_port}"
             config = Config(
                 hub_id=HUB_ID,
@@ -362,8 +415,8 @@ def main() -> None:
             )
             hub_log = Path(tmp) / "hub.log"
             try:
-                hub_port = spawn("hub", run_hub, config, str(hub_log))
-                results = asyncio.run(run(store, hub_port, relay_port, args, pids))
+                targets["hub"] = spawn("hub", run_hub, config, str(hub_log))
+                rounds = asyncio.run(run(store, targets, args, pids))
             except BaseException:
                 # The hub's log (a startup failure, an incident's traceback) goes with tmp.
                 if hub_log.exists():
@@ -375,70 +428,84 @@ def main() -> None:
             for process in processes:
                 process.terminate()
                 process.join(5)
+    report(rounds, args)
+
+
+def report(rounds: list[dict[str, Result]], args: Any) -> None:
+    """Print every path of every round, the ratios to the relay (median of rounds) and the CPU
+    each process spends per call in the middle round."""
     print(
         f"machine: {os.cpu_count()} cores; {args.concurrency} concurrent callers, "
-        f"{args.seconds:.0f} s per path, {len(results)} interleaved pairs; hub database "
+        f"{args.seconds:.0f} s per path, {len(rounds)} interleaved rounds; hub database "
         f"{'SQLite' if not args.database_url else args.database_url.split('://')[0]}"
     )
-    for relay, hub in results:
-        for result in (relay, hub):
+    for results in rounds:
+        for result in results.values():
             print(
                 f"  {result.name:5}: {result.throughput:8,.0f} req/s   "
                 f"p50 {result.percentile(0.5):6.2f} ms"
                 f"   p99 {result.percentile(0.99):6.2f} ms   ({result.calls} calls)"
             )
-    throughput = [hub.throughput / relay.throughput for relay, hub in results]
-    p99 = [hub.percentile(0.99) / relay.percentile(0.99) for relay, hub in results]
-    print(
-        f"  ratio throughput hub/relay (median of pairs): {statistics.median(throughput):.2f} "
-        f"[{', '.join(f'{r:.2f}' for r in throughput)}] (target >= 0.6)"
-    )
-    print(
-        f"  ratio p99 hub/relay (median of pairs): {statistics.median(p99):.2f} "
-        f"[{', '.join(f'{r:.2f}' for r in p99)}] (target <= 2.0)"
-    )
-    relay, hub = results[len(results) // 2]
-    if relay.cpu_ms_per_call and hub.cpu_ms_per_call:
+
+    def ratios(path: str) -> tuple[list[float], list[float]]:
+        throughput = [r[path].throughput / r["relay"].throughput for r in rounds]
+        p99 = [r[path].percentile(0.99) / r["relay"].percentile(0.99) for r in rounds]
+        return throughput, p99
+
+    def line(what: str, values: list[float], target: str) -> None:
+        listed = ", ".join(f"{v:.2f}" for v in values)
+        print(f"  {what} (median of rounds): {statistics.median(values):.2f} [{listed}]{target}")
+
+    throughput, p99 = ratios("hub")
+    line("ratio throughput hub/relay", throughput, " (target >= 0.6)")
+    line("ratio p99 hub/relay", p99, " (target <= 2.0)")
+    throughput, p99 = ratios("floor")
+    line("ratio throughput floor/relay", throughput, " (signatures only: the ceiling)")
+    line("ratio p99 floor/relay", p99, "")
+    middle = rounds[len(rounds) // 2]
+    if all(result.cpu_ms_per_call for result in middle.values()):
         # Where the time goes: the processes share the machine's cores, so CPU per call bounds
         # throughput once they are busy; it is also steadier than req/s on a noisy VM.
-        print("CPU per call (user + system, ms; middle pair):")
-        for result in (relay, hub):
+        print("CPU per call (user + system, ms; middle round):")
+        for result in middle.values():
             parts = "   ".join(f"{role} {ms:.2f}" for role, ms in result.cpu_ms_per_call.items())
             total = sum(result.cpu_ms_per_call.values())
             print(f"  {result.name:5}: {parts}   all {total:.2f}")
-        middle = hub.cpu_ms_per_call.get("hub", 0.0) / max(relay.cpu_ms_per_call["relay"], 1e-9)
-        print(f"  hub process / relay process: {middle:.1f}x")
+        relay_ms = max(middle["relay"].cpu_ms_per_call["relay"], 1e-9)
+        for path in ("floor", "hub"):
+            ms = middle[path].cpu_ms_per_call.get(path, 0.0)
+            print(f"  {path} process / relay process: {ms / relay_ms:.1f}x")
 
 
 async def run(
-    store: Keystore, hub_port: int, relay_port: int, args: Any, pids: dict[str, int]
-) -> list[tuple[Result, Result]]:
-    """Load the relay, then the hub, ``args.repeat`` times (interleaved, so a machine that
-    speeds up or slows down during the run affects both paths alike)."""
-
-    def roles(middle: str) -> dict[str, int]:
-        return {role: pids[role] for role in ("client", middle, "provider")}
-
-    await setup_hub(f"127.0.0.1:{hub_port}", store)
+    store: Keystore, targets: dict[str, int], args: Any, pids: dict[str, int]
+) -> list[dict[str, Result]]:
+    """Load the relay, the floor and the hub in turn, ``args.repeat`` times (interleaved, so a
+    machine that speeds up or slows down during the run affects every path alike)."""
+    await setup_hub(f"127.0.0.1:{targets['hub']}", store)
     identity = Identity(
         CONSUMER, store.department_signing_key(CONSUMER), store.department_tls(CONSUMER)
     )
-    pairs: list[tuple[Result, Result]] = []
-    async with (
-        HubClient(
-            f"127.0.0.1:{relay_port}", identity, server_name="localhost", retries=0
-        ) as relay_client,
-        HubClient(
-            f"127.0.0.1:{hub_port}", identity, server_name="localhost", retries=0
-        ) as hub_client,
-    ):
-        for _ in range(args.repeat):
-            relay = await load(
-                "relay", relay_client, args.seconds, args.concurrency, roles("relay")
+    rounds: list[dict[str, Result]] = []
+    async with contextlib.AsyncExitStack() as scope:
+        clients = {
+            path: await scope.enter_async_context(
+                HubClient(f"127.0.0.1:{port}", identity, server_name="localhost", retries=0)
             )
-            hub = await load("hub", hub_client, args.seconds, args.concurrency, roles("hub"))
-            pairs.append((relay, hub))
-    return pairs
+            for path, port in targets.items()
+        }
+        for _ in range(args.repeat):
+            results: dict[str, Result] = {}
+            for path in ("relay", "floor", "hub"):
+                results[path] = await load(
+                    path,
+                    clients[path],
+                    args.seconds,
+                    args.concurrency,
+                    {role: pids[role] for role in ("client", path, "provider")},
+                )
+            rounds.append(results)
+    return rounds
 
 
 if __name__ == "__main__":
