@@ -37,7 +37,13 @@ async def invoke(hub: RunningHub, *args: str) -> Result:
 
 async def with_activity(start_hub: StartHub) -> RunningHub:
     """A hub with a published material type and one repeated-refusals alert."""
-    hub = await start_hub(supervision=SupervisionConfig(refusals_per_window=2))
+    # Office hours all day, every day: the off-hours rule must not add an alert of its own when
+    # the suite runs at night in the hub's time zone.
+    hub = await start_hub(
+        supervision=SupervisionConfig(
+            refusals_per_window=2, office_hours_start=0, office_hours_end=24, weekends_off=False
+        )
+    )
     civil = await hub.register(CIVIL, (common_pb2.PROVIDER,), endpoint="127.0.0.1:9")
     await civil.call(
         "/exchange.v1.Catalog/PublishMaterialType",
