@@ -35,6 +35,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -127,8 +128,17 @@ def run_echo(keys_dir: str, ports: Any) -> None:
     _serve_forever(start, ports)
 
 
-def run_relay(keys_dir: str, provider_port: int, ports: Any) -> None:
-    """The bare relay: forwards envelope bytes to the echo provider and answers its bytes."""
+Forward = Any  # an upstream multi-callable: (request bytes, timeout=) -> awaitable answer bytes
+
+
+def _serve_relay(
+    keys_dir: str,
+    provider_port: int,
+    ports: Any,
+    handle: Callable[[Forward], Callable[[bytes, Any], Awaitable[bytes]]],
+) -> None:
+    """Serve Exchange/Request over mTLS with ``handle(forward)``, where ``forward`` calls the
+    echo provider's Fetch with the operator's client certificate."""
     store = Keystore(Path(keys_dir))
     tls = store.operator_tls()
 
@@ -138,13 +148,8 @@ def run_relay(keys_dir: str, provider_port: int, ports: Any) -> None:
             grpc.ssl_channel_credentials(tls.ca, tls.private_key, tls.certificate),
         )
         forward = upstream.unary_unary("/exchange.v1.Provider/Fetch")  # type: ignore[call-arg]
-
-        async def relay(request: bytes, context: Any) -> bytes:
-            answer: bytes = await forward(request, timeout=context.time_remaining())
-            return answer
-
         server = grpc.aio.server()
-        handler = grpc.unary_unary_rpc_method_handler(relay)
+        handler = grpc.unary_unary_rpc_method_handler(handle(forward))
         server.add_generic_rpc_handlers(
             [grpc.method_handlers_generic_handler("exchange.v1.Exchange", {"Request": handler})]
         )
@@ -155,24 +160,30 @@ def run_relay(keys_dir: str, provider_port: int, ports: Any) -> None:
     _serve_forever(start, ports)
 
 
+def run_relay(keys_dir: str, provider_port: int, ports: Any) -> None:
+    """The bare relay: forwards envelope bytes to the echo provider and answers its bytes."""
+
+    def handle(forward: Forward) -> Callable[[bytes, Any], Awaitable[bytes]]:
+        async def relay(request: bytes, context: Any) -> bytes:
+            answer: bytes = await forward(request, timeout=context.time_remaining())
+            return answer
+
+        return relay
+
+    _serve_relay(keys_dir, provider_port, ports, handle)
+
+
 def run_floor(keys_dir: str, provider_port: int, ports: Any) -> None:
     """The floor: a relay that checks the caller's signature, signs the forwarded request with
     the hub key and checks the holder's signature on the answer, and does nothing else."""
     store = Keystore(Path(keys_dir))
-    tls = store.operator_tls()
     hub_key = store.hub_signing_key()
     known = {
         key.keyid: key.public_bytes
         for key in (store.department_signing_key(CONSUMER), store.department_signing_key(OWNER))
     }
 
-    async def start() -> tuple[int, Any]:
-        upstream = grpc.aio.secure_channel(
-            f"127.0.0.1:{provider_port}",
-            grpc.ssl_channel_credentials(tls.ca, tls.private_key, tls.certificate),
-        )
-        forward = upstream.unary_unary("/exchange.v1.Provider/Fetch")  # type: ignore[call-arg]
-
+    def handle(forward: Forward) -> Callable[[bytes, Any], Awaitable[bytes]]:
         async def relay(request: bytes, context: Any) -> bytes:
             envelope = envelope_pb2.Envelope.FromString(request)
             verify(envelope, known.get)
@@ -186,16 +197,9 @@ def run_floor(keys_dir: str, provider_port: int, ports: Any) -> None:
             verify(provider_pb2.FetchResponse.FromString(answer).material, known.get)
             return answer
 
-        server = grpc.aio.server()
-        handler = grpc.unary_unary_rpc_method_handler(relay)
-        server.add_generic_rpc_handlers(
-            [grpc.method_handlers_generic_handler("exchange.v1.Exchange", {"Request": handler})]
-        )
-        port = server.add_secure_port("127.0.0.1:0", _tls_server(store, None))
-        await server.start()
-        return port, server.stop
+        return relay
 
-    _serve_forever(start, ports)
+    _serve_relay(keys_dir, provider_port, ports, handle)
 
 
 def run_hub(config: Config, log_file: str, ports: Any) -> None:
