@@ -299,8 +299,8 @@ class Pipeline:
         if error.recorded:
             return to_status(error, getattr(error, "ledger_sequence", None))
         who: Caller | Claim
-        fields = dict(error.entry_fields)
-        attributes = dict(fields.pop("attributes", {}) or {})  # type: ignore[call-overload]
+        fields: dict[str, Any] = dict(error.entry_fields)
+        attributes = dict(fields.pop("attributes", {}) or {})
         attributes["method"] = method.name
         if caller is not None and getattr(error, "store_envelope", True):
             who, kind = caller, method.kind

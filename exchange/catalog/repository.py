@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sqlalchemy import Engine, Row, delete, func, insert, select
+from sqlalchemy import Connection, Engine, Row, delete, func, insert, select
 
 from exchange.catalog.model import (
     FieldSpec,
@@ -17,7 +17,6 @@ from exchange.catalog.model import (
     SharingClass,
 )
 from exchange.store.cache import TtlCache
-from exchange.store.database import writing
 from exchange.store.exchange_tables import forms, material_types, purposes
 
 
@@ -103,8 +102,9 @@ class CatalogStore:
             ).all()
         return [_material_type(r) for r in rows]
 
-    def add_material_type(self, value: MaterialType, now_us: int) -> None:
-        """Insert one version of a material type.
+    def add_material_type(self, conn: Connection, value: MaterialType, now_us: int) -> None:
+        """Insert one version of a material type in ``conn``'s transaction (its ledger entry's:
+        the flow passes this as the entry's effect); ``forget_material_type`` once committed.
 
         Raises sqlalchemy.exc.IntegrityError if that (id, version) exists (a concurrent publish).
         """
@@ -117,20 +117,22 @@ class CatalogStore:
             }
             for f in value.fields
         ]
-        with writing(self.engine) as conn:
-            conn.execute(
-                insert(material_types).values(
-                    id=value.id,
-                    version=value.version,
-                    owner=value.owner,
-                    name=value.name,
-                    fields=json.dumps(fields, ensure_ascii=False, sort_keys=True),
-                    sharing_class=value.sharing_class.value,
-                    retention_days=value.retention_days,
-                    published_us=now_us,
-                )
+        conn.execute(
+            insert(material_types).values(
+                id=value.id,
+                version=value.version,
+                owner=value.owner,
+                name=value.name,
+                fields=json.dumps(fields, ensure_ascii=False, sort_keys=True),
+                sharing_class=value.sharing_class.value,
+                retention_days=value.retention_days,
+                published_us=now_us,
             )
-        self._types.invalidate(value.id)
+        )
+
+    def forget_material_type(self, type_id: str) -> None:
+        """Drop the cached material type: a new version of it was committed."""
+        self._types.invalidate(type_id)
 
     # ------------------------------------------------------------------ purposes
 
@@ -156,16 +158,19 @@ class CatalogStore:
             rows = conn.execute(select(purposes).order_by(purposes.c.id)).all()
         return [Purpose(r.id, r.name, r.legal_basis) for r in rows]
 
-    def put_purpose(self, value: Purpose, now_us: int) -> None:
-        """Insert or replace a purpose."""
-        with writing(self.engine) as conn:
-            conn.execute(delete(purposes).where(purposes.c.id == value.id))
-            conn.execute(
-                insert(purposes).values(
-                    id=value.id, name=value.name, legal_basis=value.legal_basis, defined_us=now_us
-                )
+    def put_purpose(self, conn: Connection, value: Purpose, now_us: int) -> None:
+        """Insert or replace a purpose in ``conn``'s transaction (its ledger entry's);
+        ``forget_purpose`` once committed."""
+        conn.execute(delete(purposes).where(purposes.c.id == value.id))
+        conn.execute(
+            insert(purposes).values(
+                id=value.id, name=value.name, legal_basis=value.legal_basis, defined_us=now_us
             )
-        self._purposes.invalidate(value.id)
+        )
+
+    def forget_purpose(self, purpose_id: str) -> None:
+        """Drop the cached purpose: a change to it was committed."""
+        self._purposes.invalidate(purpose_id)
 
     # ------------------------------------------------------------------ forms
 
@@ -184,8 +189,9 @@ class CatalogStore:
             rows = conn.execute(select(forms).order_by(forms.c.id)).all()
         return [_form(r) for r in rows]
 
-    def put_form(self, value: Form, now_us: int) -> None:
-        """Insert or replace a form."""
+    def put_form(self, conn: Connection, value: Form, now_us: int) -> None:
+        """Insert or replace a form in ``conn``'s transaction (its ledger entry's);
+        ``forget_form`` once committed."""
         fields = [
             {
                 "name": f.name,
@@ -195,16 +201,18 @@ class CatalogStore:
             }
             for f in value.fields
         ]
-        with writing(self.engine) as conn:
-            conn.execute(delete(forms).where(forms.c.id == value.id))
-            conn.execute(
-                insert(forms).values(
-                    id=value.id,
-                    name=value.name,
-                    owner=value.owner,
-                    purpose=value.purpose,
-                    fields=json.dumps(fields, ensure_ascii=False, sort_keys=True),
-                    registered_us=now_us,
-                )
+        conn.execute(delete(forms).where(forms.c.id == value.id))
+        conn.execute(
+            insert(forms).values(
+                id=value.id,
+                name=value.name,
+                owner=value.owner,
+                purpose=value.purpose,
+                fields=json.dumps(fields, ensure_ascii=False, sort_keys=True),
+                registered_us=now_us,
             )
-        self._forms.invalidate(value.id)
+        )
+
+    def forget_form(self, form_id: str) -> None:
+        """Drop the cached form: a change to it was committed."""
+        self._forms.invalidate(form_id)

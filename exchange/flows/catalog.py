@@ -95,26 +95,31 @@ async def publish_material_type(
         if previous is not None:
             changed = replace(value, version=previous.version) != previous
             value = replace(value, version=previous.version + (1 if changed else 0))
-        if changed:
-            try:
-                await asyncio.to_thread(hub.catalog.add_material_type, value, now_us())
-            except IntegrityError as exc:
-                raise errors.Unavailable(
-                    common_pb2.INTERNAL_ERROR,
-                    f"material type {value.id!r} was published concurrently; retry",
-                ) from exc
-        receipt = await record(
-            hub.ledger,
-            caller,
-            ledger_pb2.MATERIAL_TYPE_PUBLICATION,
-            material_type=value.id,
-            version=value.version,
-            attributes={
-                "sharing_class": value.sharing_class.value,
-                "fields": ",".join(value.field_names),
-                "changed": "true" if changed else "false",
-            },
-        )
+        published = value
+        try:
+            receipt = await record(
+                hub.ledger,
+                caller,
+                ledger_pb2.MATERIAL_TYPE_PUBLICATION,
+                effect=(
+                    (lambda conn: hub.catalog.add_material_type(conn, published, now_us()))
+                    if changed
+                    else None
+                ),
+                material_type=value.id,
+                version=value.version,
+                attributes={
+                    "sharing_class": value.sharing_class.value,
+                    "fields": ",".join(value.field_names),
+                    "changed": "true" if changed else "false",
+                },
+            )
+        except IntegrityError as exc:
+            raise errors.Unavailable(
+                common_pb2.INTERNAL_ERROR,
+                f"material type {value.id!r} was published concurrently; retry",
+            ) from exc
+        hub.catalog.forget_material_type(value.id)
     return catalog_pb2.MaterialTypeResponse(
         material_type=material_type_to_proto(value), receipt=receipt
     )
@@ -168,8 +173,14 @@ async def define_purpose(
         value = Purpose(
             body.purpose.id, body.purpose.name.strip(), body.purpose.legal_basis.strip()
         )
-        await asyncio.to_thread(hub.catalog.put_purpose, value, now_us())
-        receipt = await record(hub.ledger, caller, ledger_pb2.PURPOSE_DEFINITION, purpose=value.id)
+        receipt = await record(
+            hub.ledger,
+            caller,
+            ledger_pb2.PURPOSE_DEFINITION,
+            effect=lambda conn: hub.catalog.put_purpose(conn, value, now_us()),
+            purpose=value.id,
+        )
+        hub.catalog.forget_purpose(value.id)
     return catalog_pb2.PurposeResponse(purpose=purpose_to_proto(value), receipt=receipt)
 
 
@@ -224,15 +235,17 @@ async def register_form(
             fields=tuple(fields),
             purpose=given.purpose,
         )
-        await asyncio.to_thread(hub.catalog.put_form, value, now_us())
         types = sorted({f.material_type for f in fields if f.material_type})
+        form = value
         receipt = await record(
             hub.ledger,
             caller,
             ledger_pb2.FORM_REGISTRATION,
+            effect=lambda conn: hub.catalog.put_form(conn, form, now_us()),
             purpose=value.purpose,
             attributes={"form": value.id, "material_types": ",".join(types)},
         )
+        hub.catalog.forget_form(value.id)
     return catalog_pb2.FormResponse(form=form_to_proto(value), receipt=receipt)
 
 

@@ -83,11 +83,11 @@ async def issue_grant(
             revoked_us=None,
             issued_us=now,
         )
-        await asyncio.to_thread(hub.grants.add, grant)
         receipt = await record(
             hub.ledger,
             caller,
             ledger_pb2.GRANT_ISSUANCE,
+            effect=lambda conn: hub.grants.add(conn, grant),
             material_type=grant.material_type,
             counterparty=grant.consumer,
             attributes={
@@ -97,6 +97,7 @@ async def issue_grant(
                 "rate_per_minute": str(grant.rate_per_minute),
             },
         )
+        hub.grants.forget(grant)
     return grants_pb2.GrantResponse(grant=grant.to_proto(), receipt=receipt)
 
 
@@ -119,16 +120,19 @@ async def revoke_grant(
             raise errors.PermissionDenied(
                 common_pb2.NOT_OWNER, "only the owner that issued a grant may revoke it"
             )
-        grant = await asyncio.to_thread(hub.grants.revoke, grant, now_us())
+        revoked_us = now_us()
         receipt = await record(
             hub.ledger,
             caller,
             ledger_pb2.GRANT_REVOCATION,
+            effect=lambda conn: hub.grants.revoke(conn, grant, revoked_us),
             material_type=grant.material_type,
             counterparty=grant.consumer,
             attributes={"grant_id": grant.id},
         )
-    return grants_pb2.GrantResponse(grant=grant.to_proto(), receipt=receipt)
+        hub.grants.forget(grant)
+        stored = await asyncio.to_thread(hub.grants.get, grant.id)
+    return grants_pb2.GrantResponse(grant=(stored or grant).to_proto(), receipt=receipt)
 
 
 async def list_grants(

@@ -115,28 +115,26 @@ async def publish_holdings(
                     outcome=outcome, reference=reference, version=version, content_hash=content_hash
                 )
             )
-        receipt = await record(
-            hub.ledger,
-            caller,
-            ledger_pb2.SUBMIT,
-            subject_ref=subject_ref,
-            material_type=material_type.id,
-            content_hash=results[0].content_hash if single else b"",
-            reference=results[0].reference if single else "",
-            version=results[0].version if single else 0,
-            attributes={
-                "submit": "PUBLISHED",
-                "holdings": str(len(results)),
-                "stored": str(counts["STORED"]),
-                "unchanged": str(counts["ALREADY_ON_FILE"]),
-                "new_versions": str(counts["NEW_VERSION"]),
-            },
-        )
+        indexed = [(m, previous.reference if previous else None) for m, previous in changes]
+        indexed_us = now_us()
         try:
-            await asyncio.to_thread(
-                hub.index.put_versions,
-                [(m, previous.reference if previous else None) for m, previous in changes],
-                now_us(),
+            receipt = await record(
+                hub.ledger,
+                caller,
+                ledger_pb2.SUBMIT,
+                effect=lambda conn: hub.index.put_versions(conn, indexed, indexed_us),
+                subject_ref=subject_ref,
+                material_type=material_type.id,
+                content_hash=results[0].content_hash if single else b"",
+                reference=results[0].reference if single else "",
+                version=results[0].version if single else 0,
+                attributes={
+                    "submit": "PUBLISHED",
+                    "holdings": str(len(results)),
+                    "stored": str(counts["STORED"]),
+                    "unchanged": str(counts["ALREADY_ON_FILE"]),
+                    "new_versions": str(counts["NEW_VERSION"]),
+                },
             )
         except IntegrityError as exc:
             raise errors.Unavailable(

@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+from sqlalchemy import Connection
+
 from exchange import errors
 from exchange.catalog.schema import canonical_fields
 from exchange.clock import now_us, to_timestamp
@@ -85,11 +87,11 @@ async def file_objection(
             filed_us=filed,
             deadline_us=filed + hub.config.supervision.objection_deadline_days * DAY_US,
         )
-        await asyncio.to_thread(hub.index.add_proposal, proposal)
         receipt = await record(
             hub.ledger,
             caller,
             ledger_pb2.OBJECTION_FILING,
+            effect=lambda conn: hub.index.add_proposal(conn, proposal),
             subject_ref=subject_ref,
             material_type=material_type.id,
             counterparty=material_type.owner,
@@ -167,16 +169,21 @@ async def resolve_objection(
             version = current.version
             resolution = resolution or f"corrected: version {current.version} is on file"
         state = STATES[body.state]
-        if not await asyncio.to_thread(
-            hub.objections.resolve, objection.id, state, resolution[:2000], now_us()
-        ):
-            raise errors.FailedPrecondition(
-                common_pb2.ALREADY_RESOLVED, "the objection was resolved meanwhile"
-            )
+        resolved_us = now_us()
+
+        def resolve(conn: Connection, objection_id: str = objection.id) -> None:
+            if not hub.objections.resolve(
+                conn, objection_id, state, resolution[:2000], resolved_us
+            ):
+                raise errors.FailedPrecondition(
+                    common_pb2.ALREADY_RESOLVED, "the objection was resolved meanwhile"
+                )
+
         receipt = await record(
             hub.ledger,
             caller,
             ledger_pb2.OBJECTION_RESOLUTION,
+            effect=resolve,
             subject_ref=objection.subject_ref,
             material_type=objection.material_type,
             counterparty=objection.filed_by,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from exchange.ledger import EntryDraft, Ledger
+from exchange.ledger import Effect, EntryDraft, Ledger
 from exchange.policy.identity import Caller, Claim
 from exchange.v1 import common_pb2, ledger_pb2
 
@@ -16,13 +16,16 @@ async def record(
     *,
     outcome: int = ledger_pb2.OK,
     reason: int = common_pb2.REASON_UNSPECIFIED,
+    effect: Effect | None = None,
     **fields: Any,
 ) -> common_pb2.Receipt:
     """Append the entry of one call, with the caller's envelope beside it; return its receipt.
 
     ``fields`` are further ``EntryDraft`` fields (material_type, subject_ref, purpose…).
+    ``effect`` is the change the call makes, written in the entry's transaction
+    (``Ledger.append``): both are stored, or neither.
     Raises exchange.errors.Unavailable (LEDGER_UNAVAILABLE) if the ledger cannot commit: the
-    caller must then not serve or store anything.
+    caller must then not serve or store anything; an effect's IntegrityError as it is.
     """
     draft = EntryDraft(
         kind=kind,
@@ -32,5 +35,5 @@ async def record(
         request_id=caller.request_id,
         **fields,
     )
-    receipt = await ledger.append(draft, caller.envelope_bytes)
+    receipt = await ledger.append(draft, caller.envelope_bytes, effect=effect)
     return receipt.to_proto()

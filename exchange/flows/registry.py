@@ -12,6 +12,7 @@ from exchange.crypto.keys import keyid
 from exchange.crypto.keystore import check_department_id
 from exchange.flows.record import record
 from exchange.hub import Hub
+from exchange.ledger import Effect
 from exchange.policy.identity import Caller
 from exchange.store.registry import DepartmentRecord, KeyRecord
 from exchange.v1 import common_pb2, ledger_pb2, registry_pb2
@@ -80,14 +81,32 @@ async def _existing(hub: Hub, department_id: str) -> DepartmentRecord:
     return department
 
 
-async def _answer(
-    hub: Hub, caller: Caller, department_id: str, kind: int, attributes: dict[str, str]
+async def _change(
+    hub: Hub,
+    caller: Caller,
+    department_id: str,
+    kind: int,
+    attributes: dict[str, str],
+    effect: Effect,
+    taken: str = "",
 ) -> registry_pb2.DepartmentResponse:
-    hub.departments.invalidate(department_id)
+    """Write ``effect`` with the change's entry (both or neither) and answer the department as
+    now stored. Raises AlreadyExists (DEPARTMENT_EXISTS, ``taken``) if the effect meets a
+    unique constraint."""
+    try:
+        receipt = await record(
+            hub.ledger,
+            caller,
+            kind,
+            effect=effect,
+            counterparty=department_id,
+            attributes=attributes,
+        )
+    except IntegrityError as exc:
+        raise errors.AlreadyExists(common_pb2.DEPARTMENT_EXISTS, taken) from exc
+    finally:
+        hub.departments.invalidate(department_id)
     department = await _existing(hub, department_id)
-    receipt = await record(
-        hub.ledger, caller, kind, counterparty=department_id, attributes=attributes
-    )
     return registry_pb2.DepartmentResponse(department=to_proto(department), receipt=receipt)
 
 
@@ -139,19 +158,14 @@ async def register_department(
         registered_us=now,
     )
     key = KeyRecord(keyid(public_key), given.id, public_key, valid_from_us=now)
-    try:
-        await asyncio.to_thread(hub.registry.add, department, key)
-    except IntegrityError as exc:
-        raise errors.AlreadyExists(
-            common_pb2.DEPARTMENT_EXISTS,
-            f"department {given.id!r} or its key is already registered",
-        ) from exc
-    return await _answer(
+    return await _change(
         hub,
         caller,
         given.id,
         ledger_pb2.DEPARTMENT_REGISTRATION,
         attributes={"keyid": key.keyid, "roles": ",".join(sorted(roles))},
+        effect=lambda conn: hub.registry.add(conn, department, key),
+        taken=f"department {given.id!r} or its key is already registered",
     )
 
 
@@ -168,20 +182,17 @@ async def rotate_key(
     now = now_us()
     key = KeyRecord(keyid(public_key), body.department_id, public_key, valid_from_us=now)
     fingerprint = _fingerprint(body.certificate_sha256) or None
-    try:
-        await asyncio.to_thread(
-            hub.registry.rotate,
-            body.department_id,
-            key,
-            now + body.grace_seconds * 1_000_000,
-            fingerprint,
-        )
-    except IntegrityError as exc:
-        raise errors.AlreadyExists(
-            common_pb2.DEPARTMENT_EXISTS, "that key is already registered"
-        ) from exc
-    return await _answer(
-        hub, caller, body.department_id, ledger_pb2.KEY_ROTATION, attributes={"keyid": key.keyid}
+    old_valid_until = now + body.grace_seconds * 1_000_000
+    return await _change(
+        hub,
+        caller,
+        body.department_id,
+        ledger_pb2.KEY_ROTATION,
+        attributes={"keyid": key.keyid},
+        effect=lambda conn: hub.registry.rotate(
+            conn, body.department_id, key, old_valid_until, fingerprint
+        ),
+        taken="that key is already registered",
     )
 
 
@@ -198,9 +209,14 @@ async def revoke_key(
         raise errors.NotFound(
             common_pb2.UNKNOWN_KEY, f"{body.department_id!r} has no key {body.keyid[:16]!r}"
         )
-    await asyncio.to_thread(hub.registry.revoke, body.keyid, now_us())
-    return await _answer(
-        hub, caller, body.department_id, ledger_pb2.KEY_REVOCATION, attributes={"keyid": body.keyid}
+    revoked_us = now_us()
+    return await _change(
+        hub,
+        caller,
+        body.department_id,
+        ledger_pb2.KEY_REVOCATION,
+        attributes={"keyid": body.keyid},
+        effect=lambda conn: hub.registry.revoke(conn, body.keyid, revoked_us),
     )
 
 
@@ -215,13 +231,14 @@ async def set_state(
     if body.state not in STATES:
         raise errors.InvalidArgument(common_pb2.INVALID_ARGUMENT_FIELD, "state must be set")
     await _existing(hub, body.department_id)
-    await asyncio.to_thread(hub.registry.set_state, body.department_id, STATES[body.state])
-    return await _answer(
+    state = STATES[body.state]
+    return await _change(
         hub,
         caller,
         body.department_id,
         ledger_pb2.STATE_CHANGE,
-        attributes={"state": STATES[body.state], "reason": body.reason[:200]},
+        attributes={"state": state, "reason": body.reason[:200]},
+        effect=lambda conn: hub.registry.set_state(conn, body.department_id, state),
     )
 
 

@@ -18,6 +18,7 @@ import secrets
 import uuid
 import weakref
 from collections.abc import AsyncIterator
+from functools import partial
 
 from sqlalchemy.exc import IntegrityError
 
@@ -30,6 +31,7 @@ from exchange.flows import lookups
 from exchange.flows.material import mismatch, open_record
 from exchange.flows.record import record
 from exchange.hub import Hub
+from exchange.ledger import Effect
 from exchange.policy.identity import Caller
 from exchange.routing.deadline import call_deadline
 from exchange.routing.provider import MARGIN_SECONDS
@@ -127,13 +129,16 @@ async def submit(
         known["content_hash"] = content_hash
         async with _decided_alone(hub, material_type.id, subject_ref):
             current = await lookups.indexed(hub, material_type.id, subject_ref)
+            effect: Effect | None = None  # what the entry commits with it (nothing on file)
             if current is not None and current.content_hash == content_hash:
                 outcome = exchange_pb2.ALREADY_ON_FILE
                 reference, version, objection_id = current.reference, current.version, ""
             elif current is not None and not is_owner:
                 outcome = exchange_pb2.CORRECTION_PROPOSED
                 reference, version = current.reference, current.version
-                objection_id = await _propose(hub, caller, material_type, current, fields)
+                proposal = _proposal(hub, caller, material_type, current, fields)
+                objection_id = proposal.id
+                effect = partial(hub.index.add_proposal, proposal=proposal)
             else:
                 outcome = exchange_pb2.STORED if current is None else exchange_pb2.NEW_VERSION
                 version = 1 if current is None else current.version + 1
@@ -143,23 +148,6 @@ async def submit(
                 await _store(
                     hub, caller, material_type, subject_id, fields, content_hash, reference, version
                 )
-            name = exchange_pb2.SubmitOutcome.Name(outcome)
-            attributes = {"submit": name}
-            if objection_id:
-                attributes["objection_id"] = objection_id
-            receipt = await record(
-                hub.ledger,
-                caller,
-                ledger_pb2.SUBMIT,
-                subject_ref=subject_ref,
-                material_type=material_type.id,
-                content_hash=content_hash,
-                counterparty=material_type.owner,
-                reference=reference,
-                version=version,
-                attributes=attributes,
-            )
-            if outcome in (exchange_pb2.STORED, exchange_pb2.NEW_VERSION):
                 indexed = IndexedMaterial(
                     reference=reference,
                     material_type=material_type.id,
@@ -172,20 +160,37 @@ async def submit(
                         material_type.id, subject_id, fields
                     ),
                 )
-                try:
-                    await asyncio.to_thread(
-                        hub.index.put_version,
-                        indexed,
-                        current.reference if current else None,
-                        now_us(),
-                    )
-                except IntegrityError as exc:
-                    # Another hub process on the same SQLite file indexed this version first
-                    # (see _decided_alone); the caller's retry gets the material on file.
-                    raise errors.Unavailable(
-                        common_pb2.INTERNAL_ERROR,
-                        "the same material was submitted concurrently through another hub; retry",
-                    ) from exc
+                effect = partial(
+                    hub.index.put_version,
+                    material=indexed,
+                    superseded=current.reference if current else None,
+                    now_us=now_us(),
+                )
+            name = exchange_pb2.SubmitOutcome.Name(outcome)
+            attributes = {"submit": name}
+            if objection_id:
+                attributes["objection_id"] = objection_id
+            try:
+                receipt = await record(
+                    hub.ledger,
+                    caller,
+                    ledger_pb2.SUBMIT,
+                    effect=effect,
+                    subject_ref=subject_ref,
+                    material_type=material_type.id,
+                    content_hash=content_hash,
+                    counterparty=material_type.owner,
+                    reference=reference,
+                    version=version,
+                    attributes=attributes,
+                )
+            except IntegrityError as exc:
+                # Another hub process on the same SQLite file indexed this version first (see
+                # _decided_alone); the caller's retry gets the material on file.
+                raise errors.Unavailable(
+                    common_pb2.INTERNAL_ERROR,
+                    "the same material was submitted concurrently through another hub; retry",
+                ) from exc
     return exchange_pb2.SubmitResponse(
         outcome=outcome,
         reference=reference,
@@ -231,14 +236,14 @@ async def _store(
         raise mismatch("the holder confirmed other content than was submitted")
 
 
-async def _propose(
+def _proposal(
     hub: Hub,
     caller: Caller,
     material_type: MaterialType,
     current: IndexedMaterial,
     fields: dict[str, str],
-) -> str:
-    """File a correction proposal to the owner; return its id."""
+) -> Proposal:
+    """A correction proposal to the owner (filed with the submission's entry)."""
     proposal = Proposal(
         id="o-" + uuid.uuid4().hex[:24],
         material_type=material_type.id,
@@ -251,5 +256,4 @@ async def _propose(
         filed_us=now_us(),
         deadline_us=now_us() + hub.config.supervision.objection_deadline_days * DAY_US,
     )
-    await asyncio.to_thread(hub.index.add_proposal, proposal)
-    return proposal.id
+    return proposal

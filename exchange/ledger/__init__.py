@@ -14,7 +14,7 @@ from exchange.ledger.checkpoint import (
 )
 from exchange.ledger.entry import EntryDraft, Receipt, StoredEntry, verify_receipt
 from exchange.ledger.errors import BeyondLog, CheckpointNotFound, LedgerUnavailable
-from exchange.ledger.writer import CommitListener, Ledger, LedgerConfig
+from exchange.ledger.writer import CommitListener, Effect, Ledger, LedgerConfig
 
 __all__ = [
     "BeyondLog",
@@ -22,6 +22,7 @@ __all__ = [
     "CheckpointError",
     "CheckpointNotFound",
     "CommitListener",
+    "Effect",
     "EntryDraft",
     "Ledger",
     "LedgerConfig",

@@ -1,11 +1,17 @@
 """The ledger: one sequencing writer with group commit, and readers for checkpoints and proofs.
 
 Many concurrent ``append`` calls are queued to one writer thread, which takes everything queued
-(up to ``max_batch``) and commits it in one transaction: lock and re-read the head, assign
-sequence numbers, encode each entry once, chain it to the previous leaf hash, persist entries and
-every newly completed Merkle node, sign the batch's checkpoint and compute each entry's inclusion
-proof in it, commit, and only then resolve the callers' futures. A commit that fails resolves the
-whole batch with ``LedgerUnavailable``; nothing in it was acknowledged.
+(up to ``max_batch``) and commits it in one transaction: lock and re-read the head, apply each
+entry's effect (if it has one), assign sequence numbers, encode each entry once, chain it to the
+previous leaf hash, persist entries and every newly completed Merkle node, sign the batch's
+checkpoint and compute each entry's inclusion proof in it, commit, and only then resolve the
+callers' futures. A commit that fails resolves the whole batch with ``LedgerUnavailable``;
+nothing in it was acknowledged.
+
+An effect is the change a call makes (a grant stored, a department registered): written in the
+entry's transaction, so the change and its entry are committed together or not at all. Each
+effect runs inside a savepoint: one that fails is rolled back and its entry left out of the
+batch, and only its caller learns of it.
 
 The writer is a thread rather than an asyncio task because SQLite and the psycopg driver block:
 running them on the event loop would stall every gRPC call while a batch is being fsynced.
@@ -22,6 +28,7 @@ from dataclasses import dataclass
 
 import structlog
 from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from exchange.crypto.keys import SigningKey
 from exchange.ledger import merkle, storage
@@ -42,6 +49,8 @@ log = structlog.get_logger(__name__)
 
 CommittedEntries = Sequence[tuple[int, ledger_pb2.LedgerEntry]]
 CommitListener = Callable[[CommittedEntries], None]
+# A write committed in the same transaction as its entry (see the module's docstring).
+Effect = Callable[[Connection], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +75,7 @@ class _Pending:
     envelope: bytes
     future: asyncio.Future[Receipt]
     loop: asyncio.AbstractEventLoop
+    effect: Effect | None = None
 
 
 _STOP = object()
@@ -180,17 +190,28 @@ class Ledger:
                 leftovers.append(item)
         self._fail(leftovers, LedgerUnavailable("the ledger is closed"))
 
-    async def append(self, draft: EntryDraft, envelope: bytes = b"") -> Receipt:
+    async def append(
+        self, draft: EntryDraft, envelope: bytes = b"", *, effect: Effect | None = None
+    ) -> Receipt:
         """Record ``draft`` (with the caller's ``envelope`` bytes stored beside it).
 
+        ``effect``, if given, is called with the writer's connection inside the entry's
+        transaction, before the entry is sequenced: the change it writes is committed with the
+        entry or not at all. It runs on the writer thread and must only write through the
+        connection it is given (no commit, no other connection, nothing slow).
+
         Returns after the entry is committed, with its receipt. Raises LedgerUnavailable if the
-        ledger is not running or the commit fails; the entry is then not acknowledged.
+        ledger is not running or the commit fails; the entry (and its effect) is then not
+        acknowledged. If ``effect`` raises sqlalchemy's IntegrityError (a unique or foreign key
+        constraint), or an error that is not the database's, that error is raised here and
+        neither the effect nor the entry is stored; any other database error in the effect is
+        LedgerUnavailable.
         """
         if not self._accepting:
             raise LedgerUnavailable("the ledger is not running")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Receipt] = loop.create_future()
-        self._queue.put(_Pending(draft, envelope, future, loop))
+        self._queue.put(_Pending(draft, envelope, future, loop, effect))
         return await future
 
     def subscribe(self, listener: CommitListener) -> Callable[[], None]:
@@ -351,7 +372,7 @@ class Ledger:
 
     def _commit(self, batch: list[_Pending]) -> None:
         try:
-            receipts, committed, size = self._writer.run(
+            receipts, committed, size, refused = self._writer.run(
                 lambda conn: self._append_batch(conn, batch)
             )
         except Exception as exc:  # the writer must survive any driver/OS error, and say so
@@ -359,10 +380,13 @@ class Ledger:
             log.error("ledger_commit_failed", entries=len(batch), error=type(exc).__name__)
             self._fail(batch, LedgerUnavailable(f"the ledger cannot commit: {type(exc).__name__}"))
             return
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Receipt], Receipt]]]
+        by_loop: dict[
+            asyncio.AbstractEventLoop,
+            list[tuple[asyncio.Future[Receipt], Receipt | BaseException]],
+        ]
         by_loop = {}
-        for pending, receipt in zip(batch, receipts, strict=True):
-            by_loop.setdefault(pending.loop, []).append((pending.future, receipt))
+        for pending, outcome in zip(batch, _outcomes(batch, receipts, refused), strict=True):
+            by_loop.setdefault(pending.loop, []).append((pending.future, outcome))
         for loop, items in by_loop.items():
             self._call_soon(loop, _settle, items)
         if self._loop is not None:
@@ -396,9 +420,15 @@ class Ledger:
 
     def _append_batch(
         self, conn: Connection, batch: list[_Pending]
-    ) -> tuple[list[Receipt], list[tuple[int, ledger_pb2.LedgerEntry]], int]:
+    ) -> tuple[list[Receipt], list[tuple[int, ledger_pb2.LedgerEntry]], int, dict[int, Exception]]:
         now_ns = time.time_ns()
         head = storage.lock_head(conn)
+        refused = _apply_effects(conn, batch)
+        if refused:
+            batch = [p for index, p in enumerate(batch) if index not in refused]
+        if not batch:  # every effect failed: nothing to append
+            conn.commit()
+            return [], [], head.size, refused
         if head == self._head and self._compact is not None:
             compact = self._compact.copy()
             last_ns = self._last_time_ns
@@ -461,7 +491,7 @@ class Ledger:
         if store:
             self._checkpoint_size = new_head.size
             self._checkpoint_time = time.monotonic()
-        return receipts, committed, new_head.size
+        return receipts, committed, new_head.size, refused
 
     @staticmethod
     def _time_at(conn: Connection, size: int) -> int:
@@ -495,6 +525,41 @@ class Ledger:
         self._head, self._compact = head, compact
         self._checkpoint_size = head.size
         self._checkpoint_time = time.monotonic()
+
+
+def _apply_effects(conn: Connection, batch: list[_Pending]) -> dict[int, Exception]:
+    """Run the effects of ``batch`` in the open transaction, each in a savepoint; return the
+    errors of those that failed (rolled back), by their index in the batch.
+
+    A lost connection is raised: the whole batch fails (``KeptConnection`` may run it again on
+    a new connection, effects included, as nothing was committed).
+    """
+    refused: dict[int, Exception] = {}
+    for index, pending in enumerate(batch):
+        if pending.effect is None:
+            continue
+        savepoint = conn.begin_nested()
+        try:
+            pending.effect(conn)
+        except Exception as exc:
+            if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+                raise
+            savepoint.rollback()
+            if isinstance(exc, DBAPIError) and not isinstance(exc, IntegrityError):
+                log.error("ledger_effect_failed", error=type(exc).__name__)
+                exc = LedgerUnavailable(f"the ledger cannot commit: {type(exc).__name__}")
+            refused[index] = exc
+        else:
+            savepoint.commit()
+    return refused
+
+
+def _outcomes(
+    batch: list[_Pending], receipts: list[Receipt], refused: dict[int, Exception]
+) -> list[Receipt | BaseException]:
+    """Each caller's outcome, in batch order: its receipt, or its effect's error."""
+    appended = iter(receipts)
+    return [refused[index] if index in refused else next(appended) for index in range(len(batch))]
 
 
 class _BatchProofs:

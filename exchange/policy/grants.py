@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, Row, insert, or_, select, update
+from sqlalchemy import Connection, Engine, Row, insert, or_, select, update
 
 from exchange.clock import to_timestamp
 from exchange.store.cache import TtlCache
-from exchange.store.database import writing
 from exchange.store.exchange_tables import grants
 from exchange.v1 import grants_pb2
 
@@ -126,34 +125,34 @@ class GrantStore:
         with self.engine.connect() as conn:
             return [_grant(r) for r in conn.execute(query).all()]
 
-    def add(self, grant: Grant) -> None:
-        """Insert a new grant."""
-        with writing(self.engine) as conn:
-            conn.execute(
-                insert(grants).values(
-                    id=grant.id,
-                    owner=grant.owner,
-                    consumer=grant.consumer,
-                    material_type=grant.material_type,
-                    fields=",".join(sorted(grant.fields)),
-                    purposes=",".join(sorted(grant.purposes)),
-                    valid_from_us=grant.valid_from_us,
-                    valid_until_us=grant.valid_until_us,
-                    rate_per_minute=grant.rate_per_minute,
-                    revoked_us=None,
-                    issued_us=grant.issued_us,
-                )
+    def add(self, conn: Connection, grant: Grant) -> None:
+        """Insert a new grant in ``conn``'s transaction (its ledger entry's: the flow passes
+        this as the entry's effect); ``forget`` its pair once committed."""
+        conn.execute(
+            insert(grants).values(
+                id=grant.id,
+                owner=grant.owner,
+                consumer=grant.consumer,
+                material_type=grant.material_type,
+                fields=",".join(sorted(grant.fields)),
+                purposes=",".join(sorted(grant.purposes)),
+                valid_from_us=grant.valid_from_us,
+                valid_until_us=grant.valid_until_us,
+                rate_per_minute=grant.rate_per_minute,
+                revoked_us=None,
+                issued_us=grant.issued_us,
             )
-        self._by_pair.invalidate((grant.consumer, grant.material_type))
+        )
 
-    def revoke(self, grant: Grant, revoked_us: int) -> Grant:
-        """Mark the grant revoked (keeps an earlier revocation); return it as now stored."""
-        with writing(self.engine) as conn:
-            conn.execute(
-                update(grants)
-                .where(grants.c.id == grant.id, grants.c.revoked_us.is_(None))
-                .values(revoked_us=revoked_us)
-            )
+    def revoke(self, conn: Connection, grant: Grant, revoked_us: int) -> None:
+        """Mark the grant revoked in ``conn``'s transaction (keeps an earlier revocation);
+        ``forget`` its pair once committed."""
+        conn.execute(
+            update(grants)
+            .where(grants.c.id == grant.id, grants.c.revoked_us.is_(None))
+            .values(revoked_us=revoked_us)
+        )
+
+    def forget(self, grant: Grant) -> None:
+        """Drop the cached grants of ``grant``'s pair: a change to it was committed."""
         self._by_pair.invalidate((grant.consumer, grant.material_type))
-        stored = self.get(grant.id)
-        return stored if stored is not None else replace(grant, revoked_us=revoked_us)

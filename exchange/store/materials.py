@@ -11,13 +11,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, insert, select, update
+from sqlalchemy import Connection, Engine, bindparam, insert, select, update
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.dialects.postgresql import psycopg
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.pool import PoolProxiedConnection
 
-from exchange.store.database import AsyncConnections, writing
+from exchange.store.database import AsyncConnections
 from exchange.store.exchange_tables import material_fields, materials, objections
 
 
@@ -165,78 +165,84 @@ class MaterialIndex:
         if connection is not None:
             connection.close()
 
-    def put_version(self, material: IndexedMaterial, superseded: str | None, now_us: int) -> None:
+    # The writes below run in ``conn``'s transaction: the submission's ledger entry's (the flows
+    # pass them as the entry's effect), so the index never holds a version without its entry.
+
+    def put_version(
+        self, conn: Connection, material: IndexedMaterial, superseded: str | None, now_us: int
+    ) -> None:
         """Index a new version; mark ``superseded`` (the previous reference) as replaced.
 
         Raises sqlalchemy.exc.IntegrityError if that version or reference is already indexed
         (a concurrent submission by another hub process).
         """
-        self.put_versions([(material, superseded)], now_us)
+        self.put_versions(conn, [(material, superseded)], now_us)
 
     def put_versions(
-        self, changes: Sequence[tuple[IndexedMaterial, str | None]], now_us: int
+        self,
+        conn: Connection,
+        changes: Sequence[tuple[IndexedMaterial, str | None]],
+        now_us: int,
     ) -> None:
-        """Index several new versions in one transaction (see ``put_version``)."""
+        """Index several new versions (see ``put_version``)."""
         if not changes:
             return
-        with writing(self.engine) as conn:
-            for _material, superseded in changes:
-                if superseded is not None:
-                    conn.execute(
-                        update(materials)
-                        .where(
-                            materials.c.reference == superseded,
-                            materials.c.superseded_us.is_(None),
-                        )
-                        .values(superseded_us=now_us)
+        for _material, superseded in changes:
+            if superseded is not None:
+                conn.execute(
+                    update(materials)
+                    .where(
+                        materials.c.reference == superseded,
+                        materials.c.superseded_us.is_(None),
                     )
-            conn.execute(
-                insert(materials),
-                [
-                    {
-                        "reference": m.reference,
-                        "material_type": m.material_type,
-                        "subject_ref": m.subject_ref,
-                        "version": m.version,
-                        "content_hash": m.content_hash,
-                        "holder": m.holder,
-                        "submitted_by": m.submitted_by,
-                        "indexed_us": now_us,
-                        "superseded_us": None,
-                    }
-                    for m, _ in changes
-                ],
-            )
-            rows = [
-                {"reference": m.reference, "name": name, "field_hash": value}
-                for m, _ in changes
-                for name, value in sorted(m.field_hashes.items())
-            ]
-            if rows:
-                conn.execute(insert(material_fields), rows)
-
-    def add_proposal(self, proposal: Proposal) -> None:
-        """Record a correction proposal (state OPEN) for the owner."""
-        with writing(self.engine) as conn:
-            conn.execute(
-                insert(objections).values(
-                    id=proposal.id,
-                    material_type=proposal.material_type,
-                    reference=proposal.reference,
-                    subject_ref=proposal.subject_ref,
-                    filed_by=proposal.filed_by,
-                    owner=proposal.owner,
-                    reason=proposal.reason,
-                    proposed_fields=json.dumps(
-                        dict(proposal.proposed_fields), ensure_ascii=False, sort_keys=True
-                    ),
-                    state="OPEN",
-                    filed_us=proposal.filed_us,
-                    deadline_us=proposal.deadline_us,
-                    resolution="",
-                    resolved_us=None,
+                    .values(superseded_us=now_us)
                 )
+        conn.execute(
+            insert(materials),
+            [
+                {
+                    "reference": m.reference,
+                    "material_type": m.material_type,
+                    "subject_ref": m.subject_ref,
+                    "version": m.version,
+                    "content_hash": m.content_hash,
+                    "holder": m.holder,
+                    "submitted_by": m.submitted_by,
+                    "indexed_us": now_us,
+                    "superseded_us": None,
+                }
+                for m, _ in changes
+            ],
+        )
+        rows = [
+            {"reference": m.reference, "name": name, "field_hash": value}
+            for m, _ in changes
+            for name, value in sorted(m.field_hashes.items())
+        ]
+        if rows:
+            conn.execute(insert(material_fields), rows)
+
+    def add_proposal(self, conn: Connection, proposal: Proposal) -> None:
+        """Record a correction proposal (state OPEN) for the owner."""
+        conn.execute(
+            insert(objections).values(
+                id=proposal.id,
+                material_type=proposal.material_type,
+                reference=proposal.reference,
+                subject_ref=proposal.subject_ref,
+                filed_by=proposal.filed_by,
+                owner=proposal.owner,
+                reason=proposal.reason,
+                proposed_fields=json.dumps(
+                    dict(proposal.proposed_fields), ensure_ascii=False, sort_keys=True
+                ),
+                state="OPEN",
+                filed_us=proposal.filed_us,
+                deadline_us=proposal.deadline_us,
+                resolution="",
+                resolved_us=None,
             )
+        )
 
     def proposals_for(self, owner: str) -> list[Proposal]:
         """Open proposals against ``owner``'s material, oldest first."""

@@ -6,9 +6,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, Row, select, update
+from sqlalchemy import Connection, Engine, Row, select, update
 
-from exchange.store.database import writing
 from exchange.store.exchange_tables import objections
 
 
@@ -71,17 +70,17 @@ class Objections:
             rows = conn.execute(query.order_by(objections.c.filed_us, objections.c.id)).all()
         return [_record(r) for r in rows]
 
-    def resolve(self, objection_id: str, state: str, resolution: str, now_us: int) -> bool:
-        """Resolve an OPEN objection; False if it was no longer open (resolved concurrently).
+    def resolve(
+        self, conn: Connection, objection_id: str, state: str, resolution: str, now_us: int
+    ) -> bool:
+        """Resolve an OPEN objection in ``conn``'s transaction (the resolution's ledger entry's);
+        False if it was no longer open (resolved concurrently).
 
         Resolving clears the proposed values: they were only in flight to the owner.
         """
-        with writing(self.engine) as conn:
-            result = conn.execute(
-                update(objections)
-                .where(objections.c.id == objection_id, objections.c.state == "OPEN")
-                .values(
-                    state=state, resolution=resolution, resolved_us=now_us, proposed_fields="{}"
-                )
-            )
+        result = conn.execute(
+            update(objections)
+            .where(objections.c.id == objection_id, objections.c.state == "OPEN")
+            .values(state=state, resolution=resolution, resolved_us=now_us, proposed_fields="{}")
+        )
         return bool(result.rowcount)

@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, Row, insert, select, update
+from sqlalchemy import Connection, Engine, Row, insert, select, update
 
-from exchange.store.database import writing
 from exchange.store.tables import department_keys, departments
 
 
@@ -104,28 +103,31 @@ class Registry:
             ).all()
         return [_key(r) for r in rows]
 
-    def add(self, department: DepartmentRecord, key: KeyRecord) -> None:
+    # The writes below run in ``conn``'s transaction: the change's ledger entry's (the flows pass
+    # them as the entry's effect), so a change is never stored without its entry.
+
+    def add(self, conn: Connection, department: DepartmentRecord, key: KeyRecord) -> None:
         """Insert a new department and its first key.
 
         Raises sqlalchemy.exc.IntegrityError if the id or the key is taken.
         """
-        with writing(self.engine) as conn:
-            conn.execute(
-                insert(departments).values(
-                    id=department.id,
-                    name=department.name,
-                    roles=",".join(sorted(department.roles)),
-                    provider_endpoint=department.provider_endpoint,
-                    certificate_sha256=department.certificate_sha256,
-                    state=department.state,
-                    owner=department.owner,
-                    registered_us=department.registered_us,
-                )
+        conn.execute(
+            insert(departments).values(
+                id=department.id,
+                name=department.name,
+                roles=",".join(sorted(department.roles)),
+                provider_endpoint=department.provider_endpoint,
+                certificate_sha256=department.certificate_sha256,
+                state=department.state,
+                owner=department.owner,
+                registered_us=department.registered_us,
             )
-            self._insert_key(conn, key)
+        )
+        self._insert_key(conn, key)
 
     def rotate(
         self,
+        conn: Connection,
         department_id: str,
         new_key: KeyRecord,
         old_valid_until_us: int,
@@ -135,42 +137,39 @@ class Registry:
 
         Raises sqlalchemy.exc.IntegrityError if the new key is already registered.
         """
-        with writing(self.engine) as conn:
-            conn.execute(
-                update(department_keys)
-                .where(
-                    department_keys.c.department_id == department_id,
-                    department_keys.c.valid_until_us.is_(None),
-                )
-                .values(valid_until_us=old_valid_until_us)
+        conn.execute(
+            update(department_keys)
+            .where(
+                department_keys.c.department_id == department_id,
+                department_keys.c.valid_until_us.is_(None),
             )
-            self._insert_key(conn, new_key)
-            if certificate_sha256 is not None:
-                conn.execute(
-                    update(departments)
-                    .where(departments.c.id == department_id)
-                    .values(certificate_sha256=certificate_sha256)
-                )
+            .values(valid_until_us=old_valid_until_us)
+        )
+        self._insert_key(conn, new_key)
+        if certificate_sha256 is not None:
+            conn.execute(
+                update(departments)
+                .where(departments.c.id == department_id)
+                .values(certificate_sha256=certificate_sha256)
+            )
 
-    def revoke(self, keyid: str, revoked_us: int) -> None:
+    def revoke(self, conn: Connection, keyid: str, revoked_us: int) -> None:
         """Mark a key revoked from ``revoked_us`` on (keeps an earlier revocation time)."""
-        with writing(self.engine) as conn:
-            conn.execute(
-                update(department_keys)
-                .where(department_keys.c.keyid == keyid, department_keys.c.revoked_us.is_(None))
-                .values(revoked_us=revoked_us)
-            )
+        conn.execute(
+            update(department_keys)
+            .where(department_keys.c.keyid == keyid, department_keys.c.revoked_us.is_(None))
+            .values(revoked_us=revoked_us)
+        )
 
-    def set_state(self, department_id: str, state: str) -> None:
+    def set_state(self, conn: Connection, department_id: str, state: str) -> None:
         """Change a department's life-cycle state."""
-        with writing(self.engine) as conn:
-            conn.execute(
-                update(departments).where(departments.c.id == department_id).values(state=state)
-            )
+        conn.execute(
+            update(departments).where(departments.c.id == department_id).values(state=state)
+        )
 
     @staticmethod
-    def _insert_key(conn: object, key: KeyRecord) -> None:
-        conn.execute(  # type: ignore[attr-defined]
+    def _insert_key(conn: Connection, key: KeyRecord) -> None:
+        conn.execute(
             insert(department_keys).values(
                 keyid=key.keyid,
                 department_id=key.department_id,

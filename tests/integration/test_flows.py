@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import grpc
 import pytest
@@ -14,7 +12,6 @@ import pytest
 from adapters.client import Refused
 from exchange.clock import now_us, to_timestamp
 from exchange.v1 import common_pb2, exchange_pb2, grants_pb2, ledger_pb2
-from tests.conftest import StartHub
 from tests.flows.world import (
     ANNA,
     ASSISTANCE,
@@ -32,20 +29,10 @@ from tests.flows.world import (
     SOCIAL,
     TOWNSHIP,
     World,
-    build,
 )
 
 ISSUE = "/exchange.v1.Grants/IssueGrant"
 REVOKE = "/exchange.v1.Grants/RevokeGrant"
-
-
-@pytest.fixture
-async def world(start_hub: StartHub, tmp_path: Path) -> AsyncIterator[World]:
-    hub = await start_hub(provider_timeout_ms=1500)
-    built = await build(hub, tmp_path)
-    yield built
-    for adapter in built.adapters.values():
-        await adapter.stop(grace=0.2)
 
 
 async def grant(

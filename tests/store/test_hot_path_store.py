@@ -14,7 +14,7 @@ from structlog.testing import capture_logs
 
 from exchange.crypto.keys import SigningKey
 from exchange.ledger import EntryDraft, Ledger
-from exchange.store.database import AsyncConnections, open_engine, upgrade
+from exchange.store.database import AsyncConnections, open_engine, upgrade, writing
 from exchange.store.materials import IndexedMaterial, MaterialIndex
 from exchange.store.requests import ANSWERED, PENDING, RequestLog
 from exchange.v1 import ledger_pb2
@@ -33,6 +33,13 @@ def _material(reference: str, version: int, fields: dict[str, bytes]) -> Indexed
     )
 
 
+def _put(
+    engine: Engine, index: MaterialIndex, material: IndexedMaterial, superseded: str | None, at: int
+) -> None:
+    with writing(engine) as conn:
+        index.put_version(conn, material, superseded, at)
+
+
 def test_the_loop_read_answers_as_the_pooled_read(tmp_path: Path) -> None:
     engine = open_engine(f"sqlite:///{tmp_path}/hub.db")
     upgrade(engine)
@@ -43,20 +50,20 @@ def test_the_loop_read_answers_as_the_pooled_read(tmp_path: Path) -> None:
         assert index.current("marriage-record", ref) is None
 
         first = _material("m-1", 1, {"marital_status": b"a" * 32, "spouse_name": b"b" * 32})
-        index.put_version(first, None, 1)
+        _put(engine, index, first, None, 1)
         assert index.current_on_loop("marriage-record", ref) == first
         assert index.current("marriage-record", ref) == first
 
         # A new version supersedes the old one: both reads see only the new one, at once (the
         # loop's connection holds no snapshot between reads).
         second = _material("m-2", 2, {"marital_status": b"c" * 32})
-        index.put_version(second, "m-1", 2)
+        _put(engine, index, second, "m-1", 2)
         assert index.current_on_loop("marriage-record", ref) == second
         assert index.current("marriage-record", ref) == second
 
         # A version with no field hashes (every field empty) still reads.
         third = _material("m-3", 3, {})
-        index.put_version(third, "m-2", 3)
+        _put(engine, index, third, "m-2", 3)
         assert index.current_on_loop("marriage-record", ref) == third
         assert index.current_on_loop("birth-record", ref) is None
     finally:
@@ -217,11 +224,11 @@ async def _loop_reads_on_postgres(url: str) -> None:
     try:
         assert await index.current_async("marriage-record", ref) is None
         first = _material("m-1", 1, {"marital_status": b"a" * 32, "spouse_name": b"b" * 32})
-        index.put_version(first, None, 1)
+        _put(engine, index, first, None, 1)
         assert await index.current_async("marriage-record", ref) == first
         assert index.current("marriage-record", ref) == first
         second = _material("m-2", 2, {})
-        index.put_version(second, "m-1", 2)
+        _put(engine, index, second, "m-1", 2)
         assert await index.current_async("marriage-record", ref) == second
 
         # Many reads at once share a few connections; every one gets the answer.

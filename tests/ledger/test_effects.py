@@ -1,0 +1,134 @@
+"""Effects: a call's change is committed in its entry's transaction, both or neither.
+
+On SQLite and on PostgreSQL (whose transactions abort on the first error, so a failed effect
+must be rolled back to its savepoint for the rest of the batch to commit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import IntegrityError
+
+from exchange.crypto.keys import SigningKey
+from exchange.ledger import Ledger, LedgerUnavailable, verify_receipt
+from exchange.store.database import open_engine, scratch_postgres, upgrade
+
+from .support import ORIGIN, draft
+
+URL = os.environ.get("EXCHANGE_TEST_DATABASE_URL")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def effect_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """A migrated database with a scratch table ``effects`` (id unique) for effects to write."""
+    with database_url(request.param, tmp_path) as url:
+        engine = open_engine(url)
+        upgrade(engine)
+        with engine.begin() as conn:
+            conn.execute(text("CREATE TABLE effects (id VARCHAR(32) PRIMARY KEY)"))
+        yield engine
+        engine.dispose()
+
+
+def database_url(kind: str, tmp_path: Path) -> contextlib.AbstractContextManager[str]:
+    if kind == "sqlite":
+        return contextlib.nullcontext(f"sqlite:///{tmp_path / 'effects.db'}")
+    if not URL or not URL.startswith("postgresql"):
+        pytest.skip("set EXCHANGE_TEST_DATABASE_URL to a PostgreSQL URL to run PostgreSQL tests")
+    return scratch_postgres(URL, "exchange_test_effects")
+
+
+@pytest.fixture
+async def ledger(effect_engine: Engine) -> AsyncIterator[Ledger]:
+    ledger = Ledger(effect_engine, SigningKey.generate(), ORIGIN)
+    await ledger.start()
+    yield ledger
+    await ledger.close()
+
+
+def insert(row_id: str) -> Callable[[Connection], None]:
+    def effect(conn: Connection) -> None:
+        conn.execute(text("INSERT INTO effects (id) VALUES (:id)"), {"id": row_id})
+
+    return effect
+
+
+def stored(engine: Engine) -> set[str]:
+    with engine.connect() as conn:
+        return {row.id for row in conn.execute(text("SELECT id FROM effects"))}
+
+
+async def test_an_effect_is_committed_with_its_entry(ledger: Ledger, effect_engine: Engine) -> None:
+    receipts = await asyncio.gather(
+        *(ledger.append(draft(i), effect=insert(f"row-{i}")) for i in range(20))
+    )
+    assert sorted(r.sequence for r in receipts) == list(range(20))
+    assert stored(effect_engine) == {f"row-{i}" for i in range(20)}
+    assert ledger.size() == 20
+
+
+async def test_a_failed_effect_leaves_out_its_entry_and_only_its_caller_fails(
+    ledger: Ledger, effect_engine: Engine
+) -> None:
+    await ledger.append(draft(0), effect=insert("taken"))
+    # Queued together, so that they share batches with the one whose effect fails.
+    outcomes = await asyncio.gather(
+        *(ledger.append(draft(i), effect=insert(f"row-{i}")) for i in range(1, 6)),
+        ledger.append(draft(6), effect=insert("taken")),
+        *(ledger.append(draft(i), effect=insert(f"row-{i}")) for i in range(7, 12)),
+        return_exceptions=True,
+    )
+    assert isinstance(outcomes[5], IntegrityError)
+    receipts = [o for o in outcomes if not isinstance(o, BaseException)]
+    assert len(receipts) == 10
+    # The chain has no hole where the refused entry would have been.
+    assert sorted(r.sequence for r in receipts) == list(range(1, 11))
+    for receipt in receipts:
+        verify_receipt(receipt, [ledger.verifier_key])
+    assert ledger.size() == 11
+    assert stored(effect_engine) == {"taken"} | {f"row-{i}" for i in (*range(1, 6), *range(7, 12))}
+    actors = [e.decode().request_id for e in ledger.entries(0, 20)]
+    assert "req-6" not in actors
+
+
+async def test_an_effect_that_raises_its_own_error_is_refused_with_it(
+    ledger: Ledger, effect_engine: Engine
+) -> None:
+    def broken(conn: Connection) -> None:
+        insert("half-done")(conn)
+        raise ValueError("the effect changed its mind")
+
+    with pytest.raises(ValueError, match="changed its mind"):
+        await ledger.append(draft(0), effect=broken)
+    assert stored(effect_engine) == set()  # rolled back to its savepoint
+    assert ledger.size() == 0
+    assert (await ledger.append(draft(1))).sequence == 0
+
+
+async def test_a_database_error_in_an_effect_is_ledger_unavailable(
+    ledger: Ledger, effect_engine: Engine
+) -> None:
+    def missing_table(conn: Connection) -> None:
+        conn.execute(text("INSERT INTO no_such_table (id) VALUES ('x')"))
+
+    with pytest.raises(LedgerUnavailable):
+        await ledger.append(draft(0), effect=missing_table)
+    assert ledger.size() == 0
+
+
+async def test_a_failed_commit_stores_neither_the_entry_nor_its_effect(
+    ledger: Ledger, effect_engine: Engine
+) -> None:
+    await ledger.append(draft(0), effect=insert("before"))
+    with effect_engine.begin() as conn:
+        conn.execute(text("DROP TABLE ledger_entries"))
+    with pytest.raises(LedgerUnavailable):
+        await ledger.append(draft(1), effect=insert("lost"))
+    assert stored(effect_engine) == {"before"}
