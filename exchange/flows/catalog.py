@@ -106,6 +106,7 @@ async def publish_material_type(
                     if changed
                     else None
                 ),
+                on_commit=lambda: hub.catalog.forget_material_type(published.id),
                 material_type=value.id,
                 version=value.version,
                 attributes={
@@ -119,7 +120,6 @@ async def publish_material_type(
                 common_pb2.INTERNAL_ERROR,
                 f"material type {value.id!r} was published concurrently; retry",
             ) from exc
-        hub.catalog.forget_material_type(value.id)
     return catalog_pb2.MaterialTypeResponse(
         material_type=material_type_to_proto(value), receipt=receipt
     )
@@ -178,9 +178,9 @@ async def define_purpose(
             caller,
             ledger_pb2.PURPOSE_DEFINITION,
             effect=lambda conn: hub.catalog.put_purpose(conn, value, now_us()),
+            on_commit=lambda: hub.catalog.forget_purpose(value.id),
             purpose=value.id,
         )
-        hub.catalog.forget_purpose(value.id)
     return catalog_pb2.PurposeResponse(purpose=purpose_to_proto(value), receipt=receipt)
 
 
@@ -242,10 +242,10 @@ async def register_form(
             caller,
             ledger_pb2.FORM_REGISTRATION,
             effect=lambda conn: hub.catalog.put_form(conn, form, now_us()),
+            on_commit=lambda: hub.catalog.forget_form(form.id),
             purpose=value.purpose,
             attributes={"form": value.id, "material_types": ",".join(types)},
         )
-        hub.catalog.forget_form(value.id)
     return catalog_pb2.FormResponse(form=form_to_proto(value), receipt=receipt)
 
 

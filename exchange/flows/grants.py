@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from dataclasses import replace
+from functools import partial
+
+from sqlalchemy import Connection
 
 from exchange import errors
 from exchange.catalog.model import SharingClass
@@ -88,6 +92,7 @@ async def issue_grant(
             caller,
             ledger_pb2.GRANT_ISSUANCE,
             effect=lambda conn: hub.grants.add(conn, grant),
+            on_commit=lambda: hub.grants.forget(grant),
             material_type=grant.material_type,
             counterparty=grant.consumer,
             attributes={
@@ -97,7 +102,6 @@ async def issue_grant(
                 "rate_per_minute": str(grant.rate_per_minute),
             },
         )
-        hub.grants.forget(grant)
     return grants_pb2.GrantResponse(grant=grant.to_proto(), receipt=receipt)
 
 
@@ -121,18 +125,26 @@ async def revoke_grant(
                 common_pb2.NOT_OWNER, "only the owner that issued a grant may revoke it"
             )
         revoked_us = now_us()
+        # Read back in the revocation's transaction (an earlier revocation keeps its time):
+        # the answer then needs no read after the commit, which could fail on its own.
+        stored: list[Grant | None] = []
+
+        def revoke(conn: Connection, found: Grant = grant) -> None:
+            hub.grants.revoke(conn, found, revoked_us)
+            stored.append(hub.grants.get(found.id, conn))
+
         receipt = await record(
             hub.ledger,
             caller,
             ledger_pb2.GRANT_REVOCATION,
-            effect=lambda conn: hub.grants.revoke(conn, grant, revoked_us),
+            effect=revoke,
+            on_commit=partial(hub.grants.forget, grant),
             material_type=grant.material_type,
             counterparty=grant.consumer,
             attributes={"grant_id": grant.id},
         )
-        hub.grants.forget(grant)
-        stored = await asyncio.to_thread(hub.grants.get, grant.id)
-    return grants_pb2.GrantResponse(grant=(stored or grant).to_proto(), receipt=receipt)
+        revoked = stored[-1] or replace(grant, revoked_us=grant.revoked_us or revoked_us)
+    return grants_pb2.GrantResponse(grant=revoked.to_proto(), receipt=receipt)
 
 
 async def list_grants(

@@ -87,11 +87,19 @@ async def file_objection(
             filed_us=filed,
             deadline_us=filed + hub.config.supervision.objection_deadline_days * DAY_US,
         )
+        # Read back in the filing's transaction: no read after the commit can fail a filing
+        # that was made.
+        filed_records: list[ObjectionRecord | None] = []
+
+        def file(conn: Connection) -> None:
+            hub.index.add_proposal(conn, proposal)
+            filed_records.append(hub.objections.get(proposal.id, conn))
+
         receipt = await record(
             hub.ledger,
             caller,
             ledger_pb2.OBJECTION_FILING,
-            effect=lambda conn: hub.index.add_proposal(conn, proposal),
+            effect=file,
             subject_ref=subject_ref,
             material_type=material_type.id,
             counterparty=material_type.owner,
@@ -99,8 +107,8 @@ async def file_objection(
             version=current.version,
             attributes={"objection_id": proposal.id, "deadline_us": str(proposal.deadline_us)},
         )
-    stored = await asyncio.to_thread(hub.objections.get, proposal.id)
-    assert stored is not None
+    stored = filed_records[-1]
+    assert stored is not None  # inserted in the same transaction
     return exchange_pb2.ObjectionResponse(objection=to_proto(stored), receipt=receipt)
 
 
@@ -170,6 +178,7 @@ async def resolve_objection(
             resolution = resolution or f"corrected: version {current.version} is on file"
         state = STATES[body.state]
         resolved_us = now_us()
+        resolved: list[ObjectionRecord | None] = []
 
         def resolve(conn: Connection, objection_id: str = objection.id) -> None:
             if not hub.objections.resolve(
@@ -178,6 +187,7 @@ async def resolve_objection(
                 raise errors.FailedPrecondition(
                     common_pb2.ALREADY_RESOLVED, "the objection was resolved meanwhile"
                 )
+            resolved.append(hub.objections.get(objection_id, conn))
 
         receipt = await record(
             hub.ledger,
@@ -191,6 +201,6 @@ async def resolve_objection(
             version=version,
             attributes={"objection_id": objection.id, "state": state},
         )
-    stored = await asyncio.to_thread(hub.objections.get, objection.id)
-    assert stored is not None
+    stored = resolved[-1]
+    assert stored is not None  # resolved in the same transaction
     return exchange_pb2.ObjectionResponse(objection=to_proto(stored), receipt=receipt)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from exchange.ledger import Effect, EntryDraft, Ledger
@@ -17,13 +18,14 @@ async def record(
     outcome: int = ledger_pb2.OK,
     reason: int = common_pb2.REASON_UNSPECIFIED,
     effect: Effect | None = None,
+    on_commit: Callable[[], None] | None = None,
     **fields: Any,
 ) -> common_pb2.Receipt:
     """Append the entry of one call, with the caller's envelope beside it; return its receipt.
 
     ``fields`` are further ``EntryDraft`` fields (material_type, subject_ref, purpose…).
     ``effect`` is the change the call makes, written in the entry's transaction
-    (``Ledger.append``): both are stored, or neither.
+    (``Ledger.append``): both are stored, or neither. ``on_commit`` refreshes what caches it.
     Raises exchange.errors.Unavailable (LEDGER_UNAVAILABLE) if the ledger cannot commit: the
     caller must then not serve or store anything; an effect's IntegrityError as it is.
     """
@@ -35,5 +37,5 @@ async def record(
         request_id=caller.request_id,
         **fields,
     )
-    receipt = await ledger.append(draft, caller.envelope_bytes, effect=effect)
+    receipt = await ledger.append(draft, caller.envelope_bytes, effect=effect, on_commit=on_commit)
     return receipt.to_proto()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 
 from exchange import errors
@@ -88,25 +89,32 @@ async def _change(
     kind: int,
     attributes: dict[str, str],
     effect: Effect,
-    taken: str = "",
+    taken: str = "the change conflicts with the registry as it now is; read it and retry",
 ) -> registry_pb2.DepartmentResponse:
     """Write ``effect`` with the change's entry (both or neither) and answer the department as
-    now stored. Raises AlreadyExists (DEPARTMENT_EXISTS, ``taken``) if the effect meets a
-    unique constraint."""
+    stored by it (read back in the same transaction, so no read after the commit can fail a
+    change that was made). Raises AlreadyExists (DEPARTMENT_EXISTS, ``taken``) if the effect
+    meets a unique constraint."""
+    stored: list[DepartmentRecord | None] = []
+
+    def change(conn: Connection) -> None:
+        effect(conn)
+        stored.append(hub.registry.get(department_id, conn))
+
     try:
         receipt = await record(
             hub.ledger,
             caller,
             kind,
-            effect=effect,
+            effect=change,
+            on_commit=lambda: hub.departments.invalidate(department_id),
             counterparty=department_id,
             attributes=attributes,
         )
     except IntegrityError as exc:
         raise errors.AlreadyExists(common_pb2.DEPARTMENT_EXISTS, taken) from exc
-    finally:
-        hub.departments.invalidate(department_id)
-    department = await _existing(hub, department_id)
+    department = stored[-1]
+    assert department is not None  # the change was to a registered department, in its transaction
     return registry_pb2.DepartmentResponse(department=to_proto(department), receipt=receipt)
 
 

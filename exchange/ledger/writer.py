@@ -51,6 +51,11 @@ CommittedEntries = Sequence[tuple[int, ledger_pb2.LedgerEntry]]
 CommitListener = Callable[[CommittedEntries], None]
 # A write committed in the same transaction as its entry (see the module's docstring).
 Effect = Callable[[Connection], None]
+# At most this many effects in one batch: on PostgreSQL each savepoint that writes takes a
+# subtransaction id until the commit, and beyond 64 in one transaction every other session's
+# snapshots overflow into pg_subtrans lookups while it is open. A longer queue waits for the
+# next batch.
+MAX_EFFECTS_PER_BATCH = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +81,7 @@ class _Pending:
     future: asyncio.Future[Receipt]
     loop: asyncio.AbstractEventLoop
     effect: Effect | None = None
+    on_commit: Callable[[], None] | None = None
 
 
 _STOP = object()
@@ -188,17 +194,26 @@ class Ledger:
                 break
             if isinstance(item, _Pending):
                 leftovers.append(item)
-        self._fail(leftovers, LedgerUnavailable("the ledger is closed"))
+        self._fail(leftovers, "the ledger is closed")
 
     async def append(
-        self, draft: EntryDraft, envelope: bytes = b"", *, effect: Effect | None = None
+        self,
+        draft: EntryDraft,
+        envelope: bytes = b"",
+        *,
+        effect: Effect | None = None,
+        on_commit: Callable[[], None] | None = None,
     ) -> Receipt:
         """Record ``draft`` (with the caller's ``envelope`` bytes stored beside it).
 
         ``effect``, if given, is called with the writer's connection inside the entry's
         transaction, before the entry is sequenced: the change it writes is committed with the
-        entry or not at all. It runs on the writer thread and must only write through the
-        connection it is given (no commit, no other connection, nothing slow).
+        entry or not at all. It runs on the writer thread and must only read and write through
+        the connection it is given (no commit, no other connection, nothing slow); if the batch
+        is run again on a new connection (the old one was lost before the commit was sent), it
+        is called again. ``on_commit`` is called on the writer thread once the entry is
+        committed, before any caller of its batch is answered, even if this caller has gone
+        away (to refresh caches of what the effect changed); its errors are logged.
 
         Returns after the entry is committed, with its receipt. Raises LedgerUnavailable if the
         ledger is not running or the commit fails; the entry (and its effect) is then not
@@ -211,7 +226,7 @@ class Ledger:
             raise LedgerUnavailable("the ledger is not running")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Receipt] = loop.create_future()
-        self._queue.put(_Pending(draft, envelope, future, loop, effect))
+        self._queue.put(_Pending(draft, envelope, future, loop, effect, on_commit))
         return await future
 
     def subscribe(self, listener: CommitListener) -> Callable[[], None]:
@@ -338,12 +353,14 @@ class Ledger:
                     self._store_checkpoint_now()
                     continue
             batch: list[_Pending] = []
+            effects = 0
             while True:
                 if item is _STOP:
                     stopping = True
                 elif isinstance(item, _Pending):
                     batch.append(item)
-                if len(batch) >= max_batch:
+                    effects += item.effect is not None
+                if len(batch) >= max_batch or effects >= MAX_EFFECTS_PER_BATCH:
                     break
                 try:
                     item = self._queue.get_nowait()
@@ -378,8 +395,14 @@ class Ledger:
         except Exception as exc:  # the writer must survive any driver/OS error, and say so
             self._head = self._compact = None  # re-read everything next time
             log.error("ledger_commit_failed", entries=len(batch), error=type(exc).__name__)
-            self._fail(batch, LedgerUnavailable(f"the ledger cannot commit: {type(exc).__name__}"))
+            self._fail(batch, f"the ledger cannot commit: {type(exc).__name__}")
             return
+        for index, pending in enumerate(batch):
+            if pending.on_commit is not None and index not in refused:
+                try:
+                    pending.on_commit()
+                except Exception:  # the entry is committed: its caller is still answered
+                    log.exception("ledger_on_commit_failed")
         by_loop: dict[
             asyncio.AbstractEventLoop,
             list[tuple[asyncio.Future[Receipt], Receipt | BaseException]],
@@ -392,11 +415,16 @@ class Ledger:
         if self._loop is not None:
             self._call_soon(self._loop, self._announce, committed, size)
 
-    def _fail(self, batch: list[_Pending], error: LedgerUnavailable) -> None:
+    def _fail(self, batch: list[_Pending], message: str) -> None:
+        # One error per caller: flows add their call's facts to the error they catch
+        # (exchange.flows.lookups.facts), so a shared one would carry one call's facts into
+        # another call's refusal entry.
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Receipt], Exception]]]
         by_loop = {}
         for pending in batch:
-            by_loop.setdefault(pending.loop, []).append((pending.future, error))
+            by_loop.setdefault(pending.loop, []).append(
+                (pending.future, LedgerUnavailable(message))
+            )
         for loop, items in by_loop.items():
             self._call_soon(loop, _settle, items)
 
@@ -427,7 +455,7 @@ class Ledger:
         if refused:
             batch = [p for index, p in enumerate(batch) if index not in refused]
         if not batch:  # every effect failed: nothing to append
-            conn.commit()
+            self._writer.commit(conn)
             return [], [], head.size, refused
         if head == self._head and self._compact is not None:
             compact = self._compact.copy()
@@ -484,7 +512,10 @@ class Ledger:
             )
             for offset, leaf in enumerate(leaf_hashes)
         ]
-        conn.commit()
+        # Through the kept connection, which then knows the commit was sent: a connection lost
+        # from here on leaves the outcome unknown, and the batch (effects included) must not
+        # run again on a new connection.
+        self._writer.commit(conn)
         self._head, self._compact = new_head, compact
         self._last_time_ns = now_ns
         self._commits += 1
@@ -546,11 +577,15 @@ def _apply_effects(conn: Connection, batch: list[_Pending]) -> dict[int, Excepti
                 raise
             savepoint.rollback()
             if isinstance(exc, DBAPIError) and not isinstance(exc, IntegrityError):
-                log.error("ledger_effect_failed", error=type(exc).__name__)
+                # Not a conflict the flow answers: the operator needs the cause (the traceback
+                # shows no values: exchange.logs).
+                log.exception("ledger_effect_failed", error=type(exc).__name__)
                 exc = LedgerUnavailable(f"the ledger cannot commit: {type(exc).__name__}")
             refused[index] = exc
-        else:
-            savepoint.commit()
+            continue
+        if not savepoint.is_active:  # the effect committed or rolled back the batch's work
+            raise RuntimeError("an effect ended the ledger's transaction")
+        savepoint.commit()
     return refused
 
 

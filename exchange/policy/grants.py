@@ -109,10 +109,13 @@ class GrantStore:
             ).all()
         return tuple(_grant(r) for r in rows)
 
-    def get(self, grant_id: str) -> Grant | None:
-        """One grant by id, or None."""
-        with self.engine.connect() as conn:
-            row = conn.execute(select(grants).where(grants.c.id == grant_id)).first()
+    def get(self, grant_id: str, conn: Connection | None = None) -> Grant | None:
+        """One grant by id, or None; read through ``conn`` if given (inside a change's
+        transaction), else on a connection of its own."""
+        if conn is None:
+            with self.engine.connect() as own:
+                return self.get(grant_id, own)
+        row = conn.execute(select(grants).where(grants.c.id == grant_id)).first()
         return None if row is None else _grant(row)
 
     def visible_to(self, department_id: str | None) -> list[Grant]:

@@ -55,10 +55,13 @@ class Objections:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def get(self, objection_id: str) -> ObjectionRecord | None:
-        """The objection with this id, or None."""
-        with self.engine.connect() as conn:
-            row = conn.execute(select(objections).where(objections.c.id == objection_id)).first()
+    def get(self, objection_id: str, conn: Connection | None = None) -> ObjectionRecord | None:
+        """The objection with this id, or None; read through ``conn`` if given (inside a
+        change's transaction), else on a connection of its own."""
+        if conn is None:
+            with self.engine.connect() as own:
+                return self.get(objection_id, own)
+        row = conn.execute(select(objections).where(objections.c.id == objection_id)).first()
         return None if row is None else _record(row)
 
     def for_owner(self, owner: str, open_only: bool) -> list[ObjectionRecord]:

@@ -67,17 +67,20 @@ class Registry:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def get(self, department_id: str) -> DepartmentRecord | None:
-        """The department with this id, with all its keys, or None."""
-        with self.engine.connect() as conn:
-            row = conn.execute(select(departments).where(departments.c.id == department_id)).first()
-            if row is None:
-                return None
-            keys = conn.execute(
-                select(department_keys)
-                .where(department_keys.c.department_id == department_id)
-                .order_by(department_keys.c.valid_from_us)
-            ).all()
+    def get(self, department_id: str, conn: Connection | None = None) -> DepartmentRecord | None:
+        """The department with this id, with all its keys, or None; read through ``conn`` if
+        given (inside a change's transaction), else on a connection of its own."""
+        if conn is None:
+            with self.engine.connect() as own:
+                return self.get(department_id, own)
+        row = conn.execute(select(departments).where(departments.c.id == department_id)).first()
+        if row is None:
+            return None
+        keys = conn.execute(
+            select(department_keys)
+            .where(department_keys.c.department_id == department_id)
+            .order_by(department_keys.c.valid_from_us)
+        ).all()
         return self._department(row, [_key(k) for k in keys])
 
     def all(self) -> list[DepartmentRecord]:

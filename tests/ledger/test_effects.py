@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Connection, Engine, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from exchange.crypto.keys import SigningKey
 from exchange.ledger import Ledger, LedgerUnavailable, verify_receipt
@@ -132,3 +132,77 @@ async def test_a_failed_commit_stores_neither_the_entry_nor_its_effect(
     with pytest.raises(LedgerUnavailable):
         await ledger.append(draft(1), effect=insert("lost"))
     assert stored(effect_engine) == {"before"}
+
+
+async def test_a_connection_lost_after_the_commit_does_not_run_the_batch_again(
+    ledger: Ledger, effect_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runs: list[str] = []
+
+    def counted(conn: Connection) -> None:
+        runs.append("ran")
+        insert("grant-1")(conn)
+
+    real_commit = Connection.commit
+    lost = [True]
+
+    def commit_then_lose_the_answer(self: Connection) -> None:
+        real_commit(self)  # the database has committed, but the answer is lost with the link
+        if lost and lost.pop():
+            raise OperationalError("COMMIT", {}, Exception("server closed"), True)
+
+    monkeypatch.setattr(Connection, "commit", commit_then_lose_the_answer)
+    with pytest.raises(LedgerUnavailable):  # the outcome is unknown to the writer
+        await ledger.append(draft(1), effect=counted)
+    monkeypatch.undo()
+    assert runs == ["ran"]  # not a second time on a new connection
+    assert stored(effect_engine) == {"grant-1"}
+    assert [e.decode().request_id for e in ledger.entries(0, 10)] == ["req-1"]
+    # The writer re-reads the head it may not have seen move, and goes on.
+    assert (await ledger.append(draft(2))).sequence == 1
+
+
+async def test_on_commit_runs_once_committed_even_if_the_caller_is_gone(
+    ledger: Ledger, effect_engine: Engine
+) -> None:
+    committed: list[str] = []
+    caller = asyncio.create_task(
+        ledger.append(draft(1), effect=insert("slow"), on_commit=lambda: committed.append("slow"))
+    )
+    await asyncio.sleep(0)  # queued to the writer; then its caller goes away
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    await ledger.append(draft(2))  # after the first, in this batch or the next
+    assert committed == ["slow"] and stored(effect_engine) == {"slow"}
+
+
+async def test_on_commit_does_not_run_for_a_refused_effect(ledger: Ledger) -> None:
+    committed: list[str] = []
+    await ledger.append(draft(0), effect=insert("taken"))
+    with pytest.raises(IntegrityError):
+        await ledger.append(
+            draft(1), effect=insert("taken"), on_commit=lambda: committed.append("x")
+        )
+    assert committed == []
+
+
+async def test_each_caller_of_a_failed_batch_gets_its_own_error(
+    ledger: Ledger, effect_engine: Engine
+) -> None:
+    # Flows add their call's facts to the error they catch: a shared error would carry one
+    # call's subject into another call's refusal entry.
+    with effect_engine.begin() as conn:
+        conn.execute(text("DROP TABLE ledger_entries"))
+    outcomes = await asyncio.gather(
+        *(ledger.append(draft(i)) for i in range(4)), return_exceptions=True
+    )
+    assert all(isinstance(o, LedgerUnavailable) for o in outcomes)
+    assert len({id(o) for o in outcomes}) == 4
+
+
+async def test_a_batch_holds_at_most_64_effects(ledger: Ledger, effect_engine: Engine) -> None:
+    before = ledger.commit_count
+    await asyncio.gather(*(ledger.append(draft(i), effect=insert(f"r-{i}")) for i in range(100)))
+    assert ledger.commit_count - before >= 2
+    assert len(stored(effect_engine)) == 100 and ledger.size() == 100
