@@ -2,7 +2,9 @@
 
 Writes through this process invalidate at once; another hub process sharing the database is seen
 within ``ttl_seconds``. Safe to use from the event loop and from worker threads: a race between
-two misses only reads the database twice.
+two misses only reads the database twice, and a load that an invalidation overtook (it may have
+read the database before the change was committed) is returned to its caller but not kept, so
+it cannot serve the old value for another ``ttl_seconds``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ class TtlCache(Generic[K, V]):
         self.ttl_seconds = ttl_seconds
         self.max_entries = max_entries
         self._entries: dict[K, tuple[float, V]] = {}
+        self._invalidations = 0  # a load keeps its value only if none happened meanwhile
 
     def peek(self, key: K) -> V | object:
         """The cached value if fresh, else the module's ``MISSING`` marker (never loads)."""
@@ -40,7 +43,10 @@ class TtlCache(Generic[K, V]):
         value = self.peek(key)
         if value is not _MISSING:
             return value  # type: ignore[return-value]
+        invalidations = self._invalidations
         loaded = self._load(key)
+        if invalidations != self._invalidations:
+            return loaded
         if len(self._entries) >= self.max_entries:
             self._entries.clear()
         self._entries[key] = (time.monotonic(), loaded)
@@ -48,6 +54,7 @@ class TtlCache(Generic[K, V]):
 
     def invalidate(self, key: K | None = None) -> None:
         """Forget ``key``, or everything."""
+        self._invalidations += 1
         if key is None:
             self._entries.clear()
         else:
