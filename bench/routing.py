@@ -15,9 +15,13 @@ MaterialRecord of the same fields, signed with the department's key, bound to th
          policy, no index, no ledger: what is left of the relay's throughput once the
          signatures alone are paid, an upper bound for any hub that honours the contract.
 
-Same payload size, same concurrency, each server in its own process; the consumer signs a fresh
-envelope per call on every path. Prints throughput and p50/p99 latency of each and the ratios to
-the relay, then the CPU time each process spends per call (Linux), which shows where the gap is.
+Nearly the same payload sizes (a signed request naming the same three fields on every path;
+the hub's is about 75 bytes larger with its disclosure, its forwarded request about 50 bytes
+larger, and its answer carries a receipt), the same concurrency, each server in its own
+process; the consumer signs a fresh envelope per call on every path. The order of the three
+paths turns from round to round, so that a machine drifting within a round favours none.
+Prints throughput and p50/p99 latency of each and the ratios to the relay, then the CPU time
+each process spends per call (Linux), which shows where the gap is.
 
 Run: python bench/routing.py [--seconds 10] [--concurrency 32] [--repeat 3] [--database-url URL]
 Targets: hub throughput >= 0.6 x relay; hub p99 <= 2 x relay p99.
@@ -258,7 +262,7 @@ async def load(
             material_type=MATERIAL, subject_id=SUBJECT, purpose=PURPOSE, fields=list(FIELDS)
         )
         if name != "hub":
-            # Same envelope size as the hub path: a signed FetchRequest naming the same fields.
+            # A signed FetchRequest naming the same fields: close to the hub path's envelope.
             body = provider_pb2.FetchRequest(  # type: ignore[assignment]
                 material_type=MATERIAL, subject_id=SUBJECT, purpose=PURPOSE, fields=list(FIELDS)
             )
@@ -484,8 +488,9 @@ def report(rounds: list[dict[str, Result]], args: Any) -> None:
 async def run(
     store: Keystore, targets: dict[str, int], args: Any, pids: dict[str, int]
 ) -> list[dict[str, Result]]:
-    """Load the relay, the floor and the hub in turn, ``args.repeat`` times (interleaved, so a
-    machine that speeds up or slows down during the run affects every path alike)."""
+    """Load the relay, the floor and the hub in turn, each round starting with the next one,
+    ``args.repeat`` times (interleaved, so a machine that speeds up or slows down during the run
+    affects every path alike)."""
     await setup_hub(f"127.0.0.1:{targets['hub']}", store)
     identity = Identity(
         CONSUMER, store.department_signing_key(CONSUMER), store.department_tls(CONSUMER)
@@ -498,9 +503,11 @@ async def run(
             )
             for path, port in targets.items()
         }
-        for _ in range(args.repeat):
+        paths = ["relay", "floor", "hub"]
+        for round_number in range(args.repeat):
             results: dict[str, Result] = {}
-            for path in ("relay", "floor", "hub"):
+            turn = round_number % len(paths)
+            for path in paths[turn:] + paths[:turn]:
                 results[path] = await load(
                     path,
                     clients[path],
@@ -508,7 +515,7 @@ async def run(
                     args.concurrency,
                     {role: pids[role] for role in ("client", path, "provider")},
                 )
-            rounds.append(results)
+            rounds.append({path: results[path] for path in paths})
     return rounds
 
 

@@ -38,8 +38,7 @@ def _invalid(message: str) -> errors.InvalidArgument:
 
 def _material_type(given: catalog_pb2.MaterialType, owner: str) -> MaterialType:
     check_identifier(given.id, "material_type.id")
-    if not given.name.strip():
-        raise _invalid("material_type.name is required")
+    lookups.require_text(given.name.strip(), "material_type.name", 500)
     if given.sharing_class == catalog_pb2.SHARING_CLASS_UNSPECIFIED:
         raise _invalid("material_type.sharing_class must be set")
     if not 0 < len(given.fields) <= MAX_FIELDS:

@@ -62,10 +62,15 @@ def require_role(caller: Caller, *roles: str, what: str) -> None:
 
 
 def require_text(value: str, name: str, limit: int = 256) -> str:
-    """Return ``value`` if non-empty and at most ``limit`` characters, else InvalidArgument."""
+    """Return ``value`` if non-empty, at most ``limit`` characters and free of NUL characters
+    (which PostgreSQL's text cannot hold), else InvalidArgument."""
     if not value or len(value) > limit:
         raise errors.InvalidArgument(
             common_pb2.INVALID_ARGUMENT_FIELD, f"{name} is required (at most {limit} characters)"
+        )
+    if "\x00" in value:
+        raise errors.InvalidArgument(
+            common_pb2.INVALID_ARGUMENT_FIELD, f"{name} must not contain NUL characters"
         )
     return value
 

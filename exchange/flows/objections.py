@@ -161,7 +161,9 @@ async def resolve_objection(
             raise errors.FailedPrecondition(
                 common_pb2.ALREADY_RESOLVED, f"the objection was already {objection.state.lower()}"
             )
-        resolution = body.resolution.strip()
+        resolution = body.resolution.strip()[:2000]
+        if resolution:
+            lookups.require_text(resolution, "resolution", 2000)
         if body.state == exchange_pb2.REJECTED and not resolution:
             raise errors.InvalidArgument(
                 common_pb2.INVALID_ARGUMENT_FIELD, "a rejection needs a resolution (the reason)"
@@ -181,9 +183,7 @@ async def resolve_objection(
         resolved: list[ObjectionRecord | None] = []
 
         def resolve(conn: Connection, objection_id: str = objection.id) -> None:
-            if not hub.objections.resolve(
-                conn, objection_id, state, resolution[:2000], resolved_us
-            ):
+            if not hub.objections.resolve(conn, objection_id, state, resolution, resolved_us):
                 raise errors.FailedPrecondition(
                     common_pb2.ALREADY_RESOLVED, "the objection was resolved meanwhile"
                 )

@@ -11,6 +11,7 @@ from exchange import errors
 from exchange.clock import now_us, to_timestamp
 from exchange.crypto.keys import keyid
 from exchange.crypto.keystore import check_department_id
+from exchange.flows import lookups
 from exchange.flows.record import record
 from exchange.hub import Hub
 from exchange.ledger import Effect
@@ -136,10 +137,7 @@ async def register_department(
         raise errors.InvalidArgument(
             common_pb2.INVALID_ARGUMENT_FIELD, "the hub's own id cannot be registered"
         )
-    if not given.name.strip():
-        raise errors.InvalidArgument(
-            common_pb2.INVALID_ARGUMENT_FIELD, "department.name is required"
-        )
+    lookups.require_text(given.name.strip(), "department.name", 500)
     roles = {common_pb2.Role.Name(r) for r in given.roles if r != common_pb2.ROLE_UNSPECIFIED}
     if not roles:
         raise errors.InvalidArgument(

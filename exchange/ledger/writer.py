@@ -209,7 +209,9 @@ class Ledger:
         ``effect``, if given, is called with the writer's connection inside the entry's
         transaction, before the entry is sequenced: the change it writes is committed with the
         entry or not at all. It runs on the writer thread and must only read and write through
-        the connection it is given (no commit, no other connection, nothing slow); if the batch
+        the connection it is given: no other connection, nothing slow, and never a commit or a
+        rollback (one that rolls back fails its whole batch; a commit would store the batch's
+        earlier effects without their entries, which the ledger cannot undo); if the batch
         is run again on a new connection (the old one was lost before the commit was sent), it
         is called again. ``on_commit`` is called on the writer thread once the entry is
         committed, before any caller of its batch is answered, even if this caller has gone
@@ -395,14 +397,12 @@ class Ledger:
         except Exception as exc:  # the writer must survive any driver/OS error, and say so
             self._head = self._compact = None  # re-read everything next time
             log.error("ledger_commit_failed", entries=len(batch), error=type(exc).__name__)
+            # The commit may have happened (a connection lost once it was sent): refresh what
+            # the effects may have changed; a refresh of what did not change costs a read.
+            _after_commit(batch)
             self._fail(batch, f"the ledger cannot commit: {type(exc).__name__}")
             return
-        for index, pending in enumerate(batch):
-            if pending.on_commit is not None and index not in refused:
-                try:
-                    pending.on_commit()
-                except Exception:  # the entry is committed: its caller is still answered
-                    log.exception("ledger_on_commit_failed")
+        _after_commit([p for index, p in enumerate(batch) if index not in refused])
         by_loop: dict[
             asyncio.AbstractEventLoop,
             list[tuple[asyncio.Future[Receipt], Receipt | BaseException]],
@@ -558,6 +558,17 @@ class Ledger:
         self._checkpoint_time = time.monotonic()
 
 
+def _after_commit(batch: list[_Pending]) -> None:
+    """Run the ``on_commit`` hooks of ``batch``; a failing hook is logged, and its caller is
+    still answered (the entry is committed)."""
+    for pending in batch:
+        if pending.on_commit is not None:
+            try:
+                pending.on_commit()
+            except Exception:
+                log.exception("ledger_on_commit_failed")
+
+
 def _apply_effects(conn: Connection, batch: list[_Pending]) -> dict[int, Exception]:
     """Run the effects of ``batch`` in the open transaction, each in a savepoint; return the
     errors of those that failed (rolled back), by their index in the batch.
@@ -575,15 +586,18 @@ def _apply_effects(conn: Connection, batch: list[_Pending]) -> dict[int, Excepti
         except Exception as exc:
             if isinstance(exc, DBAPIError) and exc.connection_invalidated:
                 raise
+            if not savepoint.is_active:  # the batch's transaction is gone: fail the batch
+                raise
             savepoint.rollback()
             if isinstance(exc, DBAPIError) and not isinstance(exc, IntegrityError):
-                # Not a conflict the flow answers: the operator needs the cause (the traceback
-                # shows no values: exchange.logs).
+                # Not a conflict the flow answers: the operator needs the cause. Statement
+                # parameters are kept out of error messages (store.database.open_engine) and
+                # tracebacks show no local values (exchange.logs).
                 log.exception("ledger_effect_failed", error=type(exc).__name__)
                 exc = LedgerUnavailable(f"the ledger cannot commit: {type(exc).__name__}")
             refused[index] = exc
             continue
-        if not savepoint.is_active:  # the effect committed or rolled back the batch's work
+        if not savepoint.is_active:  # the effect rolled back: the head lock may be gone too
             raise RuntimeError("an effect ended the ledger's transaction")
         savepoint.commit()
     return refused

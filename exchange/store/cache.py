@@ -9,6 +9,7 @@ it cannot serve the old value for another ``ttl_seconds``.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from typing import Generic, TypeVar
@@ -30,6 +31,9 @@ class TtlCache(Generic[K, V]):
         self.max_entries = max_entries
         self._entries: dict[K, tuple[float, V]] = {}
         self._invalidations = 0  # a load keeps its value only if none happened meanwhile
+        # Held only to compare-and-store after a load and to invalidate, never while loading:
+        # an invalidation must not slip between a load's check and its store.
+        self._lock = threading.Lock()
 
     def peek(self, key: K) -> V | object:
         """The cached value if fresh, else the module's ``MISSING`` marker (never loads)."""
@@ -45,20 +49,22 @@ class TtlCache(Generic[K, V]):
             return value  # type: ignore[return-value]
         invalidations = self._invalidations
         loaded = self._load(key)
-        if invalidations != self._invalidations:
-            return loaded
-        if len(self._entries) >= self.max_entries:
-            self._entries.clear()
-        self._entries[key] = (time.monotonic(), loaded)
+        with self._lock:
+            if invalidations != self._invalidations:
+                return loaded
+            if len(self._entries) >= self.max_entries:
+                self._entries.clear()
+            self._entries[key] = (time.monotonic(), loaded)
         return loaded
 
     def invalidate(self, key: K | None = None) -> None:
         """Forget ``key``, or everything."""
-        self._invalidations += 1
-        if key is None:
-            self._entries.clear()
-        else:
-            self._entries.pop(key, None)
+        with self._lock:
+            self._invalidations += 1
+            if key is None:
+                self._entries.clear()
+            else:
+                self._entries.pop(key, None)
 
 
 MISSING = _MISSING

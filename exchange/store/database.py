@@ -32,6 +32,8 @@ def open_engine(url: str, *, synchronous: str = "FULL", **kwargs: Any) -> Engine
     with the next FULL commit on the same file (WAL frames are appended in order). On
     PostgreSQL, NORMAL is ``synchronous_commit=off`` for the engine's sessions, with the same
     guarantee: the WAL is flushed in order, so the next synchronous commit flushes it too.
+    Statement parameters are never put in error messages (``hide_parameters``): they can hold
+    personal data, and errors reach the log.
     Raises sqlalchemy.exc.ArgumentError for an unparseable URL.
     """
     if synchronous not in ("FULL", "NORMAL"):
@@ -41,7 +43,7 @@ def open_engine(url: str, *, synchronous: str = "FULL", **kwargs: Any) -> Engine
         database = parsed.database
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, **kwargs)
+        engine = create_engine(url, hide_parameters=True, **kwargs)
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -56,7 +58,7 @@ def open_engine(url: str, *, synchronous: str = "FULL", **kwargs: Any) -> Engine
     if parsed.get_backend_name() == "postgresql":
         url = _with_psycopg(parsed).render_as_string(hide_password=False)
     if synchronous == "NORMAL" and parsed.get_backend_name() == "postgresql":
-        engine = create_engine(url, pool_pre_ping=True, **kwargs)
+        engine = create_engine(url, pool_pre_ping=True, hide_parameters=True, **kwargs)
 
         # Per transaction (SET LOCAL), never per session: a session setting could outlive a
         # pooler's reset or reach another client's transactions through a transaction-mode
@@ -66,7 +68,7 @@ def open_engine(url: str, *, synchronous: str = "FULL", **kwargs: Any) -> Engine
             conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
 
         return engine
-    return create_engine(url, pool_pre_ping=True, **kwargs)
+    return create_engine(url, pool_pre_ping=True, hide_parameters=True, **kwargs)
 
 
 def _with_psycopg(url: URL) -> URL:

@@ -149,7 +149,9 @@ async def test_a_connection_lost_after_the_commit_does_not_run_the_batch_again(
     def commit_then_lose_the_answer(self: Connection) -> None:
         real_commit(self)  # the database has committed, but the answer is lost with the link
         if lost and lost.pop():
-            raise OperationalError("COMMIT", {}, Exception("server closed"), True)
+            raise OperationalError(
+                "COMMIT", {}, Exception("server closed"), connection_invalidated=True
+            )
 
     monkeypatch.setattr(Connection, "commit", commit_then_lose_the_answer)
     with pytest.raises(LedgerUnavailable):  # the outcome is unknown to the writer
@@ -206,3 +208,41 @@ async def test_a_batch_holds_at_most_64_effects(ledger: Ledger, effect_engine: E
     await asyncio.gather(*(ledger.append(draft(i), effect=insert(f"r-{i}")) for i in range(100)))
     assert ledger.commit_count - before >= 2
     assert len(stored(effect_engine)) == 100 and ledger.size() == 100
+
+
+@pytest.mark.parametrize("then_raise", [False, True])
+async def test_an_effect_that_rolls_back_the_transaction_fails_its_batch(
+    ledger: Ledger, effect_engine: Engine, then_raise: bool
+) -> None:
+    # Against the contract (an effect must not end the transaction): the batch's work and its
+    # head lock are gone, so no entry of the batch may be appended.
+    def rolls_back(conn: Connection) -> None:
+        insert("early")(conn)
+        conn.rollback()
+        if then_raise:
+            raise ValueError("and then fails")
+
+    await ledger.append(draft(0), effect=insert("before"))
+    outcomes = await asyncio.gather(
+        ledger.append(draft(1), effect=insert("same-batch")),
+        ledger.append(draft(2), effect=rolls_back),
+        return_exceptions=True,
+    )
+    assert all(isinstance(o, LedgerUnavailable) for o in outcomes)
+    assert stored(effect_engine) == {"before"}
+    assert ledger.size() == 1
+    assert (await ledger.append(draft(3), effect=insert("after"))).sequence == 1
+    assert stored(effect_engine) == {"before", "after"}
+
+
+async def test_on_commit_runs_when_the_commit_may_have_happened(
+    ledger: Ledger, effect_engine: Engine
+) -> None:
+    # A failed batch may still have committed (the answer to COMMIT lost): caches are
+    # refreshed anyway, as refreshing what did not change only costs a read.
+    refreshed: list[str] = []
+    with effect_engine.begin() as conn:
+        conn.execute(text("DROP TABLE ledger_entries"))
+    with pytest.raises(LedgerUnavailable):
+        await ledger.append(draft(0), on_commit=lambda: refreshed.append("cache"))
+    assert refreshed == ["cache"]
