@@ -359,6 +359,20 @@ async def test_submit_violating_the_schema_is_invalid(world: World) -> None:
     assert error.reason == "SCHEMA_VIOLATION"
 
 
+async def test_an_objection_whose_reason_holds_a_nul_character_is_invalid(world: World) -> None:
+    body = exchange_pb2.FileObjectionRequest(
+        material_type=MARRIAGE, subject_id=ANNA, reason="misspelt\x00name"
+    )
+    error = await refused(
+        world.clients[FORM_TOOL].call(
+            "/exchange.v1.Exchange/FileObjection", body, exchange_pb2.ObjectionResponse
+        )
+    )
+    assert error.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.reason == "INVALID_ARGUMENT_FIELD" and "NUL" in error.message
+    assert world.hub.server.hub.objections.for_owner(CIVIL, open_only=False) == []
+
+
 # ------------------------------------------------------------------------------ Prefill
 
 
