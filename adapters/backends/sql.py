@@ -54,7 +54,10 @@ def read_only_engine(url: str) -> Engine:
     if backend == "sqlite":
         connect_args["check_same_thread"] = False
     try:
-        engine = create_engine(parsed, connect_args=connect_args, pool_pre_ping=True)
+        # Parameters (subject ids, field values) are kept out of error messages, which are logged.
+        engine = create_engine(
+            parsed, connect_args=connect_args, pool_pre_ping=True, hide_parameters=True
+        )
     except (ArgumentError, ImportError) as exc:
         raise BackendError(f"cannot open database URL for {backend}: {exc}") from exc
     if backend == "sqlite":
@@ -323,7 +326,9 @@ class SqlBackend(MappedBackend):
         """The engine Store writes through (created on first use)."""
         if self._writer is None:
             connect_args = {"check_same_thread": False} if self.url.startswith("sqlite") else {}
-            self._writer = create_engine(self.url, connect_args=connect_args, pool_pre_ping=True)
+            self._writer = create_engine(
+                self.url, connect_args=connect_args, pool_pre_ping=True, hide_parameters=True
+            )
         return self._writer
 
     def store(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from exchange import errors
+from exchange.flows import lookups
 from exchange.flows.record import record
 from exchange.hub import Hub
 from exchange.policy.identity import Caller
@@ -38,8 +39,7 @@ async def access_history(
         raise errors.PermissionDenied(
             common_pb2.ROLE_REQUIRED, "access history is served to form tools acting for a person"
         )
-    if not body.subject_id.strip():
-        raise errors.InvalidArgument(common_pb2.INVALID_ARGUMENT_FIELD, "subject_id is required")
+    lookups.require_text(body.subject_id.strip(), "subject_id", 128)
     subject_ref = hub.content_keys.subject_ref(body.subject_id)
     stored = await asyncio.to_thread(hub.ledger.entries_for_subject, subject_ref)
     records = []

@@ -138,6 +138,7 @@ async def resolve_objection(
     CORRECTION_NOT_ON_FILE when no newer version was submitted).
     """
     with lookups.facts(attributes={"objection_id": body.objection_id[:64]}) as known:
+        lookups.require_text(body.objection_id, "objection_id", 64)
         objection = await asyncio.to_thread(hub.objections.get, body.objection_id)
         if objection is None:
             raise errors.NotFound(

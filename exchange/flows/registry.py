@@ -152,6 +152,10 @@ async def register_department(
             common_pb2.INVALID_ARGUMENT_FIELD, "department.keys must hold exactly one key"
         )
     public_key = _public_key(given.keys[0].public_key, "department.keys[0].public_key")
+    if given.provider_endpoint:
+        lookups.require_text(given.provider_endpoint, "department.provider_endpoint", 256)
+    if given.owner:
+        lookups.require_text(given.owner, "department.owner", 128)
     now = now_us()
     department = DepartmentRecord(
         id=given.id,

@@ -215,7 +215,9 @@ class Ledger:
         is run again on a new connection (the old one was lost before the commit was sent), it
         is called again. ``on_commit`` is called on the writer thread once the entry is
         committed, before any caller of its batch is answered, even if this caller has gone
-        away (to refresh caches of what the effect changed); its errors are logged.
+        away; also after a batch that failed, whose commit may have happened. So it must be
+        idempotent and harmless when nothing changed: it is for refreshing caches of what the
+        effect changes. Its errors are logged.
 
         Returns after the entry is committed, with its receipt. Raises LedgerUnavailable if the
         ledger is not running or the commit fails; the entry (and its effect) is then not
@@ -559,8 +561,8 @@ class Ledger:
 
 
 def _after_commit(batch: list[_Pending]) -> None:
-    """Run the ``on_commit`` hooks of ``batch``; a failing hook is logged, and its caller is
-    still answered (the entry is committed)."""
+    """Run the ``on_commit`` hooks of ``batch`` (committed, or of unknown outcome); a failing
+    hook is logged, and its caller is still answered."""
     for pending in batch:
         if pending.on_commit is not None:
             try:
@@ -587,12 +589,13 @@ def _apply_effects(conn: Connection, batch: list[_Pending]) -> dict[int, Excepti
             if isinstance(exc, DBAPIError) and exc.connection_invalidated:
                 raise
             if not savepoint.is_active:  # the batch's transaction is gone: fail the batch
-                raise
+                raise RuntimeError("an effect ended the ledger's transaction") from exc
             savepoint.rollback()
             if isinstance(exc, DBAPIError) and not isinstance(exc, IntegrityError):
                 # Not a conflict the flow answers: the operator needs the cause. Statement
-                # parameters are kept out of error messages (store.database.open_engine) and
-                # tracebacks show no local values (exchange.logs).
+                # parameters are kept out of error messages (store.database.open_engine), and
+                # tracebacks show no local values (exchange.logs); PostgreSQL's own DETAIL line
+                # can still name a key's value (ids and keyed hashes in the hub's schema).
                 log.exception("ledger_effect_failed", error=type(exc).__name__)
                 exc = LedgerUnavailable(f"the ledger cannot commit: {type(exc).__name__}")
             refused[index] = exc

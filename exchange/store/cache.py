@@ -48,13 +48,14 @@ class TtlCache(Generic[K, V]):
         if value is not _MISSING:
             return value  # type: ignore[return-value]
         invalidations = self._invalidations
+        loaded_at = time.monotonic()  # the value is as old as the start of its read
         loaded = self._load(key)
         with self._lock:
             if invalidations != self._invalidations:
                 return loaded
             if len(self._entries) >= self.max_entries:
                 self._entries.clear()
-            self._entries[key] = (time.monotonic(), loaded)
+            self._entries[key] = (loaded_at, loaded)
         return loaded
 
     def invalidate(self, key: K | None = None) -> None:
