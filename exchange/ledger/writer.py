@@ -592,10 +592,9 @@ def _apply_effects(conn: Connection, batch: list[_Pending]) -> dict[int, Excepti
                 raise RuntimeError("an effect ended the ledger's transaction") from exc
             savepoint.rollback()
             if isinstance(exc, DBAPIError) and not isinstance(exc, IntegrityError):
-                # Not a conflict the flow answers: the operator needs the cause. Statement
-                # parameters are kept out of error messages (store.database.open_engine), and
-                # tracebacks show no local values (exchange.logs); PostgreSQL's own DETAIL line
-                # can still name a key's value (ids and keyed hashes in the hub's schema).
+                # Not a conflict the flow answers: the operator needs the cause. The log shows
+                # its type, SQLSTATE and constraint, never its message, which can quote values
+                # (exchange.logs.withhold_database_messages).
                 log.exception("ledger_effect_failed", error=type(exc).__name__)
                 exc = LedgerUnavailable(f"the ledger cannot commit: {type(exc).__name__}")
             refused[index] = exc

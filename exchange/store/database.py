@@ -33,8 +33,8 @@ def open_engine(url: str, *, synchronous: str = "FULL", **kwargs: Any) -> Engine
     PostgreSQL, NORMAL is ``synchronous_commit=off`` for the engine's sessions, with the same
     guarantee: the WAL is flushed in order, so the next synchronous commit flushes it too.
     Statement parameters are never put in error messages (``hide_parameters``): they can hold
-    personal data, and errors reach the log. (PostgreSQL's own DETAIL line in an error can
-    still name the value of a violated key: in the hub's schema keys are ids and keyed hashes.)
+    personal data. (PostgreSQL's own DETAIL line can still quote a value; the log withholds
+    database errors' messages altogether: exchange.logs.withhold_database_messages.)
     Raises sqlalchemy.exc.ArgumentError for an unparseable URL.
     """
     if synchronous not in ("FULL", "NORMAL"):
