@@ -94,18 +94,17 @@ async def publish_material_type(
         if previous is not None:
             changed = replace(value, version=previous.version) != previous
             value = replace(value, version=previous.version + (1 if changed else 0))
-        published = value
         try:
             receipt = await record(
                 hub.ledger,
                 caller,
                 ledger_pb2.MATERIAL_TYPE_PUBLICATION,
                 effect=(
-                    (lambda conn: hub.catalog.add_material_type(conn, published, now_us()))
+                    (lambda conn: hub.catalog.add_material_type(conn, value, now_us()))
                     if changed
                     else None
                 ),
-                on_commit=lambda: hub.catalog.forget_material_type(published.id),
+                on_commit=lambda: hub.catalog.forget_material_type(value.id),
                 material_type=value.id,
                 version=value.version,
                 attributes={
@@ -235,13 +234,12 @@ async def register_form(
             purpose=given.purpose,
         )
         types = sorted({f.material_type for f in fields if f.material_type})
-        form = value
         receipt = await record(
             hub.ledger,
             caller,
             ledger_pb2.FORM_REGISTRATION,
-            effect=lambda conn: hub.catalog.put_form(conn, form, now_us()),
-            on_commit=lambda: hub.catalog.forget_form(form.id),
+            effect=lambda conn: hub.catalog.put_form(conn, value, now_us()),
+            on_commit=lambda: hub.catalog.forget_form(value.id),
             purpose=value.purpose,
             attributes={"form": value.id, "material_types": ",".join(types)},
         )

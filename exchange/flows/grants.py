@@ -11,14 +11,12 @@ import uuid
 from dataclasses import replace
 from functools import partial
 
-from sqlalchemy import Connection
-
 from exchange import errors
 from exchange.catalog.model import SharingClass
 from exchange.catalog.schema import check_identifier
 from exchange.clock import from_timestamp, now_us
 from exchange.flows import lookups
-from exchange.flows.record import record
+from exchange.flows.record import ReadBack, record
 from exchange.hub import Hub
 from exchange.policy.grants import Grant
 from exchange.policy.identity import Caller
@@ -125,13 +123,11 @@ async def revoke_grant(
                 common_pb2.NOT_OWNER, "only the owner that issued a grant may revoke it"
             )
         revoked_us = now_us()
-        # Read back in the revocation's transaction (an earlier revocation keeps its time):
-        # the answer then needs no read after the commit, which could fail on its own.
-        stored: list[Grant | None] = []
-
-        def revoke(conn: Connection, found: Grant = grant) -> None:
-            hub.grants.revoke(conn, found, revoked_us)
-            stored.append(hub.grants.get(found.id, conn))
+        # Read back in the revocation's transaction: an earlier revocation keeps its time.
+        revoke = ReadBack(
+            lambda conn: hub.grants.revoke(conn, grant, revoked_us),
+            lambda conn: hub.grants.get(grant.id, conn),
+        )
 
         receipt = await record(
             hub.ledger,
@@ -143,7 +139,7 @@ async def revoke_grant(
             counterparty=grant.consumer,
             attributes={"grant_id": grant.id},
         )
-        revoked = stored[-1] or replace(grant, revoked_us=grant.revoked_us or revoked_us)
+        revoked = revoke.value or replace(grant, revoked_us=grant.revoked_us or revoked_us)
     return grants_pb2.GrantResponse(grant=revoked.to_proto(), receipt=receipt)
 
 

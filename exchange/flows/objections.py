@@ -18,7 +18,7 @@ from exchange import errors
 from exchange.catalog.schema import canonical_fields
 from exchange.clock import now_us, to_timestamp
 from exchange.flows import lookups
-from exchange.flows.record import record
+from exchange.flows.record import ReadBack, record
 from exchange.hub import Hub
 from exchange.policy.identity import Caller
 from exchange.store.materials import Proposal
@@ -87,13 +87,10 @@ async def file_objection(
             filed_us=filed,
             deadline_us=filed + hub.config.supervision.objection_deadline_days * DAY_US,
         )
-        # Read back in the filing's transaction: no read after the commit can fail a filing
-        # that was made.
-        filed_records: list[ObjectionRecord | None] = []
-
-        def file(conn: Connection) -> None:
-            hub.index.add_proposal(conn, proposal)
-            filed_records.append(hub.objections.get(proposal.id, conn))
+        file = ReadBack(
+            lambda conn: hub.index.add_proposal(conn, proposal),
+            lambda conn: hub.objections.get(proposal.id, conn),
+        )
 
         receipt = await record(
             hub.ledger,
@@ -107,7 +104,7 @@ async def file_objection(
             version=current.version,
             attributes={"objection_id": proposal.id, "deadline_us": str(proposal.deadline_us)},
         )
-    stored = filed_records[-1]
+    stored = file.value
     assert stored is not None  # inserted in the same transaction
     return exchange_pb2.ObjectionResponse(objection=to_proto(stored), receipt=receipt)
 
@@ -181,14 +178,15 @@ async def resolve_objection(
             resolution = resolution or f"corrected: version {current.version} is on file"
         state = STATES[body.state]
         resolved_us = now_us()
-        resolved: list[ObjectionRecord | None] = []
+        objection_id = objection.id
 
-        def resolve(conn: Connection, objection_id: str = objection.id) -> None:
+        def resolve_open(conn: Connection) -> None:
             if not hub.objections.resolve(conn, objection_id, state, resolution, resolved_us):
                 raise errors.FailedPrecondition(
                     common_pb2.ALREADY_RESOLVED, "the objection was resolved meanwhile"
                 )
-            resolved.append(hub.objections.get(objection_id, conn))
+
+        resolve = ReadBack(resolve_open, lambda conn: hub.objections.get(objection_id, conn))
 
         receipt = await record(
             hub.ledger,
@@ -202,6 +200,6 @@ async def resolve_objection(
             version=version,
             attributes={"objection_id": objection.id, "state": state},
         )
-    stored = resolved[-1]
+    stored = resolve.value
     assert stored is not None  # resolved in the same transaction
     return exchange_pb2.ObjectionResponse(objection=to_proto(stored), receipt=receipt)

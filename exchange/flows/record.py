@@ -3,11 +3,39 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Generic, TypeVar
+
+from sqlalchemy import Connection
 
 from exchange.ledger import Effect, EntryDraft, Ledger
 from exchange.policy.identity import Caller, Claim
 from exchange.v1 import common_pb2, ledger_pb2
+
+T = TypeVar("T")
+
+
+class ReadBack(Generic[T]):
+    """An entry's effect that writes, then reads back in the same transaction what the call
+    answers with: no read after the commit can then fail a change that was made.
+
+    If the ledger runs the batch again on a new connection (the first was lost before its
+    commit was sent), the effect runs again; ``value`` is what the last run read, the one that
+    was committed.
+    """
+
+    def __init__(self, write: Effect, read: Callable[[Connection], T]) -> None:
+        self._write = write
+        self._read = read
+        self._values: list[T] = []
+
+    def __call__(self, conn: Connection) -> None:
+        self._write(conn)
+        self._values.append(self._read(conn))
+
+    @property
+    def value(self) -> T:
+        """What the committed run read (only after ``record`` returned)."""
+        return self._values[-1]
 
 
 async def record(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 
-from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 
 from exchange import errors
@@ -12,7 +11,7 @@ from exchange.clock import now_us, to_timestamp
 from exchange.crypto.keys import keyid
 from exchange.crypto.keystore import check_department_id
 from exchange.flows import lookups
-from exchange.flows.record import record
+from exchange.flows.record import ReadBack, record
 from exchange.hub import Hub
 from exchange.ledger import Effect
 from exchange.policy.identity import Caller
@@ -96,12 +95,7 @@ async def _change(
     stored by it (read back in the same transaction, so no read after the commit can fail a
     change that was made). Raises AlreadyExists (DEPARTMENT_EXISTS, ``taken``) if the effect
     meets a unique constraint."""
-    stored: list[DepartmentRecord | None] = []
-
-    def change(conn: Connection) -> None:
-        effect(conn)
-        stored.append(hub.registry.get(department_id, conn))
-
+    change = ReadBack(effect, lambda conn: hub.registry.get(department_id, conn))
     try:
         receipt = await record(
             hub.ledger,
@@ -114,7 +108,7 @@ async def _change(
         )
     except IntegrityError as exc:
         raise errors.AlreadyExists(common_pb2.DEPARTMENT_EXISTS, taken) from exc
-    department = stored[-1]
+    department = change.value
     assert department is not None  # the change was to a registered department, in its transaction
     return registry_pb2.DepartmentResponse(department=to_proto(department), receipt=receipt)
 
