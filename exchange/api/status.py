@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NoReturn
+
 import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
@@ -39,13 +41,14 @@ def _pack(message: error_details_pb2.ErrorInfo | error_details_pb2.RetryInfo) ->
 
 async def abort(
     context: grpc.aio.ServicerContext[object, object], status: status_pb2.Status
-) -> None:
+) -> NoReturn:
     """End the call with ``status``; never returns (raises grpc's abort exception)."""
     await context.abort(
         _BY_NUMBER.get(status.code, grpc.StatusCode.UNKNOWN),
         status.message,
         trailing_metadata=((DETAILS_KEY, status.SerializeToString()),),
     )
+    raise AssertionError("grpc's abort returned")  # it raises; this line keeps NoReturn honest
 
 
 def error_info(metadata: object) -> error_details_pb2.ErrorInfo | None:
