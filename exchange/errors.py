@@ -2,7 +2,7 @@
 
 Every refusal carries a ``Reason`` from the contract (``exchange.v1.Reason``) and a human message;
 the servicer layer maps it to a gRPC status plus ``google.rpc.ErrorInfo`` in one place
-(``exchange.api.status``). Code below ``api`` raises these and never touches gRPC.
+(``exchange.rpc.status``). Code below ``api`` raises these and never touches gRPC.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
-"""The one mapping from exchange errors to gRPC status with google.rpc.ErrorInfo."""
+"""The one mapping from exchange errors to gRPC status with ErrorInfo; the TLS peer."""
 
 from __future__ import annotations
 
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
@@ -61,3 +61,9 @@ def error_info(metadata: object) -> error_details_pb2.ErrorInfo | None:
                 if detail.Unpack(info):
                     return info
     return None
+
+
+def peer_certificate(context: grpc.aio.ServicerContext[Any, Any]) -> bytes | None:
+    """The PEM client certificate of the TLS peer, or None (no TLS, or none presented)."""
+    values = list(context.auth_context().get("x509_pem_cert", ()))
+    return bytes(values[0]) if values else None
