@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 from exchange import errors
 from exchange.flows import lookups
 from exchange.flows.record import record
-from exchange.hub import Hub
 from exchange.policy.identity import Caller
 from exchange.v1 import common_pb2, exchange_pb2, ledger_pb2
+
+if TYPE_CHECKING:
+    from exchange.hub import Hub
 
 # Kinds that are about a subject's material (reads of the history itself are included too, so
 # the person sees who looked at who looked).
