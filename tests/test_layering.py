@@ -1,11 +1,13 @@
-"""The department side never loads the hub: checked in a fresh interpreter per module, since a
-module already imported by another test would hide a forbidden import."""
+"""Dependencies point one way (docs/architecture.md), checked in a fresh interpreter per module,
+since a module already imported by another test would hide a forbidden import: the department
+side never loads the hub, and the flows never load the gRPC edge or the composition root."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -45,3 +47,22 @@ def test_the_department_side_loads_nothing_of_the_hub(module: str) -> None:
 
 def test_the_client_sdk_does_not_load_sqlalchemy() -> None:
     assert not [name for name in _loaded_by("adapters.client") if name.startswith("sqlalchemy")]
+
+
+def _flow_modules() -> list[str]:
+    import exchange.flows
+
+    folder = Path(exchange.flows.__file__).parent
+    return sorted(f"exchange.flows.{p.stem}" for p in folder.glob("*.py") if p.stem != "__init__")
+
+
+@pytest.mark.parametrize("module", _flow_modules())
+def test_a_flow_loads_neither_the_grpc_edge_nor_the_composition_root(module: str) -> None:
+    loaded = _loaded_by(module)
+    upward = [
+        name
+        for name in loaded
+        if name in ("exchange.hub", "exchange.api", "exchange.cli")
+        or name.startswith(("exchange.api.", "exchange.cli."))
+    ]
+    assert upward == [], f"{module} loads {upward}, above it"
