@@ -40,7 +40,7 @@ class ExchangeError(Exception):
 
     def __init__(
         self,
-        reason: int,
+        reason: common_pb2.Reason.ValueType,
         message: str,
         *,
         code: Code | None = None,
@@ -66,7 +66,7 @@ class ExchangeError(Exception):
     @property
     def reason_name(self) -> str:
         """The reason as its contract name, e.g. ``"BAD_SIGNATURE"``."""
-        return common_pb2.Reason.Name(self.reason)  # type: ignore[arg-type]
+        return common_pb2.Reason.Name(self.reason)
 
 
 class InvalidArgument(ExchangeError):

@@ -44,7 +44,7 @@ class Method(Generic[Body, Response]):
     name: str
     body_type: type[Body]
     response_type: type[Response]
-    kind: int
+    kind: ledger_pb2.EntryKind.ValueType
     run: Callable[[Hub, Caller, Body], Awaitable[Response]]
 
 
@@ -55,7 +55,7 @@ class StreamMethod(Generic[Body, Response]):
     name: str
     body_type: type[Body]
     response_type: type[Response]
-    kind: int
+    kind: ledger_pb2.EntryKind.ValueType
     run: Callable[[Hub, Caller, Body], AsyncIterator[Response]]
 
 

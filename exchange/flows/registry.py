@@ -89,7 +89,7 @@ async def _change(
     hub: Hub,
     caller: Caller,
     department_id: str,
-    kind: int,
+    kind: ledger_pb2.EntryKind.ValueType,
     attributes: dict[str, str],
     effect: Effect,
     taken: str = "the change conflicts with the registry as it now is; read it and retry",
