@@ -27,6 +27,7 @@ from exchange.flows.material import check_fields, mismatch, open_record
 from exchange.flows.record import record
 from exchange.flows.request import grants_for, take_rate
 from exchange.flows.submit import forwarded_id
+from exchange.flows.validity import Share
 from exchange.policy.grants import Grant
 from exchange.policy.identity import Caller
 from exchange.policy.sharing import Permit
@@ -206,6 +207,12 @@ async def prefill(
         response.withheld.extend(sorted(withheld, key=order.__getitem__))
         response.unavailable.extend(sorted(unavailable, key=order.__getitem__))
         used = sorted({f.material_type for f in response.fields})
+        # What was delivered, and under which grant: checked again as the entry is appended.
+        shares = [
+            Share(p.material_type.id, p.permit.grant.id if p.permit.grant else None)
+            for p in parts.values()
+            if p.material_type is not None and p.permit is not None and p.values is not None
+        ]
         attributes = {
             "form": form.id,
             "material_types": ",".join(used),
@@ -229,6 +236,7 @@ async def prefill(
             outcome=ledger_pb2.OK,
             reason=common_pb2.REASON_UNSPECIFIED,
             attributes=attributes,
+            shares=shares,
         )
     response.receipt.CopyFrom(receipt)
     return response

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Connection
 
+from exchange.flows.validity import Share, guard
 from exchange.ledger import Effect, EntryDraft, Ledger
 from exchange.policy.identity import Caller, Claim
 from exchange.v1 import common_pb2, ledger_pb2
@@ -47,6 +48,7 @@ async def record(
     reason: common_pb2.Reason.ValueType = common_pb2.REASON_UNSPECIFIED,
     effect: Effect | None = None,
     on_commit: Callable[[], None] | None = None,
+    shares: Sequence[Share] = (),
     **fields: Any,
 ) -> common_pb2.Receipt:
     """Append the entry of one call, with the caller's envelope beside it; return its receipt.
@@ -54,6 +56,12 @@ async def record(
     ``fields`` are further ``EntryDraft`` fields (material_type, subject_ref, purpose…).
     ``effect`` is the change the call makes, written in the entry's transaction
     (``Ledger.append``): both are stored, or neither. ``on_commit`` refreshes what caches it.
+    An OK entry of an authenticated caller is appended only if what the call relied on still
+    holds after every entry before it (``exchange.flows.validity``): the caller's key and
+    member state, and for each of ``shares`` (what the call delivered) the material type's
+    sharing class and the grant. Otherwise it is appended as the refusal, the effect is not
+    written, and that refusal is raised (an ExchangeError already ``recorded``).
+
     Raises exchange.errors.Unavailable (LEDGER_UNAVAILABLE) if the ledger cannot commit: the
     caller must then not serve or store anything; an effect's IntegrityError as it is.
     """
@@ -65,5 +73,10 @@ async def record(
         request_id=caller.request_id,
         **fields,
     )
-    receipt = await ledger.append(draft, caller.envelope_bytes, effect=effect, on_commit=on_commit)
+    checked = (
+        guard(caller, shares) if outcome == ledger_pb2.OK and isinstance(caller, Caller) else None
+    )
+    receipt = await ledger.append(
+        draft, caller.envelope_bytes, effect=effect, on_commit=on_commit, guard=checked
+    )
     return receipt.to_proto()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
+from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 
 from exchange import errors
@@ -13,7 +14,7 @@ from exchange.crypto.keys import keyid
 from exchange.crypto.keystore import check_department_id
 from exchange.flows import lookups
 from exchange.flows.record import ReadBack, record
-from exchange.ledger import Effect
+from exchange.ledger import Effect, appending
 from exchange.policy.identity import Caller
 from exchange.store.registry import DepartmentRecord, KeyRecord
 from exchange.v1 import common_pb2, ledger_pb2, registry_pb2
@@ -189,16 +190,22 @@ async def rotate_key(
     now = now_us()
     key = KeyRecord(keyid(public_key), body.department_id, public_key, valid_from_us=now)
     fingerprint = _fingerprint(body.certificate_sha256) or None
-    old_valid_until = now + body.grace_seconds * 1_000_000
+    grace_us = body.grace_seconds * 1_000_000
+
+    def rotate(conn: Connection) -> None:
+        # The old keys end ``grace_seconds`` after the rotation's own entry, to the
+        # microsecond (they sign nothing later, as the verifier reads the rotation), so
+        # entries sequenced before the rotation are always inside their key's validity.
+        until = appending().time_us + grace_us + 1
+        hub.registry.rotate(conn, body.department_id, key, until, fingerprint)
+
     return await _change(
         hub,
         caller,
         body.department_id,
         ledger_pb2.KEY_ROTATION,
         attributes={"keyid": key.keyid},
-        effect=lambda conn: hub.registry.rotate(
-            conn, body.department_id, key, old_valid_until, fingerprint
-        ),
+        effect=rotate,
         taken="that key is already registered",
     )
 
@@ -216,14 +223,16 @@ async def revoke_key(
         raise errors.NotFound(
             common_pb2.UNKNOWN_KEY, f"{body.department_id!r} has no key {body.keyid[:16]!r}"
         )
-    revoked_us = now_us()
+    # Revoked from the revocation's own entry on: its time is the entry's (the first
+    # microsecond after it), so every entry sequenced before it was signed with a valid key,
+    # and every later one is refused as it is appended (exchange.flows.validity).
     return await _change(
         hub,
         caller,
         body.department_id,
         ledger_pb2.KEY_REVOCATION,
         attributes={"keyid": body.keyid},
-        effect=lambda conn: hub.registry.revoke(conn, body.keyid, revoked_us),
+        effect=lambda conn: hub.registry.revoke(conn, body.keyid, appending().time_us + 1),
     )
 
 

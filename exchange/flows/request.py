@@ -19,6 +19,7 @@ from exchange.flows import lookups
 from exchange.flows.material import check_fields, mismatch, open_record
 from exchange.flows.record import record
 from exchange.flows.submit import forwarded_id
+from exchange.flows.validity import Share
 from exchange.policy.grants import Grant
 from exchange.policy.identity import Caller
 from exchange.policy.sharing import permit
@@ -145,5 +146,6 @@ async def request(
             reference=current.reference,
             version=current.version,
             attributes=attributes,
+            shares=(Share(material_type.id, allowed.grant.id if allowed.grant else None),),
         )
     return exchange_pb2.MaterialResponse(material=answer.material, receipt=receipt)

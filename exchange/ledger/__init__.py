@@ -24,9 +24,29 @@ from exchange.ledger.entry import EntryDraft, Receipt, StoredEntry, verify_recei
 from exchange.ledger.errors import BeyondLog, CheckpointNotFound, LedgerUnavailable
 
 if TYPE_CHECKING:
-    from exchange.ledger.writer import CommitListener, Effect, Ledger, LedgerConfig
+    from exchange.ledger.writer import (
+        Appending,
+        CommitListener,
+        Effect,
+        Guard,
+        Ledger,
+        LedgerConfig,
+        LockStats,
+        appending,
+    )
 
-_WRITER = frozenset({"CommitListener", "Effect", "Ledger", "LedgerConfig"})
+_WRITER = frozenset(
+    {
+        "Appending",
+        "CommitListener",
+        "Effect",
+        "Guard",
+        "Ledger",
+        "LedgerConfig",
+        "LockStats",
+        "appending",
+    }
+)
 
 
 def __getattr__(name: str) -> Any:
@@ -38,6 +58,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "Appending",
     "BeyondLog",
     "Checkpoint",
     "CheckpointError",
@@ -45,12 +66,15 @@ __all__ = [
     "CommitListener",
     "Effect",
     "EntryDraft",
+    "Guard",
     "Ledger",
     "LedgerConfig",
     "LedgerUnavailable",
+    "LockStats",
     "NoteVerifier",
     "Receipt",
     "StoredEntry",
+    "appending",
     "sign_checkpoint",
     "verifier_key",
     "verify_checkpoint",

@@ -13,6 +13,17 @@ entry's transaction, so the change and its entry are committed together or not a
 effect runs inside a savepoint: one that fails is rolled back and its entry left out of the
 batch, and only its caller learns of it.
 
+A guard is what an OK entry's call relied on (its key, its member's state, a grant, a sharing
+class), checked again in the entry's transaction after every entry before it, in batch order
+with the effects: a guard that fails turns its entry into the refusal it returns, and its
+caller gets that refusal instead of the receipt. So validity is judged in ledger order, by
+every hub of a database alike (docs/architecture.md, "Validity in ledger order").
+
+The head lock (the head row's lock on PostgreSQL, the write lock on SQLite) is held from the
+head's read to the commit: guards, effects, sequencing, chaining, the Merkle nodes, and the
+stored checkpoint when one is due. The receipts' checkpoint signature and inclusion proofs are
+made after the commit, from what was committed. ``lock_stats`` reports the hold time.
+
 The writer is a thread rather than an asyncio task because SQLite and the psycopg driver block:
 running them on the event loop would stall every gRPC call while a batch is being fsynced.
 """
@@ -20,17 +31,20 @@ running them on the event loop would stall every gRPC call while a batch is bein
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import structlog
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from exchange.crypto.keys import SigningKey
+from exchange.errors import ExchangeError
 from exchange.ledger import merkle, storage
 from exchange.ledger.checkpoint import Checkpoint, sign_checkpoint, verifier_key
 from exchange.ledger.entry import (
@@ -51,6 +65,81 @@ CommittedEntries = Sequence[tuple[int, ledger_pb2.LedgerEntry]]
 CommitListener = Callable[[CommittedEntries], None]
 # A write committed in the same transaction as its entry (see the module's docstring).
 Effect = Callable[[Connection], None]
+T = TypeVar("T")
+
+
+class Appending:
+    """The append a guard or an effect runs in: the time its batch's entries carry, and reads
+    memoised for the batch (forgotten whenever an effect has run, as it may have changed them).
+    """
+
+    __slots__ = ("_reads", "time_ns")
+
+    def __init__(self, time_ns: int) -> None:
+        self.time_ns = time_ns
+        self._reads: dict[Hashable, Any] = {}
+
+    @property
+    def time_us(self) -> int:
+        """The entries' time in whole microseconds (the batch's time is a whole microsecond)."""
+        return self.time_ns // 1000
+
+    def read(self, key: Hashable, load: Callable[[], T]) -> T:
+        """``load()``, or what it returned for ``key`` earlier in this batch since the last
+        effect."""
+        try:
+            return self._reads[key]  # type: ignore[no-any-return]
+        except KeyError:
+            value = self._reads[key] = load()
+            return value
+
+    def forget(self) -> None:
+        """Drop the memoised reads (an effect has run)."""
+        self._reads.clear()
+
+
+# Checks an OK entry relied on, re-made in its transaction: None if they still hold, else the
+# refusal the entry becomes (see the module's docstring and ``Ledger.append``).
+Guard = Callable[[Connection, Appending], ExchangeError | None]
+
+_appending = threading.local()
+
+
+def appending() -> Appending:
+    """The append the calling effect runs in (on the writer thread, inside an effect only).
+
+    An effect that records a time its entry's facts are judged against (a key revoked from
+    this entry on) takes it from here, so it agrees with the entry's own time. Raises
+    RuntimeError outside an effect.
+    """
+    current: Appending | None = getattr(_appending, "current", None)
+    if current is None:
+        raise RuntimeError("appending() is only available inside a ledger effect")
+    return current
+
+
+@dataclass(frozen=True, slots=True)
+class LockStats:
+    """How long this process's appends held the head lock: batches, entries, total and longest
+    hold in seconds. ``ceiling`` is the entries per second the chain could take if the lock
+    were held back to back at this hold time per entry."""
+
+    batches: int = 0
+    entries: int = 0
+    seconds: float = 0.0
+    longest: float = 0.0
+
+    @property
+    def per_batch_ms(self) -> float:
+        """Mean hold time per batch in milliseconds (0 when none)."""
+        return self.seconds * 1000 / self.batches if self.batches else 0.0
+
+    @property
+    def ceiling(self) -> float:
+        """Entries per second with the lock always held at the measured cost (0 when none)."""
+        return self.entries / self.seconds if self.seconds else 0.0
+
+
 # At most this many effects in one batch: on PostgreSQL each savepoint that writes takes a
 # subtransaction id until the commit, and beyond 64 in one transaction every other session's
 # snapshots overflow into pg_subtrans lookups while it is open. A longer queue waits for the
@@ -82,6 +171,7 @@ class _Pending:
     loop: asyncio.AbstractEventLoop
     effect: Effect | None = None
     on_commit: Callable[[], None] | None = None
+    guard: Guard | None = None
 
 
 _STOP = object()
@@ -138,6 +228,7 @@ class Ledger:
         self._checkpoint_size = 0
         self._checkpoint_time = 0.0
         self._commits = 0
+        self._lock_stats = LockStats()
         self._writer = KeptConnection(engine, "ledger")
         self._write_lock = write_lock(engine)
 
@@ -152,6 +243,12 @@ class Ledger:
     def commit_count(self) -> int:
         """Append transactions committed by this process (batches), for metrics."""
         return self._commits
+
+    @property
+    def lock_stats(self) -> LockStats:
+        """The head lock's hold time over this process's commits so far (for metrics and
+        benchmarks; docs/operations.md, "Several hubs")."""
+        return self._lock_stats
 
     @property
     def verifier_key(self) -> str:
@@ -203,6 +300,7 @@ class Ledger:
         *,
         effect: Effect | None = None,
         on_commit: Callable[[], None] | None = None,
+        guard: Guard | None = None,
     ) -> Receipt:
         """Record ``draft`` (with the caller's ``envelope`` bytes stored beside it).
 
@@ -219,6 +317,12 @@ class Ledger:
         idempotent and harmless when nothing changed: it is for refreshing caches of what the
         effect changes. Its errors are logged.
 
+        ``guard``, if given, is called like an effect (same thread, same rules, read only) just
+        before it, with the append's ``Appending``: after every entry sequenced before this one
+        and their effects. If it returns an ExchangeError, the entry is appended as that
+        refusal instead (outcome REFUSED, its reason), the effect is not run, and that error is
+        raised here, marked ``recorded`` with the refusal's ``ledger_sequence``.
+
         Returns after the entry is committed, with its receipt. Raises LedgerUnavailable if the
         ledger is not running or the commit fails; the entry (and its effect) is then not
         acknowledged. If ``effect`` raises sqlalchemy's IntegrityError (a unique or foreign key
@@ -230,7 +334,7 @@ class Ledger:
             raise LedgerUnavailable("the ledger is not running")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Receipt] = loop.create_future()
-        self._queue.put(_Pending(draft, envelope, future, loop, effect, on_commit))
+        self._queue.put(_Pending(draft, envelope, future, loop, effect, on_commit, guard))
         return await future
 
     def subscribe(self, listener: CommitListener) -> Callable[[], None]:
@@ -393,7 +497,7 @@ class Ledger:
 
     def _commit(self, batch: list[_Pending]) -> None:
         try:
-            receipts, committed, size, refused = self._writer.run(
+            outcomes, committed, size, refused = self._writer.run(
                 lambda conn: self._append_batch(conn, batch)
             )
         except Exception as exc:  # the writer must survive any driver/OS error, and say so
@@ -410,7 +514,7 @@ class Ledger:
             list[tuple[asyncio.Future[Receipt], Receipt | BaseException]],
         ]
         by_loop = {}
-        for pending, outcome in zip(batch, _outcomes(batch, receipts, refused), strict=True):
+        for pending, outcome in zip(batch, outcomes, strict=True):
             by_loop.setdefault(pending.loop, []).append((pending.future, outcome))
         for loop, items in by_loop.items():
             self._call_soon(loop, _settle, items)
@@ -449,16 +553,13 @@ class Ledger:
                 log.exception("ledger_listener_failed")
 
     def _append_batch(
-        self, conn: Connection, batch: list[_Pending]
-    ) -> tuple[list[Receipt], list[tuple[int, ledger_pb2.LedgerEntry]], int, dict[int, Exception]]:
-        now_ns = time.time_ns()
+        self, conn: Connection, original: list[_Pending]
+    ) -> tuple[list[Receipt | BaseException], CommittedEntries, int, set[int]]:
+        """Append ``original`` in one transaction; return each caller's outcome (in order),
+        the committed entries, the new size and the indexes whose effect failed."""
+        batch = original
+        locked = time.perf_counter()
         head = storage.lock_head(conn)
-        refused = _apply_effects(conn, batch)
-        if refused:
-            batch = [p for index, p in enumerate(batch) if index not in refused]
-        if not batch:  # every effect failed: nothing to append
-            self._writer.commit(conn)
-            return [], [], head.size, refused
         if head == self._head and self._compact is not None:
             compact = self._compact.copy()
             last_ns = self._last_time_ns
@@ -467,8 +568,18 @@ class Ledger:
             last_ns = self._time_at(conn, head.size)
         # Entry times never go backwards along the chain (the verifier checks it): another
         # hub process may have appended with a later clock reading, or this clock stepped
-        # back. The batch's time is read after the head is locked.
-        now_ns = max(now_ns, last_ns)
+        # back. The batch's time is read after the head is locked, and is a whole microsecond
+        # (the registry's times are microseconds: a key revoked from its revocation's entry on
+        # is then revoked from exactly that time, as the verifier reads it).
+        now_ns = max(time.time_ns() // 1000 * 1000, -(-last_ns // 1000) * 1000)
+        at = Appending(now_ns)
+        refused, guarded = _apply_effects(conn, batch, at)
+        if refused:
+            batch = [p for index, p in enumerate(batch) if index not in refused]
+        if not batch:  # every effect failed: nothing to append
+            self._writer.commit(conn)
+            self._count_hold(locked, 0)
+            return [refused[index] for index in range(len(original))], [], head.size, set(refused)
         old_size = head.size
         cache: dict[storage.Node, bytes] = dict(
             zip(merkle.range_subtrees(0, old_size), compact.hashes, strict=True)
@@ -480,8 +591,10 @@ class Ledger:
         leaf_hashes: list[bytes] = []
         for offset, pending in enumerate(batch):
             sequence = old_size + offset
+            refusal = guarded.get(id(pending))
+            draft = pending.draft if refusal is None else _refused(pending.draft, refusal)
             entry = build_entry(
-                pending.draft,
+                draft,
                 sequence=sequence,
                 time_ns=now_ns,
                 prev_leaf_hash=prev,
@@ -491,7 +604,7 @@ class Ledger:
             leaf = merkle.leaf_hash(data)
             compact.append(leaf, completed)
             cache[(0, sequence)] = leaf
-            subject = pending.draft.subject_ref or None  # NULL keeps the index small
+            subject = draft.subject_ref or None  # NULL keeps the index small
             rows.append((sequence, data, pending.envelope, leaf, subject))
             committed.append((sequence, entry))
             leaf_hashes.append(leaf)
@@ -500,31 +613,65 @@ class Ledger:
             cache[(level, idx)] = h
         new_head = storage.Head(compact.size, prev)
         storage.write_batch(conn, new_head, rows, completed)
-        checkpoint = self._sign(new_head.size, compact.root())
+        checkpoint: Checkpoint | None = None
         store = self._checkpoint_due(new_head.size)
         if store:
+            checkpoint = self._sign(new_head.size, compact.root())
             storage.store_checkpoint(conn, checkpoint)
-        proofs = _BatchProofs(conn, cache, new_head.size)
-        receipts = [
-            Receipt(
-                sequence=old_size + offset,
-                leaf_hash=leaf,
-                checkpoint=checkpoint.note,
-                inclusion_proof=proofs.inclusion(old_size + offset),
-            )
-            for offset, leaf in enumerate(leaf_hashes)
-        ]
         # Through the kept connection, which then knows the commit was sent: a connection lost
         # from here on leaves the outcome unknown, and the batch (effects included) must not
         # run again on a new connection.
         self._writer.commit(conn)
+        self._count_hold(locked, len(batch))
         self._head, self._compact = new_head, compact
         self._last_time_ns = now_ns
         self._commits += 1
         if store:
             self._checkpoint_size = new_head.size
             self._checkpoint_time = time.monotonic()
-        return receipts, committed, new_head.size, refused
+        # The receipts are made from what was committed, after the lock is released: the
+        # batch's signed checkpoint and each entry's inclusion proof in it (the nodes they
+        # need are in ``cache`` or were committed earlier, and never change).
+        if checkpoint is None:
+            checkpoint = self._sign(new_head.size, compact.root())
+        proofs = _BatchProofs(conn, cache, new_head.size)
+        try:
+            receipts = [
+                Receipt(
+                    sequence=old_size + offset,
+                    leaf_hash=leaf,
+                    checkpoint=checkpoint.note,
+                    inclusion_proof=proofs.inclusion(old_size + offset),
+                )
+                for offset, leaf in enumerate(leaf_hashes)
+            ]
+        finally:
+            if conn.in_transaction():  # a proof read a node: end that read's transaction
+                conn.rollback()
+        outcomes: dict[int, Receipt | BaseException] = {
+            id(p): r for p, r in zip(batch, receipts, strict=True)
+        }
+        for offset, pending in enumerate(batch):
+            refusal = guarded.get(id(pending))
+            if refusal is not None:
+                refusal.recorded = True
+                refusal.ledger_sequence = old_size + offset  # type: ignore[attr-defined]
+                outcomes[id(pending)] = refusal
+        ordered = [
+            refused[index] if index in refused else outcomes[id(pending)]
+            for index, pending in enumerate(original)
+        ]
+        return ordered, committed, new_head.size, set(refused)
+
+    def _count_hold(self, locked: float, entries: int) -> None:
+        held = time.perf_counter() - locked
+        stats = self._lock_stats
+        self._lock_stats = LockStats(
+            stats.batches + 1,
+            stats.entries + entries,
+            stats.seconds + held,
+            max(stats.longest, held),
+        )
 
     @staticmethod
     def _time_at(conn: Connection, size: int) -> int:
@@ -571,46 +718,70 @@ def _after_commit(batch: list[_Pending]) -> None:
                 log.exception("ledger_on_commit_failed")
 
 
-def _apply_effects(conn: Connection, batch: list[_Pending]) -> dict[int, Exception]:
-    """Run the effects of ``batch`` in the open transaction, each in a savepoint; return the
-    errors of those that failed (rolled back), by their index in the batch.
+def _refused(draft: EntryDraft, refusal: ExchangeError) -> EntryDraft:
+    """The entry a guard's refusal turns ``draft`` into: the same call, refused."""
+    return dataclasses.replace(
+        draft,
+        outcome=ledger_pb2.REFUSED,
+        reason=refusal.reason,
+        attributes={**draft.attributes, "checked": "at commit"},
+    )
+
+
+def _apply_effects(
+    conn: Connection, batch: list[_Pending], at: Appending
+) -> tuple[dict[int, Exception], dict[int, ExchangeError]]:
+    """Run the guards and effects of ``batch`` in the open transaction, in order, each effect
+    in a savepoint. Return the errors of the effects that failed (rolled back), by their
+    index in the batch, and the refusals of the guards that failed, by ``id`` of their
+    pending append (whose effect was then not run).
 
     A lost connection is raised: the whole batch fails (``KeptConnection`` may run it again on
     a new connection, effects included, as nothing was committed).
     """
     refused: dict[int, Exception] = {}
-    for index, pending in enumerate(batch):
-        if pending.effect is None:
-            continue
-        savepoint = conn.begin_nested()
-        try:
-            pending.effect(conn)
-        except Exception as exc:
-            if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-                raise
-            if not savepoint.is_active:  # the batch's transaction is gone: fail the batch
-                raise RuntimeError("an effect ended the ledger's transaction") from exc
-            savepoint.rollback()
-            if isinstance(exc, DBAPIError) and not isinstance(exc, IntegrityError):
-                # Not a conflict the flow answers: the operator needs the cause. The log shows
-                # its type, SQLSTATE and constraint, never its message, which can quote values
-                # (exchange.logs.withhold_database_messages).
-                log.exception("ledger_effect_failed", error=type(exc).__name__)
-                exc = LedgerUnavailable(f"the ledger cannot commit: {type(exc).__name__}")
-            refused[index] = exc
-            continue
-        if not savepoint.is_active:  # the effect rolled back: the head lock may be gone too
-            raise RuntimeError("an effect ended the ledger's transaction")
-        savepoint.commit()
-    return refused
+    guarded: dict[int, ExchangeError] = {}
+    _appending.current = at
+    try:
+        for index, pending in enumerate(batch):
+            if pending.guard is not None:
+                refusal = pending.guard(conn, at)
+                if refusal is not None:
+                    guarded[id(pending)] = refusal
+                    continue
+            if pending.effect is None:
+                continue
+            error = _apply_effect(conn, pending.effect)
+            at.forget()  # the effect may have changed what guards read
+            if error is not None:
+                refused[index] = error
+    finally:
+        _appending.current = None
+    return refused, guarded
 
 
-def _outcomes(
-    batch: list[_Pending], receipts: list[Receipt], refused: dict[int, Exception]
-) -> list[Receipt | BaseException]:
-    """Each caller's outcome, in batch order: its receipt, or its effect's error."""
-    appended = iter(receipts)
-    return [refused[index] if index in refused else next(appended) for index in range(len(batch))]
+def _apply_effect(conn: Connection, effect: Effect) -> Exception | None:
+    """Run one effect in a savepoint; return its error if it failed (rolled back)."""
+    savepoint = conn.begin_nested()
+    try:
+        effect(conn)
+    except Exception as exc:
+        if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+            raise
+        if not savepoint.is_active:  # the batch's transaction is gone: fail the batch
+            raise RuntimeError("an effect ended the ledger's transaction") from exc
+        savepoint.rollback()
+        if isinstance(exc, DBAPIError) and not isinstance(exc, IntegrityError):
+            # Not a conflict the flow answers: the operator needs the cause. The log shows
+            # its type, SQLSTATE and constraint, never its message, which can quote values
+            # (exchange.logs.withhold_database_messages).
+            log.exception("ledger_effect_failed", error=type(exc).__name__)
+            return LedgerUnavailable(f"the ledger cannot commit: {type(exc).__name__}")
+        return exc
+    if not savepoint.is_active:  # the effect rolled back: the head lock may be gone too
+        raise RuntimeError("an effect ended the ledger's transaction")
+    savepoint.commit()
+    return None
 
 
 class _BatchProofs:
