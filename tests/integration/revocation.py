@@ -125,9 +125,9 @@ async def race(
     after: int = 6,
 ) -> tuple[Outcomes, int, float]:
     """Call Request in a loop on every requester; once a call was served and ``in_flight()``
-    says calls are waiting on the holder, make the revocation. Each loop stops after ``after`` refusals of calls
-    started once the revocation returned. Returns the outcomes, the revocation's sequence and
-    the moment (monotonic) it returned."""
+    says calls are waiting on the holder, make the revocation. Each loop stops after ``after``
+    calls started once the revocation returned. Returns the outcomes, the revocation's
+    sequence and the moment (monotonic) it returned."""
     outcomes = Outcomes()
     returned: list[float] = []
     body = exchange_pb2.MaterialRequest(
