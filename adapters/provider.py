@@ -38,6 +38,7 @@ from exchange.crypto import certificates
 from exchange.crypto.envelope import EnvelopeError, sign, verify
 from exchange.crypto.keys import SigningKey, keyid, load_public_key
 from exchange.crypto.keystore import TlsIdentity
+from exchange.rpc.ports import SERVER_OPTIONS, bind
 from exchange.rpc.status import abort, peer_certificate, to_status
 from exchange.v1 import (
     common_pb2,
@@ -368,6 +369,7 @@ class ProviderServer:
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                *SERVER_OPTIONS,  # a port in use is refused, never shared
             ]
         )
         provider_pb2_grpc.add_ProviderServicer_to_server(_Servicer(self), self.server)
@@ -378,11 +380,12 @@ class ProviderServer:
         """Check every mapping against the source, bind, serve; return the bound port.
 
         Raises adapters.errors.MappingError for a mapping naming a missing table, column or
-        file, BackendError if the source cannot be reached, RuntimeError if the port is taken.
+        file, BackendError if the source cannot be reached, exchange.rpc.ports.AddressInUse if
+        the address is taken ("address already in use").
         """
         # Reflection does blocking I/O; keep it off the loop (other servers may share it).
         await asyncio.to_thread(self.backend.validate)
-        self.port = self.server.add_secure_port(self.settings.listen, server_credentials(self.tls))
+        self.port = bind(self.server, self.settings.listen, server_credentials(self.tls))
         await self.server.start()
         for name in ("", SERVICE):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)

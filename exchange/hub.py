@@ -10,6 +10,7 @@ import structlog
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from exchange import ownership
 from exchange.catalog.repository import CatalogStore
 from exchange.clock import now_us
 from exchange.config import Config
@@ -141,13 +142,15 @@ class Hub:
     def open(cls, config: Config) -> Hub:
         """Load keys from the keystore, open the database and migrate it to the latest schema.
 
-        Raises exchange.crypto.keys.KeyFileError for a missing or unsafe key file.
+        Raises exchange.crypto.keys.KeyFileError for a missing or unsafe key file,
+        exchange.store.schema.SchemaError for a schema newer than this code,
+        exchange.ownership.ForeignDatabase for another hub's database.
         """
         keystore = Keystore(config.keys_dir)
         engine = open_engine(config.database_url)
         upgrade(engine)
         write_behind = open_engine(config.database_url, synchronous="NORMAL")
-        return cls(
+        hub = cls(
             config,
             engine,
             keystore.hub_signing_key(),
@@ -155,6 +158,13 @@ class Hub:
             None if config.insecure else keystore.operator_tls(),
             write_behind,
         )
+        try:
+            ownership.check(engine, hub.ledger.verifier_key, hub.subject_key)
+        except BaseException:
+            engine.dispose()
+            write_behind.dispose()
+            raise
+        return hub
 
     def key_history(self) -> list[ExportKey]:
         """Every signing key the ledger's entries may be signed with (see ``key_history``)."""

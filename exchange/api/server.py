@@ -22,6 +22,7 @@ from exchange.api.services import SERVICES, handlers
 from exchange.config import Config
 from exchange.crypto.keystore import Keystore
 from exchange.hub import Hub
+from exchange.rpc.ports import SERVER_OPTIONS, bind
 
 log = structlog.get_logger("exchange.server")
 
@@ -56,6 +57,7 @@ class HubServer:
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                *SERVER_OPTIONS,  # a port in use is refused, never shared
             ]
         )
         self.health = health_aio.HealthServicer()
@@ -72,23 +74,25 @@ class HubServer:
         )
 
     async def start(self) -> int:
-        """Open the ledger, bind and start serving; return the bound port."""
+        """Open the ledger, bind and start serving; return the bound port.
+
+        Raises exchange.rpc.ports.AddressInUse if the address is taken (before anything started).
+        """
         # Blocking work (SQL, signature checks) runs in worker threads; the default pool of
         # cores + 4 threads would cap concurrent calls at the number of threads waiting on I/O.
         asyncio.get_running_loop().set_default_executor(
             ThreadPoolExecutor(max_workers=WORKER_THREADS, thread_name_prefix="hub-worker")
         )
-        await self.hub.start()
+        # Bound before anything starts: a second process on a taken address stops here.
         if self.config.insecure:
             log.warning(
                 "insecure_mode",
                 message="serving WITHOUT TLS: callers are unauthenticated; never in production",
             )
-            self.port = self.server.add_insecure_port(self.config.listen)
+            self.port = bind(self.server, self.config.listen, None)
         else:
-            self.port = self.server.add_secure_port(
-                self.config.listen, server_credentials(self.config)
-            )
+            self.port = bind(self.server, self.config.listen, server_credentials(self.config))
+        await self.hub.start()
         await self.server.start()
         for name in ["", *self.service_names]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)

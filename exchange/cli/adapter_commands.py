@@ -73,6 +73,7 @@ def serve(config_file: Path, log_format: str, log_level: str) -> None:
     from adapters.provider import ProviderServer
     from exchange import logs
     from exchange.crypto.keys import KeyFileError
+    from exchange.rpc.ports import AddressInUse
 
     settings = _settings(config_file)
     logs.configure(log_level, log_format)
@@ -94,7 +95,7 @@ def serve(config_file: Path, log_format: str, log_level: str) -> None:
 
     try:
         run(go())
-    except (MappingError, BackendError, KeyFileError, RuntimeError) as exc:
+    except (MappingError, BackendError, KeyFileError, AddressInUse, RuntimeError) as exc:
         fail(str(exc))
 
 

@@ -49,6 +49,9 @@ def serve(
     """Run the hub until SIGTERM or SIGINT."""
     from exchange import logs
     from exchange.api.server import serve as serve_hub
+    from exchange.ownership import ForeignDatabase
+    from exchange.rpc.ports import AddressInUse
+    from exchange.store.schema import SchemaError
 
     config = load_config(
         ctx,
@@ -67,8 +70,33 @@ def serve(
         )
     try:
         run(serve_hub(config))
-    except KeyFileError as exc:
+    except (KeyFileError, AddressInUse, SchemaError, ForeignDatabase) as exc:
         fail(str(exc))
+
+
+@click.command()
+@click.option(
+    "--database-url", default=None, help="SQLAlchemy URL (default sqlite:///var/exchange.db)."
+)
+@click.pass_context
+def migrate(ctx: click.Context, database_url: str | None) -> None:
+    """Upgrade the database's schema to this exchange's, as a step of its own (before rolling
+    hubs to a new version). Safe beside running hubs and other migrations: one at a time."""
+    from exchange.store.database import open_engine
+    from exchange.store.schema import SchemaError, upgrade
+
+    config = load_config(ctx, database_url=database_url)
+    engine = open_engine(config.database_url)
+    try:
+        done = upgrade(engine)
+    except SchemaError as exc:
+        fail(str(exc))
+    finally:
+        engine.dispose()
+    if done.before == done.after:
+        click.echo(f"schema already at revision {done.after}")
+    else:
+        click.echo(f"schema migrated from revision {done.before or '(empty)'} to {done.after}")
 
 
 def operator_client(config: Config) -> HubClient:

@@ -57,6 +57,7 @@ def _register_subcommands() -> None:
     main.add_command(keys_commands.keys)
     main.add_command(hub_commands.serve)
     main.add_command(hub_commands.health)
+    main.add_command(hub_commands.migrate)
     main.add_command(hub_commands.registry)
     for optional in (
         "exchange.cli.audit",

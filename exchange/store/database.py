@@ -429,12 +429,9 @@ _CLOSED = object()  # handed to a waiting caller: the connections are closed
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Bring the schema of ``engine``'s database to ``revision`` with Alembic."""
-    from alembic import command
-    from alembic.config import Config
+    """Bring the schema of ``engine``'s database to ``revision`` with Alembic, one process at
+    a time (``exchange.store.schema.upgrade``). Raises exchange.store.schema.SchemaError for a
+    schema newer than this code."""
+    from exchange.store import schema
 
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
-    with engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.upgrade(config, revision)
+    schema.upgrade(engine, revision)
