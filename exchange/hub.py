@@ -25,11 +25,13 @@ from exchange.policy.rates import RateLimiter
 from exchange.routing.provider import ProviderRouter
 from exchange.store.cache import TtlCache
 from exchange.store.database import AsyncConnections, open_engine, upgrade
+from exchange.store.leadership import Leadership
 from exchange.store.materials import MaterialIndex
 from exchange.store.objections import Objections
 from exchange.store.registry import DepartmentRecord, Registry
 from exchange.store.requests import RequestLog
 from exchange.supervision import Supervisor
+from exchange.supervision.engine import LEADER_LOCK
 
 log = structlog.get_logger("exchange.hub")
 
@@ -136,7 +138,13 @@ class Hub:
             config.provider_timeout_ms / 1000,
         )
         # Supervision (issue 7): alerts and burden counters, fed by the ledger's commits.
-        self.supervision = Supervisor(self.ledger, self.write_behind, config.supervision)
+        # Run by one hub process per database (the leader; exchange.supervision.engine).
+        self.supervision = Supervisor(
+            self.ledger,
+            self.write_behind,
+            config.supervision,
+            leadership=Leadership(engine, "supervision", LEADER_LOCK),
+        )
 
     @classmethod
     def open(cls, config: Config) -> Hub:

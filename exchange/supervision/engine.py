@@ -14,6 +14,14 @@ How it keeps its state, and why:
   batch of entries. The cursor makes the effects of every entry stored exactly once across
   restarts and across several hub processes on one database.
 
+Supervision runs once per database: with several hub processes on one PostgreSQL database,
+only the one that leads (``exchange.store.leadership``: a session advisory lock) follows the
+log; the others try to take the lead every ``LEAD_SECONDS`` and take over within that period
+(warming from the stored cursor) once the leader is gone. A follower answers ListAlerts and
+BurdenReport from what the leader stored. A leader that lost its session steps down; if it
+processed an entry the new leader processes too, the cursor stored with every write makes the
+second write store nothing.
+
 Entries arrive through ``Ledger.subscribe`` (this process's commits, with the decoded entries,
 so no read is needed). Any gap, the catch-up after a restart and entries committed by other hub
 processes are read from the ledger by sequence. A periodic tick runs the deadline rules against
@@ -33,6 +41,7 @@ from sqlalchemy import Engine
 from exchange.clock import now_us
 from exchange.config import SupervisionConfig
 from exchange.ledger import Ledger
+from exchange.store.leadership import Leadership
 from exchange.supervision.burden import counter_changes, usage_of
 from exchange.supervision.model import Finding, Observation
 from exchange.supervision.objections import objection_change
@@ -50,6 +59,10 @@ RETRY_MAX_SECONDS = 5.0
 # engine writes a few transactions a second, not one per ledger commit (each would compete
 # with the ledger writer for the database). Alerts are raised that much later.
 COALESCE_SECONDS = 0.05
+# How often a follower tries to take the lead, and a leader checks it still holds it.
+LEAD_SECONDS = 2.0
+# pg_try_advisory_lock key of supervision's leader: "exsuperv" as a big-endian int64.
+LEADER_LOCK = int.from_bytes(b"exsuperv", "big") & 0x7FFF_FFFF_FFFF_FFFF
 
 
 class Supervisor:
@@ -63,12 +76,16 @@ class Supervisor:
         *,
         clock: Callable[[], int] = now_us,
         rules: Sequence[Rule] | None = None,
+        leadership: Leadership | None = None,
     ) -> None:
         self.ledger = ledger
+        self.leadership = leadership
         self.config = config
         self.store = SupervisionStore(engine)
         self.clock = clock
         self.rules: list[Rule] = list(default_rules(config) if rules is None else rules)
+        self._default_rules = rules is None
+        self._led = False
         self._next = 0  # the next sequence to observe
         self._target = 0  # the log size this process knows of
         self._pending: deque[tuple[int, ledger_pb2.LedgerEntry]] = deque()
@@ -76,17 +93,50 @@ class Supervisor:
         self._progress: asyncio.Event | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._unsubscribe: Callable[[], None] | None = None
+        self._lead_task: asyncio.Task[None] | None = None
 
     # ---------------------------------------------------------------- life cycle
 
+    @property
+    def leading(self) -> bool:
+        """Whether this process runs supervision for the database (see the module)."""
+        return bool(self._tasks)
+
     async def start(self) -> None:
-        """Warm the windowed rules, subscribe to commits, catch up and start ticking.
+        """Warm the windowed rules, subscribe to commits, catch up and start ticking; or, if
+        another hub process leads supervision for the database, follow it (see the module).
 
         Call after the ledger has started. Raises sqlalchemy errors if the database cannot be
         read (the hub then does not start).
         """
-        if self._tasks:
+        if self._tasks or self._lead_task is not None:
             return
+        if self.leadership is None or await self.leadership.try_lead():
+            await self._lead()
+        else:
+            log.info("supervision_following")
+        self._lead_task = asyncio.create_task(self._keep_lead(), name="supervision-lead")
+
+    async def _keep_lead(self) -> None:
+        """Take the lead when it is free; step down when this process's lead is lost."""
+        if self.leadership is None:
+            return
+        while True:
+            await asyncio.sleep(LEAD_SECONDS)
+            try:
+                if self._tasks and not await self.leadership.still_leading():
+                    await self._stop_tasks()
+                    log.warning("supervision_stepped_down")
+                elif not self._tasks and await self.leadership.try_lead():
+                    await self._lead()
+            except Exception as exc:  # the next period tries again
+                log.error("supervision_lead_failed", error=type(exc).__name__)
+
+    async def _lead(self) -> None:
+        if self._led and self._default_rules:
+            # Leading again after stepping down: the windowed state is rebuilt from the cursor.
+            self.rules = list(default_rules(self.config))
+        self._led = True
         self._wake = asyncio.Event()
         self._progress = asyncio.Event()
         await asyncio.to_thread(self.store.ensure_cursor)
@@ -103,23 +153,33 @@ class Supervisor:
         log.info("supervision_started", cursor=cursor, size=self._target)
 
     async def close(self, timeout: float = 5.0) -> None:
-        """Process what was announced (for up to ``timeout`` seconds), then stop. Entries
-        left unprocessed are caught up at the next start."""
+        """Process what was announced (for up to ``timeout`` seconds), then stop and give up
+        the lead. Entries left unprocessed are caught up at the next start."""
+        if self._lead_task is not None:
+            self._lead_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._lead_task
+            self._lead_task = None
+        if self._tasks:
+            try:
+                await self.settle(timeout)
+            except Exception as exc:  # database gone at shutdown: the next start catches up
+                log.warning("supervision_close_unsettled", error=type(exc).__name__)
+        await self._stop_tasks()
+        if self.leadership is not None:
+            await self.leadership.close()
+
+    async def _stop_tasks(self) -> None:
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
-        if not self._tasks:
-            return
-        try:
-            await self.settle(timeout)
-        except Exception as exc:  # database gone at shutdown: the next start catches up
-            log.warning("supervision_close_unsettled", error=type(exc).__name__)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        self._pending.clear()
 
     @property
     def position(self) -> int:
@@ -130,7 +190,8 @@ class Supervisor:
         """Wait until every entry committed so far (by any hub process) has been processed.
 
         Returns False if that did not happen within ``timeout`` seconds (answers may then lag
-        the log slightly).
+        the log slightly), and at once in a process that does not lead supervision (its
+        answers are what the leader stored, at most a moment behind the log).
         """
         loop = asyncio.get_running_loop()
         # The commit announcement may still be on its way to the loop (and other processes do
