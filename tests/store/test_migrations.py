@@ -10,6 +10,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy.engine import Engine
 
 import exchange.ledger.storage
+import exchange.ownership
 import exchange.store.exchange_tables
 import exchange.store.tables
 import exchange.supervision.store  # noqa: F401  (declares its tables on the metadata)
