@@ -23,7 +23,15 @@ paths turns from round to round, so that a machine drifting within a round favou
 Prints throughput and p50/p99 latency of each and the ratios to the relay, then the CPU time
 each process spends per call (Linux), which shows where the gap is.
 
+With ``--hubs N`` (N >= 2, PostgreSQL only) N hub processes serve one database and a fourth
+path, ``hubs``, spreads the same callers over all of them, interleaved with the others; the
+``hub`` path uses the first alone. For each hub path the benchmark also prints the ledger's
+head lock: how long it was held per batch (every hub process together) and the entries per
+second the chain could take with the lock held back to back at that cost (docs/operations.md,
+"Several hubs").
+
 Run: python bench/routing.py [--seconds 10] [--concurrency 32] [--repeat 3] [--database-url URL]
+     [--hubs N]
 Targets: hub throughput >= 0.6 x relay; hub p99 <= 2 x relay p99.
 """
 
@@ -206,9 +214,9 @@ def run_floor(keys_dir: str, provider_port: int, ports: Any) -> None:
     _serve_relay(keys_dir, provider_port, ports, handle)
 
 
-def run_hub(config: Config, log_file: str, ports: Any) -> None:
+def run_hub(config: Config, log_file: str, stats_file: str, ports: Any) -> None:
     """The hub, as `exchange serve` runs it: its log (one JSON line per call) goes to
-    ``log_file``."""
+    ``log_file``; its ledger's head-lock figures are written to ``stats_file`` every 0.2 s."""
     sys.stderr = open(log_file, "w")  # noqa: SIM115 (the process's stderr until it exits)
     logs.configure(config.log_level, config.log_format)
 
@@ -216,9 +224,31 @@ def run_hub(config: Config, log_file: str, ports: Any) -> None:
         server = HubServer(config)
         port = await server.start()
         freeze_startup_heap()
+        asyncio.get_running_loop().create_task(_write_lock_stats(server, Path(stats_file)))
         return port, server.stop
 
     _serve_forever(start, ports)
+
+
+async def _write_lock_stats(server: HubServer, path: Path) -> None:
+    while True:
+        stats = server.hub.ledger.lock_stats
+        path.write_text(f"{stats.batches} {stats.entries} {stats.seconds!r} {stats.guards!r}")
+        await asyncio.sleep(0.2)
+
+
+Held = tuple[int, int, float, float]  # batches, entries, seconds held, of which in guards
+
+
+def read_lock_stats(paths: list[Path]) -> Held:
+    """The head lock's figures, summed over the hub processes."""
+    batches = entries = 0
+    seconds = guards = 0.0
+    for path in paths:
+        b, e, s, g = path.read_text().split()
+        batches, entries = batches + int(b), entries + int(e)
+        seconds, guards = seconds + float(s), guards + float(g)
+    return batches, entries, seconds, guards
 
 
 # ----------------------------------------------------------------------------- load
@@ -240,6 +270,8 @@ class Result:
     seconds: float
     latencies: list[float]
     cpu_ms_per_call: dict[str, float] = dataclasses.field(default_factory=dict)
+    # The head lock during the load (hub paths only).
+    lock: Held | None = None
 
     @property
     def throughput(self) -> float:
@@ -251,17 +283,23 @@ class Result:
 
 
 async def load(
-    name: str, client: HubClient, seconds: float, concurrency: int, pids: dict[str, int]
+    name: str,
+    clients: list[HubClient],
+    seconds: float,
+    concurrency: int,
+    pids: dict[str, int],
+    lock_files: list[Path] = [],  # noqa: B006 (never mutated)
 ) -> Result:
-    """Call Exchange/Request from ``concurrency`` workers for ``seconds``; time every call, and
-    measure the CPU time each process in ``pids`` spends per call."""
+    """Call Exchange/Request from ``concurrency`` workers for ``seconds`` (worker i through
+    ``clients[i % len(clients)]``); time every call, and measure the CPU time each process in
+    ``pids`` spends per call and the head lock's hold time in the hubs of ``lock_files``."""
     method = "/exchange.v1.Exchange/Request"
 
-    async def one() -> float:
+    async def one(client: HubClient) -> float:
         body = exchange_pb2.MaterialRequest(
             material_type=MATERIAL, subject_id=SUBJECT, purpose=PURPOSE, fields=list(FIELDS)
         )
-        if name != "hub":
+        if name not in ("hub", "hubs"):
             # A signed FetchRequest naming the same fields: close to the hub path's envelope.
             body = provider_pb2.FetchRequest(  # type: ignore[assignment]
                 material_type=MATERIAL, subject_id=SUBJECT, purpose=PURPOSE, fields=list(FIELDS)
@@ -270,19 +308,30 @@ async def load(
         await client.call(method, body, provider_pb2.FetchResponse, timeout=10)
         return time.perf_counter() - started
 
-    for _ in range(100):  # warm up: connections, caches
-        await one()
+    for index in range(100):  # warm up: connections, caches
+        await one(clients[index % len(clients)])
     latencies: list[float] = []
     deadline = time.perf_counter() + seconds
 
-    async def worker() -> None:
+    async def worker(client: HubClient) -> None:
         while time.perf_counter() < deadline:
-            latencies.append(await one())
+            latencies.append(await one(client))
 
+    await asyncio.sleep(0.3)  # the stats files are fresh
+    locked = read_lock_stats(lock_files) if lock_files else None
     before = {role: cpu_seconds(pid) for role, pid in pids.items()}
     started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    await asyncio.gather(*(worker(clients[i % len(clients)]) for i in range(concurrency)))
     result = Result(name, len(latencies), time.perf_counter() - started, latencies)
+    if locked is not None:
+        await asyncio.sleep(0.3)
+        after = read_lock_stats(lock_files)
+        result.lock = (
+            after[0] - locked[0],
+            after[1] - locked[1],
+            after[2] - locked[2],
+            after[3] - locked[3],
+        )
     for role, pid in pids.items():
         after, earlier = cpu_seconds(pid), before[role]
         if after is not None and earlier is not None and result.calls:
@@ -385,7 +434,16 @@ def main() -> None:
         help="a PostgreSQL server for the hub (a database is created there for the run and "
         "dropped after; the URL's role must be allowed to create databases); default: SQLite",
     )
+    parser.add_argument(
+        "--hubs",
+        type=int,
+        default=1,
+        help="hub processes on the one database (PostgreSQL): adds the path 'hubs', the same "
+        "callers spread over all of them",
+    )
     args = parser.parse_args()
+    if args.hubs > 1 and not args.database_url:
+        parser.error("--hubs needs --database-url (several hubs share a PostgreSQL database)")
     context = multiprocessing.get_context("spawn")
     with contextlib.ExitStack() as scope:
         tmp = scope.enter_context(tempfile.TemporaryDirectory())
@@ -422,9 +480,15 @@ def main() -> None:
                 keys_dir=store.root,
             )
             hub_log = Path(tmp) / "hub.log"
+            lock_files = [Path(tmp) / f"lock{i}.txt" for i in range(args.hubs)]
             try:
-                targets["hub"] = spawn("hub", run_hub, config, str(hub_log))
-                rounds = asyncio.run(run(store, targets, args, pids))
+                targets["hub"] = spawn("hub", run_hub, config, str(hub_log), str(lock_files[0]))
+                for number in range(1, args.hubs):
+                    log_file = str(Path(tmp) / f"hub{number}.log")
+                    targets[f"hub{number}"] = spawn(
+                        f"hub{number}", run_hub, config, log_file, str(lock_files[number])
+                    )
+                rounds = asyncio.run(run(store, targets, args, pids, lock_files))
             except BaseException:
                 # The hub's log (a startup failure, an incident's traceback) goes with tmp.
                 if hub_log.exists():
@@ -466,6 +530,22 @@ def report(rounds: list[dict[str, Result]], args: Any) -> None:
 
     throughput, p99 = ratios("hub")
     line("ratio throughput hub/relay", throughput, " (target >= 0.6)")
+    if "hubs" in rounds[0]:
+        scaling = [r["hubs"].throughput / r["hub"].throughput for r in rounds]
+        line(f"ratio throughput {args.hubs} hubs/1 hub", scaling, "")
+    for path in ("hub", "hubs"):
+        held = [r[path].lock for r in rounds if path in r and r[path].lock]
+        batches = sum(h[0] for h in held)
+        entries = sum(h[1] for h in held)
+        seconds = sum(h[2] for h in held)
+        guards = sum(h[3] for h in held)
+        if batches and seconds:
+            print(
+                f"  head lock ({path}): {batches} batches of {entries / batches:.1f} entries, "
+                f"held {seconds / batches * 1000:.3f} ms per batch, of which guards "
+                f"{guards / batches * 1000:.3f} ms ({seconds / entries * 1e6:.1f} us per "
+                f"entry): a ceiling of {entries / seconds:,.0f} entries/s at this batch size"
+            )
     line("ratio p99 hub/relay", p99, " (target <= 2.0)")
     throughput, p99 = ratios("floor")
     line("ratio throughput floor/relay", throughput, " (signatures only: the ceiling)")
@@ -486,7 +566,11 @@ def report(rounds: list[dict[str, Result]], args: Any) -> None:
 
 
 async def run(
-    store: Keystore, targets: dict[str, int], args: Any, pids: dict[str, int]
+    store: Keystore,
+    targets: dict[str, int],
+    args: Any,
+    pids: dict[str, int],
+    lock_files: list[Path],
 ) -> list[dict[str, Result]]:
     """Load the relay, the floor and the hub in turn, each round starting with the next one,
     ``args.repeat`` times (interleaved, so a machine that speeds up or slows down during the run
@@ -503,17 +587,20 @@ async def run(
             )
             for path, port in targets.items()
         }
-        paths = ["relay", "floor", "hub"]
+        hubs = ["hub", *(f"hub{number}" for number in range(1, args.hubs))]
+        routes = {"relay": ["relay"], "floor": ["floor"], "hub": ["hub"], "hubs": hubs}
+        paths = ["relay", "floor", "hub", *(["hubs"] if args.hubs > 1 else [])]
         for round_number in range(args.repeat):
             results: dict[str, Result] = {}
             turn = round_number % len(paths)
             for path in paths[turn:] + paths[:turn]:
                 results[path] = await load(
                     path,
-                    clients[path],
+                    [clients[target] for target in routes[path]],
                     args.seconds,
                     args.concurrency,
-                    {role: pids[role] for role in ("client", path, "provider")},
+                    {role: pids[role] for role in ("client", *routes[path], "provider")},
+                    lock_files if path in ("hub", "hubs") else [],
                 )
             rounds.append({path: results[path] for path in paths})
     return rounds

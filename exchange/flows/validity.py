@@ -37,10 +37,14 @@ from exchange.v1 import common_pb2
 if TYPE_CHECKING:
     from exchange.ledger import Appending, Guard
 
-_STATE = select(departments.c.state).where(departments.c.id == bindparam("department"))
-_KEY = select(department_keys.c.valid_until_us, department_keys.c.revoked_us).where(
-    department_keys.c.keyid == bindparam("keyid"),
-    department_keys.c.department_id == bindparam("department"),
+# The caller's key and its member's state, in one read.
+_MEMBER = (
+    select(department_keys.c.valid_until_us, department_keys.c.revoked_us, departments.c.state)
+    .join(departments, departments.c.id == department_keys.c.department_id)
+    .where(
+        department_keys.c.keyid == bindparam("keyid"),
+        department_keys.c.department_id == bindparam("department"),
+    )
 )
 _SHARING = (
     select(material_types.c.sharing_class)
@@ -93,15 +97,15 @@ def _values(result: CursorResult[Any]) -> Any:
 def _member(conn: Connection, at: Appending, caller: Caller) -> errors.ExchangeError | None:
     """The caller's key and member state, as they stand after every earlier entry."""
     department = caller.department_id
-    key: tuple[int | None, int | None] | None = at.read(
-        ("key", caller.keyid),
-        lambda: _values(conn.execute(_KEY, {"keyid": caller.keyid, "department": department})),
+    member: tuple[int | None, int | None, str] | None = at.read(
+        ("member", department, caller.keyid),
+        lambda: _values(conn.execute(_MEMBER, {"keyid": caller.keyid, "department": department})),
     )
-    if key is None:
+    if member is None:
         return errors.Unauthenticated(
             common_pb2.UNKNOWN_KEY, f"signing key {caller.keyid[:16]}… is no longer registered"
         )
-    valid_until, revoked = key
+    valid_until, revoked, state = member
     if revoked is not None:
         return errors.Unauthenticated(
             common_pb2.KEY_REVOKED, f"signing key {caller.keyid[:16]}… was revoked"
@@ -110,14 +114,9 @@ def _member(conn: Connection, at: Appending, caller: Caller) -> errors.ExchangeE
         return errors.Unauthenticated(
             common_pb2.KEY_EXPIRED, f"signing key {caller.keyid[:16]}… was rotated out"
         )
-    state: str | None = at.read(
-        ("state", department),
-        lambda: conn.execute(_STATE, {"department": department}).scalar(),
-    )
     if state != ACTIVE:
         return errors.PermissionDenied(
-            common_pb2.DEPARTMENT_INACTIVE,
-            f"department {department!r} is {(state or 'not registered').lower()}",
+            common_pb2.DEPARTMENT_INACTIVE, f"department {department!r} is {state.lower()}"
         )
     return None
 

@@ -73,10 +73,11 @@ class Appending:
     memoised for the batch (forgotten whenever an effect has run, as it may have changed them).
     """
 
-    __slots__ = ("_reads", "time_ns")
+    __slots__ = ("_reads", "guard_seconds", "time_ns")
 
     def __init__(self, time_ns: int) -> None:
         self.time_ns = time_ns
+        self.guard_seconds = 0.0  # spent in guards (their share of the lock's hold time)
         self._reads: dict[Hashable, Any] = {}
 
     @property
@@ -128,6 +129,7 @@ class LockStats:
     entries: int = 0
     seconds: float = 0.0
     longest: float = 0.0
+    guards: float = 0.0  # of ``seconds``, spent re-checking what OK entries relied on
 
     @property
     def per_batch_ms(self) -> float:
@@ -229,6 +231,7 @@ class Ledger:
         self._checkpoint_time = 0.0
         self._commits = 0
         self._lock_stats = LockStats()
+        self._guard_seconds = 0.0
         self._writer = KeptConnection(engine, "ledger")
         self._write_lock = write_lock(engine)
 
@@ -558,8 +561,8 @@ class Ledger:
         """Append ``original`` in one transaction; return each caller's outcome (in order),
         the committed entries, the new size and the indexes whose effect failed."""
         batch = original
-        locked = time.perf_counter()
         head = storage.lock_head(conn)
+        locked = time.perf_counter()  # held from here to the commit (the wait is not counted)
         if head == self._head and self._compact is not None:
             compact = self._compact.copy()
             last_ns = self._last_time_ns
@@ -574,6 +577,7 @@ class Ledger:
         now_ns = max(time.time_ns() // 1000 * 1000, -(-last_ns // 1000) * 1000)
         at = Appending(now_ns)
         refused, guarded = _apply_effects(conn, batch, at)
+        self._guard_seconds += at.guard_seconds
         if refused:
             batch = [p for index, p in enumerate(batch) if index not in refused]
         if not batch:  # every effect failed: nothing to append
@@ -671,6 +675,7 @@ class Ledger:
             stats.entries + entries,
             stats.seconds + held,
             max(stats.longest, held),
+            self._guard_seconds,
         )
 
     @staticmethod
@@ -745,7 +750,9 @@ def _apply_effects(
     try:
         for index, pending in enumerate(batch):
             if pending.guard is not None:
+                checking = time.perf_counter()
                 refusal = pending.guard(conn, at)
+                at.guard_seconds += time.perf_counter() - checking
                 if refusal is not None:
                     guarded[id(pending)] = refusal
                     continue
