@@ -97,6 +97,51 @@ def encode_entry(entry: ledger_pb2.LedgerEntry) -> bytes:
     return entry.SerializeToString(deterministic=True)
 
 
+@dataclass(frozen=True, slots=True)
+class PreparedEntry:
+    """The parts of an entry's bytes that do not depend on its place in the log, encoded
+    before the writer takes the head lock: the fields between ``time`` and
+    ``prev_leaf_hash`` (3 to 11) and those after it (13 to 17)."""
+
+    middle: bytes
+    tail: bytes
+
+
+def prepare_entry(draft: EntryDraft, envelope: bytes) -> PreparedEntry:
+    """Encode what ``assemble_entry`` needs of ``draft``, before its place is known.
+
+    A deterministic encoding writes fields in number order and leaves out those at their
+    default, so the encodings of disjoint ranges of fields, concatenated in field order, are
+    byte for byte the encoding of the whole (tests/ledger/test_entry_encoding.py checks it
+    against ``encode_entry(build_entry(…))``).
+    """
+    entry = build_entry(draft, sequence=0, time_ns=0, prev_leaf_hash=b"", envelope=envelope)
+    tail = ledger_pb2.LedgerEntry(
+        counterparty=entry.counterparty,
+        reference=entry.reference,
+        version=entry.version,
+        request_id=entry.request_id,
+    )
+    tail.attributes.update(entry.attributes)
+    for name in ("time", "counterparty", "reference", "version", "request_id", "attributes"):
+        entry.ClearField(name)
+    return PreparedEntry(
+        middle=entry.SerializeToString(deterministic=True),
+        tail=tail.SerializeToString(deterministic=True),
+    )
+
+
+def assemble_entry(
+    prepared: PreparedEntry, *, sequence: int, time_ns: int, prev_leaf_hash: bytes
+) -> bytes:
+    """The entry bytes of ``prepared`` at ``sequence``, ``time_ns``, after ``prev_leaf_hash``:
+    exactly ``encode_entry(build_entry(…))`` of the same draft and envelope."""
+    head = ledger_pb2.LedgerEntry(sequence=sequence)
+    head.time.seconds, head.time.nanos = divmod(time_ns, 1_000_000_000)
+    link = ledger_pb2.LedgerEntry(prev_leaf_hash=prev_leaf_hash).SerializeToString()
+    return head.SerializeToString() + prepared.middle + link + prepared.tail
+
+
 def entry_time_ns(entry: ledger_pb2.LedgerEntry) -> int:
     """The entry's sequencing time in nanoseconds since the Unix epoch."""
     return entry.time.seconds * 1_000_000_000 + entry.time.nanos

@@ -49,11 +49,12 @@ from exchange.ledger import merkle, storage
 from exchange.ledger.checkpoint import Checkpoint, sign_checkpoint, verifier_key
 from exchange.ledger.entry import (
     EntryDraft,
+    PreparedEntry,
     Receipt,
     StoredEntry,
-    build_entry,
-    encode_entry,
+    assemble_entry,
     entry_time_ns,
+    prepare_entry,
 )
 from exchange.ledger.errors import BeyondLog, CheckpointNotFound, LedgerUnavailable
 from exchange.store.database import KeptConnection, write_lock
@@ -500,8 +501,11 @@ class Ledger:
 
     def _commit(self, batch: list[_Pending]) -> None:
         try:
+            # What does not depend on the entries' place in the log is encoded before the
+            # head lock is taken (a guard's refusal is encoded again under it).
+            prepared = {id(p): prepare_entry(p.draft, p.envelope) for p in batch}
             outcomes, committed, size, refused = self._writer.run(
-                lambda conn: self._append_batch(conn, batch)
+                lambda conn: self._append_batch(conn, batch, prepared)
             )
         except Exception as exc:  # the writer must survive any driver/OS error, and say so
             self._head = self._compact = None  # re-read everything next time
@@ -556,7 +560,7 @@ class Ledger:
                 log.exception("ledger_listener_failed")
 
     def _append_batch(
-        self, conn: Connection, original: list[_Pending]
+        self, conn: Connection, original: list[_Pending], prepared: dict[int, PreparedEntry]
     ) -> tuple[list[Receipt | BaseException], CommittedEntries, int, set[int]]:
         """Append ``original`` in one transaction; return each caller's outcome (in order),
         the committed entries, the new size and the indexes whose effect failed."""
@@ -591,26 +595,21 @@ class Ledger:
         prev = head.last_leaf_hash
         rows: list[tuple[int, bytes, bytes, bytes, bytes | None]] = []
         completed: list[tuple[int, int, bytes]] = []
-        committed: list[tuple[int, ledger_pb2.LedgerEntry]] = []
         leaf_hashes: list[bytes] = []
         for offset, pending in enumerate(batch):
             sequence = old_size + offset
             refusal = guarded.get(id(pending))
-            draft = pending.draft if refusal is None else _refused(pending.draft, refusal)
-            entry = build_entry(
-                draft,
-                sequence=sequence,
-                time_ns=now_ns,
-                prev_leaf_hash=prev,
-                envelope=pending.envelope,
-            )
-            data = encode_entry(entry)
+            draft = pending.draft
+            parts = prepared[id(pending)]
+            if refusal is not None:
+                draft = _refused(draft, refusal)
+                parts = prepare_entry(draft, pending.envelope)
+            data = assemble_entry(parts, sequence=sequence, time_ns=now_ns, prev_leaf_hash=prev)
             leaf = merkle.leaf_hash(data)
             compact.append(leaf, completed)
             cache[(0, sequence)] = leaf
             subject = draft.subject_ref or None  # NULL keeps the index small
             rows.append((sequence, data, pending.envelope, leaf, subject))
-            committed.append((sequence, entry))
             leaf_hashes.append(leaf)
             prev = leaf
         for level, idx, h in completed:
@@ -652,6 +651,8 @@ class Ledger:
         finally:
             if conn.in_transaction():  # a proof read a node: end that read's transaction
                 conn.rollback()
+        # Decoded for the commit listeners, after the lock is released.
+        committed = [(row[0], ledger_pb2.LedgerEntry.FromString(row[1])) for row in rows]
         outcomes: dict[int, Receipt | BaseException] = {
             id(p): r for p, r in zip(batch, receipts, strict=True)
         }
