@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, CursorResult, bindparam, select
+from sqlalchemy import Connection, bindparam, select
 
 from exchange import errors
 from exchange.catalog.model import SharingClass
@@ -37,24 +37,33 @@ from exchange.v1 import common_pb2
 if TYPE_CHECKING:
     from exchange.ledger import Appending, Guard
 
-# The caller's key and its member's state, in one read.
-_MEMBER = (
-    select(department_keys.c.valid_until_us, department_keys.c.revoked_us, departments.c.state)
-    .join(departments, departments.c.id == department_keys.c.department_id)
-    .where(
-        department_keys.c.keyid == bindparam("keyid"),
-        department_keys.c.department_id == bindparam("department"),
-    )
-)
-_SHARING = (
+
+def _scalar(column: Any, *where: Any) -> Any:
+    return select(column).where(*where).scalar_subquery()
+
+
+_KEYID = department_keys.c.keyid == bindparam("keyid")
+_GRANT_ID = grants.c.id == bindparam("grant")
+# Everything one entry relied on, in one read (one round trip under the head lock): its key,
+# its member's state, a material type's latest sharing class and a grant. NULL where there is
+# no such row (or nothing was asked: an empty material type or grant id).
+_STANDING = select(
+    _scalar(department_keys.c.department_id, _KEYID),
+    _scalar(department_keys.c.valid_until_us, _KEYID),
+    _scalar(department_keys.c.revoked_us, _KEYID),
+    _scalar(departments.c.state, departments.c.id == bindparam("department")),
     select(material_types.c.sharing_class)
     .where(material_types.c.id == bindparam("material_type"))
     .order_by(material_types.c.version.desc())
     .limit(1)
+    .scalar_subquery(),
+    _scalar(grants.c.valid_from_us, _GRANT_ID),
+    _scalar(grants.c.valid_until_us, _GRANT_ID),
+    _scalar(grants.c.revoked_us, _GRANT_ID),
 )
-_GRANT = select(grants.c.valid_from_us, grants.c.valid_until_us, grants.c.revoked_us).where(
-    grants.c.id == bindparam("grant")
-)
+Standing = tuple[
+    str | None, int | None, int | None, str | None, str | None, int | None, int | None, int | None
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,12 +84,11 @@ def guard(caller: Caller, shares: Sequence[Share] = ()) -> Guard | None:
     relied = tuple(shares)
 
     def check(conn: Connection, at: Appending) -> errors.ExchangeError | None:
-        if not caller.is_operator:
-            refusal = _member(conn, at, caller)
-            if refusal is not None:
-                return refusal
-        for share in relied:
-            refusal = _share(conn, at, share)
+        for share in relied or (None,):
+            standing = _standing(conn, at, caller, share)
+            refusal = None if caller.is_operator else _member(at, caller, standing)
+            if refusal is None and share is not None:
+                refusal = _share(at, share, standing)
             if refusal is not None:
                 return refusal
         return None
@@ -88,24 +96,29 @@ def guard(caller: Caller, shares: Sequence[Share] = ()) -> Guard | None:
     return check
 
 
-def _values(result: CursorResult[Any]) -> Any:
-    """The first row of ``result`` as a plain tuple (memoised past its cursor), or None."""
-    row = result.first()
-    return None if row is None else tuple(row)
+def _standing(conn: Connection, at: Appending, caller: Caller, share: Share | None) -> Standing:
+    """What ``caller`` and ``share`` rely on as it stands now (memoised for the batch)."""
+    type_id = share.material_type if share else ""
+    grant_id = (share.grant_id or "") if share else ""
+    params = {
+        "keyid": caller.keyid,
+        "department": caller.department_id,
+        "material_type": type_id,
+        "grant": grant_id,
+    }
+    key = ("standing", caller.department_id, caller.keyid, type_id, grant_id)
+    row: Standing = at.read(key, lambda: tuple(conn.execute(_STANDING, params).one()))
+    return row
 
 
-def _member(conn: Connection, at: Appending, caller: Caller) -> errors.ExchangeError | None:
+def _member(at: Appending, caller: Caller, standing: Standing) -> errors.ExchangeError | None:
     """The caller's key and member state, as they stand after every earlier entry."""
     department = caller.department_id
-    member: tuple[int | None, int | None, str] | None = at.read(
-        ("member", department, caller.keyid),
-        lambda: _values(conn.execute(_MEMBER, {"keyid": caller.keyid, "department": department})),
-    )
-    if member is None:
+    owner, valid_until, revoked, state = standing[:4]
+    if owner != department:
         return errors.Unauthenticated(
             common_pb2.UNKNOWN_KEY, f"signing key {caller.keyid[:16]}… is no longer registered"
         )
-    valid_until, revoked, state = member
     if revoked is not None:
         return errors.Unauthenticated(
             common_pb2.KEY_REVOKED, f"signing key {caller.keyid[:16]}… was revoked"
@@ -116,18 +129,16 @@ def _member(conn: Connection, at: Appending, caller: Caller) -> errors.ExchangeE
         )
     if state != ACTIVE:
         return errors.PermissionDenied(
-            common_pb2.DEPARTMENT_INACTIVE, f"department {department!r} is {state.lower()}"
+            common_pb2.DEPARTMENT_INACTIVE,
+            f"department {department!r} is {(state or 'not registered').lower()}",
         )
     return None
 
 
-def _share(conn: Connection, at: Appending, share: Share) -> errors.ExchangeError | None:
+def _share(at: Appending, share: Share, standing: Standing) -> errors.ExchangeError | None:
     """The sharing class and grant a delivery relied on, as they stand now."""
     type_id = share.material_type
-    sharing: str | None = at.read(
-        ("sharing", type_id),
-        lambda: conn.execute(_SHARING, {"material_type": type_id}).scalar(),
-    )
+    sharing, valid_from, valid_until, revoked = standing[4:]
     if sharing is None or sharing == SharingClass.NOT_SHARED.value:
         return errors.PermissionDenied(
             common_pb2.MATERIAL_NOT_SHARED,
@@ -139,15 +150,11 @@ def _share(conn: Connection, at: Appending, share: Share) -> errors.ExchangeErro
                 common_pb2.NO_GRANT, f"{type_id!r} is now shared only under a grant"
             )
         return None
-    grant_id = share.grant_id
-    grant: tuple[int, int | None, int | None] | None = at.read(
-        ("grant", grant_id), lambda: _values(conn.execute(_GRANT, {"grant": grant_id}))
-    )
-    if grant is None or grant[2] is not None:
+    if valid_from is None or revoked is not None:  # no such grant any more, or revoked
         return errors.PermissionDenied(
             common_pb2.GRANT_REVOKED, f"the grant for {type_id!r} was revoked"
         )
-    now, (valid_from, valid_until, _revoked) = at.time_us, grant
+    now = at.time_us
     if now < valid_from or (valid_until is not None and now >= valid_until):
         return errors.PermissionDenied(
             common_pb2.GRANT_EXPIRED, f"the grant for {type_id!r} is outside its validity window"

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Engine
 
 from adapters.client import HubClient, Refused
+from exchange.crypto.keys import SigningKey
 from exchange.ledger import Ledger
 from exchange.ledger.export import KeyRecord, export_ledger
 from exchange.ledger.verify import verify_export
@@ -34,6 +35,7 @@ class Kind(enum.Enum):
 
     GRANT = "grant"
     KEY = "key"
+    ROTATION = "rotation"  # a rotation without grace ends the old key at once
     STATE = "state"
     SHARING = "sharing"
 
@@ -43,6 +45,7 @@ class Kind(enum.Enum):
 EXPECTED = {
     Kind.GRANT: {"GRANT_REVOKED"},
     Kind.KEY: {"KEY_REVOKED"},
+    Kind.ROTATION: {"KEY_EXPIRED"},
     Kind.STATE: {"DEPARTMENT_INACTIVE"},
     Kind.SHARING: {"MATERIAL_NOT_SHARED"},
 }
@@ -87,6 +90,16 @@ async def revoke(
         answer = await operator.call(
             "/exchange.v1.Registry/RevokeKey",
             registry_pb2.RevokeKeyRequest(department_id=SOCIAL, keyid=keyid),
+            registry_pb2.DepartmentResponse,
+        )
+    elif kind is Kind.ROTATION:
+        answer = await operator.call(
+            "/exchange.v1.Registry/RotateKey",
+            registry_pb2.RotateKeyRequest(
+                department_id=SOCIAL,
+                new_public_key=SigningKey.generate().public_bytes,
+                grace_seconds=0,
+            ),
             registry_pb2.DepartmentResponse,
         )
     elif kind is Kind.STATE:
