@@ -209,6 +209,16 @@ class Hub:
         await self.supervision.close()
         await self.requests.close()
         await self.ledger.close()
+        held = self.ledger.lock_stats
+        # The chain's scale limit as this process saw it (docs/operations.md, "Several hubs").
+        log.info(
+            "ledger_lock_held",
+            batches=held.batches,
+            entries=held.entries,
+            ms_per_batch=round(held.per_batch_ms, 3),
+            guards_ms=round(held.guards * 1000, 1),
+            ceiling_entries_per_s=round(held.ceiling),
+        )
         await self.providers.close()
         self.index.close()
         await self.index.close_readers()
