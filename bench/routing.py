@@ -233,7 +233,9 @@ def run_hub(config: Config, log_file: str, stats_file: str, ports: Any) -> None:
 async def _write_lock_stats(server: HubServer, path: Path) -> None:
     while True:
         stats = server.hub.ledger.lock_stats
-        path.write_text(f"{stats.batches} {stats.entries} {stats.seconds!r} {stats.guards!r}")
+        written = path.with_suffix(".tmp")  # replaced whole: the reader never sees it half done
+        written.write_text(f"{stats.batches} {stats.entries} {stats.seconds!r} {stats.guards!r}")
+        written.replace(path)
         await asyncio.sleep(0.2)
 
 
