@@ -55,6 +55,12 @@ ledger_head = Table(
     Column("id", Integer, primary_key=True, autoincrement=False),
     Column("size", BigInteger, nullable=False),
     Column("last_leaf_hash", LargeBinary, nullable=False),
+    # The tree's right edge (the size it is for, 8 bytes big-endian, then its complete
+    # subtrees' hashes) and the last entry's time: a hub whose head was moved by another hub
+    # reads them with the lock instead of O(log n) node rows and the last entry. Used only if
+    # written at the head's size (an older hub version moves the head without them).
+    Column("edge", LargeBinary, nullable=True),
+    Column("last_time_ns", BigInteger, nullable=True),
 )
 
 ledger_entries = Table(
@@ -101,13 +107,33 @@ class Head:
     last_leaf_hash: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class Edge:
+    """What the head row keeps beside the head: the right edge's subtree hashes at its size
+    and the last entry's time, or None where an older writer left them out."""
+
+    hashes: list[bytes] | None
+    last_time_ns: int | None
+
+
 # Built once: the writer runs them on every batch, and building costs more than running.
 _HEAD = select(ledger_head.c.size, ledger_head.c.last_leaf_hash).where(ledger_head.c.id == HEAD_ID)
-_HEAD_FOR_UPDATE = _HEAD.with_for_update()
+_LOCKED = select(
+    ledger_head.c.size,
+    ledger_head.c.last_leaf_hash,
+    ledger_head.c.edge,
+    ledger_head.c.last_time_ns,
+).where(ledger_head.c.id == HEAD_ID)
+_LOCKED_FOR_UPDATE = _LOCKED.with_for_update()
 _MOVE_HEAD = (
     update(ledger_head)
     .where(ledger_head.c.id == HEAD_ID)
-    .values(size=bindparam("new_size"), last_leaf_hash=bindparam("new_leaf"))
+    .values(
+        size=bindparam("new_size"),
+        last_leaf_hash=bindparam("new_leaf"),
+        edge=bindparam("new_edge"),
+        last_time_ns=bindparam("new_time"),
+    )
 )
 
 
@@ -130,14 +156,29 @@ def lock_head(conn: Connection) -> Head:
     process can neither interleave nor fail the read-to-write upgrade; on PostgreSQL the row
     lock serialises appenders across hub processes until commit.
     """
+    return lock_head_and_edge(conn)[0]
+
+
+def lock_head_and_edge(conn: Connection) -> tuple[Head, Edge]:
+    """``lock_head``, with the right edge and last time kept beside the head (one read)."""
     if conn.dialect.name == "sqlite":
         conn.exec_driver_sql("BEGIN IMMEDIATE")
-        row = conn.execute(_HEAD).first()
+        row = conn.execute(_LOCKED).first()
     else:
-        row = conn.execute(_HEAD_FOR_UPDATE).first()
+        row = conn.execute(_LOCKED_FOR_UPDATE).first()
     if row is None:
         raise LookupError("ledger_head row is missing (run the migrations)")
-    return Head(size=int(row.size), last_leaf_hash=bytes(row.last_leaf_hash))
+    head = Head(size=int(row.size), last_leaf_hash=bytes(row.last_leaf_hash))
+    edge = bytes(row.edge) if row.edge is not None else b""
+    hashes = [edge[i : i + 32] for i in range(8, len(edge), 32)]
+    if (
+        len(edge) < 8
+        or int.from_bytes(edge[:8], "big") != head.size
+        or len(hashes) != head.size.bit_count()
+        or row.last_time_ns is None
+    ):
+        return head, Edge(None, None)
+    return head, Edge(hashes, int(row.last_time_ns))
 
 
 def read_head(conn: Connection) -> Head:
@@ -179,17 +220,27 @@ def write_batch(
     head: Head,
     rows: Sequence[tuple[int, bytes, bytes, bytes, bytes | None]],
     nodes: Sequence[tuple[int, int, bytes]],
+    edge: Sequence[bytes],
+    last_time_ns: int,
 ) -> None:
     """Insert entry rows (sequence, entry, envelope, leaf hash, subject ref or None) and node
-    rows (level, index, hash), and move the head to ``head``. Part of the caller's
-    transaction."""
+    rows (level, index, hash), and move the head to ``head`` with the right edge's subtree
+    hashes at its size and the last entry's time. Part of the caller's transaction."""
     _insert_many(conn, ledger_entries, rows)
     stored = [
         ((idx << LEVEL_BITS) | level, h) for level, idx, h in nodes if level >= STORED_FROM_LEVEL
     ]
     if stored:
         _insert_many(conn, ledger_nodes, stored)
-    conn.execute(_MOVE_HEAD, {"new_size": head.size, "new_leaf": head.last_leaf_hash})
+    conn.execute(
+        _MOVE_HEAD,
+        {
+            "new_size": head.size,
+            "new_leaf": head.last_leaf_hash,
+            "new_edge": head.size.to_bytes(8, "big") + b"".join(edge),
+            "new_time": last_time_ns,
+        },
+    )
 
 
 def fetch_nodes(conn: Connection, wanted: Iterable[Node]) -> dict[Node, bytes]:

@@ -565,12 +565,16 @@ class Ledger:
         """Append ``original`` in one transaction; return each caller's outcome (in order),
         the committed entries, the new size and the indexes whose effect failed."""
         batch = original
-        head = storage.lock_head(conn)
+        head, edge = storage.lock_head_and_edge(conn)
         locked = time.perf_counter()  # held from here to the commit (the wait is not counted)
         if head == self._head and self._compact is not None:
             compact = self._compact.copy()
             last_ns = self._last_time_ns
-        else:  # first batch, after a failure, or another hub appended: re-read the edge
+        elif edge.hashes is not None and edge.last_time_ns is not None:
+            # Another hub appended (or this is the first batch): its edge is in the head row.
+            compact = merkle.CompactRange(head.size, edge.hashes)
+            last_ns = edge.last_time_ns
+        else:  # a log whose head row does not keep its edge yet: read it from the tree
             compact = storage.compact_range(conn, head.size)
             last_ns = self._time_at(conn, head.size)
         # Entry times never go backwards along the chain (the verifier checks it): another
@@ -615,7 +619,7 @@ class Ledger:
         for level, idx, h in completed:
             cache[(level, idx)] = h
         new_head = storage.Head(compact.size, prev)
-        storage.write_batch(conn, new_head, rows, completed)
+        storage.write_batch(conn, new_head, rows, completed, compact.hashes, now_ns)
         checkpoint: Checkpoint | None = None
         store = self._checkpoint_due(new_head.size)
         if store:

@@ -1,5 +1,6 @@
 """The hub's identity in its database: the fingerprint of the subject secret it was created
-with (see exchange.ownership).
+with (see exchange.ownership); the ledger's head row keeps the tree's right edge and the last
+entry's time (see exchange.ledger.storage).
 
 Revision ID: 0005
 Revises: 0004
@@ -20,7 +21,13 @@ def upgrade() -> None:
         sa.Column("name", sa.String(64), primary_key=True),
         sa.Column("value", sa.Text, nullable=False),
     )
+    with op.batch_alter_table("ledger_head") as table:
+        table.add_column(sa.Column("edge", sa.LargeBinary, nullable=True))
+        table.add_column(sa.Column("last_time_ns", sa.BigInteger, nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("ledger_head") as table:
+        table.drop_column("last_time_ns")
+        table.drop_column("edge")
     op.drop_table("hub_identity")
