@@ -2,10 +2,10 @@
 
 Four tables:
 
-- ``ledger_head``: one row (id 1) holding the log size and the last leaf hash. Every append
-  transaction locks it first (``SELECT … FOR UPDATE`` on PostgreSQL, ``BEGIN IMMEDIATE`` on
-  SQLite) and re-reads it, so several hub processes on one database still build exactly one
-  chain.
+- ``ledger_head``: one row (id 1) holding the log size and the last leaf hash, with the
+  tree's right edge and the last entry's time at that size. Every append transaction locks it
+  first (``SELECT … FOR UPDATE`` on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite) and re-reads
+  it, so several hub processes on one database still build exactly one chain.
 - ``ledger_entries``: entry bytes exactly as hashed, the caller's envelope bytes and the leaf
   hash, by sequence number; ``subject_ref`` is indexed for access histories.
 - ``ledger_nodes``: the hash of every complete aligned subtree of level >= 4 (16 leaves or
