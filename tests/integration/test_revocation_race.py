@@ -8,10 +8,25 @@ leave entries signed by the revoked key after the revocation, which the verifier
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
+from adapters.client import Refused
 from exchange.crypto.keys import keyid as keyid_of
-from tests.flows.world import CIVIL, HUB_ID, SOCIAL, World
+from exchange.v1 import grants_pb2, ledger_pb2
+from tests.flows.world import (
+    ANNA,
+    ASSISTANCE,
+    CIVIL,
+    FORM,
+    FORM_TOOL,
+    HUB_ID,
+    MARRIAGE,
+    SOCIAL,
+    TOWNSHIP,
+    World,
+)
 from tests.integration.revocation import (
     Kind,
     check,
@@ -50,3 +65,43 @@ async def test_revocation_race_on_one_hub(world: World, kind: Kind) -> None:
     # The calls in flight were decided before the revocation and refused at their commit.
     assert [s for s in refused_at_commit(ledger) if s > revocation]
     await verify(hub.server.hub.engine, ledger, hub.server.hub.key_history())
+
+
+async def test_prefill_decided_before_a_grant_revocation_is_refused_at_its_entry(
+    world: World,
+) -> None:
+    # The form tool's department holds the grant; the holder answers slowly, and the grant is
+    # revoked while it is being asked: the prefill's entry comes after the revocation's.
+    body = grants_pb2.IssueGrantRequest(
+        grant=grants_pb2.Grant(
+            consumer=TOWNSHIP,
+            material_type=MARRIAGE,
+            fields=["marital_status"],
+            purposes=[ASSISTANCE],
+        )
+    )
+    issued = await world.clients[CIVIL].call(
+        "/exchange.v1.Grants/IssueGrant", body, grants_pb2.GrantResponse
+    )
+    spy = world.spies[CIVIL]
+    spy.delay = 0.5
+    asked = len(spy.fetches)
+    prefill = asyncio.create_task(world.clients[FORM_TOOL].prefill(FORM, ANNA))
+    while len(spy.fetches) == asked:
+        await asyncio.sleep(0.005)
+    revoked = await world.clients[CIVIL].call(
+        "/exchange.v1.Grants/RevokeGrant",
+        grants_pb2.RevokeGrantRequest(grant_id=issued.grant.id),
+        grants_pb2.GrantResponse,
+    )
+    with pytest.raises(Refused) as caught:
+        await prefill
+    spy.delay = 0.0
+    assert caught.value.reason == "GRANT_REVOKED"
+    assert caught.value.ledger_sequence is not None
+    assert caught.value.ledger_sequence > revoked.receipt.sequence
+    entry = world.hub.server.hub.ledger.entries(caught.value.ledger_sequence, 1)[0].decode()
+    assert entry.kind == ledger_pb2.PREFILL and entry.outcome == ledger_pb2.REFUSED
+    assert entry.attributes["checked"] == "at commit"
+    hub = world.hub.server.hub
+    await verify(hub.engine, hub.ledger, hub.key_history())
