@@ -59,13 +59,13 @@ class Outcomes:
     refused: list[tuple[float, str, int | None]] = field(default_factory=list)
 
 
-async def issue_grant(owner: HubClient) -> grants_pb2.Grant:
-    """A grant of marriage records to social security for social assistance."""
+async def issue_grant(owner: HubClient, consumer: str = SOCIAL) -> grants_pb2.Grant:
+    """A grant of marriage records (marital status) to ``consumer`` for social assistance."""
     answer = await owner.call(
         "/exchange.v1.Grants/IssueGrant",
         grants_pb2.IssueGrantRequest(
             grant=grants_pb2.Grant(
-                consumer=SOCIAL,
+                consumer=consumer,
                 material_type=MARRIAGE,
                 fields=["marital_status"],
                 purposes=[ASSISTANCE],

@@ -17,12 +17,10 @@ from exchange.crypto.keys import keyid as keyid_of
 from exchange.v1 import grants_pb2, ledger_pb2
 from tests.flows.world import (
     ANNA,
-    ASSISTANCE,
     CIVIL,
     FORM,
     FORM_TOOL,
     HUB_ID,
-    MARRIAGE,
     SOCIAL,
     TOWNSHIP,
     World,
@@ -72,17 +70,7 @@ async def test_prefill_decided_before_a_grant_revocation_is_refused_at_its_entry
 ) -> None:
     # The form tool's department holds the grant; the holder answers slowly, and the grant is
     # revoked while it is being asked: the prefill's entry comes after the revocation's.
-    body = grants_pb2.IssueGrantRequest(
-        grant=grants_pb2.Grant(
-            consumer=TOWNSHIP,
-            material_type=MARRIAGE,
-            fields=["marital_status"],
-            purposes=[ASSISTANCE],
-        )
-    )
-    issued = await world.clients[CIVIL].call(
-        "/exchange.v1.Grants/IssueGrant", body, grants_pb2.GrantResponse
-    )
+    issued = await issue_grant(world.clients[CIVIL], TOWNSHIP)
     spy = world.spies[CIVIL]
     spy.delay = 0.5
     asked = len(spy.fetches)
@@ -91,7 +79,7 @@ async def test_prefill_decided_before_a_grant_revocation_is_refused_at_its_entry
         await asyncio.sleep(0.005)
     revoked = await world.clients[CIVIL].call(
         "/exchange.v1.Grants/RevokeGrant",
-        grants_pb2.RevokeGrantRequest(grant_id=issued.grant.id),
+        grants_pb2.RevokeGrantRequest(grant_id=issued.id),
         grants_pb2.GrantResponse,
     )
     with pytest.raises(Refused) as caught:
