@@ -156,8 +156,11 @@ def export_command(
 @click.argument("export_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option(
     "--trusted-checkpoint",
+    "trusted_checkpoints",
+    multiple=True,
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="A signed checkpoint you already hold; the export must extend it.",
+    help="A signed checkpoint you already hold (a receipt's, `audit watch`'s state, a "
+    "witness's); the export must extend it. Repeatable: each one is checked.",
 )
 @click.option(
     "--hub-verifier-key",
@@ -166,13 +169,23 @@ def export_command(
     help="Pin the hub key (<name>+<id>+<key>); default: the keys the export declares.",
 )
 @click.option("--workers", type=int, default=None, help="Processes for signatures (all cores).")
+@click.option(
+    "--issue-window",
+    "issue_window",
+    type=click.IntRange(min=1),
+    default=300,
+    show_default=True,
+    help="The hub's replay window in seconds: how far an entry's time may lie from its "
+    "request's issued_at.",
+)
 @click.pass_context
 def verify_command(
     ctx: click.Context,
     export_file: Path,
-    trusted_checkpoint: Path | None,
+    trusted_checkpoints: tuple[Path, ...],
     hub_verifier_keys: tuple[str, ...],
     workers: int | None,
+    issue_window: int,
 ) -> None:
     """Verify an export offline; exit 0 if valid, 1 naming the first failing sequence."""
     from rich.console import Console
@@ -182,7 +195,7 @@ def verify_command(
         pinned = [str(NoteVerifier.parse(k)) for k in hub_verifier_keys]
     except CheckpointError as exc:
         raise click.BadParameter(str(exc), param_hint="--hub-verifier-key") from exc
-    trusted = trusted_checkpoint.read_text(encoding="utf-8") if trusted_checkpoint else None
+    trusted = [path.read_text(encoding="utf-8") for path in trusted_checkpoints]
     console = Console(stderr=True)
     with ExitStack() as stack:
         advance: Callable[[int], None] | None = None
@@ -213,6 +226,7 @@ def verify_command(
             workers=workers,
             progress=advance,
             on_header=on_header,
+            issue_window_seconds=issue_window,
         )
     if not pinned:
         console.print(

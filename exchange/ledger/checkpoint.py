@@ -31,6 +31,10 @@ class CheckpointError(ValueError):
     """A checkpoint note is malformed, or is not signed by a trusted key."""
 
 
+class UntrustedSigner(CheckpointError):
+    """A well-formed checkpoint none of whose signatures is by a trusted key."""
+
+
 def note_keyid(name: str, public_key: bytes) -> bytes:
     """The 4-byte signed-note key id of an Ed25519 key called ``name``."""
     data = name.encode("utf-8") + b"\n" + bytes([ED25519_ALGORITHM]) + public_key
@@ -172,6 +176,24 @@ def _parse_body(body: bytes) -> tuple[str, int, bytes]:
     return origin, int(size_text), root_hash
 
 
+def note_signers(note: str) -> list[str]:
+    """The ``<name>+<hex key id>`` of every signature line of a note (unverified); empty if
+    the note is malformed."""
+    try:
+        _body, lines = _split_note(note)
+    except CheckpointError:
+        return []
+    signers = []
+    for line in lines:
+        name, _, encoded = line[len(SIGNATURE_PREFIX) :].partition(" ")
+        try:
+            raw = base64.b64decode(encoded, validate=True)
+        except (ValueError, binascii.Error):
+            continue
+        signers.append(f"{name}+{raw[:4].hex()}")
+    return signers
+
+
 def verify_checkpoint(note: str, verifiers: Iterable[NoteVerifier | str]) -> Checkpoint:
     """Parse ``note`` and check it is signed by at least one of ``verifiers``.
 
@@ -202,5 +224,9 @@ def verify_checkpoint(note: str, verifiers: Iterable[NoteVerifier | str]) -> Che
             raise CheckpointError(f"signature by {name} does not verify")
         verified = True
     if not verified:
-        raise CheckpointError("checkpoint is not signed by a trusted key")
+        raise UntrustedSigner(
+            "checkpoint is not signed by a trusted key (it is signed by "
+            f"{', '.join(note_signers(note)) or 'nobody'}; trusted: "
+            f"{', '.join(f'{v.name}+{v.keyid.hex()}' for v in known.values()) or 'none'})"
+        )
     return Checkpoint(origin=origin, size=size, root_hash=root_hash, note=note)

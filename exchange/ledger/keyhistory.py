@@ -9,7 +9,12 @@ them, and each envelope, to facts the hub cannot forge without the operator's ke
 - **binding**: the signed body of every verified envelope starts with an
   ``exchange.v1.RequestHeader`` (field 1 of every request body) whose ``department_id`` is the
   entry's ``actor`` and whose ``request_id`` is the entry's ``request_id`` (when it has one), so
-  an envelope of another call cannot be placed beside an entry;
+  an envelope of another call cannot be placed beside an entry; every other field the entry
+  takes from the body is checked by ``binding``;
+- **freshness**: the entry's time lies within the hub's replay window of the header's
+  ``issued_at`` (plus an allowance for the call's run), and no (actor, request id) is recorded
+  by two OK entries (streams excepted: they are not claimed by id), so a signed request
+  replayed later is not a second call;
 - **the operator** is the actor whose key records carry a pinned hub verifier key (the hub key
   signs checkpoints and the operator's calls); a record of the operator with any other key is
   not trusted;
@@ -27,12 +32,16 @@ state) and ``start`` / ``observe`` in the parent, in log order.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from google.protobuf.message import DecodeError
 
 from exchange.crypto.keys import keyid as keyid_of
+from exchange.ledger import binding
+from exchange.ledger.entry import entry_time_ns
 from exchange.v1 import envelope_pb2, ledger_pb2, registry_pb2
 
 Problem = tuple[str, str]  # (FailureReason member name, message)
@@ -62,6 +71,28 @@ class Revoked:
 
 
 Facts = Introduced | Revoked | None
+
+# The hub refuses a request issued more than its replay window from its clock (5 minutes by
+# default); the entry is sequenced after the call ran, which may take a while longer.
+ISSUE_WINDOW_NS = 300 * 1_000_000_000
+CALL_ALLOWANCE_NS = 60 * 1_000_000_000
+
+
+class Seen(NamedTuple):
+    """What ``inspect`` passes to ``observe``: the request id that may occur once (empty for
+    a stream, which is not claimed by id) and the registry facts of the entry."""
+
+    once: str
+    registry: Facts
+
+
+_NOTHING = Seen("", None)
+
+
+def issued_window_holds(issued_ns: int, time_ns: int, window_ns: int) -> bool:
+    """True if an entry sequenced at ``time_ns`` can record a request issued at ``issued_ns``
+    that the hub accepted with a replay window of ``window_ns``."""
+    return issued_ns - window_ns <= time_ns <= issued_ns + window_ns + CALL_ALLOWANCE_NS
 
 
 def _mismatch(message: str) -> list[Problem]:
@@ -112,41 +143,61 @@ def _registry_facts(
 class RegistryAudit:
     """The default hook of ``verify_export``: binding, operator, introduction and revocation."""
 
+    issue_window_ns: int = ISSUE_WINDOW_NS
     operator: str | None = None
     _operator_keys: frozenset[str] = frozenset()
     _record_keys: dict[tuple[str, str], bytes] = field(default_factory=dict)
     _introduced: dict[tuple[str, str], tuple[int, bytes]] = field(default_factory=dict)
     _revoked: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
     _rotated_out: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
+    # (actor, request id) -> sequence, for entries recent enough that a replay of theirs
+    # could still be inside the issue window (older replays fail that check instead)
+    _recent: dict[tuple[str, str], int] = field(default_factory=dict)
+    _recent_order: deque[tuple[int, tuple[str, str]]] = field(default_factory=deque)
 
     # ------------------------------------------------------------ worker side
 
     def inspect(
         self, entry: ledger_pb2.LedgerEntry, envelope: envelope_pb2.Envelope
-    ) -> tuple[list[Problem], Facts]:
+    ) -> tuple[list[Problem], Seen]:
         """For an OK entry whose envelope verified: problems found in its body, and the facts
         ``observe`` needs. Stateless: runs in the verifier's worker processes."""
-        # Field 1 of every request body is the header: any body type reads it, the other
-        # fields are kept as unknown fields and ignored.
-        probe = registry_pb2.ListDepartmentsRequest()
         try:
-            probe.ParseFromString(envelope.payload)
+            body = binding.parse(envelope.payload_type, envelope.payload)
         except DecodeError:
-            return _mismatch("the signed payload is not a request body with a header"), None
-        header = probe.header
+            return _mismatch("the signed payload is not a request body with a header"), _NOTHING
+        header = body.header
         if header.department_id != entry.actor:
             return _mismatch(
                 f"the envelope is a request of {header.department_id!r}, the entry's actor is "
                 f"{entry.actor!r}"
-            ), None
+            ), _NOTHING
         if entry.request_id and header.request_id != entry.request_id:
             return _mismatch(
                 f"the envelope is request {header.request_id[:128]!r}, the entry records "
                 f"{entry.request_id!r}"
-            ), None
+            ), _NOTHING
+        problems = [
+            ("ENVELOPE_ENTRY_MISMATCH", message)
+            for message in binding.mismatches(entry, envelope.payload_type, body)
+        ]
+        issued = header.issued_at.seconds * 1_000_000_000 + header.issued_at.nanos
+        time_ns = entry_time_ns(entry)
+        if not issued_window_holds(issued, time_ns, self.issue_window_ns):
+            problems.append(
+                (
+                    "OUTSIDE_ISSUE_WINDOW",
+                    f"request {header.request_id[:128]!r} was issued "
+                    f"{(time_ns - issued) / 1e9:+.0f} s from the entry's time; the hub accepts "
+                    f"±{self.issue_window_ns / 1e9:.0f} s: a replayed or re-dated request",
+                )
+            )
+        once = "" if envelope.payload_type in binding.UNCLAIMED else header.request_id
+        facts: Facts = None
         if entry.kind in _INTRODUCING or entry.kind == ledger_pb2.KEY_REVOCATION:
-            return _registry_facts(entry, envelope)
-        return [], None
+            registry_problems, facts = _registry_facts(entry, envelope)
+            problems.extend(registry_problems)
+        return problems, Seen(once, facts)
 
     # ------------------------------------------------------------ parent side
 
@@ -179,8 +230,13 @@ class RegistryAudit:
         self, sequence: int, time_ns: int, actor: str, keyid: str, facts: object
     ) -> list[Problem]:
         """An OK entry whose envelope verified under ``keyid`` of ``actor``, in log order:
-        check that key's standing, then learn what the entry registers."""
+        check that key's standing and that its request was not recorded before, then learn
+        what the entry registers."""
         problems: list[Problem] = []
+        seen = facts if isinstance(facts, Seen) else _NOTHING
+        if seen.once:
+            problems.extend(self._once(sequence, time_ns, (actor, seen.once)))
+        facts = seen.registry
         if actor == self.operator:
             if keyid not in self._operator_keys:
                 problems.append(
@@ -231,3 +287,22 @@ class RegistryAudit:
                 )
             )
         return problems
+
+    def _once(self, sequence: int, time_ns: int, key: tuple[str, str]) -> list[Problem]:
+        horizon = time_ns - 2 * self.issue_window_ns - CALL_ALLOWANCE_NS
+        order = self._recent_order
+        while order and order[0][0] < horizon:
+            _, old = order.popleft()
+            self._recent.pop(old, None)
+        earlier = self._recent.get(key)
+        if earlier is not None:
+            return [
+                (
+                    "REQUEST_RECORDED_TWICE",
+                    f"request {key[1][:128]!r} of {key[0]!r} is already recorded as OK entry "
+                    f"{earlier}: a replayed request",
+                )
+            ]
+        self._recent[key] = sequence
+        order.append((time_ns, key))
+        return []
