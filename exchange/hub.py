@@ -15,6 +15,7 @@ from exchange.clock import now_us
 from exchange.config import Config
 from exchange.crypto.content import ContentKeys
 from exchange.crypto.keys import SigningKey
+from exchange.crypto.keys import keyid as keyid_of
 from exchange.crypto.keystore import Keystore, TlsIdentity
 from exchange.ledger import Ledger, LedgerConfig
 from exchange.ledger.export import KeyRecord as ExportKey
@@ -39,14 +40,15 @@ def _moment(us: int) -> datetime:
     return datetime.fromtimestamp(us / 1_000_000, UTC)
 
 
-def key_history(registry: Registry, hub_id: str, hub_key: SigningKey) -> list[ExportKey]:
+def key_history(registry: Registry, hub_id: str, operator_key: bytes) -> list[ExportKey]:
     """Every signing key the ledger's entries may be signed with, for auditors' exports: the
-    operator's (the hub key) and each department's keys with their validity."""
+    operator's (``operator_key``, a raw public key) and each department's keys with their
+    validity. Needs no secret."""
     history = [
         ExportKey(
             actor=hub_id,
-            keyid=hub_key.keyid,
-            public_key=hub_key.public_bytes,
+            keyid=keyid_of(operator_key),
+            public_key=operator_key,
             valid_from=datetime.fromtimestamp(0, UTC),
         )
     ]
@@ -158,7 +160,7 @@ class Hub:
 
     def key_history(self) -> list[ExportKey]:
         """Every signing key the ledger's entries may be signed with (see ``key_history``)."""
-        return key_history(self.registry, self.config.hub_id, self.hub_key)
+        return key_history(self.registry, self.config.hub_id, self.hub_key.public_bytes)
 
     async def start(self) -> None:
         """Start the ledger writer, the request log's writer, supervision and the purge of

@@ -3,11 +3,15 @@
 The group is importable on its own. The main ``exchange`` CLI registers it and passes what the
 ledger does not know through ``ctx.obj``:
 
-- ``engine``: a SQLAlchemy Engine (else ``--database-url`` is required for ``export``);
+- ``engine``: a SQLAlchemy Engine (else ``--database-url`` or the configured database);
 - ``key_history``: a callable(engine) -> list[KeyRecord] giving every department key (else
-  ``--key-history FILE``, a JSON list of key records as in the export, or none);
+  ``--key-history FILE``, a JSON list of key records as in the export, else the database's
+  registry);
 - ``hub_key``: the hub's key as a SigningKey, raw public key bytes or verifier key string
-  (else ``--hub-verifier-key``); a SigningKey or bytes is named by the log origin.
+  (else ``--hub-verifier-key``, else the public key in <keys>/hub/signing.pub); a SigningKey or
+  bytes is named by the log origin.
+
+No command here needs a secret of the hub's.
 """
 
 from __future__ import annotations
@@ -64,28 +68,38 @@ def _hub_verifier(hub_key: object, origin: str) -> str:
 
 
 def _configured(ctx: click.Context) -> Any:
-    """The hub configuration of the ``exchange`` CLI (file < environment < flags)."""
+    """The hub configuration of the ``exchange`` CLI (file < environment < flags); the
+    defaults when the group runs on its own."""
     from exchange.cli.main import load_config
+    from exchange.config import Config
 
-    return load_config(ctx)
-
-
-def _configured_hub_key(config: Any) -> SigningKey:
-    from exchange.crypto.keystore import Keystore
-
-    return Keystore(config.keys_dir).hub_signing_key()
+    return load_config(ctx) if "config_file" in _obj(ctx) else Config()
 
 
-def _configured_key_history(config: Any) -> KeyHistory:
-    """Every department key from the registry, plus the operator's (the hub key)."""
+def _registry_key_history(hub_id: str, operator_key: bytes) -> KeyHistory:
+    """Every department key from the database's registry, plus the operator's public key."""
 
     def history(engine: Engine) -> Sequence[KeyRecord]:
         from exchange.hub import key_history
         from exchange.store.registry import Registry
 
-        return key_history(Registry(engine), config.hub_id, _configured_hub_key(config))
+        return key_history(Registry(engine), hub_id, operator_key)
 
     return history
+
+
+def _published_verifier(config: Any) -> str:
+    """The hub's verifier key from the public half of its key (<keys>/hub/signing.pub)."""
+    from exchange.crypto.keys import KeyFileError, load_public_key
+
+    try:
+        public = load_public_key(Path(config.keys_dir) / "hub" / "signing.pub")
+    except KeyFileError as exc:
+        raise click.UsageError(
+            f"{exc}; give the hub's verifier key with --hub-verifier-key "
+            "(`exchange keys verifier` prints it)"
+        ) from exc
+    return verifier_key(config.origin, public)
 
 
 @click.group(name="audit")
@@ -111,37 +125,41 @@ def export_command(
     key_history_path: Path | None,
     hub_verifier_keys: tuple[str, ...],
 ) -> None:
-    """Write the ledger (up to its latest checkpoint) as a self-describing stream to --out."""
+    """Write the ledger (up to its latest checkpoint) as a self-describing stream to --out.
+
+    Needs public material only: the database (or --database-url), the hub's verifier key
+    (--hub-verifier-key, else from <keys>/hub/signing.pub) and the departments' public keys
+    (from the database's registry, or --key-history).
+    """
     obj = _obj(ctx)
     engine: Engine | None = obj.get("engine")
-    configured = _configured(ctx) if "config_file" in obj else None
+    configured = _configured(ctx)
+    try:
+        hub_keys = [str(NoteVerifier.parse(k)) for k in hub_verifier_keys]
+    except CheckpointError as exc:
+        raise click.BadParameter(str(exc), param_hint="--hub-verifier-key") from exc
     with ExitStack() as stack:
         if engine is None:
-            url = database_url or (configured.database_url if configured else None)
-            if not url:
-                raise click.UsageError("--database-url is required")
+            url = database_url or configured.database_url
             engine = open_engine(url)
             stack.callback(engine.dispose)
+        with engine.connect() as conn:
+            latest = storage.latest_checkpoint(conn)
+        if latest is None:
+            raise click.ClickException("the ledger has no checkpoint yet; nothing to export")
+        if obj.get("hub_key") is not None:
+            hub_keys.append(_hub_verifier(obj["hub_key"], latest.origin))
+        if not hub_keys:
+            hub_keys.append(_published_verifier(configured))
         history: KeyHistory | None = obj.get("key_history")
-        if history is None and key_history_path is None and configured is not None:
-            history = _configured_key_history(configured)
-            if not hub_verifier_keys and obj.get("hub_key") is None:
-                obj["hub_key"] = _configured_hub_key(configured)
         if history is not None:
             keys = list(history(engine))
         elif key_history_path is not None:
             keys = _key_history_file(key_history_path)
         else:
-            keys = []
-        with engine.connect() as conn:
-            latest = storage.latest_checkpoint(conn)
-        if latest is None:
-            raise click.ClickException("the ledger has no checkpoint yet; nothing to export")
-        hub_keys = [str(NoteVerifier.parse(k)) for k in hub_verifier_keys]
-        if obj.get("hub_key") is not None:
-            hub_keys.append(_hub_verifier(obj["hub_key"], latest.origin))
-        if not hub_keys:
-            raise click.UsageError("the hub's verifier key is needed (--hub-verifier-key)")
+            # The operator's calls are signed by the key whose verifier the export declares.
+            operator = NoteVerifier.parse(hub_keys[0]).public_key
+            keys = list(_registry_key_history(configured.hub_id, operator)(engine))
         temporary = out_path.with_name(out_path.name + ".partial")
         with temporary.open("w", encoding="utf-8") as out:
             summary = export_ledger(engine, out, keys, hub_keys)

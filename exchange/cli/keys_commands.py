@@ -66,3 +66,23 @@ def department(
         f"{department_id}: signing key {key.keyid[:16]}… in {store.department_dir(department_id)}"
     )
     click.echo(f"public key: {key.public_bytes.hex()}")
+
+
+@keys.command("verifier")
+@click.option("--dir", "keys_dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+@click.option("--origin", default=None, help="The log origin (default from configuration).")
+@click.pass_context
+def verifier(ctx: click.Context, keys_dir: Path | None, origin: str | None) -> None:
+    """Print the hub's verifier key, which auditors pin (`audit verify --hub-verifier-key`).
+
+    Reads only the public half (<keys>/hub/signing.pub): no secret is needed.
+    """
+    from exchange.crypto.keys import load_public_key
+    from exchange.ledger.checkpoint import CheckpointError, verifier_key
+
+    config = load_config(ctx, keys_dir=keys_dir, origin=origin)
+    try:
+        public = load_public_key(Path(config.keys_dir) / "hub" / "signing.pub")
+        click.echo(verifier_key(config.origin, public))
+    except (KeyFileError, CheckpointError, OSError) as exc:
+        fail(str(exc))
