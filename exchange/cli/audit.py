@@ -21,7 +21,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +29,15 @@ import click
 from sqlalchemy import Engine
 
 from exchange.crypto.keys import SigningKey
+from exchange.crypto.keys import keyid as keyid_of
 from exchange.ledger import storage
 from exchange.ledger.checkpoint import CheckpointError, NoteVerifier, verifier_key
-from exchange.ledger.export import KeyRecord, export_ledger
+from exchange.ledger.export import KeyRecord, export_ledger, first_keys
 from exchange.ledger.verify import verify_export
 from exchange.store.database import open_engine
 
 KeyHistory = Callable[[Engine], Sequence[KeyRecord]]
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _obj(ctx: click.Context) -> dict[str, Any]:
@@ -76,14 +78,23 @@ def _configured(ctx: click.Context) -> Any:
     return load_config(ctx) if "config_file" in _obj(ctx) else Config()
 
 
-def _registry_key_history(hub_id: str, operator_key: bytes) -> KeyHistory:
-    """Every department key from the database's registry, plus the operator's public key."""
+def _registry_key_history(hub_id: str, legacy_operator_key: bytes) -> KeyHistory:
+    """Every department key from the database's registry, plus the operator's keys; a
+    database whose hub never recorded an operator key (before the operator's key was apart
+    from the hub's) had the hub key sign as the operator: ``legacy_operator_key``."""
 
     def history(engine: Engine) -> Sequence[KeyRecord]:
         from exchange.hub import key_history
+        from exchange.store.operator_keys import OperatorKeys
         from exchange.store.registry import Registry
 
-        return key_history(Registry(engine), hub_id, operator_key)
+        keys = key_history(Registry(engine), OperatorKeys(engine, hub_id))
+        if not any(k.actor == hub_id for k in keys):
+            keys.insert(
+                0,
+                KeyRecord(hub_id, keyid_of(legacy_operator_key), legacy_operator_key, _EPOCH),
+            )
+        return keys
 
     return history
 
@@ -157,12 +168,13 @@ def export_command(
         elif key_history_path is not None:
             keys = _key_history_file(key_history_path)
         else:
-            # The operator's calls are signed by the key whose verifier the export declares.
-            operator = NoteVerifier.parse(hub_keys[0]).public_key
-            keys = list(_registry_key_history(configured.hub_id, operator)(engine))
+            legacy = NoteVerifier.parse(hub_keys[0]).public_key
+            keys = list(_registry_key_history(configured.hub_id, legacy)(engine))
         temporary = out_path.with_name(out_path.name + ".partial")
         with temporary.open("w", encoding="utf-8") as out:
-            summary = export_ledger(engine, out, keys, hub_keys)
+            summary = export_ledger(
+                engine, out, keys, hub_keys, operator_keys=first_keys(keys, configured.hub_id)
+            )
         temporary.replace(out_path)
     click.echo(
         f"exported {summary.entries} entries, {summary.checkpoints} checkpoints and "
@@ -186,6 +198,13 @@ def export_command(
     multiple=True,
     help="Pin the hub key (<name>+<id>+<key>); default: the keys the export declares.",
 )
+@click.option(
+    "--operator-key",
+    "operator_keys",
+    multiple=True,
+    help="Pin the operator's first public key (hex; `exchange keys verifier --operator`); "
+    "default: the keys the export declares.",
+)
 @click.option("--workers", type=int, default=None, help="Processes for signatures (all cores).")
 @click.option(
     "--issue-window",
@@ -202,6 +221,7 @@ def verify_command(
     export_file: Path,
     trusted_checkpoints: tuple[Path, ...],
     hub_verifier_keys: tuple[str, ...],
+    operator_keys: tuple[str, ...],
     workers: int | None,
     issue_window: int,
 ) -> None:
@@ -213,6 +233,12 @@ def verify_command(
         pinned = [str(NoteVerifier.parse(k)) for k in hub_verifier_keys]
     except CheckpointError as exc:
         raise click.BadParameter(str(exc), param_hint="--hub-verifier-key") from exc
+    try:
+        operators = [bytes.fromhex(k) for k in operator_keys]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--operator-key") from exc
+    if any(len(k) != 32 for k in operators):
+        raise click.BadParameter("an Ed25519 public key is 32 bytes", param_hint="--operator-key")
     trusted = [path.read_text(encoding="utf-8") for path in trusted_checkpoints]
     console = Console(stderr=True)
     with ExitStack() as stack:
@@ -245,11 +271,17 @@ def verify_command(
             progress=advance,
             on_header=on_header,
             issue_window_seconds=issue_window,
+            operator_keys=operators,
         )
     if not pinned:
         console.print(
             "warning: hub key not pinned; trusted the keys the export declares "
             "(use --hub-verifier-key)"
+        )
+    if not operators:
+        console.print(
+            "warning: operator key not pinned; trusted the keys the export declares "
+            "(use --operator-key)"
         )
     failure = report.first_failure
     if failure is not None:
@@ -271,7 +303,7 @@ def _auditor_client(
     config = load_config(ctx, listen=listen, keys_dir=keys_dir)
     store = Keystore(config.keys_dir)
     if department == config.hub_id:
-        identity = Identity(department, store.hub_signing_key(), store.operator_tls())
+        identity = Identity(department, store.operator_signing_key(), store.operator_tls())
     else:
         identity = Identity(
             department, store.department_signing_key(department), store.department_tls(department)

@@ -72,9 +72,10 @@ def serve(
 
 
 def operator_client(config: Config) -> HubClient:
-    """A client acting as the hub operator (hub key, operator certificate)."""
+    """A client acting as the hub operator (the operator's key, apart from the hub's, and the
+    operator certificate)."""
     store = Keystore(config.keys_dir)
-    identity = Identity(config.hub_id, store.hub_signing_key(), store.operator_tls())
+    identity = Identity(config.hub_id, store.operator_signing_key(), store.operator_tls())
     return HubClient(config.listen, identity, server_name="localhost")
 
 
@@ -245,3 +246,35 @@ def rotate(
         department_id=department_id, new_public_key=raw, grace_seconds=grace_seconds
     )
     _show(_call(config, "RotateKey", body, registry_pb2.DepartmentResponse).department)
+
+
+@registry.command("rotate-operator-key")
+@click.option(
+    "--grace-seconds",
+    default=0,
+    type=click.IntRange(min=0),
+    help="How long the current operator key stays valid (other operator terminals switch).",
+)
+@with_hub_options
+@click.pass_context
+def rotate_operator_key(
+    ctx: click.Context, grace_seconds: int, listen: str | None, keys_dir: Path | None
+) -> None:
+    """Replace the operator's signing key: a new key, introduced by a rotation the current key
+    signs (a ledger entry); then <keys>/operator/signing.key is the new key."""
+    from exchange.crypto.keys import SigningKey, save_signing_key
+
+    config = load_config(ctx, listen=listen, keys_dir=keys_dir)
+    store = Keystore(config.keys_dir)
+    new = SigningKey.generate()
+    pending = store.operator_dir / "signing.next.key"
+    # Kept on disk before the call: if the answer is lost, the new key is not.
+    save_signing_key(pending, new)
+    body = registry_pb2.RotateKeyRequest(
+        department_id=config.hub_id, new_public_key=new.public_bytes, grace_seconds=grace_seconds
+    )
+    answer = _call(config, "RotateKey", body, registry_pb2.DepartmentResponse)
+    pending.replace(store.operator_dir / "signing.key")
+    pending.with_suffix(".pub").replace(store.operator_dir / "signing.pub")
+    click.echo(f"operator key {new.keyid[:16]}… in {store.operator_dir}")
+    click.echo(f"ledger entry #{answer.receipt.sequence}")

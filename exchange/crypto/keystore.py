@@ -3,8 +3,11 @@
 Layout (documented in keys/README.md)::
 
     <root>/ca/ca.pem, ca.key                 development CA (replace with the government PKI)
-    <root>/hub/signing.key, signing.pub      the hub's Ed25519 key: checkpoints, forwarded requests,
-                                             operator calls
+    <root>/hub/signing.key, signing.pub      the hub's Ed25519 log key: checkpoints, receipts,
+                                             forwarded requests
+    <root>/operator/signing.key, signing.pub the operator's Ed25519 key: registry and catalog
+                                             changes; the hub reads only signing.pub (move
+                                             signing.key to the operator's machine)
     <root>/hub/subject.key                   HMAC secret for subject refs and content hashes
     <root>/hub/tls.pem, tls.key              the hub's TLS server certificate
     <root>/hub/client.pem, client.key        the operator's TLS client certificate (CN = hub id)
@@ -24,6 +27,7 @@ from exchange.crypto import certificates
 from exchange.crypto.keys import (
     KeyFileError,
     SigningKey,
+    load_public_key,
     load_signing_key,
     read_private,
     save_signing_key,
@@ -71,6 +75,10 @@ class Keystore:
     def hub_dir(self) -> Path:
         return self.root / "hub"
 
+    @property
+    def operator_dir(self) -> Path:
+        return self.root / "operator"
+
     def department_dir(self, department_id: str) -> Path:
         return self.root / "departments" / check_department_id(department_id)
 
@@ -97,6 +105,19 @@ class Keystore:
         operator = certificates.issue(ca, hub_id)
         write_private(self.hub_dir / "client.key", operator.private_key_pem)
         (self.hub_dir / "client.pem").write_bytes(operator.certificate_pem)
+        if not (self.operator_dir / "signing.key").exists():
+            self.init_operator()
+        return key
+
+    def init_operator(self) -> SigningKey:
+        """Create the operator's signing key, apart from the hub's: the hub process never
+        loads it (only ``signing.pub``). Raises KeyFileError if it exists (never overwrites).
+        """
+        path = self.operator_dir / "signing.key"
+        if path.exists():
+            raise KeyFileError(f"{path} exists; rotate the operator's key instead")
+        key = SigningKey.generate()
+        save_signing_key(path, key)
         return key
 
     def add_department(
@@ -131,6 +152,15 @@ class Keystore:
     def hub_signing_key(self) -> SigningKey:
         """Load the hub's signing key. Raises KeyFileError."""
         return load_signing_key(self.hub_dir / "signing.key")
+
+    def operator_signing_key(self) -> SigningKey:
+        """Load the operator's signing key (the operator's CLI only). Raises KeyFileError."""
+        return load_signing_key(self.operator_dir / "signing.key")
+
+    def operator_public_key(self) -> bytes:
+        """The public half of the operator's key, which the hub verifies operator calls with.
+        Raises KeyFileError."""
+        return load_public_key(self.operator_dir / "signing.pub")
 
     def subject_key(self) -> bytes:
         """Load the hub's HMAC secret for subject refs. Raises KeyFileError."""

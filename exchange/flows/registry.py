@@ -184,6 +184,8 @@ async def rotate_key(
     Raises PermissionDenied, NotFound (UNKNOWN_DEPARTMENT), InvalidArgument, AlreadyExists.
     """
     require_operator(caller)
+    if body.department_id == caller.department_id:
+        return await _rotate_operator_key(hub, caller, body)
     await _existing(hub, body.department_id)
     public_key = _public_key(body.new_public_key, "new_public_key")
     now = now_us()
@@ -201,6 +203,51 @@ async def rotate_key(
         ),
         taken="that key is already registered",
     )
+
+
+async def _rotate_operator_key(
+    hub: Hub, caller: Caller, body: registry_pb2.RotateKeyRequest
+) -> registry_pb2.DepartmentResponse:
+    """The operator's own rotation (``department_id`` is the hub id): signed by its current
+    key, it adds the new one; the current ones stay valid for ``grace_seconds``. The hub's own
+    key cannot become the operator's."""
+    public_key = _public_key(body.new_public_key, "new_public_key")
+    if public_key == hub.hub_key.public_bytes:
+        raise errors.InvalidArgument(
+            common_pb2.INVALID_ARGUMENT_FIELD, "the operator's key must not be the hub's key"
+        )
+    now = now_us()
+    key = KeyRecord(keyid(public_key), caller.department_id, public_key, valid_from_us=now)
+    grace_us = body.grace_seconds * 1_000_000
+    change = ReadBack(
+        lambda conn: hub.operator_keys.rotate(conn, key, grace_us),
+        hub.operator_keys.all,
+    )
+    try:
+        receipt = await record(
+            hub.ledger,
+            caller,
+            ledger_pb2.KEY_ROTATION,
+            effect=change,
+            counterparty=caller.department_id,
+            attributes={"keyid": key.keyid},
+        )
+    except IntegrityError as exc:
+        raise errors.AlreadyExists(
+            common_pb2.DEPARTMENT_EXISTS, "that key is already the operator's"
+        ) from exc
+    operator = DepartmentRecord(
+        id=caller.department_id,
+        name="the hub operator",
+        roles=frozenset(),
+        provider_endpoint="",
+        certificate_sha256="",
+        state="ACTIVE",
+        owner="",
+        registered_us=0,
+        keys=tuple(change.value),
+    )
+    return registry_pb2.DepartmentResponse(department=to_proto(operator), receipt=receipt)
 
 
 async def revoke_key(

@@ -145,7 +145,7 @@ class RegistryAudit:
 
     issue_window_ns: int = ISSUE_WINDOW_NS
     operator: str | None = None
-    _operator_keys: frozenset[str] = frozenset()
+    _operator_keys: set[str] = field(default_factory=set)
     _record_keys: dict[tuple[str, str], bytes] = field(default_factory=dict)
     _introduced: dict[tuple[str, str], tuple[int, bytes]] = field(default_factory=dict)
     _revoked: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
@@ -204,12 +204,13 @@ class RegistryAudit:
     def start(
         self,
         keys: Mapping[str, Sequence[tuple[str, bytes, int, int | None, int | None]]],
-        hub_public_keys: Sequence[bytes],
+        operator_keys: Sequence[bytes],
     ) -> list[Problem]:
         """Take the export's key records (by actor: keyid, public key, from, until, revoked)
-        and the pinned hub public keys; return problems of the export as a whole."""
-        pinned = set(hub_public_keys)
-        self._operator_keys = frozenset(keyid_of(k) for k in pinned)
+        and the operator's pinned first public keys; return problems of the export as a
+        whole."""
+        pinned = set(operator_keys)
+        self._operator_keys = {keyid_of(k) for k in pinned}
         claimants = sorted(
             actor for actor, records in keys.items() if any(r[1] in pinned for r in records)
         )
@@ -220,7 +221,8 @@ class RegistryAudit:
             return [
                 (
                     "UNREGISTERED_KEY",
-                    f"key records give the hub key to several actors: {', '.join(claimants)}",
+                    "key records give the pinned operator key to several actors: "
+                    f"{', '.join(claimants)}",
                 )
             ]
         self.operator = claimants[0] if claimants else None
@@ -238,14 +240,19 @@ class RegistryAudit:
             problems.extend(self._once(sequence, time_ns, (actor, seen.once)))
         facts = seen.registry
         if actor == self.operator:
-            if keyid not in self._operator_keys:
-                problems.append(
-                    (
-                        "UNREGISTERED_KEY",
-                        f"the operator {actor!r} signed with key {keyid[:16]}…, not the pinned "
-                        "hub key",
-                    )
-                )
+            standing = self._operator_standing(time_ns, actor, keyid)
+            problems.extend(standing)
+            if standing:
+                return problems
+            if isinstance(facts, Introduced) and facts.department == actor:
+                # the operator's own rotation: its new key signs from this entry on, and its
+                # other keys end after the signed grace period
+                end = time_ns + (facts.grace_ns or 0)
+                for old in self._operator_keys - {facts.keyid}:
+                    earlier = self._rotated_out.get((actor, old))
+                    if earlier is None or end < earlier[1]:
+                        self._rotated_out[(actor, old)] = (sequence, end)
+                self._operator_keys.add(facts.keyid)
             elif isinstance(facts, Introduced):
                 if facts.grace_ns is not None:
                     # a rotation ends every earlier key of the department after its grace
@@ -305,4 +312,24 @@ class RegistryAudit:
             ]
         self._recent[key] = sequence
         order.append((time_ns, key))
+        return []
+
+    def _operator_standing(self, time_ns: int, actor: str, keyid: str) -> list[Problem]:
+        if keyid not in self._operator_keys:
+            return [
+                (
+                    "UNREGISTERED_KEY",
+                    f"the operator {actor!r} signed with key {keyid[:16]}…, neither a pinned "
+                    "operator key nor one introduced by the operator's signed rotation",
+                )
+            ]
+        rotated = self._rotated_out.get((actor, keyid))
+        if rotated is not None and time_ns > rotated[1]:
+            return [
+                (
+                    "REVOKED_KEY_USED",
+                    f"the operator's key {keyid[:16]}… was rotated out by entry {rotated[0]} "
+                    "and its grace period is over",
+                )
+            ]
         return []

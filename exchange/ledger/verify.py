@@ -133,7 +133,8 @@ class EntryAudit(Protocol):
 
     ``inspect`` runs in the worker processes (the object is pickled to them once), for every
     OK entry whose envelope verified; it must not depend on state. ``start`` and ``observe`` run
-    in the parent: ``start`` once with the key records (by actor) and the pinned hub public keys,
+    in the parent: ``start`` once with the key records (by actor) and the operator's pinned
+    first public keys,
     ``observe`` for the same entries in log order with what ``inspect`` returned as facts.
     Problems name a ``FailureReason`` member.
     """
@@ -143,7 +144,7 @@ class EntryAudit(Protocol):
     ) -> tuple[list[Problem], Any]: ...
 
     def start(
-        self, keys: dict[str, list[KeyInfo]], hub_public_keys: Sequence[bytes]
+        self, keys: dict[str, list[KeyInfo]], operator_keys: Sequence[bytes]
     ) -> list[Problem]: ...
 
     def observe(
@@ -369,6 +370,7 @@ class _Verifier:
         self.last_checkpoint = 0
         self.checkpoints_at: dict[int, str] = {}
         self.broken = False
+        self.operator_keys: list[bytes] = []  # the operator's first keys, as pinned
         self.pinned_signed = 0  # checkpoints a pinned key signed
         self.other_signers: set[str] = set()  # who signed the others
 
@@ -492,6 +494,7 @@ def verify_export(
     on_header: Callable[[int], None] | None = None,
     audit: EntryAudit | None = None,
     issue_window_seconds: int | None = None,
+    operator_keys: Sequence[bytes] = (),
 ) -> Report:
     """Verify an export stream read from ``handle``.
 
@@ -505,7 +508,10 @@ def verify_export(
     (default: ``default_audit()``, the binding of envelopes to entries and of key records to the
     operator's registry entries); ``issue_window_seconds`` the hub's replay window, which the
     default audit allows between a request's ``issued_at`` and its entry's time (default 300).
-    Returns a Report; never raises for a bad export.
+    ``operator_keys`` pins the operator's first public keys (its later ones are introduced
+    by its signed rotations); if empty, those the header declares, else the hub keys (a log
+    from before the operator's key was apart from the hub's). Returns a Report; never raises
+    for a bad export.
     """
     report = Report()
     source = _Stream(handle)
@@ -518,7 +524,10 @@ def verify_export(
         report.size = int(header["size"])
         declared = [NoteVerifier.parse(k) for k in header.get("hub_keys", [])]
         pinned = [NoteVerifier.parse(k) for k in hub_keys] or declared
-    except (StopIteration, ValueError, KeyError, TypeError, CheckpointError) as exc:
+        operator_roots = list(operator_keys) or [
+            base64.b64decode(k, validate=True) for k in header.get("operator_keys", [])
+        ]
+    except (StopIteration, ValueError, KeyError, TypeError, CheckpointError, binascii.Error) as exc:
         report.failures.append(Failure(None, FailureReason.MALFORMED_EXPORT, f"bad header: {exc}"))
         return report
     if on_header is not None:
@@ -528,6 +537,7 @@ def verify_export(
         return report
     hook = default_audit(issue_window_seconds) if audit is None else audit
     state = _Verifier(report, pinned, trusted, progress, hook)
+    state.operator_keys = operator_roots or [k.public_key for k in pinned]
     key_records: list[dict[str, Any]] = []
     chunk: list[str] = []
     chunk_start = 0
@@ -598,8 +608,7 @@ def verify_export(
 def _start(state: _Verifier, records: list[dict[str, Any]]) -> dict[str, list[_Key]]:
     keys = _keys_from(records)
     if state.audit is not None:
-        hub_public_keys = [k.public_key for k in state.hub_keys]
-        for reason, message in state.audit.start(keys, hub_public_keys):
+        for reason, message in state.audit.start(keys, state.operator_keys):
             state.fail(None, FailureReason[reason], message)
     return keys
 

@@ -64,7 +64,19 @@ async def test_export_of_the_configured_hub_verifies_offline(
     assert bare.read_text().split("\n")[1:] == out.read_text().split("\n")[1:]
     code, output = await invoke(["audit", "verify", str(out), "--hub-verifier-key", verifier])
     assert code == 0, output
-    assert output.startswith("valid:")
+    assert "\nvalid:" in output or output.startswith("valid:")
+    # the operator's key, pinned apart from the hub's
+    shutil.copytree(hub.keystore.operator_dir, public / "operator")
+    (public / "operator" / "signing.key").unlink()
+    code, operator = await invoke(["keys", "verifier", "--operator"], env)
+    assert code == 0, operator
+    pin = ["--hub-verifier-key", verifier, "--operator-key", operator.strip()]
+    code, output = await invoke(["audit", "verify", str(out), *pin])
+    assert code == 0 and "warning" not in output, output
+    code, output = await invoke(
+        ["audit", "verify", str(out), "--hub-verifier-key", verifier, "--operator-key", "00" * 32]
+    )
+    assert code == 1 and "UNREGISTERED_KEY" in output, output
     lines = out.read_text().splitlines()
     entries = [i for i, line in enumerate(lines) if '"type":"entry"' in line]
     del lines[entries[1]]  # an entry removed from the history

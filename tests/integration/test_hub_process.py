@@ -79,7 +79,7 @@ async def test_sigterm_under_load_finishes_in_flight_calls_and_exits_zero(tmp_pa
         await wait_serving(target, store)
         operator = HubClient(
             target,
-            Identity("hub", store.hub_signing_key(), store.operator_tls()),
+            Identity("hub", store.operator_signing_key(), store.operator_tls()),
             server_name="localhost",
         )
         await operator.call(
