@@ -31,6 +31,7 @@ from exchange.store.operator_keys import OperatorKeys
 from exchange.store.registry import DepartmentRecord, Registry
 from exchange.store.requests import RequestLog
 from exchange.supervision import Supervisor
+from exchange.witness.submitter import WitnessEndpoint, Witnessing
 
 log = structlog.get_logger("exchange.hub")
 
@@ -142,6 +143,13 @@ class Hub:
             None if config.insecure else provider_tls,
             config.provider_timeout_ms / 1000,
         )
+        # Witnesses cosign the stored checkpoints (exchange.witness.submitter).
+        self.witnessing = Witnessing(
+            self.ledger,
+            engine,
+            WitnessEndpoint.parse_list(config.witnesses),
+            config.checkpoint_interval_ms / 1000,
+        )
         # Supervision (issue 7): alerts and burden counters, fed by the ledger's commits.
         self.supervision = Supervisor(self.ledger, self.write_behind, config.supervision)
 
@@ -174,6 +182,7 @@ class Hub:
         request-id records that have aged out of the replay window."""
         await self.ledger.start()
         await adopt_operator_key(self.ledger, self.operator_keys, self.hub_key, self.operator_key)
+        self.witnessing.start()
         self.requests.start()
         await self.supervision.start()
         self._purger = asyncio.create_task(self._purge_requests(), name="request-purge")
@@ -201,6 +210,7 @@ class Hub:
         await self.supervision.close()
         await self.requests.close()
         await self.ledger.close()
+        await self.witnessing.close()  # after the final checkpoint, which it submits
         await self.providers.close()
         self.index.close()
         await self.index.close_readers()

@@ -113,6 +113,42 @@ def _published_verifier(config: Any) -> str:
     return verifier_key(config.origin, public)
 
 
+def _policy(witnesses: tuple[str, ...], quorum: int | None) -> Any:
+    """The witness policy of --witness / --quorum, or None without witnesses."""
+    from exchange.witness.cosignature import WitnessPolicy
+
+    if not witnesses:
+        if quorum is not None:
+            raise click.UsageError("--quorum needs --witness keys")
+        return None
+    try:
+        return WitnessPolicy.parse(witnesses, quorum)
+    except CheckpointError as exc:
+        raise click.BadParameter(str(exc), param_hint="--witness/--quorum") from exc
+
+
+witness_policy_options = [
+    click.option(
+        "--witness",
+        "witnesses",
+        multiple=True,
+        help="A witness key (<name>+<id>+<key>) of the policy; repeatable.",
+    ),
+    click.option(
+        "--quorum",
+        type=click.IntRange(min=1),
+        default=None,
+        help="How many of the --witness keys must have cosigned a checkpoint (default: all).",
+    ),
+]
+
+
+def _with_policy_options(function: Any) -> Any:
+    for option in reversed(witness_policy_options):
+        function = option(function)
+    return function
+
+
 @click.group(name="audit")
 def audit() -> None:
     """Export the ledger and verify exports offline."""
@@ -206,6 +242,7 @@ def export_command(
     "default: the keys the export declares.",
 )
 @click.option("--workers", type=int, default=None, help="Processes for signatures (all cores).")
+@_with_policy_options
 @click.option(
     "--issue-window",
     "issue_window",
@@ -223,6 +260,8 @@ def verify_command(
     hub_verifier_keys: tuple[str, ...],
     operator_keys: tuple[str, ...],
     workers: int | None,
+    witnesses: tuple[str, ...],
+    quorum: int | None,
     issue_window: int,
 ) -> None:
     """Verify an export offline; exit 0 if valid, 1 naming the first failing sequence."""
@@ -240,6 +279,7 @@ def verify_command(
     if any(len(k) != 32 for k in operators):
         raise click.BadParameter("an Ed25519 public key is 32 bytes", param_hint="--operator-key")
     trusted = [path.read_text(encoding="utf-8") for path in trusted_checkpoints]
+    policy = _policy(witnesses, quorum)
     console = Console(stderr=True)
     with ExitStack() as stack:
         advance: Callable[[int], None] | None = None
@@ -272,6 +312,7 @@ def verify_command(
             on_header=on_header,
             issue_window_seconds=issue_window,
             operator_keys=operators,
+            witness_policy=None if policy is None else policy.require_quorum,
         )
     if not pinned:
         console.print(
@@ -291,6 +332,15 @@ def verify_command(
         f"valid: {report.entries} entries, {report.checkpoints} checkpoints, "
         f"{report.signatures} envelope signatures, origin {report.origin}"
     )
+    if report.witnessed_size is not None:
+        click.echo(
+            f"witnessed: the checkpoint of size {report.witnessed_size} carries the quorum"
+            + (
+                f"; entries {report.witnessed_size} to {report.entries - 1} are not witnessed yet"
+                if report.witnessed_size < report.entries
+                else ""
+            )
+        )
 
 
 def _auditor_client(
@@ -351,6 +401,7 @@ def _with_watch_options(function: Any) -> Any:
 
 @audit.command(name="watch")
 @_with_watch_options
+@_with_policy_options
 @click.option("--interval", default=5.0, show_default=True, help="Seconds between checks.")
 @click.option("--once", is_flag=True, help="Check once and exit.")
 @click.pass_context
@@ -361,12 +412,15 @@ def watch_command(
     keys_dir: Path | None,
     hub_verifier_key: str | None,
     state_file: Path,
+    witnesses: tuple[str, ...],
+    quorum: int | None,
     interval: float,
     once: bool,
 ) -> None:
     """Follow the live log: every new checkpoint must extend the trusted one.
 
-    A rewritten or forked log is reported loudly with both checkpoints and exit code 3.
+    A rewritten or forked log is reported loudly with both checkpoints and exit code 3. With
+    --witness keys, a checkpoint without the witness quorum is refused (exit 1).
     """
     import asyncio
 
@@ -375,10 +429,11 @@ def watch_command(
 
     config, connect = _auditor_client(ctx, department, listen, keys_dir)
     verifier = _verifier(config, hub_verifier_key)
+    policy = _policy(witnesses, quorum)
 
     async def loop() -> None:
         client = connect()
-        watcher = Watcher(client, verifier, state_file)
+        watcher = Watcher(client, verifier, state_file, policy)
         try:
             while True:
                 advance = await watcher.check()
@@ -411,6 +466,7 @@ def watch_command(
 @audit.command(name="check-receipt")
 @click.argument("receipt_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @_with_watch_options
+@_with_policy_options
 @click.pass_context
 def check_receipt_command(
     ctx: click.Context,
@@ -420,6 +476,8 @@ def check_receipt_command(
     keys_dir: Path | None,
     hub_verifier_key: str | None,
     state_file: Path,
+    witnesses: tuple[str, ...],
+    quorum: int | None,
 ) -> None:
     """Prove a receipt (JSON form of exchange.v1.Receipt): signed, included, consistent with
     the trusted checkpoint."""
@@ -437,10 +495,11 @@ def check_receipt_command(
         raise click.BadParameter(str(exc), param_hint="RECEIPT_FILE") from exc
     config, connect = _auditor_client(ctx, department, listen, keys_dir)
     verifier = _verifier(config, hub_verifier_key)
+    policy = _policy(witnesses, quorum)
 
     async def check() -> Any:
         client = connect()
-        watcher = Watcher(client, verifier, state_file)
+        watcher = Watcher(client, verifier, state_file, policy)
         try:
             return await watcher.check_receipt(receipt)
         finally:

@@ -64,7 +64,8 @@ async def get_checkpoint(
     if body.size:
         checkpoint = await asyncio.to_thread(hub.ledger.checkpoint_at, body.size)
     else:
-        checkpoint = await _latest(hub)
+        # With witnesses, the latest checkpoint they cosigned: the one a policy accepts.
+        checkpoint = hub.witnessing.latest_cosigned or await _latest(hub)
     receipt = await _read(hub, caller, "checkpoint", size=str(checkpoint.size))
     return audit_pb2.CheckpointResponse(
         checkpoint=checkpoint.note,

@@ -65,6 +65,7 @@ class FailureReason(enum.Enum):
     TIME_REGRESSION = "entry time earlier than the previous entry's"
     CHAIN_BROKEN = "hash chain broken"
     NO_PINNED_CHECKPOINT = "no checkpoint carries a pinned hub key"
+    WITNESS_QUORUM = "no checkpoint carries the witness quorum"
     BAD_CHECKPOINT_SIGNATURE = "checkpoint not signed by the hub"
     ROOT_MISMATCH = "checkpoint root differs from the entries' Merkle root"
     CHECKPOINT_ORDER = "checkpoints out of order or of another log"
@@ -96,6 +97,7 @@ class Report:
     signatures: int = 0
     size: int = 0
     origin: str = ""
+    witnessed_size: int | None = None  # the largest checkpoint meeting the witness policy
     failures: list[Failure] = field(default_factory=list)
 
     @property
@@ -371,6 +373,8 @@ class _Verifier:
         self.checkpoints_at: dict[int, str] = {}
         self.broken = False
         self.operator_keys: list[bytes] = []  # the operator's first keys, as pinned
+        self.witness_policy: Callable[[str], object] | None = None
+        self.quorum_problem = ""
         self.pinned_signed = 0  # checkpoints a pinned key signed
         self.other_signers: set[str] = set()  # who signed the others
 
@@ -449,6 +453,13 @@ class _Verifier:
             self.fail(size - 1, FailureReason.BAD_CHECKPOINT_SIGNATURE, f"size {size}: {exc}")
             return
         self.pinned_signed += 1
+        if self.witness_policy is not None:
+            try:
+                self.witness_policy(note)
+            except CheckpointError as exc:
+                self.quorum_problem = f"size {size}: {exc}"
+            else:
+                self.report.witnessed_size = size
         if checkpoint.size != size or checkpoint.origin != self.report.origin:
             self.fail(
                 size - 1,
@@ -495,6 +506,7 @@ def verify_export(
     audit: EntryAudit | None = None,
     issue_window_seconds: int | None = None,
     operator_keys: Sequence[bytes] = (),
+    witness_policy: Callable[[str], object] | None = None,
 ) -> Report:
     """Verify an export stream read from ``handle``.
 
@@ -510,8 +522,11 @@ def verify_export(
     default audit allows between a request's ``issued_at`` and its entry's time (default 300).
     ``operator_keys`` pins the operator's first public keys (its later ones are introduced
     by its signed rotations); if empty, those the header declares, else the hub keys (a log
-    from before the operator's key was apart from the hub's). Returns a Report; never raises
-    for a bad export.
+    from before the operator's key was apart from the hub's). ``witness_policy`` is called
+    with each checkpoint note the hub key signed and raises CheckpointError if the note lacks
+    the witness quorum (``WitnessPolicy.check``); the export fails if no checkpoint meets it,
+    and ``Report.witnessed_size`` is the largest that does. Returns a Report; never raises for
+    a bad export.
     """
     report = Report()
     source = _Stream(handle)
@@ -538,6 +553,7 @@ def verify_export(
     hook = default_audit(issue_window_seconds) if audit is None else audit
     state = _Verifier(report, pinned, trusted, progress, hook)
     state.operator_keys = operator_roots or [k.public_key for k in pinned]
+    state.witness_policy = witness_policy
     key_records: list[dict[str, Any]] = []
     chunk: list[str] = []
     chunk_start = 0
@@ -650,6 +666,13 @@ def _finish(state: _Verifier, ended: dict[str, Any] | None) -> None:
                 f"trusted checkpoint {held.name} covers {held.size} entries, the export only "
                 f"{n}: the log was truncated or rolled back",
             )
+    if state.witness_policy is not None and report.witnessed_size is None:
+        state.fail(
+            None,
+            FailureReason.WITNESS_QUORUM,
+            "no checkpoint of the export carries the witness quorum"
+            + (f" (last: {state.quorum_problem})" if state.quorum_problem else ""),
+        )
     if report.checkpoints and not state.pinned_signed and state.other_signers:
         pinned = ", ".join(f"{k.name}+{k.keyid.hex()}" for k in state.hub_keys)
         state.fail(
