@@ -238,6 +238,51 @@ def _proof_times(url: str, size: int, hub: SigningKey, trials: int = 300) -> tup
     return inclusion, consistency
 
 
+def _witness_round_trips(ledger: Ledger, engine: Engine, tmpdir: Path) -> None:
+    """The witness round trip per checkpoint: each stored checkpoint of the log submitted in
+    turn (add-checkpoint over HTTP on loopback, with its consistency proof) to a witness with
+    durable state, against a bare HTTP POST round trip to the same server."""
+    from exchange.ledger import storage
+    from exchange.witness.cosignature import WitnessKey
+    from exchange.witness.server import Witness, WitnessServer
+    from exchange.witness.submitter import WitnessClient, WitnessEndpoint, post
+
+    key = SigningKey.generate()
+    server = WitnessServer(
+        Witness(key, "bench/witness", [ledger.verifier_key], tmpdir / "witness.db")
+    )
+    server.start()
+    try:
+        with engine.connect() as conn:
+            checkpoints = storage.checkpoints(conn, ledger.size())
+        client = WitnessClient(
+            WitnessEndpoint(server.url, WitnessKey.of("bench/witness", key.public_bytes))
+        )
+        times = []
+        for checkpoint in checkpoints:
+            start = time.perf_counter()
+            client.submit(checkpoint, ledger.consistency_proof)
+            times.append(time.perf_counter() - start)
+        bare = []
+        for _ in range(len(checkpoints)):
+            start = time.perf_counter()
+            post(f"{server.url}/nothing", b"")
+            bare.append(time.perf_counter() - start)
+    finally:
+        server.stop()
+    print(
+        f"witness round trip per checkpoint: {statistics.median(times) * 1000:.2f} ms median "
+        f"(p90 {sorted(times)[int(len(times) * 0.9)] * 1000:.2f} ms) over {len(times)} "
+        "checkpoints: add-checkpoint with its consistency proof, signature checks, durable "
+        "state (SQLite FULL), cosignature"
+    )
+    print(
+        f"  baseline bare HTTP POST round trip to the same server: "
+        f"{statistics.median(bare) * 1000:.2f} ms; ratio "
+        f"{statistics.median(times) / statistics.median(bare):.1f}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--appends", type=int, default=40_000)
@@ -311,6 +356,7 @@ def main() -> None:
             KeyRecord(ACTOR, dept.keyid, dept.public_bytes, since),
         ]
         summary = export_ledger(engine, out, history, [ledger.verifier_key])
+        _witness_round_trips(ledger, engine, tmpdir)
         engine.dispose()
         text = out.getvalue()
         vrates, singles, parallels = [], [], []
