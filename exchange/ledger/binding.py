@@ -24,7 +24,7 @@ runs in the verifier's worker processes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from google.protobuf.message import Message
@@ -44,112 +44,122 @@ SUBJECT_REF_BYTES = 32
 
 Mismatch = str  # a human message naming the field
 Entry = ledger_pb2.LedgerEntry
-Check = Callable[[Entry, Any], Iterator[Mismatch]]
+Check = Callable[[Entry, Any, list[Mismatch]], None]
 
 
-def _same(what: str, recorded: str, signed: str) -> Iterator[Mismatch]:
+def _same(what: str, recorded: str, signed: str, out: list[Mismatch]) -> None:
     if recorded != signed and not (len(signed) > TRUNCATE and recorded == signed[:TRUNCATE]):
-        yield (
+        out.append(
             f"the entry records {what} {recorded[:TRUNCATE]!r}, the signed request "
             f"{signed[:TRUNCATE]!r}"
         )
 
 
-def _attribute(entry: Entry, name: str, signed: str) -> Iterator[Mismatch]:
-    yield from _same(f"attribute {name}", entry.attributes.get(name, ""), signed)
+def _attribute(entry: Entry, name: str, signed: str, out: list[Mismatch]) -> None:
+    _same(f"attribute {name}", entry.attributes.get(name, ""), signed, out)
 
 
-def _listed(entry: Entry, name: str, signed: Any) -> Iterator[Mismatch]:
+def _listed(entry: Entry, name: str, signed: Any, out: list[Mismatch]) -> None:
     recorded = entry.attributes.get(name, "")
     extra = sorted(set(recorded.split(",")) - set(signed)) if recorded else []
     if extra:
         named = ", ".join(extra)[:TRUNCATE]
-        yield f"the entry records {name} {named!r} the signed request did not name"
+        out.append(f"the entry records {name} {named!r} the signed request did not name")
 
 
-def _subject(entry: Entry, body: Any, only_personal_field: bool = True) -> Iterator[Mismatch]:
+def _subject(
+    entry: Entry, body: Any, out: list[Mismatch], only_personal_field: bool = True
+) -> None:
     # Where the subject id is the body's only personal field, a disclosure is the subject's.
     disclosed = bool(body.header.disclosure_sha256)
     if body.subject_id or (disclosed and only_personal_field):
         if len(entry.subject_ref) != SUBJECT_REF_BYTES:
-            yield "the signed request names a subject, the entry records no subject reference"
+            out.append("the signed request names a subject, the entry records no subject reference")
     elif not disclosed and entry.subject_ref:
-        yield "the entry records a subject reference, the signed request names no subject"
+        out.append("the entry records a subject reference, the signed request names no subject")
 
 
-def _material(entry: Entry, body: Any) -> Iterator[Mismatch]:
-    yield from _same("material type", entry.material_type, body.material_type)
+def _material(entry: Entry, body: Any, out: list[Mismatch]) -> None:
+    _same("material type", entry.material_type, body.material_type, out)
 
 
-def _material_and_subject(entry: Entry, body: Any) -> Iterator[Mismatch]:
-    yield from _material(entry, body)
-    yield from _subject(entry, body)
+def _material_and_subject(entry: Entry, body: Any, out: list[Mismatch]) -> None:
+    _material(entry, body, out)
+    _subject(entry, body, out)
 
 
-def _material_and_subject_among_others(entry: Entry, body: Any) -> Iterator[Mismatch]:
-    yield from _material(entry, body)
-    yield from _subject(entry, body, only_personal_field=False)
+def _material_and_subject_among_others(entry: Entry, body: Any, out: list[Mismatch]) -> None:
+    _material(entry, body, out)
+    _subject(entry, body, out, only_personal_field=False)
 
 
-def _request(entry: Entry, body: exchange_pb2.MaterialRequest) -> Iterator[Mismatch]:
-    yield from _material_and_subject(entry, body)
-    yield from _same("purpose", entry.purpose, body.purpose)
+def _request(entry: Entry, body: exchange_pb2.MaterialRequest, out: list[Mismatch]) -> None:
+    _material_and_subject(entry, body, out)
+    _same("purpose", entry.purpose, body.purpose, out)
     if body.fields:
-        yield from _listed(entry, "fields", body.fields)
+        _listed(entry, "fields", body.fields, out)
 
 
-def _prefill(entry: Entry, body: exchange_pb2.PrefillRequest) -> Iterator[Mismatch]:
-    yield from _subject(entry, body)
-    yield from _attribute(entry, "form", body.form_id)
+def _prefill(entry: Entry, body: exchange_pb2.PrefillRequest, out: list[Mismatch]) -> None:
+    _subject(entry, body, out)
+    _attribute(entry, "form", body.form_id, out)
 
 
-def _history(entry: Entry, body: exchange_pb2.AccessHistoryRequest) -> Iterator[Mismatch]:
-    yield from _subject(entry, body)
+def _history(entry: Entry, body: exchange_pb2.AccessHistoryRequest, out: list[Mismatch]) -> None:
+    _subject(entry, body, out)
 
 
-def _resolve(entry: Entry, body: exchange_pb2.ResolveObjectionRequest) -> Iterator[Mismatch]:
-    yield from _attribute(entry, "objection_id", body.objection_id)
+def _resolve(entry: Entry, body: exchange_pb2.ResolveObjectionRequest, out: list[Mismatch]) -> None:
+    _attribute(entry, "objection_id", body.objection_id, out)
 
 
-def _issue(entry: Entry, body: grants_pb2.IssueGrantRequest) -> Iterator[Mismatch]:
-    yield from _same("material type", entry.material_type, body.grant.material_type)
-    yield from _same("counterparty", entry.counterparty, body.grant.consumer)
-    yield from _listed(entry, "fields", body.grant.fields)
-    yield from _listed(entry, "purposes", body.grant.purposes)
+def _issue(entry: Entry, body: grants_pb2.IssueGrantRequest, out: list[Mismatch]) -> None:
+    _same("material type", entry.material_type, body.grant.material_type, out)
+    _same("counterparty", entry.counterparty, body.grant.consumer, out)
+    _listed(entry, "fields", body.grant.fields, out)
+    _listed(entry, "purposes", body.grant.purposes, out)
 
 
-def _revoke_grant(entry: Entry, body: grants_pb2.RevokeGrantRequest) -> Iterator[Mismatch]:
-    yield from _attribute(entry, "grant_id", body.grant_id)
+def _revoke_grant(entry: Entry, body: grants_pb2.RevokeGrantRequest, out: list[Mismatch]) -> None:
+    _attribute(entry, "grant_id", body.grant_id, out)
 
 
-def _publish_type(entry: Entry, body: catalog_pb2.PublishMaterialTypeRequest) -> Iterator[Mismatch]:
-    yield from _same("material type", entry.material_type, body.material_type.id)
-    yield from _listed(entry, "fields", [f.name for f in body.material_type.fields])
+def _publish_type(
+    entry: Entry, body: catalog_pb2.PublishMaterialTypeRequest, out: list[Mismatch]
+) -> None:
+    _same("material type", entry.material_type, body.material_type.id, out)
+    _listed(entry, "fields", [f.name for f in body.material_type.fields], out)
 
 
-def _define_purpose(entry: Entry, body: catalog_pb2.DefinePurposeRequest) -> Iterator[Mismatch]:
-    yield from _same("purpose", entry.purpose, body.purpose.id)
+def _define_purpose(
+    entry: Entry, body: catalog_pb2.DefinePurposeRequest, out: list[Mismatch]
+) -> None:
+    _same("purpose", entry.purpose, body.purpose.id, out)
 
 
-def _register_form(entry: Entry, body: catalog_pb2.RegisterFormRequest) -> Iterator[Mismatch]:
-    yield from _same("purpose", entry.purpose, body.form.purpose)
-    yield from _attribute(entry, "form", body.form.id)
+def _register_form(
+    entry: Entry, body: catalog_pb2.RegisterFormRequest, out: list[Mismatch]
+) -> None:
+    _same("purpose", entry.purpose, body.form.purpose, out)
+    _attribute(entry, "form", body.form.id, out)
 
 
-def _get_form(entry: Entry, body: catalog_pb2.GetFormRequest) -> Iterator[Mismatch]:
-    yield from _attribute(entry, "form", body.form_id)
+def _get_form(entry: Entry, body: catalog_pb2.GetFormRequest, out: list[Mismatch]) -> None:
+    _attribute(entry, "form", body.form_id, out)
 
 
-def _department(entry: Entry, body: Any) -> Iterator[Mismatch]:
-    yield from _same("department", entry.counterparty, body.department_id)
+def _department(entry: Entry, body: Any, out: list[Mismatch]) -> None:
+    _same("department", entry.counterparty, body.department_id, out)
 
 
-def _register(entry: Entry, body: registry_pb2.RegisterDepartmentRequest) -> Iterator[Mismatch]:
-    yield from _same("department", entry.counterparty, body.department.id)
+def _register(
+    entry: Entry, body: registry_pb2.RegisterDepartmentRequest, out: list[Mismatch]
+) -> None:
+    _same("department", entry.counterparty, body.department.id, out)
 
 
-def _nothing(entry: Entry, body: Any) -> Iterator[Mismatch]:
-    return iter(())
+def _nothing(entry: Entry, body: Any, out: list[Mismatch]) -> None:
+    return
 
 
 _RULES: dict[str, tuple[type[Message], frozenset[int], Check]] = {
@@ -224,4 +234,6 @@ def mismatches(entry: Entry, payload_type: str, body: Any) -> list[Mismatch]:
             else str(entry.kind)
         )
         return [f"the entry's kind {kind} is not what a {payload_type} records"]
-    return list(check(entry, body))
+    found: list[Mismatch] = []
+    check(entry, body, found)
+    return found

@@ -32,7 +32,6 @@ state) and ``start`` / ``observe`` in the parent, in log order.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -50,6 +49,7 @@ _REGISTER = "exchange.v1.RegisterDepartmentRequest"
 _ROTATE = "exchange.v1.RotateKeyRequest"
 _REVOKE = "exchange.v1.RevokeKeyRequest"
 _INTRODUCING = (ledger_pb2.DEPARTMENT_REGISTRATION, ledger_pb2.KEY_ROTATION)
+_REGISTRY = frozenset({*_INTRODUCING, ledger_pb2.KEY_REVOCATION})
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +87,7 @@ class Seen(NamedTuple):
 
 
 _NOTHING = Seen("", None)
+_PURGE_EVERY = 65536
 
 
 def issued_window_holds(issued_ns: int, time_ns: int, window_ns: int) -> bool:
@@ -152,16 +153,18 @@ class RegistryAudit:
     _rotated_out: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
     # (actor, request id) -> sequence, for entries recent enough that a replay of theirs
     # could still be inside the issue window (older replays fail that check instead)
-    _recent: dict[tuple[str, str], int] = field(default_factory=dict)
-    _recent_order: deque[tuple[int, tuple[str, str]]] = field(default_factory=deque)
+    _recent: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
+    _purge_at: int = 65536
 
     # ------------------------------------------------------------ worker side
 
     def inspect(
         self, entry: ledger_pb2.LedgerEntry, envelope: envelope_pb2.Envelope
-    ) -> tuple[list[Problem], Seen]:
+    ) -> tuple[list[Problem], Seen | str | None]:
         """For an OK entry whose envelope verified: problems found in its body, and the facts
-        ``observe`` needs. Stateless: runs in the verifier's worker processes."""
+        ``observe`` needs (most entries: just the request id that may occur once, which is
+        cheaper to send back than a ``Seen``). Stateless: runs in the verifier's worker
+        processes."""
         try:
             body = binding.parse(envelope.payload_type, envelope.payload)
         except DecodeError:
@@ -177,11 +180,11 @@ class RegistryAudit:
                 f"the envelope is request {header.request_id[:128]!r}, the entry records "
                 f"{entry.request_id!r}"
             ), _NOTHING
-        problems = [
+        problems: list[Problem] = [
             ("ENVELOPE_ENTRY_MISMATCH", message)
             for message in binding.mismatches(entry, envelope.payload_type, body)
         ]
-        issued = header.issued_at.seconds * 1_000_000_000 + header.issued_at.nanos
+        issued = header.issued_at.ToNanoseconds()
         time_ns = entry_time_ns(entry)
         if not issued_window_holds(issued, time_ns, self.issue_window_ns):
             problems.append(
@@ -193,11 +196,11 @@ class RegistryAudit:
                 )
             )
         once = "" if envelope.payload_type in binding.UNCLAIMED else header.request_id
-        facts: Facts = None
-        if entry.kind in _INTRODUCING or entry.kind == ledger_pb2.KEY_REVOCATION:
+        if entry.kind in _REGISTRY:
             registry_problems, facts = _registry_facts(entry, envelope)
             problems.extend(registry_problems)
-        return problems, Seen(once, facts)
+            return problems, Seen(once, facts)
+        return problems, once or None
 
     # ------------------------------------------------------------ parent side
 
@@ -235,10 +238,13 @@ class RegistryAudit:
         check that key's standing and that its request was not recorded before, then learn
         what the entry registers."""
         problems: list[Problem] = []
-        seen = facts if isinstance(facts, Seen) else _NOTHING
-        if seen.once:
-            problems.extend(self._once(sequence, time_ns, (actor, seen.once)))
-        facts = seen.registry
+        if type(facts) is str:
+            once, facts = facts, None
+        else:
+            seen = facts if isinstance(facts, Seen) else _NOTHING
+            once, facts = seen.once, seen.registry
+        if once:
+            problems.extend(self._once(sequence, time_ns, (actor, once)))
         if actor == self.operator:
             standing = self._operator_standing(time_ns, actor, keyid)
             problems.extend(standing)
@@ -296,22 +302,22 @@ class RegistryAudit:
         return problems
 
     def _once(self, sequence: int, time_ns: int, key: tuple[str, str]) -> list[Problem]:
-        horizon = time_ns - 2 * self.issue_window_ns - CALL_ALLOWANCE_NS
-        order = self._recent_order
-        while order and order[0][0] < horizon:
-            _, old = order.popleft()
-            self._recent.pop(old, None)
         earlier = self._recent.get(key)
         if earlier is not None:
             return [
                 (
                     "REQUEST_RECORDED_TWICE",
                     f"request {key[1][:128]!r} of {key[0]!r} is already recorded as OK entry "
-                    f"{earlier}: a replayed request",
+                    f"{earlier[0]}: a replayed request",
                 )
             ]
-        self._recent[key] = sequence
-        order.append((time_ns, key))
+        self._recent[key] = (sequence, time_ns)
+        if len(self._recent) >= self._purge_at:
+            # Forget request ids too old for a replay of theirs to pass the window check,
+            # in bulk: the parent's per-entry work stays a dictionary lookup and insert.
+            horizon = time_ns - 2 * self.issue_window_ns - CALL_ALLOWANCE_NS
+            self._recent = {k: v for k, v in self._recent.items() if v[1] >= horizon}
+            self._purge_at = max(_PURGE_EVERY, 2 * len(self._recent))
         return []
 
     def _operator_standing(self, time_ns: int, actor: str, keyid: str) -> list[Problem]:

@@ -21,6 +21,7 @@ import binascii
 import enum
 import json
 import os
+import re
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -241,6 +242,25 @@ def _key_lookup(actor: str, time_ns: int) -> Callable[[str], bytes | None]:
     return lookup
 
 
+# An entry line as the exporter writes it; any other spelling of the same JSON is parsed as JSON.
+_ENTRY_LINE = re.compile(
+    r'\{"type":"entry","sequence":\d+,"entry":"([A-Za-z0-9+/=]*)","envelope":"([A-Za-z0-9+/=]*)"\}\n?'
+)
+
+
+def _entry_fields(line: str) -> tuple[str, str]:
+    """The base64 entry and envelope of an entry line. Raises ValueError, KeyError,
+    TypeError if it is not an object with them."""
+    match = _ENTRY_LINE.fullmatch(line)
+    if match is not None:
+        return match.group(1), match.group(2)
+    record = json.loads(line)
+    entry, envelope = record["entry"], record.get("envelope", "")
+    if not isinstance(entry, str) or not isinstance(envelope, str):
+        raise TypeError("entry and envelope are base64 strings")
+    return entry, envelope
+
+
 def _check_chunk(start: int, lines: list[str]) -> ChunkResult:
     """Decode and check entries ``start`` … of one chunk; no chain or tree state needed."""
     sequences: list[int] = []
@@ -253,9 +273,9 @@ def _check_chunk(start: int, lines: list[str]) -> ChunkResult:
     for offset, line in enumerate(lines):
         position = start + offset
         try:
-            record = json.loads(line)
-            entry_bytes = base64.b64decode(record["entry"], validate=True)
-            envelope = base64.b64decode(record.get("envelope", ""), validate=True)
+            entry_text, envelope_text = _entry_fields(line)
+            entry_bytes = binascii.a2b_base64(entry_text, strict_mode=True)
+            envelope = binascii.a2b_base64(envelope_text, strict_mode=True)
             entry = ledger_pb2.LedgerEntry.FromString(entry_bytes)
         except (ValueError, KeyError, TypeError, binascii.Error, DecodeError) as exc:
             failures.append((position, "MALFORMED_ENTRY", f"cannot decode: {exc}"))
