@@ -20,11 +20,12 @@ from exchange.ledger import Ledger, LedgerConfig
 from exchange.ledger.export import KeyRecord as ExportKey
 from exchange.policy.grants import GrantStore
 from exchange.policy.identity import Authenticator
-from exchange.policy.operator import adopt_operator_key
+from exchange.policy.operator import adopt_operator_key, resume_log_key_overlap
 from exchange.policy.rates import RateLimiter
 from exchange.routing.provider import ProviderRouter
 from exchange.store.cache import TtlCache
 from exchange.store.database import AsyncConnections, open_engine, upgrade
+from exchange.store.log_keys import LogKeys
 from exchange.store.materials import MaterialIndex
 from exchange.store.objections import Objections
 from exchange.store.operator_keys import OperatorKeys
@@ -100,6 +101,7 @@ class Hub:
         self.registry = Registry(engine)
         # The operator's public keys: the hub verifies operator calls, never signs them.
         self.operator_keys = OperatorKeys(engine, config.hub_id)
+        self.log_keys = LogKeys(engine)
         self.operator_key = operator_key
         self._purger: asyncio.Task[None] | None = None
         # Registry reads for authentication, cached briefly: writes through this process
@@ -182,6 +184,7 @@ class Hub:
         request-id records that have aged out of the replay window."""
         await self.ledger.start()
         await adopt_operator_key(self.ledger, self.operator_keys, self.hub_key, self.operator_key)
+        await resume_log_key_overlap(self.ledger, self.log_keys, Keystore(self.config.keys_dir))
         self.witnessing.start()
         self.requests.start()
         await self.supervision.start()

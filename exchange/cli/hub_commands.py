@@ -278,3 +278,30 @@ def rotate_operator_key(
     pending.with_suffix(".pub").replace(store.operator_dir / "signing.pub")
     click.echo(f"operator key {new.keyid[:16]}… in {store.operator_dir}")
     click.echo(f"ledger entry #{answer.receipt.sequence}")
+
+
+@registry.command("rotate-log-key")
+@click.option(
+    "--public-key",
+    default=None,
+    help="Hex public key of the hub's next log key (default: <keys>/hub/signing.next.pub).",
+)
+@with_hub_options
+@click.pass_context
+def rotate_log_key(
+    ctx: click.Context, public_key: str | None, listen: str | None, keys_dir: Path | None
+) -> None:
+    """Approve the hub's next log key (made by `exchange keys rotate-hub-key` on the hub's
+    host): a ledger entry; from then on every checkpoint carries both keys' signatures."""
+    config = load_config(ctx, listen=listen, keys_dir=keys_dir)
+    try:
+        raw = (
+            bytes.fromhex(public_key)
+            if public_key
+            else load_public_key(Path(config.keys_dir) / "hub" / "signing.next.pub")
+        )
+    except (ValueError, KeyFileError) as exc:
+        fail(str(exc))
+    body = registry_pb2.RotateKeyRequest(department_id=config.origin, new_public_key=raw)
+    answer = _call(config, "RotateKey", body, registry_pb2.DepartmentResponse)
+    click.echo(f"log key {raw.hex()[:16]}… approved; ledger entry #{answer.receipt.sequence}")

@@ -84,6 +84,23 @@ def operator(ctx: click.Context, keys_dir: Path | None) -> None:
     click.echo(f"public key: {key.public_bytes.hex()}")
 
 
+@keys.command("rotate-hub-key")
+@click.option("--dir", "keys_dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+@click.pass_context
+def rotate_hub_key(ctx: click.Context, keys_dir: Path | None) -> None:
+    """Create the hub's next log key (hub/signing.next.key) and print its verifier key and
+    public key; the operator then approves it (`exchange registry rotate-log-key`)."""
+    from exchange.ledger.checkpoint import verifier_key
+
+    config = load_config(ctx, keys_dir=keys_dir)
+    try:
+        key = Keystore(config.keys_dir).init_next_hub_key()
+    except KeyFileError as exc:
+        fail(str(exc))
+    click.echo(f"next verifier key: {verifier_key(config.origin, key.public_bytes)}")
+    click.echo(f"public key: {key.public_bytes.hex()}")
+
+
 @keys.command("verifier")
 @click.option("--dir", "keys_dir", type=click.Path(file_okay=False, path_type=Path), default=None)
 @click.option("--origin", default=None, help="The log origin (default from configuration).")

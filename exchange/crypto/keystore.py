@@ -8,6 +8,8 @@ Layout (documented in keys/README.md)::
     <root>/operator/signing.key, signing.pub the operator's Ed25519 key: registry and catalog
                                              changes; the hub reads only signing.pub (move
                                              signing.key to the operator's machine)
+    <root>/hub/signing.next.key, .pub        the next log key, during a rotation (signs beside
+                                             the current one once the operator approved it)
     <root>/hub/subject.key                   HMAC secret for subject refs and content hashes
     <root>/hub/tls.pem, tls.key              the hub's TLS server certificate
     <root>/hub/client.pem, client.key        the operator's TLS client certificate (CN = hub id)
@@ -161,6 +163,21 @@ class Keystore:
         """The public half of the operator's key, which the hub verifies operator calls with.
         Raises KeyFileError."""
         return load_public_key(self.operator_dir / "signing.pub")
+
+    def init_next_hub_key(self) -> SigningKey:
+        """Create the hub's next log key (``hub/signing.next.key``) for a rotation. Raises
+        KeyFileError if one exists."""
+        path = self.hub_dir / "signing.next.key"
+        if path.exists():
+            raise KeyFileError(f"{path} exists; a log key rotation is under way")
+        key = SigningKey.generate()
+        save_signing_key(path, key)
+        return key
+
+    def hub_next_signing_key(self) -> SigningKey | None:
+        """The hub's next log key during a rotation, or None. Raises KeyFileError if unsafe."""
+        path = self.hub_dir / "signing.next.key"
+        return load_signing_key(path) if path.exists() else None
 
     def subject_key(self) -> bytes:
         """Load the hub's HMAC secret for subject refs. Raises KeyFileError."""

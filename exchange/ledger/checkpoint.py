@@ -139,6 +139,21 @@ def sign_checkpoint(
     return Checkpoint(origin=origin, size=size, root_hash=root_hash, note=note)
 
 
+def add_signature(checkpoint: Checkpoint, signer: SigningKey, key_name: str) -> Checkpoint:
+    """``checkpoint`` with one more signature line, by ``signer`` under ``key_name`` (a log key
+    in its overlap period signs beside the current one)."""
+    _check_key_name(key_name)
+    body = checkpoint.body
+    keyid = note_keyid(key_name, signer.public_bytes)
+    line = f"{SIGNATURE_PREFIX}{key_name} {base64.b64encode(keyid + signer.sign(body)).decode()}\n"
+    return Checkpoint(
+        origin=checkpoint.origin,
+        size=checkpoint.size,
+        root_hash=checkpoint.root_hash,
+        note=checkpoint.note + line,
+    )
+
+
 def _split_note(note: str) -> tuple[bytes, list[str]]:
     if len(note) > _MAX_NOTE:
         raise CheckpointError("note is too large")

@@ -23,7 +23,9 @@ from sqlalchemy.exc import IntegrityError
 from exchange.clock import now_us
 from exchange.crypto.envelope import sign
 from exchange.crypto.keys import KeyFileError, SigningKey, keyid
+from exchange.crypto.keystore import Keystore
 from exchange.ledger import EntryDraft, Ledger
+from exchange.store.log_keys import LogKeys
 from exchange.store.operator_keys import OperatorKeys
 from exchange.store.registry import KeyRecord
 from exchange.v1 import common_pb2, ledger_pb2, registry_pb2
@@ -120,3 +122,12 @@ async def _migrate(
         effect=effect,
     )
     log.info("operator_key_adopted", keyid=new.keyid, hub_era_until_us=now)
+
+
+async def resume_log_key_overlap(ledger: Ledger, approved: LogKeys, keystore: Keystore) -> None:
+    """If the keystore holds a next log key the operator approved (a rotation under way), sign
+    checkpoints with it too, as before the restart. Raises KeyFileError for an unsafe file."""
+    next_key = await asyncio.to_thread(keystore.hub_next_signing_key)
+    if next_key is not None and await asyncio.to_thread(approved.approved, next_key.keyid):
+        ledger.sign_also_with(next_key)
+        log.info("log_key_overlap", next_keyid=next_key.keyid)

@@ -291,3 +291,82 @@ async def test_cli_rotates_the_operators_key(hub: RunningHub) -> None:
     assert not (hub.keystore.operator_dir / "signing.next.key").exists()
     result = await asyncio.to_thread(CliRunner().invoke, main, ["registry", "list", *args])
     assert result.exit_code == 0, result.output
+
+
+async def test_log_key_rotates_with_an_overlap(start_hub: StartHub, tmp_path: Path) -> None:
+    from exchange.ledger import verifier_key, verify_checkpoint
+    from exchange.ledger.checkpoint import CheckpointError
+
+    url = f"sqlite:///{tmp_path / 'hub.db'}"
+    hub = await start_hub(url)
+    await hub.register("js.nj.civil-affairs")
+    old_vkey = hub.server.hub.ledger.verifier_key
+    operator = hub.operator
+    origin = hub.config.origin
+    # the operator cannot approve a key the hub does not hold
+    with pytest.raises(Refused) as caught:
+        await operator.call(
+            ROTATE,
+            registry_pb2.RotateKeyRequest(
+                department_id=origin, new_public_key=SigningKey.generate().public_bytes
+            ),
+            registry_pb2.DepartmentResponse,
+        )
+    assert caught.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    next_key = hub.keystore.init_next_hub_key()
+    new_vkey = verifier_key(origin, next_key.public_bytes)
+    answer = await operator.call(
+        ROTATE,
+        registry_pb2.RotateKeyRequest(department_id=origin, new_public_key=next_key.public_bytes),
+        registry_pb2.DepartmentResponse,
+    )
+    entry = ledger_pb2.LedgerEntry.FromString(
+        hub.server.hub.ledger.entries(answer.receipt.sequence, 1)[0].entry_bytes
+    )
+    assert entry.kind == ledger_pb2.KEY_ROTATION and entry.counterparty == origin
+    assert entry.attributes["log_key"] == new_vkey
+    await operator.call(
+        LIST, registry_pb2.ListDepartmentsRequest(), registry_pb2.ListDepartmentsResponse
+    )
+
+    async def latest_signed_by_both() -> None:
+        for _ in range(100):
+            latest = hub.server.hub.ledger.latest_checkpoint()
+            if latest is not None and latest.size > answer.receipt.sequence:
+                verify_checkpoint(latest.note, [old_vkey])
+                verify_checkpoint(latest.note, [new_vkey])
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError("no checkpoint after the rotation")
+
+    await latest_signed_by_both()
+    # a restarted hub resumes the overlap
+    await hub.server.stop(grace=1)
+    hub = await start_hub(url)
+    await hub.operator.call(
+        LIST, registry_pb2.ListDepartmentsRequest(), registry_pb2.ListDepartmentsResponse
+    )
+    await latest_signed_by_both()
+    # after the overlap the next key becomes the key: only it signs
+    await hub.server.stop(grace=1)
+    hub_dir = hub.keystore.hub_dir
+    (hub_dir / "signing.next.key").replace(hub_dir / "signing.key")
+    (hub_dir / "signing.next.pub").replace(hub_dir / "signing.pub")
+    hub = await start_hub(url)
+    await hub.operator.call(
+        LIST, registry_pb2.ListDepartmentsRequest(), registry_pb2.ListDepartmentsResponse
+    )
+    await hub.server.stop(grace=1)
+    latest = hub.server.hub.ledger.latest_checkpoint()
+    assert latest is not None
+    verify_checkpoint(latest.note, [new_vkey])
+    with pytest.raises(CheckpointError):
+        verify_checkpoint(latest.note, [old_vkey])
+    # the whole log verifies with both verifier keys pinned
+    history = hub.server.hub.key_history()
+    out = io.StringIO()
+    export_ledger(
+        hub.server.hub.engine, out, history, [new_vkey], operator_keys=first_keys(history, HUB_ID)
+    )
+    report = verify_export(io.StringIO(out.getvalue()), hub_keys=[old_vkey, new_vkey], workers=0)
+    assert report.ok, report.first_failure
