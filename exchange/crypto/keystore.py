@@ -62,6 +62,15 @@ def check_department_id(department_id: str) -> str:
     return department_id
 
 
+def _new_signing_key(path: Path, instead: str) -> SigningKey:
+    """Create a signing key at ``path`` (and its ``.pub``); KeyFileError if one is there."""
+    if path.exists():
+        raise KeyFileError(f"{path} exists; {instead}")
+    key = SigningKey.generate()
+    save_signing_key(path, key)
+    return key
+
+
 class Keystore:
     """Creates and loads the files under one keystore root."""
 
@@ -115,12 +124,7 @@ class Keystore:
         """Create the operator's signing key, apart from the hub's: the hub process never
         loads it (only ``signing.pub``). Raises KeyFileError if it exists (never overwrites).
         """
-        path = self.operator_dir / "signing.key"
-        if path.exists():
-            raise KeyFileError(f"{path} exists; rotate the operator's key instead")
-        key = SigningKey.generate()
-        save_signing_key(path, key)
-        return key
+        return _new_signing_key(self.operator_dir / "signing.key", "rotate the operator's key")
 
     def add_department(
         self, department_id: str, *, server_names: tuple[str, ...] = ()
@@ -167,12 +171,9 @@ class Keystore:
     def init_next_hub_key(self) -> SigningKey:
         """Create the hub's next log key (``hub/signing.next.key``) for a rotation. Raises
         KeyFileError if one exists."""
-        path = self.hub_dir / "signing.next.key"
-        if path.exists():
-            raise KeyFileError(f"{path} exists; a log key rotation is under way")
-        key = SigningKey.generate()
-        save_signing_key(path, key)
-        return key
+        return _new_signing_key(
+            self.hub_dir / "signing.next.key", "a log key rotation is under way"
+        )
 
     def hub_next_signing_key(self) -> SigningKey | None:
         """The hub's next log key during a rotation, or None. Raises KeyFileError if unsafe."""

@@ -208,6 +208,21 @@ async def rotate_key(
     )
 
 
+def _keys_only(identity: str, name: str, keys: list[KeyRecord]) -> DepartmentRecord:
+    """The operator or the log as a department record holding only keys, for the answer."""
+    return DepartmentRecord(
+        id=identity,
+        name=name,
+        roles=frozenset(),
+        provider_endpoint="",
+        certificate_sha256="",
+        state="ACTIVE",
+        owner="",
+        registered_us=0,
+        keys=tuple(keys),
+    )
+
+
 async def _rotate_operator_key(
     hub: Hub, caller: Caller, body: registry_pb2.RotateKeyRequest
 ) -> registry_pb2.DepartmentResponse:
@@ -239,17 +254,7 @@ async def _rotate_operator_key(
         raise errors.AlreadyExists(
             common_pb2.DEPARTMENT_EXISTS, "that key is already the operator's"
         ) from exc
-    operator = DepartmentRecord(
-        id=caller.department_id,
-        name="the hub operator",
-        roles=frozenset(),
-        provider_endpoint="",
-        certificate_sha256="",
-        state="ACTIVE",
-        owner="",
-        registered_us=0,
-        keys=tuple(change.value),
-    )
+    operator = _keys_only(caller.department_id, "the hub operator", change.value)
     return registry_pb2.DepartmentResponse(department=to_proto(operator), receipt=receipt)
 
 
@@ -291,19 +296,13 @@ async def _rotate_log_key(
         raise errors.AlreadyExists(
             common_pb2.DEPARTMENT_EXISTS, "that log key is already approved"
         ) from exc
-    log = DepartmentRecord(
-        id=body.department_id,
-        name="the hub's log",
-        roles=frozenset(),
-        provider_endpoint="",
-        certificate_sha256="",
-        state="ACTIVE",
-        owner="",
-        registered_us=0,
-        keys=(
+    log = _keys_only(
+        body.department_id,
+        "the hub's log",
+        [
             KeyRecord(hub.hub_key.keyid, body.department_id, hub.hub_key.public_bytes, 0),
             KeyRecord(signing_key.keyid, body.department_id, public_key, now),
-        ),
+        ],
     )
     return registry_pb2.DepartmentResponse(department=to_proto(log), receipt=receipt)
 

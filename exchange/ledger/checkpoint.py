@@ -58,6 +58,25 @@ def verifier_key(name: str, public_key: bytes) -> str:
     return f"{name}+{note_keyid(name, public_key).hex()}+{encoded}"
 
 
+def split_vkey(text: str, algorithm: int, what: str) -> tuple[str, bytes, bytes]:
+    """The name, 4-byte key id and 32-byte Ed25519 key of ``<name>+<hex key id>+base64(
+    algorithm || key)`` (the caller checks the id against the name and key, whose derivation
+    depends on the algorithm). Raises CheckpointError naming ``what`` if it is malformed."""
+    parts = text.strip().split("+", 2)
+    if len(parts) != 3:
+        raise CheckpointError(f"a {what} is <name>+<hex key id>+<base64 key>")
+    name, hex_id, encoded = parts
+    _check_key_name(name)
+    try:
+        keyid = bytes.fromhex(hex_id)
+        raw = base64.b64decode(encoded, validate=True)
+    except (ValueError, binascii.Error) as exc:
+        raise CheckpointError(f"{what} has a malformed key id or key") from exc
+    if len(keyid) != 4 or len(raw) != 33 or raw[0] != algorithm:
+        raise CheckpointError(f"{what} is not a 4-byte id and an Ed25519 key of its type")
+    return name, keyid, raw[1:]
+
+
 @dataclass(frozen=True, slots=True)
 class NoteVerifier:
     """A parsed verifier key: name, 4-byte key id and raw Ed25519 public key."""
@@ -69,19 +88,7 @@ class NoteVerifier:
     @classmethod
     def parse(cls, text: str) -> NoteVerifier:
         """Parse a verifier key string. Raises CheckpointError if it is malformed."""
-        parts = text.strip().split("+", 2)
-        if len(parts) != 3:
-            raise CheckpointError("a verifier key is <name>+<hex key id>+<base64 key>")
-        name, hex_id, encoded = parts
-        _check_key_name(name)
-        try:
-            keyid = bytes.fromhex(hex_id)
-            raw = base64.b64decode(encoded, validate=True)
-        except (ValueError, binascii.Error) as exc:
-            raise CheckpointError("verifier key has a malformed key id or key") from exc
-        if len(keyid) != 4 or len(raw) != 33 or raw[0] != ED25519_ALGORITHM:
-            raise CheckpointError("verifier key is not a 4-byte id and an Ed25519 key")
-        public_key = raw[1:]
+        name, keyid, public_key = split_vkey(text, ED25519_ALGORITHM, "verifier key")
         if note_keyid(name, public_key) != keyid:
             raise CheckpointError("verifier key id does not match its name and key")
         return cls(name=name, keyid=keyid, public_key=public_key)

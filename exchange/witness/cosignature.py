@@ -29,6 +29,7 @@ from exchange.ledger.checkpoint import (
     Checkpoint,
     CheckpointError,
     NoteVerifier,
+    split_vkey,
     verify_checkpoint,
 )
 
@@ -67,18 +68,8 @@ class WitnessKey:
     @classmethod
     def parse(cls, text: str) -> WitnessKey:
         """Parse ``<name>+<hex key id>+base64(0x04 || key)``. Raises CheckpointError."""
-        parts = text.strip().split("+", 2)
-        if len(parts) != 3:
-            raise CheckpointError("a witness key is <name>+<hex key id>+<base64 key>")
-        name, hex_id, encoded = parts
-        try:
-            keyid = bytes.fromhex(hex_id)
-            raw = base64.b64decode(encoded, validate=True)
-        except (ValueError, binascii.Error) as exc:
-            raise CheckpointError("witness key has a malformed key id or key") from exc
-        if len(keyid) != 4 or len(raw) != 33 or raw[0] != COSIGNATURE_ALGORITHM:
-            raise CheckpointError("witness key is not a 4-byte id and an Ed25519 cosigner key")
-        key = cls.of(name, raw[1:])
+        name, keyid, public_key = split_vkey(text, COSIGNATURE_ALGORITHM, "witness key")
+        key = cls.of(name, public_key)
         if key.keyid != keyid:
             raise CheckpointError("witness key id does not match its name and key")
         return key
