@@ -147,6 +147,25 @@ async def test_witnessed_checkpoints_meet_the_policy(
         await Watcher(auditor, verifier, tmp_path / "strict", strict).check()
     # the round trip was measured
     assert hub.server.hub.witnessing.round_trips
+    # the same from the command line: audit watch and check-receipt with the policy
+    from google.protobuf import json_format
+
+    from exchange.cli.main import main
+
+    policy = [a for key in witnesses.keys for a in ("--witness", key)]
+    common = ["--as", "js.audit", "--listen", hub.target, "--keys-dir", str(hub.keystore.root)]
+    watch = ["audit", "watch", "--once", *common, "--state", str(tmp_path / "cli-state")]
+    result = await asyncio.to_thread(CliRunner().invoke, main, [*watch, *policy, "--quorum", "2"])
+    assert result.exit_code == 0 and "ok: size 0 ->" in result.output, result.output
+    result = await asyncio.to_thread(
+        CliRunner().invoke, main, [*watch, *policy, "--witness", stranger]
+    )
+    assert result.exit_code == 1 and "missing: witness.test/w3" in result.output, result.output
+    receipt = tmp_path / "receipt.json"
+    receipt.write_text(json_format.MessageToJson(answer.receipt))
+    check = ["audit", "check-receipt", str(receipt), *common, "--state", str(tmp_path / "s2")]
+    result = await asyncio.to_thread(CliRunner().invoke, main, [*check, *policy])
+    assert result.exit_code == 0 and "is in the hub's log" in result.output, result.output
 
     # Offline: the export's checkpoints carry the cosignatures.
     await hub.server.stop(grace=1)
@@ -171,7 +190,6 @@ async def test_witnessed_checkpoints_meet_the_policy(
     from exchange.cli.audit import audit
 
     args = ["verify", str(path), "--hub-verifier-key", verifier]
-    policy = [a for key in witnesses.keys for a in ("--witness", key)]
     result = CliRunner().invoke(audit, [*args, *policy, "--quorum", "2"])
     assert result.exit_code == 0 and "witnessed: the checkpoint of size" in result.output
     result = CliRunner().invoke(audit, [*args, *policy, "--witness", stranger])
