@@ -15,9 +15,9 @@ them, and each envelope, to facts the hub cannot forge without the operator's ke
   ``issued_at`` (plus an allowance for the call's run), and no (actor, request id) is recorded
   by two OK entries (streams excepted: they are not claimed by id), so a signed request
   replayed later is not a second call;
-- **the operator** is the actor whose key records carry a pinned hub verifier key (the hub key
-  signs checkpoints and the operator's calls); a record of the operator with any other key is
-  not trusted;
+- **the operator** is the actor whose key records carry a pinned operator key (its first keys,
+  apart from the hub key that signs checkpoints); its later keys are those its own signed
+  rotations introduce, and a record of the operator with any other key is not trusted;
 - **introduction**: a department key verifies an entry only if an earlier OK
   ``DEPARTMENT_REGISTRATION`` or ``KEY_ROTATION`` entry of the operator, whose operator-signed
   body carries that public key, introduced it for that department (attribute ``keyid``);
@@ -151,10 +151,10 @@ class RegistryAudit:
     _introduced: dict[tuple[str, str], tuple[int, bytes]] = field(default_factory=dict)
     _revoked: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
     _rotated_out: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
-    # (actor, request id) -> sequence, for entries recent enough that a replay of theirs
-    # could still be inside the issue window (older replays fail that check instead)
+    # (actor, request id) -> (sequence, time), for entries recent enough that a replay of
+    # theirs could still be inside the issue window (older replays fail that check instead)
     _recent: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
-    _purge_at: int = 65536
+    _purge_at: int = _PURGE_EVERY
 
     # ------------------------------------------------------------ worker side
 
