@@ -317,3 +317,21 @@ def test_trusted_checkpoint_of_another_key_is_refused(world: World) -> None:
     )
     _assert_fails(report, None, FailureReason.BAD_TRUSTED_CHECKPOINT)
     assert "#2" in str(report.first_failure)
+
+
+def test_request_id_memory_is_bounded_and_still_catches_recent_replays() -> None:
+    from exchange.ledger.keyhistory import RegistryAudit
+
+    audit = RegistryAudit(issue_window_ns=10)
+    audit._purge_at = 4  # purge in bulk after a few entries (the default is 65,536)
+    second = 1_000_000_000
+
+    def replays(sequence: int, time_ns: int, request_id: str) -> list[str]:
+        problems = audit.observe(sequence, time_ns, A, "k", request_id)
+        return [reason for reason, _ in problems if reason == "REQUEST_RECORDED_TWICE"]
+
+    for n in range(40):
+        assert replays(n, n * 100 * second, f"r-{n}") == []
+    assert len(audit._recent) < 10  # old request ids were forgotten
+    # a recent request id recorded again is still a replay
+    assert replays(40, 39 * 100 * second, "r-39") == ["REQUEST_RECORDED_TWICE"]
