@@ -319,11 +319,15 @@ def test_trusted_checkpoint_of_another_key_is_refused(world: World) -> None:
     assert "#2" in str(report.first_failure)
 
 
-def test_request_id_memory_is_bounded_and_still_catches_recent_replays() -> None:
-    from exchange.ledger.keyhistory import RegistryAudit
+def test_request_id_memory_is_bounded_and_still_catches_recent_replays(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from exchange.ledger import keyhistory
 
-    audit = RegistryAudit(issue_window_ns=10)
-    audit._purge_at = 4  # purge in bulk after a few entries (the default is 65,536)
+    # purge in bulk after a few entries (the default is 65,536)
+    monkeypatch.setattr(keyhistory, "_PURGE_EVERY", 4)
+    audit = keyhistory.RegistryAudit(issue_window_ns=10)
+    audit._purge_at = 4
     second = 1_000_000_000
 
     def replays(sequence: int, time_ns: int, request_id: str) -> list[str]:
