@@ -11,7 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from adapters.client import HubClient, Identity, Refused, channel
 from exchange.cli.main import fail, load_config, run
-from exchange.config import Config
+from exchange.config import Config, ConfigError
 from exchange.crypto.keys import KeyFileError, load_public_key
 from exchange.crypto.keystore import Keystore
 from exchange.v1 import common_pb2, registry_pb2
@@ -67,7 +67,7 @@ def serve(
         )
     try:
         run(serve_hub(config))
-    except KeyFileError as exc:
+    except (KeyFileError, ConfigError) as exc:
         fail(str(exc))
 
 

@@ -67,7 +67,14 @@ def serve(directory: Path, name: str, listen: str, logs: tuple[str, ...]) -> Non
     except (KeyFileError, CheckpointError) as exc:
         fail(str(exc))
     host, _, port = listen.rpartition(":")
-    server = WitnessServer(Witness(key, name, verifiers, directory / STATE_FILE), host, int(port))
+    if not host or not port.isdigit():
+        fail(f"--listen is host:port, got {listen!r}")
+    try:
+        server = WitnessServer(
+            Witness(key, name, verifiers, directory / STATE_FILE), host, int(port)
+        )
+    except OSError as exc:
+        fail(f"cannot listen on {listen}: {exc.strerror or exc}")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import structlog
 from sqlalchemy import Engine, update
 
+from exchange.config import ConfigError
 from exchange.ledger import Checkpoint, Ledger, storage
 from exchange.ledger.checkpoint import CheckpointError
 from exchange.witness.cosignature import WitnessKey, add_cosignatures, cosignature_time
@@ -48,15 +49,21 @@ class WitnessEndpoint:
 
     @classmethod
     def parse_list(cls, text: str) -> list[WitnessEndpoint]:
-        """Parse ``<url> <witness key>, …``. Raises CheckpointError or ValueError."""
+        """Parse the ``witnesses`` setting, ``<url> <witness key>, …``. Raises ConfigError
+        naming the setting and the problem."""
         endpoints = []
         for item in text.split(","):
             if not item.strip():
                 continue
             url, _, key = item.strip().partition(" ")
             if not url.startswith(("http://", "https://")) or not key.strip():
-                raise ValueError(f"a witness is '<http(s) URL> <witness key>', got {item!r}")
-            endpoints.append(cls(url.rstrip("/"), WitnessKey.parse(key)))
+                raise ConfigError(
+                    f"witnesses: each is '<http(s) URL> <witness key>', got {item.strip()!r}"
+                )
+            try:
+                endpoints.append(cls(url.rstrip("/"), WitnessKey.parse(key)))
+            except CheckpointError as exc:
+                raise ConfigError(f"witnesses: {url}: {exc}") from exc
         return endpoints
 
 

@@ -194,3 +194,14 @@ async def test_witnessed_checkpoints_meet_the_policy(
     assert result.exit_code == 0 and "witnessed: the checkpoint of size" in result.output
     result = CliRunner().invoke(audit, [*args, *policy, "--witness", stranger])
     assert result.exit_code == 1 and "WITNESS_QUORUM" in result.output, result.output
+
+
+async def test_a_malformed_witness_setting_stops_the_hub_with_its_name(
+    start_hub: StartHub,
+) -> None:
+    from exchange.config import ConfigError
+
+    with pytest.raises(ConfigError, match="witnesses: each is"):
+        await start_hub(witnesses="ftp://w1 key")
+    with pytest.raises(ConfigError, match="witnesses: http://w1: a witness key is"):
+        await start_hub(witnesses="http://w1 not-a-key")
