@@ -10,6 +10,7 @@ waits for witnesses. The configuration (``Config.witnesses``) is a comma-separat
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import time
 import urllib.error
@@ -69,8 +70,6 @@ class WitnessEndpoint:
 
 def request_body(old_size: int, proof: Sequence[bytes], note: str) -> bytes:
     """An add-checkpoint request body."""
-    import base64
-
     lines = [f"old {old_size}", *(base64.b64encode(node).decode() for node in proof)]
     return ("\n".join(lines) + "\n\n" + note).encode("utf-8")
 
@@ -117,7 +116,7 @@ class WitnessClient:
             if cosignature_time(cosigned, self.endpoint.key) is None:
                 raise CheckpointError(f"{self.endpoint.key.name} answered no cosignature")
             self.held = checkpoint.size
-            return next(line for line in lines if f" {self.endpoint.key.name} " in f" {line}")
+            return next(line for line in lines if line.split(" ", 2)[1] == self.endpoint.key.name)
         raise WitnessRefused(409, f"the witness holds size {self.held}")
 
 
