@@ -34,13 +34,15 @@ async def _latest(hub: Hub) -> Checkpoint:
     return checkpoint
 
 
-async def _read(hub: Hub, caller: Caller, what: str, **attributes: str) -> common_pb2.Receipt:
+async def _read(
+    hub: Hub, caller: Caller, what: str, **attributes: str
+) -> common_pb2.Receipt | None:
     """Record a read of ``what`` if the read summary admits it (see read_summary); the
-    receipt of its entry, or an empty receipt for a read that is only counted."""
+    receipt of its entry, or None (the answer carries no receipt) for a read only counted."""
     summary = summary_of(hub)
     admission = summary.admit(caller.department_id, what)
     if not admission.record:
-        return common_pb2.Receipt()
+        return None
     if admission.unrecorded:
         attributes["unrecorded_reads"] = str(admission.unrecorded)
     try:

@@ -231,3 +231,38 @@ async def test_watcher_polls_do_not_grow_the_ledger_per_poll(
         if ledger_pb2.LedgerEntry.FromString(e.entry_bytes).attributes.get("what") == "checkpoint"
     ]
     assert int(last.attributes["unrecorded_reads"]) >= 6
+
+
+async def test_a_verifying_sdk_accepts_reads_answered_without_a_receipt(hub: RunningHub) -> None:
+    from adapters.client import HubClient, Identity
+
+    await hub.register("js.audit", (common_pb2.AUDITOR,))
+    await checkpoint_covering(hub, hub.server.hub.ledger.size())
+    client = HubClient(
+        hub.target,
+        Identity(
+            "js.audit",
+            hub.keystore.department_signing_key("js.audit"),
+            hub.keystore.department_tls("js.audit"),
+        ),
+        server_name="localhost",
+        hub_verifier=hub.server.hub.ledger.verifier_key,
+    )
+    try:
+        answers = [
+            await client.call(
+                f"{AUDIT}/GetCheckpoint",
+                audit_pb2.GetCheckpointRequest(),
+                audit_pb2.CheckpointResponse,
+            )
+            for _ in range(3)
+        ]
+        # the first read is an entry with a verified receipt, the others are only counted
+        assert [a.HasField("receipt") for a in answers] == [True, False, False]
+        # every other answer still needs its receipt
+        listed = await client.call(
+            LIST, registry_pb2.ListDepartmentsRequest(), registry_pb2.ListDepartmentsResponse
+        )
+        assert listed.HasField("receipt")
+    finally:
+        await client.close()
