@@ -15,12 +15,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import json
 import os
 import random
 import sqlite3
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -184,6 +186,27 @@ def _parallel_bare_verify_rate(cores: int, seconds: float = 1.0) -> float:
     delivers in parallel (vCPUs may share physical cores)."""
     with ProcessPoolExecutor(cores) as pool:
         return sum(pool.map(_bare_verify_rate, [seconds] * cores))
+
+
+def _per_entry_costs(text: str, runs: int = 15) -> tuple[float, float]:
+    """The per-entry cost, in seconds, of a verifier worker on one chunk of the export and of
+    one bare Ed25519 check, each the minimum of ``runs`` (the least disturbed by a shared
+    machine's other work): the part of full verification the bindings add to."""
+    from exchange.ledger import verify as verifier
+
+    lines = text.splitlines(keepends=True)
+    entries = [line for line in lines if line.startswith('{"type":"entry"')][: verifier.CHUNK]
+    keys = [json.loads(line) for line in lines if line.startswith('{"type":"key"')]
+    verifier._init_worker(verifier._keys_from(keys), verifier.default_audit())
+    chunk = min(_timed(lambda: verifier._check_chunk(0, entries)) for _ in range(runs))
+    bare = min(1 / _bare_verify_rate(0.2) for _ in range(runs))
+    return chunk / len(entries), bare
+
+
+def _timed(work: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    work()
+    return time.perf_counter() - start
 
 
 def _bulk_log(path: Path, size: int, hub: SigningKey) -> str:
@@ -385,6 +408,13 @@ def main() -> None:
             f"  bare Ed25519 verify in {cores} processes at once: {parallel:,.0f}/s "
             f"({parallel / (bare * cores):.2f} of cores x single); ratio to it: "
             f"{vrate / parallel:.2f}"
+        )
+
+        worker, bare_one = _per_entry_costs(text)
+        print(
+            f"  per entry, min of 15 (steadier than the rates on a shared machine): a worker "
+            f"{worker * 1e6:.1f} us, of which one bare Ed25519 check {bare_one * 1e6:.1f} us "
+            f"({bare_one / worker:.2f})"
         )
 
         sizes = [10_000, 100_000] + ([] if args.skip_million else [1_000_000])
