@@ -16,14 +16,14 @@ import pytest
 from adapters.client import HubClient, Identity, Refused
 from exchange.crypto.envelope import sign
 from exchange.crypto.keys import SigningKey, save_signing_key
-from exchange.ledger import EntryDraft, Ledger, merkle, sign_checkpoint
-from exchange.ledger.entry import envelope_hash
+from exchange.ledger import EntryDraft, Ledger
 from exchange.ledger.export import export_ledger, first_keys
 from exchange.ledger.verify import FailureReason, verify_export
 from exchange.store.database import open_engine, upgrade
 from exchange.store.operator_keys import SELF_SIGNED_OVERLAP_US, OperatorKeys
 from exchange.v1 import common_pb2, ledger_pb2, registry_pb2
 from tests.conftest import HUB_ID, RunningHub, StartHub
+from tests.ledger.test_audit import _reforge
 
 LIST = "/exchange.v1.Registry/ListDepartments"
 ROTATE = "/exchange.v1.Registry/RotateKey"
@@ -172,39 +172,28 @@ async def test_operator_call_signed_by_the_hub_key_is_caught_offline(hub: Runnin
     lines = text.splitlines(keepends=True)
     hub_key = hub.keystore.hub_signing_key()
     rogue = SigningKey.generate()
-    out: list[str] = []
-    leaves: list[bytes] = []
-    prev = bytes(32)
-    forged_at = None
-    for line in lines:
-        record = json.loads(line)
-        if record["type"] == "entry":
-            entry = ledger_pb2.LedgerEntry.FromString(base64.b64decode(record["entry"]))
-            envelope = base64.b64decode(record["envelope"])
-            if entry.kind == ledger_pb2.DEPARTMENT_REGISTRATION and forged_at is None:
-                forged_at = entry.sequence
-                header = common_pb2.RequestHeader(request_id=entry.request_id, department_id=HUB_ID)
-                header.issued_at.FromDatetime(entry.time.ToDatetime())
-                department = registry_pb2.Department(id=entry.counterparty, name="x")
-                department.keys.add(public_key=rogue.public_bytes)
-                body = registry_pb2.RegisterDepartmentRequest(header=header, department=department)
-                envelope = sign(
-                    body.SerializeToString(), body.DESCRIPTOR.full_name, hub_key
-                ).SerializeToString()
-                entry.attributes["keyid"] = rogue.keyid
-            entry.envelope_hash = envelope_hash(envelope)
-            entry.prev_leaf_hash = prev
-            data = entry.SerializeToString(deterministic=True)
-            prev = merkle.leaf_hash(data)
-            leaves.append(prev)
-            record["entry"] = base64.b64encode(data).decode()
-            record["envelope"] = base64.b64encode(envelope).decode()
-        elif record["type"] == "checkpoint":
-            origin = hub.config.origin
-            record["note"] = sign_checkpoint(
-                origin, record["size"], merkle.root(leaves[: record["size"]]), hub_key, origin
-            ).note
-        out.append(json.dumps(record, separators=(",", ":"), ensure_ascii=False) + "\n")
+    forged_at = next(
+        entry.sequence
+        for entry in (
+            ledger_pb2.LedgerEntry.FromString(base64.b64decode(json.loads(line)["entry"]))
+            for line in lines
+            if '"type":"entry"' in line
+        )
+        if entry.kind == ledger_pb2.DEPARTMENT_REGISTRATION
+    )
+
+    def register_rogue(entry: ledger_pb2.LedgerEntry, envelope: bytes) -> bytes:
+        header = common_pb2.RequestHeader(request_id=entry.request_id, department_id=HUB_ID)
+        header.issued_at.FromDatetime(entry.time.ToDatetime())
+        department = registry_pb2.Department(id=entry.counterparty, name="x")
+        department.keys.add(public_key=rogue.public_bytes)
+        body = registry_pb2.RegisterDepartmentRequest(header=header, department=department)
+        entry.attributes["keyid"] = rogue.keyid
+        return sign(
+            body.SerializeToString(), body.DESCRIPTOR.full_name, hub_key
+        ).SerializeToString()
+
+    out = _reforge(lines, hub_key, {forged_at: register_rogue}, hub.config.origin)
     # the hub also claims its own key as an operator key in the key records
     out.insert(
         1,
@@ -221,7 +210,6 @@ async def test_operator_call_signed_by_the_hub_key_is_caught_offline(hub: Runnin
         )
         + "\n",
     )
-    assert forged_at is not None
     report = verify_export(
         io.StringIO("".join(out)), hub_keys=[verifier], operator_keys=roots, workers=0
     )

@@ -437,9 +437,11 @@ def test_checkpoint_right_after_a_chunk_boundary_is_checked(
 Change = Callable[[ledger_pb2.LedgerEntry, bytes], bytes]
 
 
-def _reforge(lines: list[str], hub: SigningKey, changes: dict[int, Change]) -> list[str]:
+def _reforge(
+    lines: list[str], hub: SigningKey, changes: dict[int, Change], origin: str = ORIGIN
+) -> list[str]:
     """Apply ``changes`` (by sequence: alter the entry in place, return the new envelope), then
-    re-chain every entry and re-sign every checkpoint with the hub key."""
+    re-chain every entry and re-sign every checkpoint of ``origin`` with the hub key."""
     out: list[str] = []
     leaves: list[bytes] = []
     prev = bytes(32)
@@ -461,7 +463,7 @@ def _reforge(lines: list[str], hub: SigningKey, changes: dict[int, Change]) -> l
         elif record["type"] == "checkpoint":
             size = record["size"]
             record["note"] = sign_checkpoint(
-                ORIGIN, size, merkle.root(leaves[:size]), hub, ORIGIN
+                origin, size, merkle.root(leaves[:size]), hub, origin
             ).note
         out.append(json.dumps(record, separators=(",", ":"), ensure_ascii=False) + "\n")
     assert set(changes) <= set(range(len(leaves)))
