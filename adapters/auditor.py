@@ -4,7 +4,9 @@ A ``Watcher`` keeps the last checkpoint it trusted in a file. Each new checkpoin
 hub's signature and be consistent with the trusted one (an RFC 9162 consistency proof); if it is
 not — a rewritten or forked history — ``ForkDetected`` carries both checkpoints. A receipt a
 department received can be checked the same way: inclusion in its own checkpoint, and that
-checkpoint consistent with the trusted one.
+checkpoint consistent with the trusted one. With a ``WitnessPolicy`` (k of n named witness
+keys), a checkpoint is trusted only if enough witnesses cosigned it, and a receipt only once a
+checkpoint so cosigned covers it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import grpc
 from adapters.client import HubClient, Refused
 from exchange.ledger import Checkpoint, CheckpointError, merkle, verify_checkpoint
 from exchange.v1 import audit_pb2, common_pb2
+from exchange.witness.cosignature import QuorumError, WitnessPolicy
 
 AUDIT = "/exchange.v1.Audit"
 
@@ -48,10 +51,24 @@ class Advance:
 class Watcher:
     """Follows one hub's checkpoints from a trusted state kept on disk."""
 
-    def __init__(self, client: HubClient, verifier_key: str, state_file: Path) -> None:
+    def __init__(
+        self,
+        client: HubClient,
+        verifier_key: str,
+        state_file: Path,
+        policy: WitnessPolicy | None = None,
+    ) -> None:
         self.client = client
         self.verifier_key = verifier_key
         self.state_file = state_file
+        self.policy = policy
+
+    def _verify(self, note: str) -> Checkpoint:
+        """The checkpoint if the hub signed it and, with a policy, its quorum cosigned it.
+        Raises CheckpointError (QuorumError for too few cosignatures)."""
+        if self.policy is None:
+            return verify_checkpoint(note, [self.verifier_key])
+        return self.policy.check(note, [self.verifier_key])
 
     def trusted(self) -> Checkpoint | None:
         """The last trusted checkpoint from the state file, re-verified; None if there is none.
@@ -60,7 +77,7 @@ class Watcher:
         """
         if not self.state_file.exists():
             return None
-        return verify_checkpoint(self.state_file.read_text(), [self.verifier_key])
+        return self._verify(self.state_file.read_text())
 
     def _trust(self, checkpoint: Checkpoint) -> None:
         # Write-then-rename, so a crash never leaves a half-written trusted state.
@@ -83,15 +100,15 @@ class Watcher:
     async def check(self) -> Advance:
         """Fetch the latest checkpoint, verify it, prove it extends the trusted one, trust it.
 
-        Raises ForkDetected (the hub's history was rewritten), CheckpointError (bad signature),
-        Refused (the hub refused the call).
+        Raises ForkDetected (the hub's history was rewritten), CheckpointError (bad signature;
+        QuorumError: too few witness cosignatures), Refused (the hub refused the call).
         """
         answer = await self.client.call(
             f"{AUDIT}/GetCheckpoint",
             audit_pb2.GetCheckpointRequest(),
             audit_pb2.CheckpointResponse,
         )
-        seen = verify_checkpoint(answer.checkpoint, [self.verifier_key])
+        seen = self._verify(answer.checkpoint)
         trusted = self.trusted()
         if trusted is None:
             self._trust(seen)
@@ -132,6 +149,10 @@ class Watcher:
         """Prove a receipt: included in its signed checkpoint, which is consistent with the
         trusted checkpoint. Returns the receipt's checkpoint.
 
+        With a witness policy, the receipt's checkpoint must be covered by a witnessed one:
+        the latest is fetched and trusted first (``check``), and a receipt beyond it raises
+        QuorumError (not witnessed yet: retry later).
+
         Raises CheckpointError (bad signature or inclusion), ForkDetected, Refused.
         """
         checkpoint = verify_checkpoint(receipt.checkpoint, [self.verifier_key])
@@ -143,6 +164,13 @@ class Watcher:
             checkpoint.root_hash,
         ):
             raise CheckpointError(f"entry {receipt.sequence} is not in its receipt's checkpoint")
+        if self.policy is not None:
+            witnessed = (await self.check()).checkpoint
+            if witnessed.size < checkpoint.size:
+                raise QuorumError(
+                    f"entry {receipt.sequence} is in a checkpoint of size {checkpoint.size}; the "
+                    f"latest the witnesses cosigned has size {witnessed.size}: retry later"
+                )
         trusted = self.trusted()
         if trusted is not None:
             await self.prove_extends(trusted, checkpoint)

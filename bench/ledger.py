@@ -15,12 +15,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import json
 import os
 import random
 import sqlite3
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -186,6 +188,27 @@ def _parallel_bare_verify_rate(cores: int, seconds: float = 1.0) -> float:
         return sum(pool.map(_bare_verify_rate, [seconds] * cores))
 
 
+def _per_entry_costs(text: str, runs: int = 15) -> tuple[float, float]:
+    """The per-entry cost, in seconds, of a verifier worker on one chunk of the export and of
+    one bare Ed25519 check, each the minimum of ``runs`` (the least disturbed by a shared
+    machine's other work): the part of full verification the bindings add to."""
+    from exchange.ledger import verify as verifier
+
+    lines = text.splitlines(keepends=True)
+    entries = [line for line in lines if line.startswith('{"type":"entry"')][: verifier.CHUNK]
+    keys = [json.loads(line) for line in lines if line.startswith('{"type":"key"')]
+    verifier._init_worker(verifier._keys_from(keys), verifier.default_audit())
+    chunk = min(_timed(lambda: verifier._check_chunk(0, entries)) for _ in range(runs))
+    bare = min(1 / _bare_verify_rate(0.2) for _ in range(runs))
+    return chunk / len(entries), bare
+
+
+def _timed(work: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    work()
+    return time.perf_counter() - start
+
+
 def _bulk_log(path: Path, size: int, hub: SigningKey) -> str:
     """A log of ``size`` synthetic entries with every node row, written directly."""
     url = f"sqlite:///{path}"
@@ -236,6 +259,51 @@ def _proof_times(url: str, size: int, hub: SigningKey, trials: int = 300) -> tup
     consistency = (time.perf_counter() - start) / trials
     engine.dispose()
     return inclusion, consistency
+
+
+def _witness_round_trips(ledger: Ledger, engine: Engine, tmpdir: Path) -> None:
+    """The witness round trip per checkpoint: each stored checkpoint of the log submitted in
+    turn (add-checkpoint over HTTP on loopback, with its consistency proof) to a witness with
+    durable state, against a bare HTTP POST round trip to the same server."""
+    from exchange.ledger import storage
+    from exchange.witness.cosignature import WitnessKey
+    from exchange.witness.server import Witness, WitnessServer
+    from exchange.witness.submitter import WitnessClient, WitnessEndpoint, post
+
+    key = SigningKey.generate()
+    server = WitnessServer(
+        Witness(key, "bench/witness", [ledger.verifier_key], tmpdir / "witness.db")
+    )
+    server.start()
+    try:
+        with engine.connect() as conn:
+            checkpoints = storage.checkpoints(conn, ledger.size())
+        client = WitnessClient(
+            WitnessEndpoint(server.url, WitnessKey.of("bench/witness", key.public_bytes))
+        )
+        times = []
+        for checkpoint in checkpoints:
+            start = time.perf_counter()
+            client.submit(checkpoint, ledger.consistency_proof)
+            times.append(time.perf_counter() - start)
+        bare = []
+        for _ in range(len(checkpoints)):
+            start = time.perf_counter()
+            post(f"{server.url}/nothing", b"")
+            bare.append(time.perf_counter() - start)
+    finally:
+        server.stop()
+    print(
+        f"witness round trip per checkpoint: {statistics.median(times) * 1000:.2f} ms median "
+        f"(p90 {sorted(times)[int(len(times) * 0.9)] * 1000:.2f} ms) over {len(times)} "
+        "checkpoints: add-checkpoint with its consistency proof, signature checks, durable "
+        "state (SQLite FULL), cosignature"
+    )
+    print(
+        f"  baseline bare HTTP POST round trip to the same server: "
+        f"{statistics.median(bare) * 1000:.2f} ms; ratio "
+        f"{statistics.median(times) / statistics.median(bare):.1f}"
+    )
 
 
 def main() -> None:
@@ -311,6 +379,7 @@ def main() -> None:
             KeyRecord(ACTOR, dept.keyid, dept.public_bytes, since),
         ]
         summary = export_ledger(engine, out, history, [ledger.verifier_key])
+        _witness_round_trips(ledger, engine, tmpdir)
         engine.dispose()
         text = out.getvalue()
         vrates, singles, parallels = [], [], []
@@ -339,6 +408,13 @@ def main() -> None:
             f"  bare Ed25519 verify in {cores} processes at once: {parallel:,.0f}/s "
             f"({parallel / (bare * cores):.2f} of cores x single); ratio to it: "
             f"{vrate / parallel:.2f}"
+        )
+
+        worker, bare_one = _per_entry_costs(text)
+        print(
+            f"  per entry, min of 15 (steadier than the rates on a shared machine): a worker "
+            f"{worker * 1e6:.1f} us, of which one bare Ed25519 check {bare_one * 1e6:.1f} us "
+            f"({bare_one / worker:.2f})"
         )
 
         sizes = [10_000, 100_000] + ([] if args.skip_million else [1_000_000])

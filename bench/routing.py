@@ -345,7 +345,7 @@ async def setup_hub(target: str, store: Keystore) -> None:
     """Register the owner and the consumer, catalogue the type, publish the holding, grant."""
     operator = HubClient(
         target,
-        Identity(HUB_ID, store.hub_signing_key(), store.operator_tls()),
+        Identity(HUB_ID, store.operator_signing_key(), store.operator_tls()),
         server_name="localhost",
     )
     owner = HubClient(

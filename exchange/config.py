@@ -67,6 +67,8 @@ class Config:
     checkpoint_every: int = 1000
     checkpoint_interval_ms: int = 1000
     provider_timeout_ms: int = 5000
+    # Witnesses the hub submits each checkpoint to: "<URL> <witness key>, ..." (docs/ledger.md)
+    witnesses: str = ""
     log_level: str = "info"
     log_format: str = "json"
     supervision: SupervisionConfig = field(default_factory=SupervisionConfig)

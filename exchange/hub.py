@@ -15,23 +15,27 @@ from exchange.catalog.repository import CatalogStore
 from exchange.clock import now_us
 from exchange.config import Config
 from exchange.crypto.content import ContentKeys
-from exchange.crypto.keys import SigningKey
+from exchange.crypto.keys import KeyFileError, SigningKey
 from exchange.crypto.keystore import Keystore, TlsIdentity
 from exchange.ledger import Ledger, LedgerConfig
 from exchange.ledger.export import KeyRecord as ExportKey
 from exchange.policy.grants import GrantStore
 from exchange.policy.identity import Authenticator
+from exchange.policy.operator import adopt_operator_key, resume_log_key_overlap
 from exchange.policy.rates import RateLimiter
 from exchange.routing.provider import ProviderRouter
 from exchange.store.cache import TtlCache
 from exchange.store.database import AsyncConnections, open_engine, upgrade
 from exchange.store.leadership import Leadership
+from exchange.store.log_keys import LogKeys
 from exchange.store.materials import MaterialIndex
 from exchange.store.objections import Objections
+from exchange.store.operator_keys import OperatorKeys
 from exchange.store.registry import DepartmentRecord, Registry
 from exchange.store.requests import RequestLog
 from exchange.supervision import Supervisor
 from exchange.supervision.engine import LEADER_LOCK
+from exchange.witness.submitter import WitnessEndpoint, Witnessing
 
 log = structlog.get_logger("exchange.hub")
 
@@ -42,18 +46,11 @@ def _moment(us: int) -> datetime:
     return datetime.fromtimestamp(us / 1_000_000, UTC)
 
 
-def key_history(registry: Registry, hub_id: str, hub_key: SigningKey) -> list[ExportKey]:
+def key_history(registry: Registry, operator_keys: OperatorKeys) -> list[ExportKey]:
     """Every signing key the ledger's entries may be signed with, for auditors' exports: the
-    operator's (the hub key) and each department's keys with their validity."""
-    history = [
-        ExportKey(
-            actor=hub_id,
-            keyid=hub_key.keyid,
-            public_key=hub_key.public_bytes,
-            valid_from=datetime.fromtimestamp(0, UTC),
-        )
-    ]
-    for key in registry.key_history():
+    operator's keys and each department's, with their validity. Needs no secret."""
+    history: list[ExportKey] = []
+    for key in [*operator_keys.all(), *registry.key_history()]:
         history.append(
             ExportKey(
                 actor=key.department_id,
@@ -67,6 +64,15 @@ def key_history(registry: Registry, hub_id: str, hub_key: SigningKey) -> list[Ex
     return history
 
 
+def _operator_public_key(keystore: Keystore) -> bytes | None:
+    """The public half of the operator's key, if the keystore has one (only the public half:
+    the hub never loads the operator's private key)."""
+    try:
+        return keystore.operator_public_key()
+    except KeyFileError:
+        return None
+
+
 class Hub:
     """Everything a call needs: configuration, keys, database, ledger, repositories."""
 
@@ -78,6 +84,7 @@ class Hub:
         subject_key: bytes,
         provider_tls: TlsIdentity | None = None,
         write_behind: Engine | None = None,
+        operator_key: bytes | None = None,
     ) -> None:
         self.config = config
         self.engine = engine
@@ -95,6 +102,10 @@ class Hub:
         self.hub_key = hub_key
         self.subject_key = subject_key
         self.registry = Registry(engine)
+        # The operator's public keys: the hub verifies operator calls, never signs them.
+        self.operator_keys = OperatorKeys(engine, config.hub_id)
+        self.log_keys = LogKeys(engine)
+        self.operator_key = operator_key
         self._purger: asyncio.Task[None] | None = None
         # Registry reads for authentication, cached briefly: writes through this process
         # invalidate at once; another hub process sees a change (a revoked key, say) within
@@ -112,7 +123,7 @@ class Hub:
         )
         self.authenticator = Authenticator(
             hub_id=config.hub_id,
-            hub_key=hub_key,
+            operator_keys=self.operator_keys.all,
             lookup=self.departments.get,
             replay_window_us=config.replay_window_seconds * 1_000_000,
         )
@@ -136,6 +147,13 @@ class Hub:
             hub_key,
             None if config.insecure else provider_tls,
             config.provider_timeout_ms / 1000,
+        )
+        # Witnesses cosign the stored checkpoints (exchange.witness.submitter).
+        self.witnessing = Witnessing(
+            self.ledger,
+            engine,
+            WitnessEndpoint.parse_list(config.witnesses),
+            config.checkpoint_interval_ms / 1000,
         )
         # Supervision (issue 7): alerts and burden counters, fed by the ledger's commits.
         # Run by one hub process per database (the leader; exchange.supervision.engine).
@@ -165,6 +183,7 @@ class Hub:
             keystore.subject_key(),
             None if config.insecure else keystore.operator_tls(),
             write_behind,
+            _operator_public_key(keystore),
         )
         try:
             ownership.check(engine, hub.ledger.verifier_key, hub.subject_key)
@@ -176,12 +195,15 @@ class Hub:
 
     def key_history(self) -> list[ExportKey]:
         """Every signing key the ledger's entries may be signed with (see ``key_history``)."""
-        return key_history(self.registry, self.config.hub_id, self.hub_key)
+        return key_history(self.registry, self.operator_keys)
 
     async def start(self) -> None:
         """Start the ledger writer, the request log's writer, supervision and the purge of
         request-id records that have aged out of the replay window."""
         await self.ledger.start()
+        await adopt_operator_key(self.ledger, self.operator_keys, self.hub_key, self.operator_key)
+        await resume_log_key_overlap(self.ledger, self.log_keys, Keystore(self.config.keys_dir))
+        self.witnessing.start()
         self.requests.start()
         await self.supervision.start()
         self._purger = asyncio.create_task(self._purge_requests(), name="request-purge")
@@ -219,6 +241,7 @@ class Hub:
             guards_ms=round(held.guards * 1000, 1),
             ceiling_entries_per_s=round(held.ceiling),
         )
+        await self.witnessing.close()  # after the final checkpoint, which it submits
         await self.providers.close()
         self.index.close()
         await self.index.close_readers()

@@ -90,7 +90,7 @@ class RunningHub:
         """A client for a department (or the operator when ``department_id`` is the hub id)."""
         if department_id == HUB_ID:
             identity = Identity(
-                HUB_ID, self.keystore.hub_signing_key(), self.keystore.operator_tls()
+                HUB_ID, self.keystore.operator_signing_key(), self.keystore.operator_tls()
             )
         else:
             identity = Identity(

@@ -97,6 +97,12 @@ class HubServer:
         for name in ["", *self.service_names]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("serving", listen=self.config.listen, port=self.port, tls=not self.config.insecure)
+        # Auditors pin this key (docs/ledger.md); `exchange keys verifier` prints it too.
+        log.info(
+            "hub_verifier_key",
+            verifier_key=self.hub.ledger.verifier_key,
+            operator_keys=[k.public_key.hex() for k in self.hub.operator_keys.all()],
+        )
         return self.port
 
     async def stop(self, grace: float | None = None) -> None:

@@ -3,11 +3,15 @@
 The group is importable on its own. The main ``exchange`` CLI registers it and passes what the
 ledger does not know through ``ctx.obj``:
 
-- ``engine``: a SQLAlchemy Engine (else ``--database-url`` is required for ``export``);
+- ``engine``: a SQLAlchemy Engine (else ``--database-url`` or the configured database);
 - ``key_history``: a callable(engine) -> list[KeyRecord] giving every department key (else
-  ``--key-history FILE``, a JSON list of key records as in the export, or none);
+  ``--key-history FILE``, a JSON list of key records as in the export, else the database's
+  registry);
 - ``hub_key``: the hub's key as a SigningKey, raw public key bytes or verifier key string
-  (else ``--hub-verifier-key``); a SigningKey or bytes is named by the log origin.
+  (else ``--hub-verifier-key``, else the public key in <keys>/hub/signing.pub); a SigningKey or
+  bytes is named by the log origin.
+
+No command here needs a secret of the hub's.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +29,15 @@ import click
 from sqlalchemy import Engine
 
 from exchange.crypto.keys import SigningKey
+from exchange.crypto.keys import keyid as keyid_of
 from exchange.ledger import storage
 from exchange.ledger.checkpoint import CheckpointError, NoteVerifier, verifier_key
-from exchange.ledger.export import KeyRecord, export_ledger
+from exchange.ledger.export import KeyRecord, export_ledger, first_keys
 from exchange.ledger.verify import verify_export
 from exchange.store.database import open_engine
 
 KeyHistory = Callable[[Engine], Sequence[KeyRecord]]
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _obj(ctx: click.Context) -> dict[str, Any]:
@@ -64,28 +70,83 @@ def _hub_verifier(hub_key: object, origin: str) -> str:
 
 
 def _configured(ctx: click.Context) -> Any:
-    """The hub configuration of the ``exchange`` CLI (file < environment < flags)."""
+    """The hub configuration of the ``exchange`` CLI (file < environment < flags); the
+    defaults when the group runs on its own."""
     from exchange.cli.main import load_config
+    from exchange.config import Config
 
-    return load_config(ctx)
-
-
-def _configured_hub_key(config: Any) -> SigningKey:
-    from exchange.crypto.keystore import Keystore
-
-    return Keystore(config.keys_dir).hub_signing_key()
+    return load_config(ctx) if "config_file" in _obj(ctx) else Config()
 
 
-def _configured_key_history(config: Any) -> KeyHistory:
-    """Every department key from the registry, plus the operator's (the hub key)."""
+def _registry_key_history(hub_id: str, legacy_operator_key: bytes) -> KeyHistory:
+    """Every department key from the database's registry, plus the operator's keys; a
+    database whose hub never recorded an operator key (before the operator's key was apart
+    from the hub's) had the hub key sign as the operator: ``legacy_operator_key``."""
 
     def history(engine: Engine) -> Sequence[KeyRecord]:
         from exchange.hub import key_history
+        from exchange.store.operator_keys import OperatorKeys
         from exchange.store.registry import Registry
 
-        return key_history(Registry(engine), config.hub_id, _configured_hub_key(config))
+        keys = key_history(Registry(engine), OperatorKeys(engine, hub_id))
+        if not any(k.actor == hub_id for k in keys):
+            keys.insert(
+                0,
+                KeyRecord(hub_id, keyid_of(legacy_operator_key), legacy_operator_key, _EPOCH),
+            )
+        return keys
 
     return history
+
+
+def _published_verifier(config: Any) -> str:
+    """The hub's verifier key from the public half of its key (<keys>/hub/signing.pub)."""
+    from exchange.crypto.keys import KeyFileError, load_public_key
+
+    try:
+        public = load_public_key(Path(config.keys_dir) / "hub" / "signing.pub")
+    except KeyFileError as exc:
+        raise click.UsageError(
+            f"{exc}; give the hub's verifier key with --hub-verifier-key "
+            "(`exchange keys verifier` prints it)"
+        ) from exc
+    return verifier_key(config.origin, public)
+
+
+def _policy(witnesses: tuple[str, ...], quorum: int | None) -> Any:
+    """The witness policy of --witness / --quorum, or None without witnesses."""
+    from exchange.witness.cosignature import WitnessPolicy
+
+    if not witnesses:
+        if quorum is not None:
+            raise click.UsageError("--quorum needs --witness keys")
+        return None
+    try:
+        return WitnessPolicy.parse(witnesses, quorum)
+    except CheckpointError as exc:
+        raise click.BadParameter(str(exc), param_hint="--witness/--quorum") from exc
+
+
+witness_policy_options = [
+    click.option(
+        "--witness",
+        "witnesses",
+        multiple=True,
+        help="A witness key (<name>+<id>+<key>) of the policy; repeatable.",
+    ),
+    click.option(
+        "--quorum",
+        type=click.IntRange(min=1),
+        default=None,
+        help="How many of the --witness keys must have cosigned a checkpoint (default: all).",
+    ),
+]
+
+
+def _with_policy_options(function: Any) -> Any:
+    for option in reversed(witness_policy_options):
+        function = option(function)
+    return function
 
 
 @click.group(name="audit")
@@ -111,40 +172,45 @@ def export_command(
     key_history_path: Path | None,
     hub_verifier_keys: tuple[str, ...],
 ) -> None:
-    """Write the ledger (up to its latest checkpoint) as a self-describing stream to --out."""
+    """Write the ledger (up to its latest checkpoint) as a self-describing stream to --out.
+
+    Needs public material only: the database (or --database-url), the hub's verifier key
+    (--hub-verifier-key, else from <keys>/hub/signing.pub) and the departments' public keys
+    (from the database's registry, or --key-history).
+    """
     obj = _obj(ctx)
     engine: Engine | None = obj.get("engine")
-    configured = _configured(ctx) if "config_file" in obj else None
+    configured = _configured(ctx)
+    try:
+        hub_keys = [str(NoteVerifier.parse(k)) for k in hub_verifier_keys]
+    except CheckpointError as exc:
+        raise click.BadParameter(str(exc), param_hint="--hub-verifier-key") from exc
     with ExitStack() as stack:
         if engine is None:
-            url = database_url or (configured.database_url if configured else None)
-            if not url:
-                raise click.UsageError("--database-url is required")
+            url = database_url or configured.database_url
             engine = open_engine(url)
             stack.callback(engine.dispose)
+        with engine.connect() as conn:
+            latest = storage.latest_checkpoint(conn)
+        if latest is None:
+            raise click.ClickException("the ledger has no checkpoint yet; nothing to export")
+        if obj.get("hub_key") is not None:
+            hub_keys.append(_hub_verifier(obj["hub_key"], latest.origin))
+        if not hub_keys:
+            hub_keys.append(_published_verifier(configured))
         history: KeyHistory | None = obj.get("key_history")
-        if history is None and key_history_path is None and configured is not None:
-            history = _configured_key_history(configured)
-            if not hub_verifier_keys and obj.get("hub_key") is None:
-                obj["hub_key"] = _configured_hub_key(configured)
         if history is not None:
             keys = list(history(engine))
         elif key_history_path is not None:
             keys = _key_history_file(key_history_path)
         else:
-            keys = []
-        with engine.connect() as conn:
-            latest = storage.latest_checkpoint(conn)
-        if latest is None:
-            raise click.ClickException("the ledger has no checkpoint yet; nothing to export")
-        hub_keys = [str(NoteVerifier.parse(k)) for k in hub_verifier_keys]
-        if obj.get("hub_key") is not None:
-            hub_keys.append(_hub_verifier(obj["hub_key"], latest.origin))
-        if not hub_keys:
-            raise click.UsageError("the hub's verifier key is needed (--hub-verifier-key)")
+            legacy = NoteVerifier.parse(hub_keys[0]).public_key
+            keys = list(_registry_key_history(configured.hub_id, legacy)(engine))
         temporary = out_path.with_name(out_path.name + ".partial")
         with temporary.open("w", encoding="utf-8") as out:
-            summary = export_ledger(engine, out, keys, hub_keys)
+            summary = export_ledger(
+                engine, out, keys, hub_keys, operator_keys=first_keys(keys, configured.hub_id)
+            )
         temporary.replace(out_path)
     click.echo(
         f"exported {summary.entries} entries, {summary.checkpoints} checkpoints and "
@@ -156,8 +222,11 @@ def export_command(
 @click.argument("export_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option(
     "--trusted-checkpoint",
+    "trusted_checkpoints",
+    multiple=True,
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="A signed checkpoint you already hold; the export must extend it.",
+    help="A signed checkpoint you already hold (a receipt's, `audit watch`'s state, a "
+    "witness's); the export must extend it. Repeatable: each one is checked.",
 )
 @click.option(
     "--hub-verifier-key",
@@ -165,14 +234,35 @@ def export_command(
     multiple=True,
     help="Pin the hub key (<name>+<id>+<key>); default: the keys the export declares.",
 )
+@click.option(
+    "--operator-key",
+    "operator_keys",
+    multiple=True,
+    help="Pin the operator's first public key (hex; `exchange keys verifier --operator`); "
+    "default: the keys the export declares.",
+)
 @click.option("--workers", type=int, default=None, help="Processes for signatures (all cores).")
+@_with_policy_options
+@click.option(
+    "--issue-window",
+    "issue_window",
+    type=click.IntRange(min=1),
+    default=300,
+    show_default=True,
+    help="The hub's replay window in seconds: how far an entry's time may lie from its "
+    "request's issued_at.",
+)
 @click.pass_context
 def verify_command(
     ctx: click.Context,
     export_file: Path,
-    trusted_checkpoint: Path | None,
+    trusted_checkpoints: tuple[Path, ...],
     hub_verifier_keys: tuple[str, ...],
+    operator_keys: tuple[str, ...],
     workers: int | None,
+    witnesses: tuple[str, ...],
+    quorum: int | None,
+    issue_window: int,
 ) -> None:
     """Verify an export offline; exit 0 if valid, 1 naming the first failing sequence."""
     from rich.console import Console
@@ -182,7 +272,14 @@ def verify_command(
         pinned = [str(NoteVerifier.parse(k)) for k in hub_verifier_keys]
     except CheckpointError as exc:
         raise click.BadParameter(str(exc), param_hint="--hub-verifier-key") from exc
-    trusted = trusted_checkpoint.read_text(encoding="utf-8") if trusted_checkpoint else None
+    try:
+        operators = [bytes.fromhex(k) for k in operator_keys]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--operator-key") from exc
+    if any(len(k) != 32 for k in operators):
+        raise click.BadParameter("an Ed25519 public key is 32 bytes", param_hint="--operator-key")
+    trusted = [path.read_text(encoding="utf-8") for path in trusted_checkpoints]
+    policy = _policy(witnesses, quorum)
     console = Console(stderr=True)
     with ExitStack() as stack:
         advance: Callable[[int], None] | None = None
@@ -213,11 +310,19 @@ def verify_command(
             workers=workers,
             progress=advance,
             on_header=on_header,
+            issue_window_seconds=issue_window,
+            operator_keys=operators,
+            witness_policy=None if policy is None else policy.require_quorum,
         )
     if not pinned:
         console.print(
             "warning: hub key not pinned; trusted the keys the export declares "
             "(use --hub-verifier-key)"
+        )
+    if not operators:
+        console.print(
+            "warning: operator key not pinned; trusted the keys the export declares "
+            "(use --operator-key)"
         )
     failure = report.first_failure
     if failure is not None:
@@ -227,6 +332,15 @@ def verify_command(
         f"valid: {report.entries} entries, {report.checkpoints} checkpoints, "
         f"{report.signatures} envelope signatures, origin {report.origin}"
     )
+    if report.witnessed_size is not None:
+        click.echo(
+            f"witnessed: the checkpoint of size {report.witnessed_size} carries the quorum"
+            + (
+                f"; entries {report.witnessed_size} to {report.entries - 1} are not witnessed yet"
+                if report.witnessed_size < report.entries
+                else ""
+            )
+        )
 
 
 def _auditor_client(
@@ -239,7 +353,7 @@ def _auditor_client(
     config = load_config(ctx, listen=listen, keys_dir=keys_dir)
     store = Keystore(config.keys_dir)
     if department == config.hub_id:
-        identity = Identity(department, store.hub_signing_key(), store.operator_tls())
+        identity = Identity(department, store.operator_signing_key(), store.operator_tls())
     else:
         identity = Identity(
             department, store.department_signing_key(department), store.department_tls(department)
@@ -287,6 +401,7 @@ def _with_watch_options(function: Any) -> Any:
 
 @audit.command(name="watch")
 @_with_watch_options
+@_with_policy_options
 @click.option("--interval", default=5.0, show_default=True, help="Seconds between checks.")
 @click.option("--once", is_flag=True, help="Check once and exit.")
 @click.pass_context
@@ -297,12 +412,15 @@ def watch_command(
     keys_dir: Path | None,
     hub_verifier_key: str | None,
     state_file: Path,
+    witnesses: tuple[str, ...],
+    quorum: int | None,
     interval: float,
     once: bool,
 ) -> None:
     """Follow the live log: every new checkpoint must extend the trusted one.
 
-    A rewritten or forked log is reported loudly with both checkpoints and exit code 3.
+    A rewritten or forked log is reported loudly with both checkpoints and exit code 3. With
+    --witness keys, a checkpoint without the witness quorum is refused (exit 1).
     """
     import asyncio
 
@@ -311,10 +429,11 @@ def watch_command(
 
     config, connect = _auditor_client(ctx, department, listen, keys_dir)
     verifier = _verifier(config, hub_verifier_key)
+    policy = _policy(witnesses, quorum)
 
     async def loop() -> None:
         client = connect()
-        watcher = Watcher(client, verifier, state_file)
+        watcher = Watcher(client, verifier, state_file, policy)
         try:
             while True:
                 advance = await watcher.check()
@@ -347,6 +466,7 @@ def watch_command(
 @audit.command(name="check-receipt")
 @click.argument("receipt_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @_with_watch_options
+@_with_policy_options
 @click.pass_context
 def check_receipt_command(
     ctx: click.Context,
@@ -356,6 +476,8 @@ def check_receipt_command(
     keys_dir: Path | None,
     hub_verifier_key: str | None,
     state_file: Path,
+    witnesses: tuple[str, ...],
+    quorum: int | None,
 ) -> None:
     """Prove a receipt (JSON form of exchange.v1.Receipt): signed, included, consistent with
     the trusted checkpoint."""
@@ -373,10 +495,11 @@ def check_receipt_command(
         raise click.BadParameter(str(exc), param_hint="RECEIPT_FILE") from exc
     config, connect = _auditor_client(ctx, department, listen, keys_dir)
     verifier = _verifier(config, hub_verifier_key)
+    policy = _policy(witnesses, quorum)
 
     async def check() -> Any:
         client = connect()
-        watcher = Watcher(client, verifier, state_file)
+        watcher = Watcher(client, verifier, state_file, policy)
         try:
             return await watcher.check_receipt(receipt)
         finally:

@@ -77,7 +77,7 @@ class Story:
 
     def client(self, department_id: str) -> HubClient:
         key = (
-            self.keystore.hub_signing_key()
+            self.keystore.operator_signing_key()
             if department_id == HUB_ID
             else self.keystore.department_signing_key(department_id)
         )
@@ -359,7 +359,7 @@ class Story:
             )
 
     async def audit(self) -> None:
-        from exchange.ledger.export import export_ledger
+        from exchange.ledger.export import export_ledger, first_keys
         from exchange.ledger.verify import verify_export
 
         step("An auditor exports the ledger and verifies it offline")
@@ -372,7 +372,13 @@ class Story:
 
         engine = open_engine(f"sqlite:///{self.root / 'hub.db'}")
         with out.open("w") as handle:
-            summary = export_ledger(engine, handle, key_history, [verifier])
+            summary = export_ledger(
+                engine,
+                handle,
+                key_history,
+                [verifier],
+                operator_keys=first_keys(key_history, HUB_ID),
+            )
         engine.dispose()
         ok(f"exported {summary.entries} entries to {out}")
         with out.open() as handle:

@@ -59,7 +59,7 @@ class Caller:
         """A client signing as the department or the operator. Raises KeyFileError."""
         store = Keystore(self.config.keys_dir)
         if self.department_id == self.config.hub_id:
-            key = store.hub_signing_key()
+            key = store.operator_signing_key()
             tls = None if self.config.insecure else store.operator_tls()
         else:
             key = store.department_signing_key(self.department_id)

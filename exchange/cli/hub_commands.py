@@ -11,7 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from adapters.client import HubClient, Identity, Refused, channel
 from exchange.cli.main import fail, load_config, run
-from exchange.config import Config
+from exchange.config import Config, ConfigError
 from exchange.crypto.keys import KeyFileError, load_public_key
 from exchange.crypto.keystore import Keystore
 from exchange.v1 import common_pb2, registry_pb2
@@ -70,7 +70,7 @@ def serve(
         )
     try:
         run(serve_hub(config))
-    except (KeyFileError, AddressInUse, SchemaError, ForeignDatabase) as exc:
+    except (KeyFileError, AddressInUse, SchemaError, ForeignDatabase, ConfigError) as exc:
         fail(str(exc))
 
 
@@ -100,9 +100,10 @@ def migrate(ctx: click.Context, database_url: str | None) -> None:
 
 
 def operator_client(config: Config) -> HubClient:
-    """A client acting as the hub operator (hub key, operator certificate)."""
+    """A client acting as the hub operator (the operator's key, apart from the hub's, and the
+    operator certificate)."""
     store = Keystore(config.keys_dir)
-    identity = Identity(config.hub_id, store.hub_signing_key(), store.operator_tls())
+    identity = Identity(config.hub_id, store.operator_signing_key(), store.operator_tls())
     return HubClient(config.listen, identity, server_name="localhost")
 
 
@@ -273,3 +274,62 @@ def rotate(
         department_id=department_id, new_public_key=raw, grace_seconds=grace_seconds
     )
     _show(_call(config, "RotateKey", body, registry_pb2.DepartmentResponse).department)
+
+
+@registry.command("rotate-operator-key")
+@click.option(
+    "--grace-seconds",
+    default=0,
+    type=click.IntRange(min=0),
+    help="How long the current operator key stays valid (other operator terminals switch).",
+)
+@with_hub_options
+@click.pass_context
+def rotate_operator_key(
+    ctx: click.Context, grace_seconds: int, listen: str | None, keys_dir: Path | None
+) -> None:
+    """Replace the operator's signing key: a new key, introduced by a rotation the current key
+    signs (a ledger entry); then <keys>/operator/signing.key is the new key."""
+    from exchange.crypto.keys import SigningKey, save_signing_key
+
+    config = load_config(ctx, listen=listen, keys_dir=keys_dir)
+    store = Keystore(config.keys_dir)
+    new = SigningKey.generate()
+    pending = store.operator_dir / "signing.next.key"
+    # Kept on disk before the call: if the answer is lost, the new key is not.
+    save_signing_key(pending, new)
+    body = registry_pb2.RotateKeyRequest(
+        department_id=config.hub_id, new_public_key=new.public_bytes, grace_seconds=grace_seconds
+    )
+    answer = _call(config, "RotateKey", body, registry_pb2.DepartmentResponse)
+    pending.replace(store.operator_dir / "signing.key")
+    pending.with_suffix(".pub").replace(store.operator_dir / "signing.pub")
+    click.echo(f"operator key {new.keyid[:16]}… in {store.operator_dir}")
+    click.echo(f"ledger entry #{answer.receipt.sequence}")
+
+
+@registry.command("rotate-log-key")
+@click.option(
+    "--public-key",
+    default=None,
+    help="Hex public key of the hub's next log key (default: <keys>/hub/signing.next.pub).",
+)
+@with_hub_options
+@click.pass_context
+def rotate_log_key(
+    ctx: click.Context, public_key: str | None, listen: str | None, keys_dir: Path | None
+) -> None:
+    """Approve the hub's next log key (made by `exchange keys rotate-hub-key` on the hub's
+    host): a ledger entry; from then on every checkpoint carries both keys' signatures."""
+    config = load_config(ctx, listen=listen, keys_dir=keys_dir)
+    try:
+        raw = (
+            bytes.fromhex(public_key)
+            if public_key
+            else load_public_key(Path(config.keys_dir) / "hub" / "signing.next.pub")
+        )
+    except (ValueError, KeyFileError) as exc:
+        fail(str(exc))
+    body = registry_pb2.RotateKeyRequest(department_id=config.origin, new_public_key=raw)
+    answer = _call(config, "RotateKey", body, registry_pb2.DepartmentResponse)
+    click.echo(f"log key {raw.hex()[:16]}… approved; ledger entry #{answer.receipt.sequence}")

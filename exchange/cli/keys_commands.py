@@ -66,3 +66,69 @@ def department(
         f"{department_id}: signing key {key.keyid[:16]}… in {store.department_dir(department_id)}"
     )
     click.echo(f"public key: {key.public_bytes.hex()}")
+
+
+@keys.command("operator")
+@click.option("--dir", "keys_dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+@click.pass_context
+def operator(ctx: click.Context, keys_dir: Path | None) -> None:
+    """Create the operator's signing key (for a keystore made before it was apart from the
+    hub's). The hub reads only its public half: move operator/signing.key to the operator."""
+    config = load_config(ctx, keys_dir=keys_dir)
+    store = Keystore(config.keys_dir)
+    try:
+        key = store.init_operator()
+    except KeyFileError as exc:
+        fail(str(exc))
+    click.echo(f"operator: signing key {key.keyid[:16]}… in {store.operator_dir}")
+    click.echo(f"public key: {key.public_bytes.hex()}")
+
+
+@keys.command("rotate-hub-key")
+@click.option("--dir", "keys_dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+@click.pass_context
+def rotate_hub_key(ctx: click.Context, keys_dir: Path | None) -> None:
+    """Create the hub's next log key (hub/signing.next.key) and print its verifier key and
+    public key; the operator then approves it (`exchange registry rotate-log-key`)."""
+    from exchange.ledger.checkpoint import verifier_key
+
+    config = load_config(ctx, keys_dir=keys_dir)
+    try:
+        key = Keystore(config.keys_dir).init_next_hub_key()
+    except KeyFileError as exc:
+        fail(str(exc))
+    click.echo(f"next verifier key: {verifier_key(config.origin, key.public_bytes)}")
+    click.echo(f"public key: {key.public_bytes.hex()}")
+
+
+@keys.command("verifier")
+@click.option("--dir", "keys_dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+@click.option("--origin", default=None, help="The log origin (default from configuration).")
+@click.option(
+    "--operator",
+    "operator_key",
+    is_flag=True,
+    help="Print the operator's public key (hex) instead, which auditors pin with "
+    "`audit verify --operator-key`.",
+)
+@click.pass_context
+def verifier(
+    ctx: click.Context, keys_dir: Path | None, origin: str | None, operator_key: bool
+) -> None:
+    """Print the hub's verifier key, which auditors pin (`audit verify --hub-verifier-key`).
+
+    Reads only public halves (<keys>/hub/signing.pub, <keys>/operator/signing.pub): no secret
+    is needed.
+    """
+    from exchange.crypto.keys import load_public_key
+    from exchange.ledger.checkpoint import CheckpointError, verifier_key
+
+    config = load_config(ctx, keys_dir=keys_dir, origin=origin)
+    try:
+        if operator_key:
+            click.echo(Keystore(config.keys_dir).operator_public_key().hex())
+            return
+        public = load_public_key(Path(config.keys_dir) / "hub" / "signing.pub")
+        click.echo(verifier_key(config.origin, public))
+    except (KeyFileError, CheckpointError, OSError) as exc:
+        fail(str(exc))

@@ -3,8 +3,13 @@
 Layout (documented in keys/README.md)::
 
     <root>/ca/ca.pem, ca.key                 development CA (replace with the government PKI)
-    <root>/hub/signing.key, signing.pub      the hub's Ed25519 key: checkpoints, forwarded requests,
-                                             operator calls
+    <root>/hub/signing.key, signing.pub      the hub's Ed25519 log key: checkpoints, receipts,
+                                             forwarded requests
+    <root>/operator/signing.key, signing.pub the operator's Ed25519 key: registry and catalog
+                                             changes; the hub reads only signing.pub (move
+                                             signing.key to the operator's machine)
+    <root>/hub/signing.next.key, .pub        the next log key, during a rotation (signs beside
+                                             the current one once the operator approved it)
     <root>/hub/subject.key                   HMAC secret for subject refs and content hashes
     <root>/hub/tls.pem, tls.key              the hub's TLS server certificate
     <root>/hub/client.pem, client.key        the operator's TLS client certificate (CN = hub id)
@@ -24,6 +29,7 @@ from exchange.crypto import certificates
 from exchange.crypto.keys import (
     KeyFileError,
     SigningKey,
+    load_public_key,
     load_signing_key,
     read_private,
     save_signing_key,
@@ -56,6 +62,15 @@ def check_department_id(department_id: str) -> str:
     return department_id
 
 
+def _new_signing_key(path: Path, instead: str) -> SigningKey:
+    """Create a signing key at ``path`` (and its ``.pub``); KeyFileError if one is there."""
+    if path.exists():
+        raise KeyFileError(f"{path} exists; {instead}")
+    key = SigningKey.generate()
+    save_signing_key(path, key)
+    return key
+
+
 class Keystore:
     """Creates and loads the files under one keystore root."""
 
@@ -70,6 +85,10 @@ class Keystore:
     @property
     def hub_dir(self) -> Path:
         return self.root / "hub"
+
+    @property
+    def operator_dir(self) -> Path:
+        return self.root / "operator"
 
     def department_dir(self, department_id: str) -> Path:
         return self.root / "departments" / check_department_id(department_id)
@@ -97,7 +116,15 @@ class Keystore:
         operator = certificates.issue(ca, hub_id)
         write_private(self.hub_dir / "client.key", operator.private_key_pem)
         (self.hub_dir / "client.pem").write_bytes(operator.certificate_pem)
+        if not (self.operator_dir / "signing.key").exists():
+            self.init_operator()
         return key
+
+    def init_operator(self) -> SigningKey:
+        """Create the operator's signing key, apart from the hub's: the hub process never
+        loads it (only ``signing.pub``). Raises KeyFileError if it exists (never overwrites).
+        """
+        return _new_signing_key(self.operator_dir / "signing.key", "rotate the operator's key")
 
     def add_department(
         self, department_id: str, *, server_names: tuple[str, ...] = ()
@@ -131,6 +158,27 @@ class Keystore:
     def hub_signing_key(self) -> SigningKey:
         """Load the hub's signing key. Raises KeyFileError."""
         return load_signing_key(self.hub_dir / "signing.key")
+
+    def operator_signing_key(self) -> SigningKey:
+        """Load the operator's signing key (the operator's CLI only). Raises KeyFileError."""
+        return load_signing_key(self.operator_dir / "signing.key")
+
+    def operator_public_key(self) -> bytes:
+        """The public half of the operator's key, which the hub verifies operator calls with.
+        Raises KeyFileError."""
+        return load_public_key(self.operator_dir / "signing.pub")
+
+    def init_next_hub_key(self) -> SigningKey:
+        """Create the hub's next log key (``hub/signing.next.key``) for a rotation. Raises
+        KeyFileError if one exists."""
+        return _new_signing_key(
+            self.hub_dir / "signing.next.key", "a log key rotation is under way"
+        )
+
+    def hub_next_signing_key(self) -> SigningKey | None:
+        """The hub's next log key during a rotation, or None. Raises KeyFileError if unsafe."""
+        path = self.hub_dir / "signing.next.key"
+        return load_signing_key(path) if path.exists() else None
 
     def subject_key(self) -> bytes:
         """Load the hub's HMAC secret for subject refs. Raises KeyFileError."""

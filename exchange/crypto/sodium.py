@@ -72,6 +72,8 @@ def _bytes(value: object) -> bytes:
     """``value`` as bytes; TypeError unless it is bytes-like (``bytes(5)`` would be zeros).
 
     Typed ``object`` because the check is for callers that ignore the annotations."""
+    if type(value) is bytes:  # the common case, on every signature check: no copy, no checks
+        return value
     if isinstance(value, int | str) or not isinstance(value, bytes | bytearray | memoryview):
         raise TypeError(f"expected bytes, not {type(value).__name__}")
     return bytes(value)

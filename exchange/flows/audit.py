@@ -1,4 +1,8 @@
-"""Audit flows: checkpoints, proofs and the entry stream, for auditor departments."""
+"""Audit flows: checkpoints, proofs and the entry stream, for auditor departments.
+
+Reads of checkpoints and proofs are summarised per interval (``read_summary``): a watcher's
+polls do not grow the ledger by an entry each. A stream is one entry per session.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from exchange import errors
+from exchange.flows.read_summary import summary_of
 from exchange.flows.record import record
 from exchange.ledger import Checkpoint
 from exchange.policy.identity import Caller
@@ -29,6 +34,26 @@ async def _latest(hub: Hub) -> Checkpoint:
     return checkpoint
 
 
+async def _read(
+    hub: Hub, caller: Caller, what: str, **attributes: str
+) -> common_pb2.Receipt | None:
+    """Record a read of ``what`` if the read summary admits it (see read_summary); the
+    receipt of its entry, or None (the answer carries no receipt) for a read only counted."""
+    summary = summary_of(hub)
+    admission = summary.admit(caller.department_id, what)
+    if not admission.record:
+        return None
+    if admission.unrecorded:
+        attributes["unrecorded_reads"] = str(admission.unrecorded)
+    try:
+        return await record(
+            hub.ledger, caller, ledger_pb2.READ, attributes={"what": what, **attributes}
+        )
+    except BaseException:
+        summary.forget(caller.department_id, what)
+        raise
+
+
 async def get_checkpoint(
     hub: Hub, caller: Caller, body: audit_pb2.GetCheckpointRequest
 ) -> audit_pb2.CheckpointResponse:
@@ -41,13 +66,9 @@ async def get_checkpoint(
     if body.size:
         checkpoint = await asyncio.to_thread(hub.ledger.checkpoint_at, body.size)
     else:
-        checkpoint = await _latest(hub)
-    receipt = await record(
-        hub.ledger,
-        caller,
-        ledger_pb2.READ,
-        attributes={"what": "checkpoint", "size": str(checkpoint.size)},
-    )
+        # With witnesses, the latest checkpoint they cosigned: the one a policy accepts.
+        checkpoint = hub.witnessing.latest_cosigned or await _latest(hub)
+    receipt = await _read(hub, caller, "checkpoint", size=str(checkpoint.size))
     return audit_pb2.CheckpointResponse(
         checkpoint=checkpoint.note,
         size=checkpoint.size,
@@ -67,11 +88,8 @@ async def get_inclusion_proof(
     tree_size = body.tree_size or (await _latest(hub)).size
     proof = await asyncio.to_thread(hub.ledger.inclusion_proof, body.sequence, tree_size)
     (stored,) = await asyncio.to_thread(hub.ledger.entries, body.sequence, 1)
-    receipt = await record(
-        hub.ledger,
-        caller,
-        ledger_pb2.READ,
-        attributes={"what": "inclusion", "sequence": str(body.sequence), "size": str(tree_size)},
+    receipt = await _read(
+        hub, caller, "inclusion", sequence=str(body.sequence), size=str(tree_size)
     )
     return audit_pb2.InclusionProofResponse(
         leaf_hash=stored.leaf_hash, tree_size=tree_size, proof=proof, receipt=receipt
@@ -88,12 +106,7 @@ async def get_consistency_proof(
     require_auditor(caller, "the ledger")
     new_size = body.new_size or (await _latest(hub)).size
     proof = await asyncio.to_thread(hub.ledger.consistency_proof, body.old_size, new_size)
-    receipt = await record(
-        hub.ledger,
-        caller,
-        ledger_pb2.READ,
-        attributes={"what": "consistency", "old": str(body.old_size), "new": str(new_size)},
-    )
+    receipt = await _read(hub, caller, "consistency", old=str(body.old_size), new=str(new_size))
     return audit_pb2.ConsistencyProofResponse(
         old_size=body.old_size, new_size=new_size, proof=proof, receipt=receipt
     )

@@ -10,11 +10,12 @@ from sqlalchemy.exc import IntegrityError
 
 from exchange import errors
 from exchange.clock import now_us, to_timestamp
-from exchange.crypto.keys import keyid
-from exchange.crypto.keystore import check_department_id
+from exchange.crypto.keys import KeyFileError, keyid
+from exchange.crypto.keystore import Keystore, check_department_id
 from exchange.flows import lookups
 from exchange.flows.record import ReadBack, record
 from exchange.ledger import Effect, appending
+from exchange.ledger.checkpoint import verifier_key
 from exchange.policy.identity import Caller
 from exchange.store.registry import DepartmentRecord, KeyRecord
 from exchange.v1 import common_pb2, ledger_pb2, registry_pb2
@@ -185,6 +186,10 @@ async def rotate_key(
     Raises PermissionDenied, NotFound (UNKNOWN_DEPARTMENT), InvalidArgument, AlreadyExists.
     """
     require_operator(caller)
+    if body.department_id == caller.department_id:
+        return await _rotate_operator_key(hub, caller, body)
+    if body.department_id == hub.config.origin:
+        return await _rotate_log_key(hub, caller, body)
     await _existing(hub, body.department_id)
     public_key = _public_key(body.new_public_key, "new_public_key")
     now = now_us()
@@ -208,6 +213,105 @@ async def rotate_key(
         effect=rotate,
         taken="that key is already registered",
     )
+
+
+def _keys_only(identity: str, name: str, keys: list[KeyRecord]) -> DepartmentRecord:
+    """The operator or the log as a department record holding only keys, for the answer."""
+    return DepartmentRecord(
+        id=identity,
+        name=name,
+        roles=frozenset(),
+        provider_endpoint="",
+        certificate_sha256="",
+        state="ACTIVE",
+        owner="",
+        registered_us=0,
+        keys=tuple(keys),
+    )
+
+
+async def _rotate_operator_key(
+    hub: Hub, caller: Caller, body: registry_pb2.RotateKeyRequest
+) -> registry_pb2.DepartmentResponse:
+    """The operator's own rotation (``department_id`` is the hub id): signed by its current
+    key, it adds the new one; the current ones stay valid for ``grace_seconds``. The hub's own
+    key cannot become the operator's."""
+    public_key = _public_key(body.new_public_key, "new_public_key")
+    if public_key == hub.hub_key.public_bytes:
+        raise errors.InvalidArgument(
+            common_pb2.INVALID_ARGUMENT_FIELD, "the operator's key must not be the hub's key"
+        )
+    now = now_us()
+    key = KeyRecord(keyid(public_key), caller.department_id, public_key, valid_from_us=now)
+    grace_us = body.grace_seconds * 1_000_000
+    change = ReadBack(
+        lambda conn: hub.operator_keys.rotate(conn, key, grace_us),
+        hub.operator_keys.all,
+    )
+    try:
+        receipt = await record(
+            hub.ledger,
+            caller,
+            ledger_pb2.KEY_ROTATION,
+            effect=change,
+            counterparty=caller.department_id,
+            attributes={"keyid": key.keyid},
+        )
+    except IntegrityError as exc:
+        raise errors.AlreadyExists(
+            common_pb2.DEPARTMENT_EXISTS, "that key is already the operator's"
+        ) from exc
+    operator = _keys_only(caller.department_id, "the hub operator", change.value)
+    return registry_pb2.DepartmentResponse(department=to_proto(operator), receipt=receipt)
+
+
+async def _rotate_log_key(
+    hub: Hub, caller: Caller, body: registry_pb2.RotateKeyRequest
+) -> registry_pb2.DepartmentResponse:
+    """The operator approves the hub's next log key (``department_id`` is the log's origin):
+    from this entry on, the hub signs every checkpoint with its current key and the next one
+    (``keys/hub/signing.next.key``), so auditors can pin the next key before the current one
+    is retired (docs/operations.md). Raises InvalidArgument, FailedPrecondition if the hub
+    does not hold that key, AlreadyExists if it was approved before."""
+    public_key = _public_key(body.new_public_key, "new_public_key")
+    try:
+        next_key = await asyncio.to_thread(Keystore(hub.config.keys_dir).hub_next_signing_key)
+    except KeyFileError as exc:
+        raise errors.FailedPrecondition(common_pb2.INVALID_ARGUMENT_FIELD, str(exc)) from exc
+    if next_key is None or next_key.public_bytes != public_key:
+        raise errors.FailedPrecondition(
+            common_pb2.INVALID_ARGUMENT_FIELD,
+            "the hub holds no such next log key: run `exchange keys rotate-hub-key` on the "
+            "hub's host first",
+        )
+    signing_key = next_key
+    now = now_us()
+    try:
+        receipt = await record(
+            hub.ledger,
+            caller,
+            ledger_pb2.KEY_ROTATION,
+            effect=lambda conn: hub.log_keys.approve(conn, signing_key.keyid, public_key, now),
+            on_commit=lambda: hub.ledger.sign_also_with(signing_key),
+            counterparty=body.department_id,
+            attributes={
+                "keyid": signing_key.keyid,
+                "log_key": verifier_key(hub.ledger.key_name, public_key),
+            },
+        )
+    except IntegrityError as exc:
+        raise errors.AlreadyExists(
+            common_pb2.DEPARTMENT_EXISTS, "that log key is already approved"
+        ) from exc
+    log = _keys_only(
+        body.department_id,
+        "the hub's log",
+        [
+            KeyRecord(hub.hub_key.keyid, body.department_id, hub.hub_key.public_bytes, 0),
+            KeyRecord(signing_key.keyid, body.department_id, public_key, now),
+        ],
+    )
+    return registry_pb2.DepartmentResponse(department=to_proto(log), receipt=receipt)
 
 
 async def revoke_key(

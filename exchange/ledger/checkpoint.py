@@ -31,6 +31,10 @@ class CheckpointError(ValueError):
     """A checkpoint note is malformed, or is not signed by a trusted key."""
 
 
+class UntrustedSigner(CheckpointError):
+    """A well-formed checkpoint none of whose signatures is by a trusted key."""
+
+
 def note_keyid(name: str, public_key: bytes) -> bytes:
     """The 4-byte signed-note key id of an Ed25519 key called ``name``."""
     data = name.encode("utf-8") + b"\n" + bytes([ED25519_ALGORITHM]) + public_key
@@ -54,6 +58,25 @@ def verifier_key(name: str, public_key: bytes) -> str:
     return f"{name}+{note_keyid(name, public_key).hex()}+{encoded}"
 
 
+def split_vkey(text: str, algorithm: int, what: str) -> tuple[str, bytes, bytes]:
+    """The name, 4-byte key id and 32-byte Ed25519 key of ``<name>+<hex key id>+base64(
+    algorithm || key)`` (the caller checks the id against the name and key, whose derivation
+    depends on the algorithm). Raises CheckpointError naming ``what`` if it is malformed."""
+    parts = text.strip().split("+", 2)
+    if len(parts) != 3:
+        raise CheckpointError(f"a {what} is <name>+<hex key id>+<base64 key>")
+    name, hex_id, encoded = parts
+    _check_key_name(name)
+    try:
+        keyid = bytes.fromhex(hex_id)
+        raw = base64.b64decode(encoded, validate=True)
+    except (ValueError, binascii.Error) as exc:
+        raise CheckpointError(f"{what} has a malformed key id or key") from exc
+    if len(keyid) != 4 or len(raw) != 33 or raw[0] != algorithm:
+        raise CheckpointError(f"{what} is not a 4-byte id and an Ed25519 key of its type")
+    return name, keyid, raw[1:]
+
+
 @dataclass(frozen=True, slots=True)
 class NoteVerifier:
     """A parsed verifier key: name, 4-byte key id and raw Ed25519 public key."""
@@ -65,19 +88,7 @@ class NoteVerifier:
     @classmethod
     def parse(cls, text: str) -> NoteVerifier:
         """Parse a verifier key string. Raises CheckpointError if it is malformed."""
-        parts = text.strip().split("+", 2)
-        if len(parts) != 3:
-            raise CheckpointError("a verifier key is <name>+<hex key id>+<base64 key>")
-        name, hex_id, encoded = parts
-        _check_key_name(name)
-        try:
-            keyid = bytes.fromhex(hex_id)
-            raw = base64.b64decode(encoded, validate=True)
-        except (ValueError, binascii.Error) as exc:
-            raise CheckpointError("verifier key has a malformed key id or key") from exc
-        if len(keyid) != 4 or len(raw) != 33 or raw[0] != ED25519_ALGORITHM:
-            raise CheckpointError("verifier key is not a 4-byte id and an Ed25519 key")
-        public_key = raw[1:]
+        name, keyid, public_key = split_vkey(text, ED25519_ALGORITHM, "verifier key")
         if note_keyid(name, public_key) != keyid:
             raise CheckpointError("verifier key id does not match its name and key")
         return cls(name=name, keyid=keyid, public_key=public_key)
@@ -135,6 +146,21 @@ def sign_checkpoint(
     return Checkpoint(origin=origin, size=size, root_hash=root_hash, note=note)
 
 
+def add_signature(checkpoint: Checkpoint, signer: SigningKey, key_name: str) -> Checkpoint:
+    """``checkpoint`` with one more signature line, by ``signer`` under ``key_name`` (a log key
+    in its overlap period signs beside the current one)."""
+    _check_key_name(key_name)
+    body = checkpoint.body
+    keyid = note_keyid(key_name, signer.public_bytes)
+    line = f"{SIGNATURE_PREFIX}{key_name} {base64.b64encode(keyid + signer.sign(body)).decode()}\n"
+    return Checkpoint(
+        origin=checkpoint.origin,
+        size=checkpoint.size,
+        root_hash=checkpoint.root_hash,
+        note=checkpoint.note + line,
+    )
+
+
 def _split_note(note: str) -> tuple[bytes, list[str]]:
     if len(note) > _MAX_NOTE:
         raise CheckpointError("note is too large")
@@ -172,6 +198,24 @@ def _parse_body(body: bytes) -> tuple[str, int, bytes]:
     return origin, int(size_text), root_hash
 
 
+def note_signers(note: str) -> list[str]:
+    """The ``<name>+<hex key id>`` of every signature line of a note (unverified); empty if
+    the note is malformed."""
+    try:
+        _body, lines = _split_note(note)
+    except CheckpointError:
+        return []
+    signers = []
+    for line in lines:
+        name, _, encoded = line[len(SIGNATURE_PREFIX) :].partition(" ")
+        try:
+            raw = base64.b64decode(encoded, validate=True)
+        except (ValueError, binascii.Error):
+            continue
+        signers.append(f"{name}+{raw[:4].hex()}")
+    return signers
+
+
 def verify_checkpoint(note: str, verifiers: Iterable[NoteVerifier | str]) -> Checkpoint:
     """Parse ``note`` and check it is signed by at least one of ``verifiers``.
 
@@ -202,5 +246,9 @@ def verify_checkpoint(note: str, verifiers: Iterable[NoteVerifier | str]) -> Che
             raise CheckpointError(f"signature by {name} does not verify")
         verified = True
     if not verified:
-        raise CheckpointError("checkpoint is not signed by a trusted key")
+        raise UntrustedSigner(
+            "checkpoint is not signed by a trusted key (it is signed by "
+            f"{', '.join(note_signers(note)) or 'nobody'}; trusted: "
+            f"{', '.join(f'{v.name}+{v.keyid.hex()}' for v in known.values()) or 'none'})"
+        )
     return Checkpoint(origin=origin, size=size, root_hash=root_hash, note=note)

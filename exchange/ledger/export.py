@@ -3,7 +3,8 @@
 One JSON object per line, in this order (docs/ledger.md is the full specification):
 
 1. ``{"type": "header", "format": "exchange-ledger-export", "version": 1, "origin": …,
-   "size": N, "hub_keys": [verifier key strings], "exported_at": RFC 3339}``
+   "size": N, "hub_keys": [verifier key strings], "operator_keys": [base64 public keys],
+   "exported_at": RFC 3339}`` (``operator_keys`` optional: the operator's first keys);
 2. one ``{"type": "key", "actor", "keyid", "public_key", "valid_from", "valid_until",
    "revoked_at"}`` per department signing key ever registered (the key history);
 3. ``{"type": "entry", "sequence", "entry", "envelope"}`` for sequence 0 … N-1 in order, each
@@ -85,6 +86,12 @@ def _line(record: dict[str, Any]) -> str:
     return json.dumps(record, separators=(",", ":"), ensure_ascii=False) + "\n"
 
 
+def first_keys(keys: Iterable[KeyRecord], actor: str) -> list[bytes]:
+    """The public keys of ``actor`` valid from the start (the epoch): for the operator, the
+    keys an export declares, its later ones being introduced by its signed rotations."""
+    return [k.public_key for k in keys if k.actor == actor and k.valid_from == _EPOCH]
+
+
 def key_record_json(key: KeyRecord) -> dict[str, Any]:
     """The export record of one key."""
     return {
@@ -104,14 +111,16 @@ def export_ledger(
     key_history: Iterable[KeyRecord],
     hub_keys: Sequence[str],
     *,
+    operator_keys: Sequence[bytes] = (),
     exported_at: datetime | None = None,
 ) -> ExportSummary:
     """Write the log, up to its latest stored checkpoint, to ``out`` as an export stream.
 
     ``key_history`` is every department key the verifier needs (the ledger knows nothing of
     departments, so the caller supplies it); ``hub_keys`` are the hub's signed-note verifier key
-    strings, current and past. Raises LookupError if the log has no stored checkpoint yet, and
-    lets database errors propagate.
+    strings, current and past; ``operator_keys`` the operator's first public keys (its later
+    keys are introduced by its signed rotations in the log). Raises LookupError if the log has
+    no stored checkpoint yet, and lets database errors propagate.
     """
     with engine.connect() as conn:
         latest = storage.latest_checkpoint(conn)
@@ -121,19 +130,18 @@ def export_ledger(
         stored = storage.checkpoints(conn, size)
     keys = list(key_history)
     moment = exported_at or datetime.now(UTC)
-    out.write(
-        _line(
-            {
-                "type": "header",
-                "format": FORMAT,
-                "version": VERSION,
-                "origin": latest.origin,
-                "size": size,
-                "hub_keys": list(hub_keys),
-                "exported_at": format_time(moment),
-            }
-        )
-    )
+    header: dict[str, Any] = {
+        "type": "header",
+        "format": FORMAT,
+        "version": VERSION,
+        "origin": latest.origin,
+        "size": size,
+        "hub_keys": list(hub_keys),
+        "exported_at": format_time(moment),
+    }
+    if operator_keys:
+        header["operator_keys"] = [_b64(k) for k in operator_keys]
+    out.write(_line(header))
     for key in keys:
         out.write(_line(key_record_json(key)))
     by_size = {c.size: c for c in stored}

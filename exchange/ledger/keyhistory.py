@@ -9,10 +9,15 @@ them, and each envelope, to facts the hub cannot forge without the operator's ke
 - **binding**: the signed body of every verified envelope starts with an
   ``exchange.v1.RequestHeader`` (field 1 of every request body) whose ``department_id`` is the
   entry's ``actor`` and whose ``request_id`` is the entry's ``request_id`` (when it has one), so
-  an envelope of another call cannot be placed beside an entry;
-- **the operator** is the actor whose key records carry a pinned hub verifier key (the hub key
-  signs checkpoints and the operator's calls); a record of the operator with any other key is
-  not trusted;
+  an envelope of another call cannot be placed beside an entry; every other field the entry
+  takes from the body is checked by ``binding``;
+- **freshness**: the entry's time lies within the hub's replay window of the header's
+  ``issued_at`` (plus an allowance for the call's run), and no (actor, request id) is recorded
+  by two OK entries (streams excepted: they are not claimed by id), so a signed request
+  replayed later is not a second call;
+- **the operator** is the actor whose key records carry a pinned operator key (its first keys,
+  apart from the hub key that signs checkpoints); its later keys are those its own signed
+  rotations introduce, and a record of the operator with any other key is not trusted;
 - **introduction**: a department key verifies an entry only if an earlier OK
   ``DEPARTMENT_REGISTRATION`` or ``KEY_ROTATION`` entry of the operator, whose operator-signed
   body carries that public key, introduced it for that department (attribute ``keyid``);
@@ -29,10 +34,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from google.protobuf.message import DecodeError
 
 from exchange.crypto.keys import keyid as keyid_of
+from exchange.ledger import binding
+from exchange.ledger.entry import entry_time_ns
 from exchange.v1 import envelope_pb2, ledger_pb2, registry_pb2
 
 Problem = tuple[str, str]  # (FailureReason member name, message)
@@ -41,6 +49,7 @@ _REGISTER = "exchange.v1.RegisterDepartmentRequest"
 _ROTATE = "exchange.v1.RotateKeyRequest"
 _REVOKE = "exchange.v1.RevokeKeyRequest"
 _INTRODUCING = (ledger_pb2.DEPARTMENT_REGISTRATION, ledger_pb2.KEY_ROTATION)
+_REGISTRY = frozenset({*_INTRODUCING, ledger_pb2.KEY_REVOCATION})
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +71,29 @@ class Revoked:
 
 
 Facts = Introduced | Revoked | None
+
+# The hub refuses a request issued more than its replay window from its clock (5 minutes by
+# default); the entry is sequenced after the call ran, which may take a while longer.
+ISSUE_WINDOW_NS = 300 * 1_000_000_000
+CALL_ALLOWANCE_NS = 60 * 1_000_000_000
+
+
+class Seen(NamedTuple):
+    """What ``inspect`` passes to ``observe``: the request id that may occur once (empty for
+    a stream, which is not claimed by id) and the registry facts of the entry."""
+
+    once: str
+    registry: Facts
+
+
+_NOTHING = Seen("", None)
+_PURGE_EVERY = 65536
+
+
+def issued_window_holds(issued_ns: int, time_ns: int, window_ns: int) -> bool:
+    """True if an entry sequenced at ``time_ns`` can record a request issued at ``issued_ns``
+    that the hub accepted with a replay window of ``window_ns``."""
+    return issued_ns - window_ns <= time_ns <= issued_ns + window_ns + CALL_ALLOWANCE_NS
 
 
 def _mismatch(message: str) -> list[Problem]:
@@ -112,53 +144,76 @@ def _registry_facts(
 class RegistryAudit:
     """The default hook of ``verify_export``: binding, operator, introduction and revocation."""
 
+    issue_window_ns: int = ISSUE_WINDOW_NS
     operator: str | None = None
-    _operator_keys: frozenset[str] = frozenset()
+    _operator_keys: set[str] = field(default_factory=set)
     _record_keys: dict[tuple[str, str], bytes] = field(default_factory=dict)
     _introduced: dict[tuple[str, str], tuple[int, bytes]] = field(default_factory=dict)
     _revoked: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
     _rotated_out: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
+    # (actor, request id) -> (sequence, time), for entries recent enough that a replay of
+    # theirs could still be inside the issue window (older replays fail that check instead)
+    _recent: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
+    _purge_at: int = _PURGE_EVERY
 
     # ------------------------------------------------------------ worker side
 
     def inspect(
         self, entry: ledger_pb2.LedgerEntry, envelope: envelope_pb2.Envelope
-    ) -> tuple[list[Problem], Facts]:
+    ) -> tuple[list[Problem], Seen | str | None]:
         """For an OK entry whose envelope verified: problems found in its body, and the facts
-        ``observe`` needs. Stateless: runs in the verifier's worker processes."""
-        # Field 1 of every request body is the header: any body type reads it, the other
-        # fields are kept as unknown fields and ignored.
-        probe = registry_pb2.ListDepartmentsRequest()
+        ``observe`` needs (most entries: just the request id that may occur once, which is
+        cheaper to send back than a ``Seen``). Stateless: runs in the verifier's worker
+        processes."""
         try:
-            probe.ParseFromString(envelope.payload)
+            body = binding.parse(envelope.payload_type, envelope.payload)
         except DecodeError:
-            return _mismatch("the signed payload is not a request body with a header"), None
-        header = probe.header
+            return _mismatch("the signed payload is not a request body with a header"), _NOTHING
+        header = body.header
         if header.department_id != entry.actor:
             return _mismatch(
                 f"the envelope is a request of {header.department_id!r}, the entry's actor is "
                 f"{entry.actor!r}"
-            ), None
+            ), _NOTHING
         if entry.request_id and header.request_id != entry.request_id:
             return _mismatch(
                 f"the envelope is request {header.request_id[:128]!r}, the entry records "
                 f"{entry.request_id!r}"
-            ), None
-        if entry.kind in _INTRODUCING or entry.kind == ledger_pb2.KEY_REVOCATION:
-            return _registry_facts(entry, envelope)
-        return [], None
+            ), _NOTHING
+        problems: list[Problem] = [
+            ("ENVELOPE_ENTRY_MISMATCH", message)
+            for message in binding.mismatches(entry, envelope.payload_type, body)
+        ]
+        issued = header.issued_at.ToNanoseconds()
+        time_ns = entry_time_ns(entry)
+        if not issued_window_holds(issued, time_ns, self.issue_window_ns):
+            problems.append(
+                (
+                    "OUTSIDE_ISSUE_WINDOW",
+                    f"request {header.request_id[:128]!r} was issued "
+                    f"{(time_ns - issued) / 1e9:+.0f} s from the entry's time; the hub accepts "
+                    f"±{self.issue_window_ns / 1e9:.0f} s: a replayed or re-dated request",
+                )
+            )
+        once = "" if envelope.payload_type in binding.UNCLAIMED else header.request_id
+        if entry.kind in _REGISTRY:
+            registry_problems, facts = _registry_facts(entry, envelope)
+            problems.extend(registry_problems)
+            return problems, Seen(once, facts)
+        return problems, once or None
 
     # ------------------------------------------------------------ parent side
 
     def start(
         self,
         keys: Mapping[str, Sequence[tuple[str, bytes, int, int | None, int | None]]],
-        hub_public_keys: Sequence[bytes],
+        operator_keys: Sequence[bytes],
     ) -> list[Problem]:
         """Take the export's key records (by actor: keyid, public key, from, until, revoked)
-        and the pinned hub public keys; return problems of the export as a whole."""
-        pinned = set(hub_public_keys)
-        self._operator_keys = frozenset(keyid_of(k) for k in pinned)
+        and the operator's pinned first public keys; return problems of the export as a
+        whole."""
+        pinned = set(operator_keys)
+        self._operator_keys = {keyid_of(k) for k in pinned}
         claimants = sorted(
             actor for actor, records in keys.items() if any(r[1] in pinned for r in records)
         )
@@ -169,7 +224,8 @@ class RegistryAudit:
             return [
                 (
                     "UNREGISTERED_KEY",
-                    f"key records give the hub key to several actors: {', '.join(claimants)}",
+                    "key records give the pinned operator key to several actors: "
+                    f"{', '.join(claimants)}",
                 )
             ]
         self.operator = claimants[0] if claimants else None
@@ -179,17 +235,30 @@ class RegistryAudit:
         self, sequence: int, time_ns: int, actor: str, keyid: str, facts: object
     ) -> list[Problem]:
         """An OK entry whose envelope verified under ``keyid`` of ``actor``, in log order:
-        check that key's standing, then learn what the entry registers."""
+        check that key's standing and that its request was not recorded before, then learn
+        what the entry registers."""
         problems: list[Problem] = []
+        if type(facts) is str:
+            once, facts = facts, None
+        else:
+            seen = facts if isinstance(facts, Seen) else _NOTHING
+            once, facts = seen.once, seen.registry
+        if once:
+            problems.extend(self._once(sequence, time_ns, (actor, once)))
         if actor == self.operator:
-            if keyid not in self._operator_keys:
-                problems.append(
-                    (
-                        "UNREGISTERED_KEY",
-                        f"the operator {actor!r} signed with key {keyid[:16]}…, not the pinned "
-                        "hub key",
-                    )
-                )
+            standing = self._operator_standing(time_ns, actor, keyid)
+            problems.extend(standing)
+            if standing:
+                return problems
+            if isinstance(facts, Introduced) and facts.department == actor:
+                # the operator's own rotation: its new key signs from this entry on, and its
+                # other keys end after the signed grace period
+                end = time_ns + (facts.grace_ns or 0)
+                for old in self._operator_keys - {facts.keyid}:
+                    earlier = self._rotated_out.get((actor, old))
+                    if earlier is None or end < earlier[1]:
+                        self._rotated_out[(actor, old)] = (sequence, end)
+                self._operator_keys.add(facts.keyid)
             elif isinstance(facts, Introduced):
                 if facts.grace_ns is not None:
                     # a rotation ends every earlier key of the department after its grace
@@ -231,3 +300,42 @@ class RegistryAudit:
                 )
             )
         return problems
+
+    def _once(self, sequence: int, time_ns: int, key: tuple[str, str]) -> list[Problem]:
+        earlier = self._recent.get(key)
+        if earlier is not None:
+            return [
+                (
+                    "REQUEST_RECORDED_TWICE",
+                    f"request {key[1][:128]!r} of {key[0]!r} is already recorded as OK entry "
+                    f"{earlier[0]}: a replayed request",
+                )
+            ]
+        self._recent[key] = (sequence, time_ns)
+        if len(self._recent) >= self._purge_at:
+            # Forget request ids too old for a replay of theirs to pass the window check,
+            # in bulk: the parent's per-entry work stays a dictionary lookup and insert.
+            horizon = time_ns - 2 * self.issue_window_ns - CALL_ALLOWANCE_NS
+            self._recent = {k: v for k, v in self._recent.items() if v[1] >= horizon}
+            self._purge_at = max(_PURGE_EVERY, 2 * len(self._recent))
+        return []
+
+    def _operator_standing(self, time_ns: int, actor: str, keyid: str) -> list[Problem]:
+        if keyid not in self._operator_keys:
+            return [
+                (
+                    "UNREGISTERED_KEY",
+                    f"the operator {actor!r} signed with key {keyid[:16]}…, neither a pinned "
+                    "operator key nor one introduced by the operator's signed rotation",
+                )
+            ]
+        rotated = self._rotated_out.get((actor, keyid))
+        if rotated is not None and time_ns > rotated[1]:
+            return [
+                (
+                    "REVOKED_KEY_USED",
+                    f"the operator's key {keyid[:16]}… was rotated out by entry {rotated[0]} "
+                    "and its grace period is over",
+                )
+            ]
+        return []

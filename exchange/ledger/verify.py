@@ -21,6 +21,7 @@ import binascii
 import enum
 import json
 import os
+import re
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -35,6 +36,8 @@ from exchange.ledger import merkle
 from exchange.ledger.checkpoint import (
     CheckpointError,
     NoteVerifier,
+    UntrustedSigner,
+    note_signers,
     verify_checkpoint,
 )
 from exchange.ledger.entry import ZERO_HASH, entry_time_ns, envelope_hash
@@ -56,10 +59,14 @@ class FailureReason(enum.Enum):
     NO_VALID_KEY = "envelope not signed by a key of the entry's actor valid at its time"
     BAD_ENVELOPE_SIGNATURE = "envelope signature does not verify"
     ENVELOPE_ENTRY_MISMATCH = "envelope is not the request the entry records"
+    OUTSIDE_ISSUE_WINDOW = "entry time outside its request's issue window"
+    REQUEST_RECORDED_TWICE = "a request recorded by two OK entries"
     UNREGISTERED_KEY = "signing key not vouched for by the operator's registry entries"
     REVOKED_KEY_USED = "signing key used after the entry that revoked or rotated it out"
     TIME_REGRESSION = "entry time earlier than the previous entry's"
     CHAIN_BROKEN = "hash chain broken"
+    NO_PINNED_CHECKPOINT = "no checkpoint carries a pinned hub key"
+    WITNESS_QUORUM = "no checkpoint carries the witness quorum"
     BAD_CHECKPOINT_SIGNATURE = "checkpoint not signed by the hub"
     ROOT_MISMATCH = "checkpoint root differs from the entries' Merkle root"
     CHECKPOINT_ORDER = "checkpoints out of order or of another log"
@@ -91,6 +98,7 @@ class Report:
     signatures: int = 0
     size: int = 0
     origin: str = ""
+    witnessed_size: int | None = None  # the largest checkpoint meeting the witness policy
     failures: list[Failure] = field(default_factory=list)
 
     @property
@@ -128,7 +136,8 @@ class EntryAudit(Protocol):
 
     ``inspect`` runs in the worker processes (the object is pickled to them once), for every
     OK entry whose envelope verified; it must not depend on state. ``start`` and ``observe`` run
-    in the parent: ``start`` once with the key records (by actor) and the pinned hub public keys,
+    in the parent: ``start`` once with the key records (by actor) and the operator's pinned
+    first public keys,
     ``observe`` for the same entries in log order with what ``inspect`` returned as facts.
     Problems name a ``FailureReason`` member.
     """
@@ -138,7 +147,7 @@ class EntryAudit(Protocol):
     ) -> tuple[list[Problem], Any]: ...
 
     def start(
-        self, keys: dict[str, list[KeyInfo]], hub_public_keys: Sequence[bytes]
+        self, keys: dict[str, list[KeyInfo]], operator_keys: Sequence[bytes]
     ) -> list[Problem]: ...
 
     def observe(
@@ -146,11 +155,56 @@ class EntryAudit(Protocol):
     ) -> list[Problem]: ...
 
 
-def default_audit() -> EntryAudit:
-    """The hook ``verify_export`` uses by default: ``keyhistory.RegistryAudit``."""
-    from exchange.ledger.keyhistory import RegistryAudit
+def default_audit(issue_window_seconds: int | None = None) -> EntryAudit:
+    """The hook ``verify_export`` uses by default: ``keyhistory.RegistryAudit``, allowing the
+    hub's replay window (default 300 s) between a request's issue and its entry."""
+    from exchange.ledger.keyhistory import ISSUE_WINDOW_NS, RegistryAudit
 
-    return RegistryAudit()
+    if issue_window_seconds is None:
+        return RegistryAudit()
+    return RegistryAudit(issue_window_ns=issue_window_seconds * 1_000_000_000 or ISSUE_WINDOW_NS)
+
+
+class Trusted(NamedTuple):
+    """A checkpoint the auditor holds: its name in messages (``#n (size s)``), size and root."""
+
+    name: str
+    size: int
+    root_hash: bytes
+
+
+def _trusted(
+    report: Report, given: str | Sequence[str] | None, pinned: Sequence[NoteVerifier]
+) -> list[Trusted] | None:
+    """Check every trusted checkpoint against the pinned keys and the export's origin; None
+    (with the failure reported) if one does not pass."""
+    notes = [given] if isinstance(given, str) else list(given or ())
+    held: list[Trusted] = []
+    for number, note in enumerate(notes, start=1):
+        try:
+            checkpoint = verify_checkpoint(note, pinned)
+        except CheckpointError as exc:
+            report.failures.append(
+                Failure(
+                    None,
+                    FailureReason.BAD_TRUSTED_CHECKPOINT,
+                    f"trusted checkpoint #{number}: {exc}",
+                )
+            )
+            return None
+        name = f"#{number} (size {checkpoint.size})"
+        if checkpoint.origin != report.origin:
+            report.failures.append(
+                Failure(
+                    None,
+                    FailureReason.BAD_TRUSTED_CHECKPOINT,
+                    f"trusted checkpoint {name} is of log {checkpoint.origin}, export of "
+                    f"{report.origin}",
+                )
+            )
+            return None
+        held.append(Trusted(name, checkpoint.size, checkpoint.root_hash))
+    return held
 
 
 # ------------------------------------------------------------------ worker side
@@ -188,6 +242,25 @@ def _key_lookup(actor: str, time_ns: int) -> Callable[[str], bytes | None]:
     return lookup
 
 
+# An entry line as the exporter writes it; any other spelling of the same JSON is parsed as JSON.
+_ENTRY_LINE = re.compile(
+    r'\{"type":"entry","sequence":\d+,"entry":"([A-Za-z0-9+/=]*)","envelope":"([A-Za-z0-9+/=]*)"\}\n?'
+)
+
+
+def _entry_fields(line: str) -> tuple[str, str]:
+    """The base64 entry and envelope of an entry line. Raises ValueError, KeyError,
+    TypeError if it is not an object with them."""
+    match = _ENTRY_LINE.fullmatch(line)
+    if match is not None:
+        return match.group(1), match.group(2)
+    record = json.loads(line)
+    entry, envelope = record["entry"], record.get("envelope", "")
+    if not isinstance(entry, str) or not isinstance(envelope, str):
+        raise TypeError("entry and envelope are base64 strings")
+    return entry, envelope
+
+
 def _check_chunk(start: int, lines: list[str]) -> ChunkResult:
     """Decode and check entries ``start`` … of one chunk; no chain or tree state needed."""
     sequences: list[int] = []
@@ -200,9 +273,9 @@ def _check_chunk(start: int, lines: list[str]) -> ChunkResult:
     for offset, line in enumerate(lines):
         position = start + offset
         try:
-            record = json.loads(line)
-            entry_bytes = base64.b64decode(record["entry"], validate=True)
-            envelope = base64.b64decode(record.get("envelope", ""), validate=True)
+            entry_text, envelope_text = _entry_fields(line)
+            entry_bytes = binascii.a2b_base64(entry_text, strict_mode=True)
+            envelope = binascii.a2b_base64(envelope_text, strict_mode=True)
             entry = ledger_pb2.LedgerEntry.FromString(entry_bytes)
         except (ValueError, KeyError, TypeError, binascii.Error, DecodeError) as exc:
             failures.append((position, "MALFORMED_ENTRY", f"cannot decode: {exc}"))
@@ -303,7 +376,7 @@ class _Verifier:
         self,
         report: Report,
         hub_keys: list[NoteVerifier],
-        trusted: tuple[int, bytes] | None,
+        trusted: list[Trusted],
         progress: Callable[[int], None] | None,
         audit: EntryAudit | None = None,
     ) -> None:
@@ -319,6 +392,11 @@ class _Verifier:
         self.last_checkpoint = 0
         self.checkpoints_at: dict[int, str] = {}
         self.broken = False
+        self.operator_keys: list[bytes] = []  # the operator's first keys, as pinned
+        self.witness_policy: Callable[[str], object] | None = None
+        self.quorum_problem = ""
+        self.pinned_signed = 0  # checkpoints a pinned key signed
+        self.other_signers: set[str] = set()  # who signed the others
 
     def fail(self, sequence: int | None, reason: FailureReason, message: str) -> None:
         self.report.failures.append(Failure(sequence, reason, message))
@@ -375,21 +453,33 @@ class _Verifier:
         note = self.checkpoints_at.pop(size, None)
         if note is not None:
             self._check_checkpoint(size, note)
-        trusted = self.trusted
-        if trusted is not None and trusted[0] == size and self.tree.root() != trusted[1]:
-            self.fail(
-                size - 1,
-                FailureReason.TRUSTED_CHECKPOINT_MISMATCH,
-                f"the first {size} entries do not have the trusted checkpoint's root: "
-                "the history was rewritten",
-            )
+        for held in self.trusted:
+            if held.size == size and self.tree.root() != held.root_hash:
+                self.fail(
+                    size - 1,
+                    FailureReason.TRUSTED_CHECKPOINT_MISMATCH,
+                    f"the first {size} entries do not have the root of trusted checkpoint "
+                    f"{held.name}: the history was rewritten or forked",
+                )
 
     def _check_checkpoint(self, size: int, note: str) -> None:
         try:
             checkpoint = verify_checkpoint(note, self.hub_keys)
+        except UntrustedSigner as exc:
+            self.other_signers.update(note_signers(note))
+            self.fail(size - 1, FailureReason.BAD_CHECKPOINT_SIGNATURE, f"size {size}: {exc}")
+            return
         except CheckpointError as exc:
             self.fail(size - 1, FailureReason.BAD_CHECKPOINT_SIGNATURE, f"size {size}: {exc}")
             return
+        self.pinned_signed += 1
+        if self.witness_policy is not None:
+            try:
+                self.witness_policy(note)
+            except CheckpointError as exc:
+                self.quorum_problem = f"size {size}: {exc}"
+            else:
+                self.report.witnessed_size = size
         if checkpoint.size != size or checkpoint.origin != self.report.origin:
             self.fail(
                 size - 1,
@@ -429,22 +519,34 @@ def verify_export(
     handle: IO[str],
     *,
     hub_keys: Sequence[str] = (),
-    trusted_checkpoint: str | None = None,
+    trusted_checkpoint: str | Sequence[str] | None = None,
     workers: int | None = None,
     progress: Callable[[int], None] | None = None,
     on_header: Callable[[int], None] | None = None,
     audit: EntryAudit | None = None,
+    issue_window_seconds: int | None = None,
+    operator_keys: Sequence[bytes] = (),
+    witness_policy: Callable[[str], object] | None = None,
 ) -> Report:
     """Verify an export stream read from ``handle``.
 
     ``hub_keys`` pins the hub's verifier keys; if empty, those declared in the export header are
     used (trust on first use: pin them for a real audit). ``trusted_checkpoint`` is a
-    signed-note checkpoint the auditor already holds; the export must extend it. ``workers`` is
+    signed-note checkpoint the auditor already holds, or several (a receipt's, a watcher's
+    state, a witness's): the export must extend each. ``workers`` is
     the process count for per-entry checks (default: every core; 0 checks in this process).
     ``progress`` is called with the number of entries checked so far in each step and
     ``on_header`` with the declared size. ``audit`` checks what the ledger does not know
     (default: ``default_audit()``, the binding of envelopes to entries and of key records to the
-    operator's registry entries). Returns a Report; never raises for a bad export.
+    operator's registry entries); ``issue_window_seconds`` the hub's replay window, which the
+    default audit allows between a request's ``issued_at`` and its entry's time (default 300).
+    ``operator_keys`` pins the operator's first public keys (its later ones are introduced
+    by its signed rotations); if empty, those the header declares, else the hub keys (a log
+    from before the operator's key was apart from the hub's). ``witness_policy`` is called
+    with each checkpoint note the hub key signed and raises CheckpointError if the note lacks
+    the witness quorum (``WitnessPolicy.check``); the export fails if no checkpoint meets it,
+    and ``Report.witnessed_size`` is the largest that does. Returns a Report; never raises for
+    a bad export.
     """
     report = Report()
     source = _Stream(handle)
@@ -457,30 +559,21 @@ def verify_export(
         report.size = int(header["size"])
         declared = [NoteVerifier.parse(k) for k in header.get("hub_keys", [])]
         pinned = [NoteVerifier.parse(k) for k in hub_keys] or declared
-    except (StopIteration, ValueError, KeyError, TypeError, CheckpointError) as exc:
+        operator_roots = list(operator_keys) or [
+            base64.b64decode(k, validate=True) for k in header.get("operator_keys", [])
+        ]
+    except (StopIteration, ValueError, KeyError, TypeError, CheckpointError, binascii.Error) as exc:
         report.failures.append(Failure(None, FailureReason.MALFORMED_EXPORT, f"bad header: {exc}"))
         return report
     if on_header is not None:
         on_header(report.size)
-    trusted: tuple[int, bytes] | None = None
-    if trusted_checkpoint is not None:
-        try:
-            held = verify_checkpoint(trusted_checkpoint, pinned)
-        except CheckpointError as exc:
-            report.failures.append(Failure(None, FailureReason.BAD_TRUSTED_CHECKPOINT, str(exc)))
-            return report
-        if held.origin != report.origin:
-            report.failures.append(
-                Failure(
-                    None,
-                    FailureReason.BAD_TRUSTED_CHECKPOINT,
-                    f"trusted checkpoint is of log {held.origin}, export of {report.origin}",
-                )
-            )
-            return report
-        trusted = (held.size, held.root_hash)
-    hook = default_audit() if audit is None else audit
+    trusted = _trusted(report, trusted_checkpoint, pinned)
+    if trusted is None:
+        return report
+    hook = default_audit(issue_window_seconds) if audit is None else audit
     state = _Verifier(report, pinned, trusted, progress, hook)
+    state.operator_keys = operator_roots or [k.public_key for k in pinned]
+    state.witness_policy = witness_policy
     key_records: list[dict[str, Any]] = []
     chunk: list[str] = []
     chunk_start = 0
@@ -551,8 +644,7 @@ def verify_export(
 def _start(state: _Verifier, records: list[dict[str, Any]]) -> dict[str, list[_Key]]:
     keys = _keys_from(records)
     if state.audit is not None:
-        hub_public_keys = [k.public_key for k in state.hub_keys]
-        for reason, message in state.audit.start(keys, hub_public_keys):
+        for reason, message in state.audit.start(keys, state.operator_keys):
             state.fail(None, FailureReason[reason], message)
     return keys
 
@@ -586,10 +678,27 @@ def _finish(state: _Verifier, ended: dict[str, Any] | None) -> None:
             f"entries after the last checkpoint (size {state.last_checkpoint}) are not covered "
             "by any checkpoint",
         )
-    if state.trusted is not None and state.trusted[0] > n:
+    for held in state.trusted:
+        if held.size > n:
+            state.fail(
+                n,
+                FailureReason.TRUSTED_CHECKPOINT_MISMATCH,
+                f"trusted checkpoint {held.name} covers {held.size} entries, the export only "
+                f"{n}: the log was truncated or rolled back",
+            )
+    if state.witness_policy is not None and report.witnessed_size is None:
         state.fail(
-            n,
-            FailureReason.TRUSTED_CHECKPOINT_MISMATCH,
-            f"the trusted checkpoint covers {state.trusted[0]} entries, the export only {n}: "
-            "the log was truncated or rolled back",
+            None,
+            FailureReason.WITNESS_QUORUM,
+            "no checkpoint of the export carries the witness quorum"
+            + (f" (last: {state.quorum_problem})" if state.quorum_problem else ""),
+        )
+    if report.checkpoints and not state.pinned_signed and state.other_signers:
+        pinned = ", ".join(f"{k.name}+{k.keyid.hex()}" for k in state.hub_keys)
+        state.fail(
+            None,
+            FailureReason.NO_PINNED_CHECKPOINT,
+            f"no checkpoint of the export carries the pinned hub key {pinned}; they are signed "
+            f"by {', '.join(sorted(state.other_signers))}: the log was re-signed by another key "
+            "(or the wrong key is pinned)",
         )

@@ -50,7 +50,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from exchange.crypto.keys import SigningKey
 from exchange.errors import ExchangeError
 from exchange.ledger import merkle, storage
-from exchange.ledger.checkpoint import Checkpoint, sign_checkpoint, verifier_key
+from exchange.ledger.checkpoint import Checkpoint, add_signature, sign_checkpoint, verifier_key
 from exchange.ledger.entry import (
     EntryDraft,
     PreparedEntry,
@@ -220,6 +220,7 @@ class Ledger:
         self._config = config
         self._key_name = config.key_name or origin
         self._verifier_key = verifier_key(self._key_name, signer.public_bytes)
+        self._overlap: tuple[SigningKey, ...] = ()  # next log keys, signing beside ``signer``
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._accepting = False
@@ -257,6 +258,11 @@ class Ledger:
         """The head lock's hold time over this process's commits so far (for metrics and
         benchmarks; docs/operations.md, "Several hubs")."""
         return self._lock_stats
+
+    @property
+    def key_name(self) -> str:
+        """The signed-note key name of this ledger's checkpoint keys."""
+        return self._key_name
 
     @property
     def verifier_key(self) -> str:
@@ -501,7 +507,16 @@ class Ledger:
         return elapsed_ms >= self._config.checkpoint_interval_ms
 
     def _sign(self, size: int, root: bytes) -> Checkpoint:
-        return sign_checkpoint(self._origin, size, root, self._signer, self._key_name)
+        checkpoint = sign_checkpoint(self._origin, size, root, self._signer, self._key_name)
+        for key in self._overlap:
+            checkpoint = add_signature(checkpoint, key, self._key_name)
+        return checkpoint
+
+    def sign_also_with(self, key: SigningKey) -> None:
+        """Sign every later checkpoint with ``key`` too (the next log key, during a rotation's
+        overlap: auditors pin it beside the current one). Thread-safe."""
+        if key.keyid != self._signer.keyid and all(k.keyid != key.keyid for k in self._overlap):
+            self._overlap = (*self._overlap, key)
 
     def _commit(self, batch: list[_Pending]) -> None:
         try:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -23,8 +23,7 @@ from exchange import errors
 from exchange.clock import from_timestamp, now_us
 from exchange.crypto import certificates
 from exchange.crypto.envelope import EnvelopeError, verify
-from exchange.crypto.keys import SigningKey
-from exchange.store.registry import DepartmentRecord
+from exchange.store.registry import DepartmentRecord, KeyRecord
 from exchange.v1 import common_pb2, envelope_pb2, registry_pb2
 
 REQUEST_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
@@ -79,18 +78,41 @@ def claim_of(envelope: envelope_pb2.Envelope, peer_department: str | None) -> Cl
     return Claim(department or "unknown", request_id, envelope_bytes(envelope))
 
 
+def _usable(key: KeyRecord, now: int) -> None:
+    """Raise Unauthenticated (KEY_REVOKED, KEY_EXPIRED) unless ``key`` may sign at ``now``."""
+    if key.usable_at(now):
+        return
+    # Not usable: say why. Revocation wins over the validity window. A key whose validity has
+    # not begun is known to the registry, so it is reported as outside its validity
+    # (KEY_EXPIRED), not as UNKNOWN_KEY (docs/api.md).
+    keyid = key.keyid
+    if key.revoked_us is not None and key.revoked_us <= now:
+        raise errors.Unauthenticated(
+            common_pb2.KEY_REVOKED, f"signing key {keyid[:16]}… was revoked"
+        )
+    if now < key.valid_from_us:
+        raise errors.Unauthenticated(
+            common_pb2.KEY_EXPIRED, f"signing key {keyid[:16]}… is not valid yet"
+        )
+    raise errors.Unauthenticated(
+        common_pb2.KEY_EXPIRED, f"signing key {keyid[:16]}… was rotated out"
+    )
+
+
 class Authenticator:
     """Turns a raw envelope and the peer's certificate into a Caller, or refuses."""
 
     def __init__(
         self,
         hub_id: str,
-        hub_key: SigningKey,
+        operator_keys: Callable[[], Sequence[KeyRecord]],
         lookup: Callable[[str], DepartmentRecord | None],
         replay_window_us: int,
     ) -> None:
+        """``operator_keys`` gives the operator's public keys, current and past: the operator
+        (the caller named ``hub_id``) signs with a key of its own, never the hub's."""
         self.hub_id = hub_id
-        self.hub_key = hub_key
+        self.operator_keys = operator_keys
         self.lookup = lookup
         self.replay_window_us = replay_window_us
 
@@ -157,8 +179,7 @@ class Authenticator:
             roles: frozenset[str] = frozenset()
             state = ACTIVE
             is_operator = True
-            keys = {self.hub_key.keyid: self.hub_key.public_bytes}
-            usable: Callable[[str], None] = lambda _keyid: None  # noqa: E731
+            records: Sequence[KeyRecord] = self.operator_keys()
         else:
             department = self.lookup(header.department_id)
             if department is None:
@@ -176,27 +197,8 @@ class Authenticator:
             roles = department.roles
             state = department.state
             is_operator = False
-            keys = {k.keyid: k.public_key for k in department.keys}
-
-            def usable(keyid: str, department: DepartmentRecord = department) -> None:
-                key = department.key(keyid)
-                assert key is not None  # verify() only returns keys from ``keys``
-                if key.usable_at(now):
-                    return
-                # Not usable: say why. Revocation wins over the validity window. A key whose
-                # validity has not begun is known to the registry, so it is reported as outside
-                # its validity (KEY_EXPIRED), not as UNKNOWN_KEY (docs/api.md).
-                if key.revoked_us is not None and key.revoked_us <= now:
-                    raise errors.Unauthenticated(
-                        common_pb2.KEY_REVOKED, f"signing key {keyid[:16]}… was revoked"
-                    )
-                if now < key.valid_from_us:
-                    raise errors.Unauthenticated(
-                        common_pb2.KEY_EXPIRED, f"signing key {keyid[:16]}… is not valid yet"
-                    )
-                raise errors.Unauthenticated(
-                    common_pb2.KEY_EXPIRED, f"signing key {keyid[:16]}… was rotated out"
-                )
+            records = department.keys
+        keys = {k.keyid: k.public_key for k in records}
 
         try:
             verified = verify(envelope, keys.get)
@@ -209,7 +211,7 @@ class Authenticator:
                 errors.InvalidArgument if not envelope.signatures else errors.Unauthenticated
             )
             raise error_type(reason, str(exc)) from exc
-        usable(verified.keyid)
+        _usable(next(k for k in records if k.keyid == verified.keyid), now)
         if state != ACTIVE:
             raise errors.PermissionDenied(
                 common_pb2.DEPARTMENT_INACTIVE,

@@ -61,7 +61,9 @@ async def test_retry_after_a_lost_answer_gets_the_original_answer_once(hub: Runn
     lossy = LoseFirstAnswer()
     client = HubClient(
         hub.target,
-        Identity(hub.config.hub_id, hub.keystore.hub_signing_key(), hub.keystore.operator_tls()),
+        Identity(
+            hub.config.hub_id, hub.keystore.operator_signing_key(), hub.keystore.operator_tls()
+        ),
         server_name="localhost",
         retries=2,
         backoff_seconds=0.01,

@@ -195,3 +195,74 @@ async def test_watcher_reports_a_forked_log_loudly(start_hub: StartHub, tmp_path
     assert caught.value.seen.size > trusted.size
     assert "FORK" in str(caught.value) and trusted.note in str(caught.value)
     assert rewatch.trusted() == trusted  # the forked checkpoint was not trusted
+
+
+async def test_watcher_polls_do_not_grow_the_ledger_per_poll(
+    hub: RunningHub, tmp_path: Path
+) -> None:
+    auditor = await hub.register("js.audit", (common_pb2.AUDITOR,))
+    await hub.register("js.nj.civil-affairs")
+    watcher = Watcher(auditor, hub.server.hub.ledger.verifier_key, tmp_path / "trusted.note")
+    ledger = hub.server.hub.ledger
+    await traffic(hub, 2)
+    await checkpoint_covering(hub, ledger.size())
+    await watcher.check()  # the first checkpoint read of the interval: recorded
+    await traffic(hub, 1)
+    await checkpoint_covering(hub, ledger.size())
+    await watcher.check()  # the first consistency read: recorded
+    before = ledger.size()
+    for _ in range(6):
+        await watcher.check()
+    await checkpoint_covering(hub, ledger.size())
+    assert ledger.size() == before, "each poll added entries"
+    reads = [ledger_pb2.LedgerEntry.FromString(e.entry_bytes) for e in ledger.entries(0, before)]
+    watched = [e.attributes["what"] for e in reads if e.actor == "js.audit"]
+    assert watched == ["checkpoint", "consistency"]
+    # the next interval's first read is recorded with the count of the reads it summarises
+    from exchange.flows.read_summary import summary_of
+
+    summary = summary_of(hub.server.hub)
+    summary.interval_seconds = 0.0  # the interval elapses at once
+    await watcher.check()
+    await checkpoint_covering(hub, ledger.size())
+    (last,) = [
+        ledger_pb2.LedgerEntry.FromString(e.entry_bytes)
+        for e in ledger.entries(before, ledger.size() - before)
+        if ledger_pb2.LedgerEntry.FromString(e.entry_bytes).attributes.get("what") == "checkpoint"
+    ]
+    assert int(last.attributes["unrecorded_reads"]) >= 6
+
+
+async def test_a_verifying_sdk_accepts_reads_answered_without_a_receipt(hub: RunningHub) -> None:
+    from adapters.client import HubClient, Identity
+
+    await hub.register("js.audit", (common_pb2.AUDITOR,))
+    await checkpoint_covering(hub, hub.server.hub.ledger.size())
+    client = HubClient(
+        hub.target,
+        Identity(
+            "js.audit",
+            hub.keystore.department_signing_key("js.audit"),
+            hub.keystore.department_tls("js.audit"),
+        ),
+        server_name="localhost",
+        hub_verifier=hub.server.hub.ledger.verifier_key,
+    )
+    try:
+        answers = [
+            await client.call(
+                f"{AUDIT}/GetCheckpoint",
+                audit_pb2.GetCheckpointRequest(),
+                audit_pb2.CheckpointResponse,
+            )
+            for _ in range(3)
+        ]
+        # the first read is an entry with a verified receipt, the others are only counted
+        assert [a.HasField("receipt") for a in answers] == [True, False, False]
+        # every other answer still needs its receipt
+        listed = await client.call(
+            LIST, registry_pb2.ListDepartmentsRequest(), registry_pb2.ListDepartmentsResponse
+        )
+        assert listed.HasField("receipt")
+    finally:
+        await client.close()

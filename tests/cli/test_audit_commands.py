@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import shutil
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -38,14 +40,43 @@ async def test_export_of_the_configured_hub_verifies_offline(
         )
     verifier = hub.server.hub.ledger.verifier_key
     await hub.server.stop(grace=1)  # final checkpoint
-    env = {"EXCHANGE_DATABASE_URL": url, "EXCHANGE_KEYS_DIR": str(hub.keystore.root)}
+    # The auditor holds public material only: the hub's public key, no secret of anyone's.
+    public = tmp_path / "auditor-keys"
+    (public / "hub").mkdir(parents=True)
+    shutil.copy(hub.keystore.root / "hub" / "signing.pub", public / "hub" / "signing.pub")
+    env = {"EXCHANGE_DATABASE_URL": url, "EXCHANGE_KEYS_DIR": str(public)}
+    code, output = await invoke(["keys", "verifier"], env)
+    assert code == 0 and output.strip() == verifier, output
     out = tmp_path / "export.jsonl"
     code, output = await invoke(["audit", "export", "--out", str(out)], env)
     assert code == 0, output
     assert "exported" in output
+    # the department keys came from the database's registry, the operator's from signing.pub
+    keys = [json.loads(line) for line in out.read_text().splitlines() if '"type":"key"' in line]
+    assert {k["actor"] for k in keys} == {"hub", "js.nj.civil-affairs"}
+    # with only the verifier key and the database URL, no keys directory at all
+    bare = tmp_path / "bare.jsonl"
+    code, output = await invoke(
+        ["audit", "export", "--out", str(bare), "--hub-verifier-key", verifier],
+        {"EXCHANGE_DATABASE_URL": url, "EXCHANGE_KEYS_DIR": str(tmp_path / "nothing")},
+    )
+    assert code == 0, output
+    assert bare.read_text().split("\n")[1:] == out.read_text().split("\n")[1:]
     code, output = await invoke(["audit", "verify", str(out), "--hub-verifier-key", verifier])
     assert code == 0, output
-    assert output.startswith("valid:")
+    assert "\nvalid:" in output or output.startswith("valid:")
+    # the operator's key, pinned apart from the hub's
+    shutil.copytree(hub.keystore.operator_dir, public / "operator")
+    (public / "operator" / "signing.key").unlink()
+    code, operator = await invoke(["keys", "verifier", "--operator"], env)
+    assert code == 0, operator
+    pin = ["--hub-verifier-key", verifier, "--operator-key", operator.strip()]
+    code, output = await invoke(["audit", "verify", str(out), *pin])
+    assert code == 0 and "warning" not in output, output
+    code, output = await invoke(
+        ["audit", "verify", str(out), "--hub-verifier-key", verifier, "--operator-key", "00" * 32]
+    )
+    assert code == 1 and "UNREGISTERED_KEY" in output, output
     lines = out.read_text().splitlines()
     entries = [i for i, line in enumerate(lines) if '"type":"entry"' in line]
     del lines[entries[1]]  # an entry removed from the history

@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from adapters.client import HubClient, Identity, Refused, channel
 from exchange.crypto.keystore import Keystore
-from exchange.ledger import Ledger
+from exchange.ledger import Ledger, verifier_key
 from exchange.store.database import open_engine
 from exchange.v1 import common_pb2, ledger_pb2, registry_pb2
 
@@ -79,7 +79,7 @@ async def test_sigterm_under_load_finishes_in_flight_calls_and_exits_zero(tmp_pa
         await wait_serving(target, store)
         operator = HubClient(
             target,
-            Identity("hub", store.hub_signing_key(), store.operator_tls()),
+            Identity("hub", store.operator_signing_key(), store.operator_tls()),
             server_name="localhost",
         )
         await operator.call(
@@ -141,6 +141,9 @@ async def test_sigterm_under_load_finishes_in_flight_calls_and_exits_zero(tmp_pa
     assert '"event": "stopped"' in stderr
     # Long-lived objects are out of the collector's way (exchange.api.server).
     assert '"event": "heap_frozen"' in stderr
+    # The verifier key auditors pin is in the log from the start (docs/ledger.md).
+    vkey = verifier_key("exchange.local/hub", store.hub_signing_key().public_bytes)
+    assert f'"verifier_key": "{vkey}"' in stderr
     # Every served call's receipt is durable in the ledger after shutdown.
     engine = open_engine(f"sqlite:///{tmp_path / 'hub.db'}")
     ledger = Ledger(engine, store.hub_signing_key(), "exchange.local/hub")

@@ -214,20 +214,27 @@ def _flip_material_type(record: dict[str, object]) -> None:
     record["entry"] = base64.b64encode(changed).decode()
 
 
+def _shift_time(record: dict[str, object]) -> None:
+    """An outside editor's change to a field only the hub vouches for: the entry's time."""
+    entry = ledger_pb2.LedgerEntry.FromString(base64.b64decode(str(record["entry"])))
+    entry.time.nanos = (entry.time.nanos + 1) % 1_000_000_000
+    record["entry"] = base64.b64encode(entry.SerializeToString(deterministic=True)).decode()
+
+
 def test_changed_byte_in_an_entry_is_detected(world: World) -> None:
     lines = world.export()
     index = _entry_index(lines, 7)
-    _assert_fails(
-        _verify(_rewrite(lines, index, _flip_material_type)), 7, FailureReason.CHAIN_BROKEN
-    )
+    _assert_fails(_verify(_rewrite(lines, index, _shift_time)), 7, FailureReason.CHAIN_BROKEN)
+    # a change to what the department signed is named as such, and breaks the chain too
+    report = _verify(_rewrite(lines, index, _flip_material_type))
+    _assert_fails(report, 7, FailureReason.ENVELOPE_ENTRY_MISMATCH)
+    assert (7, FailureReason.CHAIN_BROKEN) in [(f.sequence, f.reason) for f in report.failures]
 
 
 def test_changed_byte_in_the_last_entry_breaks_the_checkpoint_root(world: World) -> None:
     lines = world.export()
     index = _entry_index(lines, LAST)
-    _assert_fails(
-        _verify(_rewrite(lines, index, _flip_material_type)), LAST, FailureReason.ROOT_MISMATCH
-    )
+    _assert_fails(_verify(_rewrite(lines, index, _shift_time)), LAST, FailureReason.ROOT_MISMATCH)
 
 
 def test_changed_byte_in_an_envelope_is_detected(world: World) -> None:
@@ -430,9 +437,11 @@ def test_checkpoint_right_after_a_chunk_boundary_is_checked(
 Change = Callable[[ledger_pb2.LedgerEntry, bytes], bytes]
 
 
-def _reforge(lines: list[str], hub: SigningKey, changes: dict[int, Change]) -> list[str]:
+def _reforge(
+    lines: list[str], hub: SigningKey, changes: dict[int, Change], origin: str = ORIGIN
+) -> list[str]:
     """Apply ``changes`` (by sequence: alter the entry in place, return the new envelope), then
-    re-chain every entry and re-sign every checkpoint with the hub key."""
+    re-chain every entry and re-sign every checkpoint of ``origin`` with the hub key."""
     out: list[str] = []
     leaves: list[bytes] = []
     prev = bytes(32)
@@ -454,7 +463,7 @@ def _reforge(lines: list[str], hub: SigningKey, changes: dict[int, Change]) -> l
         elif record["type"] == "checkpoint":
             size = record["size"]
             record["note"] = sign_checkpoint(
-                ORIGIN, size, merkle.root(leaves[:size]), hub, ORIGIN
+                origin, size, merkle.root(leaves[:size]), hub, origin
             ).note
         out.append(json.dumps(record, separators=(",", ":"), ensure_ascii=False) + "\n")
     assert set(changes) <= set(range(len(leaves)))
@@ -469,10 +478,10 @@ def test_the_reforged_export_itself_verifies(world: World) -> None:
     lines = world.export()
     assert _reforge(lines, world.hub, {}) == lines
 
-    # a harmless rewrite (the material type) re-chained and re-signed verifies: the tests
-    # below fail for what they change, not for the reforging
+    # a rewrite of what only the hub vouches for (the reference), re-chained and re-signed,
+    # verifies: the tests below fail for what they change, not for the reforging
     def harmless(entry: ledger_pb2.LedgerEntry, envelope: bytes) -> bytes:
-        entry.material_type = "marriage-record"
+        entry.reference = "r-forged"
         return envelope
 
     assert _verify(_reforge(lines, world.hub, {5: harmless}), hub_keys=[world.hub_vkey]).ok

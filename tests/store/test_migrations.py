@@ -12,6 +12,8 @@ from sqlalchemy.engine import Engine
 import exchange.ledger.storage
 import exchange.ownership
 import exchange.store.exchange_tables
+import exchange.store.log_keys
+import exchange.store.operator_keys
 import exchange.store.tables
 import exchange.supervision.store  # noqa: F401  (declares its tables on the metadata)
 from exchange.store.database import open_engine, upgrade
