@@ -16,7 +16,6 @@ from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
-from google.rpc import error_details_pb2, status_pb2
 
 from exchange import errors
 from exchange.clock import now_us, to_timestamp
@@ -25,9 +24,9 @@ from exchange.crypto.envelope import sign
 from exchange.crypto.keys import SigningKey
 from exchange.crypto.keystore import TlsIdentity
 from exchange.routing.deadline import call_deadline
+from exchange.rpc.status import DOMAIN, error_info
 from exchange.v1 import common_pb2, envelope_pb2, provider_pb2
 
-DETAILS_KEY = "grpc-status-details-bin"
 REASONS = {v.name: v.number for v in common_pb2.Reason.DESCRIPTOR.values}
 # The largest answer taken from a holder: the hub's own message limit (docs/api.md), so that
 # whatever a holder may answer, the hub can pass it on.
@@ -218,7 +217,7 @@ class ProviderRouter:
             reason = _holder_reason(error)
             if reason == common_pb2.SUBJECT_ID_NOT_NORMALISED:
                 raise errors.FailedPrecondition(
-                    reason,
+                    common_pb2.SUBJECT_ID_NOT_NORMALISED,
                     "the holder keeps this subject under an id not in normal form; it must "
                     "correct its records before the material can be served or stored",
                 ) from None
@@ -248,16 +247,10 @@ class ProviderRouter:
 
 def _holder_reason(error: grpc.aio.AioRpcError) -> int:
     """The contract reason in a holder's refusal (its google.rpc.ErrorInfo), or 0."""
-    metadata: Any = error.trailing_metadata() or ()
-    for key, value in metadata:
-        if key != DETAILS_KEY or not isinstance(value, bytes):
-            continue
-        try:
-            status = status_pb2.Status.FromString(value)
-        except DecodeError:
-            return 0
-        for detail in status.details:
-            info = error_details_pb2.ErrorInfo()
-            if detail.Unpack(info) and info.domain == "exchange.v1" and info.reason in REASONS:
-                return REASONS[info.reason]
-    return 0
+    try:
+        info = error_info(error.trailing_metadata())
+    except DecodeError:
+        return 0
+    if info is None or info.domain != DOMAIN:
+        return 0
+    return REASONS.get(info.reason, 0)

@@ -16,11 +16,11 @@ from google.protobuf.message import Message
 from sqlalchemy import create_engine, text
 
 from adapters.client import HubClient, Refused
-from exchange.api.status import error_info
 from exchange.clock import now_us, to_timestamp
 from exchange.crypto.envelope import sign
 from exchange.crypto.forwarding import FORWARDED_ID, answers, forwarded_binding
 from exchange.policy.disclosure import split
+from exchange.rpc.status import error_info
 from exchange.v1 import (
     audit_pb2,
     catalog_pb2,

@@ -40,7 +40,6 @@ from exchange import logs
 from exchange.api.pipeline import StreamMethod
 from exchange.api.server import HubServer
 from exchange.api.services import SERVICES
-from exchange.api.status import error_info
 from exchange.clock import now_us, to_timestamp
 from exchange.crypto.envelope import pae
 from exchange.crypto.keys import SigningKey
@@ -50,6 +49,7 @@ from exchange.ledger.checkpoint import verifier_key
 from exchange.ledger.export import export_ledger
 from exchange.ledger.verify import verify_export
 from exchange.policy.disclosure import split
+from exchange.rpc.status import error_info
 from exchange.v1 import envelope_pb2, provider_pb2
 from tests.conftest import HUB_ID, RunningHub, hub_config
 from tests.flows import world as w
