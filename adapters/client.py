@@ -32,8 +32,10 @@ from google.protobuf.message import DecodeError, Message
 from adapters.errors import AdapterError, VerificationError
 from exchange.clock import from_timestamp, now_us, to_timestamp
 from exchange.crypto.envelope import EnvelopeError, sign, verify
+from exchange.crypto.forwarding import answers
 from exchange.crypto.keys import SigningKey
 from exchange.crypto.keystore import TlsIdentity
+from exchange.crypto.subject import normalise
 from exchange.ledger import CheckpointError, NoteVerifier, Receipt, verify_receipt
 from exchange.policy.disclosure import split
 from exchange.rpc.status import error_info
@@ -216,16 +218,6 @@ def channel(
     return grpc.aio.secure_channel(target, credentials, options=options, interceptors=interceptors)
 
 
-def answers(record_request_id: str, request_id: str) -> bool:
-    """Whether a provider's record answers the caller's ``request_id``.
-
-    The hub forwards each call to a provider under ``<caller request id[:80]>/<what>-<nonce>``
-    (one id per forwarded call), so the record names either the caller's id or one derived
-    from it.
-    """
-    return record_request_id == request_id or record_request_id.startswith(request_id[:80] + "/")
-
-
 def _key_valid_at(key: registry_pb2.DepartmentKey, at_us: int) -> bool:
     if key.HasField("revoked_at") and from_timestamp(key.revoked_at) <= at_us:
         return False
@@ -283,6 +275,10 @@ class HubClient:
         header.request_id = request_id or uuid.uuid4().hex
         header.issued_at.CopyFrom(to_timestamp(now_us()))
         header.department_id = self.identity.department_id
+        # One person, one id: the SDK sends ids in the normal form the hub and the holders
+        # hash and look up (exchange.crypto.subject).
+        if "subject_id" in body.DESCRIPTOR.fields_by_name and body.subject_id:  # type: ignore[attr-defined]
+            body.subject_id = normalise(body.subject_id)  # type: ignore[attr-defined]
         signed, disclosure = split(body)
         envelope = sign(
             signed.SerializeToString(deterministic=True),
@@ -424,7 +420,7 @@ class HubClient:
             ) from exc
         if record.material_type != material_type:
             raise VerificationError("the record is of another material type")
-        if record.subject_id.strip().upper() != subject_id.strip().upper():
+        if normalise(record.subject_id) != normalise(subject_id):
             raise VerificationError("the record is about another subject")
         if request_id is not None and not answers(record.request_id, request_id):
             raise VerificationError("the record answers another request")

@@ -41,8 +41,8 @@ BIOMETRICS = "biometric-archive"
 MARRIAGE = "marriage-record"
 LICENCE = "business-licence"
 
-ZHANG_SAN = "990101199001010011"  # married, runs a shop
-LI_SI = "990101199202020022"  # married to 张三
+ZHANG_SAN = "990101199001010019"  # married, runs a shop
+LI_SI = "990101199202020029"  # married to 张三
 WANG_WU = "990101198803030033"  # no marriage record on file: collected in the demo
 
 

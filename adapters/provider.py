@@ -35,9 +35,11 @@ from adapters.settings import DepartmentSettings
 from exchange import errors
 from exchange.clock import from_timestamp, now_us, to_timestamp
 from exchange.crypto import certificates
-from exchange.crypto.envelope import EnvelopeError, sign, verify
+from exchange.crypto.envelope import MAX_SIGNATURES, EnvelopeError, sign, verify
 from exchange.crypto.keys import SigningKey, keyid, load_public_key
 from exchange.crypto.keystore import TlsIdentity
+from exchange.crypto.subject import is_normal, normalise
+from exchange.policy.payload import check_message
 from exchange.rpc.ports import SERVER_OPTIONS, bind
 from exchange.rpc.status import abort, peer_certificate, to_status
 from exchange.v1 import (
@@ -45,7 +47,6 @@ from exchange.v1 import (
     envelope_pb2,
     exchange_pb2,
     provider_pb2,
-    provider_pb2_grpc,
 )
 
 log = structlog.get_logger("adapters.provider")
@@ -90,7 +91,7 @@ class HubAuthenticator:
             raise errors.PermissionDenied(
                 common_pb2.NOT_FROM_HUB,
                 f"only the hub {self.hub_id!r} may call this adapter; the client certificate "
-                f"names {identity.department_id!r}",
+                f"names {errors.quote(identity.department_id)}",
             )
         expected = body_type.DESCRIPTOR.full_name
         if envelope.payload_type != expected:
@@ -100,6 +101,11 @@ class HubAuthenticator:
                 else (common_pb2.MALFORMED_ENVELOPE),
                 f"this method takes {expected}, the envelope carries "
                 f"{envelope.payload_type[:128]!r}",
+            )
+        if len(envelope.signatures) > MAX_SIGNATURES:
+            raise errors.InvalidArgument(
+                common_pb2.MALFORMED_ENVELOPE,
+                f"the envelope carries more than {MAX_SIGNATURES} signatures",
             )
         # The signature is checked before the payload is parsed: nothing unauthenticated is
         # decoded. One Ed25519 verification is ~50 µs, so it runs on the event loop.
@@ -119,6 +125,10 @@ class HubAuthenticator:
             raise errors.InvalidArgument(
                 common_pb2.MALFORMED_ENVELOPE, f"the payload is not a valid {expected}"
             ) from exc
+        # Values the contract does not define (unknown fields or enum numbers, a version beyond
+        # the signed 64-bit range, a time outside 0001..9999) are refused before use.
+        check_message(envelope, "envelope")
+        check_message(body)
         header: common_pb2.RequestHeader = body.header  # type: ignore[attr-defined]
         if header.department_id != self.hub_id:
             raise errors.Unauthenticated(
@@ -158,6 +168,49 @@ class ProviderService:
         # Store is not naturally idempotent (a files backend appends), so a retried Store with
         # the same request id and bytes gets the first answer; different bytes are refused.
         self._stored: OrderedDict[str, tuple[bytes, provider_pb2.StoreResponse]] = OrderedDict()
+        # Per material type, the normal forms of subject ids the source holds in another form
+        # (full-width digits, inner spaces): filled by ``survey``.
+        self._not_normal: dict[str, frozenset[str]] = {}
+
+    def survey(self) -> dict[str, int]:
+        """Read every holding once and note the subject ids not held in normal form
+        (exchange.crypto.subject); return their count per material type.
+
+        Such a subject is reported, never duplicated: Fetch and Store for its normal form are
+        refused (FAILED_PRECONDITION SUBJECT_ID_NOT_NORMALISED) until the department corrects
+        its records. Blocking (it reads the source): call it in a worker thread. A type whose
+        holdings cannot be listed is skipped and logged.
+        """
+        counts: dict[str, int] = {}
+        for material_type in self.backend.material_types():
+            try:
+                held = [h.subject_id for h in self.backend.list_holdings(material_type)]
+            except BackendError as exc:
+                log.warning("survey_skipped", material_type=material_type, error=str(exc))
+                continue
+            odd = frozenset(normalise(s) for s in held if not is_normal(s))
+            self._not_normal[material_type] = odd
+            if odd:
+                counts[material_type] = len(odd)
+                # The ids themselves are personal data: the log says how many and where.
+                log.warning(
+                    "subject_ids_not_normalised", material_type=material_type, count=len(odd)
+                )
+        return counts
+
+    def _subject(self, material_type: str, subject_id: str) -> str:
+        """The normal form of a forwarded subject id; refused if the source holds it in
+        another form."""
+        subject = normalise(subject_id)
+        if not subject:
+            raise _invalid("subject_id is required")
+        if subject in self._not_normal.get(material_type, frozenset()):
+            raise errors.FailedPrecondition(
+                common_pb2.SUBJECT_ID_NOT_NORMALISED,
+                "this department holds the subject under an id not in normal form "
+                "(full-width characters or spaces); it must correct its records first",
+            )
+        return subject
 
     def _mapped(self, material_type: str) -> list[str]:
         if material_type not in self.backend.material_types():
@@ -196,8 +249,7 @@ class ProviderService:
         fields, a field the mapping does not know), errors.Unavailable (the source failed).
         """
         mapped = self._mapped(body.material_type)
-        if not body.subject_id:
-            raise _invalid("subject_id is required")
+        subject = self._subject(body.material_type, body.subject_id)
         if not body.fields:
             raise _invalid("fields must name at least one field; the adapter never guesses")
         fields = list(dict.fromkeys(body.fields))
@@ -205,9 +257,9 @@ class ProviderService:
         if unknown:
             raise _invalid(
                 f"field(s) {', '.join(repr(n[:64]) for n in unknown)} are not mapped for "
-                f"{body.material_type!r}"
+                f"{errors.quote(body.material_type)}"
             )
-        holding = await self._read(body.material_type, body.subject_id, fields)
+        holding = await self._read(body.material_type, subject, fields)
         if holding is None:
             return provider_pb2.FetchResponse(found=False)
         # Defence in depth: whatever the backend returned, only the named fields leave.
@@ -215,7 +267,7 @@ class ProviderService:
         envelope = self.sign_record(
             body.header.request_id,
             body.material_type,
-            body.subject_id,
+            subject,
             delivered,
             holding.reference if holding.reference is not None else body.reference,
             holding.version if holding.version is not None else body.version,
@@ -255,23 +307,22 @@ class ProviderService:
         if allowed is None:
             raise errors.FailedPrecondition(
                 common_pb2.INVALID_ARGUMENT_FIELD,
-                f"this adapter does not store material of type {body.material_type!r}",
+                f"this adapter does not store material of type {errors.quote(body.material_type)}",
             )
-        if not body.subject_id:
-            raise _invalid("subject_id is required")
+        subject = self._subject(body.material_type, body.subject_id)
         if not body.fields:
             raise _invalid("fields must hold the material")
         unknown = sorted(name for name in body.fields if name not in allowed)
         if unknown:
             raise _invalid(
                 f"field(s) {', '.join(repr(n[:64]) for n in unknown)} have no column in the "
-                f"store target of {body.material_type!r}"
+                f"store target of {errors.quote(body.material_type)}"
             )
         try:
             await asyncio.to_thread(
                 self.backend.store,
                 body.material_type,
-                body.subject_id,
+                subject,
                 dict(body.fields),
                 reference=body.reference,
                 version=body.version,
@@ -287,7 +338,7 @@ class ProviderService:
             material=self.sign_record(
                 body.header.request_id,
                 body.material_type,
-                body.subject_id,
+                subject,
                 body.fields,
                 body.reference,
                 body.version,
@@ -299,27 +350,36 @@ class ProviderService:
         return response
 
 
-class _Servicer(provider_pb2_grpc.ProviderServicer):
-    def __init__(self, server: ProviderServer) -> None:
-        self.server = server
+def _handlers(server: ProviderServer) -> grpc.GenericRpcHandler:  # type: ignore[type-arg]
+    """Fetch and Store, taking raw bytes: bytes that are not an Envelope get INVALID_ARGUMENT
+    MALFORMED_ENVELOPE with an ErrorInfo from ``handle`` (a deserializer failing inside gRPC
+    would answer UNKNOWN without one)."""
 
-    async def Fetch(
-        self, request: envelope_pb2.Envelope, context: grpc.aio.ServicerContext[Any, Any]
+    async def fetch_body(
+        body: provider_pb2.FetchRequest, _digest: bytes
     ) -> provider_pb2.FetchResponse:
-        return await self.server.handle(
-            "Fetch", provider_pb2.FetchRequest, request, context, self.server.service.fetch
+        return await server.service.fetch(body)
+
+    async def fetch(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        return await server.handle("Fetch", provider_pb2.FetchRequest, request, context, fetch_body)
+
+    async def store(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        return await server.handle(
+            "Store", provider_pb2.StoreRequest, request, context, server.service.store
         )
 
-    async def Store(
-        self, request: envelope_pb2.Envelope, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> provider_pb2.StoreResponse:
-        service = self.server.service
-        digest = hashlib.sha256(request.SerializeToString(deterministic=True)).digest()
+    def serialize(message: Message) -> bytes:
+        return message.SerializeToString()
 
-        async def run(body: provider_pb2.StoreRequest) -> provider_pb2.StoreResponse:
-            return await service.store(body, digest)
-
-        return await self.server.handle("Store", provider_pb2.StoreRequest, request, context, run)
+    return grpc.method_handlers_generic_handler(
+        SERVICE,
+        {
+            name: grpc.unary_unary_rpc_method_handler(
+                handler, request_deserializer=None, response_serializer=serialize
+            )
+            for name, handler in (("Fetch", fetch), ("Store", store))
+        },
+    )
 
 
 def server_credentials(tls: TlsIdentity) -> grpc.ServerCredentials:
@@ -372,7 +432,7 @@ class ProviderServer:
                 *SERVER_OPTIONS,  # a port in use is refused, never shared
             ]
         )
-        provider_pb2_grpc.add_ProviderServicer_to_server(_Servicer(self), self.server)
+        self.server.add_generic_rpc_handlers((_handlers(self),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.port = 0
 
@@ -385,6 +445,7 @@ class ProviderServer:
         """
         # Reflection does blocking I/O; keep it off the loop (other servers may share it).
         await asyncio.to_thread(self.backend.validate)
+        await asyncio.to_thread(self.service.survey)
         self.port = bind(self.server, self.settings.listen, server_credentials(self.tls))
         await self.server.start()
         for name in ("", SERVICE):
@@ -413,18 +474,27 @@ class ProviderServer:
         self,
         method: str,
         body_type: type[Body],
-        envelope: envelope_pb2.Envelope,
+        request: bytes,
         context: grpc.aio.ServicerContext[Any, Any],
-        serve: Callable[[Body], Awaitable[Answer]],
+        serve: Callable[[Body, bytes], Awaitable[Answer]],
     ) -> Answer:
-        """Authenticate, serve, and map refusals; one log event per call, no personal data."""
+        """Decode, authenticate, serve (with the SHA-256 of the envelope's bytes), and map
+        refusals; one log event per call, no personal data."""
         started = time.perf_counter()
         outcome = "OK"
         material_type = ""
         try:
+            envelope = envelope_pb2.Envelope()
+            try:
+                envelope.ParseFromString(request)
+            except DecodeError as exc:
+                raise errors.InvalidArgument(
+                    common_pb2.MALFORMED_ENVELOPE, "the request is not an exchange.v1.Envelope"
+                ) from exc
             body = self.authenticator.authenticate(peer_certificate(context), envelope, body_type)
             material_type = getattr(body, "material_type", "")
-            return await serve(body)
+            digest = hashlib.sha256(envelope.SerializeToString(deterministic=True)).digest()
+            return await serve(body, digest)
         except errors.ExchangeError as error:
             outcome = error.reason_name
             await abort(context, to_status(error))

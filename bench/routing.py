@@ -76,7 +76,7 @@ OWNER = "js.nj.civil-affairs"
 CONSUMER = "js.nj.social-security"
 MATERIAL = "marriage-record"
 PURPOSE = "social-assistance"
-SUBJECT = "990101199001010011"
+SUBJECT = "990101199001010019"
 FIELDS = {
     "marital_status": "married",
     "spouse_name": "李四 (demo)",

@@ -28,6 +28,19 @@ class Code(enum.Enum):
     INTERNAL = "INTERNAL"
 
 
+QUOTE_LIMIT = 64
+MESSAGE_LIMIT = 1024
+
+
+def quote(text: str, limit: int = QUOTE_LIMIT) -> str:
+    """``text`` quoted for a refusal message, cut to ``limit`` characters (with an ellipsis).
+
+    Request text quoted at any length could push the status past gRPC's 16 KiB trailer limit, and
+    the caller would then see RESOURCE_EXHAUSTED without a reason.
+    """
+    return repr(text if len(text) <= limit else text[:limit] + "…")
+
+
 class ExchangeError(Exception):
     """Base of every error the exchange raises on purpose.
 
@@ -46,6 +59,8 @@ class ExchangeError(Exception):
         code: Code | None = None,
         retry_after: float | None = None,
     ) -> None:
+        if len(message) > MESSAGE_LIMIT:  # a safety net under quote(): a refusal stays small
+            message = message[: MESSAGE_LIMIT - 1] + "…"
         super().__init__(message)
         self.reason = reason
         self.message = message

@@ -28,7 +28,11 @@ def generate(root: Path, out: Path) -> list[Path]:
     from grpc_tools import protoc
 
     proto_root = root / "protos"
-    protos = sorted(str(p.relative_to(proto_root)) for p in proto_root.rglob("*.proto"))
+    # Only the exchange's own contract is generated: protos/google and protos/grpc ship the
+    # standard protos for clients in other languages; Python takes them from its packages.
+    protos = sorted(
+        str(p.relative_to(proto_root)) for p in (proto_root / "exchange").rglob("*.proto")
+    )
     plugin = shutil.which("protoc-gen-mypy", path=str(Path(sys.executable).parent)) or shutil.which(
         "protoc-gen-mypy"
     )

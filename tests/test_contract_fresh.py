@@ -51,3 +51,42 @@ def test_every_message_field_service_and_method_is_commented() -> None:
 def test_refusal_reasons_are_an_enum_of_the_contract() -> None:
     names = set(common_pb2.Reason.keys())
     assert {"BAD_SIGNATURE", "STALE_REQUEST", "REQUEST_ID_REUSED", "NO_GRANT"} <= names
+
+
+def test_the_shipped_standard_protos_match_the_ones_the_hub_speaks(tmp_path: Path) -> None:
+    """protos/google/rpc and protos/grpc/health (for clients in other languages) define the
+    same messages, field numbers and types as the Python packages the hub and adapters use."""
+    from google.protobuf import descriptor_pb2
+    from google.rpc import code_pb2, error_details_pb2, status_pb2
+    from grpc_health.v1 import health_pb2
+    from grpc_tools import protoc
+
+    include = Path(protoc.__file__).parent / "_proto"
+    out = tmp_path / "set.pb"
+    shipped = [
+        "google/rpc/status.proto",
+        "google/rpc/error_details.proto",
+        "google/rpc/code.proto",
+        "grpc/health/v1/health.proto",
+    ]
+    args = ["protoc", f"-I{ROOT / 'protos'}", f"-I{include}", f"--descriptor_set_out={out}"]
+    assert protoc.main([*args, *shipped]) == 0
+    files = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes()).file
+
+    def shape(file: descriptor_pb2.FileDescriptorProto) -> dict[str, object]:
+        messages = {
+            m.name: sorted((f.name, f.number, f.type, f.label) for f in m.field)
+            for m in file.message_type
+        }
+        enums = {e.name: sorted((v.name, v.number) for v in e.value) for e in file.enum_type}
+        return {"package": file.package, "messages": messages, "enums": enums}
+
+    for module in (status_pb2, error_details_pb2, code_pb2, health_pb2):
+        installed = descriptor_pb2.FileDescriptorProto()
+        module.DESCRIPTOR.CopyToProto(installed)
+        name = installed.name.rsplit("/", 1)[1]
+        mine = next(f for f in files if f.name.endswith("/" + name))
+        theirs, ours = shape(installed), shape(mine)
+        for name, fields in theirs["messages"].items():  # type: ignore[attr-defined]
+            assert ours["messages"][name] == fields, (module.__name__, name)  # type: ignore[index]
+        assert theirs["enums"] == ours["enums"], module.__name__

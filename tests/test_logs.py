@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 
 from exchange import logs
 
-SUBJECT_ID = "990101199001010011"
+SUBJECT_ID = "990101199001010019"
 
 
 @pytest.fixture(autouse=True)

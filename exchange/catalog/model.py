@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from exchange.crypto.subject import SubjectIdScheme
 from exchange.v1 import catalog_pb2
 
 
@@ -46,6 +47,7 @@ class MaterialType:
     sharing_class: SharingClass
     retention_days: int = 0
     version: int = 1
+    subject_id_scheme: SubjectIdScheme = SubjectIdScheme.CN_MAINLAND
 
     def field(self, name: str) -> FieldSpec | None:
         """The field named ``name``, or None."""
@@ -108,6 +110,7 @@ def material_type_to_proto(value: MaterialType) -> catalog_pb2.MaterialType:
         sharing_class=catalog_pb2.SharingClass.Value(value.sharing_class.value),
         retention_days=value.retention_days,
         version=value.version,
+        subject_id_scheme=catalog_pb2.SubjectIdScheme.Value(value.subject_id_scheme.value),
     )
 
 

@@ -16,6 +16,7 @@ from exchange.catalog.model import (
     Purpose,
     SharingClass,
 )
+from exchange.crypto.subject import SubjectIdScheme
 from exchange.store.cache import TtlCache
 from exchange.store.exchange_tables import forms, material_types, purposes
 
@@ -38,6 +39,7 @@ def _material_type(row: Row[Any]) -> MaterialType:
         sharing_class=SharingClass(m["sharing_class"]),
         retention_days=m["retention_days"],
         version=m["version"],
+        subject_id_scheme=SubjectIdScheme(m["subject_id_scheme"]),
     )
 
 
@@ -127,6 +129,7 @@ class CatalogStore:
                 sharing_class=value.sharing_class.value,
                 retention_days=value.retention_days,
                 published_us=now_us,
+                subject_id_scheme=value.subject_id_scheme.value,
             )
         )
 

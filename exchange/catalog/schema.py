@@ -59,8 +59,9 @@ def canonical_fields(
 ) -> dict[str, str]:
     """The fields in canonical form, checked against the type's schema.
 
-    With ``complete``, every required field must be present (a whole material); otherwise the
-    fields are a subset (a provider's answer naming only some fields). Raises
+    An empty value is an absent field: it is left out of the result. With ``complete``, every
+    required field must be present with a value (a whole material); otherwise the fields are a
+    subset (a provider's answer naming only some fields). Raises
     errors.InvalidArgument (SCHEMA_VIOLATION) naming the first offending field.
     """
     result: dict[str, str] = {}
@@ -68,6 +69,10 @@ def canonical_fields(
         spec = material_type.field(name)
         if spec is None:
             raise _violation(f"{material_type.id!r} has no field {name[:64]!r}")
+        if value == "":
+            # Absent means absent (docs/content-hash.md): an empty value is no value, so it
+            # neither fills a required field nor changes the content hash.
+            continue
         if len(value.encode("utf-8")) > MAX_VALUE_BYTES:
             raise _violation(f"field {name!r} is longer than {MAX_VALUE_BYTES} bytes")
         try:
@@ -77,7 +82,7 @@ def canonical_fields(
     if complete:
         missing = [f.name for f in material_type.fields if f.required and f.name not in result]
         if missing:
-            raise _violation(f"required field(s) missing: {', '.join(missing)}")
+            raise _violation(f"required field(s) without a value: {', '.join(missing)}")
     return result
 
 

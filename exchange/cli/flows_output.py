@@ -134,6 +134,7 @@ def material_type_as_dict(value: catalog_pb2.MaterialType) -> dict[str, Any]:
         "sharing_class": catalog_pb2.SharingClass.Name(value.sharing_class),
         "retention_days": value.retention_days,
         "version": value.version,
+        "subject_id_scheme": catalog_pb2.SubjectIdScheme.Name(value.subject_id_scheme),
         "fields": [
             {
                 "name": f.name,

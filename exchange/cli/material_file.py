@@ -8,6 +8,8 @@ exported, edited and published again::
     sharing_class = "CONDITIONAL"        # UNCONDITIONAL | CONDITIONAL | NOT_SHARED
     retention_days = 0                   # optional; 0: kept indefinitely
     owner = "js.nj.civil-affairs"        # optional; default the publishing department
+    subject_id_scheme = "CN_RESIDENT_ID" # optional; CN_MAINLAND (default) | CN_RESIDENT_ID |
+                                         # CN_USCC | OPAQUE (docs/content-hash.md)
 
     [[fields]]
     name = "marital_status"
@@ -31,11 +33,21 @@ from typing import Any
 from exchange.v1 import catalog_pb2
 
 TOP_KEYS = frozenset(
-    {"id", "name", "owner", "sharing_class", "retention_days", "version", "fields"}
+    {
+        "id",
+        "name",
+        "owner",
+        "sharing_class",
+        "retention_days",
+        "version",
+        "fields",
+        "subject_id_scheme",
+    }
 )
 FIELD_KEYS = frozenset({"name", "type", "required", "description"})
 SHARING_CLASSES = {v.name: v.number for v in catalog_pb2.SharingClass.DESCRIPTOR.values}
 FIELD_TYPES = {v.name: v.number for v in catalog_pb2.FieldType.DESCRIPTOR.values}
+ID_SCHEMES = {v.name: v.number for v in catalog_pb2.SubjectIdScheme.DESCRIPTOR.values}
 
 
 class MaterialFileError(ValueError):
@@ -103,6 +115,13 @@ def parse_material_type(
             f"{where}: sharing_class", body["sharing_class"], SHARING_CLASSES
         ),
         retention_days=retention,
+        subject_id_scheme=(
+            _enum(  # type: ignore[arg-type]
+                f"{where}: subject_id_scheme", body["subject_id_scheme"], ID_SCHEMES
+            )
+            if "subject_id_scheme" in body
+            else catalog_pb2.SUBJECT_ID_SCHEME_UNSPECIFIED
+        ),
         fields=[_field(f"{where}: fields[{i}]", f) for i, f in enumerate(fields)],
     )
 

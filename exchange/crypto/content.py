@@ -15,20 +15,16 @@ import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from exchange.crypto.subject import normalise
+
 CONTENT_LABEL = "exchange.v1.material"
 FIELD_LABEL = "exchange.v1.field"
 
 
 def canonical_subject_id(subject_id: str) -> str:
-    """The subject id as hashed and forwarded: trimmed, NFC, ASCII letters upper-cased.
-
-    (Chinese ID numbers end in a check character that may be written 'x' or 'X'; unified social
-    credit codes are upper case.)
-    """
-    text = unicodedata.normalize("NFC", subject_id.strip())
-    if text.isascii():  # the common case: ID numbers and credit codes
-        return text.upper()
-    return "".join(c.upper() if c.isascii() else c for c in text)
+    """The subject id as hashed and forwarded: its normal form (exchange.crypto.subject:
+    NFKC, every whitespace character removed, ASCII letters upper-cased)."""
+    return normalise(subject_id)
 
 
 def lp(text: str) -> bytes:

@@ -24,6 +24,8 @@ from exchange.catalog.model import (
 )
 from exchange.catalog.schema import check_field_name, check_identifier
 from exchange.clock import now_us
+from exchange.crypto.subject import SubjectIdScheme
+from exchange.errors import quote
 from exchange.flows import lookups
 from exchange.flows.record import record
 from exchange.policy.identity import Caller
@@ -69,6 +71,11 @@ def _material_type(given: catalog_pb2.MaterialType, owner: str) -> MaterialType:
         sharing_class=SharingClass(catalog_pb2.SharingClass.Name(given.sharing_class)),
         retention_days=given.retention_days,
         version=1,
+        subject_id_scheme=(
+            SubjectIdScheme(catalog_pb2.SubjectIdScheme.Name(given.subject_id_scheme))
+            if given.subject_id_scheme != catalog_pb2.SUBJECT_ID_SCHEME_UNSPECIFIED
+            else SubjectIdScheme.CN_MAINLAND
+        ),
     )
 
 
@@ -212,8 +219,8 @@ async def register_form(
                 mapped = await lookups.material_type(hub, spec.material_type)
                 if mapped.field(spec.material_field) is None:
                     raise _invalid(
-                        f"form field {spec.name!r} maps to {spec.material_type}."
-                        f"{spec.material_field}, which is not a field of that type"
+                        f"form field {spec.name!r} maps to {quote(spec.material_type)}."
+                        f"{quote(spec.material_field)}, which is not a field of that type"
                     )
             elif spec.material_field:
                 raise _invalid(f"form field {spec.name!r} names a field but no material type")

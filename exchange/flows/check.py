@@ -29,6 +29,7 @@ async def check(
         lookups.require_role(caller, *CHECK_ROLES, what="Check")
         lookups.require_text(body.subject_id, "subject_id", 128)
         material_type = await lookups.material_type(hub, body.material_type)
+        lookups.subject_id(body.subject_id, material_type.subject_id_scheme)
         current = await lookups.indexed(hub, material_type.id, subject_ref)
         receipt = await record(
             hub.ledger,

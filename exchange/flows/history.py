@@ -42,7 +42,7 @@ async def access_history(
         raise errors.PermissionDenied(
             common_pb2.ROLE_REQUIRED, "access history is served to form tools acting for a person"
         )
-    lookups.require_text(body.subject_id.strip(), "subject_id", 128)
+    lookups.subject_id(body.subject_id)
     subject_ref = hub.content_keys.subject_ref(body.subject_id)
     stored = await asyncio.to_thread(hub.ledger.entries_for_subject, subject_ref)
     records = []

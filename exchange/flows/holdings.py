@@ -19,7 +19,6 @@ from sqlalchemy.exc import IntegrityError
 from exchange import errors
 from exchange.catalog.schema import canonical_fields
 from exchange.clock import now_us
-from exchange.crypto.content import canonical_subject_id
 from exchange.flows import lookups
 from exchange.flows.record import record
 from exchange.policy.identity import Caller
@@ -64,6 +63,11 @@ async def publish_holdings(
         seen: set[bytes] = set()
         for position, holding in enumerate(body.holdings):
             lookups.require_text(holding.subject_id, f"holdings[{position}].subject_id", 128)
+            subject_id = lookups.subject_id(
+                holding.subject_id,
+                material_type.subject_id_scheme,
+                f"holdings[{position}].subject_id",
+            )
             try:
                 fields = canonical_fields(material_type, holding.fields, complete=True)
             except errors.InvalidArgument as exc:
@@ -76,7 +80,7 @@ async def publish_holdings(
                     f"holdings[{position}] repeats a subject of this call",
                 )
             seen.add(ref)
-            prepared.append((ref, canonical_subject_id(holding.subject_id), fields))
+            prepared.append((ref, subject_id, fields))
 
         keys = hub.content_keys
         results: list[exchange_pb2.PublishedHolding] = []

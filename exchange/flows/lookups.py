@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from exchange import errors
 from exchange.catalog.model import Form, MaterialType, Purpose
+from exchange.crypto.subject import SubjectIdError, SubjectIdScheme, check
 from exchange.policy.identity import Caller
 from exchange.store.cache import MISSING
 from exchange.store.materials import IndexedMaterial
@@ -75,6 +76,18 @@ def require_text(value: str, name: str, limit: int = 256) -> str:
             common_pb2.INVALID_ARGUMENT_FIELD, f"{name} must not contain NUL characters"
         )
     return value
+
+
+def subject_id(
+    value: str, scheme: SubjectIdScheme = SubjectIdScheme.OPAQUE, name: str = "subject_id"
+) -> str:
+    """``value`` in normal form (NFKC, no whitespace, ASCII upper case) if it is an id of
+    ``scheme`` (a material type's ``subject_id_scheme``; OPAQUE only normalises), else
+    InvalidArgument (INVALID_ARGUMENT_FIELD) naming ``name`` and never quoting the id."""
+    try:
+        return check(value, scheme)
+    except SubjectIdError as exc:
+        raise errors.InvalidArgument(common_pb2.INVALID_ARGUMENT_FIELD, f"{name} {exc}") from None
 
 
 async def material_type(hub: Hub, type_id: str) -> MaterialType:

@@ -65,6 +65,7 @@ async def file_objection(
         lookups.require_text(body.subject_id, "subject_id", 128)
         reason = lookups.require_text(body.reason.strip(), "reason", 2000)
         material_type = await lookups.material_type(hub, body.material_type)
+        lookups.subject_id(body.subject_id, material_type.subject_id_scheme)
         known["counterparty"] = material_type.owner
         proposed = (
             canonical_fields(material_type, body.proposed_fields, complete=False)

@@ -21,16 +21,15 @@ import structlog
 from exchange import errors
 from exchange.catalog.model import FormField, MaterialType, SharingClass
 from exchange.clock import now_us
-from exchange.crypto.content import canonical_subject_id
 from exchange.flows import lookups
 from exchange.flows.material import check_fields, mismatch, open_record
 from exchange.flows.record import record
 from exchange.flows.request import grants_for, take_rate
-from exchange.flows.submit import forwarded_id
 from exchange.flows.validity import Share
 from exchange.policy.grants import Grant
 from exchange.policy.identity import Caller
 from exchange.policy.sharing import Permit
+from exchange.routing.provider import forwarded_id
 from exchange.store.materials import IndexedMaterial
 from exchange.v1 import common_pb2, envelope_pb2, exchange_pb2, ledger_pb2
 
@@ -87,7 +86,7 @@ async def prefill(
         lookups.require_text(body.subject_id, "subject_id", 128)
         form = await lookups.form(hub, body.form_id)
         known["purpose"] = form.purpose
-        subject_id = canonical_subject_id(body.subject_id)
+        subject_id = lookups.subject_id(body.subject_id)
         me = await lookups.department(hub, caller.department_id)
         consumers = (caller.department_id,) + ((me.owner,) if me is not None and me.owner else ())
 
@@ -105,6 +104,7 @@ async def prefill(
             )
             if part.material_type is None:
                 continue
+            lookups.subject_id(body.subject_id, part.material_type.subject_id_scheme)
             grants: list[Grant] = (
                 list(await grants_for(hub, consumers, type_id))
                 if part.material_type.sharing_class is SharingClass.CONDITIONAL
@@ -123,7 +123,7 @@ async def prefill(
             assert part.current is not None
             try:
                 holder = await lookups.holder(hub, part.current.holder)
-                request_id = forwarded_id(caller, "prefill")
+                request_id = forwarded_id(caller.request_id, "prefill")
                 started = time.perf_counter()
                 answer = await hub.providers.fetch(
                     holder.provider_endpoint,

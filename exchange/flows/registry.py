@@ -82,7 +82,8 @@ async def _existing(hub: Hub, department_id: str) -> DepartmentRecord:
     department = await asyncio.to_thread(hub.registry.get, department_id)
     if department is None:
         raise errors.NotFound(
-            common_pb2.UNKNOWN_DEPARTMENT, f"department {department_id!r} is not registered"
+            common_pb2.UNKNOWN_DEPARTMENT,
+            f"department {errors.quote(department_id)} is not registered",
         )
     return department
 

@@ -14,15 +14,14 @@ from typing import TYPE_CHECKING
 from exchange import errors
 from exchange.catalog.model import SharingClass
 from exchange.clock import now_us
-from exchange.crypto.content import canonical_subject_id
 from exchange.flows import lookups
 from exchange.flows.material import check_fields, mismatch, open_record
 from exchange.flows.record import record
-from exchange.flows.submit import forwarded_id
 from exchange.flows.validity import Share
 from exchange.policy.grants import Grant
 from exchange.policy.identity import Caller
 from exchange.policy.sharing import permit
+from exchange.routing.provider import forwarded_id
 from exchange.v1 import common_pb2, exchange_pb2, ledger_pb2
 
 if TYPE_CHECKING:
@@ -76,6 +75,7 @@ async def request(
         lookups.require_role(caller, "CONSUMER", what="Request")
         lookups.require_text(body.subject_id, "subject_id", 128)
         material_type = await lookups.material_type(hub, body.material_type)
+        subject_id = lookups.subject_id(body.subject_id, material_type.subject_id_scheme)
         known["counterparty"] = material_type.owner
         known["attributes"] = {"sharing_class": material_type.sharing_class.name}
         await lookups.purpose(hub, body.purpose)
@@ -105,8 +105,7 @@ async def request(
             counterparty=current.holder,
         )
         holder = await lookups.holder(hub, current.holder)
-        subject_id = canonical_subject_id(body.subject_id)
-        request_id = forwarded_id(caller, "fetch")
+        request_id = forwarded_id(caller.request_id, "fetch")
         started = time.perf_counter()
         try:
             answer = await hub.providers.fetch(

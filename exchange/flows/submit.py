@@ -13,8 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import itertools
-import secrets
 import uuid
 import weakref
 from collections.abc import AsyncIterator
@@ -27,14 +25,13 @@ from exchange import errors
 from exchange.catalog.model import MaterialType
 from exchange.catalog.schema import canonical_fields
 from exchange.clock import now_us
-from exchange.crypto.content import canonical_subject_id
 from exchange.flows import lookups
 from exchange.flows.material import mismatch, open_record
 from exchange.flows.record import record
 from exchange.ledger import Effect
 from exchange.policy.identity import Caller
 from exchange.routing.deadline import call_deadline
-from exchange.routing.provider import MARGIN_SECONDS
+from exchange.routing.provider import MARGIN_SECONDS, forwarded_id
 from exchange.store.materials import IndexedMaterial, Proposal
 from exchange.v1 import common_pb2, exchange_pb2, ledger_pb2
 
@@ -96,18 +93,6 @@ async def _decided_alone(hub: Hub, material_type: str, subject_ref: bytes) -> As
         yield
 
 
-# Forwarded ids are unique, not secret: a random prefix per process and a counter. (Reading the
-# system's randomness on every call would release the GIL, and on a busy hub getting it back
-# costs more than the id.)
-_FORWARDED_PREFIX = secrets.token_hex(4)
-_forwarded_numbers = itertools.count(1)
-
-
-def forwarded_id(caller: Caller, what: str) -> str:
-    """A fresh request id for a call the hub forwards for ``caller`` (traceable to it)."""
-    return f"{caller.request_id[:80]}/{what}-{_FORWARDED_PREFIX}{next(_forwarded_numbers):x}"
-
-
 async def submit(
     hub: Hub, caller: Caller, body: exchange_pb2.SubmitRequest
 ) -> exchange_pb2.SubmitResponse:
@@ -123,11 +108,11 @@ async def submit(
         lookups.require_text(body.subject_id, "subject_id", 128)
         material_type = await lookups.material_type(hub, body.material_type)
         known["counterparty"] = material_type.owner
+        subject_id = lookups.subject_id(body.subject_id, material_type.subject_id_scheme)
         is_owner = caller.department_id == material_type.owner
         if not is_owner:
             lookups.require_role(caller, *SUBMIT_ROLES, what="Submit")
         fields = canonical_fields(material_type, body.fields, complete=True)
-        subject_id = canonical_subject_id(body.subject_id)
         content_hash = hub.content_keys.content_hash(material_type.id, subject_id, fields)
         known["content_hash"] = content_hash
         async with _decided_alone(hub, material_type.id, subject_ref):
@@ -216,7 +201,7 @@ async def _store(
 ) -> None:
     """Store at the owner's adapter and check its signed confirmation."""
     owner = await lookups.holder(hub, material_type.owner)
-    request_id = forwarded_id(caller, "store")
+    request_id = forwarded_id(caller.request_id, "store")
     answer = await hub.providers.store(
         owner.provider_endpoint,
         request_id=request_id,

@@ -26,6 +26,8 @@ FORM_TOOL = "FORM_TOOL"
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 SETTLE_SECONDS = 2.0
+# An idle window beyond a century says nothing more, and its start must stay an int64 time.
+MAX_IDLE_DAYS = 36_525
 
 
 def alert_to_proto(alert: Alert) -> supervision_pb2.Alert:
@@ -141,10 +143,14 @@ async def burden_report(
     """The burden report (一本账) with an idle window of ``idle_days`` (default from the
     configuration). Auditors and the operator.
 
-    Raises PermissionDenied (ROLE_REQUIRED).
+    Raises PermissionDenied (ROLE_REQUIRED), InvalidArgument (idle_days beyond 100 years).
     """
     require_auditor(caller, "supervision")
     idle_days = body.idle_days or hub.config.supervision.idle_days
+    if idle_days > MAX_IDLE_DAYS:
+        raise errors.InvalidArgument(
+            common_pb2.INVALID_ARGUMENT_FIELD, f"idle_days must be at most {MAX_IDLE_DAYS}"
+        )
     await hub.supervision.settle(SETTLE_SECONDS)
     report = await asyncio.to_thread(compute_report, hub, idle_days, hub.supervision.clock())
     receipt = await record(

@@ -17,6 +17,7 @@ from typing import TypeVar
 from google.protobuf.message import DecodeError, Message
 
 from exchange import errors
+from exchange.policy.payload import check_message
 from exchange.v1 import common_pb2
 
 SALT_BYTES = 32
@@ -85,8 +86,9 @@ def open_disclosure(body: Body, disclosure: bytes) -> Body:
     """Check the signed ``body`` carries no personal data and ``disclosure`` is the one its
     header binds; return the body with the personal fields merged back.
 
-    Raises InvalidArgument with DISCLOSURE_REQUIRED (personal data in the signed payload) or
-    DISCLOSURE_MISMATCH (hash differs, missing, or other fields disclosed).
+    Raises InvalidArgument with DISCLOSURE_REQUIRED (personal data in the signed payload),
+    DISCLOSURE_MISMATCH (hash differs, missing, a salt other than 32 bytes, or other fields
+    disclosed) or UNKNOWN_FIELD (the disclosure carries a field the contract does not define).
     """
     names = personal_fields(body)
     exposed = [name for name in names if _has(body, name)]
@@ -112,11 +114,25 @@ def open_disclosure(body: Body, disclosure: bytes) -> Body:
             common_pb2.DISCLOSURE_MISMATCH,
             "the disclosure is not a valid message of the body's type",
         ) from exc
+    check_message(disclosed, "disclosure")
     carried = {field.name for field, _ in disclosed.ListFields()} - {"header"}
     if not carried <= set(names):
         raise errors.InvalidArgument(
             common_pb2.DISCLOSURE_MISMATCH,
             f"the disclosure may carry only {', '.join(names) or 'nothing'}",
+        )
+    salted: common_pb2.RequestHeader = disclosed.header  # type: ignore[attr-defined]
+    if len(salted.disclosure_salt) != SALT_BYTES:
+        # Without 32 random bytes the signed disclosure_sha256, stored with the envelope, is a
+        # plain hash of a low-entropy subject id that anyone could reverse by guessing.
+        raise errors.InvalidArgument(
+            common_pb2.DISCLOSURE_MISMATCH,
+            f"the disclosure's header.disclosure_salt must be {SALT_BYTES} random bytes",
+        )
+    if [f.name for f, _ in salted.ListFields()] != ["disclosure_salt"]:
+        raise errors.InvalidArgument(
+            common_pb2.DISCLOSURE_MISMATCH,
+            "the disclosure's header may carry only disclosure_salt",
         )
     merged = type(body)()
     merged.CopyFrom(body)

@@ -1,7 +1,9 @@
 """Authentication of every call: certificate, envelope signature, key validity, freshness.
 
 The checks, in order (docs/security.md): a client certificate is present; the envelope decodes
-and carries the payload type of the method; the body's header is complete; the certificate names
+and carries the payload type of the method; it carries at most four signatures; the envelope and
+its body hold only fields the contract defines, with values in range (exchange.policy.payload);
+the body's header is complete; the certificate names
 the department of the header; the department is registered and active (the hub operator is known
 by the hub key); the signature verifies under a key of that department; that key is inside its
 validity (not before ``valid_from``, not rotated out) and not revoked; the issue time is inside
@@ -22,7 +24,8 @@ from google.protobuf.message import DecodeError, Message
 from exchange import errors
 from exchange.clock import from_timestamp, now_us
 from exchange.crypto import certificates
-from exchange.crypto.envelope import EnvelopeError, verify
+from exchange.crypto.envelope import MAX_SIGNATURES, EnvelopeError, verify
+from exchange.policy.payload import check_message
 from exchange.store.registry import DepartmentRecord, KeyRecord
 from exchange.v1 import common_pb2, envelope_pb2, registry_pb2
 
@@ -147,6 +150,12 @@ class Authenticator:
                 f"this method takes {expected_type}, the envelope carries "
                 f"{envelope.payload_type[:128]!r}",
             )
+        if len(envelope.signatures) > MAX_SIGNATURES:
+            raise errors.InvalidArgument(
+                common_pb2.MALFORMED_ENVELOPE,
+                f"the envelope carries {len(envelope.signatures)} signatures; at most "
+                f"{MAX_SIGNATURES} are allowed",
+            )
         body = body_type()
         try:
             body.ParseFromString(envelope.payload)
@@ -154,6 +163,11 @@ class Authenticator:
             raise errors.InvalidArgument(
                 common_pb2.MALFORMED_ENVELOPE, f"the payload is not a valid {expected_type}"
             ) from exc
+        # Before anything else is read from it: the signed bytes are stored beside the entry, so
+        # nothing the contract does not define may ride along in them (and no value the flows
+        # cannot hold may reach them). A refusal here is recorded without the envelope.
+        check_message(envelope, "envelope")
+        check_message(body)
         header: common_pb2.RequestHeader = body.header  # type: ignore[attr-defined]
         if not REQUEST_ID.match(header.request_id):
             raise errors.InvalidArgument(
@@ -171,8 +185,8 @@ class Authenticator:
         if peer.department_id != header.department_id:
             raise errors.Unauthenticated(
                 common_pb2.CERTIFICATE_MISMATCH,
-                f"the client certificate names {peer.department_id!r}, the request "
-                f"{header.department_id!r}",
+                f"the client certificate names {errors.quote(peer.department_id)}, the request "
+                f"{errors.quote(header.department_id)}",
             )
         now = now_us()
         if header.department_id == self.hub_id:
@@ -185,7 +199,7 @@ class Authenticator:
             if department is None:
                 raise errors.Unauthenticated(
                     common_pb2.UNKNOWN_DEPARTMENT,
-                    f"department {header.department_id!r} is not registered",
+                    f"department {errors.quote(header.department_id)} is not registered",
                 )
             if department.certificate_sha256 and department.certificate_sha256 != (
                 peer.certificate_sha256
@@ -215,7 +229,7 @@ class Authenticator:
         if state != ACTIVE:
             raise errors.PermissionDenied(
                 common_pb2.DEPARTMENT_INACTIVE,
-                f"department {header.department_id!r} is {state.lower()}",
+                f"department {errors.quote(header.department_id)} is {state.lower()}",
             )
         issued = from_timestamp(header.issued_at)
         if abs(now - issued) > self.replay_window_us:

@@ -2,31 +2,56 @@
 
 One cached grpc.aio channel per endpoint. The hub presents its own client certificate
 (CN = hub id) and signs every forwarded request with the hub key; ``header.request_id`` is a
-fresh id per forwarded call. Each call waits at most ``min(provider timeout, what is left of the
-caller's deadline minus a margin)``, so a slow provider yields DEADLINE_EXCEEDED to the caller
-in time for the failure to be recorded.
-"""
+fresh id per forwarded call (``forwarded_id``) that binds the caller's whole request id. Each
+call waits at most ``min(provider timeout, what is left of the caller's deadline minus a
+margin)``, so a slow provider yields DEADLINE_EXCEEDED to the caller in time for the failure to
+be recorded."""
 
 from __future__ import annotations
 
+import itertools
+import secrets
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from exchange import errors
 from exchange.clock import now_us, to_timestamp
+from exchange.crypto import forwarding
 from exchange.crypto.envelope import sign
 from exchange.crypto.keys import SigningKey
 from exchange.crypto.keystore import TlsIdentity
 from exchange.routing.deadline import call_deadline
+from exchange.rpc.status import DOMAIN, error_info
 from exchange.v1 import common_pb2, envelope_pb2, provider_pb2
+
+REASONS = {v.name: v.number for v in common_pb2.Reason.DESCRIPTOR.values}
+# The largest answer taken from a holder: the hub's own message limit (docs/api.md), so that
+# whatever a holder may answer, the hub can pass it on.
+MAX_ANSWER_BYTES = 8 * 1024 * 1024
+_CHANNEL_OPTIONS = (("grpc.max_receive_message_length", MAX_ANSWER_BYTES),)
 
 FETCH = "/exchange.v1.Provider/Fetch"
 STORE = "/exchange.v1.Provider/Store"
 
 # Time kept back from the caller's deadline to record the failure and answer.
 MARGIN_SECONDS = 0.25
+
+# Forwarded ids are unique, not secret: a random prefix per process and a counter. (Reading the
+# system's randomness on every call would release the GIL, and on a busy hub getting it back
+# costs more than the id.)
+_FORWARDED_PREFIX = secrets.token_hex(4)
+_forwarded_numbers = itertools.count(1)
+
+
+def forwarded_id(caller_request_id: str, kind: str) -> str:
+    """A fresh request id for a call the hub forwards for a caller:
+    ``<SHA-256 binding of the caller's whole id>/<kind>-<16 hex>`` (exchange.crypto.forwarding),
+    the suffix a random 8-hex prefix per hub process and a 32-bit counter in 8 hex."""
+    suffix = f"{_FORWARDED_PREFIX}{next(_forwarded_numbers) % 2**32:08x}"
+    return forwarding.forwarded_id(caller_request_id, kind, suffix)
 
 
 class ProviderRouter:
@@ -60,9 +85,11 @@ class ProviderRouter:
         channel = self._channels.get(endpoint)
         if channel is None:
             if self._credentials is None:
-                channel = grpc.aio.insecure_channel(endpoint)
+                channel = grpc.aio.insecure_channel(endpoint, options=_CHANNEL_OPTIONS)
             else:
-                channel = grpc.aio.secure_channel(endpoint, self._credentials)
+                channel = grpc.aio.secure_channel(
+                    endpoint, self._credentials, options=_CHANNEL_OPTIONS
+                )
             self._channels[endpoint] = channel
         return channel
 
@@ -176,15 +203,24 @@ class ProviderRouter:
         timeout = self._timeout()
         call = self._callables.get((endpoint, method))
         if call is None:
+            # The answer is taken as bytes and decoded here: bytes that do not decode are the
+            # holder's fault (CONTENT_MISMATCH), not a failure inside gRPC.
             call = self._callables[endpoint, method] = self._channel(endpoint).unary_unary(
                 method,
                 request_serializer=envelope_pb2.Envelope.SerializeToString,
-                response_deserializer=response_type.FromString,
+                response_deserializer=None,
             )
         try:
-            return await call(envelope, timeout=timeout)
+            answer: bytes = await call(envelope, timeout=timeout)
         except grpc.aio.AioRpcError as error:
             code = error.code()
+            reason = _holder_reason(error)
+            if reason == common_pb2.SUBJECT_ID_NOT_NORMALISED:
+                raise errors.FailedPrecondition(
+                    common_pb2.SUBJECT_ID_NOT_NORMALISED,
+                    "the holder keeps this subject under an id not in normal form; it must "
+                    "correct its records before the material can be served or stored",
+                ) from None
             if code == grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise errors.DeadlineExceeded(
                     common_pb2.PROVIDER_TIMEOUT,
@@ -198,3 +234,23 @@ class ProviderRouter:
                 common_pb2.PROVIDER_UNAVAILABLE,
                 f"the holder's adapter failed the call ({code.name})",
             ) from None
+        decoded = response_type()
+        try:
+            decoded.ParseFromString(answer)
+        except DecodeError:
+            raise errors.FailedPrecondition(
+                common_pb2.CONTENT_MISMATCH,
+                f"the holder's answer is not a valid {response_type.DESCRIPTOR.full_name}",
+            ) from None
+        return decoded
+
+
+def _holder_reason(error: grpc.aio.AioRpcError) -> int:
+    """The contract reason in a holder's refusal (its google.rpc.ErrorInfo), or 0."""
+    try:
+        info = error_info(error.trailing_metadata())
+    except DecodeError:
+        return 0
+    if info is None or info.domain != DOMAIN:
+        return 0
+    return REASONS.get(info.reason, 0)

@@ -35,6 +35,7 @@ material_types = Table(
     Column("sharing_class", String(16), nullable=False),
     Column("retention_days", Integer, nullable=False),
     Column("published_us", BigInteger, nullable=False),
+    Column("subject_id_scheme", String(16), nullable=False, server_default="CN_MAINLAND"),
 )
 
 purposes = Table(

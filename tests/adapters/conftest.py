@@ -25,11 +25,11 @@ from tests.conftest import HUB_ID
 
 DEPARTMENT = "js.nj.civil-affairs"
 MARRIAGE = "marriage-record"
-SUBJECT = "990101199001010011"
+SUBJECT = "990101199001010019"
 
 CIVIL_ROWS = (
     (SUBJECT, "married", "李四 (demo)", "2018-05-20", "示例市民政局"),
-    ("990101199202020022", "divorced", None, "2015-01-01", "示例市民政局"),
+    ("990101199202020029", "divorced", None, "2015-01-01", "示例市民政局"),
 )
 
 

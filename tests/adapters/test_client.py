@@ -273,7 +273,7 @@ async def test_tampered_provider_answer_is_rejected_by_the_client(exchange: Exch
     with pytest.raises(VerificationError, match="another request"):
         await verify(genuine, material_type=MARRIAGE, subject_id=SUBJECT, request_id="req-43")
     with pytest.raises(VerificationError, match="another subject"):
-        await verify(genuine, material_type=MARRIAGE, subject_id="990101199202020022")
+        await verify(genuine, material_type=MARRIAGE, subject_id="990101199202020029")
     with pytest.raises(VerificationError, match="fields not asked for"):
         await verify(genuine, material_type=MARRIAGE, subject_id=SUBJECT, fields=["registered_on"])
 

@@ -12,8 +12,8 @@ from adapters.backends import Holding, open_backend
 from adapters.errors import MappingError
 from adapters.settings import parse
 
-SUBJECT = "990101199001010011"
-OTHER = "990101199202020022"
+SUBJECT = "990101199001010019"
+OTHER = "990101199202020029"
 ROWS = [
     {"id_no": SUBJECT, "name": "张三 (demo)", "birth": "1990-01-01", "addr": "示例路 1 号"},
     {"id_no": OTHER, "name": "李四 (demo)", "birth": "1992-02-02", "addr": ""},

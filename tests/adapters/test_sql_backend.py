@@ -46,7 +46,7 @@ def test_fetch_of_unknown_subject_is_none(database_url: str, tmp_path: Path) -> 
 
 def test_null_column_is_an_absent_field(database_url: str, tmp_path: Path) -> None:
     backend = backend_for(database_url, tmp_path)
-    holding = backend.fetch(MARRIAGE, "990101199202020022", ["marital_status", "spouse_name"])
+    holding = backend.fetch(MARRIAGE, "990101199202020029", ["marital_status", "spouse_name"])
     assert holding is not None and holding.fields == {"marital_status": "divorced"}
     backend.close()
 
@@ -65,7 +65,7 @@ def test_parameterized_query_mapping(database_url: str, tmp_path: Path) -> None:
     )
     assert [h.subject_id for h in backend.list_holdings(MARRIAGE)] == [
         SUBJECT,
-        "990101199202020022",
+        "990101199202020029",
     ]
     assert backend.store_fields(MARRIAGE) is None  # a query names no place to write
     backend.close()
@@ -86,7 +86,7 @@ def test_list_holdings_gives_every_subject_with_every_field(
             },
         ),
         Holding(
-            "990101199202020022", {"marital_status": "divorced", "registered_on": "2015-01-01"}
+            "990101199202020029", {"marital_status": "divorced", "registered_on": "2015-01-01"}
         ),
     ]
     backend.close()
@@ -128,7 +128,7 @@ def test_store_inserts_a_new_subject_and_updates_an_existing_one(
     assert [tuple(r) for r in rows] == [
         (new, "ref-1", "demo.township-office"),
         (SUBJECT, "ref-2", "js.nj.civil-affairs"),
-        ("990101199202020022", None, None),
+        ("990101199202020029", None, None),
     ]
     backend.close()
 

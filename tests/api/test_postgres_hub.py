@@ -116,7 +116,7 @@ async def test_two_hubs_decide_concurrent_submissions_one_at_a_time(
         )
         second.clients.append(via_second)  # closed with its hub
         world.spies[CIVIL].store_delay = 0.3  # both submissions are in flight together
-        subject = "320102199505051234"
+        subject = "320102199505051238"
         married = {
             "marital_status": "married",
             "spouse_name": "周五",
@@ -142,7 +142,7 @@ async def test_a_submission_waits_for_the_lock_no_longer_than_its_bound(
     # Another hub process holds the submission lock of a subject (here: held directly).
     async with _world(start_hub, postgres_url, tmp_path, 500) as world:
         hub = world.hub.server.hub
-        subject = "320102199606061234"
+        subject = "320102199606061232"
         fields = {"marital_status": "married", "spouse_name": "吴六", "registered_on": "2020-02-02"}
         other = AsyncConnections(hub.engine, "other_hub")
         key = submission_lock_key(MARRIAGE, hub.content_keys.subject_ref(subject))

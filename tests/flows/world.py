@@ -44,9 +44,9 @@ ASSISTANCE = "social-assistance"
 MARRIAGE_REGISTRATION = "marriage-registration"
 FORM = "township-subsidy-application"
 
-ANNA = "990101199001010011"  # married, household registered, a criminal record
-BEN = "990101199202020022"  # household registered only
-CARL = "990101199303030033"  # nothing on file
+ANNA = "990101199001010019"  # married, household registered, a criminal record
+BEN = "990101199202020029"  # household registered only
+CARL = "990101199303030031"  # nothing on file
 
 MARRIAGE_FIELDS = ("marital_status", "spouse_name", "registered_on")
 

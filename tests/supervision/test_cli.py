@@ -63,7 +63,7 @@ async def with_activity(start_hub: StartHub) -> RunningHub:
             await consumer.call(
                 "/exchange.v1.Exchange/Request",
                 exchange_pb2.MaterialRequest(
-                    material_type="marriage-record", subject_id="320102199001011234", purpose="x"
+                    material_type="marriage-record", subject_id="320102199001011232", purpose="x"
                 ),
                 exchange_pb2.MaterialResponse,
             )

@@ -40,7 +40,7 @@ async def refused_requests(consumer: HubClient, count: int) -> None:
             await consumer.call(
                 "/exchange.v1.Exchange/Request",
                 exchange_pb2.MaterialRequest(
-                    material_type="no-such-type", subject_id="320102199001011234", purpose="x"
+                    material_type="no-such-type", subject_id="320102199001011232", purpose="x"
                 ),
                 exchange_pb2.MaterialResponse,
             )
