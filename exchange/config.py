@@ -53,6 +53,46 @@ class SupervisionConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """What one caller may hold of the hub at once, and how long a connection may idle
+    (docs/operations.md says what to set for a given load).
+
+    Concurrent calls and open streams are limited per department, per client certificate (a
+    department may run several systems, each with its own) and for the whole hub; a call over
+    a limit is refused at once with RESOURCE_EXHAUSTED (TOO_MANY_CALLS, TOO_MANY_STREAMS,
+    HUB_BUSY) and a RetryInfo of ``retry_after_ms``, and recorded like any refusal.
+    ``follow_buffer`` is how many entries a following StreamEntries may have waiting for its
+    caller before it is dropped (FOLLOWER_TOO_SLOW; it resumes from its cursor).
+
+    Connections: a TLS handshake must complete within ``handshake_timeout_ms``; a connection
+    without calls for ``idle_timeout_ms`` is closed (the client reconnects when it next calls);
+    at most ``max_connections`` are open at once (lowered at start to what the process's file
+    descriptor limit leaves after the hub's own needs); the hub pings a connection quiet for
+    ``keepalive_time_ms`` and closes it if no answer comes in ``keepalive_timeout_ms``; a client
+    pinging more often than every ``min_ping_interval_ms`` (or without calls) is disconnected
+    after two strikes. ``max_connection_age_ms`` (0: never) retires connections after that
+    age, with ``connection_age_grace_ms`` for their calls to finish.
+    """
+
+    calls: int = 512
+    calls_per_department: int = 64
+    calls_per_certificate: int = 32
+    streams: int = 256
+    streams_per_department: int = 16
+    streams_per_certificate: int = 8
+    retry_after_ms: int = 200
+    follow_buffer: int = 256
+    handshake_timeout_ms: int = 5000
+    idle_timeout_ms: int = 60_000
+    max_connections: int = 4096
+    keepalive_time_ms: int = 60_000
+    keepalive_timeout_ms: int = 20_000
+    min_ping_interval_ms: int = 30_000
+    max_connection_age_ms: int = 0
+    connection_age_grace_ms: int = 30_000
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """Everything the hub process needs to know at start."""
 
@@ -70,6 +110,7 @@ class Config:
     log_level: str = "info"
     log_format: str = "json"
     supervision: SupervisionConfig = field(default_factory=SupervisionConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
 
 
 def _coerce(name: str, kind: Any, value: Any) -> Any:

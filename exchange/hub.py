@@ -23,7 +23,7 @@ from exchange.policy.identity import Authenticator
 from exchange.policy.rates import RateLimiter
 from exchange.routing.provider import ProviderRouter
 from exchange.store.cache import TtlCache
-from exchange.store.database import AsyncConnections, open_engine, upgrade
+from exchange.store.database import AsyncConnections, hold_connections, open_engine, upgrade
 from exchange.store.materials import MaterialIndex
 from exchange.store.objections import Objections
 from exchange.store.registry import DepartmentRecord, Registry
@@ -163,6 +163,8 @@ class Hub:
     async def start(self) -> None:
         """Start the ledger writer, the request log's writer, supervision and the purge of
         request-id records that have aged out of the replay window."""
+        for engine in {self.engine, self.write_behind}:
+            await asyncio.to_thread(hold_connections, engine)
         await self.ledger.start()
         self.requests.start()
         await self.supervision.start()
