@@ -18,6 +18,7 @@ from exchange.crypto.keys import SigningKey
 from exchange.crypto.keystore import Keystore, TlsIdentity
 from exchange.ledger import Ledger, LedgerConfig
 from exchange.ledger.export import KeyRecord as ExportKey
+from exchange.ledger.feed import EntryFeed
 from exchange.policy.grants import GrantStore
 from exchange.policy.identity import Authenticator
 from exchange.policy.rates import RateLimiter
@@ -134,6 +135,8 @@ class Hub:
             None if config.insecure else provider_tls,
             config.provider_timeout_ms / 1000,
         )
+        # Followers of the log (StreamEntries with follow) share one reader.
+        self.feed = EntryFeed(self.ledger, config.limits.follow_buffer)
         # Supervision (issue 7): alerts and burden counters, fed by the ledger's commits.
         self.supervision = Supervisor(self.ledger, self.write_behind, config.supervision)
 
@@ -190,6 +193,7 @@ class Hub:
             self._purger.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._purger
+        await self.feed.close()
         await self.supervision.close()
         await self.requests.close()
         await self.ledger.close()

@@ -17,11 +17,20 @@ from adapters.client import HubClient, Refused
 from exchange.api.limits import Kind
 from exchange.api.status import DETAILS_KEY
 from exchange.config import LimitsConfig
-from exchange.v1 import common_pb2, envelope_pb2, exchange_pb2, grants_pb2, ledger_pb2
+from exchange.v1 import (
+    common_pb2,
+    envelope_pb2,
+    exchange_pb2,
+    grants_pb2,
+    ledger_pb2,
+    registry_pb2,
+)
 from tests.conftest import RunningHub, StartHub
 from tests.flows.world import ANNA, ASSISTANCE, CIVIL, MARRIAGE, SOCIAL, TOWNSHIP, World, build
 
 REQUEST = "/exchange.v1.Exchange/Request"
+LIST = "/exchange.v1.Registry/ListDepartments"
+DEPARTMENTS = registry_pb2.ListDepartmentsResponse
 
 
 @pytest.fixture
@@ -217,3 +226,32 @@ async def test_streams_over_the_departments_share_are_refused_and_others_open(
     assert again.sequence == 0
     followers[1].cancel()
     await asyncio.gather(*followers, return_exceptions=True)
+
+
+async def test_followers_through_the_hub_share_one_reader(start_hub: StartHub) -> None:
+    hub = await start_hub(limits=LimitsConfig(streams_per_certificate=16))
+    auditor = await hub.register("js.audit", (common_pb2.AUDITOR,))
+    member = await hub.register("js.nj.civil-affairs")
+    followers = 12
+    seen: list[list[int]] = [[] for _ in range(followers)]
+
+    async def follow(into: list[int]) -> None:
+        async for record in stream_entries(auditor, 0, follow=True):
+            into.append(record.sequence)
+
+    tasks = [asyncio.create_task(follow(into)) for into in seen]
+    feed = hub.server.hub.feed
+    await until(lambda: feed.followers == followers)
+    ledger = hub.server.hub.ledger
+    reads, commits = feed.reads, ledger.commit_count
+    for _ in range(6):
+        await member.call(LIST, registry_pb2.ListDepartmentsRequest(), DEPARTMENTS)
+        size = ledger.size()
+        await until(lambda n=size: all(len(into) == n for into in seen))
+    committed = ledger.commit_count - commits
+    # One stream reading for itself would make at least followers x commits reads.
+    assert feed.reads - reads < followers * committed / 2
+    assert all(into == list(range(ledger.size())) for into in seen)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
