@@ -57,10 +57,13 @@ class LimitsConfig:
     """What one caller may hold of the hub at once, and how long a connection may idle
     (docs/operations.md says what to set for a given load).
 
-    Concurrent calls and open streams are limited per department, per client certificate (a
-    department may run several systems, each with its own) and for the whole hub; a call over
-    a limit is refused at once with RESOURCE_EXHAUSTED (TOO_MANY_CALLS, TOO_MANY_STREAMS,
-    HUB_BUSY) and a RetryInfo of ``retry_after_ms``, and recorded like any refusal.
+    Calls running at once and open streams are limited per department, per client certificate
+    (a department may run several systems, each with its own) and for the whole hub. A call
+    whose share is taken waits its turn in its department's queue (departments take turns), up
+    to ``calls_queued_per_department`` waiting (``calls_queued`` in the hub); beyond that, or
+    when its deadline is near, it is refused with RESOURCE_EXHAUSTED (TOO_MANY_CALLS,
+    HUB_BUSY) and a RetryInfo of ``retry_after_ms``, and recorded like any refusal. A stream
+    over its limit is refused at once (TOO_MANY_STREAMS).
     ``follow_buffer`` is how many entries a following StreamEntries may have waiting for its
     caller before it is dropped (FOLLOWER_TOO_SLOW; it resumes from its cursor).
 
@@ -74,9 +77,11 @@ class LimitsConfig:
     age, with ``connection_age_grace_ms`` for their calls to finish.
     """
 
-    calls: int = 512
-    calls_per_department: int = 64
-    calls_per_certificate: int = 32
+    calls: int = 256
+    calls_per_department: int = 16
+    calls_per_certificate: int = 8
+    calls_queued: int = 16_384
+    calls_queued_per_department: int = 4096
     streams: int = 256
     streams_per_department: int = 16
     streams_per_certificate: int = 8

@@ -107,9 +107,11 @@ class Pipeline:
                 envelope, request, certificate, method.body_type
             )
             caller = authenticated
-            # Before the request id is claimed: a call over its share is refused, not answered,
-            # so its retry runs.
-            slot = self.limits.take(Kind.CALL, authenticated.department_id, certificate)
+            # Its turn (exchange.api.limits), before the request id is claimed: a call refused
+            # for its share is not answered, so its retry runs.
+            slot = await self.limits.call(
+                authenticated.department_id, certificate, context.time_remaining()
+            )
             body = self._disclose(signed, disclosure)
             earlier = await self.hub.requests.claim(
                 authenticated.department_id,

@@ -1,5 +1,6 @@
-"""Fairness limits against a real hub: a department over its share is refused at once with its
-reason, a RetryInfo and an entry, and the others are still served."""
+"""Fairness limits against a real hub: a call over its department's share waits its turn while
+other departments pass; one that finds the queue full, or whose deadline comes first, is refused
+with its reason, a RetryInfo and an entry; streams over their share are refused at once."""
 
 from __future__ import annotations
 
@@ -29,6 +30,8 @@ from tests.conftest import RunningHub, StartHub
 from tests.flows.world import ANNA, ASSISTANCE, CIVIL, MARRIAGE, SOCIAL, TOWNSHIP, World, build
 
 REQUEST = "/exchange.v1.Exchange/Request"
+CHECK = "/exchange.v1.Exchange/Check"
+CHECK_RESPONSE = exchange_pb2.CheckResponse
 LIST = "/exchange.v1.Registry/ListDepartments"
 DEPARTMENTS = registry_pb2.ListDepartmentsResponse
 
@@ -128,58 +131,102 @@ async def refused(call: Awaitable[object]) -> Refused:
     return caught.value
 
 
-async def test_calls_over_the_departments_share_are_refused_with_reason_and_entry(
+def check_body() -> exchange_pb2.CheckRequest:
+    return exchange_pb2.CheckRequest(material_type=MARRIAGE, subject_id=ANNA)
+
+
+async def test_a_call_over_its_departments_share_waits_its_turn_and_others_pass(
     open_world: Callable[..., Awaitable[World]],
 ) -> None:
-    world = await open_world(calls_per_department=2, calls_per_certificate=8)
+    world = await open_world(calls_per_department=2, calls_per_certificate=2)
     held = await hold_requests(world, 2)
-    body = exchange_pb2.MaterialRequest(
-        material_type=MARRIAGE, subject_id=ANNA, purpose=ASSISTANCE, fields=["marital_status"]
+    waiting = asyncio.create_task(world.clients[SOCIAL].check(MARRIAGE, ANNA))
+    await until(lambda: world.hub.server.pipeline.limits.waiting(SOCIAL) == 1)
+    # Another department is not held up by social security's queue.
+    assert (await world.clients[TOWNSHIP].check(MARRIAGE, ANNA)).on_file
+    assert not waiting.done()
+    world.spies[CIVIL].delay = 0.0
+    await asyncio.gather(*held)
+    assert (await waiting).on_file  # its turn came when a slot was given back
+    assert in_progress(world.hub, Kind.CALL) == 0
+
+
+async def test_a_call_finding_its_departments_queue_full_is_refused_with_reason_and_entry(
+    open_world: Callable[..., Awaitable[World]],
+) -> None:
+    world = await open_world(
+        calls_per_department=2, calls_per_certificate=2, calls_queued_per_department=1
     )
-    status = await raw_refusal(world.clients[SOCIAL], REQUEST, body)
+    held = await hold_requests(world, 2)
+    waiting = asyncio.create_task(world.clients[SOCIAL].check(MARRIAGE, ANNA))
+    await until(lambda: world.hub.server.pipeline.limits.waiting(SOCIAL) == 1)
+    status = await raw_refusal(world.clients[SOCIAL], CHECK, check_body())
     assert status.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
     delay = retry_info(status)
     assert delay is not None and delay.retry_delay.ToMilliseconds() == 200
-    error = await refused(world.clients[SOCIAL].request(MARRIAGE, ANNA, purpose=ASSISTANCE))
+    error = await refused(world.clients[SOCIAL].check(MARRIAGE, ANNA))
     assert (error.code, error.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "TOO_MANY_CALLS")
     entry = entry_at(world.hub, error.ledger_sequence)
     assert (entry.actor, entry.kind, entry.outcome, entry.reason) == (
         SOCIAL,
-        ledger_pb2.REQUEST,
+        ledger_pb2.CHECK,
         ledger_pb2.REFUSED,
         common_pb2.TOO_MANY_CALLS,
     )
     assert entry.attributes["limit"] == "department"
-    # Another department is served meanwhile, and the held calls complete.
-    checked = await world.clients[TOWNSHIP].check(MARRIAGE, ANNA)
-    assert checked.on_file
+    assert (await world.clients[TOWNSHIP].check(MARRIAGE, ANNA)).on_file
     world.spies[CIVIL].delay = 0.0
     for material in await asyncio.gather(*held):
         assert material.fields == {"marital_status": "married"}  # type: ignore[attr-defined]
-    # The slots came back: the department is served again.
+    assert (await waiting).on_file
+    # The slots came back: the department is served again at once.
     await world.clients[SOCIAL].request(MARRIAGE, ANNA, purpose=ASSISTANCE)
     assert in_progress(world.hub, Kind.CALL) == 0
 
 
-async def test_calls_over_a_certificates_share_are_refused_with_its_scope(
+async def test_a_call_whose_turn_does_not_come_before_its_deadline_is_refused(
     open_world: Callable[..., Awaitable[World]],
 ) -> None:
-    world = await open_world(calls_per_department=8, calls_per_certificate=1)
+    world = await open_world(calls_per_department=1, calls_per_certificate=1)
+    world.spies[CIVIL].delay = 3.0
     held = await hold_requests(world, 1)
-    error = await refused(world.clients[SOCIAL].check(MARRIAGE, ANNA))
-    assert (error.code, error.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "TOO_MANY_CALLS")
-    assert "client certificate" in error.message
-    assert entry_at(world.hub, error.ledger_sequence).attributes["limit"] == "certificate"
-    assert (await world.clients[TOWNSHIP].check(MARRIAGE, ANNA)).on_file
-    world.spies[CIVIL].delay = 0.0
+    with pytest.raises(Refused) as caught:
+        await world.clients[SOCIAL].call(CHECK, check_body(), CHECK_RESPONSE, timeout=1.0)
+    assert (caught.value.code, caught.value.reason) == (
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "TOO_MANY_CALLS",
+    )
+    assert "deadline" in caught.value.message
+    assert entry_at(world.hub, caught.value.ledger_sequence).reason == common_pb2.TOO_MANY_CALLS
+    assert world.hub.server.pipeline.limits.waiting() == 0
     await asyncio.gather(*held)
 
 
-async def test_a_busy_hub_refuses_with_hub_busy(
+async def test_calls_over_a_certificates_share_wait_for_that_certificate(
     open_world: Callable[..., Awaitable[World]],
 ) -> None:
-    world = await open_world(calls=2)
+    world = await open_world(
+        calls_per_department=8, calls_per_certificate=1, calls_queued_per_department=1
+    )
+    held = await hold_requests(world, 1)
+    waiting = asyncio.create_task(world.clients[SOCIAL].check(MARRIAGE, ANNA))
+    await until(lambda: world.hub.server.pipeline.limits.waiting(SOCIAL) == 1)
+    error = await refused(world.clients[SOCIAL].check(MARRIAGE, ANNA))
+    assert (error.code, error.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "TOO_MANY_CALLS")
+    assert entry_at(world.hub, error.ledger_sequence).attributes["limit"] == "department"
+    assert (await world.clients[TOWNSHIP].check(MARRIAGE, ANNA)).on_file
+    world.spies[CIVIL].delay = 0.0
+    await asyncio.gather(*held)
+    assert (await waiting).on_file
+
+
+async def test_a_full_hub_queue_refuses_with_hub_busy(
+    open_world: Callable[..., Awaitable[World]],
+) -> None:
+    world = await open_world(calls=2, calls_queued=1)
     held = await hold_requests(world, 2)
+    waiting = asyncio.create_task(world.clients[TOWNSHIP].check(MARRIAGE, ANNA))
+    await until(lambda: world.hub.server.pipeline.limits.waiting() == 1)
     error = await refused(world.clients[TOWNSHIP].check(MARRIAGE, ANNA))
     assert (error.code, error.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "HUB_BUSY")
     entry = entry_at(world.hub, error.ledger_sequence)
@@ -190,7 +237,7 @@ async def test_a_busy_hub_refuses_with_hub_busy(
     )
     world.spies[CIVIL].delay = 0.0
     await asyncio.gather(*held)
-    assert (await world.clients[TOWNSHIP].check(MARRIAGE, ANNA)).on_file
+    assert (await waiting).on_file
 
 
 async def test_streams_over_the_departments_share_are_refused_and_others_open(
