@@ -78,8 +78,8 @@ class LimitsConfig:
     """
 
     calls: int = 256
-    calls_per_department: int = 16
-    calls_per_certificate: int = 8
+    calls_per_department: int = 8
+    calls_per_certificate: int = 4
     calls_queued: int = 16_384
     calls_queued_per_department: int = 4096
     streams: int = 256
