@@ -20,13 +20,16 @@ import asyncio
 import contextlib
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING
 
 import structlog
 
 from exchange import errors
 from exchange.ledger.entry import StoredEntry
-from exchange.ledger.writer import Ledger
 from exchange.v1 import common_pb2
+
+if TYPE_CHECKING:
+    from exchange.ledger.writer import Ledger
 
 log = structlog.get_logger(__name__)
 

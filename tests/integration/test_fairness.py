@@ -16,8 +16,8 @@ from google.rpc import error_details_pb2, status_pb2
 from adapters.auditor import stream_entries
 from adapters.client import HubClient, Refused
 from exchange.api.limits import Kind
-from exchange.api.status import DETAILS_KEY
 from exchange.config import LimitsConfig
+from exchange.rpc.status import DETAILS_KEY
 from exchange.v1 import (
     common_pb2,
     envelope_pb2,
