@@ -82,7 +82,7 @@ class LimitsConfig:
     calls_per_certificate: int = 4
     calls_queued: int = 16_384
     calls_queued_per_department: int = 4096
-    streams: int = 256
+    streams: int = 64
     streams_per_department: int = 16
     streams_per_certificate: int = 8
     retry_after_ms: int = 200
