@@ -108,8 +108,11 @@ class Tally:
     opened: int = 0
 
 
-def outcome_of(error: Refused, tally: Tally) -> None:
-    if error.code == grpc.StatusCode.CANCELLED:
+def outcome_of(error: Refused, tally: Tally, stopping: bool = False) -> None:
+    if error.code == grpc.StatusCode.CANCELLED and stopping:
+        # The abuser cancels what it still has in flight when told to stop.
+        tally.outcomes["cancelled by the abuser when stopping"] += 1
+    elif error.code == grpc.StatusCode.CANCELLED:
         tally.outcomes["CANCELLED (silent)"] += 1
     elif not error.reason:
         tally.outcomes[f"{error.code.name} without a reason"] += 1
@@ -149,7 +152,7 @@ async def flood(
                 await call(envelope, timeout=60)
                 tally.outcomes["answered"] += 1
             except grpc.aio.AioRpcError as error:
-                outcome_of(Refused.from_rpc_error(error), tally)
+                outcome_of(Refused.from_rpc_error(error), tally, stop.is_set())
 
     await asyncio.gather(*(worker(clients[i % channels]) for i in range(calls)))
     for each in clients:
@@ -195,7 +198,7 @@ async def follow(
                     first = False
                     answered()
         except Refused as error:
-            outcome_of(error, tally)
+            outcome_of(error, tally, stop.is_set())
             if first:
                 answered()
 
