@@ -53,6 +53,51 @@ class SupervisionConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """What one caller may hold of the hub at once, and how long a connection may idle
+    (docs/operations.md says what to set for a given load).
+
+    Calls running at once and open streams are limited per department, per client certificate
+    (a department may run several systems, each with its own) and for the whole hub. A call
+    whose share is taken waits its turn in its department's queue (departments take turns), up
+    to ``calls_queued_per_department`` waiting (``calls_queued`` in the hub); beyond that, or
+    when its deadline is near, it is refused with RESOURCE_EXHAUSTED (TOO_MANY_CALLS,
+    HUB_BUSY) and a RetryInfo of ``retry_after_ms``, and recorded like any refusal. A stream
+    over its limit is refused at once (TOO_MANY_STREAMS).
+    ``follow_buffer`` is how many entries a following StreamEntries may have waiting for its
+    caller before it is dropped (FOLLOWER_TOO_SLOW; it resumes from its cursor).
+
+    Connections: a TLS handshake must complete within ``handshake_timeout_ms``; a connection
+    without calls for ``idle_timeout_ms`` is closed (the client reconnects when it next calls);
+    at most ``max_connections`` are open at once (lowered at start to what the process's file
+    descriptor limit leaves after the hub's own needs); the hub pings a connection quiet for
+    ``keepalive_time_ms`` and closes it if no answer comes in ``keepalive_timeout_ms``; a client
+    pinging more often than every ``min_ping_interval_ms`` (or without calls) is disconnected
+    after two strikes. ``max_connection_age_ms`` (0: never) retires connections after that
+    age, with ``connection_age_grace_ms`` for their calls to finish.
+    """
+
+    calls: int = 256
+    calls_per_department: int = 8
+    calls_per_certificate: int = 4
+    calls_queued: int = 16_384
+    calls_queued_per_department: int = 4096
+    streams: int = 64
+    streams_per_department: int = 16
+    streams_per_certificate: int = 8
+    retry_after_ms: int = 200
+    follow_buffer: int = 256
+    handshake_timeout_ms: int = 5000
+    idle_timeout_ms: int = 60_000
+    max_connections: int = 4096
+    keepalive_time_ms: int = 60_000
+    keepalive_timeout_ms: int = 20_000
+    min_ping_interval_ms: int = 30_000
+    max_connection_age_ms: int = 0
+    connection_age_grace_ms: int = 30_000
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """Everything the hub process needs to know at start."""
 
@@ -72,6 +117,7 @@ class Config:
     log_level: str = "info"
     log_format: str = "json"
     supervision: SupervisionConfig = field(default_factory=SupervisionConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
 
 
 def _coerce(name: str, kind: Any, value: Any) -> Any:

@@ -19,13 +19,14 @@ from exchange.crypto.keys import KeyFileError, SigningKey
 from exchange.crypto.keystore import Keystore, TlsIdentity
 from exchange.ledger import Ledger, LedgerConfig
 from exchange.ledger.export import KeyRecord as ExportKey
+from exchange.ledger.feed import EntryFeed
 from exchange.policy.grants import GrantStore
 from exchange.policy.identity import Authenticator
 from exchange.policy.operator import adopt_operator_key, resume_log_key_overlap
 from exchange.policy.rates import RateLimiter
 from exchange.routing.provider import ProviderRouter
 from exchange.store.cache import TtlCache
-from exchange.store.database import AsyncConnections, open_engine, upgrade
+from exchange.store.database import AsyncConnections, hold_connections, open_engine, upgrade
 from exchange.store.leadership import Leadership
 from exchange.store.log_keys import LogKeys
 from exchange.store.materials import MaterialIndex
@@ -155,6 +156,8 @@ class Hub:
             WitnessEndpoint.parse_list(config.witnesses),
             config.checkpoint_interval_ms / 1000,
         )
+        # Followers of the log (StreamEntries with follow) share one reader.
+        self.feed = EntryFeed(self.ledger, config.limits.follow_buffer)
         # Supervision (issue 7): alerts and burden counters, fed by the ledger's commits.
         # Run by one hub process per database (the leader; exchange.supervision.engine).
         self.supervision = Supervisor(
@@ -200,6 +203,8 @@ class Hub:
     async def start(self) -> None:
         """Start the ledger writer, the request log's writer, supervision and the purge of
         request-id records that have aged out of the replay window."""
+        for engine in {self.engine, self.write_behind}:
+            await asyncio.to_thread(hold_connections, engine)
         await self.ledger.start()
         await adopt_operator_key(self.ledger, self.operator_keys, self.hub_key, self.operator_key)
         await resume_log_key_overlap(self.ledger, self.log_keys, Keystore(self.config.keys_dir))
@@ -228,6 +233,7 @@ class Hub:
             self._purger.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._purger
+        await self.feed.close()
         await self.supervision.close()
         await self.requests.close()
         await self.ledger.close()

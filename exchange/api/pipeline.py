@@ -19,6 +19,7 @@ from google.protobuf.message import DecodeError, Message
 from google.rpc import status_pb2
 
 from exchange import errors
+from exchange.api.limits import Kind, Limits, Slot
 from exchange.clock import now_us
 from exchange.crypto.certificates import CertificateError, peer_identity
 from exchange.crypto.sealing import SealError, seal, unseal
@@ -86,6 +87,7 @@ class Pipeline:
 
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
+        self.limits = Limits(hub.config.limits)
 
     async def __call__(
         self,
@@ -96,6 +98,7 @@ class Pipeline:
         started = time.perf_counter()
         certificate = peer_certificate(context)
         caller: Caller | None = None
+        slot: Slot | None = None
         claimed = False
         outcome = "OK"
         envelope = envelope_pb2.Envelope()
@@ -104,6 +107,11 @@ class Pipeline:
                 envelope, request, certificate, method.body_type
             )
             caller = authenticated
+            # Its turn (exchange.api.limits), before the request id is claimed: a call refused
+            # for its share is not answered, so its retry runs.
+            slot = await self.limits.call(
+                authenticated.department_id, certificate, context.time_remaining()
+            )
             body = self._disclose(signed, disclosure)
             earlier = await self.hub.requests.claim(
                 authenticated.department_id,
@@ -159,6 +167,8 @@ class Pipeline:
             )
             raise AssertionError("unreachable") from None
         finally:
+            if slot is not None:
+                slot.release()
             _log_call(method.name, caller, outcome, started)
 
     async def stream(
@@ -176,12 +186,14 @@ class Pipeline:
         started = time.perf_counter()
         certificate = peer_certificate(context)
         caller: Caller | None = None
+        slot: Slot | None = None
         outcome = "OK"
         envelope = envelope_pb2.Envelope()
         try:
             caller, signed, disclosure = await self._authenticate(
                 envelope, request, certificate, method.body_type
             )
+            slot = self.limits.take(Kind.STREAM, caller.department_id, certificate)
             body = self._disclose(signed, disclosure)
             async for item in method.run(self.hub, caller, body):
                 yield item
@@ -201,6 +213,8 @@ class Pipeline:
                 grpc.StatusCode.INTERNAL, f"internal error; incident {incident} is in the hub log"
             )
         finally:
+            if slot is not None:
+                slot.release()
             _log_call(method.name, caller, outcome, started)
 
     async def _authenticate(

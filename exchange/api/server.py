@@ -17,12 +17,19 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
 
+from exchange.api.connections import (
+    connection_cap,
+    raise_descriptor_limit,
+    reserved_descriptors,
+    server_options,
+)
 from exchange.api.pipeline import Pipeline
 from exchange.api.services import SERVICES, handlers
 from exchange.config import Config
 from exchange.crypto.keystore import Keystore
 from exchange.hub import Hub
 from exchange.rpc.ports import SERVER_OPTIONS, bind
+from exchange.store.database import HELD_SQLITE_CONNECTIONS
 
 log = structlog.get_logger("exchange.server")
 
@@ -47,22 +54,33 @@ def server_credentials(config: Config) -> grpc.ServerCredentials:
     )
 
 
+def connection_limit(config: Config, hub: Hub) -> int:
+    """Raise the process's descriptor limit as far as allowed and return how many connections
+    the hub may accept within it (exchange.api.connections)."""
+    sqlite = hub.engine.dialect.name == "sqlite"
+    pools = 2 * HELD_SQLITE_CONNECTIONS  # the hub's engine and its write-behind engine
+    reserved = reserved_descriptors(pools + WORKER_THREADS, sqlite)
+    return connection_cap(config.limits, raise_descriptor_limit(), reserved)
+
+
 class HubServer:
     """A running hub: start, wait, stop."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
         self.hub = Hub.open(config)
+        self.max_connections = connection_limit(config, self.hub)
         self.server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 *SERVER_OPTIONS,  # a port in use is refused, never shared
+                *server_options(config.limits, self.max_connections),
             ]
         )
         self.health = health_aio.HealthServicer()
         self.port = 0
-        pipeline = Pipeline(self.hub)
+        self.pipeline = pipeline = Pipeline(self.hub)
         self.service_names = [name for name, _ in SERVICES]
         self.server.add_generic_rpc_handlers(
             [handlers(name, methods, pipeline) for name, methods in SERVICES]
@@ -96,7 +114,13 @@ class HubServer:
         await self.server.start()
         for name in ["", *self.service_names]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("serving", listen=self.config.listen, port=self.port, tls=not self.config.insecure)
+        log.info(
+            "serving",
+            listen=self.config.listen,
+            port=self.port,
+            tls=not self.config.insecure,
+            max_connections=self.max_connections,
+        )
         # Auditors pin this key (docs/ledger.md); `exchange keys verifier` prints it too.
         log.info(
             "hub_verifier_key",

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from exchange import errors
 from exchange.flows.read_summary import summary_of
 from exchange.flows.record import record
-from exchange.ledger import Checkpoint
+from exchange.ledger import Checkpoint, StoredEntry
 from exchange.policy.identity import Caller
 from exchange.policy.roles import require_auditor
 from exchange.v1 import audit_pb2, common_pb2, ledger_pb2
@@ -22,7 +22,6 @@ if TYPE_CHECKING:
     from exchange.hub import Hub
 
 PAGE = 500
-FOLLOW_POLL_SECONDS = 1.0
 
 
 async def _latest(hub: Hub) -> Checkpoint:
@@ -118,7 +117,8 @@ async def stream_entries(
     """Stored entries from ``from_sequence`` on, in pages; with ``follow``, new ones as they
     commit (in this process or another sharing the database) until the caller goes away.
 
-    Raises PermissionDenied before the first item.
+    Raises PermissionDenied before the first item; with ``follow``, FollowerTooSlow
+    (FOLLOWER_TOO_SLOW) if the caller reads more slowly than the log grows.
     """
     require_auditor(caller, "the ledger")
     await record(
@@ -127,20 +127,26 @@ async def stream_entries(
         ledger_pb2.READ,
         attributes={"what": "stream", "from": str(body.from_sequence)},
     )
+    if body.follow:
+        # One reader for all followers (exchange.ledger.feed); a slow one is dropped with
+        # FOLLOWER_TOO_SLOW and resumes from its cursor.
+        async for stored in hub.feed.follow(body.from_sequence):
+            yield _record(stored)
+        return
     position = body.from_sequence
     while True:
         page = await asyncio.to_thread(hub.ledger.entries, position, PAGE)
         for stored in page:
-            yield audit_pb2.EntryRecord(
-                sequence=stored.sequence,
-                entry=stored.entry_bytes,
-                envelope=stored.envelope_bytes,
-                leaf_hash=stored.leaf_hash,
-            )
+            yield _record(stored)
             position = stored.sequence + 1
-        if len(page) == PAGE:
-            continue
-        if not body.follow:
+        if len(page) < PAGE:
             return
-        # Woken at once by this process's commits; the timeout picks up other processes'.
-        await hub.ledger.wait_beyond(position, timeout=FOLLOW_POLL_SECONDS)
+
+
+def _record(stored: StoredEntry) -> audit_pb2.EntryRecord:
+    return audit_pb2.EntryRecord(
+        sequence=stored.sequence,
+        entry=stored.entry_bytes,
+        envelope=stored.envelope_bytes,
+        leaf_hash=stored.leaf_hash,
+    )

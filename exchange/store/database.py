@@ -21,6 +21,10 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 _log = structlog.get_logger("exchange.store")
 
+# Connections each SQLite file engine keeps open (SQLAlchemy's default pool allowed 5 kept and
+# 10 more opened on demand).
+HELD_SQLITE_CONNECTIONS = 15
+
 
 def open_engine(url: str, *, synchronous: str = "FULL", **kwargs: Any) -> Engine:
     """Create an engine for ``url``.
@@ -44,6 +48,11 @@ def open_engine(url: str, *, synchronous: str = "FULL", **kwargs: Any) -> Engine
         database = parsed.database
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
+            # A fixed pool, opened at start by ``hold_connections`` and never closed while the
+            # hub runs: a connection opened on demand needs three new file descriptors, and
+            # once callers' connections have taken them all the call would fail.
+            kwargs.setdefault("pool_size", HELD_SQLITE_CONNECTIONS)
+            kwargs.setdefault("max_overflow", 0)
         engine = create_engine(url, hide_parameters=True, **kwargs)
 
         @event.listens_for(engine, "connect")
@@ -70,6 +79,20 @@ def open_engine(url: str, *, synchronous: str = "FULL", **kwargs: Any) -> Engine
 
         return engine
     return create_engine(url, pool_pre_ping=True, hide_parameters=True, **kwargs)
+
+
+def hold_connections(engine: Engine) -> int:
+    """Open every connection of a SQLite file engine's fixed pool now, so that later calls never
+    need a new file descriptor for one; return how many are held (0 for other engines, whose
+    pool opens connections on demand). Raises the driver's error if the file cannot be opened.
+    """
+    size = getattr(engine.pool, "size", None)
+    if engine.dialect.name != "sqlite" or not callable(size):
+        return 0
+    held = [engine.connect() for _ in range(int(size()))]
+    for connection in held:
+        connection.close()  # back to the pool, still open
+    return len(held)
 
 
 def _with_psycopg(url: URL) -> URL:
