@@ -191,7 +191,7 @@ class Story:
                     fields=[
                         catalog_pb2.FormField(
                             name=f.name,
-                            label=f.name.replace("_", " "),
+                            label=f.label or f.name.replace("_", " "),
                             material_type=f.material_type,
                             material_field=f.material_field,
                         )
@@ -400,8 +400,9 @@ class Story:
         self.adapters.clear()
 
 
-async def _demo(root: Path, port: int, keep_running: bool) -> None:
+async def _demo(root: Path, port: int, keep_running: bool, web_port: int | None) -> None:
     story = Story(root, port)
+    web = None
     try:
         await story.setup()
         await story.tell()
@@ -413,12 +414,29 @@ async def _demo(root: Path, port: int, keep_running: bool) -> None:
                 f"Try: exchange registry list --listen 127.0.0.1:{story.hub.port} "
                 f"--keys-dir {story.keystore.root}"
             )
+            if web_port is not None:
+                from exchange.cli import demo_web
+
+                web = await demo_web.start_web(
+                    story.client(HUB_ID),
+                    story.keystore,
+                    f"127.0.0.1:{story.hub.port}",
+                    story.hub.hub.ledger.verifier_key,
+                    root,
+                    web_port,
+                )
+                url = web.server.url
+                say("The web pages (open in a browser):", bold=True)
+                say(f"    counter (基层窗口): {url}/counter   clerk / {demo_web.CLERK_PASSWORD}")
+                say(f"    my data (我的数据): {url}/me        e.g. 王五 {data.WANG_WU}")
             say("Ctrl-C stops everything.")
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.Event().wait()
             return
         await story.audit()
     finally:
+        if web is not None:
+            await web.stop()
         await story.stop()
     say()
     say("Demo complete: everything it started has stopped.", bold=True)
@@ -435,7 +453,14 @@ async def _demo(root: Path, port: int, keep_running: bool) -> None:
 )
 @click.option("--port", default=0, help="Hub port (0: any free port).")
 @click.option("--keep-running", is_flag=True, help="Leave the hub and adapters up for the CLI.")
-def demo(root: Path, port: int, keep_running: bool) -> None:
+@click.option(
+    "--web-port",
+    default=8080,
+    show_default=True,
+    help="With --keep-running: serve the counter and my data pages here (0: any free port).",
+)
+@click.option("--no-web", is_flag=True, help="With --keep-running: do not serve the web pages.")
+def demo(root: Path, port: int, keep_running: bool, web_port: int, no_web: bool) -> None:
     """Run the whole story: prefill, collect once, grants, refusals, history, audit."""
     from exchange import logs
 
@@ -445,7 +470,7 @@ def demo(root: Path, port: int, keep_running: bool) -> None:
     root.mkdir(parents=True)
     say("gov-exchange demo — collect once, share many times; every access on the ledger", bold=True)
     try:
-        run(_demo(root, port, keep_running))
+        run(_demo(root, port, keep_running, None if no_web else web_port))
     except KeyboardInterrupt:
         say("stopped")
 

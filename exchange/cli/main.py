@@ -64,6 +64,7 @@ def _register_subcommands() -> None:
         "exchange.cli.flows_commands",
         "exchange.cli.supervise_commands",
         "exchange.cli.adapter_commands",
+        "exchange.cli.web_commands",
     ):
         try:
             module = __import__(optional, fromlist=["commands"])
