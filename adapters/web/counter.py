@@ -21,7 +21,7 @@ from starlette.routing import Route
 
 from adapters.client import Prefill, Refused, SubmitResult
 from adapters.errors import VerificationError
-from adapters.web.identity import Assurance, NotAuthenticated
+from adapters.web.identity import Assurance, NotAuthenticated, Person
 from adapters.web.pages import Pages
 from adapters.web.sessions import Realm, Session
 from exchange.v1 import catalog_pb2
@@ -110,7 +110,7 @@ def field_views(
                     holder=value.holder,
                     holder_name=names.get(value.holder, value.holder),
                     version=value.version,
-                    source_class=_source_class(value),
+                    source_class=value.source_class.lower(),
                     **common,  # type: ignore[arg-type]
                 )
             )
@@ -125,12 +125,6 @@ def field_views(
             state = FieldState.MISSING
         views.append(FieldView(state=state, **common))  # type: ignore[arg-type]
     return views
-
-
-def _source_class(value: object) -> str:
-    """The value's source class name ("authoritative", "person_provided"), if the hub says."""
-    source = getattr(value, "source_class", "")
-    return str(source).lower() if source else "authoritative"
 
 
 def submissions(
@@ -243,10 +237,8 @@ class Counter:
         if session is None or "form" not in session.data:
             return self.pages.redirect("/counter")
         form = await self.pages.form(request, session)
-        try:
-            assurance = Assurance(str(form.get("assurance", Assurance.ID_CARD.value)))
-        except ValueError:
-            assurance = Assurance.ID_CARD
+        chosen = str(form.get("assurance", ""))
+        assurance = Assurance.FACE_MATCH if chosen == "FACE_MATCH" else Assurance.ID_CARD_AT_COUNTER
         try:
             person = await self.pages.identity_provider.authenticate(
                 str(form.get("subject_id", "")), assurance, self.pages.settings.department_id
@@ -266,7 +258,7 @@ class Counter:
 
     def _clear_person(self, session: Session) -> None:
         session.person = None
-        for key in ("views", "entered", "plan", "outcomes", "receipt"):
+        for key in ("views", "entered", "plan", "outcomes", "receipt", "confirmation", "confirmed"):
             session.data.pop(key, None)
 
     def _serving(self, request: Request) -> Session | None:
@@ -287,7 +279,9 @@ class Counter:
             return self.pages.redirect("/counter/person" if self._staff(request) else "/counter")
         form: catalog_pb2.Form = session.data["form"]
         try:
-            prefill = await self.pages.client.prefill(form.id, session.person.subject_id)
+            prefill = await self.pages.client.prefill(
+                form.id, session.person.subject_id, assertion=session.person.assertion
+            )
             catalog = await self.pages.catalog()
             names = await self.pages.holder_names({f.holder for f in prefill.fields})
         except (Refused, VerificationError) as error:
@@ -358,13 +352,33 @@ class Counter:
             return self.pages.redirect("/counter")
         await self.pages.form(request, session)
         plan: dict[str, tuple[str, dict[str, str]]] = session.data["plan"]
+        person: Person = session.person
+        form: catalog_pb2.Form = session.data["form"]
+        views: list[FieldView] = session.data["views"]
+        entered: dict[str, str] = session.data["entered"]
         results: list[tuple[str, SubmitResult]] = []
         try:
             for material_type, (request_id, fields) in plan.items():
                 result = await self.pages.client.submit(
-                    material_type, session.person.subject_id, fields, request_id=request_id
+                    material_type, person.subject_id, fields, request_id=request_id
                 )
                 results.append((material_type, result))
+            # The person's confirmation of the whole form, as previewed, goes on the record
+            # with their assertion (only a salted hash of the values reaches the hub).
+            confirmation = session.data.get("confirmation")
+            if confirmation is None:
+                completed = {
+                    v.name: v.value if v.state is FieldState.FILLED else entered.get(v.name, "")
+                    for v in views
+                }
+                confirmation = await self.pages.client.confirm_form(
+                    person.subject_id,
+                    form.id,
+                    completed,
+                    assertion=person.assertion,
+                    prefill_sequence=session.data.get("receipt") or 0,
+                )
+                session.data["confirmation"] = confirmation
         except (Refused, VerificationError) as error:
             # The plan (and its request ids) stays: confirming again retries the same calls.
             return self.pages.refusal(request, session, error, "/counter/preview")
@@ -381,12 +395,9 @@ class Counter:
             )
             for m, r in results
         ]
-        form = session.data["form"]
-        receipt = session.data.get("receipt")
         self._clear_person(session)  # the person's part is over: nothing of theirs stays
         session.data["outcomes"] = outcomes
-        session.data["receipt"] = receipt
-        session.data["form"] = form
+        session.data["confirmed"] = confirmation.receipt.sequence
         return self.pages.redirect("/counter/done", session)
 
     async def done_page(self, request: Request) -> Response:
@@ -399,7 +410,7 @@ class Counter:
             session,
             form=session.data["form"],
             outcomes=session.data["outcomes"],
-            receipt=session.data.get("receipt"),
+            confirmed=session.data.get("confirmed"),
         )
 
     async def next_person(self, request: Request) -> Response:

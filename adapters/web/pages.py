@@ -21,7 +21,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from adapters.client import HubClient, Refused
 from adapters.errors import VerificationError
 from adapters.web.i18n import Catalog, Language
-from adapters.web.identity import IdentityProvider
+from adapters.web.identity import PersonAuthenticator
 from adapters.web.sessions import Realm, Session, SessionStore
 from adapters.web.staff import StaffAccounts
 from exchange.v1 import catalog_pb2
@@ -62,7 +62,7 @@ class Pages:
         self,
         settings: WebSettings,
         client: HubClient,
-        identity_provider: IdentityProvider,
+        identity_provider: PersonAuthenticator,
     ) -> None:
         self.settings = settings
         self.client = client

@@ -14,7 +14,7 @@ import uvicorn
 
 from adapters.client import HubClient
 from adapters.web.app import create_app
-from adapters.web.identity import IdentityProvider
+from adapters.web.identity import PersonAuthenticator
 from adapters.web.pages import Pages, WebSettings
 
 
@@ -25,7 +25,7 @@ class WebServer:
         self,
         settings: WebSettings,
         client: HubClient,
-        identity_provider: IdentityProvider,
+        identity_provider: PersonAuthenticator,
         *,
         host: str = "127.0.0.1",
         port: int = 0,

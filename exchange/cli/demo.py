@@ -532,6 +532,7 @@ async def _demo(root: Path, port: int, keep_running: bool, web_port: int | None)
                     story.hub.hub.ledger.verifier_key,
                     root,
                     web_port,
+                    IDENTITY,
                 )
                 url = web.server.url
                 say("The web pages (open in a browser):", bold=True)

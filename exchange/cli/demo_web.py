@@ -3,7 +3,8 @@
 The web app is a member of its own: the township's web counter (``demo.township-web``), a form
 tool and collector owned by the township office, so it prefills under the township's grants
 while signing with its own keys. A demo clerk account is written to a staff file beside the
-demo's keys; the person signs in through the development identity provider.
+demo's keys; the person signs in through the demo's development identity provider, which
+signs their subject assertion for the web counter.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from pathlib import Path
 
 from adapters import demo_data as data
 from adapters.client import HubClient, Identity
-from adapters.web.identity import DevelopmentIdentityProvider
+from adapters.identity import DevelopmentIdentityProvider
+from adapters.web.identity import SigningIdentityProvider
 from adapters.web.pages import WebSettings
 from adapters.web.server import WebServer
 from adapters.web.staff import StaffAccounts, add_account
@@ -64,6 +66,7 @@ async def start_web(
     hub_verifier: str,
     root: Path,
     port: int,
+    identity_member: str,
     *,
     secure_cookies: bool = True,
 ) -> DemoWeb:
@@ -83,12 +86,15 @@ async def start_web(
         hub_verifier=hub_verifier,
     )
     server = WebServer(
-        WebSettings(
-            WEB_FORM_TOOL, StaffAccounts.load(staff_file), secure_cookies=secure_cookies
-        ),
+        WebSettings(WEB_FORM_TOOL, StaffAccounts.load(staff_file), secure_cookies=secure_cookies),
         client,
-        DevelopmentIdentityProvider(),
+        SigningIdentityProvider(
+            DevelopmentIdentityProvider(
+                identity_member, keystore.department_signing_key(identity_member)
+            )
+        ),
         port=port,
+        access_log=True,
     )
     try:
         await server.start()

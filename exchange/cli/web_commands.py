@@ -13,13 +13,15 @@ from pathlib import Path
 
 import click
 
-from adapters.web.identity import DevelopmentIdentityProvider
+from adapters.identity import DevelopmentIdentityProvider
+from adapters.web.identity import SigningIdentityProvider
 from adapters.web.pages import WebSettings
 from adapters.web.server import WebServer
 from adapters.web.staff import StaffAccounts, StaffFileError, add_account
 from exchange.cli.flows_commands import Caller, _department, _verifier
 from exchange.cli.main import fail, load_config, run
 from exchange.crypto.keys import KeyFileError
+from exchange.crypto.keystore import Keystore
 
 
 @click.group()
@@ -62,8 +64,11 @@ def web() -> None:
 )
 @click.option(
     "--development-identity-provider",
-    is_flag=True,
-    help="Accept any typed ID number as authenticated (demo and tests only).",
+    "identity_member",
+    default=None,
+    metavar="MEMBER",
+    help="Sign assertions as this registered identity provider (keys from the keystore) for "
+    "any ID number typed in: demo and tests only.",
 )
 @click.pass_context
 def serve(
@@ -75,19 +80,20 @@ def serve(
     web_address: str,
     staff_file: Path,
     idle_minutes: int,
-    development_identity_provider: bool,
+    identity_member: str | None,
 ) -> None:
     """Serve the counter and my data pages until Ctrl-C."""
     config = load_config(ctx, listen=listen, keys_dir=keys_dir)
-    if not development_identity_provider:
+    if not identity_member:
         fail(
-            "no identity provider is configured: pass --development-identity-provider for a "
-            "demo (docs/web.md says how a real one plugs in)"
+            "no identity provider is configured: pass --development-identity-provider MEMBER "
+            "for a demo (docs/web.md says how a real one plugs in)"
         )
     try:
         staff = StaffAccounts.load(staff_file)
     except StaffFileError as exc:
         fail(str(exc))
+    member: str = identity_member or ""
     host, _, port = web_address.rpartition(":")
     if not host or not port.isdigit():
         fail(f"--web must be host:port, not {web_address!r}")
@@ -95,12 +101,15 @@ def serve(
     async def go() -> None:
         try:
             client = Caller(config, department, hub_verifier).client()
+            provider = DevelopmentIdentityProvider(
+                member, Keystore(config.keys_dir).department_signing_key(member)
+            )
         except KeyFileError as exc:
             fail(str(exc))
         server = WebServer(
             WebSettings(department, staff, idle_seconds=idle_minutes * 60.0),
             client,
-            DevelopmentIdentityProvider(),
+            SigningIdentityProvider(provider),
             host=host.strip("[]"),
             port=int(port),
             access_log=True,
