@@ -37,13 +37,13 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 
 from adapters.errors import AdapterError, VerificationError
-from exchange.api.status import error_info
 from exchange.clock import from_timestamp, now_us, to_timestamp
 from exchange.crypto.envelope import EnvelopeError, sign, verify
 from exchange.crypto.keys import SigningKey
 from exchange.crypto.keystore import TlsIdentity
 from exchange.ledger import CheckpointError, NoteVerifier, Receipt, verify_receipt
 from exchange.policy.disclosure import split
+from exchange.rpc.status import error_info
 from exchange.v1 import (
     common_pb2,
     envelope_pb2,

@@ -9,7 +9,7 @@ It implements ``exchange.v1.Provider`` for exactly one caller, the hub:
 - every answer is a ``MaterialRecord`` signed with the department's key, bound to the hub's
   request id, so the consumer can verify it end to end.
 
-Refusals go through the project's one error-to-status mapping (``exchange.api.status``).
+Refusals go through the project's one error-to-status mapping (``exchange.rpc.status``).
 """
 
 from __future__ import annotations
@@ -33,13 +33,12 @@ from adapters.backends import Backend, Holding
 from adapters.errors import BackendError
 from adapters.settings import DepartmentSettings
 from exchange import errors
-from exchange.api.pipeline import peer_certificate
-from exchange.api.status import abort, to_status
 from exchange.clock import from_timestamp, now_us, to_timestamp
 from exchange.crypto import certificates
 from exchange.crypto.envelope import EnvelopeError, sign, verify
 from exchange.crypto.keys import SigningKey, keyid, load_public_key
 from exchange.crypto.keystore import TlsIdentity
+from exchange.rpc.status import abort, peer_certificate, to_status
 from exchange.v1 import (
     common_pb2,
     envelope_pb2,

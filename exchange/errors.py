@@ -2,7 +2,7 @@
 
 Every refusal carries a ``Reason`` from the contract (``exchange.v1.Reason``) and a human message;
 the servicer layer maps it to a gRPC status plus ``google.rpc.ErrorInfo`` in one place
-(``exchange.api.status``). Code below ``api`` raises these and never touches gRPC.
+(``exchange.rpc.status``). Code below ``api`` raises these and never touches gRPC.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class ExchangeError(Exception):
 
     def __init__(
         self,
-        reason: int,
+        reason: common_pb2.Reason.ValueType,
         message: str,
         *,
         code: Code | None = None,
@@ -66,7 +66,7 @@ class ExchangeError(Exception):
     @property
     def reason_name(self) -> str:
         """The reason as its contract name, e.g. ``"BAD_SIGNATURE"``."""
-        return common_pb2.Reason.Name(self.reason)  # type: ignore[arg-type]
+        return common_pb2.Reason.Name(self.reason)
 
 
 class InvalidArgument(ExchangeError):

@@ -35,6 +35,14 @@ def require_postgres() -> str:
     return url
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that takes a scratch PostgreSQL database carries the ``postgres`` marker, so
+    ``-m postgres`` and ``-m 'not postgres'`` select exactly the tests that need the server."""
+    for item in items:
+        if "postgres_url" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.postgres)
+
+
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
     """A fresh, empty PostgreSQL database for one test, dropped afterwards."""

@@ -19,7 +19,6 @@ from google.protobuf.message import DecodeError, Message
 from google.rpc import status_pb2
 
 from exchange import errors
-from exchange.api.status import abort, to_status
 from exchange.clock import now_us
 from exchange.crypto.certificates import CertificateError, peer_identity
 from exchange.crypto.sealing import SealError, seal, unseal
@@ -27,6 +26,7 @@ from exchange.flows.record import record
 from exchange.hub import Hub
 from exchange.policy.disclosure import open_disclosure
 from exchange.policy.identity import Caller, Claim, claim_of
+from exchange.rpc.status import abort, peer_certificate, to_status
 from exchange.store.cache import MISSING
 from exchange.store.requests import ANSWERED, PENDING, REFUSED, RequestRecord
 from exchange.v1 import common_pb2, envelope_pb2, ledger_pb2
@@ -44,7 +44,7 @@ class Method(Generic[Body, Response]):
     name: str
     body_type: type[Body]
     response_type: type[Response]
-    kind: int
+    kind: ledger_pb2.EntryKind.ValueType
     run: Callable[[Hub, Caller, Body], Awaitable[Response]]
 
 
@@ -55,7 +55,7 @@ class StreamMethod(Generic[Body, Response]):
     name: str
     body_type: type[Body]
     response_type: type[Response]
-    kind: int
+    kind: ledger_pb2.EntryKind.ValueType
     run: Callable[[Hub, Caller, Body], AsyncIterator[Response]]
 
 
@@ -79,12 +79,6 @@ def _log_call(method: str, caller: Caller | None, outcome: str, started: float) 
         outcome=outcome,
         latency_ms=round((time.perf_counter() - started) * 1000, 3),
     )
-
-
-def peer_certificate(context: grpc.aio.ServicerContext[Any, Any]) -> bytes | None:
-    """The PEM client certificate of the TLS peer, or None (no TLS, or none presented)."""
-    values = list(context.auth_context().get("x509_pem_cert", ()))
-    return bytes(values[0]) if values else None
 
 
 class Pipeline:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from exchange.api.pipeline import Method
-from exchange.supervision import service
+from exchange.flows import supervision as service
 from exchange.v1 import ledger_pb2, supervision_pb2
 
 SUPERVISION = "exchange.v1.Supervision"

@@ -68,9 +68,11 @@ HOLDS_GIL = _DIRECT is not None
 """Whether signing and checking keep the GIL (the direct calls were found)."""
 
 
-def _bytes(value: bytes) -> bytes:
-    """``value`` as bytes; TypeError unless it is bytes-like (``bytes(5)`` would be zeros)."""
-    if isinstance(value, int | str):
+def _bytes(value: object) -> bytes:
+    """``value`` as bytes; TypeError unless it is bytes-like (``bytes(5)`` would be zeros).
+
+    Typed ``object`` because the check is for callers that ignore the annotations."""
+    if isinstance(value, int | str) or not isinstance(value, bytes | bytearray | memoryview):
         raise TypeError(f"expected bytes, not {type(value).__name__}")
     return bytes(value)
 

@@ -4,24 +4,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from exchange import errors
 from exchange.flows.record import record
-from exchange.hub import Hub
 from exchange.ledger import Checkpoint
 from exchange.policy.identity import Caller
+from exchange.policy.roles import require_auditor
 from exchange.v1 import audit_pb2, common_pb2, ledger_pb2
+
+if TYPE_CHECKING:
+    from exchange.hub import Hub
 
 PAGE = 500
 FOLLOW_POLL_SECONDS = 1.0
-
-
-def require_auditor(caller: Caller) -> None:
-    """Raise PermissionDenied (ROLE_REQUIRED) unless the caller is an auditor or the operator."""
-    if not (caller.is_operator or "AUDITOR" in caller.roles):
-        raise errors.PermissionDenied(
-            common_pb2.ROLE_REQUIRED, "only auditor departments may read the ledger"
-        )
 
 
 async def _latest(hub: Hub) -> Checkpoint:
@@ -41,7 +37,7 @@ async def get_checkpoint(
     Raises PermissionDenied, OutOfRange (BEYOND_LOG) beyond the log, NotFound if no checkpoint
     was stored at that size, FailedPrecondition before the first checkpoint.
     """
-    require_auditor(caller)
+    require_auditor(caller, "the ledger")
     if body.size:
         checkpoint = await asyncio.to_thread(hub.ledger.checkpoint_at, body.size)
     else:
@@ -67,7 +63,7 @@ async def get_inclusion_proof(
 
     Raises PermissionDenied, OutOfRange (BEYOND_LOG).
     """
-    require_auditor(caller)
+    require_auditor(caller, "the ledger")
     tree_size = body.tree_size or (await _latest(hub)).size
     proof = await asyncio.to_thread(hub.ledger.inclusion_proof, body.sequence, tree_size)
     (stored,) = await asyncio.to_thread(hub.ledger.entries, body.sequence, 1)
@@ -89,7 +85,7 @@ async def get_consistency_proof(
 
     Raises PermissionDenied, OutOfRange (BEYOND_LOG).
     """
-    require_auditor(caller)
+    require_auditor(caller, "the ledger")
     new_size = body.new_size or (await _latest(hub)).size
     proof = await asyncio.to_thread(hub.ledger.consistency_proof, body.old_size, new_size)
     receipt = await record(
@@ -111,7 +107,7 @@ async def stream_entries(
 
     Raises PermissionDenied before the first item.
     """
-    require_auditor(caller)
+    require_auditor(caller, "the ledger")
     await record(
         hub.ledger,
         caller,

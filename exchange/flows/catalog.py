@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import IntegrityError
 
@@ -26,9 +27,11 @@ from exchange.catalog.schema import check_field_name, check_identifier
 from exchange.clock import now_us
 from exchange.flows import lookups
 from exchange.flows.record import record
-from exchange.hub import Hub
 from exchange.policy.identity import Caller
 from exchange.v1 import catalog_pb2, common_pb2, ledger_pb2
+
+if TYPE_CHECKING:
+    from exchange.hub import Hub
 
 MAX_FIELDS = 200
 

@@ -3,11 +3,15 @@ content. Asked before collecting anything from a person (collect once)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from exchange.flows import lookups
 from exchange.flows.record import record
-from exchange.hub import Hub
 from exchange.policy.identity import Caller
 from exchange.v1 import exchange_pb2, ledger_pb2
+
+if TYPE_CHECKING:
+    from exchange.hub import Hub
 
 CHECK_ROLES = ("CONSUMER", "COLLECTOR", "FORM_TOOL", "PROVIDER")
 

@@ -10,6 +10,7 @@ import asyncio
 import uuid
 from dataclasses import replace
 from functools import partial
+from typing import TYPE_CHECKING
 
 from exchange import errors
 from exchange.catalog.model import SharingClass
@@ -17,11 +18,13 @@ from exchange.catalog.schema import check_identifier
 from exchange.clock import from_timestamp, now_us
 from exchange.flows import lookups
 from exchange.flows.record import ReadBack, record
-from exchange.hub import Hub
 from exchange.policy.grants import Grant
 from exchange.policy.identity import Caller
 from exchange.policy.sharing import check_fields
 from exchange.v1 import common_pb2, grants_pb2, ledger_pb2
+
+if TYPE_CHECKING:
+    from exchange.hub import Hub
 
 MAX_RATE_PER_MINUTE = 1_000_000
 

@@ -11,16 +11,20 @@ itself an entry, so the person sees who looked at who looked.
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 from exchange.flows import lookups
 from exchange.flows.person import require_person
 from exchange.flows.record import record
-from exchange.hub import Hub
 from exchange.policy.assertions import Assurance
 from exchange.policy.identity import Caller
 from exchange.v1 import exchange_pb2, ledger_pb2, person_pb2
 
-# Kinds that are about a subject's material or the person's say over it.
+if TYPE_CHECKING:
+    from exchange.hub import Hub
+
+# Kinds that are about a subject's material or the person's say over it (reads of the history
+# itself are included too, so the person sees who looked at who looked).
 SUBJECT_KINDS = frozenset(
     {
         ledger_pb2.CHECK,

@@ -12,6 +12,7 @@ per call; it names the subject only when the call carries exactly one holding.
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import IntegrityError
 
@@ -21,10 +22,12 @@ from exchange.clock import now_us
 from exchange.crypto.content import canonical_subject_id
 from exchange.flows import lookups
 from exchange.flows.record import record
-from exchange.hub import Hub
 from exchange.policy.identity import Caller
 from exchange.store.materials import IndexedMaterial
 from exchange.v1 import common_pb2, exchange_pb2, ledger_pb2
+
+if TYPE_CHECKING:
+    from exchange.hub import Hub
 
 MAX_HOLDINGS = 1000
 

@@ -9,16 +9,18 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from exchange import errors
 from exchange.catalog.model import Form, MaterialType, Purpose
-from exchange.hub import Hub
 from exchange.policy.identity import Caller
 from exchange.store.cache import MISSING
 from exchange.store.materials import IndexedMaterial
 from exchange.store.registry import DepartmentRecord
 from exchange.v1 import common_pb2
+
+if TYPE_CHECKING:
+    from exchange.hub import Hub
 
 T = TypeVar("T")
 

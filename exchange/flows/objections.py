@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection
 
@@ -20,11 +21,13 @@ from exchange.clock import now_us, to_timestamp
 from exchange.flows import lookups
 from exchange.flows.person import require_person
 from exchange.flows.record import ReadBack, record
-from exchange.hub import Hub
 from exchange.policy.identity import Caller
 from exchange.store.materials import Proposal
 from exchange.store.objections import ObjectionRecord
 from exchange.v1 import common_pb2, exchange_pb2, ledger_pb2
+
+if TYPE_CHECKING:
+    from exchange.hub import Hub
 
 DAY_US = 86_400 * 1_000_000
 FILE_ROLES = ("FORM_TOOL", "CONSUMER")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -34,12 +35,14 @@ from exchange.flows.person import require_person
 from exchange.flows.record import record
 from exchange.flows.request import grants_for, take_rate
 from exchange.flows.submit import forwarded_id
-from exchange.hub import Hub
 from exchange.policy.grants import Grant
 from exchange.policy.identity import Caller
 from exchange.policy.sharing import Permit
 from exchange.store.materials import IndexedMaterial
 from exchange.v1 import common_pb2, envelope_pb2, exchange_pb2, ledger_pb2
+
+if TYPE_CHECKING:
+    from exchange.hub import Hub
 
 log = structlog.get_logger("exchange.prefill")
 

@@ -41,10 +41,10 @@ class ReadBack(Generic[T]):
 async def record(
     ledger: Ledger,
     caller: Caller | Claim,
-    kind: int,
+    kind: ledger_pb2.EntryKind.ValueType,
     *,
-    outcome: int = ledger_pb2.OK,
-    reason: int = common_pb2.REASON_UNSPECIFIED,
+    outcome: ledger_pb2.Outcome.ValueType = ledger_pb2.OK,
+    reason: common_pb2.Reason.ValueType = common_pb2.REASON_UNSPECIFIED,
     effect: Effect | None = None,
     on_commit: Callable[[], None] | None = None,
     **fields: Any,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import IntegrityError
 
@@ -12,11 +13,13 @@ from exchange.crypto.keys import keyid
 from exchange.crypto.keystore import check_department_id
 from exchange.flows import lookups
 from exchange.flows.record import ReadBack, record
-from exchange.hub import Hub
 from exchange.ledger import Effect
 from exchange.policy.identity import Caller
 from exchange.store.registry import DepartmentRecord, KeyRecord
 from exchange.v1 import common_pb2, ledger_pb2, registry_pb2
+
+if TYPE_CHECKING:
+    from exchange.hub import Hub
 
 STATES = {
     registry_pb2.ACTIVE: "ACTIVE",
@@ -86,7 +89,7 @@ async def _change(
     hub: Hub,
     caller: Caller,
     department_id: str,
-    kind: int,
+    kind: ledger_pb2.EntryKind.ValueType,
     attributes: dict[str, str],
     effect: Effect,
     taken: str = "the change conflicts with the registry as it now is; read it and retry",

@@ -11,6 +11,7 @@ answer against its index, and returns that envelope unchanged. Every outcome is 
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 from exchange import errors
 from exchange.catalog.model import PurposeBasis, SharingClass
@@ -21,11 +22,13 @@ from exchange.flows.material import check_fields, mismatch, open_record
 from exchange.flows.person import consent_for_request, keep_until_us, require_person, use_consent
 from exchange.flows.record import record
 from exchange.flows.submit import forwarded_id
-from exchange.hub import Hub
 from exchange.policy.grants import Grant
 from exchange.policy.identity import Caller
 from exchange.policy.sharing import Permit, permit
 from exchange.v1 import common_pb2, exchange_pb2, ledger_pb2
+
+if TYPE_CHECKING:
+    from exchange.hub import Hub
 
 
 async def grants_for(hub: Hub, consumers: tuple[str, ...], material_type: str) -> list[Grant]:

@@ -19,6 +19,7 @@ import uuid
 import weakref
 from collections.abc import AsyncIterator
 from functools import partial
+from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import IntegrityError
 
@@ -30,13 +31,15 @@ from exchange.crypto.content import canonical_subject_id
 from exchange.flows import lookups
 from exchange.flows.material import mismatch, open_record
 from exchange.flows.record import record
-from exchange.hub import Hub
 from exchange.ledger import Effect
 from exchange.policy.identity import Caller
 from exchange.routing.deadline import call_deadline
 from exchange.routing.provider import MARGIN_SECONDS
 from exchange.store.materials import IndexedMaterial, Proposal
 from exchange.v1 import common_pb2, exchange_pb2, ledger_pb2
+
+if TYPE_CHECKING:
+    from exchange.hub import Hub
 
 SUBMIT_ROLES = ("COLLECTOR", "FORM_TOOL")
 DAY_US = 86_400 * 1_000_000

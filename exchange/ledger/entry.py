@@ -40,10 +40,10 @@ class EntryDraft:
     ``content_hash`` a hash: the ledger holds no personal data.
     """
 
-    kind: int
+    kind: ledger_pb2.EntryKind.ValueType
     actor: str
-    outcome: int
-    reason: int = 0
+    outcome: ledger_pb2.Outcome.ValueType
+    reason: common_pb2.Reason.ValueType = common_pb2.REASON_UNSPECIFIED
     subject_ref: bytes = b""
     material_type: str = ""
     content_hash: bytes = b""
@@ -71,15 +71,15 @@ def build_entry(
     """Build the ``LedgerEntry`` message for ``draft`` at position ``sequence``."""
     entry = ledger_pb2.LedgerEntry(
         sequence=sequence,
-        kind=draft.kind,  # type: ignore[arg-type]
+        kind=draft.kind,
         actor=draft.actor,
         subject_ref=draft.subject_ref,
         material_type=draft.material_type,
         content_hash=draft.content_hash,
         purpose=draft.purpose,
         envelope_hash=envelope_hash(envelope),
-        outcome=draft.outcome,  # type: ignore[arg-type]
-        reason=draft.reason,  # type: ignore[arg-type]
+        outcome=draft.outcome,
+        reason=draft.reason,
         prev_leaf_hash=prev_leaf_hash,
         counterparty=draft.counterparty,
         reference=draft.reference,

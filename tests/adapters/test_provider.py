@@ -12,11 +12,11 @@ from adapters.backends import open_backend
 from adapters.client import channel
 from adapters.errors import MappingError
 from adapters.provider import ProviderServer
-from exchange.api.status import error_info
 from exchange.clock import now_us
 from exchange.crypto.envelope import sign, verify
 from exchange.crypto.keys import SigningKey
 from exchange.crypto.keystore import Keystore
+from exchange.rpc.status import error_info
 from exchange.v1 import exchange_pb2, provider_pb2
 from tests.adapters.conftest import (
     DEPARTMENT,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
-
 import grpc
 import pytest
 
@@ -323,10 +321,6 @@ async def test_register_duplicate_department_is_already_exists(hub: RunningHub) 
         )
     )
     assert (error.code, error.reason) == (grpc.StatusCode.ALREADY_EXISTS, "DEPARTMENT_EXISTS")
-
-
-def test_dates_are_utc() -> None:
-    assert to_timestamp(0).seconds == 0 and dt.UTC is dt.UTC
 
 
 async def test_request_records_older_than_twice_the_window_are_purged(hub: RunningHub) -> None:

@@ -23,7 +23,7 @@ from tests.conftest import require_postgres
 from .support import ORIGIN, draft
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def effect_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
     """A migrated database with a scratch table ``effects`` (id unique) for effects to write."""
     with database_url(request.param, tmp_path) as url:

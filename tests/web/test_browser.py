@@ -313,9 +313,7 @@ def test_my_data_consent_given_used_and_revoked(page: Page, stack: WebStack) -> 
     page.shot("18-mydata-history-requests")
 
 
-def test_counter_marks_an_unavailable_holder_try_again_shortly(
-    page: Page, stack: WebStack
-) -> None:
+def test_counter_marks_an_unavailable_holder_try_again_shortly(page: Page, stack: WebStack) -> None:
     civil = stack.story.adapters[1]  # civil affairs, holder of the marriage record
     assert civil.backend is not None
     stack.run(civil.stop(0.5))

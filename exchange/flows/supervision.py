@@ -7,31 +7,25 @@ knows of (``Supervisor.settle``), and records one READ entry.
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 from exchange import errors
 from exchange.clock import to_timestamp
 from exchange.flows.record import record
-from exchange.hub import Hub
 from exchange.policy.identity import Caller
+from exchange.policy.roles import require_auditor
 from exchange.supervision.burden import BurdenReport, FormToolRecord, build_report
 from exchange.supervision.model import Alert, AlertCategory, AlertLevel
 from exchange.supervision.rules import DAY_US
 from exchange.v1 import common_pb2, ledger_pb2, supervision_pb2
 
-AUDITOR = "AUDITOR"
+if TYPE_CHECKING:
+    from exchange.hub import Hub
+
 FORM_TOOL = "FORM_TOOL"
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 SETTLE_SECONDS = 2.0
-
-
-def require_auditor(caller: Caller) -> None:
-    """Raise PermissionDenied (ROLE_REQUIRED) unless the caller is an auditor or the operator."""
-    if not (caller.is_operator or AUDITOR in caller.roles):
-        raise errors.PermissionDenied(
-            common_pb2.ROLE_REQUIRED,
-            "supervision is open to auditor departments and the hub operator only",
-        )
 
 
 def alert_to_proto(alert: Alert) -> supervision_pb2.Alert:
@@ -94,7 +88,7 @@ async def list_alerts(
 
     Raises PermissionDenied (ROLE_REQUIRED), InvalidArgument for an unknown level or category.
     """
-    require_auditor(caller)
+    require_auditor(caller, "supervision")
     try:
         min_level = AlertLevel(body.min_level) if body.min_level else None
         category = (
@@ -149,7 +143,7 @@ async def burden_report(
 
     Raises PermissionDenied (ROLE_REQUIRED).
     """
-    require_auditor(caller)
+    require_auditor(caller, "supervision")
     idle_days = body.idle_days or hub.config.supervision.idle_days
     await hub.supervision.settle(SETTLE_SECONDS)
     report = await asyncio.to_thread(compute_report, hub, idle_days, hub.supervision.clock())

@@ -1,6 +1,8 @@
-"""The one mapping from exchange errors to gRPC status with google.rpc.ErrorInfo."""
+"""The one mapping from exchange errors to gRPC status with ErrorInfo; the TLS peer."""
 
 from __future__ import annotations
+
+from typing import Any, NoReturn
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
@@ -39,13 +41,14 @@ def _pack(message: error_details_pb2.ErrorInfo | error_details_pb2.RetryInfo) ->
 
 async def abort(
     context: grpc.aio.ServicerContext[object, object], status: status_pb2.Status
-) -> None:
+) -> NoReturn:
     """End the call with ``status``; never returns (raises grpc's abort exception)."""
     await context.abort(
         _BY_NUMBER.get(status.code, grpc.StatusCode.UNKNOWN),
         status.message,
         trailing_metadata=((DETAILS_KEY, status.SerializeToString()),),
     )
+    raise AssertionError("grpc's abort returned")  # it raises; this line keeps NoReturn honest
 
 
 def error_info(metadata: object) -> error_details_pb2.ErrorInfo | None:
@@ -58,3 +61,9 @@ def error_info(metadata: object) -> error_details_pb2.ErrorInfo | None:
                 if detail.Unpack(info):
                     return info
     return None
+
+
+def peer_certificate(context: grpc.aio.ServicerContext[Any, Any]) -> bytes | None:
+    """The PEM client certificate of the TLS peer, or None (no TLS, or none presented)."""
+    values = list(context.auth_context().get("x509_pem_cert", ()))
+    return bytes(values[0]) if values else None
