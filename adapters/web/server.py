@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+from collections.abc import Generator
 
 import uvicorn
 
@@ -16,6 +17,16 @@ from adapters.client import HubClient
 from adapters.web.app import create_app
 from adapters.web.identity import PersonAuthenticator
 from adapters.web.pages import Pages, WebSettings
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn without its own signal handling: the process that embeds it (the demo, the CLI)
+    owns Ctrl-C, and stops the server as part of stopping everything else. (uvicorn's handlers
+    would take the signal, stop only the web server, and leave the rest running.)"""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
 
 
 class WebServer:
@@ -36,7 +47,7 @@ class WebServer:
         self.host = host
         self.port = port
         self.access_log = access_log
-        self._server: uvicorn.Server | None = None
+        self._server: _EmbeddedServer | None = None
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -66,9 +77,7 @@ class WebServer:
             server_header=False,
             timeout_graceful_shutdown=2,
         )
-        self._server = uvicorn.Server(config)
-        # uvicorn catches Ctrl-C while it serves, shuts down, then raises the signal again, so
-        # the process that embeds it still stops the way it would have.
+        self._server = _EmbeddedServer(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
         while not self._server.started:
             if self._task.done():
