@@ -41,12 +41,11 @@ from pathlib import Path
 import httpx
 
 from adapters import demo_data as data
-from adapters.client import HubClient, Identity
 from adapters.identity import Assurance, DevelopmentIdentityProvider
 from adapters.web.staff import add_account
 from exchange import logs
 from exchange.cli.demo import HUB_ID, IDENTITY, SUBSIDY, Story
-from exchange.cli.demo_web import WEB_FORM_TOOL, register_web_form_tool
+from exchange.cli.demo_web import WEB_FORM_TOOL, register_web_form_tool, web_client
 from exchange.crypto.keystore import Keystore
 from exchange.v1 import catalog_pb2
 
@@ -236,16 +235,7 @@ async def main(pages: int, concurrency: int, repeat: int) -> None:
         keystore = Keystore(root / "keys")
         add_account(root / "staff.toml", "bench", "bench", PASSWORD)
         web, url = await start_web(port, keystore, root, verifier)
-        client = HubClient(
-            f"127.0.0.1:{port}",
-            Identity(
-                WEB_FORM_TOOL,
-                keystore.department_signing_key(WEB_FORM_TOOL),
-                keystore.department_tls(WEB_FORM_TOOL),
-            ),
-            server_name="localhost",
-            hub_verifier=verifier,
-        )
+        client = web_client(keystore, f"127.0.0.1:{port}", verifier)
         platform = DevelopmentIdentityProvider(IDENTITY, keystore.department_signing_key(IDENTITY))
         limits = httpx.Limits(max_connections=concurrency * 2)
         async with client, httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as http:

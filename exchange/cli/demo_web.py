@@ -59,6 +59,20 @@ async def register_web_form_tool(operator: HubClient, keystore: Keystore) -> Non
     )
 
 
+def web_client(keystore: Keystore, hub_target: str, hub_verifier: str) -> HubClient:
+    """A hub client signing as the web counter member, verifying every receipt."""
+    return HubClient(
+        hub_target,
+        Identity(
+            WEB_FORM_TOOL,
+            keystore.department_signing_key(WEB_FORM_TOOL),
+            keystore.department_tls(WEB_FORM_TOOL),
+        ),
+        server_name="localhost",
+        hub_verifier=hub_verifier,
+    )
+
+
 async def start_web(
     operator: HubClient,
     keystore: Keystore,
@@ -75,16 +89,7 @@ async def start_web(
     await register_web_form_tool(operator, keystore)
     staff_file = root / "web-staff.toml"
     add_account(staff_file, CLERK, "窗口一 (demo clerk)", CLERK_PASSWORD)
-    client = HubClient(
-        hub_target,
-        Identity(
-            WEB_FORM_TOOL,
-            keystore.department_signing_key(WEB_FORM_TOOL),
-            keystore.department_tls(WEB_FORM_TOOL),
-        ),
-        server_name="localhost",
-        hub_verifier=hub_verifier,
-    )
+    client = web_client(keystore, hub_target, hub_verifier)
     server = WebServer(
         WebSettings(WEB_FORM_TOOL, StaffAccounts.load(staff_file), secure_cookies=secure_cookies),
         client,
