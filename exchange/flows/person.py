@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from google.protobuf.message import DecodeError
 from sqlalchemy import Connection
@@ -23,12 +23,14 @@ from exchange import errors
 from exchange.clock import from_timestamp, now_us, to_timestamp
 from exchange.flows import lookups
 from exchange.flows.record import ReadBack, record
-from exchange.hub import Hub
 from exchange.policy.assertions import VerifiedAssertion, facts_of, verify_assertion
 from exchange.policy.identity import Caller
 from exchange.store.consents import ConsentRecord, Usability
 from exchange.store.registry import DepartmentRecord
 from exchange.v1 import common_pb2, envelope_pb2, ledger_pb2, person_pb2
+
+if TYPE_CHECKING:
+    from exchange.hub import Hub
 
 # A consent may be given for at most a year at a time: the person renews it, or it lapses.
 MAX_CONSENT_US = 366 * 86_400 * 1_000_000
