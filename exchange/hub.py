@@ -23,6 +23,7 @@ from exchange.policy.identity import Authenticator
 from exchange.policy.rates import RateLimiter
 from exchange.routing.provider import ProviderRouter
 from exchange.store.cache import TtlCache
+from exchange.store.consents import Consents
 from exchange.store.database import AsyncConnections, open_engine, upgrade
 from exchange.store.materials import MaterialIndex
 from exchange.store.objections import Objections
@@ -127,6 +128,8 @@ class Hub:
             else None
         )
         self.objections = Objections(engine)
+        # The person in the loop (issue 18): consents given through form tools.
+        self.consents = Consents(engine)
         self.rates = RateLimiter()
         self.providers = ProviderRouter(
             config.hub_id,

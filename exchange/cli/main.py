@@ -62,6 +62,7 @@ def _register_subcommands() -> None:
         "exchange.cli.audit",
         "exchange.cli.demo",
         "exchange.cli.flows_commands",
+        "exchange.cli.person_commands",
         "exchange.cli.supervise_commands",
         "exchange.cli.adapter_commands",
     ):

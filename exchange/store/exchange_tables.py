@@ -44,6 +44,8 @@ purposes = Table(
     Column("name", Text, nullable=False),
     Column("legal_basis", Text, nullable=False),
     Column("defined_us", BigInteger, nullable=False),
+    # PurposeBasis: LEGAL_BASIS, PERSON_PRESENT or PERSON_CONSENT (exchange.catalog.model).
+    Column("basis", String(16), nullable=False, server_default="LEGAL_BASIS"),
 )
 
 forms = Table(
