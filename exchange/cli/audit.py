@@ -30,6 +30,7 @@ from exchange.ledger.checkpoint import CheckpointError, NoteVerifier, verifier_k
 from exchange.ledger.export import KeyRecord, export_ledger
 from exchange.ledger.verify import verify_export
 from exchange.store.database import open_engine
+from exchange.store.files import open_private_text
 
 KeyHistory = Callable[[Engine], Sequence[KeyRecord]]
 
@@ -143,7 +144,7 @@ def export_command(
         if not hub_keys:
             raise click.UsageError("the hub's verifier key is needed (--hub-verifier-key)")
         temporary = out_path.with_name(out_path.name + ".partial")
-        with temporary.open("w", encoding="utf-8") as out:
+        with open_private_text(temporary) as out:  # owner-readable only
             summary = export_ledger(engine, out, keys, hub_keys)
         temporary.replace(out_path)
     click.echo(

@@ -479,7 +479,9 @@ class Story:
         from exchange.store.database import open_engine
 
         engine = open_engine(f"sqlite:///{self.root / 'hub.db'}")
-        with out.open("w") as handle:
+        from exchange.store.files import open_private_text
+
+        with open_private_text(out) as handle:
             summary = export_ledger(engine, handle, key_history, [verifier])
         engine.dispose()
         ok(f"exported {summary.entries} entries to {out}")
