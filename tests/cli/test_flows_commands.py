@@ -19,6 +19,7 @@ import structlog
 from click.testing import CliRunner, Result
 
 from exchange.cli.main import main
+from exchange.v1 import catalog_pb2
 from tests.conftest import HUB_ID, StartHub
 from tests.flows.world import (
     ANNA,
@@ -500,3 +501,97 @@ async def test_an_unreachable_hub_is_a_local_failure(world: World, tmp_path: Pat
     result = await asyncio.to_thread(CliRunner().invoke, main, argv, env={})
     assert result.exit_code == 1
     assert result.stderr.startswith("error: the hub at 127.0.0.1:9 did not answer: UNAVAILABLE")
+
+
+# ------------------------------------------------------------------------------ person
+
+
+async def test_person_commands_history_objection_consent_and_confirmation(world: World) -> None:
+    path = await assertion_file(world, ANNA)
+    history = await exchange(world, FORM_TOOL, "person", "history", ANNA, "--assertion", path)
+    assert succeeded(history).splitlines()[-1].endswith("accesses")
+    rows = json.loads(
+        succeeded(
+            await exchange(
+                world, FORM_TOOL, "person", "history", ANNA, "--assertion", path, "--json"
+            )
+        )
+    )
+    assert rows[-1]["kind"] == "ACCESS_HISTORY" and rows[-1]["identity_provider"] == IDENTITY
+    filed = await exchange(
+        world,
+        FORM_TOOL,
+        "person",
+        "object",
+        MARRIAGE,
+        ANNA,
+        "--reason",
+        "dissolved",
+        "--propose",
+        "marital_status=divorced",
+        "--assertion",
+        path,
+    )
+    assert f"filed with {CIVIL}" in succeeded(filed)
+    await world.hub.operator.call(
+        "/exchange.v1.Catalog/DefinePurpose",
+        catalog_pb2.DefinePurposeRequest(
+            purpose=catalog_pb2.Purpose(
+                id="loan", name="loan", legal_basis="demo", basis=catalog_pb2.PERSON_CONSENT
+            )
+        ),
+        catalog_pb2.PurposeResponse,
+    )
+    given = json.loads(
+        succeeded(
+            await exchange(
+                world,
+                FORM_TOOL,
+                "person",
+                "consent",
+                "give",
+                ANNA,
+                "--consumer",
+                SOCIAL,
+                "--type",
+                MARRIAGE,
+                "--field",
+                "marital_status",
+                "--purpose",
+                "loan",
+                "--assertion",
+                path,
+                "--json",
+            )
+        )
+    )
+    assert given["consumer"] == SOCIAL and given["max_uses"] == 1
+    listed = await exchange(
+        world, FORM_TOOL, "person", "consent", "list", ANNA, "--assertion", path
+    )
+    assert given["id"] in succeeded(listed) and "in force" in listed.output
+    revoked = await exchange(
+        world, FORM_TOOL, "person", "consent", "revoke", ANNA, given["id"], "--assertion", path
+    )
+    assert f"consent {given['id']} revoked" in succeeded(revoked)
+    confirmed = await exchange(
+        world,
+        FORM_TOOL,
+        "person",
+        "confirm",
+        FORM,
+        ANNA,
+        "--value",
+        "full_name=张三 (demo)",
+        "--assertion",
+        path,
+    )
+    assert "confirmed by the person" in succeeded(confirmed)
+
+
+async def test_person_commands_refuse_another_persons_assertion(world: World) -> None:
+    path = await assertion_file(world, BEN)
+    result = await exchange(world, FORM_TOOL, "person", "history", ANNA, "--assertion", path)
+    assert refused(result).startswith("refused: PERMISSION_DENIED ASSERTION_SUBJECT_MISMATCH: ")
+    result = await exchange(world, FORM_TOOL, "prefill", FORM, ANNA, "--assertion", path)
+    assert refused(result).startswith("refused: PERMISSION_DENIED ASSERTION_SUBJECT_MISMATCH: ")
