@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from google.protobuf.message import DecodeError
 from sqlalchemy import Connection
@@ -85,6 +85,25 @@ async def require_person(
     return verified
 
 
+class _PersonBody(Protocol):
+    """A Person service body: the person's id and their assertion."""
+
+    subject_id: str
+
+    @property
+    def assertion(self) -> envelope_pb2.Envelope: ...
+
+
+async def _for_person(
+    hub: Hub, caller: Caller, body: _PersonBody, known: dict[str, Any], what: str
+) -> VerifiedAssertion:
+    """The checks every Person call makes first: the form-tool role, a subject id, and the
+    person's assertion (``require_person``). Raises as those do."""
+    lookups.require_role(caller, "FORM_TOOL", what=what)
+    lookups.require_text(body.subject_id, "subject_id", 128)
+    return await require_person(hub, caller, body.assertion, body.subject_id, known)
+
+
 def consent_to_proto(value: ConsentRecord) -> person_pb2.Consent:
     """The contract form of a stored consent."""
     message = person_pb2.Consent(
@@ -127,9 +146,7 @@ async def give_consent(
     facts = _person_facts(body.subject_id, hub)
     facts.update(material_type=wanted.material_type[:128], purpose=wanted.purpose[:128])
     with lookups.facts(**facts) as known:
-        lookups.require_role(caller, "FORM_TOOL", what="GiveConsent")
-        lookups.require_text(body.subject_id, "subject_id", 128)
-        verified = await require_person(hub, caller, body.assertion, body.subject_id, known)
+        verified = await _for_person(hub, caller, body, known, "GiveConsent")
         lookups.require_text(wanted.consumer, "consent.consumer", 128)
         consumer = await lookups.department(hub, wanted.consumer)
         if consumer is None or "CONSUMER" not in consumer.roles:
@@ -216,9 +233,7 @@ async def revoke_consent(
     facts = _person_facts(body.subject_id, hub)
     facts["attributes"]["consent_id"] = body.consent_id[:64]
     with lookups.facts(**facts) as known:
-        lookups.require_role(caller, "FORM_TOOL", what="RevokeConsent")
-        lookups.require_text(body.subject_id, "subject_id", 128)
-        await require_person(hub, caller, body.assertion, body.subject_id, known)
+        await _for_person(hub, caller, body, known, "RevokeConsent")
         lookups.require_text(body.consent_id, "consent_id", 64)
         found = await asyncio.to_thread(hub.consents.get, body.consent_id)
         # Another person's consent is answered like an unknown one: its existence is theirs.
@@ -269,9 +284,7 @@ async def list_consents(
     Raises PermissionDenied (ROLE_REQUIRED) and the refusals of ``require_person``.
     """
     with lookups.facts(**_person_facts(body.subject_id, hub)) as known:
-        lookups.require_role(caller, "FORM_TOOL", what="ListConsents")
-        lookups.require_text(body.subject_id, "subject_id", 128)
-        await require_person(hub, caller, body.assertion, body.subject_id, known)
+        await _for_person(hub, caller, body, known, "ListConsents")
         found = await asyncio.to_thread(hub.consents.for_subject, known["subject_ref"])
         known["attributes"]["count"] = str(len(found))
         receipt = await record(
@@ -297,9 +310,7 @@ async def confirm_form(
     facts = _person_facts(body.subject_id, hub)
     facts["attributes"]["form"] = body.form_id[:128]
     with lookups.facts(**facts) as known:
-        lookups.require_role(caller, "FORM_TOOL", what="ConfirmForm")
-        lookups.require_text(body.subject_id, "subject_id", 128)
-        await require_person(hub, caller, body.assertion, body.subject_id, known)
+        await _for_person(hub, caller, body, known, "ConfirmForm")
         form = await lookups.form(hub, body.form_id)
         known["purpose"] = form.purpose
         if len(body.completed_sha256) != 32:
