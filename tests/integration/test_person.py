@@ -189,7 +189,7 @@ async def test_prefill_refuses_each_bad_assertion_with_its_reason_and_entry(
     error = await refused(world.clients[FORM_TOOL].prefill(FORM, ANNA, assertion=assertion))
     assert (error.code, error.reason) == (code, reason)
     entry = refusal_entry(world, error.ledger_sequence)
-    assert entry.kind == ledger_pb2.PREFILL
+    assert entry.kind == ledger_pb2.PREFILL and entry.purpose == ASSISTANCE
     assert common_pb2.Reason.Name(entry.reason) == reason
     assert entry.subject_ref == world.hub.server.hub.content_keys.subject_ref(ANNA)
     if case != "missing":
@@ -399,6 +399,29 @@ async def test_consent_given_used_spent_revoked_each_on_record(world: World) -> 
     )
     assert error.reason == "CONSENT_REVOKED"
     no_personal_data(world)
+
+
+async def test_a_consents_frequency_limits_its_uses(world: World) -> None:
+    await define_purpose(world, LOAN, catalog_pb2.PERSON_CONSENT)
+    await grant_marriage(world, SOCIAL, (LOAN,))
+    await world.clients[FORM_TOOL].give_consent(
+        ANNA,
+        assertion=world.assertion(ANNA),
+        consumer=SOCIAL,
+        material_type=MARRIAGE,
+        fields=["marital_status"],
+        purpose=LOAN,
+        valid_until_us=now_us() + DAY_US,
+        max_uses=0,
+        min_interval_seconds=3600,
+    )
+    assert (await world.clients[SOCIAL].request(MARRIAGE, ANNA, purpose=LOAN)).fields
+    error = await refused(world.clients[SOCIAL].request(MARRIAGE, ANNA, purpose=LOAN))
+    assert error.reason == "CONSENT_EXHAUSTED"
+    # Another consumer has no consent at all.
+    await grant_marriage(world, TOWNSHIP, (LOAN,))
+    error = await refused(world.clients[TOWNSHIP].request(MARRIAGE, ANNA, purpose=LOAN))
+    assert error.reason == "CONSENT_REQUIRED"
 
 
 async def test_revocation_takes_effect_at_once(world: World) -> None:
