@@ -87,7 +87,10 @@ class VerifiedAssertion:
 
 
 def _refuse(
-    kind: type[errors.ExchangeError], reason: int, message: str, facts: AssertionFacts | None
+    kind: type[errors.ExchangeError],
+    reason: common_pb2.Reason.ValueType,
+    message: str,
+    facts: AssertionFacts | None,
 ) -> errors.ExchangeError:
     error = kind(reason, message)
     error.assertion_facts = facts  # type: ignore[attr-defined]
