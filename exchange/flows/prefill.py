@@ -83,7 +83,8 @@ async def prefill(
 ) -> exchange_pb2.PrefillResponse:
     """Prefill a registered form for a subject.
 
-    Raises PermissionDenied (ROLE_REQUIRED), InvalidArgument, NotFound (UNKNOWN_FORM),
+    Raises PermissionDenied (ROLE_REQUIRED), InvalidArgument, NotFound (UNKNOWN_FORM), the
+    refusals of ``exchange.flows.person.require_person`` (the person's assertion),
     ResourceExhausted (RATE_LIMITED on a grant used). A holder that is down, slow or answers
     content that disagrees with the index does not fail the call: its fields are listed as
     ``unavailable`` and the entry says so.
