@@ -540,3 +540,40 @@ async def test_prefill_request_history_carry_the_assertion_only_in_the_disclosur
     assert not signed.HasField("assertion") and not signed.subject_id
     disclosed = exchange_pb2.PrefillRequest.FromString(envelope.disclosure)
     assert disclosed.HasField("assertion") and disclosed.subject_id == ANNA
+
+
+@pytest.mark.postgres
+async def test_consent_and_assertions_on_postgresql(
+    start_hub: StartHub, postgres_url: str, tmp_path: Path
+) -> None:
+    """The same person-bound flows on PostgreSQL (the migration's consents table, the use
+    counted by a conditional update in the request's transaction)."""
+    hub = await start_hub(postgres_url)
+    world = await build(hub, tmp_path)
+    try:
+        await define_purpose(world, LOAN, catalog_pb2.PERSON_CONSENT)
+        await grant_marriage(world, SOCIAL, (LOAN,))
+        form_tool = world.clients[FORM_TOOL]
+        prefill = await form_tool.prefill(FORM, ANNA, assertion=world.assertion(ANNA))
+        assert prefill.values()["full_name"] == "张三 (demo)"
+        consent = await form_tool.give_consent(
+            ANNA,
+            assertion=world.assertion(ANNA),
+            consumer=SOCIAL,
+            material_type=MARRIAGE,
+            fields=["marital_status"],
+            purpose=LOAN,
+            valid_until_us=now_us() + DAY_US,
+            max_uses=1,
+        )
+        served = await world.clients[SOCIAL].request(MARRIAGE, ANNA, purpose=LOAN)
+        assert served.consent_id == consent.id
+        error = await refused(world.clients[SOCIAL].request(MARRIAGE, ANNA, purpose=LOAN))
+        assert error.reason == "CONSENT_EXHAUSTED"
+        await form_tool.revoke_consent(ANNA, consent.id, assertion=world.assertion(ANNA))
+        listed = await form_tool.list_consents(ANNA, assertion=world.assertion(ANNA))
+        assert [(c.uses, c.revoked_us is not None) for c in listed] == [(1, True)]
+        no_personal_data(world)
+    finally:
+        for adapter in world.adapters.values():
+            await adapter.stop(grace=0.2)
