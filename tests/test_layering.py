@@ -17,6 +17,7 @@ DEPARTMENT_SIDE = [
     "adapters.auditor",
     "adapters.holdings",
     "adapters.web",
+    "adapters.identity",
 ]
 FORBIDDEN_PACKAGES = ("exchange.api", "exchange.flows", "exchange.store", "exchange.supervision")
 FORBIDDEN_MODULES = ("exchange.hub", "exchange.ledger.writer", "exchange.cli")

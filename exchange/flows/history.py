@@ -23,8 +23,7 @@ from exchange.v1 import exchange_pb2, ledger_pb2, person_pb2
 if TYPE_CHECKING:
     from exchange.hub import Hub
 
-# Kinds that are about a subject's material or the person's say over it (reads of the history
-# itself are included too, so the person sees who looked at who looked).
+# Kinds that are about a subject's material or the person's say over it.
 SUBJECT_KINDS = frozenset(
     {
         ledger_pb2.CHECK,

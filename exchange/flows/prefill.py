@@ -83,7 +83,8 @@ async def prefill(
 ) -> exchange_pb2.PrefillResponse:
     """Prefill a registered form for a subject.
 
-    Raises PermissionDenied (ROLE_REQUIRED), InvalidArgument, NotFound (UNKNOWN_FORM),
+    Raises PermissionDenied (ROLE_REQUIRED), InvalidArgument, NotFound (UNKNOWN_FORM), the
+    refusals of ``exchange.flows.person.require_person`` (the person's assertion),
     ResourceExhausted (RATE_LIMITED on a grant used). A holder that is down, slow or answers
     content that disagrees with the index does not fail the call: its fields are listed as
     ``unavailable`` and the entry says so.
@@ -92,9 +93,9 @@ async def prefill(
     with lookups.facts(subject_ref=subject_ref, attributes={"form": body.form_id[:128]}) as known:
         lookups.require_role(caller, "FORM_TOOL", what="Prefill")
         lookups.require_text(body.subject_id, "subject_id", 128)
-        await require_person(hub, caller, body.assertion, body.subject_id, known)
         form = await lookups.form(hub, body.form_id)
-        known["purpose"] = form.purpose
+        known["purpose"] = form.purpose  # a refused attempt shows the person its purpose too
+        await require_person(hub, caller, body.assertion, body.subject_id, known)
         subject_id = canonical_subject_id(body.subject_id)
         me = await lookups.department(hub, caller.department_id)
         consumers = (caller.department_id,) + ((me.owner,) if me is not None and me.owner else ())

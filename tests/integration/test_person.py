@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -125,6 +126,28 @@ async def grant_marriage(world: World, consumer: str, purposes: tuple[str, ...])
     )
 
 
+def give(
+    world: World,
+    *,
+    subject: str = ANNA,
+    assertion: envelope_pb2.Envelope | None = None,
+    fields: tuple[str, ...] = ("marital_status",),
+    **limits: int,
+) -> Any:
+    """The form tool gives ``subject``'s consent for SOCIAL to request marriage records for
+    LOAN, valid a day (``limits``: max_uses, min_interval_seconds, data_life_days)."""
+    return world.clients[FORM_TOOL].give_consent(
+        subject,
+        assertion=assertion if assertion is not None else world.assertion(subject),
+        consumer=SOCIAL,
+        material_type=MARRIAGE,
+        fields=list(fields),
+        purpose=LOAN,
+        valid_until_us=now_us() + DAY_US,
+        **limits,
+    )
+
+
 def refusal_entry(world: World, sequence: int | None) -> ledger_pb2.LedgerEntry:
     assert sequence is not None
     entry: ledger_pb2.LedgerEntry = world.ledger_entries()[sequence]
@@ -189,7 +212,7 @@ async def test_prefill_refuses_each_bad_assertion_with_its_reason_and_entry(
     error = await refused(world.clients[FORM_TOOL].prefill(FORM, ANNA, assertion=assertion))
     assert (error.code, error.reason) == (code, reason)
     entry = refusal_entry(world, error.ledger_sequence)
-    assert entry.kind == ledger_pb2.PREFILL
+    assert entry.kind == ledger_pb2.PREFILL and entry.purpose == ASSISTANCE
     assert common_pb2.Reason.Name(entry.reason) == reason
     assert entry.subject_ref == world.hub.server.hub.content_keys.subject_ref(ANNA)
     if case != "missing":
@@ -353,17 +376,7 @@ async def test_consent_given_used_spent_revoked_each_on_record(world: World) -> 
     error = await refused(social.request(MARRIAGE, ANNA, purpose=LOAN))
     assert (error.code, error.reason) == (grpc.StatusCode.PERMISSION_DENIED, "CONSENT_REQUIRED")
 
-    consent = await form_tool.give_consent(
-        ANNA,
-        assertion=world.assertion(ANNA),
-        consumer=SOCIAL,
-        material_type=MARRIAGE,
-        fields=["marital_status"],
-        purpose=LOAN,
-        valid_until_us=now_us() + 30 * DAY_US,
-        max_uses=1,
-        data_life_days=7,
-    )
+    consent = await give(world, max_uses=1, data_life_days=7)
     assert consent.id.startswith("c-") and consent.uses == 0 and consent.revoked_us is None
     assert (consent.given_through, consent.identity_provider) == (FORM_TOOL, IDENTITY)
     given = world.last_entry()
@@ -401,19 +414,24 @@ async def test_consent_given_used_spent_revoked_each_on_record(world: World) -> 
     no_personal_data(world)
 
 
+async def test_a_consents_frequency_limits_its_uses(world: World) -> None:
+    await define_purpose(world, LOAN, catalog_pb2.PERSON_CONSENT)
+    await grant_marriage(world, SOCIAL, (LOAN,))
+    await give(world, max_uses=0, min_interval_seconds=3600)
+    assert (await world.clients[SOCIAL].request(MARRIAGE, ANNA, purpose=LOAN)).fields
+    error = await refused(world.clients[SOCIAL].request(MARRIAGE, ANNA, purpose=LOAN))
+    assert error.reason == "CONSENT_EXHAUSTED"
+    # Another consumer has no consent at all.
+    await grant_marriage(world, TOWNSHIP, (LOAN,))
+    error = await refused(world.clients[TOWNSHIP].request(MARRIAGE, ANNA, purpose=LOAN))
+    assert error.reason == "CONSENT_REQUIRED"
+
+
 async def test_revocation_takes_effect_at_once(world: World) -> None:
     await define_purpose(world, LOAN, catalog_pb2.PERSON_CONSENT)
     await grant_marriage(world, SOCIAL, (LOAN,))
     form_tool = world.clients[FORM_TOOL]
-    consent = await form_tool.give_consent(
-        ANNA,
-        assertion=world.assertion(ANNA),
-        consumer=SOCIAL,
-        material_type=MARRIAGE,
-        fields=["marital_status", "spouse_name"],
-        purpose=LOAN,
-        valid_until_us=now_us() + DAY_US,
-    )
+    consent = await give(world, fields=("marital_status", "spouse_name"))
     assert (await world.clients[SOCIAL].request(MARRIAGE, ANNA, purpose=LOAN)).fields
     await form_tool.revoke_consent(ANNA, consent.id, assertion=world.assertion(ANNA))
     error = await refused(world.clients[SOCIAL].request(MARRIAGE, ANNA, purpose=LOAN))
@@ -431,43 +449,15 @@ async def test_revocation_takes_effect_at_once(world: World) -> None:
 async def test_consents_are_the_persons_own(world: World) -> None:
     await define_purpose(world, LOAN, catalog_pb2.PERSON_CONSENT)
     form_tool = world.clients[FORM_TOOL]
-    consent = await form_tool.give_consent(
-        ANNA,
-        assertion=world.assertion(ANNA),
-        consumer=SOCIAL,
-        material_type=MARRIAGE,
-        fields=["marital_status"],
-        purpose=LOAN,
-        valid_until_us=now_us() + DAY_US,
-    )
+    consent = await give(world)
     error = await refused(form_tool.revoke_consent(BEN, consent.id, assertion=world.assertion(BEN)))
     assert (error.code, error.reason) == (grpc.StatusCode.NOT_FOUND, "UNKNOWN_CONSENT")
     assert await form_tool.list_consents(BEN, assertion=world.assertion(BEN)) == ()
     # Giving one needs the person: not a form tool alone, and not for a field the type lacks.
-    error = await refused(
-        form_tool.give_consent(
-            ANNA,
-            assertion=world.assertion(BEN),
-            consumer=SOCIAL,
-            material_type=MARRIAGE,
-            fields=["marital_status"],
-            purpose=LOAN,
-            valid_until_us=now_us() + DAY_US,
-        )
-    )
+    error = await refused(give(world, assertion=world.assertion(BEN)))
     assert error.reason == "ASSERTION_SUBJECT_MISMATCH"
     assert refusal_entry(world, error.ledger_sequence).kind == ledger_pb2.CONSENT_GIVEN
-    error = await refused(
-        form_tool.give_consent(
-            ANNA,
-            assertion=world.assertion(ANNA),
-            consumer=SOCIAL,
-            material_type=MARRIAGE,
-            fields=["shoe_size"],
-            purpose=LOAN,
-            valid_until_us=now_us() + DAY_US,
-        )
-    )
+    error = await refused(give(world, fields=("shoe_size",)))
     assert error.reason == "INVALID_ARGUMENT_FIELD"
 
 
@@ -517,3 +507,31 @@ async def test_prefill_request_history_carry_the_assertion_only_in_the_disclosur
     assert not signed.HasField("assertion") and not signed.subject_id
     disclosed = exchange_pb2.PrefillRequest.FromString(envelope.disclosure)
     assert disclosed.HasField("assertion") and disclosed.subject_id == ANNA
+
+
+@pytest.mark.postgres
+async def test_consent_and_assertions_on_postgresql(
+    start_hub: StartHub, postgres_url: str, tmp_path: Path
+) -> None:
+    """The same person-bound flows on PostgreSQL (the migration's consents table, the use
+    counted by a conditional update in the request's transaction)."""
+    hub = await start_hub(postgres_url)
+    world = await build(hub, tmp_path)
+    try:
+        await define_purpose(world, LOAN, catalog_pb2.PERSON_CONSENT)
+        await grant_marriage(world, SOCIAL, (LOAN,))
+        form_tool = world.clients[FORM_TOOL]
+        prefill = await form_tool.prefill(FORM, ANNA, assertion=world.assertion(ANNA))
+        assert prefill.values()["full_name"] == "张三 (demo)"
+        consent = await give(world, max_uses=1)
+        served = await world.clients[SOCIAL].request(MARRIAGE, ANNA, purpose=LOAN)
+        assert served.consent_id == consent.id
+        error = await refused(world.clients[SOCIAL].request(MARRIAGE, ANNA, purpose=LOAN))
+        assert error.reason == "CONSENT_EXHAUSTED"
+        await form_tool.revoke_consent(ANNA, consent.id, assertion=world.assertion(ANNA))
+        listed = await form_tool.list_consents(ANNA, assertion=world.assertion(ANNA))
+        assert [(c.uses, c.revoked_us is not None) for c in listed] == [(1, True)]
+        no_personal_data(world)
+    finally:
+        for adapter in world.adapters.values():
+            await adapter.stop(grace=0.2)
