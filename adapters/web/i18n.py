@@ -346,6 +346,54 @@ REFUSALS: dict[str, tuple[tuple[str, str], tuple[str, str]]] = {
             "Try again shortly; if it persists, tell the administrator.",
         ),
     ),
+    "ASSERTION_EXPIRED": (
+        ("办事人的身份认证已过期。", "The person's authentication has run out."),
+        ("请办事人重新认证后再继续。", "Have the person authenticate again, then go on."),
+    ),
+    "ASSERTION_REQUIRED": (
+        (
+            "需要办事人本人身份认证才能读取其材料。",
+            "The person must authenticate before their material is read.",
+        ),
+        ("请办事人完成身份认证。", "Have the person authenticate."),
+    ),
+    "ASSERTION_AUDIENCE_MISMATCH": (
+        ("身份认证不是为本窗口签发的。", "The authentication was issued for another office."),
+        ("请办事人在本窗口重新认证。", "Have the person authenticate here again."),
+    ),
+    "UNKNOWN_IDENTITY_PROVIDER": (
+        (
+            "身份认证平台未在交换平台登记。",
+            "The identity provider is not registered at the exchange.",
+        ),
+        ("请联系系统管理员。", "Contact the administrator."),
+    ),
+    "IDENTITY_PROVIDER_REVOKED": (
+        ("身份认证平台已被停用。", "The identity provider has been suspended."),
+        ("请联系系统管理员。", "Contact the administrator."),
+    ),
+    "CONSENT_REQUIRED": (
+        (
+            "这项用途需要本人授权，目前没有有效的授权。",
+            "This purpose needs the person's consent, and none is in force.",
+        ),
+        (
+            "如同意，请在“我的授权”中给出授权。",
+            "If the person agrees, they give a consent under My consents.",
+        ),
+    ),
+    "UNKNOWN_CONSENT": (
+        ("没有找到这项授权。", "That consent was not found."),
+        ("请刷新“我的授权”后再试。", "Reload My consents and try again."),
+    ),
+    "CONSENT_REVOKED": (
+        ("这项授权已经撤回。", "That consent was already revoked."),
+        ("不需要再操作。", "Nothing more to do."),
+    ),
+    "CONSENT_EXHAUSTED": (
+        ("这项授权的使用次数已用完。", "That consent's uses are spent."),
+        ("如仍同意，请重新给出授权。", "Give a new consent if the person still agrees."),
+    ),
     "ALREADY_RESOLVED": (
         ("这项异议已经处理完毕。", "This objection has already been answered."),
         ("如仍有异议，请重新提出。", "File a new objection if needed."),

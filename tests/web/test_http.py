@@ -190,3 +190,12 @@ def test_every_message_a_template_names_exists_in_both_languages() -> None:
     missing = used - set(MESSAGES)
     assert not missing
     assert all(zh and en for zh, en in MESSAGES.values())
+
+
+def test_every_explained_refusal_is_a_contract_reason() -> None:
+    from adapters.web.i18n import REFUSALS
+    from exchange.v1 import common_pb2
+
+    unknown = set(REFUSALS) - set(common_pb2.Reason.keys()) - {"VERIFICATION_FAILED"}
+    assert not unknown
+    assert {"NO_GRANT", "CONSENT_REQUIRED", "ASSERTION_EXPIRED", "NOT_ON_FILE"} <= set(REFUSALS)
