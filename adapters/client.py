@@ -13,13 +13,20 @@ record must answer this request (request id, material type, subject, fields aske
 Anything that does not verify raises ``VerificationError``.
 
 The typed methods (``check``, ``submit``, ``request``, ``prefill``, ``access_history``,
-``department``) return frozen dataclasses; ``call`` and ``send`` reach any method.
+``file_objection``, ``department``, and the person's ``give_consent``, ``revoke_consent``,
+``list_consents``, ``confirm_form``) return frozen dataclasses; ``call`` and ``send`` reach any
+method. Calls made for a person take their subject assertion (``assertion``: the envelope an
+identity provider signed, see adapters.identity); it travels in the disclosure with the subject
+id, never in what the hub stores.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
+import os
+import struct
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -39,11 +46,21 @@ from exchange.crypto.subject import normalise
 from exchange.ledger import CheckpointError, NoteVerifier, Receipt, verify_receipt
 from exchange.policy.disclosure import split
 from exchange.rpc.status import error_info
-from exchange.v1 import common_pb2, envelope_pb2, exchange_pb2, ledger_pb2, registry_pb2
+from exchange.v1 import (
+    common_pb2,
+    envelope_pb2,
+    exchange_pb2,
+    ledger_pb2,
+    person_pb2,
+    registry_pb2,
+)
 
 __all__ = [
     "Access",
     "CheckResult",
+    "Confirmation",
+    "Consent",
+    "FiledObjection",
     "HubClient",
     "Identity",
     "Material",
@@ -63,6 +80,7 @@ SUMMARISED_READS = frozenset(
     for name in ("GetCheckpoint", "GetInclusionProof", "GetConsistencyProof")
 )
 EXCHANGE = "/exchange.v1.Exchange"
+PERSON = "/exchange.v1.Person"
 MATERIAL_RECORD = exchange_pb2.MaterialRecord.DESCRIPTOR.full_name
 DEPARTMENT_CACHE_SECONDS = 60.0
 
@@ -150,6 +168,9 @@ class Material:
     issued_us: int
     envelope: envelope_pb2.Envelope = field(repr=False)
     receipt: Receipt | None = field(default=None, repr=False)
+    # Under a consent-based purpose: the consent used, and until when the material may be kept.
+    consent_id: str = ""
+    keep_until_us: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +184,10 @@ class PrefilledValue:
     reference: str
     version: int
     content_hash: bytes
+    # "AUTHORITATIVE" (the holder's own record) or "PERSON_PROVIDED" (submitted by a collector
+    # on the person's word, not yet confirmed by the holder), and who submitted the version.
+    source_class: str = "AUTHORITATIVE"
+    submitted_by: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +222,92 @@ class Access:
     purpose: str
     outcome: str
     reason: str
+    material_types: tuple[str, ...] = ()
+    counterparty: str = ""
+    identity_provider: str = ""
+    assurance_level: str = ""
+    consent_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class FiledObjection:
+    """An objection as filed: its id, the owner that must answer and by when."""
+
+    id: str
+    material_type: str
+    reference: str
+    owner: str
+    state: str
+    deadline_us: int
+    receipt: Receipt
+
+
+@dataclass(frozen=True, slots=True)
+class Consent:
+    """A person's consent as the hub holds it (times in microseconds since the epoch)."""
+
+    id: str
+    consumer: str
+    material_type: str
+    fields: tuple[str, ...]
+    purpose: str
+    valid_from_us: int
+    valid_until_us: int
+    max_uses: int
+    min_interval_seconds: int
+    data_life_days: int
+    uses: int
+    given_us: int
+    revoked_us: int | None
+    given_through: str
+    identity_provider: str
+    assurance_level: str
+    receipt: Receipt | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_proto(cls, value: person_pb2.Consent, receipt: Receipt | None = None) -> Consent:
+        """The value of a contract Consent."""
+        return cls(
+            id=value.id,
+            consumer=value.consumer,
+            material_type=value.material_type,
+            fields=tuple(value.fields),
+            purpose=value.purpose,
+            valid_from_us=from_timestamp(value.valid_from),
+            valid_until_us=from_timestamp(value.valid_until),
+            max_uses=value.max_uses,
+            min_interval_seconds=value.min_interval_seconds,
+            data_life_days=value.data_life_days,
+            uses=value.uses,
+            given_us=from_timestamp(value.given_at),
+            revoked_us=from_timestamp(value.revoked_at) if value.HasField("revoked_at") else None,
+            given_through=value.given_through,
+            identity_provider=value.identity_provider,
+            assurance_level=person_pb2.AssuranceLevel.Name(value.assurance_level),
+            receipt=receipt,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Confirmation:
+    """The person's recorded confirmation of a completed form. Keep ``salt`` with the form:
+    ``completed_sha256`` (in the ledger) = ``completed_form_hash(values, salt)``."""
+
+    form_id: str
+    salt: bytes
+    completed_sha256: bytes
+    receipt: Receipt
+
+
+def completed_form_hash(values: Mapping[str, str], salt: bytes) -> bytes:
+    """SHA-256 of a completed form as ConfirmForm records it: the 32-byte salt, then each
+    field name and value sorted by name, each as a 4-byte big-endian length and UTF-8 bytes."""
+    digest = hashlib.sha256(salt)
+    for name in sorted(values):
+        for text in (name, values[name]):
+            data = text.encode("utf-8")
+            digest.update(struct.pack(">I", len(data)) + data)
+    return digest.digest()
 
 
 # ---------------------------------------------------------------------------- transport
@@ -490,21 +601,28 @@ class HubClient:
         purpose: str,
         fields: Sequence[str] = (),
         request_id: str | None = None,
+        assertion: envelope_pb2.Envelope | None = None,
     ) -> Material:
         """Request material from its holder for ``purpose``; verified end to end.
 
-        ``fields`` empty asks for every field the grant allows. Raises Refused, or
-        VerificationError if the delivered material is not the holder's answer to this request.
+        ``fields`` empty asks for every field the grant allows. ``assertion`` (the person's
+        subject assertion) is needed for a PERSON_PRESENT purpose. Under a PERSON_CONSENT
+        purpose the answer names the consent and until when the material may be kept. Raises
+        Refused, or VerificationError if the delivered material is not the holder's answer to
+        this request.
         """
         request_id = request_id or uuid.uuid4().hex
+        body = exchange_pb2.MaterialRequest(
+            material_type=material_type,
+            subject_id=subject_id,
+            fields=list(fields),
+            purpose=purpose,
+        )
+        if assertion is not None:
+            body.assertion.CopyFrom(assertion)
         answer = await self.call(
             f"{EXCHANGE}/Request",
-            exchange_pb2.MaterialRequest(
-                material_type=material_type,
-                subject_id=subject_id,
-                fields=list(fields),
-                purpose=purpose,
-            ),
+            body,
             exchange_pb2.MaterialResponse,
             request_id=request_id,
         )
@@ -516,15 +634,25 @@ class HubClient:
             request_id=request_id,
             fields=fields,
         )
-        return dataclasses.replace(material, receipt=receipt)
+        return dataclasses.replace(
+            material,
+            receipt=receipt,
+            consent_id=answer.consent_id,
+            keep_until_us=from_timestamp(answer.keep_until) if answer.consent_id else None,
+        )
 
-    async def prefill(self, form_id: str, subject_id: str) -> Prefill:
-        """Prefill a registered form for a subject, every value checked against the signed
-        material it came from. Raises Refused, VerificationError."""
+    async def prefill(
+        self, form_id: str, subject_id: str, *, assertion: envelope_pb2.Envelope
+    ) -> Prefill:
+        """Prefill a registered form for a person who authenticated to this form tool
+        (``assertion``: their subject assertion), every value checked against the signed
+        material it came from, each with its source class. Raises Refused, VerificationError."""
         request_id = uuid.uuid4().hex
         answer = await self.call(
             f"{EXCHANGE}/Prefill",
-            exchange_pb2.PrefillRequest(form_id=form_id, subject_id=subject_id),
+            exchange_pb2.PrefillRequest(
+                form_id=form_id, subject_id=subject_id, assertion=assertion
+            ),
             exchange_pb2.PrefillResponse,
             request_id=request_id,
         )
@@ -562,6 +690,8 @@ class HubClient:
                     reference=item.reference,
                     version=item.version,
                     content_hash=item.content_hash,
+                    source_class=exchange_pb2.SourceClass.Name(item.source_class),
+                    submitted_by=item.submitted_by,
                 )
             )
         return Prefill(
@@ -573,12 +703,16 @@ class HubClient:
             unavailable=tuple(answer.unavailable),
         )
 
-    async def access_history(self, subject_id: str) -> tuple[Access, ...]:
-        """Every ledger entry that touched the subject, oldest first. Raises Refused."""
+    async def access_history(
+        self, subject_id: str, *, assertion: envelope_pb2.Envelope | None = None
+    ) -> tuple[Access, ...]:
+        """Every ledger entry that touched the subject, oldest first. A form tool passes the
+        person's ``assertion``; a supervisor may leave it out. Raises Refused."""
+        body = exchange_pb2.AccessHistoryRequest(subject_id=subject_id)
+        if assertion is not None:
+            body.assertion.CopyFrom(assertion)
         answer = await self.call(
-            f"{EXCHANGE}/AccessHistory",
-            exchange_pb2.AccessHistoryRequest(subject_id=subject_id),
-            exchange_pb2.AccessHistoryResponse,
+            f"{EXCHANGE}/AccessHistory", body, exchange_pb2.AccessHistoryResponse
         )
         self.verify_receipt(answer.receipt)
         return tuple(
@@ -591,6 +725,137 @@ class HubClient:
                 purpose=r.purpose,
                 outcome=ledger_pb2.Outcome.Name(r.outcome),
                 reason=common_pb2.Reason.Name(r.reason) if r.reason else "",
+                material_types=tuple(r.material_types),
+                counterparty=r.counterparty,
+                identity_provider=r.identity_provider,
+                assurance_level=(
+                    person_pb2.AssuranceLevel.Name(r.assurance_level) if r.assurance_level else ""
+                ),
+                consent_id=r.consent_id,
             )
             for r in answer.records
         )
+
+    async def file_objection(
+        self,
+        material_type: str,
+        subject_id: str,
+        reason: str,
+        *,
+        proposed_fields: Mapping[str, str] | None = None,
+        assertion: envelope_pb2.Envelope | None = None,
+    ) -> FiledObjection:
+        """Object to the material on file for a subject. A form tool filing for the person
+        passes their ``assertion``; a consumer objecting on its own account leaves it out.
+        Raises Refused."""
+        body = exchange_pb2.FileObjectionRequest(
+            material_type=material_type,
+            subject_id=subject_id,
+            reason=reason,
+            proposed_fields=dict(proposed_fields or {}),
+        )
+        if assertion is not None:
+            body.assertion.CopyFrom(assertion)
+        answer = await self.call(f"{EXCHANGE}/FileObjection", body, exchange_pb2.ObjectionResponse)
+        objection = answer.objection
+        return FiledObjection(
+            id=objection.id,
+            material_type=objection.material_type,
+            reference=objection.reference,
+            owner=objection.owner,
+            state=exchange_pb2.ObjectionState.Name(objection.state),
+            deadline_us=from_timestamp(objection.deadline),
+            receipt=self.verify_receipt(answer.receipt),
+        )
+
+    # ------------------------------------------------------------------ the person's say
+
+    async def give_consent(
+        self,
+        subject_id: str,
+        *,
+        assertion: envelope_pb2.Envelope,
+        consumer: str,
+        material_type: str,
+        fields: Sequence[str],
+        purpose: str,
+        valid_until_us: int,
+        valid_from_us: int | None = None,
+        max_uses: int = 0,
+        min_interval_seconds: int = 0,
+        data_life_days: int = 0,
+    ) -> Consent:
+        """Record the person's consent (given through this form tool with their assertion).
+        Raises Refused."""
+        consent = person_pb2.Consent(
+            consumer=consumer,
+            material_type=material_type,
+            fields=list(fields),
+            purpose=purpose,
+            valid_until=to_timestamp(valid_until_us),
+            max_uses=max_uses,
+            min_interval_seconds=min_interval_seconds,
+            data_life_days=data_life_days,
+        )
+        if valid_from_us is not None:
+            consent.valid_from.CopyFrom(to_timestamp(valid_from_us))
+        answer = await self.call(
+            f"{PERSON}/GiveConsent",
+            person_pb2.GiveConsentRequest(
+                subject_id=subject_id, assertion=assertion, consent=consent
+            ),
+            person_pb2.ConsentResponse,
+        )
+        return Consent.from_proto(answer.consent, self.verify_receipt(answer.receipt))
+
+    async def revoke_consent(
+        self, subject_id: str, consent_id: str, *, assertion: envelope_pb2.Envelope
+    ) -> Consent:
+        """Revoke one of the person's consents, with effect at once. Raises Refused."""
+        answer = await self.call(
+            f"{PERSON}/RevokeConsent",
+            person_pb2.RevokeConsentRequest(
+                subject_id=subject_id, assertion=assertion, consent_id=consent_id
+            ),
+            person_pb2.ConsentResponse,
+        )
+        return Consent.from_proto(answer.consent, self.verify_receipt(answer.receipt))
+
+    async def list_consents(
+        self, subject_id: str, *, assertion: envelope_pb2.Envelope
+    ) -> tuple[Consent, ...]:
+        """Every consent the person gave, in force or not, oldest first. Raises Refused."""
+        answer = await self.call(
+            f"{PERSON}/ListConsents",
+            person_pb2.ListConsentsRequest(subject_id=subject_id, assertion=assertion),
+            person_pb2.ListConsentsResponse,
+        )
+        self.verify_receipt(answer.receipt)
+        return tuple(Consent.from_proto(c) for c in answer.consents)
+
+    async def confirm_form(
+        self,
+        subject_id: str,
+        form_id: str,
+        values: Mapping[str, str],
+        *,
+        assertion: envelope_pb2.Envelope,
+        prefill_sequence: int = 0,
+    ) -> Confirmation:
+        """Record that the person confirmed the completed form ``values`` (shown to them with
+        each prefilled value's source). Only a salted hash reaches the hub; keep the returned
+        salt with the form. Raises Refused."""
+        salt = os.urandom(32)
+        digest = completed_form_hash(values, salt)
+        answer = await self.call(
+            f"{PERSON}/ConfirmForm",
+            person_pb2.ConfirmFormRequest(
+                subject_id=subject_id,
+                assertion=assertion,
+                form_id=form_id,
+                prefill_sequence=prefill_sequence,
+                completed_sha256=digest,
+            ),
+            person_pb2.ConfirmFormResponse,
+        )
+        return Confirmation(form_id, salt, digest, self.verify_receipt(answer.receipt))

@@ -83,6 +83,7 @@ class FormField:
     name: str
     material_type: str
     material_field: str
+    label: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,13 +138,13 @@ CATALOG: tuple[CatalogEntry, ...] = (
 FORM_ID = "township-small-business-subsidy"
 FORM_NAME = "小微经营户补贴申请表 Small business subsidy application"
 FORM: tuple[FormField, ...] = (
-    FormField("applicant_name", HOUSEHOLD, "name"),
-    FormField("birth_date", HOUSEHOLD, "birth_date"),
-    FormField("address", HOUSEHOLD, "address"),
-    FormField("marital_status", MARRIAGE, "marital_status"),
-    FormField("spouse_name", MARRIAGE, "spouse_name"),
-    FormField("enterprise_name", LICENCE, "enterprise_name"),
-    FormField("credit_code", LICENCE, "credit_code"),
+    FormField("applicant_name", HOUSEHOLD, "name", "申请人姓名 Applicant"),
+    FormField("birth_date", HOUSEHOLD, "birth_date", "出生日期 Date of birth"),
+    FormField("address", HOUSEHOLD, "address", "户籍地址 Registered address"),
+    FormField("marital_status", MARRIAGE, "marital_status", "婚姻状况 Marital status"),
+    FormField("spouse_name", MARRIAGE, "spouse_name", "配偶姓名 Spouse"),
+    FormField("enterprise_name", LICENCE, "enterprise_name", "经营主体名称 Business name"),
+    FormField("credit_code", LICENCE, "credit_code", "统一社会信用代码 Credit code"),
 )
 
 _HUKOU = (

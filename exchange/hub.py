@@ -10,13 +10,14 @@ import structlog
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from exchange import ownership
+from exchange import logs, ownership
 from exchange.catalog.repository import CatalogStore
 from exchange.clock import now_us
 from exchange.config import Config
 from exchange.crypto.content import ContentKeys
 from exchange.crypto.keys import KeyFileError, SigningKey
 from exchange.crypto.keystore import Keystore, TlsIdentity
+from exchange.crypto.sealing import AtRest
 from exchange.ledger import Ledger, LedgerConfig
 from exchange.ledger.export import KeyRecord as ExportKey
 from exchange.ledger.feed import EntryFeed
@@ -26,6 +27,7 @@ from exchange.policy.operator import adopt_operator_key, resume_log_key_overlap
 from exchange.policy.rates import RateLimiter
 from exchange.routing.provider import ProviderRouter
 from exchange.store.cache import TtlCache
+from exchange.store.consents import Consents
 from exchange.store.database import AsyncConnections, hold_connections, open_engine, upgrade
 from exchange.store.leadership import Leadership
 from exchange.store.log_keys import LogKeys
@@ -87,6 +89,7 @@ class Hub:
         write_behind: Engine | None = None,
         operator_key: bytes | None = None,
     ) -> None:
+        logs.ensure_configured()  # embedded without the CLI: still no locals in tracebacks
         self.config = config
         self.engine = engine
         # Writes whose loss in a machine crash the ledger makes harmless go through an engine
@@ -132,7 +135,10 @@ class Hub:
         self.content_keys = ContentKeys.derive(subject_key)
         self.catalog = CatalogStore(engine)
         self.grants = GrantStore(engine)
-        self.index = MaterialIndex(engine)
+        # Personal data the hub keeps a while (objections' reasons and proposed values, answers
+        # of calls without a disclosure) is sealed under a key the database never holds.
+        self.at_rest = AtRest(subject_key)
+        self.index = MaterialIndex(engine, at_rest=self.at_rest)
         # Submissions for one material and subject are decided one at a time by every hub
         # process of a PostgreSQL database (exchange.flows.submit): held on connections of
         # their own, as a submission holds its lock while the owner's adapter stores.
@@ -141,7 +147,9 @@ class Hub:
             if engine.dialect.name == "postgresql"
             else None
         )
-        self.objections = Objections(engine)
+        self.objections = Objections(engine, self.at_rest)
+        # The person in the loop (issue 18): consents given through form tools.
+        self.consents = Consents(engine)
         self.rates = RateLimiter()
         self.providers = ProviderRouter(
             config.hub_id,

@@ -46,6 +46,14 @@ def configure(level: str = "info", fmt: str = "json") -> None:
     )
 
 
+def ensure_configured() -> None:
+    """Configure safe logging if nobody did (a hub embedded in another program, without the
+    CLI's ``configure``): structlog's defaults render tracebacks with local variables, which can
+    hold a subject id. A program that configured structlog itself keeps its configuration."""
+    if not structlog.is_configured():
+        configure("info", "console")
+
+
 def withhold_database_messages(
     _logger: Any, _method: str, event: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:

@@ -11,7 +11,14 @@ from pathlib import Path
 
 import pytest
 
-DEPARTMENT_SIDE = ["adapters.client", "adapters.provider", "adapters.auditor", "adapters.holdings"]
+DEPARTMENT_SIDE = [
+    "adapters.client",
+    "adapters.provider",
+    "adapters.auditor",
+    "adapters.holdings",
+    "adapters.web",
+    "adapters.identity",
+]
 FORBIDDEN_PACKAGES = ("exchange.api", "exchange.flows", "exchange.store", "exchange.supervision")
 FORBIDDEN_MODULES = ("exchange.hub", "exchange.ledger.writer", "exchange.cli")
 

@@ -130,7 +130,7 @@ class Pipeline:
                 authenticated.envelope_sha256,
                 method.name,
                 ANSWERED,
-                seal(response.SerializeToString(), disclosure),
+                seal(response.SerializeToString(), disclosure or self.hub.at_rest.secret),
             )
             return response
         except grpc.aio.AbortError:
@@ -152,7 +152,7 @@ class Pipeline:
                     caller.envelope_sha256,
                     method.name,
                     REFUSED,
-                    seal(status.SerializeToString(), disclosure),
+                    seal(status.SerializeToString(), disclosure or self.hub.at_rest.secret),
                 )
             await abort(context, status)
             raise AssertionError("unreachable") from None  # abort raises
@@ -272,7 +272,8 @@ class Pipeline:
         """Answer a retry: the first answer again, or a refusal if the bytes differ.
 
         Stored answers are sealed to the request's disclosure (exchange.crypto.sealing): the
-        retry carries it, the database does not.
+        retry carries it, the database does not. An answer to a call without a disclosure (a
+        ListObjections answer holds proposed values) is sealed under the hub's at-rest key.
         """
         if earlier.envelope_sha256 != caller.envelope_sha256 or earlier.method != method.name:
             raise errors.FailedPrecondition(
@@ -285,7 +286,7 @@ class Pipeline:
                 f"request {caller.request_id!r} is still being processed; retry shortly",
             )
         try:
-            answer = unseal(earlier.response, disclosure)
+            answer = unseal(earlier.response, disclosure or self.hub.at_rest.secret)
         except SealError as exc:
             raise errors.FailedPrecondition(
                 common_pb2.REQUEST_ID_REUSED,

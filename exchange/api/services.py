@@ -19,6 +19,7 @@ from exchange.flows import catalog as catalog_flows
 from exchange.flows import check as check_flow
 from exchange.flows import grants as grant_flows
 from exchange.flows import holdings as holdings_flow
+from exchange.flows import person as person_flows
 from exchange.flows import prefill as prefill_flow
 from exchange.flows import request as request_flow
 from exchange.flows import submit as submit_flow
@@ -29,6 +30,7 @@ from exchange.v1 import (
     exchange_pb2,
     grants_pb2,
     ledger_pb2,
+    person_pb2,
     registry_pb2,
 )
 
@@ -302,6 +304,39 @@ EXCHANGE_METHODS: tuple[Method[Any, Any], ...] = (
     ),
 )
 
+PERSON = "exchange.v1.Person"
+
+PERSON_METHODS: tuple[Method[Any, Any], ...] = (
+    Method(
+        f"/{PERSON}/GiveConsent",
+        person_pb2.GiveConsentRequest,
+        person_pb2.ConsentResponse,
+        ledger_pb2.CONSENT_GIVEN,
+        person_flows.give_consent,
+    ),
+    Method(
+        f"/{PERSON}/RevokeConsent",
+        person_pb2.RevokeConsentRequest,
+        person_pb2.ConsentResponse,
+        ledger_pb2.CONSENT_REVOCATION,
+        person_flows.revoke_consent,
+    ),
+    Method(
+        f"/{PERSON}/ListConsents",
+        person_pb2.ListConsentsRequest,
+        person_pb2.ListConsentsResponse,
+        ledger_pb2.CONSENT_LISTING,
+        person_flows.list_consents,
+    ),
+    Method(
+        f"/{PERSON}/ConfirmForm",
+        person_pb2.ConfirmFormRequest,
+        person_pb2.ConfirmFormResponse,
+        ledger_pb2.FORM_CONFIRMATION,
+        person_flows.confirm_form,
+    ),
+)
+
 # (service full name, methods) for every service the hub serves.
 SERVICES: tuple[tuple[str, tuple[Method[Any, Any] | StreamMethod[Any, Any], ...]], ...] = (
     (REGISTRY, REGISTRY_METHODS),
@@ -310,4 +345,5 @@ SERVICES: tuple[tuple[str, tuple[Method[Any, Any] | StreamMethod[Any, Any], ...]
     (GRANTS, GRANTS_METHODS),
     (EXCHANGE, EXCHANGE_METHODS),
     (SUPERVISION, SUPERVISION_METHODS),
+    (PERSON, PERSON_METHODS),
 )

@@ -59,13 +59,23 @@ class MaterialType:
         return tuple(f.name for f in self.fields)
 
 
+class PurposeBasis(enum.Enum):
+    """On what a purpose rests (the contract's ``PurposeBasis``): the law alone, the person's
+    presence (a subject assertion), or the person's consent."""
+
+    LEGAL_BASIS = "LEGAL_BASIS"
+    PERSON_PRESENT = "PERSON_PRESENT"
+    PERSON_CONSENT = "PERSON_CONSENT"
+
+
 @dataclass(frozen=True, slots=True)
 class Purpose:
-    """A catalogued purpose: the legal basis a request names."""
+    """A catalogued purpose: the legal basis a request names, and what else it needs."""
 
     id: str
     name: str
     legal_basis: str
+    basis: PurposeBasis = PurposeBasis.LEGAL_BASIS
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +126,20 @@ def material_type_to_proto(value: MaterialType) -> catalog_pb2.MaterialType:
 
 def purpose_to_proto(value: Purpose) -> catalog_pb2.Purpose:
     """The contract form of a purpose."""
-    return catalog_pb2.Purpose(id=value.id, name=value.name, legal_basis=value.legal_basis)
+    return catalog_pb2.Purpose(
+        id=value.id,
+        name=value.name,
+        legal_basis=value.legal_basis,
+        basis=catalog_pb2.PurposeBasis.Value(value.basis.value),
+    )
+
+
+def purpose_basis(value: catalog_pb2.PurposeBasis.ValueType) -> PurposeBasis:
+    """The basis a contract value names; unset means LEGAL_BASIS (purposes defined before bases
+    existed rest on the law alone). Raises ValueError for a value the contract does not know."""
+    if value == catalog_pb2.PURPOSE_BASIS_UNSPECIFIED:
+        return PurposeBasis.LEGAL_BASIS
+    return PurposeBasis(catalog_pb2.PurposeBasis.Name(value))
 
 
 def form_to_proto(value: Form) -> catalog_pb2.Form:

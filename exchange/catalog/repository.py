@@ -14,6 +14,7 @@ from exchange.catalog.model import (
     FormField,
     MaterialType,
     Purpose,
+    PurposeBasis,
     SharingClass,
 )
 from exchange.crypto.subject import SubjectIdScheme
@@ -153,13 +154,13 @@ class CatalogStore:
         if row is None:
             return None
         m = row._mapping
-        return Purpose(m["id"], m["name"], m["legal_basis"])
+        return Purpose(m["id"], m["name"], m["legal_basis"], PurposeBasis(m["basis"]))
 
     def purposes(self) -> list[Purpose]:
         """Every purpose, ordered by id."""
         with self.engine.connect() as conn:
             rows = conn.execute(select(purposes).order_by(purposes.c.id)).all()
-        return [Purpose(r.id, r.name, r.legal_basis) for r in rows]
+        return [Purpose(r.id, r.name, r.legal_basis, PurposeBasis(r.basis)) for r in rows]
 
     def put_purpose(self, conn: Connection, value: Purpose, now_us: int) -> None:
         """Insert or replace a purpose in ``conn``'s transaction (its ledger entry's);
@@ -167,7 +168,11 @@ class CatalogStore:
         conn.execute(delete(purposes).where(purposes.c.id == value.id))
         conn.execute(
             insert(purposes).values(
-                id=value.id, name=value.name, legal_basis=value.legal_basis, defined_us=now_us
+                id=value.id,
+                name=value.name,
+                legal_basis=value.legal_basis,
+                basis=value.basis.value,
+                defined_us=now_us,
             )
         )
 

@@ -35,6 +35,7 @@ from exchange.ledger.checkpoint import CheckpointError, NoteVerifier, verifier_k
 from exchange.ledger.export import KeyRecord, export_ledger, first_keys
 from exchange.ledger.verify import verify_export
 from exchange.store.database import open_engine
+from exchange.store.files import open_private_text
 
 KeyHistory = Callable[[Engine], Sequence[KeyRecord]]
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -207,7 +208,7 @@ def export_command(
             legacy = NoteVerifier.parse(hub_keys[0]).public_key
             keys = list(_registry_key_history(configured.hub_id, legacy)(engine))
         temporary = out_path.with_name(out_path.name + ".partial")
-        with temporary.open("w", encoding="utf-8") as out:
+        with open_private_text(temporary) as out:  # owner-readable only
             summary = export_ledger(
                 engine, out, keys, hub_keys, operator_keys=first_keys(keys, configured.hub_id)
             )

@@ -1,11 +1,14 @@
 """``exchange demo``: the whole story on one machine, on the embedded default.
 
 Creates keys, starts a hub on SQLite and three departments' provider adapters over their own
-synthetic SQLite databases, registers a township form tool, and narrates: a form prefilled with
-each field's source; a missing field collected and submitted once; the same submission again
-(ALREADY_ON_FILE); a conditional request refused, then granted and served; a NOT_SHARED request
-refused; the person's access history; alerts and the burden report; the ledger exported and
-verified offline. Everything it started is stopped before it exits 0, unless --keep-running.
+synthetic SQLite databases, registers a township form tool and a development identity provider,
+and narrates: 王五 authenticates at the counter; his form prefilled with each field's source
+(authoritative or person-provided); the missing field collected and submitted once; the same
+submission again (ALREADY_ON_FILE); he confirms the completed form; a conditional request
+refused, then granted and served; a NOT_SHARED request refused; a department requests his
+material under a legal basis; he gives a consent, it is used, he revokes it and the next request
+is refused; his access history; alerts and the burden report; the ledger exported and verified
+offline. Everything it started is stopped before it exits 0, unless --keep-running.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from adapters.client import HubClient, Identity, Refused
 from exchange.cli.main import run
 from exchange.config import Config
 from exchange.crypto.keystore import Keystore
-from exchange.v1 import catalog_pb2, common_pb2, grants_pb2, registry_pb2
+from exchange.v1 import catalog_pb2, common_pb2, envelope_pb2, grants_pb2, registry_pb2
 
 T = TypeVar("T")
 
@@ -34,6 +37,8 @@ HUB_ID = "hub"
 SUBSIDY = "small-business-subsidy"
 LICENCE_REVIEW = "licence-review"
 SUPERVISION = "demo.supervision"
+IDENTITY = "demo.identity-platform"
+LOAN = "business-loan-subsidy"
 STEP = 0
 
 
@@ -103,6 +108,7 @@ class Story:
         self.keystore.init_hub(HUB_ID, ("localhost", "127.0.0.1"))
         data.create_keys(self.keystore)
         self.keystore.add_department(SUPERVISION)
+        self.keystore.add_department(IDENTITY)
         ok(f"development CA and keys under {self.keystore.root}")
         config = dataclasses.replace(
             Config(),
@@ -149,18 +155,43 @@ class Story:
             operator,
             "demo.supervision",
             "监察室 Supervision office (demo)",
-            [common_pb2.AUDITOR],
+            [common_pb2.AUDITOR, common_pb2.SUPERVISOR],
             "",
         )
-        ok("township form tool and supervision office registered")
-        for purpose, name, basis in (
-            (SUBSIDY, "Small business subsidy", "示例省小微经营户补贴办法 (demo) art. 5"),
-            (LICENCE_REVIEW, "Business licence review", "示例市市场主体登记条例 (demo) art. 12"),
+        await self._register(
+            operator,
+            IDENTITY,
+            "统一身份认证平台 Unified identity platform (demo, development provider)",
+            [common_pb2.IDENTITY_PROVIDER],
+            "",
+        )
+        ok("township form tool, supervision office and identity platform registered")
+        for purpose, name, law, person_basis in (
+            (
+                SUBSIDY,
+                "Small business subsidy",
+                "示例省小微经营户补贴办法 (demo) art. 5",
+                catalog_pb2.LEGAL_BASIS,
+            ),
+            (
+                LICENCE_REVIEW,
+                "Business licence review",
+                "示例市市场主体登记条例 (demo) art. 12",
+                catalog_pb2.LEGAL_BASIS,
+            ),
+            (
+                LOAN,
+                "Business loan interest subsidy",
+                "示例市创业担保贷款贴息办法 (demo) art. 8: with the applicant's consent",
+                catalog_pb2.PERSON_CONSENT,
+            ),
         ):
             await operator.call(
                 "/exchange.v1.Catalog/DefinePurpose",
                 catalog_pb2.DefinePurposeRequest(
-                    purpose=catalog_pb2.Purpose(id=purpose, name=name, legal_basis=basis)
+                    purpose=catalog_pb2.Purpose(
+                        id=purpose, name=name, legal_basis=law, basis=person_basis
+                    )
                 ),
                 catalog_pb2.PurposeResponse,
             )
@@ -191,7 +222,7 @@ class Story:
                     fields=[
                         catalog_pb2.FormField(
                             name=f.name,
-                            label=f.name.replace("_", " "),
+                            label=f.label or f.name.replace("_", " "),
                             material_type=f.material_type,
                             material_field=f.material_field,
                         )
@@ -255,15 +286,32 @@ class Story:
         )
 
     async def tell(self) -> None:
+        from adapters.identity import Assurance, DevelopmentIdentityProvider
+
         township = self.client(data.TOWNSHIP)
         market = self.client(data.MARKET_REGULATION)
+        platform = DevelopmentIdentityProvider(
+            IDENTITY, self.keystore.department_signing_key(IDENTITY)
+        )
+
+        step("王五 (demo) authenticates at the township counter")
+        error = await expect_refusal(
+            township.prefill(data.FORM_ID, data.WANG_WU, assertion=envelope_pb2.Envelope())
+        )
+        refused(f"without him, the form tool gets nothing: {error.code.name} {error.reason}")
+        counter = platform.issue(data.WANG_WU, data.TOWNSHIP, Assurance.ID_CARD_AT_COUNTER)
+        ok(
+            f"{IDENTITY} checked his ID card and signed an assertion for {data.TOWNSHIP} "
+            "(10 minutes at most; the hub keeps only its hash)"
+        )
+        person = counter.envelope
 
         step("王五 (demo) applies for a small business subsidy at the township office")
-        prefill = await township.prefill(data.FORM_ID, data.WANG_WU)
+        prefill = await township.prefill(data.FORM_ID, data.WANG_WU, assertion=person)
         for value in prefill.fields:
             say(
                 f"    {value.name:16} = {value.value:28} ← {value.holder} "
-                f"({value.material_type} v{value.version})"
+                f"({value.material_type} v{value.version}, {value.source_class.lower()})"
             )
         for name in prefill.missing:
             say(f"    {name:16} = (not on file: ask the person)", fg="yellow")
@@ -278,6 +326,24 @@ class Story:
         step("Another office collects the same material again")
         again = await township.submit(data.MARRIAGE, data.WANG_WU, collected)
         ok(f"{again.outcome}: nothing stored, existing {again.reference}; a re-collection avoided")
+
+        step("王五 previews the completed form, each value with its source, and confirms")
+        preview = await township.prefill(data.FORM_ID, data.WANG_WU, assertion=person)
+        for value in preview.fields:
+            if value.material_type == data.MARRIAGE:
+                say(
+                    f"    {value.name:16} = {value.value:28} ← {value.source_class.lower()} "
+                    f"(given by him at {value.submitted_by}, not yet confirmed by {value.holder})"
+                )
+        completed = {**preview.values(), "spouse_name": ""}
+        confirmation = await township.confirm_form(
+            data.WANG_WU,
+            data.FORM_ID,
+            completed,
+            assertion=person,
+            prefill_sequence=preview.receipt.sequence,
+        )
+        ok(f"confirmation recorded as ledger entry #{confirmation.receipt.sequence}")
 
         step("Market regulation asks civil affairs for 张三's marriage record (CONDITIONAL)")
         error = await expect_refusal(
@@ -311,14 +377,56 @@ class Story:
             )
         refused("5 more refusals in a row: each one is a ledger entry the supervisors' rules read")
 
+        step("Market regulation requests 王五's marital status under a legal basis")
+        material = await market.request(data.MARRIAGE, data.WANG_WU, purpose=LICENCE_REVIEW)
+        ok(
+            f"served {dict(material.fields)} for {LICENCE_REVIEW} (a legal basis: no consent "
+            "needed, and he will see it)"
+        )
+
+        step("For a loan subsidy, market regulation needs 王五's consent")
+        await self._grant(
+            data.CIVIL_AFFAIRS,
+            data.MARKET_REGULATION,
+            data.MARRIAGE,
+            ["marital_status"],
+            [LOAN],
+        )
+        error = await expect_refusal(market.request(data.MARRIAGE, data.WANG_WU, purpose=LOAN))
+        refused(f"without his consent: {error.code.name} {error.reason}")
+        from exchange.clock import now_us
+
+        consent = await township.give_consent(
+            data.WANG_WU,
+            assertion=person,
+            consumer=data.MARKET_REGULATION,
+            material_type=data.MARRIAGE,
+            fields=["marital_status"],
+            purpose=LOAN,
+            valid_until_us=now_us() + 30 * 86_400_000_000,
+            max_uses=3,
+            data_life_days=90,
+        )
+        ok(
+            f"王五 consents at the counter: {consent.id}, marital_status only, for {LOAN}, "
+            f"3 uses within 30 days, data kept at most {consent.data_life_days} days"
+        )
+        material = await market.request(data.MARRIAGE, data.WANG_WU, purpose=LOAN)
+        kept = datetime.fromtimestamp((material.keep_until_us or 0) / 1e6).strftime("%Y-%m-%d")
+        ok(f"served {dict(material.fields)} under {material.consent_id}; keep until {kept}")
+        await township.revoke_consent(data.WANG_WU, consent.id, assertion=person)
+        ok(f"王五 revokes {consent.id}: in effect at once")
+        error = await expect_refusal(market.request(data.MARRIAGE, data.WANG_WU, purpose=LOAN))
+        refused(f"after the revocation: {error.code.name} {error.reason}")
+
         step("王五 asks the township office who has used his material")
-        for access in await township.access_history(data.WANG_WU):
+        for access in await township.access_history(data.WANG_WU, assertion=person):
             reason = f" ({access.reason})" if access.reason else ""
             when = datetime.fromtimestamp(access.time_us / 1e6).strftime("%H:%M:%S")
+            types = ",".join(access.material_types) or "-"
             say(
-                f"    #{access.sequence:<4} {when} {access.actor:24} {access.kind:15} "
-                f"{access.material_type or '-':24} {access.purpose or '-':22} "
-                f"{access.outcome}{reason}"
+                f"    #{access.sequence:<4} {when} {access.actor:24} {access.kind:18} "
+                f"{types:40} {access.purpose or '-':22} {access.outcome}{reason}"
             )
 
     async def oversight(self) -> None:
@@ -371,7 +479,9 @@ class Story:
         from exchange.store.database import open_engine
 
         engine = open_engine(f"sqlite:///{self.root / 'hub.db'}")
-        with out.open("w") as handle:
+        from exchange.store.files import open_private_text
+
+        with open_private_text(out) as handle:
             summary = export_ledger(
                 engine,
                 handle,
@@ -406,8 +516,9 @@ class Story:
         self.adapters.clear()
 
 
-async def _demo(root: Path, port: int, keep_running: bool) -> None:
+async def _demo(root: Path, port: int, keep_running: bool, web_port: int | None) -> None:
     story = Story(root, port)
+    web = None
     try:
         await story.setup()
         await story.tell()
@@ -419,12 +530,30 @@ async def _demo(root: Path, port: int, keep_running: bool) -> None:
                 f"Try: exchange registry list --listen 127.0.0.1:{story.hub.port} "
                 f"--keys-dir {story.keystore.root}"
             )
+            if web_port is not None:
+                from exchange.cli import demo_web
+
+                web = await demo_web.start_web(
+                    story.client(HUB_ID),
+                    story.keystore,
+                    f"127.0.0.1:{story.hub.port}",
+                    story.hub.hub.ledger.verifier_key,
+                    root,
+                    web_port,
+                    IDENTITY,
+                )
+                url = web.server.url
+                say("The web pages (open in a browser):", bold=True)
+                say(f"    counter (基层窗口): {url}/counter   clerk / {demo_web.CLERK_PASSWORD}")
+                say(f"    my data (我的数据): {url}/me        e.g. 王五 {data.WANG_WU}")
             say("Ctrl-C stops everything.")
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.Event().wait()
             return
         await story.audit()
     finally:
+        if web is not None:
+            await web.stop()
         await story.stop()
     say()
     say("Demo complete: everything it started has stopped.", bold=True)
@@ -441,7 +570,14 @@ async def _demo(root: Path, port: int, keep_running: bool) -> None:
 )
 @click.option("--port", default=0, help="Hub port (0: any free port).")
 @click.option("--keep-running", is_flag=True, help="Leave the hub and adapters up for the CLI.")
-def demo(root: Path, port: int, keep_running: bool) -> None:
+@click.option(
+    "--web-port",
+    default=8080,
+    show_default=True,
+    help="With --keep-running: serve the counter and my data pages here (0: any free port).",
+)
+@click.option("--no-web", is_flag=True, help="With --keep-running: do not serve the web pages.")
+def demo(root: Path, port: int, keep_running: bool, web_port: int, no_web: bool) -> None:
     """Run the whole story: prefill, collect once, grants, refusals, history, audit."""
     from exchange import logs
 
@@ -451,7 +587,7 @@ def demo(root: Path, port: int, keep_running: bool) -> None:
     root.mkdir(parents=True)
     say("gov-exchange demo — collect once, share many times; every access on the ledger", bold=True)
     try:
-        run(_demo(root, port, keep_running))
+        run(_demo(root, port, keep_running, None if no_web else web_port))
     except KeyboardInterrupt:
         say("stopped")
 

@@ -23,6 +23,7 @@ import click
 from google.protobuf.message import Message
 
 from adapters.client import HubClient, Identity, Refused, VerificationError
+from adapters.identity import IdentityError, parse_assertion
 from exchange.cli import flows_output as out
 from exchange.cli.main import fail, load_config, run
 from exchange.cli.material_file import MaterialFileError, load_material_type
@@ -31,7 +32,7 @@ from exchange.config import Config
 from exchange.crypto.keys import KeyFileError
 from exchange.crypto.keystore import Keystore, check_department_id
 from exchange.ledger import CheckpointError, NoteVerifier
-from exchange.v1 import catalog_pb2, grants_pb2
+from exchange.v1 import catalog_pb2, envelope_pb2, grants_pb2
 
 T = TypeVar("T")
 Response = TypeVar("Response", bound=Message)
@@ -272,20 +273,48 @@ def request(
         click.echo(f"  {name:24} {value}")
 
 
+def read_assertion(path: Path) -> envelope_pb2.Envelope:
+    """The subject assertion in ``path`` (written by ``exchange person assert`` or a real
+    identity provider's bridge). Raises click.BadParameter if it is not one."""
+    try:
+        return parse_assertion(path.read_bytes())
+    except (OSError, IdentityError) as exc:
+        raise click.BadParameter(f"{path}: {exc}", param_hint="--assertion") from exc
+
+
+def assertion_option(required: bool) -> Callable[[Command], Command]:
+    """The --assertion FILE option of the calls made for a person."""
+    return click.option(
+        "--assertion",
+        "assertion_path",
+        type=click.Path(dir_okay=False, exists=True, path_type=Path),
+        required=required,
+        help="The person's subject assertion (a file from their identity provider; "
+        "`exchange person assert` makes one on a development hub).",
+    )
+
+
 @click.command()
 @click.argument("form_id")
 @click.argument("subject_id")
+@assertion_option(required=True)
 @with_caller
-def prefill(caller: Caller, form_id: str, subject_id: str, as_json: bool) -> None:
-    """Prefill a registered form: each value with its source, and what is left to ask."""
-    result = caller.perform(lambda client: client.prefill(form_id, subject_id))
+def prefill(
+    caller: Caller, form_id: str, subject_id: str, assertion_path: Path, as_json: bool
+) -> None:
+    """Prefill a registered form for a person who authenticated to this form tool: each value
+    with its source (authoritative or person-provided), and what is left to ask (the preview
+    to show the person before the form is used)."""
+    assertion = read_assertion(assertion_path)
+    result = caller.perform(lambda client: client.prefill(form_id, subject_id, assertion=assertion))
     if as_json:
         out.echo_json(out.prefill_as_dict(form_id, result))
         return
     for value in result.fields:
+        source = "authoritative" if value.source_class == "AUTHORITATIVE" else "person-provided"
         click.echo(
             f"  {value.name:24} = {value.value}  <- {value.holder} "
-            f"({value.material_type} v{value.version})"
+            f"({value.material_type} v{value.version}, {source})"
         )
     for name in result.missing:
         click.echo(f"  {name:24}   (not on file: ask the person)")

@@ -95,6 +95,8 @@ def prefill_as_dict(form_id: str, prefill: Prefill) -> dict[str, Any]:
                 "reference": f.reference,
                 "version": f.version,
                 "content_hash": f.content_hash.hex(),
+                "source_class": f.source_class,
+                "submitted_by": f.submitted_by,
             }
             for f in prefill.fields
         ],

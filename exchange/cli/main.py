@@ -63,9 +63,11 @@ def _register_subcommands() -> None:
         "exchange.cli.audit",
         "exchange.cli.demo",
         "exchange.cli.flows_commands",
+        "exchange.cli.person_commands",
         "exchange.cli.supervise_commands",
         "exchange.cli.adapter_commands",
         "exchange.cli.witness_commands",
+        "exchange.cli.web_commands",
     ):
         try:
             module = __import__(optional, fromlist=["commands"])

@@ -20,6 +20,7 @@ from exchange.catalog.model import (
     SharingClass,
     form_to_proto,
     material_type_to_proto,
+    purpose_basis,
     purpose_to_proto,
 )
 from exchange.catalog.schema import check_field_name, check_identifier
@@ -178,8 +179,14 @@ async def define_purpose(
         check_identifier(body.purpose.id, "purpose.id")
         lookups.require_text(body.purpose.name.strip(), "purpose.name", 500)
         lookups.require_text(body.purpose.legal_basis.strip(), "purpose.legal_basis", 2000)
+        try:
+            basis = purpose_basis(body.purpose.basis)
+        except ValueError:
+            raise errors.InvalidArgument(
+                common_pb2.INVALID_ARGUMENT_FIELD, "purpose.basis is not a known PurposeBasis"
+            ) from None
         value = Purpose(
-            body.purpose.id, body.purpose.name.strip(), body.purpose.legal_basis.strip()
+            body.purpose.id, body.purpose.name.strip(), body.purpose.legal_basis.strip(), basis
         )
         receipt = await record(
             hub.ledger,

@@ -19,6 +19,7 @@ from exchange import errors
 from exchange.catalog.schema import canonical_fields
 from exchange.clock import now_us, to_timestamp
 from exchange.flows import lookups
+from exchange.flows.person import require_person
 from exchange.flows.record import ReadBack, record
 from exchange.policy.identity import Caller
 from exchange.store.materials import Proposal
@@ -55,7 +56,12 @@ async def file_objection(
 ) -> exchange_pb2.ObjectionResponse:
     """File an objection against the current version of a material.
 
-    Raises PermissionDenied (ROLE_REQUIRED: form tools and consumers), InvalidArgument
+    A person's objection (filed by a form tool, or by anyone with an assertion) needs the
+    person's subject assertion (exchange.flows.person); a consumer objecting on its own account
+    files without one.
+
+    Raises PermissionDenied (ROLE_REQUIRED: form tools and consumers), the refusals of
+    ``require_person``, InvalidArgument
     (missing subject or reason, proposed fields outside the schema), NotFound
     (UNKNOWN_MATERIAL_TYPE, NOT_ON_FILE).
     """
@@ -63,6 +69,8 @@ async def file_objection(
     with lookups.facts(material_type=body.material_type[:128], subject_ref=subject_ref) as known:
         lookups.require_role(caller, *FILE_ROLES, what="FileObjection")
         lookups.require_text(body.subject_id, "subject_id", 128)
+        if body.HasField("assertion") or "CONSUMER" not in caller.roles:
+            await require_person(hub, caller, body.assertion, body.subject_id, known)
         reason = lookups.require_text(body.reason.strip(), "reason", 2000)
         material_type = await lookups.material_type(hub, body.material_type)
         lookups.subject_id(body.subject_id, material_type.subject_id_scheme)
@@ -106,7 +114,11 @@ async def file_objection(
             counterparty=material_type.owner,
             reference=current.reference,
             version=current.version,
-            attributes={"objection_id": proposal.id, "deadline_us": str(proposal.deadline_us)},
+            attributes={
+                **known.get("attributes", {}),
+                "objection_id": proposal.id,
+                "deadline_us": str(proposal.deadline_us),
+            },
         )
     stored = file.value
     assert stored is not None  # inserted in the same transaction

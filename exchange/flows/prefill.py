@@ -6,7 +6,14 @@ department that owns it), looks the material up in its index, and fetches only t
 the holders, all holders concurrently. The answer gives each filled field with its provenance
 (holder, reference, version, content hash) and lists the rest: ``missing`` (not on file: ask
 the person), ``withheld`` (on file, not permitted here: ask the person) and ``unavailable`` (the
-holder did not answer: retry later). One ledger entry records the whole prefill.
+holder did not answer: retry later). ``withheld`` is only said of material that is on file
+for the person: with nothing on file a field is ``missing``, whatever the grants.
+
+Prefill is made for a person: it needs their subject assertion (exchange.flows.person), and its
+entry records the identity provider, the assurance level and the assertion's hash. Each filled
+field carries its source class: AUTHORITATIVE when the holder stored that version itself,
+PERSON_PROVIDED when a collector submitted it on the person's word. One ledger entry records the
+whole prefill, naming every material type read.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from exchange.catalog.model import FormField, MaterialType, SharingClass
 from exchange.clock import now_us
 from exchange.flows import lookups
 from exchange.flows.material import check_fields, mismatch, open_record
+from exchange.flows.person import require_person
 from exchange.flows.record import record
 from exchange.flows.request import grants_for, take_rate
 from exchange.flows.validity import Share
@@ -75,7 +83,8 @@ async def prefill(
 ) -> exchange_pb2.PrefillResponse:
     """Prefill a registered form for a subject.
 
-    Raises PermissionDenied (ROLE_REQUIRED), InvalidArgument, NotFound (UNKNOWN_FORM),
+    Raises PermissionDenied (ROLE_REQUIRED), InvalidArgument, NotFound (UNKNOWN_FORM), the
+    refusals of ``exchange.flows.person.require_person`` (the person's assertion),
     ResourceExhausted (RATE_LIMITED on a grant used). A holder that is down, slow or answers
     content that disagrees with the index does not fail the call: its fields are listed as
     ``unavailable`` and the entry says so.
@@ -85,8 +94,9 @@ async def prefill(
         lookups.require_role(caller, "FORM_TOOL", what="Prefill")
         lookups.require_text(body.subject_id, "subject_id", 128)
         form = await lookups.form(hub, body.form_id)
-        known["purpose"] = form.purpose
+        known["purpose"] = form.purpose  # a refused attempt shows the person its purpose too
         subject_id = lookups.subject_id(body.subject_id)
+        await require_person(hub, caller, body.assertion, subject_id, known)
         me = await lookups.department(hub, caller.department_id)
         consumers = (caller.department_id,) + ((me.owner,) if me is not None and me.owner else ())
 
@@ -114,7 +124,9 @@ async def prefill(
             part.permit = _permit_part(part.material_type, grants, wanted, form.purpose)
             if part.permit is not None:
                 take_rate(hub, part.permit.grant)
-                part.current = await lookups.indexed(hub, type_id, subject_ref)
+            # Looked up even when nothing is permitted: only material actually on file may be
+            # reported as withheld (the index holds no content, so nothing leaks).
+            part.current = await lookups.indexed(hub, type_id, subject_ref)
 
         latencies: list[float] = []  # of holders that answered, for supervision
 
@@ -166,7 +178,7 @@ async def prefill(
             part.envelope = answer.material
             part.values = dict(delivered.fields)
 
-        fetching = [p for p in parts.values() if p.current is not None]
+        fetching = [p for p in parts.values() if p.current is not None and p.permit is not None]
         await asyncio.gather(*(fetch(p) for p in fetching))
 
         response = exchange_pb2.PrefillResponse()
@@ -175,15 +187,10 @@ async def prefill(
         for part in parts.values():
             permitted = set(part.permit.fields) if part.permit else set()
             for field in part.form_fields:
-                if part.material_type is None or part.permit is None:
-                    if part.material_type is None:
-                        missing.append(field.name)
-                    else:
-                        withheld.append(field.name)
-                elif field.material_field not in permitted:
-                    withheld.append(field.name)
-                elif part.current is None:
+                if part.material_type is None or part.current is None:
                     missing.append(field.name)
+                elif part.permit is None or field.material_field not in permitted:
+                    withheld.append(field.name)
                 elif part.values is None:
                     unavailable.append(field.name)
                 elif field.material_field not in part.values:
@@ -197,6 +204,12 @@ async def prefill(
                         reference=part.current.reference,
                         version=part.current.version,
                         content_hash=part.current.content_hash,
+                        source_class=(
+                            exchange_pb2.AUTHORITATIVE
+                            if part.current.submitted_by == part.current.holder
+                            else exchange_pb2.PERSON_PROVIDED
+                        ),
+                        submitted_by=part.current.submitted_by,
                     )
             if part.envelope is not None:
                 response.materials.append(part.envelope)
@@ -206,7 +219,12 @@ async def prefill(
         response.missing.extend(sorted(missing, key=order.__getitem__))
         response.withheld.extend(sorted(withheld, key=order.__getitem__))
         response.unavailable.extend(sorted(unavailable, key=order.__getitem__))
-        used = sorted({f.material_type for f in response.fields})
+        # Every material type read from its holder, whether or not a field was filled from it.
+        used = sorted(
+            p.material_type.id
+            for p in parts.values()
+            if p.material_type is not None and p.values is not None
+        )
         # What was delivered, and under which grant: checked again as the entry is appended.
         shares = [
             Share(p.material_type.id, p.permit.grant.id if p.permit.grant else None)
@@ -214,6 +232,7 @@ async def prefill(
             if p.material_type is not None and p.permit is not None and p.values is not None
         ]
         attributes = {
+            **known["attributes"],
             "form": form.id,
             "material_types": ",".join(used),
             "filled": str(len(response.fields)),

@@ -1,7 +1,9 @@
 """Request: a consumer gets material from its holder, within what it was granted.
 
 Checked in order: consumer role, material type, purpose catalogued, sharing class, fields,
-grant (in force, purpose, fields), rate, on file. Then the hub forwards a hub-signed
+grant (in force, purpose, fields), what the purpose's basis needs of the person (nothing for a
+legal basis; their subject assertion for PERSON_PRESENT; a consent in force for PERSON_CONSENT,
+which also narrows the fields to those consented), rate, on file. Then the hub forwards a hub-signed
 FetchRequest naming only the permitted fields to the owner's adapter, checks the owner-signed
 answer against its index, and returns that envelope unchanged. Every outcome is one entry.
 """
@@ -12,15 +14,16 @@ import time
 from typing import TYPE_CHECKING
 
 from exchange import errors
-from exchange.catalog.model import SharingClass
-from exchange.clock import now_us
+from exchange.catalog.model import PurposeBasis, SharingClass
+from exchange.clock import now_us, to_timestamp
 from exchange.flows import lookups
 from exchange.flows.material import check_fields, mismatch, open_record
+from exchange.flows.person import consent_for_request, keep_until_us, require_person, use_consent
 from exchange.flows.record import record
 from exchange.flows.validity import Share
 from exchange.policy.grants import Grant
 from exchange.policy.identity import Caller
-from exchange.policy.sharing import permit
+from exchange.policy.sharing import Permit, permit
 from exchange.routing.provider import forwarded_id
 from exchange.v1 import common_pb2, exchange_pb2, ledger_pb2
 
@@ -78,7 +81,7 @@ async def request(
         subject_id = lookups.subject_id(body.subject_id, material_type.subject_id_scheme)
         known["counterparty"] = material_type.owner
         known["attributes"] = {"sharing_class": material_type.sharing_class.name}
-        await lookups.purpose(hub, body.purpose)
+        purpose = await lookups.purpose(hub, body.purpose)
         grants = (
             await grants_for(hub, (caller.department_id,), material_type.id)
             if material_type.sharing_class is SharingClass.CONDITIONAL
@@ -92,6 +95,22 @@ async def request(
         if allowed.grant is not None:
             attributes["grant_id"] = allowed.grant.id
         known["attributes"] = attributes
+        consent = None
+        if purpose.basis is PurposeBasis.PERSON_PRESENT:
+            await require_person(hub, caller, body.assertion, body.subject_id, known)
+        elif purpose.basis is PurposeBasis.PERSON_CONSENT:
+            consent = await consent_for_request(
+                hub, caller, subject_ref, material_type.id, purpose.id, tuple(body.fields)
+            )
+            attributes["consent_id"] = consent.id
+            narrowed = tuple(f for f in allowed.fields if f in consent.fields)
+            if not narrowed:
+                raise errors.PermissionDenied(
+                    common_pb2.CONSENT_REQUIRED,
+                    "the person's consent covers none of the fields the grant allows",
+                )
+            allowed = Permit(narrowed, allowed.grant)
+            attributes["fields"] = ",".join(narrowed)
         take_rate(hub, allowed.grant)
         current = await lookups.indexed(hub, material_type.id, subject_ref)
         if current is None:
@@ -137,6 +156,7 @@ async def request(
             hub.ledger,
             caller,
             ledger_pb2.REQUEST,
+            effect=None if consent is None else use_consent(hub, consent),
             subject_ref=subject_ref,
             material_type=material_type.id,
             content_hash=current.content_hash,
@@ -147,4 +167,8 @@ async def request(
             attributes=attributes,
             shares=(Share(material_type.id, allowed.grant.id if allowed.grant else None),),
         )
-    return exchange_pb2.MaterialResponse(material=answer.material, receipt=receipt)
+    response = exchange_pb2.MaterialResponse(material=answer.material, receipt=receipt)
+    if consent is not None:
+        response.consent_id = consent.id
+        response.keep_until.CopyFrom(to_timestamp(keep_until_us(consent)))
+    return response

@@ -26,12 +26,17 @@ SALT_BYTES = 32
 PERSONAL_FIELDS: dict[str, tuple[str, ...]] = {
     "exchange.v1.CheckRequest": ("subject_id",),
     "exchange.v1.SubmitRequest": ("subject_id", "fields"),
-    "exchange.v1.MaterialRequest": ("subject_id",),
-    "exchange.v1.PrefillRequest": ("subject_id",),
-    "exchange.v1.AccessHistoryRequest": ("subject_id",),
-    "exchange.v1.FileObjectionRequest": ("subject_id", "reason", "proposed_fields"),
+    "exchange.v1.MaterialRequest": ("subject_id", "assertion"),
+    "exchange.v1.PrefillRequest": ("subject_id", "assertion"),
+    "exchange.v1.AccessHistoryRequest": ("subject_id", "assertion"),
+    "exchange.v1.FileObjectionRequest": ("subject_id", "reason", "proposed_fields", "assertion"),
     "exchange.v1.ResolveObjectionRequest": ("resolution", "corrected_fields"),
     "exchange.v1.PublishHoldingsRequest": ("holdings",),
+    # The person in the loop: a subject assertion names the subject, so it is personal too.
+    "exchange.v1.GiveConsentRequest": ("subject_id", "assertion"),
+    "exchange.v1.RevokeConsentRequest": ("subject_id", "assertion"),
+    "exchange.v1.ListConsentsRequest": ("subject_id", "assertion"),
+    "exchange.v1.ConfirmFormRequest": ("subject_id", "assertion"),
 }
 
 Body = TypeVar("Body", bound=Message)
@@ -44,12 +49,16 @@ def _collection(value: object) -> bool:
 
 def _has(message: Message, name: str) -> bool:
     value = getattr(message, name)
+    if isinstance(value, Message):  # a submessage (a subject assertion's envelope)
+        return message.HasField(name)
     return len(value) > 0 if _collection(value) else bool(value)
 
 
 def _copy(source: Message, target: Message, name: str) -> None:
     value = getattr(source, name)
-    if _collection(value):
+    if isinstance(value, Message):
+        getattr(target, name).CopyFrom(value)
+    elif _collection(value):
         getattr(target, name).MergeFrom(value)
     else:
         setattr(target, name, value)

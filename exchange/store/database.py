@@ -17,6 +17,8 @@ from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError
 
+from exchange.store.files import create_private
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 _log = structlog.get_logger("exchange.store")
@@ -29,11 +31,12 @@ HELD_SQLITE_CONNECTIONS = 15
 def open_engine(url: str, *, synchronous: str = "FULL", **kwargs: Any) -> Engine:
     """Create an engine for ``url``.
 
-    SQLite files are put in WAL mode with ``synchronous=FULL`` so that a committed transaction
-    survives a crash of the process or the machine (an acknowledged call is durable), and the
-    parent directory is created. ``synchronous="NORMAL"`` (SQLite only) skips the fsync at
-    commit: the transaction survives a crash of the process, and becomes machine-crash durable
-    with the next FULL commit on the same file (WAL frames are appended in order). On
+    SQLite files are created owner-readable only (exchange.store.files) and put in WAL mode
+    with ``synchronous=FULL`` so that a committed transaction survives a crash of the process
+    or the machine (an acknowledged call is durable), and the parent directory is created.
+    ``synchronous="NORMAL"`` (SQLite only) skips the fsync at commit: the transaction survives
+    a crash of the process, and becomes machine-crash durable with the next FULL commit on the
+    same file (WAL frames are appended in order). On
     PostgreSQL, NORMAL is ``synchronous_commit=off`` for the engine's sessions, with the same
     guarantee: the WAL is flushed in order, so the next synchronous commit flushes it too.
     Statement parameters are never put in error messages (``hide_parameters``): they can hold
@@ -48,6 +51,7 @@ def open_engine(url: str, *, synchronous: str = "FULL", **kwargs: Any) -> Engine
         database = parsed.database
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
+            create_private(Path(database))  # owner-readable only (exchange.store.files)
             # A fixed pool, opened at start by ``hold_connections`` and never closed while the
             # hub runs: a connection opened on demand needs three new file descriptors, and
             # once callers' connections have taken them all the call would fail.

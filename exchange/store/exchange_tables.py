@@ -2,8 +2,9 @@
 
 Times are integer microseconds since the Unix epoch (UTC), as in ``exchange.store.tables``.
 The index holds no personal data: subjects appear as keyed subject refs, content and fields as
-keyed hashes (docs/content-hash.md). Correction proposals are the one exception: their proposed
-values wait here for the owner, who alone may store them (see ``objections``).
+keyed hashes (docs/content-hash.md). Correction proposals are the one exception: their reasons
+and proposed values wait here for the owner, who alone may store them, sealed under the hub's
+at-rest key (exchange.crypto.sealing.AtRest) and the proposed values erased at resolution.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ purposes = Table(
     Column("name", Text, nullable=False),
     Column("legal_basis", Text, nullable=False),
     Column("defined_us", BigInteger, nullable=False),
+    # PurposeBasis: LEGAL_BASIS, PERSON_PRESENT or PERSON_CONSENT (exchange.catalog.model).
+    Column("basis", String(16), nullable=False, server_default="LEGAL_BASIS"),
 )
 
 forms = Table(
@@ -103,7 +106,8 @@ material_fields = Table(
 )
 
 # Correction proposals (and, later, objections) against a material, waiting for its owner.
-# ``proposed_fields`` (JSON) holds values in flight to the owner; it is never logged.
+# ``reason`` and ``proposed_fields`` (JSON) are sealed text ("sealed:v1:…", AtRest, bound to the
+# id); the proposed values are in flight to the owner, erased at resolution, never logged.
 objections = Table(
     "objections",
     metadata,

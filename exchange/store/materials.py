@@ -17,6 +17,7 @@ from sqlalchemy.dialects.postgresql import psycopg
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.pool import PoolProxiedConnection
 
+from exchange.crypto.sealing import AtRest
 from exchange.store.database import AsyncConnections
 from exchange.store.exchange_tables import material_fields, materials, objections
 
@@ -106,8 +107,11 @@ def _indexed(rows: Sequence[Sequence[Any]]) -> IndexedMaterial | None:
 class MaterialIndex:
     """Reads and writes the index. Every method is one transaction."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, at_rest: AtRest | None = None) -> None:
+        """``at_rest`` seals correction proposals' reasons and values; without it the index
+        refuses to store proposals (a read-only index, as tools and tests open it)."""
         self.engine = engine
+        self.at_rest = at_rest
         self._loop_connection: PoolProxiedConnection | None = None
         self._readers = (
             AsyncConnections(engine, "index_reader")
@@ -223,7 +227,15 @@ class MaterialIndex:
             conn.execute(insert(material_fields), rows)
 
     def add_proposal(self, conn: Connection, proposal: Proposal) -> None:
-        """Record a correction proposal (state OPEN) for the owner."""
+        """Record a correction proposal (state OPEN) for the owner, its reason and proposed
+        values sealed (exchange.crypto.sealing.AtRest, bound to the proposal's id).
+
+        Raises RuntimeError if the index was opened without an at-rest key."""
+        if self.at_rest is None:
+            raise RuntimeError(
+                "this index was opened without an at-rest key: it stores no proposals"
+            )
+        values = json.dumps(dict(proposal.proposed_fields), ensure_ascii=False, sort_keys=True)
         conn.execute(
             insert(objections).values(
                 id=proposal.id,
@@ -232,10 +244,8 @@ class MaterialIndex:
                 subject_ref=proposal.subject_ref,
                 filed_by=proposal.filed_by,
                 owner=proposal.owner,
-                reason=proposal.reason,
-                proposed_fields=json.dumps(
-                    dict(proposal.proposed_fields), ensure_ascii=False, sort_keys=True
-                ),
+                reason=self.at_rest.seal_text(proposal.reason, proposal.id),
+                proposed_fields=self.at_rest.seal_text(values, proposal.id),
                 state="OPEN",
                 filed_us=proposal.filed_us,
                 deadline_us=proposal.deadline_us,
@@ -252,6 +262,7 @@ class MaterialIndex:
                 .where(objections.c.owner == owner, objections.c.state == "OPEN")
                 .order_by(objections.c.filed_us)
             ).all()
+        open_text = self.at_rest.open_text if self.at_rest else lambda text, _context: text
         return [
             Proposal(
                 id=r.id,
@@ -260,8 +271,8 @@ class MaterialIndex:
                 subject_ref=bytes(r.subject_ref),
                 filed_by=r.filed_by,
                 owner=r.owner,
-                reason=r.reason,
-                proposed_fields=json.loads(r.proposed_fields),
+                reason=open_text(r.reason, r.id),
+                proposed_fields=json.loads(open_text(r.proposed_fields, r.id)),
                 filed_us=r.filed_us,
                 deadline_us=r.deadline_us,
             )

@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, Row, select, update
 
+from exchange.crypto.sealing import AtRest
 from exchange.store.exchange_tables import objections
 
 
@@ -30,7 +31,7 @@ class ObjectionRecord:
     resolved_us: int | None
 
 
-def _record(row: Row[Any]) -> ObjectionRecord:
+def _record(row: Row[Any], at_rest: AtRest) -> ObjectionRecord:
     m = row._mapping
     return ObjectionRecord(
         id=m["id"],
@@ -39,8 +40,8 @@ def _record(row: Row[Any]) -> ObjectionRecord:
         subject_ref=bytes(m["subject_ref"]),
         filed_by=m["filed_by"],
         owner=m["owner"],
-        reason=m["reason"],
-        proposed_fields=json.loads(m["proposed_fields"]),
+        reason=at_rest.open_text(m["reason"], m["id"]),
+        proposed_fields=json.loads(at_rest.open_text(m["proposed_fields"], m["id"])),
         state=m["state"],
         filed_us=m["filed_us"],
         deadline_us=m["deadline_us"],
@@ -52,8 +53,10 @@ def _record(row: Row[Any]) -> ObjectionRecord:
 class Objections:
     """Reads and resolves objections. Filing goes through ``MaterialIndex.add_proposal``."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, at_rest: AtRest) -> None:
+        """``at_rest`` opens the sealed reasons and proposed values (see ``add_proposal``)."""
         self.engine = engine
+        self.at_rest = at_rest
 
     def get(self, objection_id: str, conn: Connection | None = None) -> ObjectionRecord | None:
         """The objection with this id, or None; read through ``conn`` if given (inside a
@@ -62,7 +65,7 @@ class Objections:
             with self.engine.connect() as own:
                 return self.get(objection_id, own)
         row = conn.execute(select(objections).where(objections.c.id == objection_id)).first()
-        return None if row is None else _record(row)
+        return None if row is None else _record(row, self.at_rest)
 
     def for_owner(self, owner: str, open_only: bool) -> list[ObjectionRecord]:
         """Objections against ``owner``'s material, oldest first."""
@@ -71,7 +74,7 @@ class Objections:
             query = query.where(objections.c.state == "OPEN")
         with self.engine.connect() as conn:
             rows = conn.execute(query.order_by(objections.c.filed_us, objections.c.id)).all()
-        return [_record(r) for r in rows]
+        return [_record(r, self.at_rest) for r in rows]
 
     def resolve(
         self, conn: Connection, objection_id: str, state: str, resolution: str, now_us: int
@@ -79,7 +82,8 @@ class Objections:
         """Resolve an OPEN objection in ``conn``'s transaction (the resolution's ledger entry's);
         False if it was no longer open (resolved concurrently).
 
-        Resolving clears the proposed values: they were only in flight to the owner.
+        Resolving erases the proposed values: they were only in flight to the owner. (The
+        reason stays, sealed: the objection's record shows it to the owner and the filer.)
         """
         result = conn.execute(
             update(objections)

@@ -19,6 +19,7 @@ import structlog
 from click.testing import CliRunner, Result
 
 from exchange.cli.main import main
+from exchange.v1 import catalog_pb2
 from tests.conftest import HUB_ID, StartHub
 from tests.flows.world import (
     ANNA,
@@ -30,6 +31,7 @@ from tests.flows.world import (
     FORM,
     FORM_TOOL,
     HOUSEHOLD,
+    IDENTITY,
     MARRIAGE,
     POLICE,
     SOCIAL,
@@ -60,6 +62,35 @@ async def world(
     yield built
     for adapter in built.adapters.values():
         await adapter.stop(grace=0.2)
+
+
+async def assertion_file(world: World, subject: str, audience: str = FORM_TOOL) -> str:
+    """A subject assertion for ``subject`` made by ``exchange person assert`` (the development
+    identity provider of the world), written to a file; its path."""
+    path = world.hub.keystore.root.parent / f"assertion-{subject}-{audience}.bin"
+    argv = [
+        "person",
+        "assert",
+        subject,
+        "--as",
+        IDENTITY,
+        "--audience",
+        audience,
+        "--out",
+        str(path),
+        "--keys-dir",
+        str(world.hub.keystore.root),
+    ]
+    result = await asyncio.to_thread(CliRunner().invoke, main, argv, env={})
+    assert result.exit_code == 0, result.output
+    assert path.stat().st_mode & 0o077 == 0  # it names the person: owner-readable only
+    return str(path)
+
+
+async def prefill(world: World, form: str, subject: str, *extra: str) -> Result:
+    """``exchange prefill FORM SUBJECT --assertion FILE`` as the form tool."""
+    path = await assertion_file(world, subject)
+    return await exchange(world, FORM_TOOL, "prefill", form, subject, "--assertion", path, *extra)
 
 
 async def exchange(world: World, department: str, *args: str, verify: bool = True) -> Result:
@@ -259,14 +290,16 @@ async def test_grant_of_a_type_the_caller_does_not_own_is_refused(world: World) 
 async def test_prefill_lists_each_value_with_its_source_and_the_missing_fields(
     world: World,
 ) -> None:
-    out = succeeded(await exchange(world, FORM_TOOL, "prefill", FORM, BEN))
+    out = succeeded(await prefill(world, FORM, BEN))
     lines = {line.split()[0]: line for line in out.splitlines()[:-1]}
     assert "王五 (demo)" in lines["full_name"]
-    assert f"<- {POLICE} ({HOUSEHOLD} v1)" in lines["full_name"]
+    assert f"<- {POLICE} ({HOUSEHOLD} v1, authoritative)" in lines["full_name"]
+    assert "authoritative" in lines["full_name"]
     assert "1992-02-02" in lines["birth_date"]
-    for name in ("address", "bank_account"):
+    # Nothing on file: missing, never "withheld" (even without a grant for marriage records).
+    for name in ("address", "marital_status", "bank_account"):
         assert "(not on file: ask the person)" in lines[name]
-    assert out.splitlines()[-1].startswith(f"{FORM}: 2 prefilled, 2 missing (ledger entry #")
+    assert out.splitlines()[-1].startswith(f"{FORM}: 2 prefilled, 3 missing (ledger entry #")
 
 
 async def test_prefill_draws_from_every_holder_once_granted(world: World) -> None:
@@ -283,27 +316,25 @@ async def test_prefill_draws_from_every_holder_once_granted(world: World) -> Non
         ASSISTANCE,
     )
     succeeded(granted)
-    out = succeeded(await exchange(world, FORM_TOOL, "prefill", FORM, ANNA))
+    out = succeeded(await prefill(world, FORM, ANNA))
     lines = {line.split()[0]: line for line in out.splitlines()[:-1]}
     assert "= married" in lines["marital_status"]
-    assert f"<- {CIVIL} ({MARRIAGE} v1)" in lines["marital_status"]
-    assert f"<- {POLICE} ({HOUSEHOLD} v1)" in lines["address"]
+    assert f"<- {CIVIL} ({MARRIAGE} v1, authoritative)" in lines["marital_status"]
+    assert f"<- {POLICE} ({HOUSEHOLD} v1, authoritative)" in lines["address"]
     assert "(not on file: ask the person)" in lines["bank_account"]
     assert out.splitlines()[-1].startswith(f"{FORM}: 4 prefilled, 1 missing (ledger entry #")
 
 
 async def test_prefill_lists_material_on_file_but_not_granted_as_withheld(world: World) -> None:
-    out = succeeded(await exchange(world, FORM_TOOL, "prefill", FORM, ANNA))
+    out = succeeded(await prefill(world, FORM, ANNA))
     lines = {line.split()[0]: line for line in out.splitlines()[:-1]}
     assert "(on file, not granted to this form: ask the person)" in lines["marital_status"]
-    result = json.loads(
-        succeeded(await exchange(world, FORM_TOOL, "prefill", FORM, ANNA, "--json"))
-    )
+    result = json.loads(succeeded(await prefill(world, FORM, ANNA, "--json")))
     assert result["withheld"] == ["marital_status"]
 
 
 async def test_prefill_json_output_parses(world: World) -> None:
-    result = json.loads(succeeded(await exchange(world, FORM_TOOL, "prefill", FORM, BEN, "--json")))
+    result = json.loads(succeeded(await prefill(world, FORM, BEN, "--json")))
     by_name = {f["name"]: f for f in result["fields"]}
     assert set(by_name) == {"full_name", "birth_date"}
     assert by_name["full_name"]["value"] == "王五 (demo)"
@@ -312,12 +343,14 @@ async def test_prefill_json_output_parses(world: World) -> None:
         HOUSEHOLD,
     )
     assert len(bytes.fromhex(by_name["full_name"]["content_hash"])) == 32
-    assert result["missing"] == ["address", "bank_account"]
+    assert by_name["full_name"]["source_class"] == "AUTHORITATIVE"
+    assert result["missing"] == ["address", "marital_status", "bank_account"]
+    assert result["withheld"] == []
     assert result["form"] == FORM and result["ledger_sequence"] > 0
 
 
 async def test_prefill_of_an_unknown_form_is_refused(world: World) -> None:
-    result = await exchange(world, FORM_TOOL, "prefill", "no-such-form", BEN)
+    result = await prefill(world, "no-such-form", BEN)
     assert refused(result).startswith("refused: NOT_FOUND UNKNOWN_FORM: ")
 
 
@@ -468,3 +501,97 @@ async def test_an_unreachable_hub_is_a_local_failure(world: World, tmp_path: Pat
     result = await asyncio.to_thread(CliRunner().invoke, main, argv, env={})
     assert result.exit_code == 1
     assert result.stderr.startswith("error: the hub at 127.0.0.1:9 did not answer: UNAVAILABLE")
+
+
+# ------------------------------------------------------------------------------ person
+
+
+async def test_person_commands_history_objection_consent_and_confirmation(world: World) -> None:
+    path = await assertion_file(world, ANNA)
+    history = await exchange(world, FORM_TOOL, "person", "history", ANNA, "--assertion", path)
+    assert succeeded(history).splitlines()[-1].endswith("accesses")
+    rows = json.loads(
+        succeeded(
+            await exchange(
+                world, FORM_TOOL, "person", "history", ANNA, "--assertion", path, "--json"
+            )
+        )
+    )
+    assert rows[-1]["kind"] == "ACCESS_HISTORY" and rows[-1]["identity_provider"] == IDENTITY
+    filed = await exchange(
+        world,
+        FORM_TOOL,
+        "person",
+        "object",
+        MARRIAGE,
+        ANNA,
+        "--reason",
+        "dissolved",
+        "--propose",
+        "marital_status=divorced",
+        "--assertion",
+        path,
+    )
+    assert f"filed with {CIVIL}" in succeeded(filed)
+    await world.hub.operator.call(
+        "/exchange.v1.Catalog/DefinePurpose",
+        catalog_pb2.DefinePurposeRequest(
+            purpose=catalog_pb2.Purpose(
+                id="loan", name="loan", legal_basis="demo", basis=catalog_pb2.PERSON_CONSENT
+            )
+        ),
+        catalog_pb2.PurposeResponse,
+    )
+    given = json.loads(
+        succeeded(
+            await exchange(
+                world,
+                FORM_TOOL,
+                "person",
+                "consent",
+                "give",
+                ANNA,
+                "--consumer",
+                SOCIAL,
+                "--type",
+                MARRIAGE,
+                "--field",
+                "marital_status",
+                "--purpose",
+                "loan",
+                "--assertion",
+                path,
+                "--json",
+            )
+        )
+    )
+    assert given["consumer"] == SOCIAL and given["max_uses"] == 1
+    listed = await exchange(
+        world, FORM_TOOL, "person", "consent", "list", ANNA, "--assertion", path
+    )
+    assert given["id"] in succeeded(listed) and "in force" in listed.output
+    revoked = await exchange(
+        world, FORM_TOOL, "person", "consent", "revoke", ANNA, given["id"], "--assertion", path
+    )
+    assert f"consent {given['id']} revoked" in succeeded(revoked)
+    confirmed = await exchange(
+        world,
+        FORM_TOOL,
+        "person",
+        "confirm",
+        FORM,
+        ANNA,
+        "--value",
+        "full_name=张三 (demo)",
+        "--assertion",
+        path,
+    )
+    assert "confirmed by the person" in succeeded(confirmed)
+
+
+async def test_person_commands_refuse_another_persons_assertion(world: World) -> None:
+    path = await assertion_file(world, BEN)
+    result = await exchange(world, FORM_TOOL, "person", "history", ANNA, "--assertion", path)
+    assert refused(result).startswith("refused: PERMISSION_DENIED ASSERTION_SUBJECT_MISMATCH: ")
+    result = await exchange(world, FORM_TOOL, "prefill", FORM, ANNA, "--assertion", path)
+    assert refused(result).startswith("refused: PERMISSION_DENIED ASSERTION_SUBJECT_MISMATCH: ")

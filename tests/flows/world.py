@@ -3,7 +3,8 @@
 - civil affairs holds marriage records (CONDITIONAL) in a SQLite database, SQL backend;
 - public security holds household registrations (UNCONDITIONAL) in a CSV file and criminal
   records (NOT_SHARED) in a JSON Lines file, files backend;
-- social security is a consumer, a township office a collector, a township form tool a form tool.
+- social security is a consumer, a township office a collector, a township form tool a form tool;
+- the province's identity platform (a development identity provider) signs subject assertions.
 
 Each adapter's backend is wrapped in a ``SpyBackend`` that records what the hub asked for (to
 prove that ungranted fields are never asked) and can be made slow.
@@ -25,9 +26,10 @@ from sqlalchemy import Column, Date, MetaData, String, Table, create_engine
 from adapters.backends import Backend, Holding, open_backend
 from adapters.client import HubClient
 from adapters.holdings import publish_holdings
+from adapters.identity import Assurance, DevelopmentIdentityProvider
 from adapters.provider import ProviderServer
 from adapters.settings import parse
-from exchange.v1 import catalog_pb2, common_pb2, registry_pb2
+from exchange.v1 import catalog_pb2, common_pb2, envelope_pb2, registry_pb2
 from tests.conftest import HUB_ID, RunningHub
 
 CIVIL = "js.nj.civil-affairs"
@@ -35,6 +37,7 @@ POLICE = "js.nj.public-security"
 SOCIAL = "js.nj.social-security"
 TOWNSHIP = "js.nj.township-office"
 FORM_TOOL = "js.nj.township-form"
+IDENTITY = "js.identity-platform"
 
 MARRIAGE = "marriage-record"
 HOUSEHOLD = "household-registration"
@@ -146,6 +149,19 @@ class World:
     adapters: dict[str, ProviderServer]
     spies: dict[str, SpyBackend]
     clients: dict[str, HubClient] = field(default_factory=dict)
+    identity: DevelopmentIdentityProvider | None = None
+
+    def assertion(
+        self,
+        subject_id: str,
+        audience: str = FORM_TOOL,
+        assurance: Assurance = Assurance.ID_CARD_AT_COUNTER,
+        **kwargs: Any,
+    ) -> envelope_pb2.Envelope:
+        """A subject assertion from the identity platform: the person authenticated to
+        ``audience`` just now."""
+        assert self.identity is not None
+        return self.identity.issue(subject_id, audience, assurance, **kwargs).envelope
 
     def ledger_entries(self) -> list[Any]:
         """Every ledger entry as a LedgerEntry message."""
@@ -196,7 +212,7 @@ async def build(hub: RunningHub, tmp_path: Path) -> World:
     store = hub.keystore
     for department in (CIVIL, POLICE):
         store.add_department(department, server_names=("localhost", "127.0.0.1"))
-    for department in (SOCIAL, TOWNSHIP, FORM_TOOL):
+    for department in (SOCIAL, TOWNSHIP, FORM_TOOL, IDENTITY):
         store.add_department(department)
 
     civil_dir = tmp_path / "civil"
@@ -276,6 +292,8 @@ async def build(hub: RunningHub, tmp_path: Path) -> World:
     c[SOCIAL] = await register(hub, SOCIAL, [common_pb2.CONSUMER])
     c[TOWNSHIP] = await register(hub, TOWNSHIP, [common_pb2.COLLECTOR, common_pb2.CONSUMER])
     c[FORM_TOOL] = await register(hub, FORM_TOOL, [common_pb2.FORM_TOOL], owner=TOWNSHIP)
+    c[IDENTITY] = await register(hub, IDENTITY, [common_pb2.IDENTITY_PROVIDER])
+    world.identity = DevelopmentIdentityProvider(IDENTITY, store.department_signing_key(IDENTITY))
 
     S, D = catalog_pb2.STRING, catalog_pb2.DATE
     await publish_type(

@@ -132,7 +132,10 @@ async def test_a_submission_is_not_indexed_without_its_entry(world: World) -> No
 
 async def test_an_objection_is_not_filed_without_its_entry(world: World) -> None:
     body = exchange_pb2.FileObjectionRequest(
-        material_type=MARRIAGE, subject_id=ANNA, reason="the spouse's name is misspelt"
+        material_type=MARRIAGE,
+        subject_id=ANNA,
+        reason="the spouse's name is misspelt",
+        assertion=world.assertion(ANNA),
     )
     call = world.clients[FORM_TOOL].call(
         "/exchange.v1.Exchange/FileObjection", body, exchange_pb2.ObjectionResponse

@@ -25,6 +25,8 @@ def test_demo_tells_every_step_and_exits_zero(tmp_path: Path) -> None:
     out = result.stdout
     print(out, result.stderr[-5000:])  # shown by pytest if an assertion below fails
     assert result.returncode == 0, out[-3000:] + result.stderr[-3000:]
+    # 王五 authenticates at the counter; without him the form tool is refused.
+    assert "without him, the form tool gets nothing: UNAUTHENTICATED ASSERTION_REQUIRED" in out
     # A form prefilled with each field's source; the missing fields listed.
     assert re.search(r"applicant_name\s+= 王五 \(demo\)\s+← demo\.public-security", out)
     assert re.search(r"credit_code\s+= 91990000DEMO00002X\s+← demo\.market-regulation", out)
@@ -33,6 +35,14 @@ def test_demo_tells_every_step_and_exits_zero(tmp_path: Path) -> None:
     # Collected once, then the same submission again.
     assert "STORED: stored at demo.civil-affairs" in out
     assert "ALREADY_ON_FILE: nothing stored" in out
+    # The preview shows the collected value as person-provided; he confirms.
+    assert re.search(r"marital_status\s+= unmarried\s+← person_provided", out)
+    assert "confirmation recorded as ledger entry #" in out
+    # A legal-basis request, then consent given, used, revoked, and the next request refused.
+    assert "for licence-review (a legal basis" in out
+    assert "without his consent: PERMISSION_DENIED CONSENT_REQUIRED" in out
+    assert re.search(r"served \{'marital_status': 'unmarried'\} under c-", out)
+    assert "after the revocation: PERMISSION_DENIED CONSENT_REQUIRED" in out
     # Conditional: refused, granted, served; NOT_SHARED refused.
     assert "PERMISSION_DENIED NO_GRANT" in out
     assert "served {'marital_status': 'married'} signed by demo.civil-affairs" in out
@@ -40,10 +50,20 @@ def test_demo_tells_every_step_and_exits_zero(tmp_path: Path) -> None:
     # The person's access history shows the prefill and both submissions.
     history = out.split("who has used his material", 1)[1].split("[", 1)[0]
     assert len(re.findall(r"demo\.township-office\s+SUBMIT\s+marriage-record", history)) == 2
-    assert re.search(r"demo\.township-office\s+PREFILL", history)
+    assert re.search(
+        r"demo\.township-office\s+PREFILL\s+business-licence,household-registration", history
+    )
+    assert re.search(r"PREFILL .*REFUSED \(ASSERTION_REQUIRED\)", history)
+    assert re.search(r"demo\.township-office\s+FORM_CONFIRMATION", history)
+    assert re.search(
+        r"demo\.market-regulation\s+REQUEST\s+marriage-record\s+licence-review", history
+    )
+    for kind in ("CONSENT_GIVEN", "CONSENT_REVOCATION"):
+        assert kind in history
+    assert len(re.findall(r"REFUSED \(CONSENT_REQUIRED\)", history)) == 2
     # Supervision shows an alert and the burden report.
     assert re.search(r"YELLOW PROCESS\s+repeated-refusals", out)
-    assert re.search(r"demo\.civil-affairs\s+marriage-record\s+1\s+1\s+1\s+1", out)
+    assert re.search(r"demo\.civil-affairs\s+marriage-record\s+1\s+1\s+3\s+3\s+1", out)
     # The ledger exported and verified offline; everything stopped.
     assert re.search(r"verified: \d+ entries, \d+ envelope signatures, \d+ checkpoints", out)
     assert "Demo complete: everything it started has stopped." in out

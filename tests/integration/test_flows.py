@@ -361,7 +361,10 @@ async def test_submit_violating_the_schema_is_invalid(world: World) -> None:
 
 async def test_an_objection_whose_reason_holds_a_nul_character_is_invalid(world: World) -> None:
     body = exchange_pb2.FileObjectionRequest(
-        material_type=MARRIAGE, subject_id=ANNA, reason="misspelt\x00name"
+        material_type=MARRIAGE,
+        subject_id=ANNA,
+        reason="misspelt\x00name",
+        assertion=world.assertion(ANNA),
     )
     error = await refused(
         world.clients[FORM_TOOL].call(
@@ -381,7 +384,7 @@ async def test_prefill_fills_what_is_on_file_with_provenance_and_lists_the_rest(
 ) -> None:
     answer = await world.clients[FORM_TOOL].call(
         "/exchange.v1.Exchange/Prefill",
-        exchange_pb2.PrefillRequest(form_id=FORM, subject_id=ANNA),
+        exchange_pb2.PrefillRequest(form_id=FORM, subject_id=ANNA, assertion=world.assertion(ANNA)),
         exchange_pb2.PrefillResponse,
     )
     filled = {f.name: f for f in answer.fields}
@@ -403,13 +406,13 @@ async def test_prefill_uses_a_grant_to_the_form_tools_department_and_lists_missi
 ) -> None:
     await grant(world, consumer=TOWNSHIP)
     client = world.clients[FORM_TOOL]
-    full = await client.prefill(FORM, ANNA)
+    full = await client.prefill(FORM, ANNA, assertion=world.assertion(ANNA))
     assert full.values()["marital_status"] == "married"
     assert {m.holder for m in full.materials} == {CIVIL, POLICE}
-    partial = await client.prefill(FORM, BEN)
+    partial = await client.prefill(FORM, BEN, assertion=world.assertion(BEN))
     assert partial.values() == {"full_name": "王五 (demo)", "birth_date": "1992-02-02"}
     assert list(partial.missing) == ["address", "marital_status", "bank_account"]
-    nothing = await client.prefill(FORM, CARL)
+    nothing = await client.prefill(FORM, CARL, assertion=world.assertion(CARL))
     assert nothing.fields == () and len(nothing.missing) == 5
 
 
@@ -418,7 +421,7 @@ async def test_prefill_with_a_holder_down_lists_its_fields_as_unavailable(world:
     await world.adapters[CIVIL].stop(grace=0)
     answer = await world.clients[FORM_TOOL].call(
         "/exchange.v1.Exchange/Prefill",
-        exchange_pb2.PrefillRequest(form_id=FORM, subject_id=ANNA),
+        exchange_pb2.PrefillRequest(form_id=FORM, subject_id=ANNA, assertion=world.assertion(ANNA)),
         exchange_pb2.PrefillResponse,
     )
     assert list(answer.unavailable) == ["marital_status"]
@@ -430,14 +433,16 @@ async def test_prefill_fetches_holders_concurrently(world: World) -> None:
     await grant(world, consumer=TOWNSHIP)
     world.spies[CIVIL].delay = 0.6
     started = time.monotonic()
-    await world.clients[FORM_TOOL].prefill(FORM, ANNA)
+    await world.clients[FORM_TOOL].prefill(FORM, ANNA, assertion=world.assertion(ANNA))
     # Sequential would be >= 0.6 s for civil affairs plus the police fetch; both overlap.
     assert time.monotonic() - started < 1.2
     world.spies[CIVIL].delay = 0.0
 
 
 async def test_prefill_of_unknown_form_is_not_found(world: World) -> None:
-    error = await refused(world.clients[FORM_TOOL].prefill("no-such-form", ANNA))
+    error = await refused(
+        world.clients[FORM_TOOL].prefill("no-such-form", ANNA, assertion=world.assertion(ANNA))
+    )
     assert error.code == grpc.StatusCode.NOT_FOUND and error.reason == "UNKNOWN_FORM"
 
 
@@ -459,7 +464,7 @@ async def test_every_call_appends_exactly_one_entry(world: World) -> None:
     await world.clients[TOWNSHIP].check(HOUSEHOLD, ANNA)
     await world.clients[SOCIAL].request(HOUSEHOLD, ANNA, purpose=ASSISTANCE)
     await refused(world.clients[SOCIAL].request(MARRIAGE, ANNA, purpose=ASSISTANCE))
-    await world.clients[FORM_TOOL].prefill(FORM, BEN)
+    await world.clients[FORM_TOOL].prefill(FORM, BEN, assertion=world.assertion(BEN))
     added = world.ledger_entries()[before:]
     assert [ledger_pb2.EntryKind.Name(e.kind) for e in added if e.kind != ledger_pb2.READ] == [
         "CHECK",

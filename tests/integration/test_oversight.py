@@ -44,16 +44,15 @@ async def refused(coroutine: object) -> Refused:
 
 
 async def file(world: World, who: str = FORM_TOOL, subject: str = ANNA) -> exchange_pb2.Objection:
-    answer = await world.clients[who].call(
-        FILE,
-        exchange_pb2.FileObjectionRequest(
-            material_type=MARRIAGE,
-            subject_id=subject,
-            reason="the person says the marriage was dissolved",
-            proposed_fields={"marital_status": "divorced"},
-        ),
-        exchange_pb2.ObjectionResponse,
+    body = exchange_pb2.FileObjectionRequest(
+        material_type=MARRIAGE,
+        subject_id=subject,
+        reason="the person says the marriage was dissolved",
+        proposed_fields={"marital_status": "divorced"},
     )
+    if who == FORM_TOOL:  # filed for the person: with their assertion
+        body.assertion.CopyFrom(world.assertion(subject))
+    answer = await world.clients[who].call(FILE, body, exchange_pb2.ObjectionResponse)
     return answer.objection
 
 
@@ -62,14 +61,14 @@ async def test_access_history_lists_every_touch_of_the_subject_and_only_it(world
     await world.clients[SOCIAL].check(MARRIAGE, ANNA)
     await world.clients[TOWNSHIP].check(MARRIAGE, CARL)
     await refused(world.clients[SOCIAL].request(MARRIAGE, ANNA, purpose="social-assistance"))
-    history = await form_tool.access_history(ANNA)
+    history = await form_tool.access_history(ANNA, assertion=world.assertion(ANNA))
     kinds = [(a.actor, a.kind, a.outcome) for a in history]
     assert (SOCIAL, "CHECK", "OK") in kinds
     assert (SOCIAL, "REQUEST", "REFUSED") in kinds
     assert all(a.actor != TOWNSHIP for a in history)  # CARL's check is not ANNA's history
     refusal = next(a for a in history if a.kind == "REQUEST")
     assert refusal.reason == "NO_GRANT" and refusal.material_type == MARRIAGE
-    again = await form_tool.access_history(ANNA)
+    again = await form_tool.access_history(ANNA, assertion=world.assertion(ANNA))
     assert again[-1].kind == "ACCESS_HISTORY"  # reading the history is itself on record
 
 
