@@ -120,7 +120,7 @@ def export_command(
             url = database_url or (configured.database_url if configured else None)
             if not url:
                 raise click.UsageError("--database-url is required")
-            engine = open_engine(url)
+            engine = open_engine(url, create=False)
             stack.callback(engine.dispose)
         history: KeyHistory | None = obj.get("key_history")
         if history is None and key_history_path is None and configured is not None:

@@ -19,7 +19,13 @@ def keys() -> None:
 
 
 @keys.command("init")
-@click.option("--dir", "keys_dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+@click.option(
+    "--dir",
+    "keys_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="The keystore root (default ./keys).",
+)
 @click.option("--hub-id", default=None, help="The hub's id (default from configuration: hub).")
 @click.option(
     "--server-name",
@@ -44,7 +50,13 @@ def init(
 
 @keys.command("department")
 @click.argument("department_id")
-@click.option("--dir", "keys_dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+@click.option(
+    "--dir",
+    "keys_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="The keystore root (default ./keys).",
+)
 @click.option(
     "--server-name",
     "server_names",
@@ -66,3 +78,30 @@ def department(
         f"{department_id}: signing key {key.keyid[:16]}… in {store.department_dir(department_id)}"
     )
     click.echo(f"public key: {key.public_bytes.hex()}")
+
+
+@keys.command("next")
+@click.argument("department_id")
+@click.option(
+    "--dir",
+    "keys_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="The keystore root (default ./keys).",
+)
+@click.pass_context
+def next_key(ctx: click.Context, department_id: str, keys_dir: Path | None) -> None:
+    """Make a department's next signing key for a rotation (its current key keeps signing
+    until `exchange registry rotate DEPARTMENT --next`)."""
+    config = load_config(ctx, keys_dir=keys_dir)
+    store = Keystore(config.keys_dir)
+    try:
+        key = store.add_next_key(department_id)
+    except (KeyFileError, ValueError) as exc:
+        fail(str(exc))
+    click.echo(
+        f"{department_id}: next signing key {key.keyid[:16]}… waiting in "
+        f"{store.department_dir(department_id)}"
+    )
+    click.echo(f"public key: {key.public_bytes.hex()}")
+    click.echo(f"rotate to it with: exchange registry rotate {department_id} --next")

@@ -22,7 +22,9 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 _log = structlog.get_logger("exchange.store")
 
 
-def open_engine(url: str, *, synchronous: str = "FULL", **kwargs: Any) -> Engine:
+def open_engine(
+    url: str, *, synchronous: str = "FULL", create: bool = True, **kwargs: Any
+) -> Engine:
     """Create an engine for ``url``.
 
     SQLite files are put in WAL mode with ``synchronous=FULL`` so that a committed transaction
@@ -35,6 +37,8 @@ def open_engine(url: str, *, synchronous: str = "FULL", **kwargs: Any) -> Engine
     Statement parameters are never put in error messages (``hide_parameters``): they can hold
     personal data. (PostgreSQL's own DETAIL line can still quote a value; the log withholds
     database errors' messages altogether: exchange.logs.withhold_database_messages.)
+    With ``create=False`` (readers: audit export, backup) a SQLite file that does not exist is
+    refused with FileNotFoundError instead of being created empty, folder and all.
     Raises sqlalchemy.exc.ArgumentError for an unparseable URL.
     """
     if synchronous not in ("FULL", "NORMAL"):
@@ -43,6 +47,8 @@ def open_engine(url: str, *, synchronous: str = "FULL", **kwargs: Any) -> Engine
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database
         if database and database != ":memory:":
+            if not create and not Path(database).is_file():
+                raise FileNotFoundError(f"no SQLite database at {database}")
             Path(database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, hide_parameters=True, **kwargs)
 
