@@ -30,7 +30,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 
 from adapters.backends import Backend, Holding
-from adapters.errors import BackendError
+from adapters.errors import BackendError, BackendRefused
 from adapters.settings import DepartmentSettings
 from exchange import errors
 from exchange.clock import from_timestamp, now_us, to_timestamp
@@ -276,6 +276,12 @@ class ProviderService:
                 version=body.version,
                 submitted_by=body.submitted_by,
             )
+        except BackendRefused as exc:
+            # The source decided about these values: the caller is told why (the message names
+            # columns and constraints, never values), and a retry would meet the same answer.
+            log.warning("store_refused", material_type=body.material_type, error=str(exc))
+            kind = errors.InvalidArgument if exc.invalid else errors.FailedPrecondition
+            raise kind(common_pb2.SCHEMA_VIOLATION, str(exc)) from exc
         except BackendError as exc:
             log.error("store_failed", material_type=body.material_type, error=str(exc))
             raise errors.Unavailable(

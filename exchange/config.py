@@ -69,6 +69,11 @@ class Config:
     provider_timeout_ms: int = 5000
     log_level: str = "info"
     log_format: str = "json"
+    # Operations (docs/operations.md): each is off while empty.
+    metrics_listen: str = ""  # host:port of /metrics, /healthz, /readyz (plain HTTP)
+    alert_webhook_url: str = ""  # alerts POSTed as JSON here
+    alert_syslog: str = ""  # "local" (/dev/log) or host:port (UDP) for alerts
+    otlp_endpoint: str = ""  # OTLP/gRPC collector for traces, e.g. http://127.0.0.1:4317
     supervision: SupervisionConfig = field(default_factory=SupervisionConfig)
 
 

@@ -22,6 +22,7 @@ from exchange.api.services import SERVICES, handlers
 from exchange.config import Config
 from exchange.crypto.keystore import Keystore
 from exchange.hub import Hub
+from exchange.observability import runtime as observability
 
 log = structlog.get_logger("exchange.server")
 
@@ -60,6 +61,8 @@ class HubServer:
         )
         self.health = health_aio.HealthServicer()
         self.port = 0
+        self.serving = False
+        self.observability = observability.Observability()
         pipeline = Pipeline(self.hub)
         self.service_names = [name for name, _ in SERVICES]
         self.server.add_generic_rpc_handlers(
@@ -92,13 +95,21 @@ class HubServer:
         await self.server.start()
         for name in ["", *self.service_names]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self.serving = True
+        self.observability = await observability.start(self.config, self.hub, self.is_serving)
         log.info("serving", listen=self.config.listen, port=self.port, tls=not self.config.insecure)
         return self.port
 
+    def is_serving(self) -> bool:
+        """Whether calls are served (readiness): started and not shutting down."""
+        return self.serving
+
     async def stop(self, grace: float | None = None) -> None:
         """Refuse new calls, let in-flight ones finish within ``grace`` seconds, flush, close."""
+        self.serving = False
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.config.shutdown_grace_seconds if grace is None else grace)
+        await self.observability.stop()
         await self.hub.close()
         log.info("stopped")
 

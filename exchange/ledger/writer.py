@@ -42,6 +42,7 @@ from exchange.ledger.entry import (
     entry_time_ns,
 )
 from exchange.ledger.errors import BeyondLog, CheckpointNotFound, LedgerUnavailable
+from exchange.observability import metrics
 from exchange.store.database import KeptConnection, write_lock
 from exchange.v1 import ledger_pb2
 
@@ -138,6 +139,7 @@ class Ledger:
         self._checkpoint_size = 0
         self._checkpoint_time = 0.0
         self._commits = 0
+        self._lock_wait = 0.0  # of the last batch, for metrics (writer thread only)
         self._writer = KeptConnection(engine, "ledger")
         self._write_lock = write_lock(engine)
 
@@ -152,6 +154,17 @@ class Ledger:
     def commit_count(self) -> int:
         """Append transactions committed by this process (batches), for metrics."""
         return self._commits
+
+    @property
+    def known_size(self) -> int:
+        """The log's size as this process last saw it commit (no database read), for metrics."""
+        return self._known_size
+
+    @property
+    def stored_checkpoint(self) -> tuple[int, float]:
+        """The size of the latest checkpoint this process stored or found at start, and when
+        (``time.monotonic()``), for metrics."""
+        return self._checkpoint_size, self._checkpoint_time
 
     @property
     def verifier_key(self) -> str:
@@ -392,11 +405,13 @@ class Ledger:
         return sign_checkpoint(self._origin, size, root, self._signer, self._key_name)
 
     def _commit(self, batch: list[_Pending]) -> None:
+        started = time.perf_counter()
         try:
             receipts, committed, size, refused = self._writer.run(
                 lambda conn: self._append_batch(conn, batch)
             )
         except Exception as exc:  # the writer must survive any driver/OS error, and say so
+            metrics.COMMIT_FAILURES.inc()
             self._head = self._compact = None  # re-read everything next time
             log.error("ledger_commit_failed", entries=len(batch), error=type(exc).__name__)
             # The commit may have happened (a connection lost once it was sent): refresh what
@@ -404,6 +419,7 @@ class Ledger:
             _after_commit(batch)
             self._fail(batch, f"the ledger cannot commit: {type(exc).__name__}")
             return
+        metrics.observe_commit(len(committed), time.perf_counter() - started, self._lock_wait)
         _after_commit([p for index, p in enumerate(batch) if index not in refused])
         by_loop: dict[
             asyncio.AbstractEventLoop,
@@ -452,7 +468,9 @@ class Ledger:
         self, conn: Connection, batch: list[_Pending]
     ) -> tuple[list[Receipt], list[tuple[int, ledger_pb2.LedgerEntry]], int, dict[int, Exception]]:
         now_ns = time.time_ns()
+        locking = time.perf_counter()
         head = storage.lock_head(conn)
+        self._lock_wait = time.perf_counter() - locking
         refused = _apply_effects(conn, batch)
         if refused:
             batch = [p for index, p in enumerate(batch) if index not in refused]
