@@ -23,6 +23,7 @@ class Observability:
     """The running pieces (each None when not configured)."""
 
     monitor: Any = None
+    alerts: Any = None
     parts: list[Any] = field(default_factory=list)
 
     async def stop(self) -> None:
@@ -56,4 +57,12 @@ async def start(config: Config, hub: Hub, serving: Callable[[], bool]) -> Observ
         running.monitor = MonitorServer(config.metrics_listen, metrics.registry_for(hub), ready)
         await running.monitor.start()
         running.parts.append(running.monitor)
+    if config.alert_webhook_url or config.alert_syslog:
+        from exchange.observability.alerts import AlertDelivery, sinks_from
+
+        running.alerts = AlertDelivery(
+            hub.engine, sinks_from(config.alert_webhook_url, config.alert_syslog)
+        )
+        await running.alerts.start()
+        running.parts.append(running.alerts)
     return running
