@@ -41,6 +41,25 @@ def _first_line(text: object) -> str:
     return lines[0] if lines else ""
 
 
+# SQLSTATE classes of a connection that failed (08), a database that does not exist (3D), a
+# login refused (28) and a server shutting down (57P): their messages name the server, not data.
+CONNECTION_STATES = ("08", "3D", "28", "57P")
+
+
+def _connection_cause(driver: BaseException | None) -> str:
+    """What the driver says about a connection, or only its error class when its message could
+    quote data (an operational error on a running query can name a row's value)."""
+    if driver is None:
+        return "no answer"
+    message = _first_line(driver)
+    state = getattr(driver, "sqlstate", None)
+    if state is not None and str(state).startswith(CONNECTION_STATES):
+        return message
+    if state is None and ("unable to open database" in message or message.startswith("connection")):
+        return message
+    return type(driver).__name__ + (f" (SQLSTATE {state})" if state else "")
+
+
 def _database_error(exc: BaseException) -> str | None:
     sa_exc = _module("sqlalchemy.exc")
     if sa_exc is None:
@@ -56,12 +75,9 @@ def _database_error(exc: BaseException) -> str | None:
             "sqlite:///var/exchange.db or postgresql+psycopg://USER@HOST:5432/DATABASE"
         )
     if isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError):
-        # The driver's first line names the server and why it refused (connection refused,
-        # database "x" does not exist, password authentication failed); parameters are hidden.
-        cause = _first_line(exc.orig) if exc.orig is not None else type(exc).__name__
         return (
-            f"cannot use the database: {cause}; check that it runs, that the database exists "
-            "(exchange migrate creates the schema) and the URL (--database-url)"
+            f"cannot use the database: {_connection_cause(exc.orig)}; check that it runs, "
+            "that the database exists and the URL (--database-url)"
         )
     if isinstance(exc, sa_exc.DBAPIError):
         return (
