@@ -64,8 +64,13 @@ def check_mapping(config_file: Path) -> None:
 
 @adapter.command()
 @config_option
-@click.option("--log-format", type=click.Choice(["json", "console"]), default="json")
-@click.option("--log-level", default="info")
+@click.option(
+    "--log-format",
+    type=click.Choice(["json", "console"]),
+    default="json",
+    help="json lines (default) or console for people.",
+)
+@click.option("--log-level", default="info", help="debug, info (default), warning or error.")
 def serve(config_file: Path, log_format: str, log_level: str) -> None:
     """Serve the hub until SIGTERM or SIGINT; refuse to start on a bad mapping."""
     from adapters.backends import open_backend

@@ -94,7 +94,13 @@ def audit() -> None:
 
 
 @audit.command(name="export")
-@click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option(
+    "--out",
+    "out_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="The export file to write.",
+)
 @click.option("--database-url", envvar="EXCHANGE_DATABASE_URL", help="When not configured.")
 @click.option(
     "--key-history",
@@ -102,7 +108,13 @@ def audit() -> None:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="JSON list of key records, when not configured.",
 )
-@click.option("--hub-verifier-key", "hub_verifier_keys", multiple=True, help="<name>+<id>+<key>.")
+@click.option(
+    "--hub-verifier",
+    "--hub-verifier-key",
+    "hub_verifier_keys",
+    multiple=True,
+    help="The hub's verifier key <name>+<id>+<key> (repeatable).",
+)
 @click.pass_context
 def export_command(
     ctx: click.Context,
@@ -160,6 +172,7 @@ def export_command(
     help="A signed checkpoint you already hold; the export must extend it.",
 )
 @click.option(
+    "--hub-verifier",
     "--hub-verifier-key",
     "hub_verifier_keys",
     multiple=True,
@@ -262,9 +275,16 @@ watch_options = [
         "--as", "department", required=True, help="The auditor department (or the hub id)."
     ),
     click.option("--listen", default=None, help="The hub's host:port."),
-    click.option("--keys-dir", type=click.Path(file_okay=False, path_type=Path), default=None),
     click.option(
+        "--keys-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        help="The keystore root.",
+    ),
+    click.option(
+        "--hub-verifier",
         "--hub-verifier-key",
+        "hub_verifier_key",
         default=None,
         help="The hub's verifier key (default: from keys/hub/signing.pub and the origin).",
     ),

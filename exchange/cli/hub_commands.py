@@ -47,6 +47,12 @@ def with_hub_options(function: Any) -> Any:
     default=None,
     help="json lines (default) or console for people.",
 )
+@click.option(
+    "--metrics-listen",
+    default=None,
+    help="host:port for /metrics, /healthz and /readyz over plain HTTP (default off; keep it "
+    "on loopback or a monitoring network).",
+)
 @click.pass_context
 def serve(
     ctx: click.Context,
@@ -55,6 +61,7 @@ def serve(
     database_url: str | None,
     insecure: bool | None,
     log_format: str | None,
+    metrics_listen: str | None,
 ) -> None:
     """Run the hub until SIGTERM or SIGINT."""
     from exchange import logs
@@ -67,6 +74,7 @@ def serve(
         database_url=database_url,
         insecure=insecure,
         log_format=log_format,
+        metrics_listen=metrics_listen,
     )
     logs.configure(config.log_level, config.log_format)
     if config.insecure:

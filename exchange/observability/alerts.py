@@ -50,6 +50,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from exchange.clock import now_us
+from exchange.config import ConfigError
 from exchange.observability import metrics
 from exchange.store.database import write_lock
 from exchange.store.metadata import metadata
@@ -127,7 +128,7 @@ class WebhookSink:
 
     def __init__(self, url: str, timeout: float = SEND_TIMEOUT_SECONDS) -> None:
         if not url.startswith(("http://", "https://")):
-            raise ValueError(f"alert_webhook_url {url!r} must start with http:// or https://")
+            raise ConfigError(f"alert_webhook_url {url!r} must start with http:// or https://")
         self.url = url
         self.timeout = timeout
 
@@ -171,7 +172,7 @@ class SyslogSink:
         else:
             host, sep, port = target.rpartition(":")
             if not sep or not port.isdigit():
-                raise ValueError(f"alert_syslog {target!r} must be 'local' or host:port")
+                raise ConfigError(f"alert_syslog {target!r} must be 'local' or host:port")
             self.family, self.address = socket.AF_INET, (host.strip("[]"), int(port))  # type: ignore[assignment]
             if ":" in host:
                 self.family = socket.AF_INET6
@@ -365,7 +366,7 @@ class AlertDelivery:
 
 
 def sinks_from(webhook_url: str, syslog: str) -> list[Sink]:
-    """The sinks a configuration names. Raises ValueError for a malformed target."""
+    """The sinks a configuration names. Raises ConfigError for a malformed target."""
     sinks: list[Sink] = []
     if webhook_url:
         sinks.append(WebhookSink(webhook_url))

@@ -22,6 +22,8 @@ from collections.abc import Awaitable, Callable
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from exchange.config import ConfigError
+
 log = structlog.get_logger("exchange.observability")
 
 MAX_REQUEST_BYTES = 8192
@@ -29,10 +31,10 @@ READ_TIMEOUT_SECONDS = 5.0
 
 
 def split_address(listen: str) -> tuple[str, int]:
-    """``host:port`` (``[::1]:9464`` for IPv6) as (host, port). Raises ValueError."""
+    """``host:port`` (``[::1]:9464`` for IPv6) as (host, port). Raises ConfigError."""
     host, sep, port = listen.rpartition(":")
     if not sep or not port.isdigit():
-        raise ValueError(f"metrics_listen {listen!r} is not host:port")
+        raise ConfigError(f"metrics_listen {listen!r} is not host:port")
     return host.strip("[]") or "127.0.0.1", int(port)
 
 

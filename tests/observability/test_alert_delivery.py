@@ -19,7 +19,7 @@ import structlog
 
 from adapters.client import Refused
 from exchange.api.server import HubServer
-from exchange.config import SupervisionConfig
+from exchange.config import ConfigError, SupervisionConfig
 from exchange.crypto.keystore import Keystore
 from exchange.observability.alerts import SyslogSink, backoff_seconds
 from tests.conftest import RunningHub, StartHub, hub_config
@@ -159,6 +159,6 @@ async def test_syslog_receives_rfc5424_messages_with_the_alert_severity(
 
 
 def test_syslog_target_must_be_local_or_host_port() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError):
         SyslogSink("nonsense")
     assert SyslogSink("127.0.0.1:514").address == ("127.0.0.1", 514)
