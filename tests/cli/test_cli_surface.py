@@ -98,7 +98,8 @@ def test_help_does_not_load_grpc_or_sqlalchemy(tmp_path: Path) -> None:
     code = (
         "import sys; from exchange.cli.main import main\n"
         "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-        "print(sorted(m for m in ('grpc', 'sqlalchemy', 'exchange.ledger.writer') if m in sys.modules))"
+        "heavy = ('grpc', 'sqlalchemy', 'exchange.ledger.writer')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=60
