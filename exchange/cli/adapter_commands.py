@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import click
 
 from exchange.cli.main import fail, run
+from exchange.cli.progress import progress
 
 if TYPE_CHECKING:
     from adapters.settings import DepartmentSettings
@@ -155,7 +156,10 @@ def publish(
                 hub_verifier=hub_verifier,
             ) as client:
                 for material_type in material_types or tuple(settings.materials):
-                    summary = await publish_holdings(client, backend, material_type)
+                    with progress(f"publishing {material_type}") as advance:
+                        summary = await publish_holdings(
+                            client, backend, material_type, progress=advance
+                        )
                     counts = ", ".join(f"{n} {o}" for o, n in sorted(summary.outcomes.items()))
                     click.echo(f"{material_type}: {summary.total} published ({counts or 'none'})")
         finally:

@@ -19,11 +19,12 @@ from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 import click
 from sqlalchemy import Engine
 
+from exchange.cli.progress import LineCounter, progress
 from exchange.crypto.keys import SigningKey
 from exchange.ledger import storage
 from exchange.ledger.checkpoint import CheckpointError, NoteVerifier, verifier_key
@@ -155,8 +156,13 @@ def export_command(
         if not hub_keys:
             raise click.UsageError("the hub's verifier key is needed (--hub-verifier-key)")
         temporary = out_path.with_name(out_path.name + ".partial")
-        with temporary.open("w", encoding="utf-8") as out:
-            summary = export_ledger(engine, out, keys, hub_keys)
+        with (
+            temporary.open("w", encoding="utf-8") as out,
+            progress("exporting", latest.size) as advance,
+        ):
+            summary = export_ledger(
+                engine, cast(IO[str], LineCounter(out, advance)), keys, hub_keys
+            )
         temporary.replace(out_path)
     click.echo(
         f"exported {summary.entries} entries, {summary.checkpoints} checkpoints and "
