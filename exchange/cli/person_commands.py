@@ -7,6 +7,7 @@ the client SDK, and shares its options, output and exit codes (docs/cli.md).
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -49,9 +50,10 @@ def history(caller: Caller, subject_id: str, as_json: bool) -> None:
     for r in records:
         why = f" for {r.purpose}" if r.purpose else ""
         reason = f" ({r.reason})" if r.reason else ""
+        when = datetime.fromtimestamp(r.time_us / 1e6, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
         click.echo(
-            f"#{r.sequence:<6} {out.iso(r.time_us)} UTC  {r.actor:32} {r.kind:10} "
-            f"{r.material_type}{why}: {r.outcome}{reason}"
+            f"#{r.sequence:<6} {when}  {r.actor:32} {r.kind:15} "
+            f"{r.material_type or '-'}{why}: {r.outcome}{reason}"
         )
     click.echo(f"{len(records)} access(es)")
 
@@ -80,7 +82,7 @@ def show_objection(objection: exchange_pb2.Objection) -> None:
     value = objection_as_dict(objection)
     click.echo(
         f"{value['id']}  {value['state']:9} {value['material_type']} held by {value['owner']}, "
-        f"filed by {value['filed_by']} {value['filed_at']} UTC, answer due {value['deadline']} UTC"
+        f"filed by {value['filed_by']} {value['filed_at']}, answer due {value['deadline']}"
     )
     click.echo(f"  reason: {value['reason']}")
     for name, proposed in value["proposed_fields"].items():

@@ -143,7 +143,12 @@ def burden_csv(answer: supervision_pb2.BurdenReportResponse) -> str:
     for row in burden_as_dict(answer)["rows"]:
         writer.writerow(
             [
-                "yes" if row[c] is True else "no" if row[c] is False else (row[c] or "")
+                # A zero is a count like any other: only a missing value is an empty cell.
+                "yes"
+                if row[c] is True
+                else "no"
+                if row[c] is False
+                else ("" if row[c] is None else row[c])
                 for c in BURDEN_COLUMNS
             ]
         )
