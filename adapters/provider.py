@@ -38,6 +38,7 @@ from exchange.crypto import certificates
 from exchange.crypto.envelope import EnvelopeError, sign, verify
 from exchange.crypto.keys import SigningKey, keyid, load_public_key
 from exchange.crypto.keystore import TlsIdentity
+from exchange.observability import tracing
 from exchange.rpc.status import abort, peer_certificate, to_status
 from exchange.v1 import (
     common_pb2,
@@ -427,7 +428,9 @@ class ProviderServer:
         try:
             body = self.authenticator.authenticate(peer_certificate(context), envelope, body_type)
             material_type = getattr(body, "material_type", "")
-            return await serve(body)
+            # The hub's trace continues here when this process traces (W3C traceparent).
+            with tracing.span(f"adapter.{method}", context.invocation_metadata() or ()):
+                return await serve(body)
         except errors.ExchangeError as error:
             outcome = error.reason_name
             await abort(context, to_status(error))

@@ -23,6 +23,7 @@ from exchange.config import Config
 from exchange.crypto.keystore import Keystore
 from exchange.hub import Hub
 from exchange.observability import runtime as observability
+from exchange.observability import tracing
 
 log = structlog.get_logger("exchange.server")
 
@@ -52,6 +53,7 @@ class HubServer:
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        tracing.configure(config.otlp_endpoint)  # before the handlers: they trace if it is on
         self.hub = Hub.open(config)
         self.server = grpc.aio.server(
             options=[
@@ -64,6 +66,7 @@ class HubServer:
         self.serving = False
         self.observability = observability.Observability()
         pipeline = Pipeline(self.hub)
+        tracing.instrument(self.hub, pipeline)
         self.service_names = [name for name, _ in SERVICES]
         self.server.add_generic_rpc_handlers(
             [handlers(name, methods, pipeline) for name, methods in SERVICES]

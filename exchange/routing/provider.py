@@ -22,7 +22,7 @@ from exchange.clock import now_us, to_timestamp
 from exchange.crypto.envelope import sign
 from exchange.crypto.keys import SigningKey
 from exchange.crypto.keystore import TlsIdentity
-from exchange.observability import metrics
+from exchange.observability import metrics, tracing
 from exchange.routing.deadline import call_deadline
 from exchange.v1 import common_pb2, envelope_pb2, provider_pb2
 
@@ -188,7 +188,10 @@ class ProviderRouter:
         started = time.perf_counter()
         name = method.rsplit("/", 1)[-1]
         try:
-            answer = await call(envelope, timeout=timeout)
+            attributes = {"exchange.holder": endpoint, "rpc.method": name}
+            with tracing.span("exchange.holder", attributes=attributes):
+                metadata = tracing.outgoing_metadata()
+                answer = await call(envelope, timeout=timeout, metadata=metadata)
         except grpc.aio.AioRpcError as error:
             refusal = holder_refusal(error)
             outcome = "refused" if refusal is not None else "unavailable"
