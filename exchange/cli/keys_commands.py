@@ -12,6 +12,14 @@ from exchange.crypto.keystore import Keystore
 
 SERVER_NAMES = ("localhost", "127.0.0.1", "::1")
 
+dir_option = click.option(
+    "--dir",
+    "keys_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="The keystore root (default ./keys).",
+)
+
 
 @click.group()
 def keys() -> None:
@@ -19,13 +27,7 @@ def keys() -> None:
 
 
 @keys.command("init")
-@click.option(
-    "--dir",
-    "keys_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="The keystore root (default ./keys).",
-)
+@dir_option
 @click.option("--hub-id", default=None, help="The hub's id (default from configuration: hub).")
 @click.option(
     "--server-name",
@@ -50,13 +52,7 @@ def init(
 
 @keys.command("department")
 @click.argument("department_id")
-@click.option(
-    "--dir",
-    "keys_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="The keystore root (default ./keys).",
-)
+@dir_option
 @click.option(
     "--server-name",
     "server_names",
@@ -82,13 +78,7 @@ def department(
 
 @keys.command("next")
 @click.argument("department_id")
-@click.option(
-    "--dir",
-    "keys_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="The keystore root (default ./keys).",
-)
+@dir_option
 @click.pass_context
 def next_key(ctx: click.Context, department_id: str, keys_dir: Path | None) -> None:
     """Make a department's next signing key for a rotation (its current key keeps signing
