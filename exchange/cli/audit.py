@@ -19,20 +19,21 @@ from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import IO, TYPE_CHECKING, Any, cast
 
 import click
-from sqlalchemy import Engine
 
 from exchange.cli.progress import LineCounter, progress
 from exchange.crypto.keys import SigningKey
-from exchange.ledger import storage
 from exchange.ledger.checkpoint import CheckpointError, NoteVerifier, verifier_key
-from exchange.ledger.export import KeyRecord, export_ledger
-from exchange.ledger.verify import verify_export
-from exchange.store.database import open_engine
 
-KeyHistory = Callable[[Engine], Sequence[KeyRecord]]
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from exchange.ledger.export import KeyRecord
+
+# SQLAlchemy, the exporter and the verifier load when a command runs, not for `--help`.
+KeyHistory = Callable[["Engine"], Sequence["KeyRecord"]]
 
 
 def _obj(ctx: click.Context) -> dict[str, Any]:
@@ -40,6 +41,8 @@ def _obj(ctx: click.Context) -> dict[str, Any]:
 
 
 def _key_history_file(path: Path) -> list[KeyRecord]:
+    from exchange.ledger.export import KeyRecord
+
     records = json.loads(path.read_text())
     return [
         KeyRecord(
@@ -125,6 +128,10 @@ def export_command(
     hub_verifier_keys: tuple[str, ...],
 ) -> None:
     """Write the ledger (up to its latest checkpoint) as a self-describing stream to --out."""
+    from exchange.ledger import storage
+    from exchange.ledger.export import export_ledger
+    from exchange.store.database import open_engine
+
     obj = _obj(ctx)
     engine: Engine | None = obj.get("engine")
     configured = _configured(ctx) if "config_file" in obj else None
@@ -196,6 +203,8 @@ def verify_command(
     """Verify an export offline; exit 0 if valid, 1 naming the first failing sequence."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from exchange.ledger.verify import verify_export
 
     try:
         pinned = [str(NoteVerifier.parse(k)) for k in hub_verifier_keys]
