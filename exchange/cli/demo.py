@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import dataclasses
 import shutil
+import signal
 from collections.abc import Awaitable, Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -454,9 +455,13 @@ async def _demo(root: Path, port: int, keep_running: bool) -> None:
                 f"     exchange prefill {data.FORM_ID} {data.ZHANG_SAN} --as {data.TOWNSHIP} "
                 f"--listen 127.0.0.1:{story.hub.port} --keys-dir {story.keystore.root}"
             )
-            say("Ctrl-C stops everything.")
+            say("Ctrl-C (or SIGTERM) stops everything.")
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
             with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.Event().wait()
+                await stop.wait()
             return
         await story.audit()
     finally:
