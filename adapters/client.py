@@ -47,9 +47,11 @@ from exchange.ledger import CheckpointError, NoteVerifier, Receipt, verify_recei
 from exchange.policy.disclosure import split
 from exchange.rpc.status import error_info
 from exchange.v1 import (
+    catalog_pb2,
     common_pb2,
     envelope_pb2,
     exchange_pb2,
+    grants_pb2,
     ledger_pb2,
     person_pb2,
     registry_pb2,
@@ -859,3 +861,52 @@ class HubClient:
             person_pb2.ConfirmFormResponse,
         )
         return Confirmation(form_id, salt, digest, self.verify_receipt(answer.receipt))
+
+    # ---------------------------------------------------------------- registry, catalog, grants
+    # Each returns the hub's answer message after checking its receipt (when a verifier is set).
+
+    async def _verified(self, method: str, body: Message, response: type[Response]) -> Response:
+        answer = await self.call(method, body, response)
+        self.verify_receipt(answer.receipt)  # type: ignore[attr-defined]
+        return answer
+
+    async def list_departments(self) -> registry_pb2.ListDepartmentsResponse:
+        """Every registered department. Raises Refused, VerificationError."""
+        return await self._verified(
+            "/exchange.v1.Registry/ListDepartments",
+            registry_pb2.ListDepartmentsRequest(),
+            registry_pb2.ListDepartmentsResponse,
+        )
+
+    async def list_catalog(self) -> catalog_pb2.ListCatalogResponse:
+        """Material types, purposes and forms. Raises Refused, VerificationError."""
+        return await self._verified(
+            "/exchange.v1.Catalog/ListCatalog",
+            catalog_pb2.ListCatalogRequest(),
+            catalog_pb2.ListCatalogResponse,
+        )
+
+    async def register_form(self, form: catalog_pb2.Form) -> catalog_pb2.FormResponse:
+        """Register or update a form (form tools, the operator). Raises Refused,
+        VerificationError."""
+        return await self._verified(
+            "/exchange.v1.Catalog/RegisterForm",
+            catalog_pb2.RegisterFormRequest(form=form),
+            catalog_pb2.FormResponse,
+        )
+
+    async def issue_grant(self, grant: grants_pb2.Grant) -> grants_pb2.GrantResponse:
+        """Issue a grant as the material type's owner. Raises Refused, VerificationError."""
+        return await self._verified(
+            "/exchange.v1.Grants/IssueGrant",
+            grants_pb2.IssueGrantRequest(grant=grant),
+            grants_pb2.GrantResponse,
+        )
+
+    async def list_grants(self) -> grants_pb2.ListGrantsResponse:
+        """The grants this department issued or holds. Raises Refused, VerificationError."""
+        return await self._verified(
+            "/exchange.v1.Grants/ListGrants",
+            grants_pb2.ListGrantsRequest(),
+            grants_pb2.ListGrantsResponse,
+        )

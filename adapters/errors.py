@@ -27,6 +27,17 @@ class BackendError(AdapterError):
     """The backend cannot do what was asked (no store target, no holdings query, I/O failure)."""
 
 
+class BackendRefused(BackendError):
+    """The data source refused the values themselves: a value its column cannot hold (too long,
+    wrong type) or a constraint it enforces. ``invalid`` is true for a value it cannot hold
+    (the caller's INVALID_ARGUMENT), false for a constraint (FAILED_PRECONDITION). The message
+    names the table, the error class, its SQLSTATE and the constraint, never a value."""
+
+    def __init__(self, message: str, *, invalid: bool) -> None:
+        super().__init__(message)
+        self.invalid = invalid
+
+
 class VerificationError(AdapterError):
     """An answer from the hub did not verify: a receipt outside its checkpoint, a checkpoint not
     signed by the hub, or a provider's material envelope that is not signed by its holder or does

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from adapters.backends import Backend, Holding
@@ -44,9 +44,15 @@ def _next_batch(listing: Iterator[Holding], size: int) -> list[Holding]:
 
 
 async def publish_holdings(
-    client: HubClient, backend: Backend, material_type: str, *, batch_size: int = BATCH
+    client: HubClient,
+    backend: Backend,
+    material_type: str,
+    *,
+    batch_size: int = BATCH,
+    progress: Callable[[int], None] | None = None,
 ) -> PublishSummary:
-    """Publish every holding of ``material_type`` from ``backend`` through ``client``.
+    """Publish every holding of ``material_type`` from ``backend`` through ``client``;
+    ``progress`` is called with the number of holdings of each batch once the hub took it.
 
     Raises adapters.client.Refused (e.g. NOT_OWNER, SCHEMA_VIOLATION naming the holding's
     position in its batch), BackendError if the source cannot be listed, KeyError if the type
@@ -73,4 +79,6 @@ async def publish_holdings(
         )
         receipts.append(client.verify_receipt(answer.receipt))
         outcomes.update(exchange_pb2.SubmitOutcome.Name(h.outcome) for h in answer.holdings)
+        if progress is not None:
+            progress(len(batch))
     return PublishSummary(material_type, outcomes, tuple(receipts))

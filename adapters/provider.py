@@ -30,7 +30,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 
 from adapters.backends import Backend, Holding
-from adapters.errors import BackendError
+from adapters.errors import BackendError, BackendRefused
 from adapters.settings import DepartmentSettings
 from exchange import errors
 from exchange.clock import from_timestamp, now_us, to_timestamp
@@ -39,6 +39,7 @@ from exchange.crypto.envelope import MAX_SIGNATURES, EnvelopeError, sign, verify
 from exchange.crypto.keys import SigningKey, keyid, load_public_key
 from exchange.crypto.keystore import TlsIdentity
 from exchange.crypto.subject import is_normal, normalise
+from exchange.observability import tracing
 from exchange.policy.payload import check_message
 from exchange.rpc.ports import SERVER_OPTIONS, bind
 from exchange.rpc.status import abort, peer_certificate, to_status
@@ -328,6 +329,12 @@ class ProviderService:
                 version=body.version,
                 submitted_by=body.submitted_by,
             )
+        except BackendRefused as exc:
+            # The source decided about these values: the caller is told why (the message names
+            # columns and constraints, never values), and a retry would meet the same answer.
+            log.warning("store_refused", material_type=body.material_type, error=str(exc))
+            kind = errors.InvalidArgument if exc.invalid else errors.FailedPrecondition
+            raise kind(common_pb2.SCHEMA_VIOLATION, str(exc)) from exc
         except BackendError as exc:
             log.error("store_failed", material_type=body.material_type, error=str(exc))
             raise errors.Unavailable(
@@ -494,7 +501,9 @@ class ProviderServer:
             body = self.authenticator.authenticate(peer_certificate(context), envelope, body_type)
             material_type = getattr(body, "material_type", "")
             digest = hashlib.sha256(envelope.SerializeToString(deterministic=True)).digest()
-            return await serve(body, digest)
+            # The hub's trace continues here when this process traces (W3C traceparent).
+            with tracing.span(f"adapter.{method}", context.invocation_metadata() or ()):
+                return await serve(body, digest)
         except errors.ExchangeError as error:
             outcome = error.reason_name
             await abort(context, to_status(error))

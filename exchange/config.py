@@ -116,6 +116,11 @@ class Config:
     witnesses: str = ""
     log_level: str = "info"
     log_format: str = "json"
+    # Operations (docs/operations.md): each is off while empty.
+    metrics_listen: str = ""  # host:port of /metrics, /healthz, /readyz (plain HTTP)
+    alert_webhook_url: str = ""  # alerts POSTed as JSON here
+    alert_syslog: str = ""  # "local" (/dev/log) or host:port (UDP) for alerts
+    otlp_endpoint: str = ""  # OTLP/gRPC collector for traces, e.g. http://127.0.0.1:4317
     supervision: SupervisionConfig = field(default_factory=SupervisionConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
 
@@ -153,7 +158,14 @@ def _coerce(name: str, kind: Any, value: Any) -> Any:
     raise ConfigError(f"{name}: unsupported type {kind!r}")  # pragma: no cover
 
 
-def _apply(cls: type[Any], base: Any, values: Mapping[str, Any], where: str) -> Any:
+def _apply(
+    cls: type[Any],
+    base: Any,
+    values: Mapping[str, Any],
+    where: str,
+    sources: dict[str, str] | None = None,
+    prefix: str = "",
+) -> Any:
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     changes: dict[str, Any] = {}
@@ -165,12 +177,33 @@ def _apply(cls: type[Any], base: Any, values: Mapping[str, Any], where: str) -> 
         if isinstance(kind, type) and dataclasses.is_dataclass(kind):
             if not isinstance(value, Mapping):
                 raise ConfigError(f"{where}: [{key}] must be a table")
-            changes[name] = _apply(kind, getattr(base, name), value, f"{where} [{key}]")
+            changes[name] = _apply(
+                kind, getattr(base, name), value, f"{where} [{key}]", sources, f"{name}."
+            )
         else:
             if isinstance(kind, types.UnionType):  # pragma: no cover - none today
                 kind = typing.get_args(kind)[0]
             changes[name] = _coerce(f"{where}: {key}", kind, value)
+            if sources is not None:
+                sources[prefix + name] = where
     return dataclasses.replace(base, **changes)
+
+
+def _relative_to(folder: Path, data: dict[str, Any]) -> dict[str, Any]:
+    """The file's settings with its relative paths (``keys_dir``, a SQLite database) made
+    relative to the file's folder, so that ``--config /etc/exchange/hub.toml`` means the same
+    from any working directory."""
+    resolved = dict(data)
+    for key in ("keys_dir", "keys-dir"):
+        if isinstance(resolved.get(key), str) and not Path(resolved[key]).is_absolute():
+            resolved[key] = str(folder / resolved[key])
+    for key in ("database_url", "database-url"):
+        url = resolved.get(key)
+        if isinstance(url, str) and url.startswith("sqlite:///"):
+            path = url[len("sqlite:///") :]
+            if path and path != ":memory:" and not Path(path).is_absolute():
+                resolved[key] = f"sqlite:///{folder / path}"
+    return resolved
 
 
 def load(
@@ -182,9 +215,20 @@ def load(
 
     ``environ`` is the process environment (passed in by the CLI); only ``EXCHANGE_*`` names are
     read, and ``EXCHANGE_SUPERVISION__NAME`` sets a supervision threshold. ``flags`` holds values
-    given on the command line (None values are ignored). Raises ConfigError naming the offending
-    setting and where it came from.
+    given on the command line (None values are ignored). Relative paths in the file are relative
+    to the file's folder. Raises ConfigError naming the offending setting and where it came from.
     """
+    return load_explained(file, environ, flags)[0]
+
+
+def load_explained(
+    file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+) -> tuple[Config, dict[str, str]]:
+    """``load``, and where each setting that is not a default came from (``"supervision.x"``
+    names a supervision threshold): the file's path, ``environment`` or ``command line``."""
+    sources: dict[str, str] = {}
     config = Config()
     if file is not None:
         try:
@@ -193,8 +237,8 @@ def load(
             raise ConfigError(f"configuration file {file} not found") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{file}: {exc}") from exc
-        data = data.get("hub", data)
-        config = _apply(Config, config, data, str(file))
+        data = _relative_to(file.parent, data.get("hub", data))
+        config = _apply(Config, config, data, str(file), sources)
     if environ:
         from_env: dict[str, Any] = {}
         for key, value in environ.items():
@@ -206,9 +250,13 @@ def load(
                 from_env.setdefault(section, {})[sub] = value
             else:
                 from_env[name] = value
-        config = _apply(Config, config, from_env, "environment")
+        config = _apply(Config, config, from_env, "environment", sources)
     if flags:
         config = _apply(
-            Config, config, {k: v for k, v in flags.items() if v is not None}, "command line"
+            Config,
+            config,
+            {k: v for k, v in flags.items() if v is not None},
+            "command line",
+            sources,
         )
-    return config
+    return config, sources

@@ -27,10 +27,17 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, NoSuchTableError, SQLAlchemyError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DataError,
+    DBAPIError,
+    IntegrityError,
+    NoSuchTableError,
+    SQLAlchemyError,
+)
 
 from adapters.backends import Holding, MappedBackend, canonical_value
-from adapters.errors import BackendError, MappingError
+from adapters.errors import BackendError, BackendRefused, MappingError
 from adapters.settings import MaterialMapping, StoreTarget
 
 log = structlog.get_logger("adapters.sql")
@@ -374,6 +381,11 @@ class SqlBackend(MappedBackend):
                     connection.execute(
                         table.insert().values(**{target.subject_column: subject_value, **values})
                     )
+        except (DataError, IntegrityError) as exc:
+            raise BackendRefused(
+                f"table {table.fullname} refused the values: {_database_refusal(exc)}",
+                invalid=isinstance(exc, DataError),
+            ) from exc
         except SQLAlchemyError as exc:
             raise BackendError(
                 f"writing to table {table.fullname} failed: {type(exc).__name__}"
@@ -383,3 +395,21 @@ class SqlBackend(MappedBackend):
         self.reader.dispose()
         if self._writer is not None:
             self._writer.dispose()
+
+
+def _database_refusal(error: DBAPIError) -> str:
+    """A database's refusal named without its message, which can quote the values (MySQL's
+    "Duplicate entry '…'", PostgreSQL's DETAIL line): driver error class, SQLSTATE or SQLite
+    error name, and the constraint when the driver reports it."""
+    driver = error.orig
+    state = getattr(driver, "sqlstate", None) or getattr(driver, "sqlite_errorname", None)
+    if state is None and driver is not None and getattr(driver, "args", None):
+        first = driver.args[0]
+        state = first if isinstance(first, int) else None  # MySQL's error number
+    constraint = getattr(getattr(driver, "diag", None), "constraint_name", None)
+    text = type(driver).__name__ if driver is not None else type(error).__name__
+    if state:
+        text += f" ({state})"
+    if constraint:
+        text += f", constraint {constraint}"
+    return text

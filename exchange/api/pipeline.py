@@ -25,6 +25,7 @@ from exchange.crypto.certificates import CertificateError, peer_identity
 from exchange.crypto.sealing import SealError, seal, unseal
 from exchange.flows.record import record
 from exchange.hub import Hub
+from exchange.observability import metrics
 from exchange.policy.disclosure import open_disclosure
 from exchange.policy.identity import Caller, Claim, claim_of
 from exchange.rpc.status import abort, peer_certificate, to_status
@@ -72,13 +73,15 @@ def peer_department(certificate: bytes | None) -> str | None:
 
 
 def _log_call(method: str, caller: Caller | None, outcome: str, started: float) -> None:
-    """The one log line of a call: never a subject id, a value or a payload."""
+    """The one log line of a call, and its metrics: never a subject id, a value or a payload."""
+    seconds = time.perf_counter() - started
+    metrics.observe_call(method, outcome, seconds)
     log.info(
         "call",
         method=method,
         department=caller.department_id if caller else None,
         outcome=outcome,
-        latency_ms=round((time.perf_counter() - started) * 1000, 3),
+        latency_ms=round(seconds * 1000, 3),
     )
 
 

@@ -28,6 +28,8 @@ from exchange.api.services import SERVICES, handlers
 from exchange.config import Config
 from exchange.crypto.keystore import Keystore
 from exchange.hub import Hub
+from exchange.observability import runtime as observability
+from exchange.observability import tracing
 from exchange.rpc.ports import SERVER_OPTIONS, bind
 from exchange.store.database import HELD_SQLITE_CONNECTIONS
 
@@ -68,6 +70,7 @@ class HubServer:
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        tracing.configure(config.otlp_endpoint)  # before the handlers: they trace if it is on
         self.hub = Hub.open(config)
         self.max_connections = connection_limit(config, self.hub)
         self.server = grpc.aio.server(
@@ -80,7 +83,10 @@ class HubServer:
         )
         self.health = health_aio.HealthServicer()
         self.port = 0
+        self.serving = False
+        self.observability = observability.Observability()
         self.pipeline = pipeline = Pipeline(self.hub)
+        tracing.instrument(self.hub, pipeline)
         self.service_names = [name for name, _ in SERVICES]
         self.server.add_generic_rpc_handlers(
             [handlers(name, methods, pipeline) for name, methods in SERVICES]
@@ -114,6 +120,8 @@ class HubServer:
         await self.server.start()
         for name in ["", *self.service_names]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self.serving = True
+        self.observability = await observability.start(self.config, self.hub, self.is_serving)
         log.info(
             "serving",
             listen=self.config.listen,
@@ -129,10 +137,16 @@ class HubServer:
         )
         return self.port
 
+    def is_serving(self) -> bool:
+        """Whether calls are served (readiness): started and not shutting down."""
+        return self.serving
+
     async def stop(self, grace: float | None = None) -> None:
         """Refuse new calls, let in-flight ones finish within ``grace`` seconds, flush, close."""
+        self.serving = False
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.config.shutdown_grace_seconds if grace is None else grace)
+        await self.observability.stop()
         await self.hub.close()
         log.info("stopped")
 

@@ -6,6 +6,7 @@ the contract that are not in the table answer UNIMPLEMENTED.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
@@ -23,6 +24,7 @@ from exchange.flows import person as person_flows
 from exchange.flows import prefill as prefill_flow
 from exchange.flows import request as request_flow
 from exchange.flows import submit as submit_flow
+from exchange.observability import tracing
 from exchange.routing.deadline import set_call_deadline
 from exchange.v1 import (
     audit_pb2,
@@ -99,6 +101,8 @@ def handlers(
     table: dict[str, grpc.RpcMethodHandler] = {}  # type: ignore[type-arg]
     for method in methods:
         name = method.name.rsplit("/", 1)[1]
+        if tracing.enabled() and isinstance(method, Method):
+            method = dataclasses.replace(method, run=tracing.traced("exchange.flow", method.run))
         if isinstance(method, StreamMethod):
             # grpc.aio recognises streaming handlers by being async generator functions.
             async def streamer(
@@ -122,7 +126,11 @@ def handlers(
             # The flows see the caller's deadline as a plain float (exchange.routing.deadline),
             # so a provider call can end in time for its failure to be recorded.
             set_call_deadline(context.time_remaining())
-            return await pipeline(method, request, context)
+            if not tracing.enabled():
+                return await pipeline(method, request, context)
+            metadata = context.invocation_metadata() or ()
+            with tracing.span("exchange.call", metadata, {"rpc.method": method.name}):
+                return await pipeline(method, request, context)
 
         table[name] = grpc.unary_unary_rpc_method_handler(
             handler, request_deserializer=None, response_serializer=_serialize

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import click
 
 from exchange.cli.main import fail, run
+from exchange.cli.progress import progress
 
 if TYPE_CHECKING:
     from adapters.settings import DepartmentSettings
@@ -64,8 +65,13 @@ def check_mapping(config_file: Path) -> None:
 
 @adapter.command()
 @config_option
-@click.option("--log-format", type=click.Choice(["json", "console"]), default="json")
-@click.option("--log-level", default="info")
+@click.option(
+    "--log-format",
+    type=click.Choice(["json", "console"]),
+    default="json",
+    help="json lines (default) or console for people.",
+)
+@click.option("--log-level", default="info", help="debug, info (default), warning or error.")
 def serve(config_file: Path, log_format: str, log_level: str) -> None:
     """Serve the hub until SIGTERM or SIGINT; refuse to start on a bad mapping."""
     from adapters.backends import open_backend
@@ -151,7 +157,10 @@ def publish(
                 hub_verifier=hub_verifier,
             ) as client:
                 for material_type in material_types or tuple(settings.materials):
-                    summary = await publish_holdings(client, backend, material_type)
+                    with progress(f"publishing {material_type}") as advance:
+                        summary = await publish_holdings(
+                            client, backend, material_type, progress=advance
+                        )
                     counts = ", ".join(f"{n} {o}" for o, n in sorted(summary.outcomes.items()))
                     click.echo(f"{material_type}: {summary.total} published ({counts or 'none'})")
         finally:

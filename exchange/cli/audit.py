@@ -23,21 +23,21 @@ from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any, cast
 
 import click
-from sqlalchemy import Engine
 
+from exchange.cli.progress import LineCounter, progress
 from exchange.crypto.keys import SigningKey
-from exchange.crypto.keys import keyid as keyid_of
-from exchange.ledger import storage
 from exchange.ledger.checkpoint import CheckpointError, NoteVerifier, verifier_key
-from exchange.ledger.export import KeyRecord, export_ledger, first_keys
-from exchange.ledger.verify import verify_export
-from exchange.store.database import open_engine
-from exchange.store.files import open_private_text
 
-KeyHistory = Callable[[Engine], Sequence[KeyRecord]]
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from exchange.ledger.export import KeyRecord
+
+# SQLAlchemy, the exporter and the verifier load when a command runs, not for `--help`.
+KeyHistory = Callable[["Engine"], Sequence["KeyRecord"]]
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -46,6 +46,8 @@ def _obj(ctx: click.Context) -> dict[str, Any]:
 
 
 def _key_history_file(path: Path) -> list[KeyRecord]:
+    from exchange.ledger.export import KeyRecord
+
     records = json.loads(path.read_text())
     return [
         KeyRecord(
@@ -85,7 +87,9 @@ def _registry_key_history(hub_id: str, legacy_operator_key: bytes) -> KeyHistory
     from the hub's) had the hub key sign as the operator: ``legacy_operator_key``."""
 
     def history(engine: Engine) -> Sequence[KeyRecord]:
+        from exchange.crypto.keys import keyid as keyid_of
         from exchange.hub import key_history
+        from exchange.ledger.export import KeyRecord
         from exchange.store.operator_keys import OperatorKeys
         from exchange.store.registry import Registry
 
@@ -156,7 +160,13 @@ def audit() -> None:
 
 
 @audit.command(name="export")
-@click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option(
+    "--out",
+    "out_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="The export file to write.",
+)
 @click.option("--database-url", envvar="EXCHANGE_DATABASE_URL", help="When not configured.")
 @click.option(
     "--key-history",
@@ -164,7 +174,13 @@ def audit() -> None:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="JSON list of key records, when not configured.",
 )
-@click.option("--hub-verifier-key", "hub_verifier_keys", multiple=True, help="<name>+<id>+<key>.")
+@click.option(
+    "--hub-verifier",
+    "--hub-verifier-key",
+    "hub_verifier_keys",
+    multiple=True,
+    help="The hub's verifier key <name>+<id>+<key> (repeatable).",
+)
 @click.pass_context
 def export_command(
     ctx: click.Context,
@@ -179,6 +195,11 @@ def export_command(
     (--hub-verifier-key, else from <keys>/hub/signing.pub) and the departments' public keys
     (from the database's registry, or --key-history).
     """
+    from exchange.ledger import storage
+    from exchange.ledger.export import export_ledger, first_keys
+    from exchange.store.database import open_engine
+    from exchange.store.files import open_private_text
+
     obj = _obj(ctx)
     engine: Engine | None = obj.get("engine")
     configured = _configured(ctx)
@@ -188,8 +209,10 @@ def export_command(
         raise click.BadParameter(str(exc), param_hint="--hub-verifier-key") from exc
     with ExitStack() as stack:
         if engine is None:
-            url = database_url or configured.database_url
-            engine = open_engine(url)
+            url = database_url or (configured.database_url if configured else None)
+            if not url:
+                raise click.UsageError("--database-url is required")
+            engine = open_engine(url, create=False)
             stack.callback(engine.dispose)
         with engine.connect() as conn:
             latest = storage.latest_checkpoint(conn)
@@ -208,9 +231,16 @@ def export_command(
             legacy = NoteVerifier.parse(hub_keys[0]).public_key
             keys = list(_registry_key_history(configured.hub_id, legacy)(engine))
         temporary = out_path.with_name(out_path.name + ".partial")
-        with open_private_text(temporary) as out:  # owner-readable only
+        with (
+            open_private_text(temporary) as out,  # owner-readable only
+            progress("exporting", latest.size) as advance,
+        ):
             summary = export_ledger(
-                engine, out, keys, hub_keys, operator_keys=first_keys(keys, configured.hub_id)
+                engine,
+                cast(IO[str], LineCounter(out, advance)),
+                keys,
+                hub_keys,
+                operator_keys=first_keys(keys, configured.hub_id),
             )
         temporary.replace(out_path)
     click.echo(
@@ -230,6 +260,7 @@ def export_command(
     "witness's); the export must extend it. Repeatable: each one is checked.",
 )
 @click.option(
+    "--hub-verifier",
     "--hub-verifier-key",
     "hub_verifier_keys",
     multiple=True,
@@ -268,6 +299,8 @@ def verify_command(
     """Verify an export offline; exit 0 if valid, 1 naming the first failing sequence."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from exchange.ledger.verify import verify_export
 
     try:
         pinned = [str(NoteVerifier.parse(k)) for k in hub_verifier_keys]
@@ -377,9 +410,16 @@ watch_options = [
         "--as", "department", required=True, help="The auditor department (or the hub id)."
     ),
     click.option("--listen", default=None, help="The hub's host:port."),
-    click.option("--keys-dir", type=click.Path(file_okay=False, path_type=Path), default=None),
     click.option(
+        "--keys-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        help="The keystore root.",
+    ),
+    click.option(
+        "--hub-verifier",
         "--hub-verifier-key",
+        "hub_verifier_key",
         default=None,
         help="The hub's verifier key (default: from keys/hub/signing.pub and the origin).",
     ),

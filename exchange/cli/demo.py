@@ -17,8 +17,9 @@ import asyncio
 import contextlib
 import dataclasses
 import shutil
+import signal
 from collections.abc import Awaitable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -318,12 +319,13 @@ class Story:
         filled, missing = len(prefill.fields), len(prefill.missing)
         ok(f"{filled} fields prefilled from signed sources, {missing} missing")
 
-        step("Only the missing field is asked of 王五, and submitted once")
+        step("Only the missing fields are asked of 王五; his marital status is submitted once")
         collected = {"marital_status": "unmarried"}
         first = await township.submit(data.MARRIAGE, data.WANG_WU, collected)
+        say("    王五 answers: unmarried (so there is no spouse name to give)")
         ok(f"{first.outcome}: stored at {data.CIVIL_AFFAIRS} as {first.reference} v{first.version}")
 
-        step("Another office collects the same material again")
+        step("Another counter of the township office collects the same material again")
         again = await township.submit(data.MARRIAGE, data.WANG_WU, collected)
         ok(f"{again.outcome}: nothing stored, existing {again.reference}; a re-collection avoided")
 
@@ -419,10 +421,10 @@ class Story:
         error = await expect_refusal(market.request(data.MARRIAGE, data.WANG_WU, purpose=LOAN))
         refused(f"after the revocation: {error.code.name} {error.reason}")
 
-        step("王五 asks the township office who has used his material")
+        step("王五 asks the township office who has used his material (times in UTC)")
         for access in await township.access_history(data.WANG_WU, assertion=person):
             reason = f" ({access.reason})" if access.reason else ""
-            when = datetime.fromtimestamp(access.time_us / 1e6).strftime("%H:%M:%S")
+            when = datetime.fromtimestamp(access.time_us / 1e6, tz=UTC).strftime("%H:%M:%S UTC")
             types = ",".join(access.material_types) or "-"
             say(
                 f"    #{access.sequence:<4} {when} {access.actor:24} {access.kind:18} "
@@ -451,6 +453,7 @@ class Story:
                 )
             if not alerts.alerts:
                 say("    no alerts")
+            say(off_hours_note(self.hub.config if self.hub else Config()))
             report = await supervisor.call(
                 "/exchange.v1.Supervision/BurdenReport",
                 supervision_pb2.BurdenReportRequest(idle_days=30),
@@ -499,7 +502,7 @@ class Story:
             f"verified: {report.entries} entries, {report.signatures} envelope signatures, "
             f"{report.checkpoints} checkpoints, every chain link and Merkle root"
         )
-        say(f"    (the same check: exchange audit verify {out} --hub-verifier-key '{verifier}')")
+        say(f"    (the same check: exchange audit verify {out} --hub-verifier '{verifier}')")
 
     async def stop_hub(self) -> None:
         for client in self.clients:
@@ -516,6 +519,39 @@ class Story:
         self.adapters.clear()
 
 
+def demo_ids() -> list[str]:
+    """The ids the demo uses, to copy into other commands."""
+    return [
+        "Ids to use with the CLI:",
+        f"  departments  {data.PUBLIC_SECURITY}, {data.CIVIL_AFFAIRS}, "
+        f"{data.MARKET_REGULATION}, {data.TOWNSHIP} (form tool, collector), {SUPERVISION} "
+        f"(auditor), {HUB_ID} (the operator)",
+        f"  subjects     {data.ZHANG_SAN} (张三), {data.LI_SI} (李四), {data.WANG_WU} (王五)",
+        f"  types        {data.HOUSEHOLD}, {data.MARRIAGE}, {data.LICENCE}, {data.BIOMETRICS}",
+        f"  purposes     {SUBSIDY}, {LICENCE_REVIEW}",
+        f"  form         {data.FORM_ID}",
+    ]
+
+
+def off_hours_note(config: Config, now: datetime | None = None) -> str:
+    """Why the off-hours alert is, or is not, in the list: it depends on the time of day."""
+    rules = config.supervision
+    offset = timedelta(minutes=rules.utc_offset_minutes)
+    local = (now or datetime.now(UTC)).astimezone(timezone(offset))
+    hours = f"{rules.office_hours_start:02d}:00–{rules.office_hours_end:02d}:00"
+    within = rules.office_hours_start <= local.hour < rules.office_hours_end and not (
+        rules.weekends_off and local.weekday() >= 5
+    )
+    zone = (
+        f"UTC{'+' if rules.utc_offset_minutes >= 0 else '-'}{abs(rules.utc_offset_minutes) // 60}"
+    )
+    return f"    (it is {local:%a %H:%M} {zone}: " + (
+        f"within office hours {hours}, so no off-hours alert for the conditional request)"
+        if within
+        else f"outside office hours {hours}, so the conditional request raised an off-hours alert)"
+    )
+
+
 async def _demo(root: Path, port: int, keep_running: bool, web_port: int | None) -> None:
     story = Story(root, port)
     web = None
@@ -526,9 +562,15 @@ async def _demo(root: Path, port: int, keep_running: bool, web_port: int | None)
         if keep_running:
             say()
             say(f"Hub on 127.0.0.1:{story.hub.port}, keys in {story.keystore.root}.", bold=True)
+            for line in demo_ids():
+                say(line)
             say(
                 f"Try: exchange registry list --listen 127.0.0.1:{story.hub.port} "
                 f"--keys-dir {story.keystore.root}"
+            )
+            say(
+                f"     exchange prefill {data.FORM_ID} {data.ZHANG_SAN} --as {data.TOWNSHIP} "
+                f"--listen 127.0.0.1:{story.hub.port} --keys-dir {story.keystore.root}"
             )
             if web_port is not None:
                 from exchange.cli import demo_web
@@ -546,9 +588,13 @@ async def _demo(root: Path, port: int, keep_running: bool, web_port: int | None)
                 say("The web pages (open in a browser):", bold=True)
                 say(f"    counter (基层窗口): {url}/counter   clerk / {demo_web.CLERK_PASSWORD}")
                 say(f"    my data (我的数据): {url}/me        e.g. 王五 {data.WANG_WU}")
-            say("Ctrl-C stops everything.")
+            say("Ctrl-C (or SIGTERM) stops everything.")
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
             with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.Event().wait()
+                await stop.wait()
             return
         await story.audit()
     finally:

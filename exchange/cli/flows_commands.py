@@ -13,7 +13,6 @@ ids are arguments the user typed: they are printed back only where asked, and ne
 from __future__ import annotations
 
 import functools
-import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from google.protobuf.message import Message
 from adapters.client import HubClient, Identity, Refused, VerificationError
 from adapters.identity import IdentityError, parse_assertion
 from exchange.cli import flows_output as out
-from exchange.cli.main import fail, load_config, run
+from exchange.cli.main import fail, load_config, refused, run
 from exchange.cli.material_file import MaterialFileError, load_material_type
 from exchange.clock import now_us, to_timestamp
 from exchange.config import Config
@@ -37,11 +36,11 @@ from exchange.v1 import catalog_pb2, envelope_pb2, grants_pb2
 T = TypeVar("T")
 Response = TypeVar("Response", bound=Message)
 
+EXCHANGE = "/exchange.v1.Exchange"
 CATALOG = "/exchange.v1.Catalog"
 GRANTS = "/exchange.v1.Grants"
 SERVER_NAME = "localhost"  # the name in the hub's certificate, as the registry commands use
 DAY_US = 86_400_000_000
-REFUSED_EXIT = 2
 
 
 # ------------------------------------------------------------------------------ calling
@@ -89,10 +88,7 @@ class Caller:
         except Refused as exc:
             if not exc.reason:  # no ErrorInfo: transport failure, not the hub's decision
                 _fail(f"the hub at {self.config.listen} did not answer: {exc}")
-            click.secho(
-                f"refused: {exc.code.name} {exc.reason}: {exc.message}", fg="yellow", err=True
-            )
-            sys.exit(REFUSED_EXIT)
+            refused(exc.code.name, exc.reason, exc.message)
         except VerificationError as exc:
             _fail(f"verification failed: {exc}")
         except KeyFileError as exc:
@@ -106,7 +102,6 @@ class Caller:
 
 def _fail(message: str) -> NoReturn:
     fail(message)
-    raise SystemExit(1)  # fail() exits; this informs the type checker
 
 
 # ------------------------------------------------------------------------------ options
@@ -203,7 +198,8 @@ def check(caller: Caller, material_type: str, subject_id: str, as_json: bool) ->
         click.echo(f"not on file: {material_type}{holder} ({out.ledger(result.receipt)})")
 
 
-def _field_values(values: tuple[str, ...]) -> dict[str, str]:
+def field_values(values: tuple[str, ...]) -> dict[str, str]:
+    """``name=value`` arguments as a mapping. Raises click.BadParameter (a usage error)."""
     fields: dict[str, str] = {}
     for item in values:
         name, sep, value = item.partition("=")
@@ -226,7 +222,7 @@ def submit(
     caller: Caller, material_type: str, subject_id: str, values: tuple[str, ...], as_json: bool
 ) -> None:
     """Submit material collected from the person (collect once); the holder stores it."""
-    fields = _field_values(values)
+    fields = field_values(values)
     result = caller.perform(lambda client: client.submit(material_type, subject_id, fields))
     if as_json:
         out.echo_json(out.submit_as_dict(material_type, result))

@@ -10,7 +10,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from adapters.client import HubClient, Identity, Refused, channel
-from exchange.cli.main import fail, load_config, run
+from exchange.cli.main import fail, load_config, refused, run
 from exchange.config import Config, ConfigError
 from exchange.crypto.keys import KeyFileError, load_public_key
 from exchange.crypto.keystore import Keystore
@@ -18,7 +18,12 @@ from exchange.v1 import common_pb2, registry_pb2
 
 hub_options = [
     click.option("--listen", default=None, help="host:port to serve on / of the hub."),
-    click.option("--keys-dir", type=click.Path(file_okay=False, path_type=Path), default=None),
+    click.option(
+        "--keys-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        help="The keystore root (default ./keys, or the configuration's keys_dir).",
+    ),
 ]
 
 
@@ -36,7 +41,18 @@ def with_hub_options(function: Any) -> Any:
 @click.option(
     "--insecure", is_flag=True, default=None, help="Serve without TLS (development only)."
 )
-@click.option("--log-format", type=click.Choice(["json", "console"]), default=None)
+@click.option(
+    "--log-format",
+    type=click.Choice(["json", "console"]),
+    default=None,
+    help="json lines (default) or console for people.",
+)
+@click.option(
+    "--metrics-listen",
+    default=None,
+    help="host:port for /metrics, /healthz and /readyz over plain HTTP (default off; keep it "
+    "on loopback or a monitoring network).",
+)
 @click.pass_context
 def serve(
     ctx: click.Context,
@@ -45,6 +61,7 @@ def serve(
     database_url: str | None,
     insecure: bool | None,
     log_format: str | None,
+    metrics_listen: str | None,
 ) -> None:
     """Run the hub until SIGTERM or SIGINT."""
     from exchange import logs
@@ -60,6 +77,7 @@ def serve(
         database_url=database_url,
         insecure=insecure,
         log_format=log_format,
+        metrics_listen=metrics_listen,
     )
     logs.configure(config.log_level, config.log_format)
     if config.insecure:
@@ -138,8 +156,9 @@ def registry() -> None:
 
 
 def operator_call(config: Config, method: str, body: Any, response: Any) -> Any:
-    """Call ``method`` ("/exchange.v1.Registry/ListDepartments") as the operator; on a refusal
-    or a key problem print it and exit 1."""
+    """Call ``method`` ("/exchange.v1.Registry/ListDepartments") as the operator. A refusal
+    prints ``refused: …`` and exits 2, like every command; a hub that does not answer or a key
+    problem prints one ``error:`` line and exits 1."""
 
     async def go() -> Any:
         async with operator_client(config) as client:
@@ -148,7 +167,9 @@ def operator_call(config: Config, method: str, body: Any, response: Any) -> Any:
     try:
         return run(go())
     except Refused as exc:
-        fail(f"{exc.code.name} {exc.reason}: {exc.message}")
+        if not exc.reason:  # no ErrorInfo: transport failure, not the hub's decision
+            fail(f"the hub at {config.listen} did not answer: {exc}")
+        refused(exc.code.name, exc.reason, exc.message)
     except KeyFileError as exc:
         fail(str(exc))
 
@@ -157,22 +178,43 @@ def _call(config: Config, method: str, body: Any, response: Any) -> Any:
     return operator_call(config, f"/exchange.v1.Registry/{method}", body, response)
 
 
-def _show(department: registry_pb2.Department) -> None:
+def _key_state(key: registry_pb2.DepartmentKey) -> str:
+    if key.HasField("revoked_at"):
+        return "revoked"
+    if key.HasField("valid_until"):
+        return "rotated"
+    return "current"
+
+
+def _show(department: registry_pb2.Department, *, detail: bool = False) -> None:
     roles = ",".join(common_pb2.Role.Name(r) for r in department.roles)
     state = registry_pb2.DepartmentState.Name(department.state)
-    current = [k.keyid[:16] for k in department.keys if not k.HasField("valid_until")]
-    click.echo(f"{department.id:32} {state:9} {roles:40} keys={','.join(current)}")
+    keys = ",".join(
+        k.keyid[:16] + ("" if _key_state(k) == "current" else f"({_key_state(k)})")
+        for k in department.keys
+    )
+    click.echo(f"{department.id:32} {state:9} {roles:40} keys={keys}")
+    if detail:
+        endpoint = department.provider_endpoint or "-"
+        owner = f"  owner {department.owner}" if department.owner else ""
+        click.echo(f"  {department.name}  endpoint {endpoint}{owner}")
+
+
+def _show_change(answer: registry_pb2.DepartmentResponse, what: str) -> None:
+    _show(answer.department, detail=True)
+    click.echo(f"{what} (ledger entry #{answer.receipt.sequence})")
 
 
 @registry.command("register")
 @click.argument("department_id")
-@click.option("--name", required=True)
+@click.option("--name", required=True, help="The department's human-readable name.")
 @click.option(
     "--role",
     "roles",
     multiple=True,
     required=True,
     type=click.Choice(["provider", "consumer", "collector", "form-tool", "auditor"]),
+    help="A role (repeatable).",
 )
 @click.option("--endpoint", default="", help="host:port of the provider adapter.")
 @click.option("--owner", default="", help="Owning department (form tools).")
@@ -216,15 +258,15 @@ def register(
         )
     )
     answer = _call(config, "RegisterDepartment", body, registry_pb2.DepartmentResponse)
-    _show(answer.department)
-    click.echo(f"ledger entry #{answer.receipt.sequence}")
+    _show_change(answer, "registered")
 
 
 @registry.command("list")
 @with_hub_options
 @click.pass_context
 def list_departments(ctx: click.Context, listen: str | None, keys_dir: Path | None) -> None:
-    """List registered departments."""
+    """List registered departments: id, state, roles, keys (rotated and revoked ones marked),
+    name, provider endpoint and owner."""
     config = load_config(ctx, listen=listen, keys_dir=keys_dir)
     answer = _call(
         config,
@@ -233,7 +275,7 @@ def list_departments(ctx: click.Context, listen: str | None, keys_dir: Path | No
         registry_pb2.ListDepartmentsResponse,
     )
     for department in answer.departments:
-        _show(department)
+        _show(department, detail=True)
 
 
 @registry.command("revoke")
@@ -244,36 +286,62 @@ def list_departments(ctx: click.Context, listen: str | None, keys_dir: Path | No
 def revoke(
     ctx: click.Context, department_id: str, keyid: str, listen: str | None, keys_dir: Path | None
 ) -> None:
-    """Revoke a department's signing key at once."""
+    """Revoke a department's signing key KEYID (hex, as `registry list` shows) at once."""
     config = load_config(ctx, listen=listen, keys_dir=keys_dir)
     body = registry_pb2.RevokeKeyRequest(department_id=department_id, keyid=keyid)
-    _show(_call(config, "RevokeKey", body, registry_pb2.DepartmentResponse).department)
+    _show_change(_call(config, "RevokeKey", body, registry_pb2.DepartmentResponse), "revoked")
 
 
 @registry.command("rotate")
 @click.argument("department_id")
-@click.argument("public_key_hex")
-@click.option("--grace-seconds", default=0, type=int)
+@click.argument("public_key_hex", required=False)
+@click.option(
+    "--next",
+    "use_next",
+    is_flag=True,
+    help="Rotate to the key `exchange keys next` made in the keystore, and make it the "
+    "department's signing key there once the hub accepted it.",
+)
+@click.option(
+    "--grace-seconds",
+    default=0,
+    type=click.IntRange(0),
+    help="How long the old key keeps verifying (default 0: it ends at once).",
+)
 @with_hub_options
 @click.pass_context
 def rotate(
     ctx: click.Context,
     department_id: str,
-    public_key_hex: str,
+    public_key_hex: str | None,
+    use_next: bool,
     grace_seconds: int,
     listen: str | None,
     keys_dir: Path | None,
 ) -> None:
-    """Replace a department's signing key; the old one stays valid for --grace-seconds."""
+    """Replace a department's signing key by PUBLIC_KEY_HEX (or --next); the old one stays
+    valid for --grace-seconds."""
     config = load_config(ctx, listen=listen, keys_dir=keys_dir)
+    if (public_key_hex is None) == (not use_next):
+        raise click.UsageError("give PUBLIC_KEY_HEX or --next (one of them)")
+    store = Keystore(config.keys_dir)
     try:
-        raw = bytes.fromhex(public_key_hex)
+        raw = (
+            store.next_key(department_id).public_bytes
+            if use_next
+            else bytes.fromhex(public_key_hex or "")
+        )
     except ValueError:
         fail("the public key must be hex")
+    except KeyFileError as exc:
+        fail(f"{exc} (make one with `exchange keys next {department_id}`)")
     body = registry_pb2.RotateKeyRequest(
         department_id=department_id, new_public_key=raw, grace_seconds=grace_seconds
     )
-    _show(_call(config, "RotateKey", body, registry_pb2.DepartmentResponse).department)
+    _show_change(_call(config, "RotateKey", body, registry_pb2.DepartmentResponse), "rotated")
+    if use_next:
+        retired = store.promote_next_key(department_id)
+        click.echo(f"keystore: the next key now signs; the old one is kept as {retired}")
 
 
 @registry.command("rotate-operator-key")
@@ -333,3 +401,44 @@ def rotate_log_key(
     body = registry_pb2.RotateKeyRequest(department_id=config.origin, new_public_key=raw)
     answer = _call(config, "RotateKey", body, registry_pb2.DepartmentResponse)
     click.echo(f"log key {raw.hex()[:16]}… approved; ledger entry #{answer.receipt.sequence}")
+
+
+STATES = ("active", "suspended", "retired")
+
+
+@registry.command("set-state")
+@click.argument("department_id")
+@click.argument("state", type=click.Choice(STATES))
+@click.option("--reason", required=True, help="Why, for the record (no personal data).")
+@with_hub_options
+@click.pass_context
+def set_state(
+    ctx: click.Context,
+    department_id: str,
+    state: str,
+    reason: str,
+    listen: str | None,
+    keys_dir: Path | None,
+) -> None:
+    """Set a department's life-cycle state: active, suspended (refused for now) or retired."""
+    config = load_config(ctx, listen=listen, keys_dir=keys_dir)
+    body = registry_pb2.SetStateRequest(
+        department_id=department_id,
+        state=registry_pb2.DepartmentState.Value(state.upper()),
+        reason=reason,
+    )
+    _show_change(_call(config, "SetState", body, registry_pb2.DepartmentResponse), "state set")
+
+
+@registry.command("show")
+@click.argument("department_id")
+@with_hub_options
+@click.pass_context
+def show(ctx: click.Context, department_id: str, listen: str | None, keys_dir: Path | None) -> None:
+    """Show one department with every key and its validity."""
+    config = load_config(ctx, listen=listen, keys_dir=keys_dir)
+    body = registry_pb2.GetDepartmentRequest(department_id=department_id)
+    department = _call(config, "GetDepartment", body, registry_pb2.DepartmentResponse).department
+    _show(department, detail=True)
+    for key in department.keys:
+        click.echo(f"  key {key.keyid}  {_key_state(key)}")

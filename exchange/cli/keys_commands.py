@@ -12,6 +12,14 @@ from exchange.crypto.keystore import Keystore
 
 SERVER_NAMES = ("localhost", "127.0.0.1", "::1")
 
+dir_option = click.option(
+    "--dir",
+    "keys_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="The keystore root (default ./keys).",
+)
+
 
 @click.group()
 def keys() -> None:
@@ -19,7 +27,7 @@ def keys() -> None:
 
 
 @keys.command("init")
-@click.option("--dir", "keys_dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+@dir_option
 @click.option("--hub-id", default=None, help="The hub's id (default from configuration: hub).")
 @click.option(
     "--server-name",
@@ -44,7 +52,7 @@ def init(
 
 @keys.command("department")
 @click.argument("department_id")
-@click.option("--dir", "keys_dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+@dir_option
 @click.option(
     "--server-name",
     "server_names",
@@ -132,3 +140,24 @@ def verifier(
         click.echo(verifier_key(config.origin, public))
     except (KeyFileError, CheckpointError, OSError) as exc:
         fail(str(exc))
+
+
+@keys.command("next")
+@click.argument("department_id")
+@dir_option
+@click.pass_context
+def next_key(ctx: click.Context, department_id: str, keys_dir: Path | None) -> None:
+    """Make a department's next signing key for a rotation (its current key keeps signing
+    until `exchange registry rotate DEPARTMENT --next`)."""
+    config = load_config(ctx, keys_dir=keys_dir)
+    store = Keystore(config.keys_dir)
+    try:
+        key = store.add_next_key(department_id)
+    except (KeyFileError, ValueError) as exc:
+        fail(str(exc))
+    click.echo(
+        f"{department_id}: next signing key {key.keyid[:16]}… waiting in "
+        f"{store.department_dir(department_id)}"
+    )
+    click.echo(f"public key: {key.public_bytes.hex()}")
+    click.echo(f"rotate to it with: exchange registry rotate {department_id} --next")

@@ -1,4 +1,15 @@
-"""``exchange``: keys, the hub process, the operator's registry commands, health."""
+"""``exchange``: keys, the hub process, the operator's registry commands, health.
+
+The group loads each command's module only when that command runs (or its own ``--help`` is
+asked for): ``exchange --help`` and quick commands must not pay for gRPC, SQLAlchemy and the
+hub's modules they do not use (bench/startup.py measures it). The table below therefore carries
+each command's one-line help; tests/cli/test_cli_surface.py checks it against the command's own.
+
+Exit codes, the same for every command (docs/cli.md): 0 done; 1 an error (configuration, keys,
+database, a hub that does not answer, a verification that fails), printed as one ``error:`` line;
+2 the hub refused (``refused: CODE REASON: message``) or a usage error (click's ``Usage:``);
+3 a forked log (``audit watch``).
+"""
 
 from __future__ import annotations
 
@@ -7,22 +18,101 @@ import os
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
-from exchange import config as config_module
-from exchange.config import Config
+if TYPE_CHECKING:
+    from exchange.config import Config
 
 T = TypeVar("T")
+
+ERROR_EXIT = 1
+REFUSED_EXIT = 2
+FORK_EXIT = 3
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    # name: ("module:attribute", one-line help)
+    "keys": ("exchange.cli.keys_commands:keys", "Create keys and certificates in the keystore."),
+    "serve": ("exchange.cli.hub_commands:serve", "Run the hub until SIGTERM or SIGINT."),
+    "health": ("exchange.cli.hub_commands:health", "Ask the hub's gRPC health service."),
+    "migrate": (
+        "exchange.cli.hub_commands:migrate",
+        "Upgrade the database's schema as a step of its own.",
+    ),
+    "person": (
+        "exchange.cli.person_commands:person",
+        "The person's side: assertions, history, objections, consents, confirmation.",
+    ),
+    "witness": ("exchange.cli.witness_commands:witness", "Run a checkpoint witness (C2SP)."),
+    "web": ("exchange.cli.web_commands:web", "The counter and my-data pages (exchange web)."),
+    "registry": (
+        "exchange.cli.hub_commands:registry",
+        "Register departments and manage their keys (hub operator).",
+    ),
+    "config": (
+        "exchange.cli.config_commands:config",
+        "Show the effective configuration and where each value came from.",
+    ),
+    "backup": ("exchange.cli.backup_commands:backup", "Back up the hub's database."),
+    "restore": (
+        "exchange.cli.backup_commands:restore",
+        "Restore a backup and verify its ledger against checkpoints you hold.",
+    ),
+    "audit": ("exchange.cli.audit:audit", "Export the ledger and verify exports offline."),
+    "demo": ("exchange.cli.demo:demo", "Run the whole story on this machine, then stop."),
+    "check": ("exchange.cli.flows_commands:check", "Is material on file for a subject?"),
+    "submit": (
+        "exchange.cli.flows_commands:submit",
+        "Submit material collected from the person (collect once).",
+    ),
+    "request": (
+        "exchange.cli.flows_commands:request",
+        "Request material from its holder for a purpose.",
+    ),
+    "prefill": (
+        "exchange.cli.flows_commands:prefill",
+        "Prefill a registered form, each value with its source.",
+    ),
+    "history": (
+        "exchange.cli.records_commands:history",
+        "Who accessed a subject's material, when and why.",
+    ),
+    "objection": (
+        "exchange.cli.records_commands:objection",
+        "Objections to material: file, list, resolve.",
+    ),
+    "grant": ("exchange.cli.flows_commands:grant", "Grants: issue, revoke, list."),
+    "catalog": (
+        "exchange.cli.flows_commands:catalog",
+        "The catalog: material types, purposes, forms.",
+    ),
+    "form": ("exchange.cli.records_commands:form", "Forms (一表通): register, show."),
+    "supervise": (
+        "exchange.cli.supervise_commands:supervise",
+        "Supervision alerts raised over the ledger (operator).",
+    ),
+    "report": ("exchange.cli.supervise_commands:report", "Reports over the exchange (operator)."),
+    "adapter": (
+        "exchange.cli.adapter_commands:adapter",
+        "A department's provider adapter in front of its own data.",
+    ),
+}
 
 
 def load_config(ctx: click.Context, **flags: Any) -> Config:
     """The configuration: defaults < --config file < EXCHANGE_* environment < these flags."""
+    from exchange import config as config_module
+
     try:
-        return config_module.load(ctx.obj.get("config_file"), os.environ, flags)
+        return config_module.load(_root_obj(ctx).get("config_file"), os.environ, flags)
     except config_module.ConfigError as exc:
         raise click.UsageError(str(exc)) from exc
+
+
+def _root_obj(ctx: click.Context) -> dict[str, Any]:
+    obj = ctx.find_root().obj
+    return obj if isinstance(obj, dict) else {}
 
 
 def run(coroutine: Coroutine[Any, Any, T]) -> T:
@@ -30,55 +120,78 @@ def run(coroutine: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coroutine)
 
 
-def fail(message: str) -> None:
-    """Print an error and exit 1."""
+def fail(message: str) -> NoReturn:
+    """Print one ``error:`` line and exit 1."""
     click.secho(f"error: {message}", fg="red", err=True)
-    sys.exit(1)
+    sys.exit(ERROR_EXIT)
 
 
-@click.group()
+def refused(code: str, reason: str, message: str) -> NoReturn:
+    """Print the hub's refusal as ``refused: CODE REASON: message`` and exit 2."""
+    click.secho(f"refused: {code} {reason}: {message}", fg="yellow", err=True)
+    sys.exit(REFUSED_EXIT)
+
+
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported when used; startup and connection errors of any
+    subcommand become one ``error:`` line (exchange.cli.errors)."""
+
+    def __init__(self, *args: Any, lazy: dict[str, tuple[str, str]], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = lazy
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.lazy, *self.commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.commands:
+            return self.commands[cmd_name]
+        if cmd_name not in self.lazy:
+            return None
+        module_name, _, attribute = self.lazy[cmd_name][0].partition(":")
+        module = __import__(module_name, fromlist=[attribute])
+        command: click.Command = getattr(module, attribute)
+        self.commands[cmd_name] = command
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, self.lazy[name][1]) for name in sorted(self.lazy)]
+        rows += [
+            (name, command.get_short_help_str())
+            for name, command in sorted(self.commands.items())
+            if name not in self.lazy
+        ]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
+            raise
+        except Exception as exc:
+            from exchange.cli.errors import describe
+
+            message = describe(exc)
+            if message is None:
+                raise
+            fail(message)
+
+
+@click.group(cls=LazyGroup, lazy=COMMANDS)
 @click.option(
     "--config",
     "config_file",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="TOML configuration file (EXCHANGE_* variables and flags override it).",
+    help="TOML configuration file (EXCHANGE_* variables and flags override it); its relative "
+    "paths are relative to the file.",
 )
 @click.pass_context
 def main(ctx: click.Context, config_file: Path | None) -> None:
-    """The cross-department data-sharing exchange: hub, keys, ledger audit."""
+    """The cross-department data-sharing exchange: hub, keys, flows, ledger audit."""
     ctx.ensure_object(dict)
     ctx.obj["config_file"] = config_file
 
-
-def _register_subcommands() -> None:
-    from exchange.cli import hub_commands, keys_commands
-
-    main.add_command(keys_commands.keys)
-    main.add_command(hub_commands.serve)
-    main.add_command(hub_commands.health)
-    main.add_command(hub_commands.migrate)
-    main.add_command(hub_commands.registry)
-    for optional in (
-        "exchange.cli.audit",
-        "exchange.cli.demo",
-        "exchange.cli.flows_commands",
-        "exchange.cli.person_commands",
-        "exchange.cli.supervise_commands",
-        "exchange.cli.adapter_commands",
-        "exchange.cli.witness_commands",
-        "exchange.cli.web_commands",
-    ):
-        try:
-            module = __import__(optional, fromlist=["commands"])
-        except ImportError as exc:
-            if exc.name != optional:
-                raise
-            continue
-        for command in getattr(module, "COMMANDS", ()):
-            main.add_command(command)
-
-
-_register_subcommands()
 
 Command = Callable[..., Any]

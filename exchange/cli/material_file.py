@@ -126,8 +126,8 @@ def parse_material_type(
     )
 
 
-def load_material_type(path: Path, *, default_owner: str) -> catalog_pb2.MaterialType:
-    """Read a ``.toml`` or ``.json`` definition file. Raises MaterialFileError."""
+def read_definition(path: Path) -> Mapping[str, Any]:
+    """A ``.toml`` or ``.json`` definition file as a table. Raises MaterialFileError."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -143,4 +143,61 @@ def load_material_type(path: Path, *, default_owner: str) -> catalog_pb2.Materia
         raise MaterialFileError(f"{path}: {exc}") from exc
     if not isinstance(data, Mapping):
         raise MaterialFileError(f"{path}: the definition must be a table (an object)")
-    return parse_material_type(data, default_owner=default_owner, where=str(path))
+    return data
+
+
+def load_material_type(path: Path, *, default_owner: str) -> catalog_pb2.MaterialType:
+    """Read a ``.toml`` or ``.json`` definition file. Raises MaterialFileError."""
+    return parse_material_type(read_definition(path), default_owner=default_owner, where=str(path))
+
+
+FORM_KEYS = frozenset({"id", "name", "purpose", "fields", "owner"})
+FORM_FIELD_KEYS = frozenset({"name", "label", "material_type", "material_field"})
+
+
+def parse_form(data: Mapping[str, Any], *, where: str = "definition") -> catalog_pb2.Form:
+    """The form a parsed definition describes (``[form]`` with ``[[form.fields]]``, or the same
+    keys at the top level). A field without ``material_type`` is one only the person can give.
+    The hub sets the owner to the caller. Raises MaterialFileError."""
+    body = data.get("form", data)
+    if not isinstance(body, Mapping):
+        raise MaterialFileError(f"{where}: [form] must be a table")
+    _unknown(where, body, FORM_KEYS)
+    for key in ("id", "name", "purpose", "fields"):
+        if key not in body:
+            raise MaterialFileError(f"{where}: {key} is required")
+    fields = body["fields"]
+    if not isinstance(fields, list) or not fields:
+        raise MaterialFileError(f"{where}: fields must be a non-empty list of tables")
+    parsed = []
+    for i, item in enumerate(fields):
+        at = f"{where}: fields[{i}]"
+        if not isinstance(item, Mapping):
+            raise MaterialFileError(f"{at} must be a table")
+        _unknown(at, item, FORM_FIELD_KEYS)
+        if "name" not in item:
+            raise MaterialFileError(f"{at}: name is required")
+        material_type = _text(f"{at}.material_type", item.get("material_type", ""))
+        material_field = _text(f"{at}.material_field", item.get("material_field", ""))
+        if bool(material_type) != bool(material_field):
+            raise MaterialFileError(f"{at}: give both material_type and material_field, or neither")
+        parsed.append(
+            catalog_pb2.FormField(
+                name=_text(f"{at}.name", item["name"]),
+                label=_text(f"{at}.label", item.get("label", item["name"])),
+                material_type=material_type,
+                material_field=material_field,
+            )
+        )
+    return catalog_pb2.Form(
+        id=_text(f"{where}: id", body["id"]),
+        name=_text(f"{where}: name", body["name"]),
+        purpose=_text(f"{where}: purpose", body["purpose"]),
+        owner=_text(f"{where}: owner", body.get("owner", "")),
+        fields=parsed,
+    )
+
+
+def load_form(path: Path) -> catalog_pb2.Form:
+    """Read a ``.toml`` or ``.json`` form definition. Raises MaterialFileError."""
+    return parse_form(read_definition(path), where=str(path))

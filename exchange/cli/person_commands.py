@@ -91,7 +91,6 @@ def assert_subject(
         )
     except (ValueError, KeyFileError) as exc:  # IdentityError is a ValueError
         fail(str(exc))
-        return
     # The file names the person: owner-readable only, as every private file the CLI writes.
     descriptor = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "wb") as handle:

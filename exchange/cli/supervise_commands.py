@@ -143,7 +143,12 @@ def burden_csv(answer: supervision_pb2.BurdenReportResponse) -> str:
     for row in burden_as_dict(answer)["rows"]:
         writer.writerow(
             [
-                "yes" if row[c] is True else "no" if row[c] is False else (row[c] or "")
+                # A zero is a count like any other: only a missing value is an empty cell.
+                "yes"
+                if row[c] is True
+                else "no"
+                if row[c] is False
+                else ("" if row[c] is None else row[c])
                 for c in BURDEN_COLUMNS
             ]
         )
@@ -199,14 +204,32 @@ def supervise() -> None:
 
 
 @supervise.command("alerts")
-@click.option("--min-level", type=click.Choice(["yellow", "red"]), default=None)
+@click.option(
+    "--min-level",
+    type=click.Choice(["yellow", "red"]),
+    default=None,
+    help="Only alerts of this level or worse.",
+)
 @click.option(
     "--category",
     type=click.Choice(["timeliness", "process", "content", "discretion", "risk"]),
     default=None,
+    help="Only alerts of this category.",
 )
-@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.option(
+    "--limit",
+    type=click.IntRange(1, 1000),
+    default=100,
+    show_default=True,
+    help="At most this many alerts.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    help="A table for people or JSON.",
+)
 @with_hub_options
 @click.pass_context
 def alerts(
@@ -238,7 +261,13 @@ def report() -> None:
 
 
 @report.command("burden")
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json", "csv"]),
+    default="table",
+    help="A table for people, JSON, or CSV (one row per material type).",
+)
 @click.option(
     "--idle-days",
     type=click.IntRange(1, 3650),

@@ -146,6 +146,45 @@ class Keystore:
         (directory / "tls.pem").write_bytes(issued.certificate_pem)
         return key
 
+    def add_next_key(self, department_id: str) -> SigningKey:
+        """Create a department's next signing key (``signing.next.key``) beside its current one,
+        for ``exchange registry rotate --next``; the current key keeps signing until then.
+
+        Raises KeyFileError if the department has no key yet or a next key is already waiting.
+        """
+        directory = self.department_dir(department_id)
+        if not (directory / "signing.key").exists():
+            raise KeyFileError(
+                f"{directory / 'signing.key'} not found (run `exchange keys department`)"
+            )
+        if (directory / "signing.next.key").exists():
+            raise KeyFileError(
+                f"{directory / 'signing.next.key'} exists; rotate to it or remove it first"
+            )
+        key = SigningKey.generate()
+        save_signing_key(directory / "signing.next.key", key)
+        return key
+
+    def next_key(self, department_id: str) -> SigningKey:
+        """Load a department's waiting next key. Raises KeyFileError."""
+        return load_signing_key(self.department_dir(department_id) / "signing.next.key")
+
+    def promote_next_key(self, department_id: str) -> Path:
+        """Make the next key the department's signing key, once the hub has rotated to it; the
+        old key is kept as ``signing.<keyid prefix>.retired.key``. Returns where it went.
+        Raises KeyFileError."""
+        directory = self.department_dir(department_id)
+        current = self.department_signing_key(department_id)
+        self.next_key(department_id)  # refuses a missing or unsafe file before moving anything
+        retired = directory / f"signing.{current.keyid[:16]}.retired.key"
+        (directory / "signing.key").replace(retired)
+        if (directory / "signing.pub").exists():
+            (directory / "signing.pub").replace(retired.with_suffix(".pub"))
+        (directory / "signing.next.key").replace(directory / "signing.key")
+        if (directory / "signing.next.pub").exists():
+            (directory / "signing.next.pub").replace(directory / "signing.pub")
+        return retired
+
     # loading -----------------------------------------------------------------------------
     def _load_ca(self) -> certificates.IssuedCertificate:
         key_path = self.root / "ca" / "ca.key"

@@ -61,6 +61,7 @@ from exchange.ledger.entry import (
     prepare_entry,
 )
 from exchange.ledger.errors import BeyondLog, CheckpointNotFound, LedgerUnavailable
+from exchange.observability import metrics
 from exchange.store.database import KeptConnection, write_lock
 from exchange.v1 import ledger_pb2
 
@@ -238,6 +239,7 @@ class Ledger:
         self._commits = 0
         self._lock_stats = LockStats()
         self._guard_seconds = 0.0
+        self._lock_wait = 0.0  # of the last batch, for metrics (writer thread only)
         self._writer = KeptConnection(engine, "ledger")
         self._write_lock = write_lock(engine)
 
@@ -263,6 +265,17 @@ class Ledger:
     def key_name(self) -> str:
         """The signed-note key name of this ledger's checkpoint keys."""
         return self._key_name
+
+    @property
+    def known_size(self) -> int:
+        """The log's size as this process last saw it commit (no database read), for metrics."""
+        return self._known_size
+
+    @property
+    def stored_checkpoint(self) -> tuple[int, float]:
+        """The size of the latest checkpoint this process stored or found at start, and when
+        (``time.monotonic()``), for metrics."""
+        return self._checkpoint_size, self._checkpoint_time
 
     @property
     def verifier_key(self) -> str:
@@ -519,6 +532,7 @@ class Ledger:
             self._overlap = (*self._overlap, key)
 
     def _commit(self, batch: list[_Pending]) -> None:
+        started = time.perf_counter()
         try:
             # What does not depend on the entries' place in the log is encoded before the
             # head lock is taken (a guard's refusal is encoded again under it).
@@ -527,6 +541,7 @@ class Ledger:
                 lambda conn: self._append_batch(conn, batch, prepared)
             )
         except Exception as exc:  # the writer must survive any driver/OS error, and say so
+            metrics.COMMIT_FAILURES.inc()
             self._head = self._compact = None  # re-read everything next time
             log.error("ledger_commit_failed", entries=len(batch), error=type(exc).__name__)
             # The commit may have happened (a connection lost once it was sent): refresh what
@@ -534,6 +549,7 @@ class Ledger:
             _after_commit(batch)
             self._fail(batch, f"the ledger cannot commit: {type(exc).__name__}")
             return
+        metrics.observe_commit(len(committed), time.perf_counter() - started, self._lock_wait)
         _after_commit([p for index, p in enumerate(batch) if index not in refused])
         by_loop: dict[
             asyncio.AbstractEventLoop,
@@ -584,7 +600,9 @@ class Ledger:
         """Append ``original`` in one transaction; return each caller's outcome (in order),
         the committed entries, the new size and the indexes whose effect failed."""
         batch = original
+        locking = time.perf_counter()
         head, edge = storage.lock_head_and_edge(conn)
+        self._lock_wait = time.perf_counter() - locking
         locked = time.perf_counter()  # held from here to the commit (the wait is not counted)
         if head == self._head and self._compact is not None:
             compact = self._compact.copy()

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import itertools
 import secrets
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from exchange import errors
 from exchange.clock import now_us, to_timestamp
@@ -23,6 +26,7 @@ from exchange.crypto import forwarding
 from exchange.crypto.envelope import sign
 from exchange.crypto.keys import SigningKey
 from exchange.crypto.keystore import TlsIdentity
+from exchange.observability import metrics, tracing
 from exchange.routing.deadline import call_deadline
 from exchange.rpc.status import DOMAIN, error_info
 from exchange.v1 import common_pb2, envelope_pb2, provider_pb2
@@ -210,9 +214,21 @@ class ProviderRouter:
                 request_serializer=envelope_pb2.Envelope.SerializeToString,
                 response_deserializer=None,
             )
+        started = time.perf_counter()
+        name = method.rsplit("/", 1)[-1]
         try:
-            answer: bytes = await call(envelope, timeout=timeout)
+            attributes = {"exchange.holder": endpoint, "rpc.method": name}
+            with tracing.span("exchange.holder", attributes=attributes):
+                metadata = tracing.outgoing_metadata()
+                answer: bytes = await call(envelope, timeout=timeout, metadata=metadata)
         except grpc.aio.AioRpcError as error:
+            refusal = holder_refusal(error)
+            outcome = "refused" if refusal is not None else "unavailable"
+            if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                outcome = "timeout"
+            metrics.observe_holder(endpoint, name, outcome, time.perf_counter() - started)
+            if refusal is not None:
+                raise refusal from None
             code = error.code()
             reason = _holder_reason(error)
             if reason == common_pb2.SUBJECT_ID_NOT_NORMALISED:
@@ -234,6 +250,7 @@ class ProviderRouter:
                 common_pb2.PROVIDER_UNAVAILABLE,
                 f"the holder's adapter failed the call ({code.name})",
             ) from None
+        metrics.observe_holder(endpoint, name, "ok", time.perf_counter() - started)
         decoded = response_type()
         try:
             decoded.ParseFromString(answer)
@@ -254,3 +271,28 @@ def _holder_reason(error: grpc.aio.AioRpcError) -> int:
     if info is None or info.domain != DOMAIN:
         return 0
     return REASONS.get(info.reason, 0)
+
+
+# A holder that answers with one of these has decided: the request was wrong for its data (a
+# value its column cannot hold, a constraint), not that it could not be reached.
+HOLDER_DECISIONS = {
+    grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,
+    grpc.StatusCode.FAILED_PRECONDITION: errors.FailedPrecondition,
+}
+
+
+def holder_refusal(error: grpc.aio.AioRpcError) -> errors.ExchangeError | None:
+    """The caller's refusal for a holder's INVALID_ARGUMENT or FAILED_PRECONDITION answer: the
+    same status, the holder's reason (SCHEMA_VIOLATION when it names none the contract knows)
+    and its message; None for any other status (the holder could not do the call)."""
+    kind = HOLDER_DECISIONS.get(error.code())
+    if kind is None:
+        return None
+    reason = common_pb2.SCHEMA_VIOLATION
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    for detail in status.details if status is not None else ():
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info) and info.reason in common_pb2.Reason.DESCRIPTOR.values_by_name:
+            reason = common_pb2.Reason.Value(info.reason)
+    # The adapter's message names columns and constraints, never values (adapters/backends).
+    return kind(reason, f"the holder refused: {(error.details() or '')[:300]}")

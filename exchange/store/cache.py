@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -18,6 +19,9 @@ K = TypeVar("K")
 V = TypeVar("V")
 
 _MISSING = object()
+
+CACHES: weakref.WeakSet[TtlCache[object, object]] = weakref.WeakSet()
+"""Every live cache, for the metrics of hits and misses (exchange.observability.metrics)."""
 
 
 class TtlCache(Generic[K, V]):
@@ -34,6 +38,12 @@ class TtlCache(Generic[K, V]):
         # Held only to compare-and-store after a load and to invalidate, never while loading:
         # an invalidation must not slip between a load's check and its store.
         self._lock = threading.Lock()
+        # Named after what it loads ("CatalogStore.load_purpose"), for the metrics. Counted
+        # without the lock: a lost increment under a race costs a metric nothing worth a lock.
+        self.name = getattr(load, "__qualname__", "cache").replace("._", ".")
+        self.hits = 0
+        self.misses = 0
+        CACHES.add(self)  # type: ignore[arg-type]
 
     def peek(self, key: K) -> V | object:
         """The cached value if fresh, else the module's ``MISSING`` marker (never loads)."""
@@ -46,7 +56,9 @@ class TtlCache(Generic[K, V]):
         """The cached value, loading it (blocking) when absent or stale."""
         value = self.peek(key)
         if value is not _MISSING:
+            self.hits += 1
             return value  # type: ignore[return-value]
+        self.misses += 1
         invalidations = self._invalidations
         loaded_at = time.monotonic()  # the value is as old as the start of its read
         loaded = self._load(key)

@@ -28,7 +28,9 @@ _log = structlog.get_logger("exchange.store")
 HELD_SQLITE_CONNECTIONS = 15
 
 
-def open_engine(url: str, *, synchronous: str = "FULL", **kwargs: Any) -> Engine:
+def open_engine(
+    url: str, *, synchronous: str = "FULL", create: bool = True, **kwargs: Any
+) -> Engine:
     """Create an engine for ``url``.
 
     SQLite files are created owner-readable only (exchange.store.files) and put in WAL mode
@@ -42,6 +44,8 @@ def open_engine(url: str, *, synchronous: str = "FULL", **kwargs: Any) -> Engine
     Statement parameters are never put in error messages (``hide_parameters``): they can hold
     personal data. (PostgreSQL's own DETAIL line can still quote a value; the log withholds
     database errors' messages altogether: exchange.logs.withhold_database_messages.)
+    With ``create=False`` (readers: audit export, backup) a SQLite file that does not exist is
+    refused with FileNotFoundError instead of being created empty, folder and all.
     Raises sqlalchemy.exc.ArgumentError for an unparseable URL.
     """
     if synchronous not in ("FULL", "NORMAL"):
@@ -50,6 +54,8 @@ def open_engine(url: str, *, synchronous: str = "FULL", **kwargs: Any) -> Engine
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database
         if database and database != ":memory:":
+            if not create and not Path(database).is_file():
+                raise FileNotFoundError(f"no SQLite database at {database}")
             Path(database).parent.mkdir(parents=True, exist_ok=True)
             create_private(Path(database))  # owner-readable only (exchange.store.files)
             # A fixed pool, opened at start by ``hold_connections`` and never closed while the

@@ -41,9 +41,10 @@ from sqlalchemy import Engine
 from exchange.clock import now_us
 from exchange.config import SupervisionConfig
 from exchange.ledger import Ledger
+from exchange.observability import metrics
 from exchange.store.leadership import Leadership
 from exchange.supervision.burden import counter_changes, usage_of
-from exchange.supervision.model import Finding, Observation
+from exchange.supervision.model import AlertLevel, Finding, Observation
 from exchange.supervision.objections import objection_change
 from exchange.supervision.rules import Rule, default_rules
 from exchange.supervision.store import Effects, SupervisionStore
@@ -323,10 +324,15 @@ class Supervisor:
     @staticmethod
     def _announce(findings: Sequence[Finding]) -> None:
         for f in findings:
-            log.warning(
+            metrics.observe_alert(f.level.name, f.category.name)
+            # The log level follows the alert's: a RED alert is an error for log-based paging.
+            # Its own level is ``alert_level``: a ``level`` key would be overwritten by the log
+            # level (structlog's add_log_level), which made YELLOW and RED look alike.
+            emit = log.error if f.level >= AlertLevel.RED else log.warning
+            emit(
                 "alert_raised",
                 rule=f.rule,
-                level=f.level.name,
+                alert_level=f.level.name,
                 category=f.category.value,
                 department=f.department,
                 material_type=f.material_type,

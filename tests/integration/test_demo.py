@@ -67,3 +67,30 @@ def test_demo_tells_every_step_and_exits_zero(tmp_path: Path) -> None:
     # The ledger exported and verified offline; everything stopped.
     assert re.search(r"verified: \d+ entries, \d+ envelope signatures, \d+ checkpoints", out)
     assert "Demo complete: everything it started has stopped." in out
+    # Wording: the fields asked, the counter, labelled times, why an off-hours alert shows.
+    assert "Only the missing fields are asked of 王五" in out
+    assert "Another counter of the township office" in out
+    assert re.search(r"#\d+\s+\d\d:\d\d:\d\d UTC demo\.township-office", history)
+    assert re.search(r"\(it is \w{3} \d\d:\d\d UTC\+8: (within|outside) office hours", out)
+
+
+def test_off_hours_note_says_why_the_alert_shows_or_not() -> None:
+    from datetime import UTC, datetime
+
+    from exchange.cli.demo import off_hours_note
+    from exchange.config import Config
+
+    monday_10_cst = datetime(2026, 12, 7, 2, 0, tzinfo=UTC)
+    monday_22_cst = datetime(2026, 12, 7, 14, 0, tzinfo=UTC)
+    assert "within office hours 08:00–18:00" in off_hours_note(Config(), monday_10_cst)
+    assert "outside office hours" in off_hours_note(Config(), monday_22_cst)
+    assert "Mon 10:00 UTC+8" in off_hours_note(Config(), monday_10_cst)
+
+
+def test_the_demo_prints_the_ids_it_uses() -> None:
+    from adapters import demo_data
+    from exchange.cli.demo import demo_ids
+
+    text = "\n".join(demo_ids())
+    for value in (demo_data.TOWNSHIP, demo_data.ZHANG_SAN, demo_data.FORM_ID, "licence-review"):
+        assert value in text

@@ -102,6 +102,7 @@ async def test_report_burden_prints_table_json_and_csv(start_hub: StartHub) -> N
     assert [(r["department"], r["material_type"], r["refused"], r["zombie"]) for r in rows] == [
         (CIVIL, "marriage-record", "2", "no")
     ]
+    assert rows[0]["failed"] == "0"  # a zero is written, not an empty cell
 
 
 async def test_cli_reports_a_refusal_without_a_running_hub(start_hub: StartHub) -> None:

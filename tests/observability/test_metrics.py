@@ -1,0 +1,133 @@
+"""Metrics and the monitors' endpoints, scraped over real HTTP from a real hub after real calls
+(the flow tests' world: two provider adapters over SQLite and files)."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from adapters.client import Refused
+from tests.conftest import StartHub
+from tests.flows.world import (
+    ANNA,
+    ASSISTANCE,
+    BEN,
+    CARL,
+    HOUSEHOLD,
+    MARRIAGE,
+    POLICE,
+    SOCIAL,
+    World,
+    build,
+)
+
+EXCHANGE = "/exchange.v1.Exchange"
+
+
+@pytest.fixture
+async def world(start_hub: StartHub, tmp_path: Path) -> AsyncIterator[World]:
+    hub = await start_hub(metrics_listen="127.0.0.1:0")
+    built = await build(hub, tmp_path)
+    yield built
+    for adapter in built.adapters.values():
+        await adapter.stop(grace=0.2)
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+async def get(world: World, path: str) -> tuple[int, str]:
+    port = world.hub.server.observability.monitor.port
+    return await asyncio.to_thread(_get, f"http://127.0.0.1:{port}{path}")
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a scrape by (name, sorted labels)."""
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[sample.name, tuple(sorted(sample.labels.items()))] = sample.value
+    return found
+
+
+async def test_metrics_count_calls_holders_ledger_and_caches_without_personal_data(
+    world: World,
+) -> None:
+    social = world.clients[SOCIAL]
+    before = samples((await get(world, "/metrics"))[1])
+    await social.request(HOUSEHOLD, ANNA, purpose=ASSISTANCE)
+    with pytest.raises(Refused):
+        await social.request(MARRIAGE, ANNA, purpose=ASSISTANCE)  # no grant
+    await social.check(HOUSEHOLD, BEN)
+    await social.check(MARRIAGE, CARL)
+    status, text = await get(world, "/metrics")
+    assert status == 200
+    after = samples(text)
+
+    def grew(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    request, check = f"{EXCHANGE}/Request", f"{EXCHANGE}/Check"
+    assert grew("exchange_calls_total", method=request, outcome="ok", reason="") == 1
+    assert grew("exchange_calls_total", method=request, outcome="refused", reason="NO_GRANT") == 1
+    assert grew("exchange_calls_total", method=check, outcome="ok", reason="") == 2
+    assert grew("exchange_call_seconds_count", method=request) == 2
+    holder = f"127.0.0.1:{world.adapters[POLICE].port}"
+    assert grew("exchange_holder_calls_total", holder=holder, method="Fetch", outcome="ok") == 1
+    assert grew("exchange_holder_call_seconds_count", holder=holder, method="Fetch") == 1
+    assert after["exchange_ledger_entries", ()] >= world.hub.server.hub.ledger.size() - 1
+    assert grew("exchange_ledger_batch_entries_count") >= 1
+    assert grew("exchange_ledger_commit_seconds_count") >= 1
+    assert grew("exchange_ledger_head_lock_wait_seconds_count") >= 1
+    assert ("exchange_checkpoint_age_seconds", ()) in after
+    assert ("exchange_supervision_lag_entries", ()) in after
+    assert any(
+        name == "exchange_cache_lookups" and dict(labels)["result"] == "hit" and value > 0
+        for (name, labels), value in after.items()
+    )
+    for subject in (ANNA, BEN, CARL, "张三", "married"):
+        assert subject not in text
+
+
+async def test_health_endpoints_answer_without_a_client_certificate(world: World) -> None:
+    assert await get(world, "/healthz") == (200, "ok\n")
+    assert await get(world, "/readyz") == (200, "ready\n")
+    assert (await get(world, "/anything-else"))[0] == 404
+    assert (await get(world, "/"))[0] == 404
+    # Shutdown turns readiness off first, before the server stops accepting calls.
+    world.hub.server.serving = False
+    assert await get(world, "/readyz") == (503, "not ready\n")
+    assert await get(world, "/healthz") == (200, "ok\n")
+    world.hub.server.serving = True
+
+
+async def test_readiness_fails_while_the_database_does_not_answer(world: World) -> None:
+    engine = world.hub.server.hub.engine
+    original = engine.connect
+
+    def broken() -> object:
+        raise OSError("database down")
+
+    engine.connect = broken  # type: ignore[method-assign]
+    try:
+        assert (await get(world, "/readyz"))[0] == 503
+    finally:
+        engine.connect = original  # type: ignore[method-assign]
+    assert (await get(world, "/readyz"))[0] == 200
+
+
+async def test_metrics_listener_is_off_by_default(start_hub: StartHub) -> None:
+    hub = await start_hub()
+    assert hub.server.observability.monitor is None
