@@ -19,7 +19,7 @@ from exchange.v1 import person_pb2
 
 PLATFORM = "js.identity-platform"
 FORM_TOOL = "js.nj.township-form"
-SUBJECT = "990101199001010011"
+SUBJECT = "990101199001010019"
 
 
 def registered(key: SigningKey) -> DepartmentRecord:

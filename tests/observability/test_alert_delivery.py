@@ -24,7 +24,7 @@ from exchange.crypto.keystore import Keystore
 from exchange.observability.alerts import SyslogSink, backoff_seconds
 from tests.conftest import RunningHub, StartHub, hub_config
 
-SUBJECT = "990101199001010011"
+SUBJECT = "990101199001010019"
 CONSUMER = "js.nj.social-security"
 
 
