@@ -22,9 +22,10 @@ from sqlalchemy import Engine
 from adapters.client import HubClient, Refused
 from exchange.crypto.keys import SigningKey
 from exchange.ledger import Ledger
-from exchange.ledger.export import KeyRecord, export_ledger
+from exchange.ledger.export import KeyRecord, export_ledger, first_keys
 from exchange.ledger.verify import verify_export
 from exchange.v1 import catalog_pb2, exchange_pb2, grants_pb2, registry_pb2
+from tests.conftest import HUB_ID
 from tests.flows.world import ANNA, ASSISTANCE, MARRIAGE, SOCIAL, material_type
 
 REQUEST = "/exchange.v1.Exchange/Request"
@@ -211,7 +212,8 @@ async def verify(engine: Engine, ledger: Ledger, keys: Sequence[KeyRecord]) -> N
         assert time.monotonic() < deadline, "no checkpoint covers the log"
         await asyncio.sleep(0.1)
     out = io.StringIO()
-    export_ledger(engine, out, keys, [ledger.verifier_key])
+    # The operator's first keys are pinned as an auditor pins them (docs/ledger.md).
+    export_ledger(engine, out, keys, [ledger.verifier_key], operator_keys=first_keys(keys, HUB_ID))
     out.seek(0)
     report = verify_export(out, hub_keys=[ledger.verifier_key], workers=0)
     assert report.ok, report.first_failure

@@ -74,7 +74,9 @@ async def test_prefill_decided_before_a_grant_revocation_is_refused_at_its_entry
     spy = world.spies[CIVIL]
     spy.delay = 0.5
     asked = len(spy.fetches)
-    prefill = asyncio.create_task(world.clients[FORM_TOOL].prefill(FORM, ANNA))
+    prefill = asyncio.create_task(
+        world.clients[FORM_TOOL].prefill(FORM, ANNA, assertion=world.assertion(ANNA))
+    )
     while len(spy.fetches) == asked:
         await asyncio.sleep(0.005)
     revoked = await world.clients[CIVIL].call(
