@@ -525,7 +525,8 @@ def demo_ids() -> list[str]:
         "Ids to use with the CLI:",
         f"  departments  {data.PUBLIC_SECURITY}, {data.CIVIL_AFFAIRS}, "
         f"{data.MARKET_REGULATION}, {data.TOWNSHIP} (form tool, collector), {SUPERVISION} "
-        f"(auditor), {HUB_ID} (the operator)",
+        f"(auditor, supervisor), {IDENTITY} (development identity provider), "
+        f"{HUB_ID} (the operator)",
         f"  subjects     {data.ZHANG_SAN} (张三), {data.LI_SI} (李四), {data.WANG_WU} (王五)",
         f"  types        {data.HOUSEHOLD}, {data.MARRIAGE}, {data.LICENCE}, {data.BIOMETRICS}",
         f"  purposes     {SUBSIDY}, {LICENCE_REVIEW}",
@@ -569,7 +570,13 @@ async def _demo(root: Path, port: int, keep_running: bool, web_port: int | None)
                 f"--keys-dir {story.keystore.root}"
             )
             say(
-                f"     exchange prefill {data.FORM_ID} {data.ZHANG_SAN} --as {data.TOWNSHIP} "
+                f"     exchange person assert {data.ZHANG_SAN} --as {IDENTITY} "
+                f"--audience {data.TOWNSHIP} --out zhang-san.assertion "
+                f"--keys-dir {story.keystore.root}"
+            )
+            say(
+                f"     exchange prefill {data.FORM_ID} {data.ZHANG_SAN} "
+                f"--assertion zhang-san.assertion --as {data.TOWNSHIP} "
                 f"--listen 127.0.0.1:{story.hub.port} --keys-dir {story.keystore.root}"
             )
             if web_port is not None:

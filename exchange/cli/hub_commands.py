@@ -213,7 +213,17 @@ def _show_change(answer: registry_pb2.DepartmentResponse, what: str) -> None:
     "roles",
     multiple=True,
     required=True,
-    type=click.Choice(["provider", "consumer", "collector", "form-tool", "auditor"]),
+    type=click.Choice(
+        [
+            "provider",
+            "consumer",
+            "collector",
+            "form-tool",
+            "auditor",
+            "identity-provider",
+            "supervisor",
+        ]
+    ),
     help="A role (repeatable).",
 )
 @click.option("--endpoint", default="", help="host:port of the provider adapter.")

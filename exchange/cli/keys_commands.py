@@ -77,7 +77,7 @@ def department(
 
 
 @keys.command("operator")
-@click.option("--dir", "keys_dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+@dir_option
 @click.pass_context
 def operator(ctx: click.Context, keys_dir: Path | None) -> None:
     """Create the operator's signing key (for a keystore made before it was apart from the
@@ -93,7 +93,7 @@ def operator(ctx: click.Context, keys_dir: Path | None) -> None:
 
 
 @keys.command("rotate-hub-key")
-@click.option("--dir", "keys_dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+@dir_option
 @click.pass_context
 def rotate_hub_key(ctx: click.Context, keys_dir: Path | None) -> None:
     """Create the hub's next log key (hub/signing.next.key) and print its verifier key and
@@ -110,7 +110,7 @@ def rotate_hub_key(ctx: click.Context, keys_dir: Path | None) -> None:
 
 
 @keys.command("verifier")
-@click.option("--dir", "keys_dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+@dir_option
 @click.option("--origin", default=None, help="The log origin (default from configuration).")
 @click.option(
     "--operator",

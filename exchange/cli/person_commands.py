@@ -224,10 +224,28 @@ def _consent_line(value: Consent) -> str:
 @click.option("--type", "material_type", required=True, help="The material type.")
 @click.option("--field", "fields", multiple=True, required=True, help="A field (repeatable).")
 @click.option("--purpose", required=True, help="The purpose the consumer must declare.")
-@click.option("--days", type=click.IntRange(1, 366), default=30, show_default=True)
-@click.option("--max-uses", type=click.IntRange(0), default=1, show_default=True)
+@click.option(
+    "--days",
+    type=click.IntRange(1, 366),
+    default=30,
+    show_default=True,
+    help="Days the consent stays in force (at most a year).",
+)
+@click.option(
+    "--max-uses",
+    type=click.IntRange(0),
+    default=1,
+    show_default=True,
+    help="Requests the consent allows (0: no limit).",
+)
 @click.option("--min-interval", type=click.IntRange(0), default=0, help="Seconds between uses.")
-@click.option("--data-life-days", type=click.IntRange(0), default=0, show_default=True)
+@click.option(
+    "--data-life-days",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="Days the consumer may keep what it gets.",
+)
 @assertion_option(required=True)
 @with_caller
 def consent_give(

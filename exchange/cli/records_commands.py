@@ -13,8 +13,16 @@ from typing import Any
 
 import click
 
+from adapters.client import HubClient
 from exchange.cli import flows_output as out
-from exchange.cli.flows_commands import EXCHANGE, Caller, field_values, with_caller
+from exchange.cli.flows_commands import (
+    EXCHANGE,
+    Caller,
+    assertion_option,
+    field_values,
+    read_assertion,
+    with_caller,
+)
 from exchange.cli.material_file import MaterialFileError, load_form
 from exchange.v1 import catalog_pb2, exchange_pb2
 
@@ -26,10 +34,15 @@ CATALOG = "/exchange.v1.Catalog"
 
 @click.command()
 @click.argument("subject_id")
+@assertion_option(required=False)
 @with_caller
-def history(caller: Caller, subject_id: str, as_json: bool) -> None:
-    """Every ledger entry that touched SUBJECT_ID's material: when (UTC), who, what, why."""
-    records = caller.perform(lambda client: client.access_history(subject_id))
+def history(caller: Caller, subject_id: str, assertion_path: Path | None, as_json: bool) -> None:
+    """Every ledger entry that touched SUBJECT_ID's material: when (UTC), who, what, why.
+
+    A form tool passes the person's --assertion; a supervisor may leave it out.
+    """
+    assertion = read_assertion(assertion_path) if assertion_path else None
+    records = caller.perform(lambda client: client.access_history(subject_id, assertion=assertion))
     if as_json:
         out.echo_json(
             [
@@ -107,6 +120,7 @@ def objection() -> None:
     metavar="FIELD=VALUE",
     help="A corrected value to propose (repeatable).",
 )
+@assertion_option(required=False)
 @with_caller
 def objection_file(
     caller: Caller,
@@ -114,16 +128,29 @@ def objection_file(
     subject_id: str,
     reason: str,
     proposed: tuple[str, ...],
+    assertion_path: Path | None,
     as_json: bool,
 ) -> None:
-    """File an objection against SUBJECT_ID's MATERIAL_TYPE; its holder must answer."""
+    """File an objection against SUBJECT_ID's MATERIAL_TYPE; its holder must answer.
+
+    A form tool filing for the person passes their --assertion; a consumer objecting on its
+    own account leaves it out.
+    """
     body = exchange_pb2.FileObjectionRequest(
         material_type=material_type,
         subject_id=subject_id,
         reason=reason,
         proposed_fields=field_values(proposed) if proposed else {},
     )
-    answer = caller.call(f"{EXCHANGE}/FileObjection", body, exchange_pb2.ObjectionResponse)
+    if assertion_path is not None:
+        body.assertion.CopyFrom(read_assertion(assertion_path))
+
+    async def file(client: HubClient) -> exchange_pb2.ObjectionResponse:
+        filed = await client.call(f"{EXCHANGE}/FileObjection", body, exchange_pb2.ObjectionResponse)
+        client.verify_receipt(filed.receipt)  # as HubClient.file_objection does
+        return filed
+
+    answer = caller.perform(file)
     if as_json:
         out.echo_json(objection_as_dict(answer.objection))
         return

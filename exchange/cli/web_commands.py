@@ -132,7 +132,12 @@ def serve(
 
 @web.command("add-staff")
 @click.argument("account")
-@click.option("--staff-file", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option(
+    "--staff-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="TOML file of staff accounts (created if missing).",
+)
 @click.option("--name", default="", help="Display name (default: the account).")
 @click.password_option(help="The password (prompted if not given).")
 def add_staff(account: str, staff_file: Path, name: str, password: str) -> None:

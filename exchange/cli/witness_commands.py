@@ -24,7 +24,13 @@ def witness() -> None:
 
 
 @witness.command("init")
-@click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="The directory to create the witness's key in.",
+)
 @click.option("--name", required=True, help="The witness's name, e.g. witness.js.gov.example/w1.")
 def init(directory: Path, name: str) -> None:
     """Create the witness's key in --dir and print its witness key (auditors and the hub
@@ -42,7 +48,13 @@ def init(directory: Path, name: str) -> None:
 
 
 @witness.command("serve")
-@click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="The witness's directory (its key and durable state).",
+)
 @click.option("--name", required=True, help="The name given to `witness init`.")
 @click.option("--listen", default="127.0.0.1:7480", show_default=True, help="host:port.")
 @click.option(

@@ -14,7 +14,14 @@ from sqlalchemy import create_engine, text
 
 from adapters.client import Refused
 from exchange.cli.main import main
-from tests.cli.test_flows_commands import exchange, hub_logs, refused, succeeded, world
+from tests.cli.test_flows_commands import (
+    assertion_file,
+    exchange,
+    hub_logs,
+    refused,
+    succeeded,
+    world,
+)
 from tests.flows.world import (
     ANNA,
     ASSISTANCE,
@@ -34,14 +41,23 @@ __all__ = ["hub_logs", "world"]  # fixtures used here
 
 async def test_history_lists_who_accessed_the_subject_in_utc(world: World) -> None:
     await world.clients[SOCIAL].check(HOUSEHOLD, ANNA)
-    out = succeeded(await exchange(world, FORM_TOOL, "history", ANNA))
+    # A form tool reads the person's history with the person's assertion (docs/identity.md).
+    assertion = await assertion_file(world, ANNA)
+    without = await exchange(world, FORM_TOOL, "history", ANNA)
+    assert "ASSERTION_REQUIRED" in refused(without)
+    out = succeeded(await exchange(world, FORM_TOOL, "history", ANNA, "--assertion", assertion))
     assert f" UTC  {SOCIAL}" in out and HOUSEHOLD in out
-    as_json = json.loads(succeeded(await exchange(world, FORM_TOOL, "history", ANNA, "--json")))
+    as_json = json.loads(
+        succeeded(
+            await exchange(world, FORM_TOOL, "history", ANNA, "--assertion", assertion, "--json")
+        )
+    )
     assert any(r["actor"] == SOCIAL and r["material_type"] == HOUSEHOLD for r in as_json)
     assert ANNA not in json.dumps(as_json)  # the history names who and why, never the subject
 
 
 async def test_objection_file_list_and_resolve(world: World) -> None:
+    # The form tool files for the person, with the person's assertion.
     filed = await exchange(
         world,
         FORM_TOOL,
@@ -53,6 +69,8 @@ async def test_objection_file_list_and_resolve(world: World) -> None:
         "divorced in 2024",
         "--propose",
         "marital_status=divorced",
+        "--assertion",
+        await assertion_file(world, ANNA),
         "--json",
     )
     objection = json.loads(succeeded(filed))

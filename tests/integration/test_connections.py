@@ -122,7 +122,7 @@ async def test_connections_beyond_the_descriptor_limit_leave_connected_callers_s
         await wait_serving(target, store)
         operator = HubClient(
             target,
-            Identity("hub", store.hub_signing_key(), store.operator_tls()),
+            Identity("hub", store.operator_signing_key(), store.operator_tls()),
             server_name="localhost",
         )
         await operator.call(

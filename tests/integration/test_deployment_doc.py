@@ -58,7 +58,7 @@ def test_the_deployment_walkthrough_runs_as_written(tmp_path: Path) -> None:
                 text(
                     "INSERT INTO marriage_registrations VALUES"
                     " ('110101199003070011', 'married', 'Li Na', '2019-05-20'),"
-                    " ('110101198511230022', 'unmarried', NULL, NULL)"
+                    " ('110101198511230021', 'unmarried', NULL, NULL)"
                 )
             )
         civil.dispose()

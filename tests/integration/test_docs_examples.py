@@ -1,6 +1,7 @@
 """The README's and docs/cli.md's examples marked ``<!-- runs against: exchange demo
 --keep-running -->`` run as written against the demo (with the address and keystore it
-prints), each exiting 0."""
+prints, to each command that takes them: ``person assert`` calls no hub and takes only the
+keystore), each exiting 0."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import click
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,6 +31,23 @@ def marked_commands(document: Path) -> list[list[str]]:
             if line.startswith("exchange "):
                 commands.append(shlex.split(line)[1:])
     return commands
+
+
+def where_options(command: list[str], where: dict[str, str]) -> list[str]:
+    """The options of ``where`` (``--listen``, ``--keys-dir``) that ``command`` takes."""
+    from exchange.cli.main import main
+
+    found: click.Command = main
+    with click.Context(main) as ctx:
+        for word in command:
+            if not isinstance(found, click.Group):
+                break
+            sub = found.get_command(ctx, word)
+            if sub is None:
+                break
+            found = sub
+    taken = {name for param in found.params for name in param.opts}
+    return [part for name, value in where.items() if name in taken for part in (name, value)]
 
 
 def test_documents_mark_examples() -> None:
@@ -58,11 +77,17 @@ def test_marked_examples_run_against_the_demo(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, printed[-3000:]
         found = re.search(r"Hub on (127\.0\.0\.1:\d+), keys in (\S+)\.", printed)
         assert found is not None, printed[-3000:]
-        where = ["--listen", found.group(1), "--keys-dir", found.group(2)]
+        where = {"--listen": found.group(1), "--keys-dir": found.group(2)}
         for document in (ROOT / "README.md", ROOT / "docs" / "cli.md"):
             for command in marked_commands(document):
                 result = subprocess.run(
-                    [sys.executable, "-m", "exchange.cli", *command, *where],
+                    [
+                        sys.executable,
+                        "-m",
+                        "exchange.cli",
+                        *command,
+                        *where_options(command, where),
+                    ],
                     cwd=tmp_path,
                     env=env,
                     capture_output=True,
