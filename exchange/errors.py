@@ -79,6 +79,12 @@ class ExchangeError(Exception):
         return self
 
     @property
+    def transient(self) -> bool:
+        """Whether this refusal is for a passing condition (``transient``): then it is not the
+        request id's answer, and a retry with the same bytes runs the call again."""
+        return transient(self.code, self.reason)
+
+    @property
     def reason_name(self) -> str:
         """The reason as its contract name, e.g. ``"BAD_SIGNATURE"``."""
         return common_pb2.Reason.Name(self.reason)
@@ -142,3 +148,44 @@ class OutOfRange(ExchangeError):
     """A position beyond the ledger's current end was asked for."""
 
     code = Code.OUT_OF_RANGE
+
+
+# Refusals for a passing condition (docs/api.md, "Request ids and retries"): the request id is
+# released, so the same bytes sent again run the call again. Every other refusal is the request
+# id's answer (policy, authentication, a malformed request), stored and returned to a retry.
+# By status: a dependency unavailable or too slow, a limit of the moment.
+TRANSIENT_CODES = frozenset({Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED})
+# By reason, whatever the status: rate limits and the hub's fairness limits.
+TRANSIENT_REASONS = frozenset(
+    {
+        common_pb2.LEDGER_UNAVAILABLE,
+        common_pb2.DATABASE_UNAVAILABLE,
+        common_pb2.PROVIDER_UNAVAILABLE,
+        common_pb2.PROVIDER_TIMEOUT,
+        common_pb2.RATE_LIMITED,
+        common_pb2.TOO_MANY_CALLS,
+        common_pb2.TOO_MANY_STREAMS,
+        common_pb2.HUB_BUSY,
+        common_pb2.REQUEST_IN_PROGRESS,
+    }
+)
+
+
+def transient(code: Code, reason: common_pb2.Reason.ValueType) -> bool:
+    """Whether a refusal of ``code`` and ``reason`` is for a passing condition (see
+    TRANSIENT_CODES and TRANSIENT_REASONS): not stored as the request id's answer."""
+    return code in TRANSIENT_CODES or reason in TRANSIENT_REASONS
+
+
+# How long a caller should wait before retrying a call the database could not serve.
+DATABASE_RETRY_SECONDS = 1.0
+
+
+class DatabaseUnavailable(Unavailable):
+    """The hub's database failed (refused connections, a full disk, a lock or statement
+    timeout): nothing was done; retry after ``retry_after``."""
+
+    def __init__(self, message: str = "the hub's database is unavailable; retry shortly") -> None:
+        super().__init__(
+            common_pb2.DATABASE_UNAVAILABLE, message, retry_after=DATABASE_RETRY_SECONDS
+        )

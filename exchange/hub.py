@@ -35,7 +35,7 @@ from exchange.store.materials import MaterialIndex
 from exchange.store.objections import Objections
 from exchange.store.operator_keys import OperatorKeys
 from exchange.store.registry import DepartmentRecord, Registry
-from exchange.store.requests import RequestLog
+from exchange.store.requests import Holder, RequestLog
 from exchange.supervision import Supervisor
 from exchange.supervision.engine import LEADER_LOCK
 from exchange.witness.submitter import WitnessEndpoint, Witnessing
@@ -96,10 +96,10 @@ class Hub:
         # that does not wait for the disk at commit (see open_engine: synchronous NORMAL);
         # the ledger's next commit, which waits, makes them durable too, as they come earlier
         # in the database's write-ahead log. A request-id claim is made before its call's
-        # entry, so an acknowledged call's claim is always durable; an answer or supervision
-        # state lost with the machine is recomputed (a retry is refused as in progress until
-        # the replay window passes; supervision replays from its cursor, kept in the same
-        # transaction).
+        # entry, whose transaction stores the call's answer, so an acknowledged call's claim
+        # and answer are always durable; a claim lost with the machine committed nothing, and
+        # supervision state lost with it is recomputed (supervision replays from its cursor,
+        # kept in the same transaction).
         self.write_behind = write_behind or engine
         # Point reads of the embedded database are done on the event loop (lookups.indexed).
         self.reads_inline = engine.dialect.name == "sqlite"
@@ -115,7 +115,8 @@ class Hub:
         # invalidate at once; another hub process sees a change (a revoked key, say) within
         # the cache's two seconds.
         self.departments: TtlCache[str, DepartmentRecord | None] = TtlCache(self.registry.get)
-        self.requests = RequestLog(self.write_behind)
+        # This process's claims on request ids name it (exchange.store.requests.Holder).
+        self.requests = RequestLog(self.write_behind, Holder.of(config.hub_id, config.listen))
         self.ledger = Ledger(
             engine,
             hub_key,
@@ -217,6 +218,10 @@ class Hub:
         await adopt_operator_key(self.ledger, self.operator_keys, self.hub_key, self.operator_key)
         await resume_log_key_overlap(self.ledger, self.log_keys, Keystore(self.config.keys_dir))
         self.witnessing.start()
+        # Claims this hub's earlier run left PENDING committed nothing: free them for retries.
+        settled = await asyncio.to_thread(self.requests.settle_leftovers)
+        if settled:
+            log.info("request_claims_settled", count=settled)
         self.requests.start()
         await self.supervision.start()
         self._purger = asyncio.create_task(self._purge_requests(), name="request-purge")

@@ -6,6 +6,8 @@ One log line per call (method, department, status, reason, latency); never perso
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import hashlib
 import time
 import uuid
@@ -19,10 +21,11 @@ from google.protobuf.message import DecodeError, Message
 from google.rpc import status_pb2
 
 from exchange import errors
+from exchange.api.claims import CallClaim
 from exchange.api.limits import Kind, Limits, Slot
 from exchange.clock import now_us
 from exchange.crypto.certificates import CertificateError, peer_identity
-from exchange.crypto.sealing import SealError, seal, unseal
+from exchange.crypto.sealing import SealError, unseal
 from exchange.flows.record import record
 from exchange.hub import Hub
 from exchange.observability import metrics
@@ -30,7 +33,13 @@ from exchange.policy.disclosure import open_disclosure
 from exchange.policy.identity import Caller, Claim, claim_of
 from exchange.rpc.status import abort, peer_certificate, to_status
 from exchange.store.cache import MISSING
-from exchange.store.requests import ANSWERED, PENDING, REFUSED, RequestRecord
+from exchange.store.database import database_failure
+from exchange.store.requests import (
+    IN_PROGRESS_RETRY_SECONDS,
+    PENDING,
+    REFUSED,
+    RequestRecord,
+)
 from exchange.v1 import common_pb2, envelope_pb2, ledger_pb2
 
 log = structlog.get_logger("exchange.call")
@@ -72,6 +81,16 @@ def peer_department(certificate: bytes | None) -> str | None:
         return None
 
 
+def _orphan_done(claim: CallClaim, method: str, task: asyncio.Future[Any]) -> None:
+    """The flow of a call whose caller went away ended: free its id if it failed before
+    committing anything (its answer, if it succeeded, is stored already)."""
+    if task.cancelled() or task.exception() is not None:
+        if not task.cancelled():
+            failure = type(task.exception()).__name__
+            log.warning("orphaned_call_failed", method=method, error=failure)
+        claim.release_soon()
+
+
 def _log_call(method: str, caller: Caller | None, outcome: str, started: float) -> None:
     """The one log line of a call, and its metrics: never a subject id, a value or a payload."""
     seconds = time.perf_counter() - started
@@ -102,69 +121,64 @@ class Pipeline:
         certificate = peer_certificate(context)
         caller: Caller | None = None
         slot: Slot | None = None
-        claimed = False
+        claim: CallClaim | None = None
         outcome = "OK"
         envelope = envelope_pb2.Envelope()
         try:
-            authenticated, signed, disclosure = await self._authenticate(
-                envelope, request, certificate, method.body_type
-            )
-            caller = authenticated
-            # Its turn (exchange.api.limits), before the request id is claimed: a call refused
-            # for its share is not answered, so its retry runs.
-            slot = await self.limits.call(
-                authenticated.department_id, certificate, context.time_remaining()
-            )
-            body = self._disclose(signed, disclosure)
-            earlier = await self.hub.requests.claim(
-                authenticated.department_id,
-                authenticated.request_id,
-                authenticated.envelope_sha256,
-                method.name,
-                now_us(),
-            )
-            if earlier is not None:
-                return await self._replay(method, authenticated, earlier, context, disclosure)
-            claimed = True
-            response = await method.run(self.hub, authenticated, body)
-            self.hub.requests.complete_soon(
-                authenticated.department_id,
-                authenticated.request_id,
-                authenticated.envelope_sha256,
-                method.name,
-                ANSWERED,
-                seal(response.SerializeToString(), disclosure or self.hub.at_rest.secret),
-            )
-            return response
+            try:
+                authenticated, signed, disclosure = await self._authenticate(
+                    envelope, request, certificate, method.body_type
+                )
+                caller = authenticated
+                # Its turn (exchange.api.limits), before the request id is claimed: a call
+                # refused for its share is not answered, so its retry runs.
+                slot = await self.limits.call(
+                    authenticated.department_id, certificate, context.time_remaining()
+                )
+                body = self._disclose(signed, disclosure)
+                opened = await CallClaim.open(
+                    self.hub.requests,
+                    authenticated.department_id,
+                    authenticated.request_id,
+                    authenticated.envelope_sha256,
+                    method.name,
+                    now_us(),
+                    context.time_remaining(),
+                    disclosure or self.hub.at_rest.secret,
+                )
+                if isinstance(opened, RequestRecord):
+                    return await self._replay(method, authenticated, opened, context, disclosure)
+                claim = opened
+                with claim:
+                    return await self._run(method, authenticated, body, claim)
+            except Exception as exc:
+                if isinstance(exc, errors.ExchangeError | grpc.aio.AbortError):
+                    raise
+                if not database_failure(exc):
+                    raise
+                # The database failed (claim, index, registry, entry): a passing condition.
+                log.warning("call_database_failed", method=method.name, error=type(exc).__name__)
+                raise errors.DatabaseUnavailable() from exc
         except grpc.aio.AbortError:
             raise
         except asyncio.CancelledError:
-            # The caller went away: free the request id so its retry runs (it never got an
-            # answer), without waiting, as this task is being cancelled.
+            # The caller went away. A claim still running its flow is settled by that flow
+            # (``_run``); one whose flow never started is freed, so its retry runs.
             outcome = "CANCELLED"
-            if claimed and caller is not None:
-                self.hub.requests.release_soon(caller.department_id, caller.request_id)
             raise
         except errors.ExchangeError as error:
             outcome = error.reason_name
-            status = await self._refuse(method, error, caller, certificate, envelope)
-            if claimed and caller is not None:
-                self.hub.requests.complete_soon(
-                    caller.department_id,
-                    caller.request_id,
-                    caller.envelope_sha256,
-                    method.name,
-                    REFUSED,
-                    seal(status.SerializeToString(), disclosure or self.hub.at_rest.secret),
-                )
+            status = await self._refuse(method, error, caller, certificate, envelope, claim)
+            if claim is not None:
+                await claim.refused(error, status)
             await abort(context, status)
             raise AssertionError("unreachable") from None  # abort raises
         except Exception:
             incident = uuid.uuid4().hex[:12]
             outcome = "INTERNAL_ERROR"
             log.exception("call_failed", method=method.name, incident=incident)
-            if claimed and caller is not None:
-                await self.hub.requests.release(caller.department_id, caller.request_id)
+            if claim is not None:
+                await claim.release()
             await context.abort(
                 grpc.StatusCode.INTERNAL, f"internal error; incident {incident} is in the hub log"
             )
@@ -173,6 +187,28 @@ class Pipeline:
             if slot is not None:
                 slot.release()
             _log_call(method.name, caller, outcome, started)
+
+    async def _run(
+        self, method: Method[Body, Response], caller: Caller, body: Body, claim: CallClaim
+    ) -> Response:
+        """Run the flow and store its answer (unless its entry's transaction did) before the
+        response is returned. The flow runs in a task of its own that the caller's going away
+        does not cancel: once it may have committed, it finishes and stores its answer, which
+        a retry then gets; if it fails meanwhile, the id is freed (unless an entry was
+        committed with it) and the failure logged."""
+
+        async def serve() -> Response:
+            response = await method.run(self.hub, caller, body)
+            await claim.answered(response)
+            return response
+
+        task = asyncio.ensure_future(serve())
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not task.done():
+                task.add_done_callback(functools.partial(_orphan_done, claim, method.name))
+            raise
 
     async def stream(
         self,
@@ -283,10 +319,18 @@ class Pipeline:
                 common_pb2.REQUEST_ID_REUSED,
                 f"request id {caller.request_id!r} was already used for a different request",
             )
-        if earlier.state == PENDING or earlier.response is None:
+        live = (earlier.lease_until_us or 0) >= now_us()
+        if earlier.state == PENDING or (earlier.response is None and live):
             raise errors.Unavailable(
-                common_pb2.REQUEST_ID_REUSED,
+                common_pb2.REQUEST_IN_PROGRESS,
                 f"request {caller.request_id!r} is still being processed; retry shortly",
+                retry_after=IN_PROGRESS_RETRY_SECONDS,
+            )
+        if earlier.response is None:
+            raise errors.FailedPrecondition(
+                common_pb2.REQUEST_ANSWER_LOST,
+                f"request {caller.request_id!r} was recorded at ledger sequence "
+                f"{earlier.ledger_sequence} but the hub stopped before storing its answer",
             )
         try:
             answer = unseal(earlier.response, disclosure or self.hub.at_rest.secret)
@@ -306,8 +350,11 @@ class Pipeline:
         caller: Caller | None,
         certificate: bytes | None,
         envelope: envelope_pb2.Envelope,
+        claim: CallClaim | None = None,
     ) -> status_pb2.Status:
-        """Record the refusal in the ledger (unless its flow did) and build its status."""
+        """Record the refusal in the ledger (unless its flow did) and build its status; with
+        ``claim``, the refusal (unless for a passing condition) is its request id's answer,
+        committed with the entry."""
         if error.recorded:
             return to_status(error, getattr(error, "ledger_sequence", None))
         who: Caller | Claim
@@ -323,25 +370,27 @@ class Pipeline:
             peer = peer_department(certificate)
             # Unauthenticated bytes are not kept (anyone holding a certificate could fill the
             # ledger with them): only their hash and size.
-            claim = claim_of(envelope, peer)
-            who, kind = Claim(claim.department_id, claim.request_id, b""), ledger_pb2.CALL_REFUSAL
-            attributes["envelope_sha256"] = hashlib.sha256(claim.envelope_bytes).hexdigest()
-            attributes["envelope_bytes"] = str(len(claim.envelope_bytes))
+            named = claim_of(envelope, peer)
+            who, kind = Claim(named.department_id, named.request_id, b""), ledger_pb2.CALL_REFUSAL
+            attributes["envelope_sha256"] = hashlib.sha256(named.envelope_bytes).hexdigest()
+            attributes["envelope_bytes"] = str(len(named.envelope_bytes))
         outcome = (
             ledger_pb2.FAILED
             if error.code in (errors.Code.UNAVAILABLE, errors.Code.DEADLINE_EXCEEDED)
             else ledger_pb2.REFUSED
         )
         try:
-            receipt = await record(
-                self.hub.ledger,
-                who,
-                kind,
-                outcome=outcome,
-                reason=error.reason,
-                attributes=attributes,
-                **fields,
-            )
+            with claim if claim is not None else contextlib.nullcontext():
+                receipt = await record(
+                    self.hub.ledger,
+                    who,
+                    kind,
+                    outcome=outcome,
+                    reason=error.reason,
+                    attributes=attributes,
+                    answer=lambda receipt: to_status(error, receipt.sequence),
+                    **fields,
+                )
         except errors.Unavailable as ledger_down:
             return to_status(ledger_down)
         return to_status(error, receipt.sequence)

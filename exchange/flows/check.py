@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from exchange.flows import lookups
 from exchange.flows.record import record
 from exchange.policy.identity import Caller
-from exchange.v1 import exchange_pb2, ledger_pb2
+from exchange.v1 import common_pb2, exchange_pb2, ledger_pb2
 
 if TYPE_CHECKING:
     from exchange.hub import Hub
@@ -31,6 +31,23 @@ async def check(
         material_type = await lookups.material_type(hub, body.material_type)
         lookups.subject_id(body.subject_id, material_type.subject_id_scheme)
         current = await lookups.indexed(hub, material_type.id, subject_ref)
+        if current is None:
+            answer = exchange_pb2.CheckResponse(on_file=False, holder=material_type.owner)
+        else:
+            answer = exchange_pb2.CheckResponse(
+                on_file=True,
+                reference=current.reference,
+                version=current.version,
+                holder=current.holder,
+            )
+
+        def answered(receipt: common_pb2.Receipt) -> exchange_pb2.CheckResponse:
+            response = exchange_pb2.CheckResponse()
+            response.CopyFrom(answer)
+            response.receipt.CopyFrom(receipt)
+            return response
+
+        # The answer is built in the entry's transaction, and stored with it for retries.
         receipt = await record(
             hub.ledger,
             caller,
@@ -42,15 +59,6 @@ async def check(
             version=current.version if current else 0,
             content_hash=current.content_hash if current else b"",
             attributes={"on_file": "true" if current else "false"},
+            answer=answered,
         )
-    if current is None:
-        return exchange_pb2.CheckResponse(
-            on_file=False, holder=material_type.owner, receipt=receipt
-        )
-    return exchange_pb2.CheckResponse(
-        on_file=True,
-        reference=current.reference,
-        version=current.version,
-        holder=current.holder,
-        receipt=receipt,
-    )
+    return answered(receipt)

@@ -2,17 +2,46 @@
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Callable, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
+from google.protobuf.message import Message
 from sqlalchemy import Connection
 
+from exchange import errors
 from exchange.flows.validity import Share, guard
 from exchange.ledger import Effect, EntryDraft, Ledger
 from exchange.policy.identity import Caller, Claim
+from exchange.store.requests import Claimed
 from exchange.v1 import common_pb2, ledger_pb2
 
 T = TypeVar("T")
+
+# How a call's answer is built from its entry's receipt (a response, or a google.rpc.Status
+# for a refusal): given to ``record``, it is stored with the entry, in its transaction.
+AnswerBuilder = Callable[[common_pb2.Receipt], Message]
+
+
+class CallClaim(Claimed, Protocol):
+    """The request-id claim of the call being served (exchange.api.claims.CallClaim), as
+    ``record`` uses it: the first entry recorded with it takes it."""
+
+    def take(self, answer: AnswerBuilder | None) -> bool:
+        """Take the claim for the entry about to be appended, with how to build the call's
+        answer from its receipt; False if an earlier entry of the call took it."""
+        ...
+
+    def taken(self, committed: bool) -> None:
+        """The append that took the claim ended: its entry (and the claim's answer) was
+        committed, or not (the claim is free again)."""
+        ...
+
+
+# The claim of the call this task serves; set by the pipeline (exchange.api.pipeline).
+current_claim: contextvars.ContextVar[CallClaim | None] = contextvars.ContextVar(
+    "current_claim", default=None
+)
 
 
 class ReadBack(Generic[T]):
@@ -49,6 +78,7 @@ async def record(
     effect: Effect | None = None,
     on_commit: Callable[[], None] | None = None,
     shares: Sequence[Share] = (),
+    answer: AnswerBuilder | None = None,
     **fields: Any,
 ) -> common_pb2.Receipt:
     """Append the entry of one call, with the caller's envelope beside it; return its receipt.
@@ -61,6 +91,12 @@ async def record(
     member state, and for each of ``shares`` (what the call delivered) the material type's
     sharing class and the grant. Otherwise it is appended as the refusal, the effect is not
     written, and that refusal is raised (an ExchangeError already ``recorded``).
+
+    The call's request-id claim (``current_claim``), unless an earlier entry of the call took
+    it, is committed with the entry: with the answer ``answer`` builds from the receipt (what a
+    retry with the same bytes gets), or, without ``answer``, marked as committed for the
+    pipeline to store the answer before it sends it. An entry of a refusal for a passing
+    condition (``errors.transient``) does not take the claim: its call's id is released.
 
     Raises exchange.errors.Unavailable (LEDGER_UNAVAILABLE) if the ledger cannot commit: the
     caller must then not serve or store anything; an effect's IntegrityError as it is.
@@ -76,7 +112,34 @@ async def record(
     checked = (
         guard(caller, shares) if outcome == ledger_pb2.OK and isinstance(caller, Caller) else None
     )
-    receipt = await ledger.append(
-        draft, caller.envelope_bytes, effect=effect, on_commit=on_commit, guard=checked
-    )
+    claim = current_claim.get()
+    if claim is not None and (
+        (outcome != ledger_pb2.OK and _transient_outcome(outcome, reason)) or not claim.take(answer)
+    ):
+        claim = None
+    committed = False
+    try:
+        receipt = await ledger.append(
+            draft,
+            caller.envelope_bytes,
+            effect=effect,
+            on_commit=on_commit,
+            guard=checked,
+            claim=claim,
+        )
+        committed = True
+    except errors.ExchangeError as refused:
+        committed = refused.recorded  # a guard's refusal, appended with the claim's answer
+        raise
+    finally:
+        if claim is not None:
+            claim.taken(committed)
     return receipt.to_proto()
+
+
+def _transient_outcome(
+    outcome: ledger_pb2.Outcome.ValueType, reason: common_pb2.Reason.ValueType
+) -> bool:
+    """Whether an entry of ``outcome`` and ``reason`` is a refusal for a passing condition."""
+    code = errors.Code.UNAVAILABLE if outcome == ledger_pb2.FAILED else errors.Code.INTERNAL
+    return errors.transient(code, reason)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from exchange.errors import NotFound, OutOfRange, Unavailable
+from exchange.errors import DATABASE_RETRY_SECONDS, NotFound, OutOfRange, Unavailable
 from exchange.v1 import common_pb2
 
 
@@ -11,7 +11,7 @@ class LedgerUnavailable(Unavailable):
     acknowledged, so the call that needed the entry must not be served."""
 
     def __init__(self, message: str = "the ledger cannot commit") -> None:
-        super().__init__(common_pb2.LEDGER_UNAVAILABLE, message)
+        super().__init__(common_pb2.LEDGER_UNAVAILABLE, message, retry_after=DATABASE_RETRY_SECONDS)
 
 
 class BeyondLog(OutOfRange):

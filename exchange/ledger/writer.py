@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import queue
 import threading
 import time
 from collections.abc import Callable, Hashable, Sequence
@@ -63,6 +62,8 @@ from exchange.ledger.entry import (
 from exchange.ledger.errors import BeyondLog, CheckpointNotFound, LedgerUnavailable
 from exchange.observability import metrics
 from exchange.store.database import KeptConnection, write_lock
+from exchange.store.group_commit import GroupCommit, call_soon, settle
+from exchange.store.requests import COMMITTED, Answer, Claimed, ClaimLost, ClaimStatements
 from exchange.v1 import ledger_pb2
 
 log = structlog.get_logger(__name__)
@@ -155,6 +156,13 @@ class LockStats:
 MAX_EFFECTS_PER_BATCH = 64
 
 
+def _effects_full(batch: list[_Pending]) -> bool:
+    """Whether ``batch`` holds as many effects as one batch may (MAX_EFFECTS_PER_BATCH)."""
+    return batch[-1].effect is not None and (
+        sum(p.effect is not None for p in batch) >= MAX_EFFECTS_PER_BATCH
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class LedgerConfig:
     """How the ledger batches and checkpoints.
@@ -180,19 +188,7 @@ class _Pending:
     effect: Effect | None = None
     on_commit: Callable[[], None] | None = None
     guard: Guard | None = None
-
-
-_STOP = object()
-
-
-def _settle(items: list[tuple[asyncio.Future[Receipt], Receipt | BaseException]]) -> None:
-    for future, result in items:
-        if future.done():  # the caller gave up (cancelled); the entry may still be committed
-            continue
-        if isinstance(result, BaseException):
-            future.set_exception(result)
-        else:
-            future.set_result(result)
+    claim: Claimed | None = None
 
 
 class Ledger:
@@ -222,8 +218,15 @@ class Ledger:
         self._key_name = config.key_name or origin
         self._verifier_key = verifier_key(self._key_name, signer.public_bytes)
         self._overlap: tuple[SigningKey, ...] = ()  # next log keys, signing beside ``signer``
-        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
+        self._writer_thread: GroupCommit[_Pending] = GroupCommit(
+            "ledger-writer",
+            self._commit,
+            max_batch=config.max_batch,
+            full=_effects_full,
+            wait=self._checkpoint_wait,
+            idle=self._store_checkpoint_now,
+            finish=self._finish,
+        )
         self._accepting = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listeners: list[CommitListener] = []
@@ -240,7 +243,8 @@ class Ledger:
         self._lock_stats = LockStats()
         self._guard_seconds = 0.0
         self._lock_wait = 0.0  # of the last batch, for metrics (writer thread only)
-        self._writer = KeptConnection(engine, "ledger")
+        self._writer = KeptConnection(engine, "ledger", timeouts=True)
+        self._claims = ClaimStatements(engine.dialect.name)
         self._write_lock = write_lock(engine)
 
     # ---------------------------------------------------------------- life cycle
@@ -288,7 +292,7 @@ class Ledger:
         If entries were committed after the last stored checkpoint (a crash), a checkpoint is
         stored for them now. Raises LedgerUnavailable if the database cannot be reached.
         """
-        if self._thread is not None:
+        if self._writer_thread.running:
             return
         self._loop = asyncio.get_running_loop()
         self._grown = asyncio.Event()
@@ -297,27 +301,15 @@ class Ledger:
         except Exception as exc:  # any driver or OS error means the same: cannot start
             raise LedgerUnavailable(f"the ledger cannot start: {type(exc).__name__}") from exc
         self._accepting = True
-        self._thread = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
-        self._thread.start()
+        self._writer_thread.start()
 
     async def close(self) -> None:
         """Commit every queued append, store a final checkpoint and stop the writer."""
-        thread = self._thread
-        if thread is None:
+        if not self._writer_thread.running:
             return
         self._accepting = False
-        self._queue.put(_STOP)
-        await asyncio.to_thread(thread.join)
-        self._thread = None
         # Appends that raced with close and were queued after the writer left.
-        leftovers: list[_Pending] = []
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if isinstance(item, _Pending):
-                leftovers.append(item)
+        leftovers = await self._writer_thread.stop()
         self._fail(leftovers, "the ledger is closed")
 
     async def append(
@@ -328,6 +320,7 @@ class Ledger:
         effect: Effect | None = None,
         on_commit: Callable[[], None] | None = None,
         guard: Guard | None = None,
+        claim: Claimed | None = None,
     ) -> Receipt:
         """Record ``draft`` (with the caller's ``envelope`` bytes stored beside it).
 
@@ -350,6 +343,13 @@ class Ledger:
         refusal instead (outcome REFUSED, its reason), the effect is not run, and that error is
         raised here, marked ``recorded`` with the refusal's ``ledger_sequence``.
 
+        ``claim``, if given, is the call's request-id claim (exchange.store.requests): the
+        entry is appended only if the claim is still this process's (compare-and-set on its
+        holder, before the guard and the effect), and the request id's answer is stored in the
+        entry's transaction (``Claimed.answer``, given the receipt or the guard's refusal). A
+        claim no longer this process's leaves the entry out and raises ``ClaimLost``
+        (UNAVAILABLE, REQUEST_IN_PROGRESS): its caller retries and gets the other's answer.
+
         Returns after the entry is committed, with its receipt. Raises LedgerUnavailable if the
         ledger is not running or the commit fails; the entry (and its effect) is then not
         acknowledged. If ``effect`` raises sqlalchemy's IntegrityError (a unique or foreign key
@@ -361,7 +361,9 @@ class Ledger:
             raise LedgerUnavailable("the ledger is not running")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Receipt] = loop.create_future()
-        self._queue.put(_Pending(draft, envelope, future, loop, effect, on_commit, guard))
+        self._writer_thread.put(
+            _Pending(draft, envelope, future, loop, effect, on_commit, guard, claim)
+        )
         return await future
 
     def subscribe(self, listener: CommitListener) -> Callable[[], None]:
@@ -472,37 +474,7 @@ class Ledger:
         if head.size > self._checkpoint_size:
             self._store_checkpoint_now()
 
-    def _run(self) -> None:
-        stopping = False
-        max_batch = self._config.max_batch
-        while True:
-            if stopping:  # drain what was queued before close, then leave
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-            else:
-                try:
-                    item = self._queue.get(timeout=self._checkpoint_wait())
-                except queue.Empty:
-                    self._store_checkpoint_now()
-                    continue
-            batch: list[_Pending] = []
-            effects = 0
-            while True:
-                if item is _STOP:
-                    stopping = True
-                elif isinstance(item, _Pending):
-                    batch.append(item)
-                    effects += item.effect is not None
-                if len(batch) >= max_batch or effects >= MAX_EFFECTS_PER_BATCH:
-                    break
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-            if batch:
-                self._commit(batch)
+    def _finish(self) -> None:
         self._writer.close()
         self._store_checkpoint_now()
 
@@ -551,37 +523,18 @@ class Ledger:
             return
         metrics.observe_commit(len(committed), time.perf_counter() - started, self._lock_wait)
         _after_commit([p for index, p in enumerate(batch) if index not in refused])
-        by_loop: dict[
-            asyncio.AbstractEventLoop,
-            list[tuple[asyncio.Future[Receipt], Receipt | BaseException]],
-        ]
-        by_loop = {}
-        for pending, outcome in zip(batch, outcomes, strict=True):
-            by_loop.setdefault(pending.loop, []).append((pending.future, outcome))
-        for loop, items in by_loop.items():
-            self._call_soon(loop, _settle, items)
+        settle(
+            (pending.future, pending.loop, outcome)
+            for pending, outcome in zip(batch, outcomes, strict=True)
+        )
         if self._loop is not None:
-            self._call_soon(self._loop, self._announce, committed, size)
+            call_soon(self._loop, self._announce, committed, size)
 
     def _fail(self, batch: list[_Pending], message: str) -> None:
         # One error per caller: flows add their call's facts to the error they catch
         # (exchange.flows.lookups.facts), so a shared one would carry one call's facts into
         # another call's refusal entry.
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Receipt], Exception]]]
-        by_loop = {}
-        for pending in batch:
-            by_loop.setdefault(pending.loop, []).append(
-                (pending.future, LedgerUnavailable(message))
-            )
-        for loop, items in by_loop.items():
-            self._call_soon(loop, _settle, items)
-
-    @staticmethod
-    def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: object) -> None:
-        try:
-            loop.call_soon_threadsafe(fn, *args)
-        except RuntimeError:  # the caller's loop is closed: nobody is waiting any more
-            log.warning("ledger_caller_loop_closed")
+        settle((pending.future, pending.loop, LedgerUnavailable(message)) for pending in batch)
 
     def _announce(self, committed: CommittedEntries, size: int) -> None:
         self._known_size = max(self._known_size, size)
@@ -621,7 +574,9 @@ class Ledger:
         # is then revoked from exactly that time, as the verifier reads it).
         now_ns = max(time.time_ns() // 1000 * 1000, -(-last_ns // 1000) * 1000)
         at = Appending(now_ns)
-        refused, guarded = _apply_effects(conn, batch, at)
+        # The calls whose request-id claim is no longer this process's are left out.
+        lost = self._hold_claims(conn, batch)
+        refused, guarded = _apply_effects(conn, batch, at, lost)
         self._guard_seconds += at.guard_seconds
         if refused:
             batch = [p for index, p in enumerate(batch) if index not in refused]
@@ -657,11 +612,24 @@ class Ledger:
             cache[(level, idx)] = h
         new_head = storage.Head(compact.size, prev)
         storage.write_batch(conn, new_head, rows, completed, compact.hashes, now_ns)
-        checkpoint: Checkpoint | None = None
         store = self._checkpoint_due(new_head.size)
+        # The receipts are made in the transaction, before the commit, as the answers the
+        # request ids keep are made from them: the batch's signed checkpoint and each entry's
+        # inclusion proof in it (the nodes they need are in ``cache``, or committed earlier).
+        checkpoint = self._sign(new_head.size, compact.root())
         if store:
-            checkpoint = self._sign(new_head.size, compact.root())
             storage.store_checkpoint(conn, checkpoint)
+        proofs = _BatchProofs(conn, cache, new_head.size)
+        receipts = [
+            Receipt(
+                sequence=old_size + offset,
+                leaf_hash=leaf,
+                checkpoint=checkpoint.note,
+                inclusion_proof=proofs.inclusion(old_size + offset),
+            )
+            for offset, leaf in enumerate(leaf_hashes)
+        ]
+        self._answer_claims(conn, batch, receipts, guarded)
         # Through the kept connection, which then knows the commit was sent: a connection lost
         # from here on leaves the outcome unknown, and the batch (effects included) must not
         # run again on a new connection.
@@ -673,25 +641,6 @@ class Ledger:
         if store:
             self._checkpoint_size = new_head.size
             self._checkpoint_time = time.monotonic()
-        # The receipts are made from what was committed, after the lock is released: the
-        # batch's signed checkpoint and each entry's inclusion proof in it (the nodes they
-        # need are in ``cache`` or were committed earlier, and never change).
-        if checkpoint is None:
-            checkpoint = self._sign(new_head.size, compact.root())
-        proofs = _BatchProofs(conn, cache, new_head.size)
-        try:
-            receipts = [
-                Receipt(
-                    sequence=old_size + offset,
-                    leaf_hash=leaf,
-                    checkpoint=checkpoint.note,
-                    inclusion_proof=proofs.inclusion(old_size + offset),
-                )
-                for offset, leaf in enumerate(leaf_hashes)
-            ]
-        finally:
-            if conn.in_transaction():  # a proof read a node: end that read's transaction
-                conn.rollback()
         # Decoded for the commit listeners, after the lock is released.
         committed = [(row[0], ledger_pb2.LedgerEntry.FromString(row[1])) for row in rows]
         outcomes: dict[int, Receipt | BaseException] = {
@@ -708,6 +657,44 @@ class Ledger:
             for index, pending in enumerate(original)
         ]
         return ordered, committed, new_head.size, set(refused)
+
+    def _hold_claims(self, conn: Connection, batch: list[_Pending]) -> set[int]:
+        """Confirm, in the batch's transaction, that the request-id claims of ``batch`` are
+        still this process's (and lock their rows until the commit); return the ``id`` of
+        each pending append whose claim is not."""
+        claimed = [p.claim for p in batch if p.claim is not None]
+        if not claimed:
+            return set()
+        held = self._claims.hold(conn, claimed)
+        return {
+            id(p)
+            for p in batch
+            if p.claim is not None and (p.claim.department_id, p.claim.request_id) not in held
+        }
+
+    def _answer_claims(
+        self,
+        conn: Connection,
+        batch: list[_Pending],
+        receipts: list[Receipt],
+        guarded: dict[int, ExchangeError],
+    ) -> None:
+        """Store, in the batch's transaction, the answer of each claimed call of ``batch``
+        (appended, in order, with ``receipts``): what a retry with the same bytes gets."""
+        rows: list[Answer] = []
+        for pending, receipt in zip(batch, receipts, strict=True):
+            claim = pending.claim
+            if claim is None:
+                continue
+            refusal = guarded.get(id(pending))
+            try:
+                state, response = claim.answer(receipt, refusal)
+            except Exception:  # the call's answer is then stored by the call, after the commit
+                log.exception("ledger_answer_failed")
+                state, response = COMMITTED, None
+            rows.append(Answer(claim, state, response, receipt.sequence))
+        if rows:
+            self._claims.answer(conn, rows)
 
     def _count_hold(self, locked: float, entries: int) -> None:
         held = time.perf_counter() - locked
@@ -776,12 +763,13 @@ def _refused(draft: EntryDraft, refusal: ExchangeError) -> EntryDraft:
 
 
 def _apply_effects(
-    conn: Connection, batch: list[_Pending], at: Appending
+    conn: Connection, batch: list[_Pending], at: Appending, lost: set[int]
 ) -> tuple[dict[int, Exception], dict[int, ExchangeError]]:
     """Run the guards and effects of ``batch`` in the open transaction, in order, each effect
     in a savepoint. Return the errors of the effects that failed (rolled back), by their
     index in the batch, and the refusals of the guards that failed, by ``id`` of their
-    pending append (whose effect was then not run).
+    pending append (whose effect was then not run). The appends in ``lost`` (by ``id``: their
+    request-id claim is no longer this process's) are refused with ClaimLost, unrun.
 
     A lost connection is raised: the whole batch fails (``KeptConnection`` may run it again on
     a new connection, effects included, as nothing was committed).
@@ -791,6 +779,9 @@ def _apply_effects(
     _appending.current = at
     try:
         for index, pending in enumerate(batch):
+            if id(pending) in lost:  # its request id is another's now: not appended
+                refused[index] = ClaimLost()
+                continue
             if pending.guard is not None:
                 checking = time.perf_counter()
                 refusal = pending.guard(conn, at)

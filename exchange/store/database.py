@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import sqlite3
 import threading
 import uuid
 from collections import deque
@@ -12,16 +13,25 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import psycopg
 import structlog
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from exchange.store.files import create_private
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 _log = structlog.get_logger("exchange.store")
+
+# A writer's lock wait and statement time limits (``KeptConnection(timeouts=True)``): shorter
+# than the deadlines callers give (the SDK's default is several seconds), so that a stuck
+# database is reported to them as UNAVAILABLE while they still wait.
+WRITER_LOCK_TIMEOUT_MS = 2000
+WRITER_STATEMENT_TIMEOUT_MS = 4000
+# Every other SQLite connection's busy timeout (set at connect, below).
+SQLITE_BUSY_TIMEOUT_MS = 10000
 
 # Connections each SQLite file engine keeps open (SQLAlchemy's default pool allowed 5 kept and
 # 10 more opened on demand).
@@ -71,7 +81,7 @@ def open_engine(
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute(f"PRAGMA synchronous={synchronous}")
             cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute("PRAGMA busy_timeout=10000")
+            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
             cursor.close()
 
         return engine
@@ -140,6 +150,21 @@ def writing(engine: Engine) -> Iterator[Connection]:
         yield connection
 
 
+def database_failure(error: BaseException) -> bool:
+    """Whether ``error`` is the database failing rather than a statement being wrong: a
+    connection refused or lost, a full disk, a file that cannot be opened or written, a lock
+    or statement timeout. Such a failure is a passing condition (``errors.DatabaseUnavailable``,
+    UNAVAILABLE), never an internal error. Recognised through SQLAlchemy's wrapping and on
+    the drivers' own cursors alike."""
+    if isinstance(error, (OperationalError, InterfaceError)):
+        return True
+    if isinstance(error, DBAPIError):
+        return bool(error.connection_invalidated)
+    if isinstance(error, (sqlite3.OperationalError, sqlite3.InterfaceError)):
+        return True
+    return isinstance(error, (psycopg.OperationalError, psycopg.InterfaceError))
+
+
 def connection_lost(error: BaseException) -> bool:
     """Whether ``error`` means the database connection itself is gone (server restart,
     failover, idle timeout)."""
@@ -160,12 +185,18 @@ class KeptConnection:
     connection is discarded.
     """
 
-    def __init__(self, engine: Engine, name: str) -> None:
+    def __init__(self, engine: Engine, name: str, *, timeouts: bool = False) -> None:
+        """A kept connection of ``engine`` for the writer ``name``. With ``timeouts``, the
+        connection waits at most WRITER_LOCK_TIMEOUT_MS for a lock and runs no statement
+        longer than WRITER_STATEMENT_TIMEOUT_MS (PostgreSQL), or waits at most the lock
+        timeout for SQLite's write lock: a batch then fails (``database_failure``) within its
+        callers' deadlines instead of after them."""
         self.engine = engine
         self.name = name
         self._lock = write_lock(engine)
         self._connection: Connection | None = None
         self._sent = False
+        self._timeouts = timeouts
 
     def run(self, batch: Callable[[Connection], T]) -> T:
         """``batch(connection)``, which ends with ``commit``; see the class."""
@@ -174,7 +205,7 @@ class KeptConnection:
             try:
                 with self._lock:
                     if self._connection is None:
-                        self._connection = self.engine.connect()
+                        self._connection = self._open()
                     return batch(self._connection)
             except Exception as exc:
                 lost = connection_lost(exc) or self._driver_broken()
@@ -185,6 +216,17 @@ class KeptConnection:
                     raise
                 _log.warning(f"{self.name}_reconnected", error=type(exc).__name__)
         raise AssertionError("unreachable")
+
+    def _open(self) -> Connection:
+        connection = self.engine.connect()
+        if self._timeouts:
+            try:
+                _set_timeouts(connection, WRITER_LOCK_TIMEOUT_MS, WRITER_STATEMENT_TIMEOUT_MS)
+            except BaseException:
+                connection.invalidate()
+                connection.close()
+                raise
+        return connection
 
     def _driver_broken(self) -> bool:
         """Whether the kept connection's driver says it is gone (a batch may run statements on
@@ -205,9 +247,26 @@ class KeptConnection:
         connection, self._connection = self._connection, None
         if connection is not None:
             try:
+                if self._timeouts and not connection.invalidated:
+                    # Back to the pool as other users expect it.
+                    if connection.in_transaction():
+                        connection.rollback()
+                    _set_timeouts(connection, SQLITE_BUSY_TIMEOUT_MS, 0)
                 connection.close()
             except Exception as exc:  # the database may be gone: nothing left to release
                 _log.warning(f"{self.name}_connection_close_failed", error=type(exc).__name__)
+
+
+def _set_timeouts(connection: Connection, lock_ms: int, statement_ms: int) -> None:
+    """Set a connection's lock wait and statement time limits (0: none on PostgreSQL), on the
+    driver's connection, outside SQLAlchemy's transaction (which stays as it was)."""
+    driver: Any = connection.connection.driver_connection
+    if connection.dialect.name == "postgresql":
+        driver.execute(f"SET lock_timeout = {int(lock_ms if statement_ms else 0)}")
+        driver.execute(f"SET statement_timeout = {int(statement_ms)}")
+        driver.commit()
+    elif connection.dialect.name == "sqlite":
+        driver.execute(f"PRAGMA busy_timeout = {int(lock_ms)}")
 
 
 _END_SESSIONS = text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n")

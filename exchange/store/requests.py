@@ -1,40 +1,73 @@
-"""Repository of request idempotency records: one per (department, request id).
+"""Repository of request ids: one durable life per (department, request id).
 
-Every call claims its request id before it has any effect and records its answer after, so two
-writes per call. Written one transaction each, they would contend with the ledger writer for
-SQLite's single write lock and pay an fsync each; instead one writer thread commits every claim
-and answer waiting at that moment in one transaction (group commit), and each caller is
-answered after that commit.
+A call claims its request id before it has any effect: a PENDING row naming its holder (this
+hub process: ``Holder``) and a lease (until when the holder answers for it). The call's ledger
+entry, its effect and the answer a retry will get are then committed in one transaction by the
+ledger's writer (``ClaimStatements``, used by exchange.ledger.writer): the row becomes ANSWERED
+or REFUSED there, guarded by compare-and-set on its holder, so an entry is never committed
+under a claim another hub has taken over. A call whose flow cannot build its answer in that
+transaction leaves the row COMMITTED (with its entry's sequence) and stores the answer itself
+(``complete``) before it answers. A refusal for a passing condition frees the id (``release``).
 
-The statements are plain SQL on the driver's cursor: SQLAlchemy's statement machinery cost
-more than the statements themselves.
+So a PENDING row always means that nothing of its call was committed: a restarting hub deletes
+its own earlier rows (``settle_leftovers``), and any hub may take over a row whose lease has
+passed (``claim``).
+
+Claims, answers and releases made outside the ledger's transaction are group-committed by one
+writer thread (exchange.store.group_commit), as plain SQL on the driver's cursor: SQLAlchemy's
+statement machinery cost more than the statements themselves.
 """
 
 from __future__ import annotations
 
 import asyncio
-import queue
-import threading
-from collections import deque
+import os
+import socket
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
-from sqlalchemy import Connection, Engine, delete
-from sqlalchemy.engine.interfaces import DBAPICursor
+from sqlalchemy import Connection, Engine, delete, text
 
-from exchange.store.database import KeptConnection, writing
+from exchange import errors
+from exchange.store.database import KeptConnection, database_failure, writing
+from exchange.store.group_commit import GroupCommit, settle
 from exchange.store.tables import requests
+from exchange.v1 import common_pb2
+
+if TYPE_CHECKING:  # the ledger imports this module
+    from exchange.ledger.entry import Receipt
 
 log = structlog.get_logger("exchange.requests")
 
 PENDING = 0
 ANSWERED = 1
 REFUSED = 2
+# The call's entry is committed but its answer was not stored with it (see the module).
+COMMITTED = 3
 MAX_BATCH = 512
-# Answers nobody waits for are written with the next batch of claims, or after this long: a
-# retry's claim always comes after its answer was queued, and a batch applies answers first.
-ANSWER_DELAY_SECONDS = 0.05
+# How long a retry finding its request id in progress is told to wait.
+IN_PROGRESS_RETRY_SECONDS = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class Holder:
+    """Who holds a claim: this hub process, as ``instance#boot``. ``instance`` names the hub
+    (its id, host and listening address), the same across restarts; ``boot`` is new for each
+    start, so a restarted hub knows its earlier claims."""
+
+    instance: str
+    boot: str
+
+    @classmethod
+    def of(cls, hub_id: str, listen: str) -> Holder:
+        """The holder of this process, for a hub ``hub_id`` listening at ``listen``."""
+        return cls(f"{hub_id}@{socket.gethostname()}/{listen}", os.urandom(8).hex())
+
+    @property
+    def name(self) -> str:
+        """The holder as stored in a claim."""
+        return f"{self.instance}#{self.boot}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +78,96 @@ class RequestRecord:
     method: str
     state: int
     response: bytes | None
+    holder: str | None = None
+    lease_until_us: int | None = None
+    ledger_sequence: int | None = None
+
+
+class Claimed(Protocol):
+    """A call's claim as the ledger's writer sees it (exchange.api.claims.CallClaim)."""
+
+    department_id: str
+    request_id: str
+    holder: str
+
+    def answer(self, receipt: Receipt, refusal: errors.ExchangeError | None) -> tuple[int, Any]:
+        """The state (ANSWERED, REFUSED, or COMMITTED when it cannot be built here) and the
+        stored answer (sealed bytes, or None) of the call whose entry has ``receipt``; with
+        ``refusal`` when the entry was appended as that refusal. Called on the writer thread,
+        inside the entry's transaction."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What the ledger's transaction stores for a claimed call."""
+
+    claim: Claimed
+    state: int
+    response: bytes | None
+    sequence: int
+
+
+class ClaimLost(errors.Unavailable):
+    """The call's request id is no longer this hub process's (its lease passed and another
+    took it over, or it was settled at a restart): its entry was not appended. A retry gets
+    the other call's answer."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            common_pb2.REQUEST_IN_PROGRESS,
+            "this request id was taken over by another call; retry to get its answer",
+            retry_after=IN_PROGRESS_RETRY_SECONDS,
+        )
+
+
+class ClaimStatements:
+    """The statements the ledger's writer makes on claims, in its own transaction."""
+
+    def __init__(self, dialect: str) -> None:
+        p = "%s" if dialect == "postgresql" else "?"
+        self._p = p
+        self._hold: dict[int, str] = {}
+        self._answer = (
+            f"UPDATE {requests.name} SET state = {p}, response = {p}, ledger_sequence = {p} "
+            f"WHERE department_id = {p} AND request_id = {p}"
+        )
+
+    def hold(self, conn: Connection, claims: list[Claimed]) -> set[tuple[str, str]]:
+        """The (department, request id) of ``claims`` still PENDING under their holder, their
+        rows locked until the transaction ends."""
+        sql = self._hold.get(len(claims))
+        if sql is None:
+            p = self._p
+            rows = ", ".join([f"({p}, {p}, {p})"] * len(claims))
+            sql = self._hold[len(claims)] = (
+                f"UPDATE {requests.name} SET state = state WHERE state = {PENDING} AND "
+                f"(department_id, request_id, holder) IN (VALUES {rows}) "
+                "RETURNING department_id, request_id"
+            )
+        values: list[Any] = []
+        for claim in claims:
+            values += (claim.department_id, claim.request_id, claim.holder)
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute(sql, values)
+            return {(d, r) for d, r in cursor.fetchall()}
+        finally:
+            cursor.close()
+
+    def answer(self, conn: Connection, answers: list[Answer]) -> None:
+        """Store each answer on its claim's row (held by ``hold`` in this transaction)."""
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.executemany(
+                self._answer,
+                [
+                    (a.state, a.response, a.sequence, a.claim.department_id, a.claim.request_id)
+                    for a in answers
+                ],
+            )
+        finally:
+            cursor.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,14 +177,15 @@ class _Claim:
     envelope_sha256: bytes
     method: str
     now_us: int
+    holder: str
+    lease_until_us: int
 
 
 @dataclass(frozen=True, slots=True)
 class _Complete:
     department_id: str
     request_id: str
-    envelope_sha256: bytes
-    method: str
+    holder: str
     state: int
     response: bytes
 
@@ -70,97 +194,112 @@ class _Complete:
 class _Release:
     department_id: str
     request_id: str
+    holder: str
 
 
 Operation = _Claim | _Complete | _Release
-_STOP = object()
+
+
+@dataclass(frozen=True, slots=True)
+class _Queued:
+    operation: Operation
+    future: asyncio.Future[Any]
+    loop: asyncio.AbstractEventLoop
 
 
 class RequestLog:
-    """Claims request ids and remembers their answers, so a retry gets the first answer.
+    """Claims request ids, releases them, and stores the answers the ledger's transaction did
+    not, so that a retry gets the first answer.
 
     The async methods go through the group-commit writer (``start`` it first, from the event
-    loop); ``purge`` and ``lookup`` are plain synchronous reads and writes.
+    loop); ``purge`` and ``settle_leftovers`` are plain synchronous writes. Every database
+    failure is raised as errors.DatabaseUnavailable (UNAVAILABLE).
     """
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, holder: Holder | None = None) -> None:
         self.engine = engine
-        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._writer = KeptConnection(engine, "request_log")
-        self._answers: deque[tuple[Operation, asyncio.Future[Any], Any]] = deque()
+        self.holder = holder or Holder("local", os.urandom(8).hex())
+        self._writer = KeptConnection(engine, "request_log", timeouts=True)
+        self._thread: GroupCommit[_Queued] = GroupCommit(
+            "request-log", self._commit, max_batch=MAX_BATCH, finish=self._writer.close
+        )
         self._sql = _Statements("%s" if engine.dialect.name == "postgresql" else "?")
 
     # ------------------------------------------------------------------ life cycle
 
     def start(self) -> None:
         """Start the writer thread."""
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="request-log", daemon=True)
-            self._thread.start()
+        self._thread.start()
 
     async def close(self) -> None:
         """Commit what is queued, then stop the writer."""
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            self._queue.put(_STOP)
-            await asyncio.to_thread(thread.join)
+        for late in await self._thread.stop():
+            settle([(late.future, late.loop, errors.DatabaseUnavailable("the hub is stopping"))])
+
+    def settle_leftovers(self) -> int:
+        """Delete the PENDING claims of this hub's earlier runs (same instance, another boot):
+        nothing of their calls was committed, and their holder is gone. Return how many."""
+        instance = self.holder.instance + "#"
+        with writing(self.engine) as conn:
+            result = conn.execute(
+                text(
+                    f"DELETE FROM {requests.name} WHERE state = {PENDING} AND holder <> :me "
+                    "AND substr(holder, 1, :n) = :instance"
+                ),
+                {"me": self.holder.name, "n": len(instance), "instance": instance},
+            )
+        return result.rowcount or 0
 
     # ------------------------------------------------------------------ operations
 
     async def claim(
-        self, department_id: str, request_id: str, envelope_sha256: bytes, method: str, now_us: int
-    ) -> RequestRecord | None:
-        """Claim the request id for this call; None if claimed, else the earlier record.
-
-        Raises the database's error if the claim cannot be committed.
-        """
-        result: RequestRecord | None = await self._submit(
-            _Claim(department_id, request_id, envelope_sha256, method, now_us)
-        )
-        return result
-
-    def complete_soon(
         self,
         department_id: str,
         request_id: str,
         envelope_sha256: bytes,
         method: str,
-        state: int,
-        response: bytes,
-    ) -> asyncio.Future[Any]:
-        """Queue the answer (serialized response, or serialized google.rpc.Status) and return
-        at once; the returned future settles when it is committed.
+        now_us: int,
+        lease_until_us: int | None = None,
+    ) -> RequestRecord | None:
+        """Claim the request id for this call, held by this process until ``lease_until_us``
+        (by default one minute). Return None if claimed (a new id, or a PENDING one whose
+        lease passed with the same bytes: taken over), else the earlier record.
 
-        The caller need not wait: the call's effect is already durable in the ledger. The
-        answer is written with the writer's next batch (at most ANSWER_DELAY_SECONDS later),
-        before that batch's claims, so a retry queued after this sees the answer. If the
-        process dies before the commit, a retry finds the claim still PENDING and is refused as
-        in progress until it ages out of the replay window. A failed commit is logged.
+        Raises errors.DatabaseUnavailable if the claim cannot be committed.
         """
-        if self._thread is None:
-            raise RuntimeError("the request log is not started")
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        # No wake-up: the answer goes with the writer's next batch, within ANSWER_DELAY_SECONDS
-        # (the writer never waits longer than that for its queue).
-        self._answers.append(
-            (
-                _Complete(department_id, request_id, envelope_sha256, method, state, response),
-                future,
-                loop,
+        lease = now_us + 60_000_000 if lease_until_us is None else lease_until_us
+        result: RequestRecord | None = await self._submit(
+            _Claim(
+                department_id,
+                request_id,
+                envelope_sha256,
+                method,
+                now_us,
+                self.holder.name,
+                lease,
             )
         )
-        future.add_done_callback(_log_failure)
-        return future
+        return result
+
+    async def complete(
+        self, department_id: str, request_id: str, state: int, response: bytes
+    ) -> None:
+        """Store the answer (a serialized response, or a serialized google.rpc.Status) of a
+        call this process holds whose ledger transaction did not store it (its row is PENDING
+        or COMMITTED). Returns once committed; raises errors.DatabaseUnavailable if not."""
+        await self._submit(_Complete(department_id, request_id, self.holder.name, state, response))
 
     async def release(self, department_id: str, request_id: str) -> None:
-        """Forget a claim whose call failed for an internal reason, so a retry runs again."""
-        await self._submit(_Release(department_id, request_id))
+        """Free the request id of a call this process holds and that committed nothing (a
+        refusal for a passing condition, an internal error), so a retry runs again. A row
+        already answered or committed is kept."""
+        await self._submit(_Release(department_id, request_id, self.holder.name))
 
     def release_soon(self, department_id: str, request_id: str) -> None:
         """``release`` without waiting: for a call being cancelled (its caller went away)."""
-        self._enqueue(_Release(department_id, request_id)).add_done_callback(_log_failure)
+        self._enqueue(_Release(department_id, request_id, self.holder.name)).add_done_callback(
+            _log_failure
+        )
 
     def purge(self, before_us: int) -> int:
         """Delete records received before ``before_us``; return how many.
@@ -175,52 +314,19 @@ class RequestLog:
         return await self._enqueue(operation)
 
     def _enqueue(self, operation: Operation) -> asyncio.Future[Any]:
-        if self._thread is None:
-            raise RuntimeError("the request log is not started")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._queue.put((operation, future, loop))
+        self._thread.put(_Queued(operation, future, loop))
         return future
 
     # ------------------------------------------------------------------ writer thread
 
-    def _run(self) -> None:
-        stopping = False
-        while not stopping:
-            try:
-                batch = [self._queue.get(timeout=ANSWER_DELAY_SECONDS)]
-            except queue.Empty:
-                batch = []
-            while len(batch) < MAX_BATCH:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            stopping = any(item is _STOP for item in batch)
-            self._commit([item for item in batch if item is not _STOP])  # type: ignore[misc]
-        # An answer queued while the last batch was being taken still gets written.
-        self._commit([])
-        self._writer.close()
-
-    def _take_answers(self) -> list[tuple[Operation, asyncio.Future[Any], Any]]:
-        """The answers queued so far, applied before the batch's claims (see
-        ANSWER_DELAY_SECONDS): taken after the batch, so a retry claimed after its answer was
-        queued always sees it."""
-        answers = []
-        while self._answers:
-            answers.append(self._answers.popleft())
-        return answers
-
-    def _commit(self, queued: list[tuple[Operation, asyncio.Future[Any], Any]]) -> None:
-        work = self._take_answers() + queued
-        if not work:
-            return
-
+    def _commit(self, work: list[_Queued]) -> None:
         def batch(conn: Connection) -> list[Any]:
             conn.begin()
             cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
             try:
-                results = self._apply(cursor, [operation for operation, _, _ in work])
+                results = self._apply(cursor, [queued.operation for queued in work])
             finally:
                 cursor.close()
             self._writer.commit(conn)
@@ -228,77 +334,94 @@ class RequestLog:
 
         try:
             results = self._writer.run(batch)
-        except Exception as exc:
-            _settle_all(work, [exc] * len(work), failed=True)  # every waiter learns it
+        except Exception as exc:  # every waiter learns it; the writer lives on
+            log.error("request_log_commit_failed", error=type(exc).__name__)
+            failure: Exception = errors.DatabaseUnavailable() if database_failure(exc) else exc
+            settle((q.future, q.loop, failure) for q in work)
             return
-        _settle_all(work, results, failed=False)
+        settle((q.future, q.loop, r) for q, r in zip(work, results, strict=True))
 
     # ------------------------------------------------------------------ statements
 
-    def _apply(self, cursor: DBAPICursor, operations: list[Operation]) -> list[Any]:
-        # Plain SQL on the driver's cursor, in the caller's transaction (the statement
-        # machinery would cost more than the statements). A run of claims is one multi-row
-        # INSERT … ON CONFLICT DO NOTHING RETURNING (a new id, the usual case, inserts; an id in
-        # use inserts nothing and its record is read); the answers are one executemany.
-        # Operations keep their order: a run ends before an operation on an id already in it.
-        earlier: dict[tuple[str, str], RequestRecord | None] = {}
+    def _apply(self, cursor: Any, operations: list[Operation]) -> list[Any]:
+        # Plain SQL on the driver's cursor, in one transaction. A run of claims is one
+        # multi-row INSERT … ON CONFLICT DO NOTHING RETURNING (a new id, the usual case,
+        # inserts; an id in use inserts nothing and its record is read); answers and releases
+        # are one executemany each. Operations on one id keep their order: a run ends before an
+        # operation on an id already in it.
         results: list[Any] = [None] * len(operations)
-        completes: list[tuple[Any, ...]] = []
         claims: dict[tuple[str, str], tuple[int, _Claim]] = {}
+        completes: list[tuple[Any, ...]] = []
+        releases: list[tuple[Any, ...]] = []
+        touched: set[tuple[str, str]] = set()
+
+        def flush() -> None:
+            if completes:
+                cursor.executemany(self._sql.complete, completes)
+                completes.clear()
+            if releases:
+                cursor.executemany(self._sql.release, releases)
+                releases.clear()
+            touched.clear()
+
         for index, op in enumerate(operations):
             key = (op.department_id, op.request_id)
-            if key in claims:
-                self._claim_run(cursor, claims, earlier, results)
+            if key in claims or key in touched:
+                self._claim_run(cursor, claims, results)
+                flush()
             if isinstance(op, _Claim):
-                if key in earlier:  # claimed, answered or released earlier in this batch
-                    found = earlier[key]
-                    if found is not None:
-                        results[index] = found
-                        continue
                 claims[key] = (index, op)
-            elif isinstance(op, _Complete):
-                completes.append((op.state, op.response, op.department_id, op.request_id))
-                # A retry claimed later in this batch gets this answer.
-                earlier[key] = RequestRecord(op.envelope_sha256, op.method, op.state, op.response)
+                continue
+            touched.add(key)
+            if isinstance(op, _Complete):
+                completes.append((op.state, op.response, *key, op.holder))
             else:
-                self._claim_run(cursor, claims, earlier, results)
-                self._flush(cursor, completes)
-                cursor.execute(self._sql.delete, key)
-                earlier[key] = None
-        self._claim_run(cursor, claims, earlier, results)
-        self._flush(cursor, completes)
+                releases.append((*key, op.holder))
+        self._claim_run(cursor, claims, results)
+        flush()
         return results
 
     def _claim_run(
-        self,
-        cursor: DBAPICursor,
-        claims: dict[tuple[str, str], tuple[int, _Claim]],
-        earlier: dict[tuple[str, str], RequestRecord | None],
-        results: list[Any],
+        self, cursor: Any, claims: dict[tuple[str, str], tuple[int, _Claim]], results: list[Any]
     ) -> None:
         if not claims:
             return
         values: list[Any] = []
         for _, op in claims.values():
             values += (op.department_id, op.request_id, op.envelope_sha256, op.method)
-            values += (PENDING, None, op.now_us)
+            values += (PENDING, None, op.now_us, op.holder, op.lease_until_us)
         cursor.execute(self._sql.claims(len(claims)), values)
         inserted = {(d, r) for d, r in cursor.fetchall()}
         for key, (index, op) in claims.items():
             if key in inserted:
-                # A later claim of the same id in this batch sees this one.
-                earlier[key] = RequestRecord(op.envelope_sha256, op.method, PENDING, None)
                 continue
             cursor.execute(self._sql.select, key)
             row = cursor.fetchone()
-            earlier[key] = None if row is None else _record(row)
-            results[index] = earlier[key]
+            found = None if row is None else _record(row)
+            if found is not None and self._may_take_over(found, op):
+                cursor.execute(
+                    self._sql.take_over,
+                    (op.holder, op.lease_until_us, op.now_us, *key, found.holder or ""),
+                )
+                if cursor.rowcount == 1:
+                    log.info("request_claim_taken_over")
+                    continue
+                cursor.execute(self._sql.select, key)
+                row = cursor.fetchone()
+                found = None if row is None else _record(row)
+            results[index] = found
         claims.clear()
 
-    def _flush(self, cursor: DBAPICursor, completes: list[tuple[Any, ...]]) -> None:
-        if completes:
-            cursor.executemany(self._sql.complete, completes)
-            completes.clear()
+    @staticmethod
+    def _may_take_over(found: RequestRecord, op: _Claim) -> bool:
+        """Whether a claim found is PENDING with the same bytes and its holder's lease passed
+        (nothing of its call was committed: running it here is its only run)."""
+        return (
+            found.state == PENDING
+            and found.envelope_sha256 == op.envelope_sha256
+            and found.method == op.method
+            and (found.lease_until_us or 0) < op.now_us
+        )
 
 
 class _Statements:
@@ -313,6 +436,8 @@ class _Statements:
         "state",
         "response",
         "received_us",
+        "holder",
+        "lease_until_us",
     )
 
     def __init__(self, placeholder: str) -> None:
@@ -321,10 +446,20 @@ class _Statements:
         self._row = "(" + ", ".join([p] * len(self.COLUMNS)) + ")"
         self._claims: dict[int, str] = {}
         self.select = (
-            f"SELECT envelope_sha256, method, state, response FROM {requests.name} WHERE {key}"
+            "SELECT envelope_sha256, method, state, response, holder, lease_until_us, "
+            f"ledger_sequence FROM {requests.name} WHERE {key}"
         )
-        self.complete = f"UPDATE {requests.name} SET state = {p}, response = {p} WHERE {key}"
-        self.delete = f"DELETE FROM {requests.name} WHERE {key}"
+        self.take_over = (
+            f"UPDATE {requests.name} SET holder = {p}, lease_until_us = {p}, received_us = {p} "
+            f"WHERE {key} AND state = {PENDING} AND COALESCE(holder, '') = {p}"
+        )
+        self.complete = (
+            f"UPDATE {requests.name} SET state = {p}, response = {p} "
+            f"WHERE {key} AND holder = {p} AND state IN ({PENDING}, {COMMITTED})"
+        )
+        self.release = (
+            f"DELETE FROM {requests.name} WHERE {key} AND holder = {p} AND state = {PENDING}"
+        )
 
     def claims(self, count: int) -> str:
         """INSERT of ``count`` claims; RETURNING names the ones inserted (an id in use is not:
@@ -340,39 +475,18 @@ class _Statements:
 
 
 def _record(row: Any) -> RequestRecord:
-    envelope_sha256, method, state, response = row
+    envelope_sha256, method, state, response, holder, lease, sequence = row
     return RequestRecord(
         envelope_sha256=bytes(envelope_sha256),
         method=method,
         state=state,
         response=None if response is None else bytes(response),
+        holder=holder,
+        lease_until_us=lease,
+        ledger_sequence=sequence,
     )
 
 
 def _log_failure(future: asyncio.Future[Any]) -> None:
     if not future.cancelled() and future.exception() is not None:
         log.error("request_record_failed", error=type(future.exception()).__name__)
-
-
-def _settle_all(
-    work: list[tuple[Operation, asyncio.Future[Any], Any]], values: list[Any], *, failed: bool
-) -> None:
-    """Settle every future of a batch with one wake-up of each event loop concerned."""
-    by_loop: dict[Any, list[tuple[asyncio.Future[Any], Any]]] = {}
-    for (_, future, loop), value in zip(work, values, strict=True):
-        by_loop.setdefault(loop, []).append((future, value))
-    for loop, items in by_loop.items():
-        try:
-            loop.call_soon_threadsafe(_settle, items, failed)
-        except RuntimeError:  # that loop is closed: nobody is waiting any more
-            log.warning("request_log_caller_loop_closed")
-
-
-def _settle(items: list[tuple[asyncio.Future[Any], Any]], failed: bool) -> None:
-    for future, value in items:
-        if future.done():
-            continue
-        if failed:
-            future.set_exception(value)
-        else:
-            future.set_result(value)

@@ -45,9 +45,11 @@ department_keys = Table(
     Index("ix_department_keys_department", "department_id"),
 )
 
-# One row per (department, request id): the idempotency record. ``status`` is 0 while the call
-# runs, then the gRPC status code number; ``response`` holds the serialized answer on success,
-# ``error`` the serialized google.rpc.Status of a refusal, so a retry gets the same answer.
+# One row per (department, request id): the request id's life (exchange.store.requests).
+# ``state`` is PENDING (0) while the call runs, held by ``holder`` until ``lease_until_us``;
+# ANSWERED (1) or REFUSED (2) with ``response`` the sealed answer (a serialized response, or
+# google.rpc.Status), committed with the call's entry (``ledger_sequence``); COMMITTED (3) when
+# the entry is committed and the answer not yet stored.
 requests = Table(
     "requests",
     metadata,
@@ -58,5 +60,8 @@ requests = Table(
     Column("state", Integer, nullable=False),
     Column("response", LargeBinary, nullable=True),
     Column("received_us", BigInteger, nullable=False),
+    Column("holder", String(200), nullable=True),
+    Column("lease_until_us", BigInteger, nullable=True),
+    Column("ledger_sequence", BigInteger, nullable=True),
     Index("ix_requests_received", "received_us"),
 )

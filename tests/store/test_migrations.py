@@ -10,6 +10,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy.engine import Engine
 
 import exchange.ledger.storage
+import exchange.observability.alerts
 import exchange.ownership
 import exchange.store.exchange_tables
 import exchange.store.log_keys
