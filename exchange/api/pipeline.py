@@ -244,7 +244,14 @@ class Pipeline:
         except errors.ExchangeError as error:
             outcome = error.reason_name
             await abort(context, await self._refuse(method, error, caller, certificate, envelope))
-        except Exception:
+        except Exception as exc:
+            if database_failure(exc):
+                failed = errors.DatabaseUnavailable()
+                outcome = failed.reason_name
+                log.warning("call_database_failed", method=method.name, error=type(exc).__name__)
+                await abort(
+                    context, await self._refuse(method, failed, caller, certificate, envelope)
+                )
             incident = uuid.uuid4().hex[:12]
             outcome = "INTERNAL_ERROR"
             log.exception("call_failed", method=method.name, incident=incident)

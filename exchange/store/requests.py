@@ -61,8 +61,12 @@ class Holder:
 
     @classmethod
     def of(cls, hub_id: str, listen: str) -> Holder:
-        """The holder of this process, for a hub ``hub_id`` listening at ``listen``."""
-        return cls(f"{hub_id}@{socket.gethostname()}/{listen}", os.urandom(8).hex())
+        """The holder of this process, for a hub ``hub_id`` listening at ``listen``. A hub
+        listening on a port chosen at start (port 0) has no earlier run to recognise: its
+        instance is unique, and only leases free what it leaves."""
+        boot = os.urandom(8).hex()
+        where = f"{listen}/{boot}" if listen.endswith(":0") else listen
+        return cls(f"{hub_id}@{socket.gethostname()}/{where}", boot)
 
     @property
     def name(self) -> str:
