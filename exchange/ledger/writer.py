@@ -20,13 +20,12 @@ caller gets that refusal instead of the receipt. So validity is judged in ledger
 every hub of a database alike (docs/architecture.md, "Validity in ledger order").
 
 The head lock (the head row's lock on PostgreSQL, the write lock on SQLite) is held from the
-head's read to the commit: guards, effects, sequencing, chaining, the Merkle nodes, and the
-stored checkpoint when one is due. Each entry's bytes but its sequence, time and chain link
-are encoded before it (``entry.prepare_entry``); the receipts' checkpoint signature and
-inclusion proofs are made after the commit, from what was committed (a failure there, a
-database lost between the commit and a proof's read, is reported like a commit whose outcome
-is unknown: the callers get ``LedgerUnavailable`` though their entries are committed).
-``lock_stats`` reports the hold time.
+head's read to the commit: request-id claims checked, guards, effects, sequencing, chaining,
+the Merkle nodes, the batch's checkpoint signature (stored when one is due), the receipts'
+inclusion proofs, and the answers stored with claimed entries (a call's answer is built from
+its receipt, so both are made before the commit). Each entry's bytes but its sequence, time
+and chain link are encoded before it (``entry.prepare_entry``). ``lock_stats`` reports the
+hold time.
 
 The writer is a thread rather than an asyncio task because SQLite and the psycopg driver block:
 running them on the event loop would stall every gRPC call while a batch is being fsynced.
