@@ -143,11 +143,12 @@ class ClaimStatements:
         sql = self._hold.get(len(claims))
         if sql is None:
             p = self._p
-            rows = ", ".join([f"({p}, {p}, {p})"] * len(claims))
+            # An OR of primary-key lookups: both databases then search the key's index per
+            # claim (a row-value IN scans the whole table on SQLite).
+            one = f"(department_id = {p} AND request_id = {p} AND holder = {p})"
             sql = self._hold[len(claims)] = (
                 f"UPDATE {requests.name} SET state = state WHERE state = {PENDING} AND "
-                f"(department_id, request_id, holder) IN (VALUES {rows}) "
-                "RETURNING department_id, request_id"
+                f"({' OR '.join([one] * len(claims))}) RETURNING department_id, request_id"
             )
         values: list[Any] = []
         for claim in claims:

@@ -286,13 +286,14 @@ async def kill_under_load(world: World, hub: HubProcess, kills: int) -> None:
     assert calls.cut, "no call was cut by the kills"
     try:
         # Every acknowledged call's same-bytes retry returns its first answer.
+        until = time.monotonic() + 60
         for first in calls.acknowledged:
-            again = await send(first)
+            again = await settled(first, until)  # the channel may still be reconnecting
             assert again.answer == first.answer, (first.method, again.refusal)
             assert again.refusal == first.refusal
         # A cut call's retry gets its committed answer, or runs now (once); a call whose
         # entry committed without its answer says so, and is never run again.
-        until = time.monotonic() + 60
+        outcomes: dict[str, int] = {}
         for cut in calls.cut:
             again = await settled(cut, until)
             assert not passing(again), (cut.method, again.refusal)
@@ -300,6 +301,10 @@ async def kill_under_load(world: World, hub: HubProcess, kills: int) -> None:
                 assert again.refusal[1] != "REQUEST_ID_REUSED", cut.method
             replay = await send(cut)
             assert replay.answer == again.answer and replay.refusal == again.refusal
+            outcomes[again.refusal[1] if again.refusal else "OK"] = (
+                outcomes.get(again.refusal[1] if again.refusal else "OK", 0) + 1
+            )
+        print(f"acknowledged={len(calls.acknowledged)} cut={len(calls.cut)} retried={outcomes}")
     finally:
         await load.close()
     counts = ok_entries(world)
