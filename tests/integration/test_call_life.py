@@ -560,3 +560,93 @@ async def test_sqlite_with_a_full_disk_is_unavailable(
     url = f"sqlite:///{small_disk / 'exchange.db'}"
     async with world_on(start_hub, url, tmp_path) as (world, hub):
         await unavailable_then_served(world, hub, disk_full(small_disk))
+
+
+# ------------------------------------------------------ another hub takes an expired claim
+
+
+async def taken_over(world: World, hub: HubProcess) -> None:
+    """A hub killed holding a claim: the same bytes sent to another hub of the database are
+    refused as in progress while the claim's lease runs, then run there once."""
+    store = world.hub.keystore
+    spy = world.spies[CIVIL]
+    client = hub.client(store, SOCIAL)
+    other = world.hub.client(SOCIAL)  # the in-process hub: another instance
+    try:
+        body = exchange_pb2.MaterialRequest(
+            material_type=MARRIAGE, subject_id=ANNA, purpose=ASSISTANCE, fields=["marital_status"]
+        )
+        sent = Sent(REQUEST, client, client.envelope(body), exchange_pb2.MaterialResponse)
+        spy.delay = 1.0
+        asked = len(spy.fetches)
+        # A short deadline: the claim's lease is that plus five seconds.
+        first = asyncio.create_task(send(sent, timeout=1.5))
+        while len(spy.fetches) == asked:
+            await asyncio.sleep(0.01)
+        hub.kill()
+        assert passing(await first)
+        spy.delay = 0.0
+        elsewhere = Sent(REQUEST, other, sent.envelope, exchange_pb2.MaterialResponse)
+        refused = await send(elsewhere)
+        assert refused.refusal is not None
+        assert refused.refusal == (grpc.StatusCode.UNAVAILABLE, "REQUEST_IN_PROGRESS")
+        again = await settled(elsewhere, time.monotonic() + 30)
+        assert again.answer is not None, again.refusal
+        assert len(spy.fetches) == asked + 2  # the killed hub's fetch, and this one
+        assert ok_entries(world)[request_id(sent)] == 1
+    finally:
+        spy.delay = 0.0
+        await client.close()
+
+
+async def test_another_hub_takes_over_an_expired_claim_on_sqlite(
+    start_hub: StartHub, tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path / 'exchange.db'}"
+    async with world_on(start_hub, url, tmp_path) as (world, hub):
+        await taken_over(world, hub)
+
+
+async def test_another_hub_takes_over_an_expired_claim_on_postgres(
+    start_hub: StartHub, postgres_url: str, tmp_path: Path
+) -> None:
+    async with world_on(start_hub, postgres_url, tmp_path) as (world, hub):
+        await taken_over(world, hub)
+
+
+# ------------------------------------------------------------ which refusals are answers
+
+
+async def test_a_passing_refusal_frees_the_id_and_a_policy_refusal_is_the_answer(
+    world: World,
+) -> None:
+    hub = world.hub
+    spy = world.spies[CIVIL]
+    await issue_grant(world.clients[CIVIL])
+    client = hub.client(SOCIAL)
+    body = exchange_pb2.MaterialRequest(
+        material_type=MARRIAGE, subject_id=ANNA, purpose=ASSISTANCE, fields=["marital_status"]
+    )
+    sent = Sent(REQUEST, client, client.envelope(body), exchange_pb2.MaterialResponse)
+    spy.delay = 2.0  # past the hub's provider timeout (1.5 s)
+    try:
+        slow = await send(sent)
+    finally:
+        spy.delay = 0.0
+    assert slow.refusal == (grpc.StatusCode.DEADLINE_EXCEEDED, "PROVIDER_TIMEOUT")
+    # The same bytes run again (the timeout was not the id's answer), and are served once.
+    again = await send(sent)
+    assert again.answer is not None, again.refusal
+    assert (await send(sent)).answer == again.answer
+    assert ok_entries(world)[request_id(sent)] == 1
+
+    # A policy refusal is the id's answer: the retry gets it, and appends no entry.
+    denied = exchange_pb2.MaterialRequest(
+        material_type=MARRIAGE, subject_id=ANNA, purpose=ASSISTANCE, fields=["spouse_name"]
+    )
+    refused = Sent(REQUEST, client, client.envelope(denied), exchange_pb2.MaterialResponse)
+    first = await send(refused)
+    assert first.refusal is not None and first.refusal[1] == "FIELD_NOT_GRANTED"
+    size = hub.server.hub.ledger.size()
+    assert (await send(refused)).refusal == first.refusal
+    assert hub.server.hub.ledger.size() == size
