@@ -47,11 +47,13 @@ LEASE_MARGIN_S = 5.0
 class CallClaim:
     """The claim of one call on its request id; see the module."""
 
-    def __init__(self, log_: RequestLog, department_id: str, request_id: str, key: bytes) -> None:
+    def __init__(
+        self, log_: RequestLog, department_id: str, request_id: str, holder: str, key: bytes
+    ) -> None:
         self._log = log_
         self.department_id = department_id
         self.request_id = request_id
-        self.holder = log_.holder.name
+        self.holder = holder
         self._key = key  # what answers are sealed to: the disclosure, or the at-rest secret
         self._builder: AnswerBuilder | None = None
         self._taking = False
@@ -70,17 +72,20 @@ class CallClaim:
         now_us: int,
         time_remaining: float | None,
         key: bytes,
+        holder: str,
     ) -> CallClaim | RequestRecord:
-        """Claim the request id: the new claim, or the earlier call's record (replayed by the
-        caller). Raises errors.DatabaseUnavailable if the claim cannot be committed."""
+        """Claim the request id for ``holder`` (``Holder.call``): the new claim, or the
+        earlier call's record (replayed by the caller). Raises errors.DatabaseUnavailable if
+        the claim cannot be committed; if this is cancelled, the claim may be committed, and
+        ``RequestLog.release_soon`` with ``holder`` frees it."""
         lease = min(MAX_LEASE_S, time_remaining if time_remaining is not None else MAX_LEASE_S)
         lease_until_us = now_us + int((max(lease, 0.0) + LEASE_MARGIN_S) * 1_000_000)
         earlier = await log_.claim(
-            department_id, request_id, envelope_sha256, method, now_us, lease_until_us
+            department_id, request_id, envelope_sha256, method, now_us, lease_until_us, holder
         )
         if earlier is not None:
             return earlier
-        return cls(log_, department_id, request_id, key)
+        return cls(log_, department_id, request_id, holder, key)
 
     # -------------------------------------------------------------- the flow's entry
 
@@ -159,7 +164,7 @@ class CallClaim:
         if self.committed:
             return
         try:
-            await self._log.release(self.department_id, self.request_id)
+            await self._log.release(self.department_id, self.request_id, self.holder)
         except errors.ExchangeError:
             log.warning("request_release_failed")
         self._state = -1  # settled as released
@@ -167,7 +172,7 @@ class CallClaim:
     def release_soon(self) -> None:
         """``release`` without waiting (the call's task is being cancelled)."""
         if not self.committed:
-            self._log.release_soon(self.department_id, self.request_id)
+            self._log.release_soon(self.department_id, self.request_id, self.holder)
 
     async def _store(self, state: int, message: Message) -> None:
         if self.settled or self._state < 0:
@@ -178,6 +183,7 @@ class CallClaim:
                 self.request_id,
                 state,
                 seal(message.SerializeToString(), self._key),
+                self.holder,
             )
         except errors.ExchangeError:
             log.error("request_answer_lost")

@@ -122,6 +122,7 @@ class Pipeline:
         caller: Caller | None = None
         slot: Slot | None = None
         claim: CallClaim | None = None
+        holder: str | None = None  # set once the request id's claim is asked for
         outcome = "OK"
         envelope = envelope_pb2.Envelope()
         try:
@@ -136,6 +137,7 @@ class Pipeline:
                     authenticated.department_id, certificate, context.time_remaining()
                 )
                 body = self._disclose(signed, disclosure)
+                holder = self.hub.requests.holder.call()
                 opened = await CallClaim.open(
                     self.hub.requests,
                     authenticated.department_id,
@@ -145,6 +147,7 @@ class Pipeline:
                     now_us(),
                     context.time_remaining(),
                     disclosure or self.hub.at_rest.secret,
+                    holder,
                 )
                 if isinstance(opened, RequestRecord):
                     return await self._replay(method, authenticated, opened, context, disclosure)
@@ -163,8 +166,11 @@ class Pipeline:
             raise
         except asyncio.CancelledError:
             # The caller went away. A claim still running its flow is settled by that flow
-            # (``_run``); one whose flow never started is freed, so its retry runs.
+            # (``_run``); one that may have been committed while it was asked for is freed (a
+            # claim of this call's holder only, and only while PENDING), so its retry runs.
             outcome = "CANCELLED"
+            if claim is None and holder is not None and caller is not None:
+                self.hub.requests.release_soon(caller.department_id, caller.request_id, holder)
             raise
         except errors.ExchangeError as error:
             outcome = error.reason_name

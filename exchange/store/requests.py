@@ -21,6 +21,7 @@ statement machinery cost more than the statements themselves.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import socket
 from dataclasses import dataclass
@@ -70,8 +71,16 @@ class Holder:
 
     @property
     def name(self) -> str:
-        """The holder as stored in a claim."""
+        """This process's part of every holder it stores in a claim."""
         return f"{self.instance}#{self.boot}"
+
+    def call(self) -> str:
+        """The holder of one call's claim: this process's name and a number of its own, so
+        that no two calls of the process can release or answer each other's claims."""
+        return f"{self.name}/{next(_calls)}"
+
+
+_calls = itertools.count(1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,13 +254,14 @@ class RequestLog:
         """Delete the PENDING claims of this hub's earlier runs (same instance, another boot):
         nothing of their calls was committed, and their holder is gone. Return how many."""
         instance = self.holder.instance + "#"
+        me = self.holder.name + "/"
         with writing(self.engine) as conn:
             result = conn.execute(
                 text(
-                    f"DELETE FROM {requests.name} WHERE state = {PENDING} AND holder <> :me "
-                    "AND substr(holder, 1, :n) = :instance"
+                    f"DELETE FROM {requests.name} WHERE state = {PENDING} "
+                    "AND substr(holder, 1, :n) = :instance AND substr(holder, 1, :m) <> :me"
                 ),
-                {"me": self.holder.name, "n": len(instance), "instance": instance},
+                {"instance": instance, "n": len(instance), "me": me, "m": len(me)},
             )
         return result.rowcount or 0
 
@@ -265,10 +275,12 @@ class RequestLog:
         method: str,
         now_us: int,
         lease_until_us: int | None = None,
+        holder: str | None = None,
     ) -> RequestRecord | None:
-        """Claim the request id for this call, held by this process until ``lease_until_us``
-        (by default one minute). Return None if claimed (a new id, or a PENDING one whose
-        lease passed with the same bytes: taken over), else the earlier record.
+        """Claim the request id for this call, held by ``holder`` (``Holder.call``; by default
+        this process's name) until ``lease_until_us`` (by default one minute). Return None if
+        claimed (a new id, or a PENDING one whose lease passed with the same bytes: taken
+        over), else the earlier record.
 
         Raises errors.DatabaseUnavailable if the claim cannot be committed.
         """
@@ -280,31 +292,36 @@ class RequestLog:
                 envelope_sha256,
                 method,
                 now_us,
-                self.holder.name,
+                holder or self.holder.name,
                 lease,
             )
         )
         return result
 
     async def complete(
-        self, department_id: str, request_id: str, state: int, response: bytes
+        self,
+        department_id: str,
+        request_id: str,
+        state: int,
+        response: bytes,
+        holder: str | None = None,
     ) -> None:
         """Store the answer (a serialized response, or a serialized google.rpc.Status) of a
-        call this process holds whose ledger transaction did not store it (its row is PENDING
-        or COMMITTED). Returns once committed; raises errors.DatabaseUnavailable if not."""
-        await self._submit(_Complete(department_id, request_id, self.holder.name, state, response))
+        call ``holder`` holds whose ledger transaction did not store it (its row is PENDING or
+        COMMITTED). Returns once committed; raises errors.DatabaseUnavailable if not."""
+        holder = holder or self.holder.name
+        await self._submit(_Complete(department_id, request_id, holder, state, response))
 
-    async def release(self, department_id: str, request_id: str) -> None:
-        """Free the request id of a call this process holds and that committed nothing (a
+    async def release(self, department_id: str, request_id: str, holder: str | None = None) -> None:
+        """Free the request id of a call ``holder`` holds and that committed nothing (a
         refusal for a passing condition, an internal error), so a retry runs again. A row
-        already answered or committed is kept."""
-        await self._submit(_Release(department_id, request_id, self.holder.name))
+        already answered or committed, or held by another, is kept."""
+        await self._submit(_Release(department_id, request_id, holder or self.holder.name))
 
-    def release_soon(self, department_id: str, request_id: str) -> None:
+    def release_soon(self, department_id: str, request_id: str, holder: str | None = None) -> None:
         """``release`` without waiting: for a call being cancelled (its caller went away)."""
-        self._enqueue(_Release(department_id, request_id, self.holder.name)).add_done_callback(
-            _log_failure
-        )
+        operation = _Release(department_id, request_id, holder or self.holder.name)
+        self._enqueue(operation).add_done_callback(_log_failure)
 
     def purge(self, before_us: int) -> int:
         """Delete records received before ``before_us``; return how many.
