@@ -231,6 +231,26 @@ async def test_a_form_tool_that_also_collects_is_still_person_bound(world: World
     assert answer.on_file
 
 
+async def test_a_form_tool_that_is_also_a_consumer_objects_only_for_the_person(
+    world: World,
+) -> None:
+    """Objecting tells whether material is on file (NOT_ON_FILE): a form tool does it only
+    with the person's assertion, whatever other roles it holds."""
+    both = await world.hub.register("js.nj.portal", (common_pb2.FORM_TOOL, common_pb2.CONSUMER))
+    for subject in (ANNA, CARL):  # on file, and not: the same refusal
+        error = await refused(both.file_objection(MARRIAGE, subject, "the record is wrong"))
+        assert (error.code, error.reason) == (UNAUTHENTICATED, "ASSERTION_REQUIRED")
+        entry = refusal_entry(world, error.ledger_sequence)
+        assert entry.kind == ledger_pb2.OBJECTION_FILING and entry.actor == "js.nj.portal"
+    filed = await both.file_objection(
+        MARRIAGE,
+        ANNA,
+        "the record is wrong",
+        assertion=world.assertion(ANNA, audience="js.nj.portal"),
+    )
+    assert filed.state == "OPEN"
+
+
 async def test_a_form_tool_checks_without_the_person_only_under_a_granted_legal_basis(
     world: World,
 ) -> None:
