@@ -554,13 +554,24 @@ class HubClient:
 
     # ------------------------------------------------------------------------ the flows
 
-    async def check(self, material_type: str, subject_id: str) -> CheckResult:
-        """Is material of ``material_type`` on file for the subject? Raises Refused."""
-        answer = await self.call(
-            f"{EXCHANGE}/Check",
-            exchange_pb2.CheckRequest(material_type=material_type, subject_id=subject_id),
-            exchange_pb2.CheckResponse,
+    async def check(
+        self,
+        material_type: str,
+        subject_id: str,
+        *,
+        assertion: envelope_pb2.Envelope | None = None,
+        purpose: str = "",
+    ) -> CheckResult:
+        """Is material of ``material_type`` on file for the subject? Raises Refused.
+
+        A form tool checks for a person with their ``assertion``, or names a legal-basis
+        ``purpose`` it holds a grant for; a department on its own account needs neither."""
+        body = exchange_pb2.CheckRequest(
+            material_type=material_type, subject_id=subject_id, purpose=purpose
         )
+        if assertion is not None:
+            body.assertion.CopyFrom(assertion)
+        answer = await self.call(f"{EXCHANGE}/Check", body, exchange_pb2.CheckResponse)
         return CheckResult(
             on_file=answer.on_file,
             reference=answer.reference,

@@ -42,7 +42,10 @@ from exchange.witness.submitter import WitnessEndpoint, Witnessing
 
 log = structlog.get_logger("exchange.hub")
 
-PURGE_INTERVAL_SECONDS = 600
+# The answers kept for retries hold personal data (sealed): they are purged often enough to
+# outlive their need (twice the replay window) by at most a tenth of the window, and at least
+# once a second.
+PURGE_FRACTION = 10
 
 
 def _moment(us: int) -> datetime:
@@ -230,8 +233,9 @@ class Hub:
         # A request older than the replay window is refused as stale before its id is looked
         # up, so its record can go once it is twice that old.
         horizon_us = 2 * self.config.replay_window_seconds * 1_000_000
+        interval = max(1.0, self.config.replay_window_seconds / PURGE_FRACTION)
         while True:
-            await asyncio.sleep(PURGE_INTERVAL_SECONDS)
+            await asyncio.sleep(interval)
             try:
                 purged = await asyncio.to_thread(self.requests.purge, now_us() - horizon_us)
             except SQLAlchemyError as exc:

@@ -25,6 +25,7 @@ from typing import Any
 import click
 
 from exchange.cli.main import fail, load_config
+from exchange.store.files import create_private
 
 SQLITE_PREFIX = "sqlite:///"
 
@@ -71,6 +72,9 @@ def sqlite_copy(source: Path, target: Path) -> None:
     ``target`` renamed into place (a crash leaves no half-written ``target``)."""
     temporary = target.with_name(target.name + ".partial")
     temporary.unlink(missing_ok=True)
+    # A copy holds what the database holds: owner-readable only, like the database itself
+    # (SQLite opens the empty file and gives its journal the same mode).
+    create_private(temporary)
     src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
     try:
         dst = sqlite3.connect(temporary)
@@ -110,15 +114,20 @@ def backup(ctx: click.Context, out: Path, database_url: str | None) -> None:
         sqlite_copy(source, out)
         url = f"{SQLITE_PREFIX}{out}"
     else:
-        _run(
-            [
-                _tool("pg_dump"),
-                "--format=custom",
-                "--file",
-                str(out),
-                _libpq_url(config.database_url),
-            ]
-        )
+        create_private(out)  # pg_dump writes into it, keeping its owner-only mode
+        try:
+            _run(
+                [
+                    _tool("pg_dump"),
+                    "--format=custom",
+                    "--file",
+                    str(out),
+                    _libpq_url(config.database_url),
+                ]
+            )
+        except BaseException:  # a failed dump leaves no empty file behind
+            out.unlink(missing_ok=True)
+            raise
         url = config.database_url
     checkpoint = _latest_checkpoint(url)
     if checkpoint is not None:

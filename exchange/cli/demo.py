@@ -300,6 +300,8 @@ class Story:
             township.prefill(data.FORM_ID, data.WANG_WU, assertion=envelope_pb2.Envelope())
         )
         refused(f"without him, the form tool gets nothing: {error.code.name} {error.reason}")
+        error = await expect_refusal(township.check(data.MARRIAGE, data.WANG_WU))
+        refused(f"not even whether his marriage record is on file: {error.reason}")
         counter = platform.issue(data.WANG_WU, data.TOWNSHIP, Assurance.ID_CARD_AT_COUNTER)
         ok(
             f"{IDENTITY} checked his ID card and signed an assertion for {data.TOWNSHIP} "

@@ -176,16 +176,56 @@ def with_caller(function: Command) -> Command:
     return decorated
 
 
+def read_assertion(path: Path) -> envelope_pb2.Envelope:
+    """The subject assertion in ``path`` (written by ``exchange person assert`` or a real
+    identity provider's bridge). Raises click.BadParameter if it is not one."""
+    try:
+        return parse_assertion(path.read_bytes())
+    except (OSError, IdentityError) as exc:
+        raise click.BadParameter(f"{path}: {exc}", param_hint="--assertion") from exc
+
+
+def assertion_option(required: bool) -> Callable[[Command], Command]:
+    """The --assertion FILE option of the calls made for a person."""
+    return click.option(
+        "--assertion",
+        "assertion_path",
+        type=click.Path(dir_okay=False, exists=True, path_type=Path),
+        required=required,
+        help="The person's subject assertion (a file from their identity provider; "
+        "`exchange person assert` makes one on a development hub).",
+    )
+
+
 # ------------------------------------------------------------------------------ the flows
 
 
 @click.command()
 @click.argument("material_type")
 @click.argument("subject_id")
+@assertion_option(required=False)
+@click.option(
+    "--purpose",
+    default="",
+    help="A legal-basis purpose under which a form tool checks without the person "
+    "(it must hold a grant naming it).",
+)
 @with_caller
-def check(caller: Caller, material_type: str, subject_id: str, as_json: bool) -> None:
-    """Is material of MATERIAL_TYPE on file for SUBJECT_ID? Never shows content."""
-    result = caller.perform(lambda client: client.check(material_type, subject_id))
+def check(
+    caller: Caller,
+    material_type: str,
+    subject_id: str,
+    assertion_path: Path | None,
+    purpose: str,
+    as_json: bool,
+) -> None:
+    """Is material of MATERIAL_TYPE on file for SUBJECT_ID? Never shows content.
+
+    A form tool checks for a person with their --assertion, or under a granted --purpose."""
+    assertion = read_assertion(assertion_path) if assertion_path is not None else None
+    result = caller.perform(
+        lambda client: client.check(material_type, subject_id, assertion=assertion, purpose=purpose)
+    )
     if as_json:
         out.echo_json(out.check_as_dict(material_type, result))
     elif result.on_file:
@@ -267,27 +307,6 @@ def request(
     )
     for name, value in sorted(material.fields.items()):
         click.echo(f"  {name:24} {value}")
-
-
-def read_assertion(path: Path) -> envelope_pb2.Envelope:
-    """The subject assertion in ``path`` (written by ``exchange person assert`` or a real
-    identity provider's bridge). Raises click.BadParameter if it is not one."""
-    try:
-        return parse_assertion(path.read_bytes())
-    except (OSError, IdentityError) as exc:
-        raise click.BadParameter(f"{path}: {exc}", param_hint="--assertion") from exc
-
-
-def assertion_option(required: bool) -> Callable[[Command], Command]:
-    """The --assertion FILE option of the calls made for a person."""
-    return click.option(
-        "--assertion",
-        "assertion_path",
-        type=click.Path(dir_okay=False, exists=True, path_type=Path),
-        required=required,
-        help="The person's subject assertion (a file from their identity provider; "
-        "`exchange person assert` makes one on a development hub).",
-    )
 
 
 @click.command()

@@ -136,6 +136,13 @@ async def department(hub: Hub, department_id: str) -> DepartmentRecord | None:
     return found
 
 
+async def acting_for(hub: Hub, caller: Caller) -> tuple[str, ...]:
+    """The caller and the department that owns it (a form tool's township office), if any:
+    whose grants a form tool may use."""
+    me = await department(hub, caller.department_id)
+    return (caller.department_id,) + ((me.owner,) if me is not None and me.owner else ())
+
+
 async def holder(hub: Hub, department_id: str) -> DepartmentRecord:
     """The department holding a material, able to answer.
 

@@ -22,6 +22,7 @@ from exchange.flows import lookups
 from exchange.flows.person import require_person
 from exchange.flows.record import ReadBack, record
 from exchange.policy.identity import Caller
+from exchange.policy.roles import person_facing
 from exchange.store.materials import Proposal
 from exchange.store.objections import ObjectionRecord
 from exchange.v1 import common_pb2, exchange_pb2, ledger_pb2
@@ -56,9 +57,9 @@ async def file_objection(
 ) -> exchange_pb2.ObjectionResponse:
     """File an objection against the current version of a material.
 
-    A person's objection (filed by a form tool, or by anyone with an assertion) needs the
-    person's subject assertion (exchange.flows.person); a consumer objecting on its own account
-    files without one.
+    A person's objection (filed by a form tool, whatever other roles it holds, or by anyone
+    with an assertion) needs the person's subject assertion (exchange.flows.person); a consumer
+    that is not a form tool, objecting on its own account, files without one.
 
     Raises PermissionDenied (ROLE_REQUIRED: form tools and consumers), the refusals of
     ``require_person``, InvalidArgument
@@ -69,7 +70,9 @@ async def file_objection(
     with lookups.facts(material_type=body.material_type[:128], subject_ref=subject_ref) as known:
         lookups.require_role(caller, *FILE_ROLES, what="FileObjection")
         lookups.require_text(body.subject_id, "subject_id", 128)
-        if body.HasField("assertion") or "CONSUMER" not in caller.roles:
+        # A form tool files for a person, even one that is also a consumer (a refusal of
+        # NOT_ON_FILE would otherwise tell it about a person who never authenticated to it).
+        if body.HasField("assertion") or person_facing(caller) or "CONSUMER" not in caller.roles:
             await require_person(hub, caller, body.assertion, body.subject_id, known)
         reason = lookups.require_text(body.reason.strip(), "reason", 2000)
         material_type = await lookups.material_type(hub, body.material_type)

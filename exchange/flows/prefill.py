@@ -97,8 +97,7 @@ async def prefill(
         known["purpose"] = form.purpose  # a refused attempt shows the person its purpose too
         subject_id = lookups.subject_id(body.subject_id)
         await require_person(hub, caller, body.assertion, subject_id, known)
-        me = await lookups.department(hub, caller.department_id)
-        consumers = (caller.department_id,) + ((me.owner,) if me is not None and me.owner else ())
+        consumers = await lookups.acting_for(hub, caller)
 
         parts: dict[str, _Part] = {}
         unmapped: list[str] = []

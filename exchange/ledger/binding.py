@@ -93,6 +93,11 @@ def _material_and_subject_among_others(entry: Entry, body: Any, out: list[Mismat
     _subject(entry, body, out, only_personal_field=False)
 
 
+def _check(entry: Entry, body: exchange_pb2.CheckRequest, out: list[Mismatch]) -> None:
+    _material_and_subject(entry, body, out)
+    _same("purpose", entry.purpose, body.purpose, out)
+
+
 def _request(entry: Entry, body: exchange_pb2.MaterialRequest, out: list[Mismatch]) -> None:
     _material_and_subject(entry, body, out)
     _same("purpose", entry.purpose, body.purpose, out)
@@ -165,7 +170,7 @@ def _nothing(entry: Entry, body: Any, out: list[Mismatch]) -> None:
 _RULES: dict[str, tuple[type[Message], frozenset[int], Check]] = {
     f"exchange.v1.{body_type.__name__}": (body_type, frozenset(kinds), check)
     for body_type, kinds, check in (
-        (exchange_pb2.CheckRequest, [ledger_pb2.CHECK], _material_and_subject),
+        (exchange_pb2.CheckRequest, [ledger_pb2.CHECK], _check),
         (exchange_pb2.SubmitRequest, [ledger_pb2.SUBMIT], _material_and_subject_among_others),
         (exchange_pb2.MaterialRequest, [ledger_pb2.REQUEST], _request),
         (exchange_pb2.PrefillRequest, [ledger_pb2.PREFILL], _prefill),

@@ -7,6 +7,18 @@ from exchange.policy.identity import Caller
 from exchange.v1 import common_pb2
 
 AUDITOR = "AUDITOR"
+FORM_TOOL = "FORM_TOOL"
+# The roles through which a person reaches the hub (a grassroots form tool, a portal): a member
+# holding one acts for people, so what it may learn of a person needs that person's subject
+# assertion, or a catalogued legal basis (docs/identity.md). Departments acting on their own
+# account (consumer, collector, provider) are not person-facing.
+PERSON_FACING = frozenset({FORM_TOOL})
+
+
+def person_facing(caller: Caller) -> bool:
+    """Whether the caller holds a person-facing role (``PERSON_FACING``), whatever else it holds:
+    a form tool that also collects is still a form tool."""
+    return not PERSON_FACING.isdisjoint(caller.roles)
 
 
 def require_auditor(caller: Caller, what: str) -> None:

@@ -54,10 +54,27 @@ def permit(
             f"material type {material_type.id!r} is not shared: it never leaves its owner",
         )
     check_fields(material_type, fields)
-    wanted = frozenset(fields)
     if material_type.sharing_class is SharingClass.UNCONDITIONAL:
-        chosen = wanted or frozenset(material_type.field_names)
+        chosen = frozenset(fields) or frozenset(material_type.field_names)
         return Permit(tuple(sorted(chosen)), None)
+    return granted(material_type, grants, fields, purpose, now_us)
+
+
+def granted(
+    material_type: MaterialType,
+    grants: Sequence[Grant],
+    fields: Sequence[str],
+    purpose: str,
+    now_us: int,
+) -> Permit:
+    """The grant part of ``permit``, whatever the sharing class: the fields (``fields`` empty:
+    every field granted) one of ``grants`` allows for ``purpose`` now.
+
+    Used alone where a grant must name the purpose even for UNCONDITIONAL material (a form
+    tool checking without the person, exchange.flows.check). Raises PermissionDenied with
+    NO_GRANT, GRANT_REVOKED, GRANT_EXPIRED, PURPOSE_NOT_GRANTED or FIELD_NOT_GRANTED.
+    """
+    wanted = frozenset(fields)
     if not grants:
         raise errors.PermissionDenied(
             common_pb2.NO_GRANT, f"no grant covers this consumer for {material_type.id!r}"

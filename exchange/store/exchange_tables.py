@@ -106,8 +106,9 @@ material_fields = Table(
 )
 
 # Correction proposals (and, later, objections) against a material, waiting for its owner.
-# ``reason`` and ``proposed_fields`` (JSON) are sealed text ("sealed:v1:…", AtRest, bound to the
-# id); the proposed values are in flight to the owner, erased at resolution, never logged.
+# ``reason``, ``proposed_fields`` (JSON) and ``resolution`` are sealed text ("sealed:v1:…",
+# AtRest, bound to the id); the proposed values are in flight to the owner, erased at resolution,
+# never logged.
 objections = Table(
     "objections",
     metadata,

@@ -45,7 +45,7 @@ def _record(row: Row[Any], at_rest: AtRest) -> ObjectionRecord:
         state=m["state"],
         filed_us=m["filed_us"],
         deadline_us=m["deadline_us"],
-        resolution=m["resolution"],
+        resolution=at_rest.open_text(m["resolution"], m["id"]),
         resolved_us=m["resolved_us"],
     )
 
@@ -83,11 +83,14 @@ class Objections:
         False if it was no longer open (resolved concurrently).
 
         Resolving erases the proposed values: they were only in flight to the owner. (The
-        reason stays, sealed: the objection's record shows it to the owner and the filer.)
+        reason stays, sealed: the objection's record shows it to the owner and the filer. The
+        resolution is kept the same way: the owner's answer travels as personal data, in the
+        disclosure, so it is sealed under the at-rest key, bound to the objection id.)
         """
+        sealed = self.at_rest.seal_text(resolution, objection_id)
         result = conn.execute(
             update(objections)
             .where(objections.c.id == objection_id, objections.c.state == "OPEN")
-            .values(state=state, resolution=resolution, resolved_us=now_us, proposed_fields="{}")
+            .values(state=state, resolution=sealed, resolved_us=now_us, proposed_fields="{}")
         )
         return bool(result.rowcount)

@@ -5,6 +5,8 @@ checkpoints held; a tampered or too old backup is refused in one line."""
 from __future__ import annotations
 
 import asyncio
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,6 +36,18 @@ def one_error(result: Result) -> str:
     return lines[0]
 
 
+@pytest.fixture
+def shared_umask() -> Iterator[None]:
+    """A umask that lets others read new files: a backup must be owner-only all the same."""
+    previous = os.umask(0o022)
+    yield
+    os.umask(previous)
+
+
+def owner_only(path: Path) -> bool:
+    return path.stat().st_mode & 0o077 == 0
+
+
 async def grow(hub: RunningHub, *departments: str) -> None:
     """Registry entries, then a stored checkpoint covering them."""
     for department in departments:
@@ -48,7 +62,7 @@ async def grow(hub: RunningHub, *departments: str) -> None:
 
 
 async def test_sqlite_backup_while_serving_then_restore_verifies(
-    start_hub: StartHub, keystore: Keystore, tmp_path: Path
+    start_hub: StartHub, keystore: Keystore, tmp_path: Path, shared_umask: None
 ) -> None:
     hub = await start_hub()
     await grow(hub, "js.nj.one", "js.nj.two")
@@ -60,6 +74,7 @@ async def test_sqlite_backup_while_serving_then_restore_verifies(
         )
     )
     assert "backed up to" in printed and out.is_file()
+    assert owner_only(out)  # it holds what the database holds
     held = Path(f"{out}.checkpoint")
     assert held.read_text().startswith(hub.server.hub.ledger.origin)
     assert one_error(
@@ -79,6 +94,7 @@ async def test_sqlite_backup_while_serving_then_restore_verifies(
         str(held),
     )
     assert "verified: " in ok(result) and "extends 1 held checkpoint" in result.output
+    assert owner_only(restored)
 
     # A later checkpoint an auditor holds: the older backup must not be served.
     await grow(hub, "js.nj.three")
@@ -153,12 +169,17 @@ def write_config(folder: Path, database: Path, keys: str) -> Path:
 
 @pytest.mark.postgres
 async def test_postgres_backup_and_restore_with_pg_dump(
-    start_hub: StartHub, keystore: Keystore, tmp_path: Path, postgres_url: str
+    start_hub: StartHub,
+    keystore: Keystore,
+    tmp_path: Path,
+    postgres_url: str,
+    shared_umask: None,
 ) -> None:
     hub = await start_hub(postgres_url)
     await grow(hub, "js.nj.one", "js.nj.two")
     out = tmp_path / "hub.pgdump"
     ok(await asyncio.to_thread(exchange, "backup", str(out), "--database-url", postgres_url))
+    assert owner_only(out)
     held = Path(f"{out}.checkpoint")
     with scratch_postgres(require_postgres(), "exchange_restore") as target:
         config = tmp_path / "pg.toml"

@@ -152,6 +152,21 @@ async def test_check_json_output_parses(world: World) -> None:
     assert missing["on_file"] is False and missing["reference"] == ""
 
 
+async def test_a_form_tool_checks_with_the_persons_assertion_or_a_granted_legal_basis(
+    world: World,
+) -> None:
+    error = refused(await exchange(world, FORM_TOOL, "check", MARRIAGE, ANNA))
+    assert "refused: UNAUTHENTICATED ASSERTION_REQUIRED" in error
+    path = await assertion_file(world, ANNA)
+    out = succeeded(await exchange(world, FORM_TOOL, "check", MARRIAGE, ANNA, "--assertion", path))
+    assert out.startswith(f"on file: {MARRIAGE} v1 held by {CIVIL}")
+    args = ("check", MARRIAGE, ANNA, "--purpose", ASSISTANCE)
+    assert "PERMISSION_DENIED NO_GRANT" in refused(await exchange(world, FORM_TOOL, *args))
+    grant = ("grant", "issue", TOWNSHIP, MARRIAGE, "--field", "marital_status")
+    succeeded(await exchange(world, CIVIL, *grant, "--purpose", ASSISTANCE))
+    assert succeeded(await exchange(world, FORM_TOOL, *args)).startswith(f"on file: {MARRIAGE}")
+
+
 # ------------------------------------------------------------------------------ submit
 
 

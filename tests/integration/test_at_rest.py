@@ -25,6 +25,7 @@ from tests.flows.world import ANNA, CIVIL, FORM_TOOL, MARRIAGE, World, build
 
 SECRET_VALUE = "离婚 (demo secret)"
 SECRET_REASON = "我已于去年离婚 (demo reason)"
+SECRET_RESOLUTION = "赵六 (demo) 的婚姻登记仍有效 (demo resolution)"
 
 
 @pytest.fixture
@@ -91,13 +92,43 @@ async def test_objection_values_and_kept_answers_are_sealed_and_erased(world: Wo
     await civil.call(
         "/exchange.v1.Exchange/ResolveObjection",
         exchange_pb2.ResolveObjectionRequest(
-            objection_id=filed.id, state=exchange_pb2.REJECTED, resolution="record is right"
+            objection_id=filed.id, state=exchange_pb2.REJECTED, resolution=SECRET_RESOLUTION
         ),
         exchange_pb2.ObjectionResponse,
     )
     with world.hub.server.hub.engine.connect() as conn:
         row = conn.execute(select(objections).where(objections.c.id == filed.id)).one()
     assert row.proposed_fields == "{}"  # erased once resolved
+    # The owner's answer travels as personal data (in the disclosure) and is kept sealed.
+    assert row.resolution.startswith("sealed:v1:")
+    data = stored_bytes(world)
+    assert SECRET_RESOLUTION.encode() not in data
+    assert SECRET_RESOLUTION.encode("unicode_escape") not in data
+    resolved = await civil.call(
+        "/exchange.v1.Exchange/ListObjections",
+        exchange_pb2.ListObjectionsRequest(),
+        exchange_pb2.ListObjectionsResponse,
+    )
+    assert resolved.objections[0].resolution == SECRET_RESOLUTION
+
+
+async def test_kept_answers_are_erased_once_the_replay_window_has_passed(
+    start_hub: StartHub,
+) -> None:
+    """A retry is refused as stale after the replay window (either side of the hub's clock),
+    so an answer is needed for twice the window; the hub erases it soon after, not minutes."""
+    hub = await start_hub(replay_window_seconds=2)
+    await hub.register("js.nj.one")
+    method = "/exchange.v1.Registry/RegisterDepartment"
+    with hub.server.hub.engine.connect() as conn:
+        kept = conn.execute(select(requests).where(requests.c.method == method)).all()
+    assert kept  # the answer, kept for retries
+    for _ in range(300):  # polled: the purge runs at least once a second
+        with hub.server.hub.engine.connect() as conn:
+            if not conn.execute(select(requests).where(requests.c.method == method)).all():
+                return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the answer outlived the replay window by more than 10 s")
 
 
 def test_at_rest_sealing_opens_only_with_the_hub_secret() -> None:

@@ -10,14 +10,19 @@ import * as rules from "./rules.js";
 
 // Body type -> its personal fields (docs/security.md).
 export const PERSONAL_FIELDS = {
-  "exchange.v1.CheckRequest": ["subject_id"],
+  "exchange.v1.CheckRequest": ["subject_id", "assertion"],
   "exchange.v1.SubmitRequest": ["subject_id", "fields"],
-  "exchange.v1.MaterialRequest": ["subject_id"],
-  "exchange.v1.PrefillRequest": ["subject_id"],
-  "exchange.v1.AccessHistoryRequest": ["subject_id"],
-  "exchange.v1.FileObjectionRequest": ["subject_id", "reason", "proposed_fields"],
+  "exchange.v1.MaterialRequest": ["subject_id", "assertion"],
+  "exchange.v1.PrefillRequest": ["subject_id", "assertion"],
+  "exchange.v1.AccessHistoryRequest": ["subject_id", "assertion"],
+  "exchange.v1.FileObjectionRequest": ["subject_id", "reason", "proposed_fields", "assertion"],
   "exchange.v1.ResolveObjectionRequest": ["resolution", "corrected_fields"],
   "exchange.v1.PublishHoldingsRequest": ["holdings"],
+  // The person in the loop: a subject assertion names the subject, so it is personal too.
+  "exchange.v1.GiveConsentRequest": ["subject_id", "assertion"],
+  "exchange.v1.RevokeConsentRequest": ["subject_id", "assertion"],
+  "exchange.v1.ListConsentsRequest": ["subject_id", "assertion"],
+  "exchange.v1.ConfirmFormRequest": ["subject_id", "assertion"],
 };
 const RETRYABLE = new Set([grpc.status.UNAVAILABLE]);
 
