@@ -10,7 +10,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from adapters.client import HubClient, Identity, Refused, channel
-from exchange.cli.main import fail, load_config, refused, run
+from exchange.cli.main import call_failed, fail, load_config, run
 from exchange.config import Config, ConfigError
 from exchange.crypto.keys import KeyFileError, load_public_key
 from exchange.crypto.keystore import Keystore
@@ -167,9 +167,7 @@ def operator_call(config: Config, method: str, body: Any, response: Any) -> Any:
     try:
         return run(go())
     except Refused as exc:
-        if not exc.reason:  # no ErrorInfo: transport failure, not the hub's decision
-            fail(f"the hub at {config.listen} did not answer: {exc}")
-        refused(exc.code.name, exc.reason, exc.message)
+        call_failed(exc, config.listen)
     except KeyFileError as exc:
         fail(str(exc))
 
