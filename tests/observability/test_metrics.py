@@ -34,6 +34,7 @@ from tests.flows.world import (
     World,
     build,
 )
+from tests.integration.test_change_and_entry import ledger_down
 
 EXCHANGE = "/exchange.v1.Exchange"
 ROOT = Path(__file__).resolve().parents[2]
@@ -108,6 +109,21 @@ async def test_metrics_count_calls_holders_ledger_and_caches_without_personal_da
     )
     for subject in (ANNA, BEN, CARL, "张三", "married"):
         assert subject not in text
+
+
+async def test_a_ledger_that_cannot_commit_is_counted(world: World) -> None:
+    before = samples((await get(world, "/metrics"))[1])
+    with ledger_down(world), pytest.raises(Refused) as caught:
+        await world.clients[SOCIAL].check(HOUSEHOLD, BEN)
+    assert caught.value.reason == "LEDGER_UNAVAILABLE"
+    after = samples((await get(world, "/metrics"))[1])
+    failures = "exchange_ledger_commit_failures_total", ()
+    assert after[failures] - before.get(failures, 0.0) >= 1
+    failed = (
+        "exchange_calls_total",
+        (("method", f"{EXCHANGE}/Check"), ("outcome", "failed"), ("reason", "LEDGER_UNAVAILABLE")),
+    )
+    assert after[failed] - before.get(failed, 0.0) == 1
 
 
 async def test_health_endpoints_answer_without_a_client_certificate(world: World) -> None:
