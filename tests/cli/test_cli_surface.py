@@ -183,6 +183,19 @@ def test_adapter_check_with_a_missing_driver_prints_one_line(tmp_path: Path) -> 
     assert result.stderr.startswith("error: ")
 
 
+def test_adapter_check_never_creates_the_departments_database(tmp_path: Path) -> None:
+    assert run("keys", "init", "--dir", "keys", cwd=tmp_path).returncode == 0
+    adapter = tmp_path / "adapter.toml"
+    adapter.write_text(
+        '[department]\nid = "js.nj.one"\nkeys_dir = "keys"\nhub_target = "127.0.0.1:1"\n'
+        f'[backend]\nkind = "sql"\nurl = "sqlite:///{tmp_path / "typo.db"}"\n'
+        '[materials.t]\ntable = "t"\nsubject_column = "id"\nfields = { a = "a" }\n'
+    )
+    line = one_error(run("adapter", "check", "--config", str(adapter), cwd=tmp_path))
+    assert f"no SQLite database at {tmp_path / 'typo.db'}" in line
+    assert not (tmp_path / "typo.db").exists()
+
+
 def test_config_check_shows_values_sources_and_paths_relative_to_the_file(tmp_path: Path) -> None:
     etc = tmp_path / "etc" / "exchange"
     etc.mkdir(parents=True)
