@@ -224,6 +224,11 @@ async def test_registry_update_changes_the_record_in_an_entry_the_verifier_accep
     with pytest.raises(Refused) as caught:
         await world.clients[SOCIAL].call(UPDATE, body, registry_pb2.DepartmentResponse)
     assert caught.value.reason == "OPERATOR_ONLY"
+    body.update_mask.paths.append("keys")  # keys change by rotation only
+    with pytest.raises(Refused) as caught:
+        await world.hub.operator.call(UPDATE, body, registry_pb2.DepartmentResponse)
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "'keys' is not one" in caught.value.message
 
     # The changes are operator-signed entries an auditor's verification accepts.
     hub = world.hub
