@@ -23,8 +23,8 @@ SUBJECT = "990101199001010019"
 @given(
     st.from_regex(r"99[0-9]{15}[0-9X]", fullmatch=True),
     st.dictionaries(
-        st.text(st.characters(exclude_characters="\x00"), min_size=1, max_size=10),
-        st.text(st.characters(exclude_characters="\x00"), max_size=20),
+        st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=10),
+        st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=20),
         max_size=5,
     ),
 )
