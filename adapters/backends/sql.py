@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -48,13 +49,22 @@ _PROBE = "SELECT * FROM ({query}) AS mapping_probe WHERE 1 = 0"
 def read_only_engine(url: str) -> Engine:
     """An engine whose every connection refuses writes, where the database can enforce it.
 
-    Raises BackendError for a URL SQLAlchemy cannot use.
+    Raises BackendError for a URL SQLAlchemy cannot use, or a SQLite file that does not exist
+    (SQLite would create it empty: an adapter only ever reads and writes a database it has).
     """
     try:
         parsed = make_url(url)
     except ArgumentError as exc:
         raise BackendError(f"invalid database URL: {exc}") from exc
     backend = parsed.get_backend_name()
+    database = parsed.database or ""
+    if (
+        backend == "sqlite"
+        and database not in ("", ":memory:")
+        and "uri" not in parsed.query
+        and not Path(database).is_file()
+    ):
+        raise BackendError(f"no SQLite database at {database}; check the backend's url")
     connect_args: dict[str, Any] = {}
     if backend == "postgresql":
         connect_args["options"] = "-c default_transaction_read_only=on"

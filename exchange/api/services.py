@@ -81,6 +81,13 @@ REGISTRY_METHODS: tuple[Method[Any, Any], ...] = (
         ledger_pb2.STATE_CHANGE,
         registry.set_state,
     ),
+    Method(
+        f"/{REGISTRY}/UpdateDepartment",
+        registry_pb2.UpdateDepartmentRequest,
+        registry_pb2.DepartmentResponse,
+        ledger_pb2.DEPARTMENT_REGISTRATION,
+        registry.update_department,
+    ),
 )
 
 

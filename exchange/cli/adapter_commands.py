@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from exchange.cli.main import fail, run
+from exchange.cli.main import call_failed, fail, run
 from exchange.cli.progress import progress
 
 if TYPE_CHECKING:
@@ -169,7 +169,7 @@ def publish(
     try:
         run(go())
     except Refused as exc:
-        fail(f"{exc.code.name} {exc.reason}: {exc.message}")
+        call_failed(exc, hub_target or settings.hub_target)
     except (AdapterError, KeyFileError, CheckpointError) as exc:
         fail(str(exc))
 

@@ -467,6 +467,7 @@ def watch_command(
 
     from adapters.auditor import ForkDetected, Watcher
     from adapters.client import Refused
+    from exchange.cli.main import call_failed
 
     config, connect = _auditor_client(ctx, department, listen, keys_dir)
     verifier = _verifier(config, hub_verifier_key)
@@ -497,7 +498,9 @@ def watch_command(
         click.secho(str(fork), fg="red", bold=True, err=True)
         click.secho("!" * 72, fg="red", err=True)
         sys.exit(3)
-    except (Refused, CheckpointError) as exc:
+    except Refused as exc:
+        call_failed(exc, config.listen)
+    except CheckpointError as exc:
         click.secho(f"error: {exc}", fg="red", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
@@ -528,6 +531,7 @@ def check_receipt_command(
 
     from adapters.auditor import ForkDetected, Watcher
     from adapters.client import Refused
+    from exchange.cli.main import call_failed
     from exchange.v1 import common_pb2
 
     try:
@@ -551,7 +555,9 @@ def check_receipt_command(
     except ForkDetected as fork:
         click.secho(str(fork), fg="red", bold=True, err=True)
         sys.exit(3)
-    except (Refused, CheckpointError) as exc:
+    except Refused as exc:
+        call_failed(exc, config.listen)
+    except CheckpointError as exc:
         click.secho(f"INVALID: {exc}", fg="red", err=True)
         sys.exit(1)
     click.echo(f"valid: entry {receipt.sequence} is in the hub's log of size {checkpoint.size}")

@@ -24,7 +24,7 @@ from google.protobuf.message import Message
 from adapters.client import HubClient, Identity, Refused, VerificationError
 from adapters.identity import IdentityError, parse_assertion
 from exchange.cli import flows_output as out
-from exchange.cli.main import fail, load_config, refused, run
+from exchange.cli.main import call_failed, fail, load_config, run
 from exchange.cli.material_file import MaterialFileError, load_material_type
 from exchange.clock import now_us, to_timestamp
 from exchange.config import Config
@@ -86,9 +86,7 @@ class Caller:
         try:
             return run(go())
         except Refused as exc:
-            if not exc.reason:  # no ErrorInfo: transport failure, not the hub's decision
-                _fail(f"the hub at {self.config.listen} did not answer: {exc}")
-            refused(exc.code.name, exc.reason, exc.message)
+            call_failed(exc, self.config.listen)
         except VerificationError as exc:
             _fail(f"verification failed: {exc}")
         except KeyFileError as exc:

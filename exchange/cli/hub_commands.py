@@ -10,7 +10,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from adapters.client import HubClient, Identity, Refused, channel
-from exchange.cli.main import fail, load_config, refused, run
+from exchange.cli.main import call_failed, fail, load_config, run
 from exchange.config import Config, ConfigError
 from exchange.crypto.keys import KeyFileError, load_public_key
 from exchange.crypto.keystore import Keystore
@@ -167,9 +167,7 @@ def operator_call(config: Config, method: str, body: Any, response: Any) -> Any:
     try:
         return run(go())
     except Refused as exc:
-        if not exc.reason:  # no ErrorInfo: transport failure, not the hub's decision
-            fail(f"the hub at {config.listen} did not answer: {exc}")
-        refused(exc.code.name, exc.reason, exc.message)
+        call_failed(exc, config.listen)
     except KeyFileError as exc:
         fail(str(exc))
 
@@ -205,6 +203,21 @@ def _show_change(answer: registry_pb2.DepartmentResponse, what: str) -> None:
     click.echo(f"{what} (ledger entry #{answer.receipt.sequence})")
 
 
+ROLES = (
+    "provider",
+    "consumer",
+    "collector",
+    "form-tool",
+    "auditor",
+    "identity-provider",
+    "supervisor",
+)
+
+
+def _role_values(roles: tuple[str, ...]) -> list[common_pb2.Role.ValueType]:
+    return [common_pb2.Role.Value(r.upper().replace("-", "_")) for r in roles]
+
+
 @registry.command("register")
 @click.argument("department_id")
 @click.option("--name", required=True, help="The department's human-readable name.")
@@ -213,17 +226,7 @@ def _show_change(answer: registry_pb2.DepartmentResponse, what: str) -> None:
     "roles",
     multiple=True,
     required=True,
-    type=click.Choice(
-        [
-            "provider",
-            "consumer",
-            "collector",
-            "form-tool",
-            "auditor",
-            "identity-provider",
-            "supervisor",
-        ]
-    ),
+    type=click.Choice(ROLES),
     help="A role (repeatable).",
 )
 @click.option("--endpoint", default="", help="host:port of the provider adapter.")
@@ -260,7 +263,7 @@ def register(
         department=registry_pb2.Department(
             id=department_id,
             name=name,
-            roles=[common_pb2.Role.Value(r.upper().replace("-", "_")) for r in roles],
+            roles=_role_values(roles),
             provider_endpoint=endpoint,
             owner=owner,
             certificate_sha256=certificate_sha256(tls_pem.read_bytes()) if tls_pem.exists() else "",
@@ -269,6 +272,70 @@ def register(
     )
     answer = _call(config, "RegisterDepartment", body, registry_pb2.DepartmentResponse)
     _show_change(answer, "registered")
+
+
+@registry.command("update")
+@click.argument("department_id")
+@click.option("--name", default=None, help="The department's new human-readable name.")
+@click.option(
+    "--role",
+    "roles",
+    multiple=True,
+    type=click.Choice(ROLES),
+    help="A role (repeatable); the roles given replace the department's roles.",
+)
+@click.option(
+    "--endpoint", default=None, help="New host:port of the provider adapter ('' to clear)."
+)
+@click.option("--owner", default=None, help="New owning department (form tools; '' to clear).")
+@click.option(
+    "--certificate-sha256",
+    default=None,
+    help="Pin the department's client certificate by its DER SHA-256 in hex ('' accepts any "
+    "certificate the CA issued to the department id).",
+)
+@with_hub_options
+@click.pass_context
+def update(
+    ctx: click.Context,
+    department_id: str,
+    name: str | None,
+    roles: tuple[str, ...],
+    endpoint: str | None,
+    owner: str | None,
+    certificate_sha256: str | None,
+    listen: str | None,
+    keys_dir: Path | None,
+) -> None:
+    """Change a registered department's name, roles, provider endpoint, owner or pinned
+    certificate; what is not given stays. A ledger entry the operator signs; keys change by
+    `registry rotate` and `registry revoke`, the state by `registry set-state`."""
+    given = {
+        "name": name,
+        "roles": roles or None,
+        "provider_endpoint": endpoint,
+        "owner": owner,
+        "certificate_sha256": certificate_sha256,
+    }
+    paths = [field for field, value in given.items() if value is not None]
+    if not paths:
+        raise click.UsageError(
+            "give at least one of --name, --role, --endpoint, --owner, --certificate-sha256"
+        )
+    config = load_config(ctx, listen=listen, keys_dir=keys_dir)
+    body = registry_pb2.UpdateDepartmentRequest(
+        department_id=department_id,
+        department=registry_pb2.Department(
+            name=name or "",
+            roles=_role_values(roles),
+            provider_endpoint=endpoint or "",
+            owner=owner or "",
+            certificate_sha256=certificate_sha256 or "",
+        ),
+    )
+    body.update_mask.paths.extend(paths)
+    answer = _call(config, "UpdateDepartment", body, registry_pb2.DepartmentResponse)
+    _show_change(answer, f"updated {', '.join(paths)}")
 
 
 @registry.command("list")

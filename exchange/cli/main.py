@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import click
 
 if TYPE_CHECKING:
+    from adapters.client import Refused
     from exchange.config import Config
 
 T = TypeVar("T")
@@ -130,6 +131,15 @@ def refused(code: str, reason: str, message: str) -> NoReturn:
     """Print the hub's refusal as ``refused: CODE REASON: message`` and exit 2."""
     click.secho(f"refused: {code} {reason}: {message}", fg="yellow", err=True)
     sys.exit(REFUSED_EXIT)
+
+
+def call_failed(exc: Refused, listen: str) -> NoReturn:
+    """End a command whose call to the hub at ``listen`` failed: the hub's refusal (a reason
+    came back) as ``refused: …`` with exit 2; a call no hub answered as one ``error:`` line
+    with exit 1. The same for every command."""
+    if not exc.reason:  # no ErrorInfo: a transport failure, not the hub's decision
+        fail(f"the hub at {listen} did not answer: {exc}")
+    refused(exc.code.name, exc.reason, exc.message)
 
 
 class LazyGroup(click.Group):

@@ -72,6 +72,11 @@ def serve(directory: Path, name: str, listen: str, logs: tuple[str, ...]) -> Non
     from exchange.witness.server import Witness, WitnessServer
 
     logging_setup.configure("info", "json")
+    if not (directory / KEY_FILE).exists():
+        fail(
+            f"no witness key in {directory}: make one with "
+            f"`exchange witness init --dir {directory} --name {name}`"
+        )
     try:
         key = load_signing_key(directory / KEY_FILE)
         verifiers = [NoteVerifier.parse(text) for text in logs]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection
@@ -119,6 +120,32 @@ async def _change(
     return registry_pb2.DepartmentResponse(department=to_proto(department), receipt=receipt)
 
 
+def _roles(given: registry_pb2.Department) -> frozenset[str]:
+    return frozenset(
+        common_pb2.Role.Name(r) for r in given.roles if r != common_pb2.ROLE_UNSPECIFIED
+    )
+
+
+def _checked(department: DepartmentRecord) -> DepartmentRecord:
+    """``department`` if its record is one the registry may hold (a name, at least one role, a
+    provider's endpoint, texts within their lengths); raises InvalidArgument naming the field
+    otherwise. The same checks for a registration and an update."""
+    lookups.require_text(department.name, "department.name", 500)
+    if not department.roles:
+        raise errors.InvalidArgument(
+            common_pb2.INVALID_ARGUMENT_FIELD, "department.roles must name at least one role"
+        )
+    if "PROVIDER" in department.roles and not department.provider_endpoint:
+        raise errors.InvalidArgument(
+            common_pb2.INVALID_ARGUMENT_FIELD, "a provider needs department.provider_endpoint"
+        )
+    if department.provider_endpoint:
+        lookups.require_text(department.provider_endpoint, "department.provider_endpoint", 256)
+    if department.owner:
+        lookups.require_text(department.owner, "department.owner", 128)
+    return department
+
+
 async def register_department(
     hub: Hub, caller: Caller, body: registry_pb2.RegisterDepartmentRequest
 ) -> registry_pb2.DepartmentResponse:
@@ -137,35 +164,23 @@ async def register_department(
         raise errors.InvalidArgument(
             common_pb2.INVALID_ARGUMENT_FIELD, "the hub's own id cannot be registered"
         )
-    lookups.require_text(given.name.strip(), "department.name", 500)
-    roles = {common_pb2.Role.Name(r) for r in given.roles if r != common_pb2.ROLE_UNSPECIFIED}
-    if not roles:
-        raise errors.InvalidArgument(
-            common_pb2.INVALID_ARGUMENT_FIELD, "department.roles must name at least one role"
-        )
-    if "PROVIDER" in roles and not given.provider_endpoint:
-        raise errors.InvalidArgument(
-            common_pb2.INVALID_ARGUMENT_FIELD, "a provider needs department.provider_endpoint"
-        )
     if len(given.keys) != 1:
         raise errors.InvalidArgument(
             common_pb2.INVALID_ARGUMENT_FIELD, "department.keys must hold exactly one key"
         )
     public_key = _public_key(given.keys[0].public_key, "department.keys[0].public_key")
-    if given.provider_endpoint:
-        lookups.require_text(given.provider_endpoint, "department.provider_endpoint", 256)
-    if given.owner:
-        lookups.require_text(given.owner, "department.owner", 128)
     now = now_us()
-    department = DepartmentRecord(
-        id=given.id,
-        name=given.name.strip(),
-        roles=frozenset(roles),
-        provider_endpoint=given.provider_endpoint,
-        certificate_sha256=_fingerprint(given.certificate_sha256),
-        state="ACTIVE",
-        owner=given.owner,
-        registered_us=now,
+    department = _checked(
+        DepartmentRecord(
+            id=given.id,
+            name=given.name.strip(),
+            roles=_roles(given),
+            provider_endpoint=given.provider_endpoint,
+            certificate_sha256=_fingerprint(given.certificate_sha256),
+            state="ACTIVE",
+            owner=given.owner,
+            registered_us=now,
+        )
     )
     key = KeyRecord(keyid(public_key), given.id, public_key, valid_from_us=now)
     return await _change(
@@ -173,7 +188,7 @@ async def register_department(
         caller,
         given.id,
         ledger_pb2.DEPARTMENT_REGISTRATION,
-        attributes={"keyid": key.keyid, "roles": ",".join(sorted(roles))},
+        attributes={"keyid": key.keyid, "roles": ",".join(sorted(department.roles))},
         effect=lambda conn: hub.registry.add(conn, department, key),
         taken=f"department {given.id!r} or its key is already registered",
     )
@@ -360,6 +375,55 @@ async def set_state(
         ledger_pb2.STATE_CHANGE,
         attributes={"state": state, "reason": body.reason[:200]},
         effect=lambda conn: hub.registry.set_state(conn, body.department_id, state),
+    )
+
+
+# The fields of a department UpdateDepartment may change, as update_mask names them.
+UPDATABLE = ("name", "roles", "provider_endpoint", "certificate_sha256", "owner")
+
+
+async def update_department(
+    hub: Hub, caller: Caller, body: registry_pb2.UpdateDepartmentRequest
+) -> registry_pb2.DepartmentResponse:
+    """Change the fields ``update_mask`` names (name, roles, provider endpoint, certificate
+    fingerprint, owner) of a registered department; its keys and state stay. Operator only.
+    The entry (DEPARTMENT_REGISTRATION) names the changed fields and the roles it leaves.
+
+    Raises PermissionDenied (OPERATOR_ONLY), NotFound (UNKNOWN_DEPARTMENT), InvalidArgument for
+    an empty or unknown mask path or a record the registry may not hold (as RegisterDepartment).
+    """
+    require_operator(caller)
+    paths = sorted(set(body.update_mask.paths))
+    unknown = [p for p in paths if p not in UPDATABLE]
+    if not paths or unknown:
+        raise errors.InvalidArgument(
+            common_pb2.INVALID_ARGUMENT_FIELD,
+            f"update_mask must name fields among {', '.join(UPDATABLE)}"
+            + (f"; {errors.quote(unknown[0])} is not one" if unknown else ""),
+        )
+    current = await _existing(hub, body.department_id)
+    given = body.department
+    department = _checked(
+        dataclasses.replace(
+            current,
+            name=given.name.strip() if "name" in paths else current.name,
+            roles=_roles(given) if "roles" in paths else current.roles,
+            provider_endpoint=given.provider_endpoint
+            if "provider_endpoint" in paths
+            else current.provider_endpoint,
+            certificate_sha256=_fingerprint(given.certificate_sha256)
+            if "certificate_sha256" in paths
+            else current.certificate_sha256,
+            owner=given.owner if "owner" in paths else current.owner,
+        )
+    )
+    return await _change(
+        hub,
+        caller,
+        body.department_id,
+        ledger_pb2.DEPARTMENT_REGISTRATION,
+        attributes={"changed": ",".join(paths), "roles": ",".join(sorted(department.roles))},
+        effect=lambda conn: hub.registry.update(conn, department),
     )
 
 

@@ -200,6 +200,7 @@ _RULES: dict[str, tuple[type[Message], frozenset[int], Check]] = {
         (registry_pb2.RotateKeyRequest, [ledger_pb2.KEY_ROTATION], _department),
         (registry_pb2.RevokeKeyRequest, [ledger_pb2.KEY_REVOCATION], _department),
         (registry_pb2.SetStateRequest, [ledger_pb2.STATE_CHANGE], _department),
+        (registry_pb2.UpdateDepartmentRequest, [ledger_pb2.DEPARTMENT_REGISTRATION], _department),
         (registry_pb2.GetDepartmentRequest, [ledger_pb2.READ], _department),
         (registry_pb2.ListDepartmentsRequest, [ledger_pb2.READ], _nothing),
         (audit_pb2.GetCheckpointRequest, [ledger_pb2.READ], _nothing),

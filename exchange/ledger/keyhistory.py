@@ -48,6 +48,7 @@ Problem = tuple[str, str]  # (FailureReason member name, message)
 _REGISTER = "exchange.v1.RegisterDepartmentRequest"
 _ROTATE = "exchange.v1.RotateKeyRequest"
 _REVOKE = "exchange.v1.RevokeKeyRequest"
+_UPDATE = "exchange.v1.UpdateDepartmentRequest"
 _INTRODUCING = (ledger_pb2.DEPARTMENT_REGISTRATION, ledger_pb2.KEY_ROTATION)
 _REGISTRY = frozenset({*_INTRODUCING, ledger_pb2.KEY_REVOCATION})
 
@@ -106,6 +107,10 @@ def _registry_facts(
     department = entry.counterparty
     named = entry.attributes.get("keyid", "")
     try:
+        if entry.kind == ledger_pb2.DEPARTMENT_REGISTRATION and envelope.payload_type == _UPDATE:
+            # A change of the record (name, roles, endpoint, …) introduces no key: binding
+            # checks that it names the entry's department.
+            return [], None
         if entry.kind in _INTRODUCING:
             if envelope.payload_type == _REGISTER:
                 register = registry_pb2.RegisterDepartmentRequest.FromString(envelope.payload)

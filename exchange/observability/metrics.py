@@ -8,7 +8,8 @@ from ``HubCollector``, registered by the metrics listener of that hub (exchange.
 http). A process serving several hubs (tests) therefore sums their events.
 
 No label or value holds personal data: labels are RPC methods, outcomes, the contract's reason
-names, holders' endpoints (host:port, as registered), alert levels and categories, cache names.
+names, holders' endpoints (host:port, as registered), alert levels and categories, cache names,
+witnesses' names (as their keys name them).
 The hot path pays a dictionary lookup and a lock-protected add per metric (label children are
 cached here rather than looked up through ``labels()`` on every call).
 """
@@ -93,8 +94,23 @@ ALERTS = Counter(
 ALERT_DELIVERIES = Counter(
     "exchange_alert_deliveries",
     "Alert deliveries to configured sinks, by sink (webhook, syslog) and outcome (delivered, "
-    "retried, failed).",
+    "retried: the attempt failed and the alert waits for its next one).",
     ("sink", "outcome"),
+    registry=None,
+)
+
+WITNESS_SUBMISSIONS = Counter(
+    "exchange_witness_submissions",
+    "Checkpoints submitted to witnesses, by witness name and outcome (cosigned, refused, "
+    "unreachable, invalid).",
+    ("witness", "outcome"),
+    registry=None,
+)
+WITNESS_SECONDS = Histogram(
+    "exchange_witness_submission_seconds",
+    "Time of one add-checkpoint round trip to a witness, by witness name.",
+    ("witness",),
+    buckets=LATENCY_BUCKETS,
     registry=None,
 )
 
@@ -109,6 +125,8 @@ EVENT_METRICS: tuple[Collector, ...] = (
     COMMIT_FAILURES,
     ALERTS,
     ALERT_DELIVERIES,
+    WITNESS_SUBMISSIONS,
+    WITNESS_SECONDS,
 )
 
 _children: dict[tuple[Any, ...], Any] = {}
@@ -166,12 +184,23 @@ def observe_alert(level: str, category: str) -> None:
     _child(ALERTS, level, category).inc()
 
 
+def observe_witness(witness: str, outcome: str) -> None:
+    """Count one checkpoint submission to the witness named ``witness``."""
+    _child(WITNESS_SUBMISSIONS, witness, outcome).inc()
+
+
+def observe_witness_seconds(witness: str, seconds: float) -> None:
+    """Record one add-checkpoint round trip to the witness named ``witness``."""
+    _child(WITNESS_SECONDS, witness).observe(seconds)
+
+
 # ---------------------------------------------------------------- read at scrape time
 
 
 class HubCollector(Collector):
     """Gauges read from one running hub when scraped: ledger size, checkpoint age and the
-    entries it does not cover yet, supervision lag, cache hits and misses."""
+    entries it does not cover yet, supervision lag, cache hits and misses, and each
+    configured witness's cosigning state."""
 
     def __init__(self, hub: Hub, clock: Callable[[], float] = time.monotonic) -> None:
         self.hub = hub
@@ -211,6 +240,43 @@ class HubCollector(Collector):
             hits.add_metric((name, "hit"), hit)
             hits.add_metric((name, "miss"), miss)
         yield hits
+        yield from self._witnesses(size)
+
+    def _witnesses(self, size: int) -> Iterator[GaugeMetricFamily]:
+        """Per configured witness (by its name): the size it last cosigned, the entries it has
+        not cosigned, the age of its latest cosignature (none before the first) and the
+        submissions that failed since."""
+        clients = self.hub.witnessing.clients
+        if not clients:
+            return
+        cosigned = GaugeMetricFamily(
+            "exchange_witness_cosigned_size",
+            "Size of the latest checkpoint each witness cosigned (0: none since start).",
+            labels=("witness",),
+        )
+        uncosigned = GaugeMetricFamily(
+            "exchange_witness_uncosigned_entries",
+            "Ledger entries after the latest checkpoint each witness cosigned.",
+            labels=("witness",),
+        )
+        age = GaugeMetricFamily(
+            "exchange_witness_cosignature_age_seconds",
+            "Seconds since each witness's latest cosignature arrived (absent before the first).",
+            labels=("witness",),
+        )
+        failures = GaugeMetricFamily(
+            "exchange_witness_consecutive_failures",
+            "Submissions to each witness that failed since its latest cosignature.",
+            labels=("witness",),
+        )
+        now = self.clock()
+        for client in clients:
+            cosigned.add_metric((client.name,), client.cosigned_size)
+            uncosigned.add_metric((client.name,), max(0, size - client.cosigned_size))
+            if client.cosigned_at is not None:
+                age.add_metric((client.name,), max(0.0, now - client.cosigned_at))
+            failures.add_metric((client.name,), client.failures)
+        yield from (cosigned, uncosigned, age, failures)
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

@@ -170,6 +170,21 @@ class Registry:
             update(departments).where(departments.c.id == department_id).values(state=state)
         )
 
+    def update(self, conn: Connection, department: DepartmentRecord) -> None:
+        """Store ``department``'s name, roles, provider endpoint, certificate fingerprint and
+        owner over the registered department of its id (its keys and state stay)."""
+        conn.execute(
+            update(departments)
+            .where(departments.c.id == department.id)
+            .values(
+                name=department.name,
+                roles=",".join(sorted(department.roles)),
+                provider_endpoint=department.provider_endpoint,
+                certificate_sha256=department.certificate_sha256,
+                owner=department.owner,
+            )
+        )
+
     @staticmethod
     def _insert_key(conn: Connection, key: KeyRecord) -> None:
         conn.execute(

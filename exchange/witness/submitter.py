@@ -2,9 +2,11 @@
 (C2SP tlog-witness add-checkpoint, with the consistency proof from the size each witness holds)
 and store their cosignatures on the checkpoint's note, which GetCheckpoint and exports serve.
 
-A witness that is down or refuses is logged and retried with the next checkpoint; the log never
-waits for witnesses. The configuration (``Config.witnesses``) is a comma-separated list of
-``<submission URL> <witness key>`` pairs.
+A witness that is down or refuses is logged, counted (exchange_witness_submissions_total) and
+retried with the next checkpoint; the log never waits for witnesses. Each witness's state (the
+size it last cosigned, when, failures since) is read by the metrics listener
+(exchange.observability.metrics.HubCollector). The configuration (``Config.witnesses``) is a
+comma-separated list of ``<submission URL> <witness key>`` pairs.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from sqlalchemy import Engine, update
 from exchange.config import ConfigError
 from exchange.ledger import Checkpoint, Ledger, storage
 from exchange.ledger.checkpoint import CheckpointError
+from exchange.observability import metrics
 from exchange.witness.cosignature import WitnessKey, add_cosignatures, cosignature_time
 
 log = structlog.get_logger(__name__)
@@ -87,10 +90,19 @@ def post(url: str, body: bytes, timeout: float = TIMEOUT_SECONDS) -> tuple[int, 
 
 @dataclass(slots=True)
 class WitnessClient:
-    """Submits checkpoints of one log to one witness, remembering the size it holds."""
+    """Submits checkpoints of one log to one witness, remembering the size it holds and, for
+    monitoring, what it last cosigned."""
 
     endpoint: WitnessEndpoint
     held: int = 0
+    cosigned_size: int = 0  # the size of the latest checkpoint it cosigned (0: none yet)
+    cosigned_at: float | None = None  # time.monotonic() when that cosignature arrived
+    failures: int = 0  # submissions that failed since its latest cosignature
+
+    @property
+    def name(self) -> str:
+        """The witness's name, as its key names it (e.g. "witness.example/w1")."""
+        return self.endpoint.key.name
 
     def submit(self, checkpoint: Checkpoint, proof_for: ProofSource) -> str:
         """The witness's cosignature line on ``checkpoint``.
@@ -144,14 +156,13 @@ class Witnessing:
     endpoints: Sequence[WitnessEndpoint]
     interval_seconds: float = 1.0
     latest_cosigned: Checkpoint | None = None
-    round_trips: list[float] = field(default_factory=list)
+    clients: list[WitnessClient] = field(default_factory=list)
     _task: asyncio.Task[None] | None = None
-    _clients: list[WitnessClient] = field(default_factory=list)
 
     def start(self) -> None:
         """Start the background task (nothing without witnesses)."""
-        self._clients = [WitnessClient(endpoint) for endpoint in self.endpoints]
-        if self._clients:
+        self.clients = [WitnessClient(endpoint) for endpoint in self.endpoints]
+        if self.clients:
             self._task = asyncio.create_task(self._run(), name="witnessing")
 
     async def close(self) -> None:
@@ -182,29 +193,46 @@ class Witnessing:
         done = self.latest_cosigned
         if latest is None or (done is not None and latest.size <= done.size):
             return None
-        started = time.perf_counter()
-        results = await asyncio.gather(
-            *(
-                asyncio.to_thread(client.submit, latest, self.ledger.consistency_proof)
-                for client in self._clients
-            ),
-            return_exceptions=True,
-        )
+        results = await asyncio.gather(*(self._submit(c, latest) for c in self.clients))
         lines: list[str] = []
-        for client, result in zip(self._clients, results, strict=True):
+        for client, result in zip(self.clients, results, strict=True):
             if isinstance(result, str):
                 lines.append(result)
-            else:
-                log.warning(
-                    "witness_refused",
-                    witness=client.endpoint.key.name,
-                    size=latest.size,
-                    error=str(result)[:300],
-                )
-        self.round_trips.append(time.perf_counter() - started)
+                client.cosigned_size, client.cosigned_at = latest.size, time.monotonic()
+                client.failures = 0
+                metrics.observe_witness(client.name, "cosigned")
+                continue
+            client.failures += 1
+            metrics.observe_witness(client.name, _failure(result))
+            log.warning(
+                "witness_refused",
+                witness=client.name,
+                size=latest.size,
+                error=str(result)[:300],
+            )
         if not lines:
             return None
         stored = await asyncio.to_thread(store_cosignatures, self.engine, latest.size, lines)
         if stored is not None:
             self.latest_cosigned = stored
         return stored
+
+    async def _submit(self, client: WitnessClient, checkpoint: Checkpoint) -> str | Exception:
+        """The witness's cosignature line, or what went wrong (returned: one witness's problem
+        must not hide the others' answers); the round trip is measured either way."""
+        started = time.perf_counter()
+        try:
+            return await asyncio.to_thread(client.submit, checkpoint, self.ledger.consistency_proof)
+        except Exception as exc:  # any failure of this witness, counted by the caller
+            return exc
+        finally:
+            metrics.observe_witness_seconds(client.name, time.perf_counter() - started)
+
+
+def _failure(error: Exception) -> str:
+    """The ``outcome`` label of a failed submission."""
+    if isinstance(error, WitnessRefused):
+        return "refused"
+    if isinstance(error, OSError):
+        return "unreachable"
+    return "invalid"  # an answer that is not a valid cosignature

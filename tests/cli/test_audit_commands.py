@@ -173,3 +173,19 @@ async def test_check_receipt_proves_a_departments_receipt(hub: RunningHub, tmp_p
     receipt.write_text(json_format.MessageToJson(forged))
     code, output = await invoke(args)
     assert code == 1 and "INVALID" in output
+
+
+async def test_watch_names_a_refusal_and_a_silent_hub_like_every_command(
+    hub: RunningHub, tmp_path: Path
+) -> None:
+    hub.keystore.add_department("js.stranger")  # keys, but never registered
+    args = ["audit", "watch", "--once", "--as", "js.stranger", "--state", str(tmp_path / "s")]
+    runner = CliRunner()
+    result = await asyncio.to_thread(runner.invoke, main, [*args, *hub_args(hub)])
+    assert result.exit_code == 2, result.output  # the hub's decision
+    assert result.stderr.startswith("refused: UNAUTHENTICATED "), result.stderr
+    silent = ["--listen", "127.0.0.1:1", "--keys-dir", str(hub.keystore.root)]
+    result = await asyncio.to_thread(runner.invoke, main, [*args, *silent])
+    assert result.exit_code == 1, result.output  # nobody answered
+    assert result.stderr.startswith("error: the hub at 127.0.0.1:1 did not answer"), result.stderr
+    assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.output

@@ -162,6 +162,14 @@ def test_commands_without_a_keystore_or_hub_print_one_line(tmp_path: Path) -> No
     assert "did not answer" in one_error(checked)
 
 
+def test_witness_serve_without_its_key_says_how_to_make_one(tmp_path: Path) -> None:
+    log = "exchange.local/hub+4ba9df3e+AcZuvKDco6mI/My67MY/avZJCtzUEDwkACBbFx9PrwbN"
+    args = ("witness", "serve", "--dir", "w", "--name", "witness.test/w", "--log", log)
+    line = one_error(run(*args, cwd=tmp_path))
+    assert "exchange witness init --dir w --name witness.test/w" in line
+    assert not (tmp_path / "w").exists()  # nothing made where nothing was
+
+
 def test_adapter_check_with_a_missing_driver_prints_one_line(tmp_path: Path) -> None:
     assert run("keys", "init", "--dir", "keys", cwd=tmp_path).returncode == 0
     adapter = tmp_path / "adapter.toml"
@@ -173,6 +181,19 @@ def test_adapter_check_with_a_missing_driver_prints_one_line(tmp_path: Path) -> 
     result = run("adapter", "check", "--config", str(adapter), cwd=tmp_path)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.startswith("error: ")
+
+
+def test_adapter_check_never_creates_the_departments_database(tmp_path: Path) -> None:
+    assert run("keys", "init", "--dir", "keys", cwd=tmp_path).returncode == 0
+    adapter = tmp_path / "adapter.toml"
+    adapter.write_text(
+        '[department]\nid = "js.nj.one"\nkeys_dir = "keys"\nhub_target = "127.0.0.1:1"\n'
+        f'[backend]\nkind = "sql"\nurl = "sqlite:///{tmp_path / "typo.db"}"\n'
+        '[materials.t]\ntable = "t"\nsubject_column = "id"\nfields = { a = "a" }\n'
+    )
+    line = one_error(run("adapter", "check", "--config", str(adapter), cwd=tmp_path))
+    assert f"no SQLite database at {tmp_path / 'typo.db'}" in line
+    assert not (tmp_path / "typo.db").exists()
 
 
 def test_config_check_shows_values_sources_and_paths_relative_to_the_file(tmp_path: Path) -> None:

@@ -5,15 +5,21 @@ and a holder's refusal of a write reaching the caller as the holder's decision."
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
 import json
 from pathlib import Path
 
 import grpc
+import pytest
 from click.testing import CliRunner, Result
 from sqlalchemy import create_engine, text
 
 from adapters.client import Refused
 from exchange.cli.main import main
+from exchange.ledger.export import export_ledger, first_keys
+from exchange.ledger.verify import verify_export
+from exchange.v1 import ledger_pb2, registry_pb2
 from tests.cli.test_flows_commands import (
     assertion_file,
     exchange,
@@ -22,6 +28,7 @@ from tests.cli.test_flows_commands import (
     succeeded,
     world,
 )
+from tests.conftest import HUB_ID
 from tests.flows.world import (
     ANNA,
     ASSISTANCE,
@@ -37,6 +44,8 @@ from tests.flows.world import (
 )
 
 __all__ = ["hub_logs", "world"]  # fixtures used here
+
+UPDATE = "/exchange.v1.Registry/UpdateDepartment"
 
 
 async def test_history_lists_who_accessed_the_subject_in_utc(world: World) -> None:
@@ -171,6 +180,93 @@ async def test_registry_list_set_state_and_rotation_to_the_next_key(world: World
     assert "revoked (ledger entry #" in revoked.stdout
     shown = succeeded(await asyncio.to_thread(operator, world, "registry", "show", SOCIAL))
     assert f"key {old.keyid}  revoked" in shown
+
+
+async def test_registry_update_changes_the_record_in_an_entry_the_verifier_accepts(
+    world: World,
+) -> None:
+    civil = f"127.0.0.1:{world.adapters[CIVIL].port}"
+    updated = await asyncio.to_thread(
+        operator, world, "registry", "update", CIVIL, "--name", "Civil Affairs Bureau",
+        "--endpoint", "127.0.0.1:1",
+    )  # fmt: skip
+    out = succeeded(updated)
+    assert "Civil Affairs Bureau  endpoint 127.0.0.1:1" in out
+    assert "updated name, provider_endpoint (ledger entry #" in out
+    # The hub routes to the endpoint now registered: nothing listens there.
+    assert "PROVIDER_UNAVAILABLE" in refused(
+        await exchange(world, TOWNSHIP, "submit", MARRIAGE, CARL, "marital_status=married")
+    )
+    back = await asyncio.to_thread(
+        operator, world, "registry", "update", CIVIL, "--endpoint", civil
+    )
+    assert f"Civil Affairs Bureau  endpoint {civil}" in succeeded(back)
+    roles = await asyncio.to_thread(
+        operator, world, "registry", "update", TOWNSHIP, "--role", "consumer", "--role", "collector"
+    )
+    assert f"{TOWNSHIP:32} ACTIVE    CONSUMER,COLLECTOR " in succeeded(roles)
+
+    # Refusals: a provider without an endpoint, an unknown department, a caller other than
+    # the operator; and a command naming no change is a usage error.
+    no_endpoint = await asyncio.to_thread(
+        operator, world, "registry", "update", CIVIL, "--endpoint", ""
+    )
+    assert "INVALID_ARGUMENT" in refused(no_endpoint) and "provider_endpoint" in no_endpoint.stderr
+    unknown = await asyncio.to_thread(
+        operator, world, "registry", "update", "js.nj.nobody", "--name", "x"
+    )
+    assert "UNKNOWN_DEPARTMENT" in refused(unknown)
+    nothing = await asyncio.to_thread(operator, world, "registry", "update", CIVIL)
+    assert nothing.exit_code == 2 and "give at least one of --name" in nothing.output
+    body = registry_pb2.UpdateDepartmentRequest(department_id=CIVIL)
+    body.department.name = "taken over"
+    body.update_mask.paths.append("name")
+    with pytest.raises(Refused) as caught:
+        await world.clients[SOCIAL].call(UPDATE, body, registry_pb2.DepartmentResponse)
+    assert caught.value.reason == "OPERATOR_ONLY"
+    body.update_mask.paths.append("keys")  # keys change by rotation only
+    with pytest.raises(Refused) as caught:
+        await world.hub.operator.call(UPDATE, body, registry_pb2.DepartmentResponse)
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "'keys' is not one" in caught.value.message
+
+    # The changes are operator-signed entries an auditor's verification accepts.
+    hub = world.hub
+    await hub.server.stop(grace=1)
+    history = hub.server.hub.key_history()
+    verifier = hub.server.hub.ledger.verifier_key
+    exported = io.StringIO()
+    export_ledger(
+        hub.server.hub.engine,
+        exported,
+        history,
+        [verifier],
+        operator_keys=first_keys(history, HUB_ID),
+    )
+    report = verify_export(
+        io.StringIO(exported.getvalue()),
+        hub_keys=[verifier],
+        operator_keys=first_keys(history, HUB_ID),
+    )
+    assert report.ok, report.first_failure
+    entries = [
+        ledger_pb2.LedgerEntry.FromString(base64.b64decode(record["entry"]))
+        for record in map(json.loads, exported.getvalue().splitlines())
+        if record["type"] == "entry"
+    ]
+    updates = [
+        dict(e.attributes)
+        for e in entries
+        if e.kind == ledger_pb2.DEPARTMENT_REGISTRATION
+        and e.outcome == ledger_pb2.OK
+        and "changed" in e.attributes
+    ]
+    assert [u["changed"] for u in updates] == [
+        "name,provider_endpoint",
+        "provider_endpoint",
+        "roles",
+    ]
+    assert updates[2]["roles"] == "COLLECTOR,CONSUMER"
 
 
 async def test_registry_refusals_exit_2_like_every_refusal(world: World) -> None:

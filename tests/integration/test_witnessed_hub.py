@@ -145,8 +145,10 @@ async def test_witnessed_checkpoints_meet_the_policy(
     strict = WitnessPolicy.parse([*witnesses.keys, stranger], 3)
     with pytest.raises(QuorumError, match="2 of the 3"):
         await Watcher(auditor, verifier, tmp_path / "strict", strict).check()
-    # the round trip was measured
-    assert hub.server.hub.witnessing.round_trips
+    # each witness's state, for the metrics: what it cosigned, no failure since
+    states = [(c.name, c.cosigned_size, c.failures) for c in hub.server.hub.witnessing.clients]
+    assert [name for name, _, _ in states] == ["witness.test/w1", "witness.test/w2"]
+    assert all(size > answer.receipt.sequence and not failed for _, size, failed in states)
     # the same from the command line: audit watch and check-receipt with the policy
     from google.protobuf import json_format
 

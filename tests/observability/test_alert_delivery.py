@@ -8,6 +8,7 @@ import asyncio
 import json
 import socket
 import threading
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,6 +24,7 @@ from exchange.config import ConfigError, SupervisionConfig
 from exchange.crypto.keystore import Keystore
 from exchange.observability.alerts import SyslogSink, backoff_seconds
 from tests.conftest import RunningHub, StartHub, hub_config
+from tests.observability.test_metrics import samples
 
 SUBJECT = "990101199001010019"
 CONSUMER = "js.nj.social-security"
@@ -69,6 +71,11 @@ def receiver() -> Iterator[tuple[Receiver, str]]:
 
 
 SUPERVISION = SupervisionConfig(refusals_per_window=1)
+
+
+def fetch(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        return str(answer.read().decode())
 
 
 async def refuse_twice(hub: RunningHub) -> None:
@@ -162,3 +169,30 @@ def test_syslog_target_must_be_local_or_host_port() -> None:
     with pytest.raises(ConfigError):
         SyslogSink("nonsense")
     assert SyslogSink("127.0.0.1:514").address == ("127.0.0.1", 514)
+
+
+async def test_alerts_and_deliveries_are_counted_in_the_metrics(
+    receiver: tuple[Receiver, str], start_hub: StartHub
+) -> None:
+    state, url = receiver
+    state.failures = 1
+    hub = await start_hub(
+        alert_webhook_url=url, supervision=SUPERVISION, metrics_listen="127.0.0.1:0"
+    )
+    scrape = f"http://127.0.0.1:{hub.server.observability.monitor.port}/metrics"
+    before = samples(await asyncio.to_thread(fetch, scrape))
+    await refuse_twice(hub)
+    await delivered(state, 2, hub.server)
+    text = await asyncio.to_thread(fetch, scrape)
+    after = samples(text)
+
+    def grew(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    assert grew("exchange_alerts_total", level="YELLOW", category="PROCESS") == 1
+    assert grew("exchange_alerts_total", level="RED", category="PROCESS") == 1
+    assert grew("exchange_alert_deliveries_total", sink="webhook", outcome="retried") == 1
+    assert grew("exchange_alert_deliveries_total", sink="webhook", outcome="delivered") == 2
+    assert after["exchange_supervision_lag_entries", ()] == 0  # settled
+    assert SUBJECT not in text and CONSUMER not in text  # levels and categories only

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import asyncio
+import re
+import socket
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
@@ -13,6 +15,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from adapters.client import Refused
+from exchange.crypto.keys import SigningKey
+from exchange.crypto.keystore import Keystore
+from exchange.ledger import verifier_key
+from exchange.v1 import registry_pb2
+from exchange.witness.cosignature import WitnessKey
+from exchange.witness.server import Witness, WitnessServer
 from tests.conftest import StartHub
 from tests.flows.world import (
     ANNA,
@@ -26,8 +34,10 @@ from tests.flows.world import (
     World,
     build,
 )
+from tests.integration.test_change_and_entry import ledger_down
 
 EXCHANGE = "/exchange.v1.Exchange"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -101,6 +111,21 @@ async def test_metrics_count_calls_holders_ledger_and_caches_without_personal_da
         assert subject not in text
 
 
+async def test_a_ledger_that_cannot_commit_is_counted(world: World) -> None:
+    before = samples((await get(world, "/metrics"))[1])
+    with ledger_down(world), pytest.raises(Refused) as caught:
+        await world.clients[SOCIAL].check(HOUSEHOLD, BEN)
+    assert caught.value.reason == "LEDGER_UNAVAILABLE"
+    after = samples((await get(world, "/metrics"))[1])
+    failures = "exchange_ledger_commit_failures_total", ()
+    assert after[failures] - before.get(failures, 0.0) >= 1
+    failed = (
+        "exchange_calls_total",
+        (("method", f"{EXCHANGE}/Check"), ("outcome", "failed"), ("reason", "LEDGER_UNAVAILABLE")),
+    )
+    assert after[failed] - before.get(failed, 0.0) == 1
+
+
 async def test_health_endpoints_answer_without_a_client_certificate(world: World) -> None:
     assert await get(world, "/healthz") == (200, "ok\n")
     assert await get(world, "/readyz") == (200, "ready\n")
@@ -131,3 +156,64 @@ async def test_readiness_fails_while_the_database_does_not_answer(world: World) 
 async def test_metrics_listener_is_off_by_default(start_hub: StartHub) -> None:
     hub = await start_hub()
     assert hub.server.observability.monitor is None
+
+
+async def test_witness_cosigning_state_per_witness_by_name(
+    start_hub: StartHub, keystore: Keystore, tmp_path: Path
+) -> None:
+    # One witness cosigns (a real witness server on loopback), the other cannot be reached.
+    origin = "exchange.local/hub"
+    log_key = verifier_key(origin, keystore.hub_signing_key().public_bytes)
+    key = SigningKey.generate()
+    cosigning = WitnessServer(Witness(key, "witness.test/w1", [log_key], tmp_path / "w1.db"))
+    cosigning.start()
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        dead = sock.getsockname()[1]
+    absent = WitnessKey.of("witness.test/down", SigningKey.generate().public_bytes)
+    setting = (
+        f"{cosigning.url} {WitnessKey.of('witness.test/w1', key.public_bytes)}, "
+        f"http://127.0.0.1:{dead} {absent}"
+    )
+    try:
+        hub = await start_hub(metrics_listen="127.0.0.1:0", witnesses=setting, origin=origin)
+        client = await hub.register("js.nj.civil-affairs")
+        answer = await client.call(
+            "/exchange.v1.Registry/ListDepartments",
+            registry_pb2.ListDepartmentsRequest(),
+            registry_pb2.ListDepartmentsResponse,
+        )
+        witnessing = hub.server.hub.witnessing
+        for _ in range(200):
+            if witnessing.clients[0].cosigned_size > answer.receipt.sequence:
+                break
+            await asyncio.sleep(0.05)
+        port = hub.server.observability.monitor.port
+        status, text = await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/metrics")
+    finally:
+        cosigning.stop()
+    assert status == 200
+    found = samples(text)
+    up, down = (("witness", "witness.test/w1"),), (("witness", "witness.test/down"),)
+    assert found["exchange_witness_cosigned_size", up] > answer.receipt.sequence
+    assert found["exchange_witness_cosigned_size", down] == 0
+    assert found["exchange_witness_uncosigned_entries", down] >= answer.receipt.sequence
+    assert found["exchange_witness_cosignature_age_seconds", up] >= 0
+    assert ("exchange_witness_cosignature_age_seconds", down) not in found  # never cosigned
+    assert found["exchange_witness_consecutive_failures", up] == 0
+    assert found["exchange_witness_consecutive_failures", down] >= 1
+    cosigned = (("outcome", "cosigned"), *up)
+    unreachable = (("outcome", "unreachable"), *down)
+    assert found["exchange_witness_submissions_total", cosigned] >= 1
+    assert found["exchange_witness_submissions_total", unreachable] >= 1
+    assert found["exchange_witness_submission_seconds_count", up] >= 1
+
+    # Every metric this hub exports is in docs/operations.md's table, and nothing else is.
+    exported = {
+        family.name + ("_total" if family.type == "counter" else "")
+        for family in text_string_to_metric_families(text)
+        if not family.name.endswith("_created")  # prometheus-client's start times
+    }
+    table = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8").split("## Metrics")[1]
+    documented = set(re.findall(r"^\| `(exchange_\w+)` \|", table, flags=re.MULTILINE))
+    assert exported == documented
