@@ -294,7 +294,11 @@ async def main(pages: int, concurrency: int, repeat: int) -> None:
     finally:
         if web is not None:
             web.send_signal(signal.SIGINT)
-            await web.wait()
+            try:
+                await asyncio.wait_for(web.wait(), 15)
+            except TimeoutError:  # started from a background job, it ignores SIGINT
+                web.kill()
+                await web.wait()
         stop.set()
         await asyncio.to_thread(hub_process.join, 30)
     print(

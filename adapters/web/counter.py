@@ -9,6 +9,7 @@ which the hub answers with its first answer instead of acting twice.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import uuid
 from collections.abc import Mapping, Sequence
@@ -182,8 +183,12 @@ class Counter:
     async def sign_in(self, request: Request) -> Response:
         session = self.pages.session(request, Realm.COUNTER)
         form = await self.pages.form(request, session)
-        account = self.pages.settings.staff.authenticate(
-            str(form.get("account", "")), str(form.get("password", ""))
+        # scrypt takes tens of milliseconds by design: in a worker thread (it releases the
+        # GIL), every other counter's page is served meanwhile.
+        account = await asyncio.to_thread(
+            self.pages.settings.staff.authenticate,
+            str(form.get("account", "")),
+            str(form.get("password", "")),
         )
         if account is None:
             return self.pages.render(

@@ -76,6 +76,10 @@ class Pages:
             enable_async=False,
             auto_reload=False,
         )
+        # Compiled now, not by the first page that uses each (some 10-30 ms apiece, during
+        # which that page would hold up every other).
+        for name in self.templates.list_templates(extensions=["html"]):
+            self.templates.get_template(name)
         self._catalog: tuple[float, catalog_pb2.ListCatalogResponse] | None = None
         self._catalog_lock = asyncio.Lock()
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import re
+import socket
 from collections.abc import Iterator
 from http.cookies import SimpleCookie
 
@@ -162,6 +163,29 @@ def test_counter_visit_keeps_the_subject_out_of_urls_cookies_and_logs(
     seen = " ".join(visitor.locations + visitor.set_cookie_headers + caplog.messages)
     assert caplog.messages, "the access log was not captured"
     assert data.ZHANG_SAN not in seen
+
+
+def test_connections_send_without_waiting_for_acks(stack: WebStack) -> None:
+    """Every accepted connection has Nagle's algorithm off (TCP_NODELAY): with it on, a page's
+    body waited for the browser's delayed ACK of its headers, some 40 ms a page."""
+    host, port = stack.url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=30) as browser:
+        browser.sendall(f"GET /counter HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
+        assert browser.recv(65536).startswith(b"HTTP/1.1 200")
+
+        async def nodelay() -> list[int]:
+            server = stack.web.server._server
+            assert server is not None
+            return [
+                connection.transport.get_extra_info("socket").getsockopt(
+                    socket.IPPROTO_TCP, socket.TCP_NODELAY
+                )
+                for connection in server.server_state.connections
+                if connection.transport is not None
+            ]
+
+        options = stack.run(nodelay())
+    assert options and all(options), options
 
 
 def test_a_malformed_id_number_is_refused_in_plain_words(visitor: Visitor) -> None:
