@@ -154,7 +154,10 @@ class HubServer:
     async def stop(self, grace: float | None = None) -> None:
         """Turn new calls away (UNAVAILABLE SHUTTING_DOWN), let in-flight ones finish within
         ``grace`` seconds (default ``shutdown_grace_seconds``), answer those still running
-        UNAVAILABLE SHUTTING_DOWN, stop gRPC, flush and close the request log and the ledger."""
+        UNAVAILABLE SHUTTING_DOWN, stop gRPC, flush and close the request log and the ledger.
+        A second call returns at once."""
+        if self.drain.closed:
+            return  # stopped already (or stopping)
         grace = self.config.shutdown_grace_seconds if grace is None else grace
         started = time.monotonic()
         self.serving = False  # /readyz answers 503 from now on
