@@ -10,6 +10,11 @@ before it stops gRPC:
    a RetryInfo, at once, by the handler itself (``refusal()``): nothing was done, no ledger
    entry, the request id untouched, so the retry of the same bytes runs (on this hub once it
    is back, or on another hub of the same database).
+   Open streams (StreamEntries) are cut at once: they are reads that resume from their
+   cursor, and a following one would otherwise hold the shutdown for the whole grace. A stream
+   waiting for entries is answered UNAVAILABLE ``SHUTTING_DOWN``; one whose caller has stopped
+   reading (the hub is blocked writing to it) is ended by gRPC's stop, UNAVAILABLE without a
+   reason.
 2. ``drained(grace)``: the calls already running finish, for up to the grace period.
 3. ``expire()``: a call still running when the grace is over is cancelled and answered
    UNAVAILABLE ``SHUTTING_DOWN`` too (``answer_cancelled``); the pipeline frees its request id
@@ -51,21 +56,24 @@ class Drain:
 
     def __init__(self) -> None:
         self.closed = False
-        self.expired = False
         self.running: set[asyncio.Task[object]] = set()
+        self._streams: set[asyncio.Task[object]] = set()
+        self._cut: set[asyncio.Task[object]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
         self._last_refused = 0.0
 
-    def admit(self) -> bool:
-        """Whether a call may start now. If so, it must call ``leave()`` when it ends; if not,
-        it must answer ``shutting_down()`` (and need not leave)."""
+    def admit(self, stream: bool = False) -> bool:
+        """Whether a call (a ``stream``) may start now. If so, it must call ``leave()`` when it
+        ends; if not, it must answer ``shutting_down()`` (and need not leave)."""
         if self.closed:
             self._last_refused = time.monotonic()
             return False
         task = asyncio.current_task()
         if task is not None:
             self.running.add(task)
+            if stream:
+                self._streams.add(task)
             self._idle.clear()
         return True
 
@@ -73,22 +81,32 @@ class Drain:
         """An admitted call ended (answered, refused or cancelled)."""
         task = asyncio.current_task()
         self.running.discard(task)
+        self._streams.discard(task)
+        self._cut.discard(task)
         if not self.running:
             self._idle.set()
 
     def answer_cancelled(self) -> bool:
         """Whether a call whose handler was cancelled is to be answered ``shutting_down()``
-        (it was cut by ``expire()``) rather than left cancelled (its caller went away)."""
+        (the drain cut it) rather than left cancelled (its caller went away)."""
         task = asyncio.current_task()
-        if not self.expired or task is None:
+        if task is None or task not in self._cut:
             return False
         task.uncancel()
         return True
 
     def close(self) -> None:
-        """Turn every later call away."""
+        """Turn every later call away, and cut the open streams."""
         self.closed = True
         self._last_refused = time.monotonic()
+        self._cancel(self._streams)
+
+    def _cancel(self, tasks: set[asyncio.Task[object]]) -> int:
+        cut = [task for task in tasks if task not in self._cut]
+        for task in cut:
+            self._cut.add(task)
+            task.cancel()
+        return len(cut)
 
     async def drained(self, grace: float) -> bool:
         """Wait up to ``grace`` seconds for the admitted calls to end; return whether they all
@@ -102,12 +120,9 @@ class Drain:
     async def expire(self, wait: float = 2.0) -> int:
         """Cancel the admitted calls still running (each answers ``shutting_down()``) and wait
         up to ``wait`` seconds for them to answer; return how many there were."""
-        self.expired = True
-        cut = list(self.running)
-        for task in cut:
-            task.cancel()
+        cut = self._cancel(self.running)
         await self.drained(wait)
-        return len(cut)
+        return cut
 
     async def quiet(self, quiet: float = QUIET_SECONDS, limit: float = 2.0) -> None:
         """Return once no call has been turned away for ``quiet`` seconds, or after ``limit``

@@ -116,7 +116,7 @@ def handlers(
                 context: grpc.aio.ServicerContext[Any, Any],
                 method: StreamMethod[Any, Any] = method,
             ) -> AsyncIterator[Any]:
-                if not drain.admit():
+                if not drain.admit(stream=True):
                     await abort(context, to_status(shutting_down()))
                 try:
                     async for item in pipeline.stream(method, request, context):

@@ -1,6 +1,6 @@
 """Shutdown of a real hub on loopback (exchange.api.drain): health turns NOT_SERVING first,
-calls not started and calls past the grace are answered UNAVAILABLE SHUTTING_DOWN, never
-CANCELLED, and their retry runs on the restarted hub."""
+calls not started, open streams and calls past the grace are answered UNAVAILABLE
+SHUTTING_DOWN, never CANCELLED, and a cut call's retry runs on the restarted hub."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from adapters.auditor import stream_entries
 from adapters.client import HubClient, Refused, channel
 from exchange.v1 import exchange_pb2, ledger_pb2, registry_pb2
 from tests.conftest import StartHub
@@ -39,7 +40,7 @@ async def test_a_call_cut_by_the_grace_is_unavailable_and_its_retry_runs_after_r
     try:
         await grant(world)
         consumer = world.clients[SOCIAL]  # no retries: the test sees what the hub answers
-        world.spies[CIVIL].delay = 2.0
+        world.spies[CIVIL].delay = 4.0
         envelope = consumer.envelope(
             exchange_pb2.MaterialRequest(
                 material_type=MARRIAGE, subject_id=ANNA, purpose=ASSISTANCE
@@ -49,8 +50,23 @@ async def test_a_call_cut_by_the_grace_is_unavailable_and_its_retry_runs_after_r
             consumer.send(REQUEST, envelope, exchange_pb2.MaterialResponse, timeout=20)
         )
         await until(lambda: world.spies[CIVIL].fetches)  # the call is at the holder
-        stopping = asyncio.create_task(hub.server.stop(grace=0.5))
+        # A following auditor that has read the whole log and waits for more at shutdown.
+        follower = stream_entries(hub.operator, follow=True)
+        ledger = hub.server.hub.ledger
+        async for record in follower:
+            if record.sequence == ledger.size() - 1:
+                break
+        stopping = asyncio.create_task(hub.server.stop(grace=1.0))
         await until(lambda: hub.server.drain.closed)
+
+        # The stream is cut at once (a read that resumes from its cursor), while the call
+        # still has its grace.
+        with pytest.raises(Refused) as stream_cut:
+            async for _ in follower:
+                pass
+        assert stream_cut.value.code == grpc.StatusCode.UNAVAILABLE
+        assert stream_cut.value.reason == "SHUTTING_DOWN", stream_cut.value
+        assert not in_flight.done()
 
         # Health first: the hub says NOT_SERVING while it still answers.
         async with channel(hub.target, hub.keystore.operator_tls(), "localhost") as ch:
