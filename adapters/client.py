@@ -79,6 +79,7 @@ __all__ = [
     "SubmitResult",
     "VerificationError",
     "channel",
+    "retry_delay",
 ]
 
 Response = TypeVar("Response", bound=Message)
@@ -476,7 +477,8 @@ class HubClient:
 
     ``retry`` sets the backoff (``RetryPolicy``); ``retries`` caps the retries (0: none; None:
     until the deadline). ``wait_for_ready``: while the hub cannot be reached, a call waits for
-    it (until its deadline) instead of failing UNAVAILABLE at once; ``wait_until_ready`` waits
+    it (until its deadline; DEADLINE_EXCEEDED if it never comes) instead of failing UNAVAILABLE
+    at once; ``wait_until_ready`` waits
     for the hub to serve before the first call. ``channel_options`` sets keepalive and
     reconnect backoff (``ChannelOptions``).
     """
