@@ -167,8 +167,8 @@ class HubServer:
         if not await self.drain.drained(grace):
             cut = await self.drain.expire()
             log.warning("shutdown_grace_over", calls_cut=cut, grace_seconds=grace)
-        # gRPC's stop kills calls it holds but has not handed over (CANCELLED to their
-        # callers): stop it once callers turned away are waiting out their RetryInfo.
+        # gRPC's stop ends calls it holds but has not handed over, with no reason that says
+        # to retry: stop it once callers turned away are waiting out their RetryInfo.
         await self.drain.quiet(limit=max(grace - (time.monotonic() - started), QUIET_LIMIT))
         await self.server.stop(STOP_SECONDS)
         await self.observability.stop()
