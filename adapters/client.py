@@ -86,9 +86,11 @@ Response = TypeVar("Response", bound=Message)
 
 # Retried whatever the reason: the call was not run, or its retry gets the committed answer.
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE})
-# Retried only with a RetryInfo (a fairness or rate limit that says when): a quota without one
-# (a consent's uses spent) does not pass by waiting.
+# Retried only with a RetryInfo (a fairness or rate limit that says when), or with one of the
+# limits' reasons (matched by name, as ErrorInfo carries it): a quota without either (a
+# consent's uses spent) does not pass by waiting.
 RETRYABLE_WITH_DELAY = frozenset({grpc.StatusCode.RESOURCE_EXHAUSTED})
+LIMIT_REASONS = frozenset({"TOO_MANY_CALLS", "HUB_BUSY", "RATE_LIMITED", "TOO_MANY_STREAMS"})
 SUMMARISED_READS = frozenset(
     f"/exchange.v1.Audit/{name}"
     for name in ("GetCheckpoint", "GetInclusionProof", "GetConsistencyProof")
@@ -159,9 +161,11 @@ class RetryPolicy:
     Retried, with the same bytes (so the same request id): UNAVAILABLE (the hub was not
     reachable, was shutting down, could not commit to its ledger, its holder was unavailable
     or the request id was still being processed: nothing was done, or the retry gets the
-    committed answer), and RESOURCE_EXHAUSTED when it carries a RetryInfo (TOO_MANY_CALLS,
-    HUB_BUSY, RATE_LIMITED). Nothing else is retried: a refusal of policy or authentication
-    is the hub's answer and a retry gets it again.
+    committed answer), and RESOURCE_EXHAUSTED when it carries a RetryInfo or a limit's reason
+    (TOO_MANY_CALLS, HUB_BUSY, RATE_LIMITED, TOO_MANY_STREAMS). Nothing else is retried: a
+    refusal of policy or authentication is the hub's answer and a retry gets it again. The
+    decision rests on the status code, RetryInfo and reason name, so a reason added to the
+    contract later is handled by its status code.
 
     The n-th wait is a random time between half and all of ``initial_seconds *
     multiplier**(n-1)`` (at most ``max_seconds``), and never shorter than the hub's RetryInfo.
@@ -174,10 +178,13 @@ class RetryPolicy:
     multiplier: float = 2.0
     max_attempts: int | None = None
 
-    def retryable(self, code: grpc.StatusCode, hinted: float | None) -> bool:
-        """Whether a call that failed with ``code`` (and RetryInfo ``hinted``) may be sent
-        again with the same bytes."""
-        return code in RETRYABLE or (code in RETRYABLE_WITH_DELAY and hinted is not None)
+    def retryable(self, code: grpc.StatusCode, hinted: float | None, reason: str = "") -> bool:
+        """Whether a call that failed with ``code`` (with RetryInfo ``hinted`` and ErrorInfo
+        ``reason``) may be sent again with the same bytes. A reason this SDK does not know
+        (a newer contract's) is judged by the status code alone."""
+        if code in RETRYABLE:
+            return True
+        return code in RETRYABLE_WITH_DELAY and (hinted is not None or reason in LIMIT_REASONS)
 
     def delay(self, attempt: int, hinted: float | None) -> float:
         """How long to wait before attempt ``attempt + 1`` (``attempt`` >= 1 failed so far)."""
@@ -614,9 +621,12 @@ class HubClient:
                 )
                 break
             except grpc.aio.AioRpcError as error:
-                hinted = retry_delay(error.trailing_metadata())
+                trailers = error.trailing_metadata()
+                hinted = retry_delay(trailers)
+                info = error_info(trailers)
+                reason = info.reason if info is not None else ""
                 limit = self.retry.max_attempts
-                if not self.retry.retryable(error.code(), hinted) or (
+                if not self.retry.retryable(error.code(), hinted, reason) or (
                     limit is not None and attempt >= limit
                 ):
                     raise Refused.from_rpc_error(error, attempt) from None

@@ -179,7 +179,12 @@ def test_what_the_policy_retries() -> None:
     assert retry_delay(_trailers(8, None)) is None
     assert policy.retryable(grpc.StatusCode.UNAVAILABLE, None)
     assert policy.retryable(grpc.StatusCode.RESOURCE_EXHAUSTED, 0.2)  # TOO_MANY_CALLS, HUB_BUSY
-    assert not policy.retryable(grpc.StatusCode.RESOURCE_EXHAUSTED, None)  # a consent spent
+    assert policy.retryable(grpc.StatusCode.RESOURCE_EXHAUSTED, None, "HUB_BUSY")
+    assert not policy.retryable(grpc.StatusCode.RESOURCE_EXHAUSTED, None)  # a message too big
+    assert not policy.retryable(grpc.StatusCode.RESOURCE_EXHAUSTED, None, "CONSENT_EXHAUSTED")
+    # A reason from a newer contract is judged by its status code.
+    assert policy.retryable(grpc.StatusCode.UNAVAILABLE, None, "REASON_FROM_THE_FUTURE")
+    assert not policy.retryable(grpc.StatusCode.PERMISSION_DENIED, None, "REASON_FROM_THE_FUTURE")
     for final in (
         grpc.StatusCode.PERMISSION_DENIED,
         grpc.StatusCode.INVALID_ARGUMENT,
