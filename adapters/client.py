@@ -1,9 +1,11 @@
 """Client SDK: signed, idempotent, verified calls to the hub.
 
 Every call wraps its body in an envelope signed by the department's key, with a request id and
-an issue time in the header. Transient failures (UNAVAILABLE) are retried with the same request
-id and the same bytes, so a retry never has a second effect: the hub answers it with the first
-answer. Refusals raise ``Refused`` with the contract's reason.
+an issue time in the header. Transient failures are retried with the same request id and the
+same bytes until the call's own deadline, so a retry never has a second effect: the hub answers
+it with the first committed answer, or runs it once if nothing was committed (``RetryPolicy``
+says what is retried and how long to wait). Refusals raise ``Refused`` with the contract's
+reason; docs/api.md has the table of what to do after each status and reason.
 
 Given the hub's verifier key (``hub_verifier``), every receipt is checked on arrival: its
 checkpoint must be signed by the hub and its inclusion proof must place the call's ledger entry
@@ -26,6 +28,7 @@ import asyncio
 import dataclasses
 import hashlib
 import os
+import random
 import struct
 import time
 import uuid
@@ -35,6 +38,8 @@ from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError, Message
+from google.rpc import error_details_pb2, status_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from adapters.errors import AdapterError, VerificationError
 from exchange.clock import from_timestamp, now_us, to_timestamp
@@ -45,7 +50,7 @@ from exchange.crypto.keystore import TlsIdentity
 from exchange.crypto.subject import normalise
 from exchange.ledger import CheckpointError, NoteVerifier, Receipt, verify_receipt
 from exchange.policy.disclosure import split
-from exchange.rpc.status import error_info
+from exchange.rpc.status import DETAILS_KEY, error_info
 from exchange.v1 import (
     catalog_pb2,
     common_pb2,
@@ -59,6 +64,7 @@ from exchange.v1 import (
 
 __all__ = [
     "Access",
+    "ChannelOptions",
     "CheckResult",
     "Confirmation",
     "Consent",
@@ -69,14 +75,22 @@ __all__ = [
     "Prefill",
     "PrefilledValue",
     "Refused",
+    "RetryPolicy",
     "SubmitResult",
     "VerificationError",
     "channel",
+    "retry_delay",
 ]
 
 Response = TypeVar("Response", bound=Message)
 
+# Retried whatever the reason: the call was not run, or its retry gets the committed answer.
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE})
+# Retried only with a RetryInfo (a fairness or rate limit that says when), or with one of the
+# limits' reasons (matched by name, as ErrorInfo carries it): a quota without either (a
+# consent's uses spent) does not pass by waiting.
+RETRYABLE_WITH_DELAY = frozenset({grpc.StatusCode.RESOURCE_EXHAUSTED})
+LIMIT_REASONS = frozenset({"TOO_MANY_CALLS", "HUB_BUSY", "RATE_LIMITED", "TOO_MANY_STREAMS"})
 SUMMARISED_READS = frozenset(
     f"/exchange.v1.Audit/{name}"
     for name in ("GetCheckpoint", "GetInclusionProof", "GetConsistencyProof")
@@ -92,28 +106,128 @@ class Refused(AdapterError):
 
     ``code`` is the gRPC status, ``reason`` the contract's reason name (e.g. "NO_GRANT"),
     ``message`` the hub's human message, ``ledger_sequence`` the refusal's ledger entry if any.
+    ``retry_after`` is the hub's RetryInfo delay in seconds, if it sent one; ``attempts`` how
+    many times the SDK sent the call.
     """
 
     def __init__(
-        self, code: grpc.StatusCode, reason: str, message: str, ledger_sequence: int | None
+        self,
+        code: grpc.StatusCode,
+        reason: str,
+        message: str,
+        ledger_sequence: int | None,
+        retry_after: float | None = None,
+        attempts: int = 1,
     ) -> None:
         super().__init__(f"{code.name} {reason}: {message}")
         self.code = code
         self.reason = reason
         self.message = message
         self.ledger_sequence = ledger_sequence
+        self.retry_after = retry_after
+        self.attempts = attempts
 
     @classmethod
-    def from_rpc_error(cls, error: grpc.aio.AioRpcError) -> Refused:
-        """Decode a failed call's status and ErrorInfo."""
-        info = error_info(error.trailing_metadata())
+    def from_rpc_error(cls, error: grpc.aio.AioRpcError, attempts: int = 1) -> Refused:
+        """Decode a failed call's status, ErrorInfo and RetryInfo."""
+        metadata = error.trailing_metadata()
+        info = error_info(metadata)
         sequence = info.metadata.get("ledger_sequence") if info is not None else None
         return cls(
             error.code(),
             info.reason if info is not None else "",
             error.details() or "",
             int(sequence) if sequence else None,
+            retry_delay(metadata),
+            attempts,
         )
+
+
+def retry_delay(metadata: object) -> float | None:
+    """The google.rpc.RetryInfo delay (seconds) in a call's trailing metadata, or None."""
+    for key, value in metadata or ():  # type: ignore[attr-defined]
+        if key == DETAILS_KEY:
+            for detail in status_pb2.Status.FromString(value).details:
+                retry = error_details_pb2.RetryInfo()
+                if detail.Unpack(retry):
+                    return float(retry.retry_delay.seconds + retry.retry_delay.nanos / 1e9)
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """What the SDK retries, and how long it waits between attempts.
+
+    Retried, with the same bytes (so the same request id): UNAVAILABLE (the hub was not
+    reachable, was shutting down, could not commit to its ledger, its holder was unavailable
+    or the request id was still being processed: nothing was done, or the retry gets the
+    committed answer), and RESOURCE_EXHAUSTED when it carries a RetryInfo or a limit's reason
+    (TOO_MANY_CALLS, HUB_BUSY, RATE_LIMITED, TOO_MANY_STREAMS). Nothing else is retried: a
+    refusal of policy or authentication is the hub's answer and a retry gets it again. The
+    decision rests on the status code, RetryInfo and reason name, so a reason added to the
+    contract later is handled by its status code.
+
+    The n-th wait is a random time between half and all of ``initial_seconds *
+    multiplier**(n-1)`` (at most ``max_seconds``), and never shorter than the hub's RetryInfo.
+    Retries stop at the call's deadline (``timeout``), or after ``max_attempts`` attempts if
+    set; a wait that would end past the deadline is not begun, and the last refusal is raised.
+    """
+
+    initial_seconds: float = 0.1
+    max_seconds: float = 5.0
+    multiplier: float = 2.0
+    max_attempts: int | None = None
+
+    def retryable(self, code: grpc.StatusCode, hinted: float | None, reason: str = "") -> bool:
+        """Whether a call that failed with ``code`` (with RetryInfo ``hinted`` and ErrorInfo
+        ``reason``) may be sent again with the same bytes. A reason this SDK does not know
+        (a newer contract's) is judged by the status code alone."""
+        if code in RETRYABLE:
+            return True
+        return code in RETRYABLE_WITH_DELAY and (hinted is not None or reason in LIMIT_REASONS)
+
+    def delay(self, attempt: int, hinted: float | None) -> float:
+        """How long to wait before attempt ``attempt + 1`` (``attempt`` >= 1 failed so far)."""
+        ceiling = min(self.max_seconds, self.initial_seconds * self.multiplier ** (attempt - 1))
+        jittered = random.uniform(ceiling / 2, ceiling)  # spreads callers; not a secret
+        return max(jittered, hinted or 0.0)
+
+
+NO_RETRY = RetryPolicy(max_attempts=1)
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelOptions:
+    """The gRPC channel's connection settings.
+
+    Keepalive: during a call, the channel pings a connection silent for ``keepalive_time_ms``
+    and drops it if no answer comes within ``keepalive_timeout_ms`` (a hub or network gone
+    without a word): the call then fails UNAVAILABLE and is retried. The hub refuses pings more
+    often than its ``min_ping_interval_ms`` (30 s by default) and pings without calls, so keep
+    ``keepalive_time_ms`` at or above it. Reconnecting: after a failed connection attempt the
+    channel waits ``initial_reconnect_backoff_ms``, growing to ``max_reconnect_backoff_ms``
+    (gRPC's own default maximum is 120 s: longer than a hub restart, hence 5 s here).
+    """
+
+    keepalive_time_ms: int = 60_000
+    keepalive_timeout_ms: int = 20_000
+    keepalive_permit_without_calls: bool = False
+    initial_reconnect_backoff_ms: int = 200
+    max_reconnect_backoff_ms: int = 5_000
+    extra: tuple[tuple[str, str | int], ...] = ()
+
+    def grpc_options(self) -> list[tuple[str, str | int]]:
+        """The options as grpc channel arguments."""
+        return [
+            ("grpc.keepalive_time_ms", self.keepalive_time_ms),
+            ("grpc.keepalive_timeout_ms", self.keepalive_timeout_ms),
+            ("grpc.keepalive_permit_without_calls", int(self.keepalive_permit_without_calls)),
+            # Keep pinging during a long call that sends no data (a slow holder).
+            ("grpc.http2.max_pings_without_data", 0),
+            ("grpc.initial_reconnect_backoff_ms", self.initial_reconnect_backoff_ms),
+            ("grpc.max_reconnect_backoff_ms", self.max_reconnect_backoff_ms),
+            *self.extra,
+        ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,15 +434,21 @@ def channel(
     tls: TlsIdentity | None,
     server_name: str | None = None,
     interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None,
+    options: ChannelOptions | None = None,
 ) -> grpc.aio.Channel:
-    """An aio channel to ``target``: mTLS with ``tls``, or plaintext if ``tls`` is None."""
+    """An aio channel to ``target``: mTLS with ``tls``, or plaintext if ``tls`` is None, with
+    ``options`` (gRPC's defaults if None)."""
+    arguments = options.grpc_options() if options is not None else []
     if tls is None:
-        return grpc.aio.insecure_channel(target, interceptors=interceptors)
+        return grpc.aio.insecure_channel(target, options=arguments, interceptors=interceptors)
     credentials = grpc.ssl_channel_credentials(
         root_certificates=tls.ca, private_key=tls.private_key, certificate_chain=tls.certificate
     )
-    options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
-    return grpc.aio.secure_channel(target, credentials, options=options, interceptors=interceptors)
+    if server_name:
+        arguments.append(("grpc.ssl_target_name_override", server_name))
+    return grpc.aio.secure_channel(
+        target, credentials, options=arguments, interceptors=interceptors
+    )
 
 
 def _key_valid_at(key: registry_pb2.DepartmentKey, at_us: int) -> bool:
@@ -345,6 +465,29 @@ class HubClient:
     ``hub_verifier`` is the hub's signed-note verifier key (``<name>+<hex id>+<base64 key>``,
     printed by the hub at start and in its docs): when given, every receipt is verified on
     arrival. ``interceptors`` are passed to the gRPC channel (tests use them to lose answers).
+
+    Faults, and what a caller gets (docs/api.md, "What to do after a refusal"):
+
+    - The hub cannot be reached, restarts, or shuts down (UNAVAILABLE, ``SHUTTING_DOWN``), its
+      ledger or database cannot commit (UNAVAILABLE, ``LEDGER_UNAVAILABLE``), a holder is
+      unavailable, or the hub is busy (RESOURCE_EXHAUSTED with RetryInfo): retried with the same
+      bytes, with backoff, until the call's ``timeout``; if it is still failing then, ``Refused``
+      with the last status (``attempts`` says how many were made). Sending the same envelope
+      again later (``send``) is safe: the hub answers with the committed answer or runs it once.
+    - The deadline passes while the hub works (DEADLINE_EXCEEDED): ``Refused``, not retried
+      (the deadline is spent); the call may have committed, so send the same envelope again
+      with a new deadline to learn its answer.
+    - A refusal of policy or authentication (PERMISSION_DENIED, INVALID_ARGUMENT, NOT_FOUND,
+      FAILED_PRECONDITION, UNAUTHENTICATED...): ``Refused`` at once, never retried; it is the
+      request's answer and its retry would get it again.
+    - INTERNAL: ``Refused`` with the hub's incident id; not retried.
+
+    ``retry`` sets the backoff (``RetryPolicy``); ``retries`` caps the retries (0: none; None:
+    until the deadline). ``wait_for_ready``: while the hub cannot be reached, a call waits for
+    it (until its deadline; DEADLINE_EXCEEDED if it never comes) instead of failing UNAVAILABLE
+    at once; ``wait_until_ready`` waits
+    for the hub to serve before the first call. ``channel_options`` sets keepalive and
+    reconnect backoff (``ChannelOptions``).
     """
 
     def __init__(
@@ -353,16 +496,27 @@ class HubClient:
         identity: Identity,
         *,
         server_name: str | None = None,
-        retries: int = 3,
-        backoff_seconds: float = 0.2,
+        retries: int | None = None,
+        backoff_seconds: float | None = None,
+        retry: RetryPolicy | None = None,
+        wait_for_ready: bool = False,
+        channel_options: ChannelOptions | None = None,
         hub_verifier: str | NoteVerifier | None = None,
         interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None,
     ) -> None:
         """Raises exchange.ledger.CheckpointError if ``hub_verifier`` is malformed."""
         self.identity = identity
-        self.channel = channel(target, identity.tls, server_name, interceptors)
-        self.retries = retries
-        self.backoff_seconds = backoff_seconds
+        self.channel_options = channel_options or ChannelOptions()
+        self.channel = channel(
+            target, identity.tls, server_name, interceptors, self.channel_options
+        )
+        policy = retry or RetryPolicy()
+        if backoff_seconds is not None:
+            policy = dataclasses.replace(policy, initial_seconds=backoff_seconds)
+        if retries is not None:
+            policy = dataclasses.replace(policy, max_attempts=retries + 1)
+        self.retry = policy
+        self.wait_for_ready = wait_for_ready
         self.hub_verifier = (
             NoteVerifier.parse(hub_verifier) if isinstance(hub_verifier, str) else hub_verifier
         )
@@ -377,6 +531,40 @@ class HubClient:
     async def close(self) -> None:
         """Close the channel."""
         await self.channel.close(None)
+
+    async def wait_until_ready(self, timeout: float = 30.0) -> None:
+        """Wait until the hub serves (its health check answers SERVING), for a hub that is
+        starting or restarting. Raises Refused (UNAVAILABLE) if it does not within ``timeout``
+        seconds, or with the health check's own status if it refuses this client (for
+        example UNAVAILABLE for a TLS handshake the hub rejects)."""
+        until = time.monotonic() + timeout
+        health = health_pb2_grpc.HealthStub(self.channel)
+        attempt = 0
+        while True:
+            attempt += 1
+            remaining = until - time.monotonic()
+            if remaining <= 0:
+                raise Refused(
+                    grpc.StatusCode.UNAVAILABLE,
+                    "",
+                    f"the hub did not serve within {timeout:g} s",
+                    None,
+                    attempts=attempt - 1,
+                )
+            try:
+                answer = await health.Check(
+                    health_pb2.HealthCheckRequest(), timeout=remaining, wait_for_ready=True
+                )
+            except grpc.aio.AioRpcError as error:
+                # Not reachable yet, or not serving yet (starting, shutting down): ask again.
+                if error.code() not in (*RETRYABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    raise Refused.from_rpc_error(error, attempt) from None
+            else:
+                if answer.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            await asyncio.sleep(
+                min(self.retry.delay(attempt, None), max(until - time.monotonic(), 0.0))
+            )
 
     def envelope(self, body: Message, request_id: str | None = None) -> envelope_pb2.Envelope:
         """Fill ``body``'s header (request id, issue time, department) and sign it.
@@ -411,25 +599,41 @@ class HubClient:
     ) -> Response:
         """Send a prepared envelope to ``method`` ("/exchange.v1.Registry/ListDepartments").
 
-        Retries UNAVAILABLE with the same bytes. Verifies the response's receipt when the
-        client has the hub's verifier key. Raises Refused, VerificationError.
+        ``timeout`` is the whole call's deadline in seconds, retries included: what
+        ``RetryPolicy`` retries is sent again, with the same bytes, until then. Verifies the
+        response's receipt when the client has the hub's verifier key. Raises Refused (the
+        last attempt's status, see the class docstring), VerificationError.
         """
         call = self.channel.unary_unary(
             method,
             request_serializer=envelope_pb2.Envelope.SerializeToString,
             response_deserializer=response_type.FromString,
         )
+        until = time.monotonic() + timeout
         attempt = 0
         while True:
+            attempt += 1
             try:
-                response: Response = await call(envelope, timeout=timeout)
+                response: Response = await call(
+                    envelope,
+                    timeout=max(until - time.monotonic(), 0.0),
+                    wait_for_ready=self.wait_for_ready,
+                )
                 break
             except grpc.aio.AioRpcError as error:
-                if error.code() in RETRYABLE and attempt < self.retries:
-                    attempt += 1
-                    await asyncio.sleep(self.backoff_seconds * 2 ** (attempt - 1))
-                    continue
-                raise Refused.from_rpc_error(error) from None
+                trailers = error.trailing_metadata()
+                hinted = retry_delay(trailers)
+                info = error_info(trailers)
+                reason = info.reason if info is not None else ""
+                limit = self.retry.max_attempts
+                if not self.retry.retryable(error.code(), hinted, reason) or (
+                    limit is not None and attempt >= limit
+                ):
+                    raise Refused.from_rpc_error(error, attempt) from None
+                pause = self.retry.delay(attempt, hinted)
+                if time.monotonic() + pause >= until:
+                    raise Refused.from_rpc_error(error, attempt) from None
+                await asyncio.sleep(pause)
         # Checkpoint and proof reads are summarised (docs/ledger.md §8.3): only the first of
         # the hour is an entry, the others answer without a receipt.
         if (

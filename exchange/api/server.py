@@ -1,7 +1,10 @@
 """The hub process: a grpc.aio server with mTLS, health checking and reflection.
 
-Shutdown (SIGTERM/SIGINT): health turns NOT_SERVING, the server stops accepting calls, in-flight
-calls get ``shutdown_grace_seconds`` to finish, the ledger writes its final checkpoint, exit 0.
+Shutdown (SIGTERM/SIGINT), in this order: health (gRPC health and /readyz) turns NOT_SERVING;
+calls that have not started are answered UNAVAILABLE ``SHUTTING_DOWN`` with a RetryInfo; calls in
+flight get ``shutdown_grace_seconds`` to finish, and one still running after it is answered
+UNAVAILABLE ``SHUTTING_DOWN`` too (exchange.api.drain); no caller gets CANCELLED from the hub.
+Then gRPC stops, the request log and the ledger are flushed and closed (final checkpoint), exit 0.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import signal
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -23,6 +27,7 @@ from exchange.api.connections import (
     reserved_descriptors,
     server_options,
 )
+from exchange.api.drain import Drain
 from exchange.api.pipeline import Pipeline
 from exchange.api.services import SERVICES, handlers
 from exchange.config import Config
@@ -37,6 +42,10 @@ log = structlog.get_logger("exchange.server")
 
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 WORKER_THREADS = 32
+# Shutdown: the longest wait for callers to stop sending once the grace is spent, and what gRPC
+# gets to end what is left (nothing runs by then: exchange.api.drain answered every call).
+QUIET_LIMIT = 1.0
+STOP_SECONDS = 1.0
 
 
 def server_credentials(config: Config) -> grpc.ServerCredentials:
@@ -86,10 +95,11 @@ class HubServer:
         self.serving = False
         self.observability = observability.Observability()
         self.pipeline = pipeline = Pipeline(self.hub)
+        self.drain = Drain()
         tracing.instrument(self.hub, pipeline)
         self.service_names = [name for name, _ in SERVICES]
         self.server.add_generic_rpc_handlers(
-            [handlers(name, methods, pipeline) for name, methods in SERVICES]
+            [handlers(name, methods, pipeline, self.drain) for name, methods in SERVICES]
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
@@ -142,13 +152,28 @@ class HubServer:
         return self.serving
 
     async def stop(self, grace: float | None = None) -> None:
-        """Refuse new calls, let in-flight ones finish within ``grace`` seconds, flush, close."""
-        self.serving = False
-        await self.health.enter_graceful_shutdown()
-        await self.server.stop(self.config.shutdown_grace_seconds if grace is None else grace)
+        """Turn new calls away (UNAVAILABLE SHUTTING_DOWN), let in-flight ones finish within
+        ``grace`` seconds (default ``shutdown_grace_seconds``), answer those still running
+        UNAVAILABLE SHUTTING_DOWN, stop gRPC, flush and close the request log and the ledger.
+        A second call returns at once."""
+        if self.drain.closed:
+            return  # stopped already (or stopping)
+        grace = self.config.shutdown_grace_seconds if grace is None else grace
+        started = time.monotonic()
+        self.serving = False  # /readyz answers 503 from now on
+        await self.health.enter_graceful_shutdown()  # every service NOT_SERVING, for good
+        self.drain.close()
+        running = len(self.drain.running)
+        if not await self.drain.drained(grace):
+            cut = await self.drain.expire()
+            log.warning("shutdown_grace_over", calls_cut=cut, grace_seconds=grace)
+        # gRPC's stop ends calls it holds but has not handed over, with no reason that says
+        # to retry: stop it once callers turned away are waiting out their RetryInfo.
+        await self.drain.quiet(limit=max(grace - (time.monotonic() - started), QUIET_LIMIT))
+        await self.server.stop(STOP_SECONDS)
         await self.observability.stop()
         await self.hub.close()
-        log.info("stopped")
+        log.info("stopped", calls_at_signal=running)
 
 
 def freeze_startup_heap() -> int:

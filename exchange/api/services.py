@@ -6,6 +6,7 @@ the contract that are not in the table answer UNIMPLEMENTED.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import Message
 
+from exchange.api.drain import Drain, shutting_down
 from exchange.api.pipeline import Method, Pipeline, StreamMethod
 from exchange.api.supervision_methods import SUPERVISION, SUPERVISION_METHODS
 from exchange.flows import audit, history, objections, registry
@@ -26,6 +28,7 @@ from exchange.flows import request as request_flow
 from exchange.flows import submit as submit_flow
 from exchange.observability import tracing
 from exchange.routing.deadline import set_call_deadline
+from exchange.rpc.status import abort, to_status
 from exchange.v1 import (
     audit_pb2,
     catalog_pb2,
@@ -99,11 +102,14 @@ def handlers(
     service: str,
     methods: Iterable[Method[Any, Any] | StreamMethod[Any, Any]],
     pipeline: Pipeline,
+    drain: Drain,
 ) -> grpc.GenericRpcHandler:  # type: ignore[type-arg]
     """A generic handler serving ``methods`` of ``service`` through ``pipeline``.
 
     Requests arrive as raw bytes (no deserializer) so that bytes that are not an Envelope get the
     pipeline's precise MALFORMED_ENVELOPE refusal instead of grpc's generic deserialization error.
+    Each call passes ``drain`` (exchange.api.drain) first: once the hub shuts down, a call that
+    has not started, or that its grace cut, is answered UNAVAILABLE ``SHUTTING_DOWN``.
     """
     table: dict[str, grpc.RpcMethodHandler] = {}  # type: ignore[type-arg]
     for method in methods:
@@ -117,8 +123,17 @@ def handlers(
                 context: grpc.aio.ServicerContext[Any, Any],
                 method: StreamMethod[Any, Any] = method,
             ) -> AsyncIterator[Any]:
-                async for item in pipeline.stream(method, request, context):
-                    yield item
+                if not drain.admit(stream=True):
+                    await abort(context, to_status(shutting_down()))
+                try:
+                    async for item in pipeline.stream(method, request, context):
+                        yield item
+                except asyncio.CancelledError:
+                    if not drain.answer_cancelled():
+                        raise
+                    await abort(context, to_status(shutting_down()))
+                finally:
+                    drain.leave()
 
             table[name] = grpc.unary_stream_rpc_method_handler(
                 streamer, request_deserializer=None, response_serializer=_serialize
@@ -130,14 +145,24 @@ def handlers(
             context: grpc.aio.ServicerContext[Any, Any],
             method: Method[Any, Any] = method,
         ) -> Any:
-            # The flows see the caller's deadline as a plain float (exchange.routing.deadline),
-            # so a provider call can end in time for its failure to be recorded.
-            set_call_deadline(context.time_remaining())
-            if not tracing.enabled():
-                return await pipeline(method, request, context)
-            metadata = context.invocation_metadata() or ()
-            with tracing.span("exchange.call", metadata, {"rpc.method": method.name}):
-                return await pipeline(method, request, context)
+            if not drain.admit():
+                await abort(context, to_status(shutting_down()))
+            try:
+                # The flows see the caller's deadline as a plain float
+                # (exchange.routing.deadline), so a provider call can end in time for its
+                # failure to be recorded.
+                set_call_deadline(context.time_remaining())
+                if not tracing.enabled():
+                    return await pipeline(method, request, context)
+                metadata = context.invocation_metadata() or ()
+                with tracing.span("exchange.call", metadata, {"rpc.method": method.name}):
+                    return await pipeline(method, request, context)
+            except asyncio.CancelledError:
+                if not drain.answer_cancelled():
+                    raise
+                await abort(context, to_status(shutting_down()))
+            finally:
+                drain.leave()
 
         table[name] = grpc.unary_unary_rpc_method_handler(
             handler, request_deserializer=None, response_serializer=_serialize

@@ -53,6 +53,13 @@ def with_hub_options(function: Any) -> Any:
     help="host:port for /metrics, /healthz and /readyz over plain HTTP (default off; keep it "
     "on loopback or a monitoring network).",
 )
+@click.option(
+    "--shutdown-grace-seconds",
+    type=float,
+    default=None,
+    help="On SIGTERM or SIGINT, how long calls in flight get to finish (default 10); calls not "
+    "started are answered UNAVAILABLE SHUTTING_DOWN at once.",
+)
 @click.pass_context
 def serve(
     ctx: click.Context,
@@ -62,8 +69,11 @@ def serve(
     insecure: bool | None,
     log_format: str | None,
     metrics_listen: str | None,
+    shutdown_grace_seconds: float | None,
 ) -> None:
-    """Run the hub until SIGTERM or SIGINT."""
+    """Run the hub until SIGTERM or SIGINT, then shut down gracefully: health turns
+    NOT_SERVING, calls not started get UNAVAILABLE (retryable), calls in flight finish within
+    the grace period, the request log and the ledger are closed."""
     from exchange import logs
     from exchange.api.server import serve as serve_hub
     from exchange.ownership import ForeignDatabase
@@ -78,6 +88,7 @@ def serve(
         insecure=insecure,
         log_format=log_format,
         metrics_listen=metrics_listen,
+        shutdown_grace_seconds=shutdown_grace_seconds,
     )
     logs.configure(config.log_level, config.log_format)
     if config.insecure:
