@@ -19,7 +19,7 @@ import hashlib
 import re
 import time
 import uuid
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -556,6 +556,8 @@ class ProviderServer:
             hub_public_key or load_public_key(settings.hub_public_key),
             settings.replay_window_seconds * 1_000_000,
         )
+        # Calls received per method (Fetch, Store, Settle, Inventory), whatever their outcome.
+        self.calls: Counter[str] = Counter()
         self.health = health_aio.HealthServicer()
         self.server = grpc.aio.server(
             options=[
@@ -613,6 +615,7 @@ class ProviderServer:
         """Decode, authenticate, serve (with the SHA-256 of the envelope's bytes), and map
         refusals; one log event per call, no personal data."""
         started = time.perf_counter()
+        self.calls[method] += 1
         outcome = "OK"
         material_type = ""
         try:
