@@ -1,8 +1,9 @@
 """``exchange reconcile``: compare a holder's adapter, the hub's index and the ledger, and
 repair what can be repaired, each repair a ledger entry (exchange.flows.reconcile).
 
-Run by the hub operator on a machine with the hub's configuration and keystore (the hub's key
-signs the calls to the adapter and the ledger's checkpoints); hubs may keep serving meanwhile.
+Run by the hub operator on a machine with the hub's configuration and keystore: the hub's key
+signs the calls to the adapter and the ledger's checkpoints, the operator's key the request
+stored beside each repair's entry. Hubs may keep serving meanwhile.
 """
 
 from __future__ import annotations
@@ -49,17 +50,24 @@ def reconcile(
     ledger; print every difference and repair what can be repaired (exit 0), or print what
     could not be repaired (exit 1)."""
     from exchange import errors
+    from exchange.crypto.keys import KeyFileError
+    from exchange.crypto.keystore import Keystore
     from exchange.flows.reconcile import reconcile as compare
     from exchange.hub import Hub
 
     config = load_config(ctx, keys_dir=keys_dir, database_url=database_url, insecure=insecure)
+    try:
+        # Each repair's entry carries a request the operator signs (docs/cli.md).
+        operator_key = Keystore(config.keys_dir).operator_signing_key()
+    except KeyFileError as exc:
+        fail(f"reconcile signs its repairs with the operator's key: {exc}")
 
     async def go() -> object:
         hub = Hub.open(config)
         try:
             await hub.ledger.start()
             try:
-                return await compare(hub, department, dry_run=dry_run)
+                return await compare(hub, department, operator_key, dry_run=dry_run)
             finally:
                 await hub.ledger.close()
         finally:

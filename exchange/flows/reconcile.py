@@ -16,7 +16,8 @@ held by the department, and the ledger's entries of each subject concerned. Diff
   only (the hub keeps no content to restore it);
 - ``HELD_NOT_CONFORMING``: held material that does not fit the type's schema -> reported only.
 
-Every repair is one RECONCILIATION entry (actor: the hub), attributes ``difference`` and
+Every repair is one RECONCILIATION entry (actor: the operator, whose signed
+ReconciliationRequest is stored beside it), attributes ``difference`` and
 ``repair``, with the subject's keyed ref, type, content hash, reference and version; an index
 repair is written in the entry's transaction. ``dry_run`` reports and changes nothing. No
 subject id or value leaves this module: differences name keyed refs and references.
@@ -33,7 +34,9 @@ from typing import TYPE_CHECKING
 from exchange import errors
 from exchange.catalog.model import MaterialType
 from exchange.catalog.schema import canonical_fields
-from exchange.clock import now_us
+from exchange.clock import now_us, to_timestamp
+from exchange.crypto.envelope import sign
+from exchange.crypto.keys import SigningKey
 from exchange.flows import lookups
 from exchange.flows.record import record
 from exchange.flows.settle import HeldStore, indexed, settle
@@ -77,8 +80,12 @@ class Report:
     differences: list[Difference] = field(default_factory=list)
 
 
-async def reconcile(hub: Hub, department_id: str, *, dry_run: bool = False) -> Report:
-    """Compare and repair one department's holdings; see the module docstring.
+async def reconcile(
+    hub: Hub, department_id: str, operator_key: SigningKey, *, dry_run: bool = False
+) -> Report:
+    """Compare and repair one department's holdings; see the module docstring. Each repair's
+    entry carries a ReconciliationRequest signed with ``operator_key`` (the operator's key:
+    every OK entry vouches for a signed request of its actor).
 
     Raises Unavailable (PROVIDER_UNAVAILABLE: the department has no adapter registered, or it
     cannot be reached or predates Inventory), NotFound (UNKNOWN_DEPARTMENT).
@@ -89,7 +96,7 @@ async def reconcile(hub: Hub, department_id: str, *, dry_run: bool = False) -> R
     holder = await lookups.holder(hub, department_id)
     types = [t for t in await asyncio.to_thread(hub.catalog.material_types) if t.owner == holder.id]
     report = Report(holder.id)
-    run = _Run(hub, holder.id, holder.provider_endpoint, dry_run, f"reconcile-{uuid.uuid4().hex}")
+    run = _Run(hub, holder.id, holder.provider_endpoint, operator_key, dry_run)
     for material_type in sorted(types, key=lambda t: t.id):
         report.material_types.append(material_type.id)
         await run.material_type(material_type, report)
@@ -97,12 +104,15 @@ async def reconcile(hub: Hub, department_id: str, *, dry_run: bool = False) -> R
 
 
 class _Run:
-    def __init__(self, hub: Hub, holder: str, endpoint: str, dry_run: bool, run_id: str) -> None:
+    def __init__(
+        self, hub: Hub, holder: str, endpoint: str, operator_key: SigningKey, dry_run: bool
+    ) -> None:
         self.hub = hub
         self.holder = holder
         self.endpoint = endpoint
+        self.operator_key = operator_key
         self.dry_run = dry_run
-        self.run_id = run_id
+        self.run_id = f"reconcile-{uuid.uuid4().hex}"
         self.repairs = 0
 
     async def material_type(self, material_type: MaterialType, report: Report) -> None:
@@ -240,7 +250,26 @@ class _Run:
     ) -> Difference:
         """Record the repair (with its index change); the difference as repaired, or failed."""
         self.repairs += 1
-        who = Claim(self.hub.config.hub_id, f"{self.run_id}-{self.repairs}", b"")
+        operator = self.hub.config.hub_id
+        body = ledger_pb2.ReconciliationRequest(
+            header=common_pb2.RequestHeader(
+                request_id=f"{self.run_id}-{self.repairs}",
+                department_id=operator,
+                issued_at=to_timestamp(now_us()),
+            ),
+            holder=self.holder,
+            material_type=difference.material_type,
+            reference=difference.reference,
+            version=difference.version,
+            difference=difference.kind,
+            repair=difference.repair,
+        )
+        envelope = sign(
+            body.SerializeToString(deterministic=True),
+            body.DESCRIPTOR.full_name,
+            self.operator_key,
+        )
+        who = Claim(operator, body.header.request_id, envelope.SerializeToString())
         try:
             receipt = await record(
                 self.hub.ledger,
