@@ -225,16 +225,27 @@ async def _store(
     Store to settle, or None when an adapter of provider contract 1 stored at once."""
     owner = await lookups.holder(hub, material_type.owner)
     request_id = forwarded_id(caller.request_id, "store")
-    answer = await hub.providers.store(
-        owner.provider_endpoint,
-        request_id=request_id,
-        material_type=material_type.id,
-        subject_id=subject_id,
-        fields=fields,
-        reference=reference,
-        version=version,
-        submitted_by=caller.department_id,
-    )
+    try:
+        answer = await hub.providers.store(
+            owner.provider_endpoint,
+            request_id=request_id,
+            material_type=material_type.id,
+            subject_id=subject_id,
+            fields=fields,
+            reference=reference,
+            version=version,
+            submitted_by=caller.department_id,
+        )
+    except errors.InvalidArgument as exc:
+        if exc.reason != common_pb2.UNKNOWN_FIELD:
+            raise
+        # An adapter of provider contract 1 that refuses what it does not know refuses the
+        # pending flag: nothing was stored (docs/adapters.md, "Provider contract versions").
+        raise errors.FailedPrecondition(
+            common_pb2.PROVIDER_UNAVAILABLE,
+            f"the owner's adapter ({material_type.owner!r}) predates provider contract 2 "
+            "(two-phase Store) and must be upgraded before it can store submissions",
+        ) from exc
     stored = open_record(
         answer.material,
         owner,
