@@ -165,6 +165,12 @@ class _PendingStore:
     since: float  # time.monotonic() when it arrived
 
 
+def _retrieved(task: asyncio.Future[None]) -> None:
+    """Mark a commit's failure as seen (its Settle may have been cancelled; the log has it)."""
+    if not task.cancelled():
+        task.exception()
+
+
 def _invalid(message: str) -> errors.InvalidArgument:
     return errors.InvalidArgument(common_pb2.INVALID_ARGUMENT_FIELD, message)
 
@@ -183,6 +189,7 @@ class ProviderService:
         # recent Settles went (True: committed), so that a repeated Settle gets the same answer.
         self._pending: OrderedDict[str, _PendingStore] = OrderedDict()
         self._settled: OrderedDict[str, bool] = OrderedDict()
+        self._committing: dict[str, asyncio.Future[None]] = {}
         # Per material type, the normal forms of subject ids the source holds in another form
         # (full-width digits, inner spaces): filled by ``survey``.
         self._not_normal: dict[str, frozenset[str]] = {}
@@ -412,20 +419,43 @@ class ProviderService:
                     f"the Store {key[:128]!r} was already {'committed' if earlier else 'aborted'}",
                 )
             return provider_pb2.SettleResponse(found=True)
-        pending = self._pending.pop(key, None)
+        pending = self._pending.get(key)
         if pending is None:
             return provider_pb2.SettleResponse(found=False)
-        if body.commit:
-            try:
-                await self._write(pending.body, pending.subject)
-            except errors.Unavailable:
-                self._pending[key] = pending  # still pending: the hub or reconcile retries
-                raise
-        self._settled[key] = body.commit
+        committing = self._committing.get(key)
+        if not body.commit:
+            if committing is not None:
+                raise errors.FailedPrecondition(
+                    common_pb2.REQUEST_ID_REUSED, f"the Store {key[:128]!r} is being committed"
+                )
+            del self._pending[key]
+            self._remember(key, False)
+            log.info("store_settled", material_type=pending.body.material_type, commit=False)
+            return provider_pb2.SettleResponse(found=True)
+        if committing is None:
+            # The write is a task of its own: a hub that goes away mid-Settle cancels this call,
+            # not the write, whose outcome still decides whether the Store stays pending.
+            committing = self._committing[key] = asyncio.ensure_future(
+                self._commit_pending(key, pending)
+            )
+            committing.add_done_callback(_retrieved)
+        await asyncio.shield(committing)
+        return provider_pb2.SettleResponse(found=True)
+
+    async def _commit_pending(self, key: str, pending: _PendingStore) -> None:
+        """Write a pending Store; it stays pending if the write fails."""
+        try:
+            await self._write(pending.body, pending.subject)
+        finally:
+            del self._committing[key]
+        self._pending.pop(key, None)
+        self._remember(key, True)
+        log.info("store_settled", material_type=pending.body.material_type, commit=True)
+
+    def _remember(self, key: str, committed: bool) -> None:
+        self._settled[key] = committed
         while len(self._settled) > STORE_MEMORY:
             self._settled.popitem(last=False)
-        log.info("store_settled", material_type=pending.body.material_type, commit=body.commit)
-        return provider_pb2.SettleResponse(found=True)
 
     async def inventory(
         self, body: provider_pb2.InventoryRequest, _digest: bytes

@@ -127,9 +127,12 @@ class _Run:
         report.pending += len(inventory.pending)
         report.indexed += len(rows)
         on_index = {row.subject_ref: row for row in rows}
-        for item in inventory.pending:
-            report.differences.append(await self.pending(material_type, item))
         held_refs: set[bytes] = set()
+        for item in inventory.pending:
+            settled = await self.pending(material_type, item)
+            report.differences.append(settled)
+            if settled.kind == "PENDING_WITH_ENTRY" and (self.dry_run or settled.repaired):
+                held_refs.add(settled.subject_ref)  # held now (or once the repair is made)
         for item in inventory.held:
             subject_ref = hub.content_keys.subject_ref(item.subject_id)
             held_refs.add(subject_ref)

@@ -125,6 +125,41 @@ async def check_guard(world: World, switch: Switch) -> None:
     await verify(hub.engine, hub.ledger, hub.key_history())
 
 
+async def check_store_aborted(world: World, switch: Switch) -> None:
+    """A Submit that meets a newly failed ledger (the hub does not know yet) has stored at the
+    owner pending; its entry fails, and the pending Store is aborted: nothing visible."""
+    switch(True)
+    await refused_unavailable(world.clients[TOWNSHIP].submit(MARRIAGE, BEN, NEW_MARRIAGE))
+    adapter = world.adapters[CIVIL]
+    assert adapter.calls["Store"] == 1 and adapter.calls["Settle"] == 1
+    assert world.spies[CIVIL].inner.fetch(MARRIAGE, BEN, ["marital_status"]) is None
+    hub = world.hub.server.hub
+    assert hub.index.current(MARRIAGE, hub.content_keys.subject_ref(BEN)) is None
+    switch(False)
+
+
+async def test_submit_whose_entry_fails_aborts_its_pending_store_sqlite(
+    start_hub: StartHub, tmp_path: Path
+) -> None:
+    world = await build(await start_hub(provider_timeout_ms=1500), tmp_path)
+    try:
+        await check_store_aborted(world, sqlite_switch(tmp_path / "exchange.db"))
+    finally:
+        for adapter in world.adapters.values():
+            await adapter.stop(grace=0.2)
+
+
+async def test_submit_whose_entry_fails_aborts_its_pending_store_postgres(
+    start_hub: StartHub, postgres_url: str, tmp_path: Path
+) -> None:
+    world = await build(await start_hub(postgres_url, provider_timeout_ms=1500), tmp_path)
+    try:
+        await check_store_aborted(world, postgres_switch(postgres_url))
+    finally:
+        for adapter in world.adapters.values():
+            await adapter.stop(grace=0.2)
+
+
 async def test_no_holder_is_asked_while_the_ledger_cannot_commit_sqlite(
     start_hub: StartHub, tmp_path: Path
 ) -> None:

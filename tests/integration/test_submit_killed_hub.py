@@ -1,7 +1,9 @@
 """A Submit whose hub is SIGKILLed between the adapter's Store and the entry's commit (issue 13,
 item 4): the Store was held pending (provider contract 2), so nothing is visible at the owner
 without an entry, and ``exchange reconcile`` (the command, as the operator runs it) finds the
-leftover and aborts it with a RECONCILIATION entry. The log verifies afterwards.
+leftover and aborts it with a RECONCILIATION entry. A hub killed after the entry committed but
+before the adapter wrote the material leaves it pending with its entry: reconcile commits it.
+The log verifies afterwards.
 
 Hub B is an ``exchange serve`` process; hub A (in process, with the adapters of
 tests.flows.world) shares its database and is used to look at the result. The kill is exact:
@@ -15,7 +17,9 @@ import os
 import signal
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from adapters.errors import BackendError
 from exchange.crypto.keystore import Keystore
 from exchange.routing.provider import forwarded_id
 from exchange.v1 import ledger_pb2
@@ -127,6 +131,79 @@ async def check_killed_submit(world: World, url: str, keystore: Keystore, tmp_pa
     again = await reconcile_command(keystore.root, url)
     assert again.returncode == 0 and "no differences" in again.stdout, again.stdout
     await verify(hub.engine, hub.ledger, hub.key_history())
+
+
+def kill_on_settle(world: World, victim: HubProcess) -> None:
+    """The next commit at the civil affairs adapter first SIGKILLs ``victim``, then fails as a
+    source that cannot write: the Store stays pending, its entry committed."""
+    spy = world.spies[CIVIL]
+    original = spy.store
+
+    def store(*args: Any, **kwargs: Any) -> None:
+        victim.process.send_signal(signal.SIGKILL)
+        victim.process.wait()
+        spy.store = original  # type: ignore[method-assign]
+        raise BackendError("the source is down (planted by the test)")
+
+    spy.store = store  # type: ignore[method-assign]
+
+
+async def check_killed_before_settle(
+    world: World, url: str, keystore: Keystore, tmp_path: Path
+) -> None:
+    hub = world.hub.server.hub
+    ben = hub.content_keys.subject_ref(BEN)
+    b = spawn(keystore.root, url, tmp_path, "b")
+    try:
+        await wait_serving(b.target, keystore)
+        kill_on_settle(world, b)
+        client = b.client(keystore, TOWNSHIP)
+        try:
+            await client.submit(MARRIAGE, BEN, FIELDS)
+            raise AssertionError("the Submit was answered by a killed hub")
+        except Exception as exc:  # the connection to the killed hub broke
+            assert "unavailable" in str(exc).lower(), exc
+        finally:
+            await client.close()
+    finally:
+        stop([b])
+    assert world.adapters[CIVIL].calls["Settle"] == 1
+    # The entry and index row committed; the material is still pending at the owner.
+    current = hub.index.current(MARRIAGE, ben)
+    assert current is not None
+    assert world.spies[CIVIL].inner.fetch(MARRIAGE, BEN, ["marital_status"]) is None
+
+    done = await reconcile_command(keystore.root, url)
+    assert done.returncode == 0, done.stderr
+    assert "PENDING_WITH_ENTRY" in done.stdout and "committed at the holder (entry" in done.stdout
+    held = world.spies[CIVIL].inner.fetch(MARRIAGE, BEN, ["marital_status"])
+    assert held is not None and held.fields["marital_status"] == "married"
+    again = await reconcile_command(keystore.root, url)
+    assert again.returncode == 0 and "no differences" in again.stdout, again.stdout
+    await verify(hub.engine, hub.ledger, hub.key_history())
+
+
+async def test_submit_killed_between_entry_and_settle_sqlite(
+    start_hub: StartHub, keystore: Keystore, tmp_path: Path
+) -> None:
+    world = await build(await start_hub(provider_timeout_ms=5000), tmp_path)
+    try:
+        url = f"sqlite:///{tmp_path / 'exchange.db'}"
+        await check_killed_before_settle(world, url, keystore, tmp_path)
+    finally:
+        for adapter in world.adapters.values():
+            await adapter.stop(grace=0.2)
+
+
+async def test_submit_killed_between_entry_and_settle_postgres(
+    start_hub: StartHub, postgres_url: str, keystore: Keystore, tmp_path: Path
+) -> None:
+    world = await build(await start_hub(postgres_url, provider_timeout_ms=5000), tmp_path)
+    try:
+        await check_killed_before_settle(world, postgres_url, keystore, tmp_path)
+    finally:
+        for adapter in world.adapters.values():
+            await adapter.stop(grace=0.2)
 
 
 def adapter_endpoint(world: World) -> str:
