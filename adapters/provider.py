@@ -361,10 +361,20 @@ class ProviderService:
                 ):
                     del self._pending[key]
                     log.warning("pending_store_replaced", material_type=body.material_type)
-            self._pending[body.header.request_id] = _PendingStore(body, subject, time.monotonic())
+            key = body.header.request_id
+            # Held before the source is asked, so that a hub going away meanwhile (which
+            # cancels this call) leaves it pending for exchange reconcile to settle.
+            self._pending[key] = _PendingStore(body, subject, time.monotonic())
             while len(self._pending) > STORE_MEMORY:
                 self._pending.popitem(last=False)
                 log.warning("pending_store_forgotten", reason="too many pending stores")
+            try:
+                # The source decides now (a rehearsed write: its types, constraints and
+                # triggers), so that a refusal reaches the caller before the hub's entry.
+                await self._write(body, subject, rehearse=True)
+            except errors.ExchangeError:
+                self._pending.pop(key, None)
+                raise
         else:
             await self._write(body, subject)
         self._stored[body.header.request_id] = (envelope_sha256, response)
@@ -372,8 +382,11 @@ class ProviderService:
             self._stored.popitem(last=False)
         return response
 
-    async def _write(self, body: provider_pb2.StoreRequest, subject: str) -> None:
-        """Write a Store's material to the backend (off the event loop).
+    async def _write(
+        self, body: provider_pb2.StoreRequest, subject: str, *, rehearse: bool = False
+    ) -> None:
+        """Write a Store's material to the backend (off the event loop); with ``rehearse``,
+        let the backend decide without keeping anything.
 
         Raises errors.InvalidArgument / FailedPrecondition (SCHEMA_VIOLATION: the source
         refused the values) or errors.Unavailable (the write failed).
@@ -387,6 +400,7 @@ class ProviderService:
                 reference=body.reference,
                 version=body.version,
                 submitted_by=body.submitted_by,
+                rehearse=rehearse,
             )
         except BackendRefused as exc:
             # The source decided about these values: the caller is told why (the message names
