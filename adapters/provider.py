@@ -19,8 +19,9 @@ import hashlib
 import re
 import time
 import uuid
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
@@ -155,6 +156,21 @@ class HubAuthenticator:
         return body
 
 
+@dataclass(frozen=True, slots=True)
+class _PendingStore:
+    """A Store held aside until the hub settles it."""
+
+    body: provider_pb2.StoreRequest
+    subject: str  # the subject id in normal form
+    since: float  # time.monotonic() when it arrived
+
+
+def _retrieved(task: asyncio.Future[None]) -> None:
+    """Mark a commit's failure as seen (its Settle may have been cancelled; the log has it)."""
+    if not task.cancelled():
+        task.exception()
+
+
 def _invalid(message: str) -> errors.InvalidArgument:
     return errors.InvalidArgument(common_pb2.INVALID_ARGUMENT_FIELD, message)
 
@@ -169,6 +185,11 @@ class ProviderService:
         # Store is not naturally idempotent (a files backend appends), so a retried Store with
         # the same request id and bytes gets the first answer; different bytes are refused.
         self._stored: OrderedDict[str, tuple[bytes, provider_pb2.StoreResponse]] = OrderedDict()
+        # Stores held pending (two-phase Store, contract 2), by the Store's request id, and how
+        # recent Settles went (True: committed), so that a repeated Settle gets the same answer.
+        self._pending: OrderedDict[str, _PendingStore] = OrderedDict()
+        self._settled: OrderedDict[str, bool] = OrderedDict()
+        self._committing: dict[str, asyncio.Future[None]] = {}
         # Per material type, the normal forms of subject ids the source holds in another form
         # (full-width digits, inner spaces): filled by ``survey``.
         self._not_normal: dict[str, frozenset[str]] = {}
@@ -319,6 +340,57 @@ class ProviderService:
                 f"field(s) {', '.join(repr(n[:64]) for n in unknown)} have no column in the "
                 f"store target of {errors.quote(body.material_type)}"
             )
+        response = provider_pb2.StoreResponse(
+            material=self.sign_record(
+                body.header.request_id,
+                body.material_type,
+                subject,
+                body.fields,
+                body.reference,
+                body.version,
+            ),
+            pending=body.pending,
+        )
+        if body.pending:
+            # Held aside until the hub's entry commits (Settle): a hub that dies first leaves
+            # nothing visible. A newer pending Store of the same reference means the hub never
+            # indexed the older one (it decides versions from its index): the older goes.
+            for key, older in list(self._pending.items()):
+                if older.body.material_type == body.material_type and (
+                    older.body.reference == body.reference
+                ):
+                    del self._pending[key]
+                    log.warning("pending_store_replaced", material_type=body.material_type)
+            key = body.header.request_id
+            # Held before the source is asked, so that a hub going away meanwhile (which
+            # cancels this call) leaves it pending for exchange reconcile to settle.
+            self._pending[key] = _PendingStore(body, subject, time.monotonic())
+            while len(self._pending) > STORE_MEMORY:
+                self._pending.popitem(last=False)
+                log.warning("pending_store_forgotten", reason="too many pending stores")
+            try:
+                # The source decides now (a rehearsed write: its types, constraints and
+                # triggers), so that a refusal reaches the caller before the hub's entry.
+                await self._write(body, subject, rehearse=True)
+            except errors.ExchangeError:
+                self._pending.pop(key, None)
+                raise
+        else:
+            await self._write(body, subject)
+        self._stored[body.header.request_id] = (envelope_sha256, response)
+        while len(self._stored) > STORE_MEMORY:
+            self._stored.popitem(last=False)
+        return response
+
+    async def _write(
+        self, body: provider_pb2.StoreRequest, subject: str, *, rehearse: bool = False
+    ) -> None:
+        """Write a Store's material to the backend (off the event loop); with ``rehearse``,
+        let the backend decide without keeping anything.
+
+        Raises errors.InvalidArgument / FailedPrecondition (SCHEMA_VIOLATION: the source
+        refused the values) or errors.Unavailable (the write failed).
+        """
         try:
             await asyncio.to_thread(
                 self.backend.store,
@@ -328,6 +400,7 @@ class ProviderService:
                 reference=body.reference,
                 version=body.version,
                 submitted_by=body.submitted_by,
+                rehearse=rehearse,
             )
         except BackendRefused as exc:
             # The source decided about these values: the caller is told why (the message names
@@ -341,20 +414,101 @@ class ProviderService:
                 common_pb2.PROVIDER_UNAVAILABLE,
                 "the department's data source refused the write; the adapter log has the cause",
             ) from exc
-        response = provider_pb2.StoreResponse(
-            material=self.sign_record(
-                body.header.request_id,
-                body.material_type,
-                subject,
-                body.fields,
-                body.reference,
-                body.version,
+
+    async def settle(
+        self, body: provider_pb2.SettleRequest, _digest: bytes
+    ) -> provider_pb2.SettleResponse:
+        """Commit (write to the backend) or abort (forget) a pending Store.
+
+        Idempotent: settling the same Store the same way again answers found=True. Raises
+        errors.FailedPrecondition (REQUEST_ID_REUSED: it was settled the other way) or the
+        write's errors (see ``_write``; the Store then stays pending for a retry).
+        """
+        key = body.store_request_id
+        earlier = self._settled.get(key)
+        if earlier is not None:
+            if earlier != body.commit:
+                raise errors.FailedPrecondition(
+                    common_pb2.REQUEST_ID_REUSED,
+                    f"the Store {key[:128]!r} was already {'committed' if earlier else 'aborted'}",
+                )
+            return provider_pb2.SettleResponse(found=True)
+        pending = self._pending.get(key)
+        if pending is None:
+            return provider_pb2.SettleResponse(found=False)
+        committing = self._committing.get(key)
+        if not body.commit:
+            if committing is not None:
+                raise errors.FailedPrecondition(
+                    common_pb2.REQUEST_ID_REUSED, f"the Store {key[:128]!r} is being committed"
+                )
+            del self._pending[key]
+            self._remember(key, False)
+            log.info("store_settled", material_type=pending.body.material_type, commit=False)
+            return provider_pb2.SettleResponse(found=True)
+        if committing is None:
+            # The write is a task of its own: a hub that goes away mid-Settle cancels this call,
+            # not the write, whose outcome still decides whether the Store stays pending.
+            committing = self._committing[key] = asyncio.ensure_future(
+                self._commit_pending(key, pending)
             )
-        )
-        self._stored[body.header.request_id] = (envelope_sha256, response)
-        while len(self._stored) > STORE_MEMORY:
-            self._stored.popitem(last=False)
-        return response
+            committing.add_done_callback(_retrieved)
+        await asyncio.shield(committing)
+        return provider_pb2.SettleResponse(found=True)
+
+    async def _commit_pending(self, key: str, pending: _PendingStore) -> None:
+        """Write a pending Store; it stays pending if the write fails."""
+        try:
+            await self._write(pending.body, pending.subject)
+        finally:
+            del self._committing[key]
+        self._pending.pop(key, None)
+        self._remember(key, True)
+        log.info("store_settled", material_type=pending.body.material_type, commit=True)
+
+    def _remember(self, key: str, committed: bool) -> None:
+        self._settled[key] = committed
+        while len(self._settled) > STORE_MEMORY:
+            self._settled.popitem(last=False)
+
+    async def inventory(
+        self, body: provider_pb2.InventoryRequest, _digest: bytes
+    ) -> provider_pb2.InventoryResponse:
+        """Every holding of a material type, and its pending Stores (exchange reconcile).
+
+        Raises errors.NotFound (UNKNOWN_MATERIAL_TYPE), errors.Unavailable (the source failed).
+        """
+        self._mapped(body.material_type)
+        try:
+            holdings = await asyncio.to_thread(
+                lambda: list(self.backend.list_holdings(body.material_type))
+            )
+        except BackendError as exc:
+            log.error("source_failed", material_type=body.material_type, error=str(exc))
+            raise errors.Unavailable(
+                common_pb2.PROVIDER_UNAVAILABLE,
+                "the department's data source failed; the adapter log has the cause",
+            ) from exc
+        answer = provider_pb2.InventoryResponse()
+        for holding in holdings:
+            answer.held.add(
+                subject_id=holding.subject_id,
+                fields=dict(holding.fields),
+                reference=holding.reference or "",
+                version=holding.version or 0,
+            )
+        now = time.monotonic()
+        for key, pending in self._pending.items():
+            if pending.body.material_type == body.material_type:
+                answer.pending.add(
+                    subject_id=pending.subject,
+                    fields=dict(pending.body.fields),
+                    reference=pending.body.reference,
+                    version=pending.body.version,
+                    store_request_id=key,
+                    pending_seconds=int(now - pending.since),
+                )
+        return answer
 
 
 def _handlers(server: ProviderServer) -> grpc.GenericRpcHandler:  # type: ignore[type-arg]
@@ -375,6 +529,16 @@ def _handlers(server: ProviderServer) -> grpc.GenericRpcHandler:  # type: ignore
             "Store", provider_pb2.StoreRequest, request, context, server.service.store
         )
 
+    async def settle(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        return await server.handle(
+            "Settle", provider_pb2.SettleRequest, request, context, server.service.settle
+        )
+
+    async def inventory(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        return await server.handle(
+            "Inventory", provider_pb2.InventoryRequest, request, context, server.service.inventory
+        )
+
     def serialize(message: Message) -> bytes:
         return message.SerializeToString()
 
@@ -384,7 +548,12 @@ def _handlers(server: ProviderServer) -> grpc.GenericRpcHandler:  # type: ignore
             name: grpc.unary_unary_rpc_method_handler(
                 handler, request_deserializer=None, response_serializer=serialize
             )
-            for name, handler in (("Fetch", fetch), ("Store", store))
+            for name, handler in (
+                ("Fetch", fetch),
+                ("Store", store),
+                ("Settle", settle),
+                ("Inventory", inventory),
+            )
         },
     )
 
@@ -431,6 +600,8 @@ class ProviderServer:
             hub_public_key or load_public_key(settings.hub_public_key),
             settings.replay_window_seconds * 1_000_000,
         )
+        # Calls received per method (Fetch, Store, Settle, Inventory), whatever their outcome.
+        self.calls: Counter[str] = Counter()
         self.health = health_aio.HealthServicer()
         self.server = grpc.aio.server(
             options=[
@@ -488,6 +659,7 @@ class ProviderServer:
         """Decode, authenticate, serve (with the SHA-256 of the envelope's bytes), and map
         refusals; one log event per call, no personal data."""
         started = time.perf_counter()
+        self.calls[method] += 1
         outcome = "OK"
         material_type = ""
         try:

@@ -83,11 +83,14 @@ class Backend(Protocol):
         reference: str,
         version: int,
         submitted_by: str,
+        rehearse: bool = False,
     ) -> None:
-        """Write a material where the mapping's store target says.
+        """Write a material where the mapping's store target says; with ``rehearse``, go as
+        far as the source allows without keeping anything (a database writes and rolls back,
+        so its types, constraints and triggers decide), for a pending Store.
 
-        Raises KeyError for an unmapped field, BackendError if the type has no store target or
-        the write fails.
+        Raises KeyError for an unmapped field, BackendRefused if the source refused the values,
+        BackendError if the type has no store target or the write fails.
         """
 
     def list_holdings(self, material_type: str) -> Iterator[Holding]:

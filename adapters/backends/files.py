@@ -161,6 +161,7 @@ class FileBackend(MappedBackend):
         reference: str,
         version: int,
         submitted_by: str,
+        rehearse: bool = False,
     ) -> None:
         target: StoreTarget | None = self.materials[material_type].store
         if target is None or target.file is None:
@@ -180,6 +181,8 @@ class FileBackend(MappedBackend):
         try:
             with lock:
                 if _format(path) == "jsonl":
+                    if rehearse:  # a line is always accepted
+                        return
                     with path.open("a", encoding="utf-8") as handle:
                         handle.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
                     return
@@ -194,6 +197,8 @@ class FileBackend(MappedBackend):
                             f"{path.name} has no column {', '.join(sorted(unknown))}"
                         )
                 new_file = not header
+                if rehearse:  # the columns fit: the row would be appended
+                    return
                 with path.open("a", encoding="utf-8", newline="") as handle:
                     writer = csv.DictWriter(handle, fieldnames=header or list(row))
                     if new_file:

@@ -357,6 +357,7 @@ class SqlBackend(MappedBackend):
         reference: str,
         version: int,
         submitted_by: str,
+        rehearse: bool = False,
     ) -> None:
         mapping = self.materials[material_type]
         target = mapping.store
@@ -377,7 +378,7 @@ class SqlBackend(MappedBackend):
         subject_column = table.c[target.subject_column]
         subject_value = _python_value(subject_column, subject_id)
         try:
-            with self.writer.begin() as connection:
+            with self.writer.connect() as connection, connection.begin() as transaction:
                 present = connection.execute(
                     select(exists().where(subject_column == subject_value))
                 ).scalar()
@@ -391,6 +392,8 @@ class SqlBackend(MappedBackend):
                     connection.execute(
                         table.insert().values(**{target.subject_column: subject_value, **values})
                     )
+                if rehearse:  # the source has decided; nothing is kept
+                    transaction.rollback()
         except (DataError, IntegrityError) as exc:
             raise BackendRefused(
                 f"table {table.fullname} refused the values: {_database_refusal(exc)}",

@@ -94,6 +94,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Supervision alerts raised over the ledger (operator).",
     ),
     "report": ("exchange.cli.supervise_commands:report", "Reports over the exchange (operator)."),
+    "reconcile": (
+        "exchange.cli.reconcile_commands:reconcile",
+        "Compare a holder's adapter, the index and the ledger; repair (operator).",
+    ),
     "adapter": (
         "exchange.cli.adapter_commands:adapter",
         "A department's provider adapter in front of its own data.",

@@ -13,6 +13,8 @@ import hashlib
 import re
 
 FORWARDED_KINDS = ("fetch", "store", "prefill")
+# Calls that settle or list Stores (provider contract 2): no signed record ever names them.
+CONTROL_KINDS = ("settle", "inventory")
 FORWARDED_ID = re.compile(r"^[0-9a-f]{32}/(fetch|store|prefill)-[0-9a-f]{16}$")
 
 
@@ -24,9 +26,10 @@ def forwarded_binding(caller_request_id: str) -> str:
 def forwarded_id(caller_request_id: str, kind: str, suffix: str) -> str:
     """``<binding>/<kind>-<suffix>``; ``suffix`` is 16 lowercase hex digits.
 
-    Raises ValueError for a kind other than fetch, store or prefill, or a malformed suffix.
+    Raises ValueError for a kind other than fetch, store, prefill, settle or inventory, or a
+    malformed suffix.
     """
-    if kind not in FORWARDED_KINDS:
+    if kind not in FORWARDED_KINDS and kind not in CONTROL_KINDS:
         raise ValueError(f"unknown forwarded kind {kind[:16]!r}")
     if not re.fullmatch(r"[0-9a-f]{16}", suffix):
         raise ValueError("the suffix must be 16 lowercase hex digits")

@@ -178,6 +178,9 @@ async def prefill(
             part.values = dict(delivered.fields)
 
         fetching = [p for p in parts.values() if p.current is not None and p.permit is not None]
+        if fetching:
+            # No entry, no access: no holder is asked while the ledger cannot commit.
+            await hub.ledger.ensure_writable()
         await asyncio.gather(*(fetch(p) for p in fetching))
 
         response = exchange_pb2.PrefillResponse()

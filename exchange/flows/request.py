@@ -124,6 +124,8 @@ async def request(
             counterparty=current.holder,
         )
         holder = await lookups.holder(hub, current.holder)
+        # No entry, no access: the holder is not asked while the ledger cannot commit.
+        await hub.ledger.ensure_writable()
         request_id = forwarded_id(caller.request_id, "fetch")
         started = time.perf_counter()
         try:

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 from functools import partial
 from typing import TYPE_CHECKING
 
+import structlog
 from sqlalchemy.exc import IntegrityError
 
 from exchange import errors
@@ -28,6 +29,7 @@ from exchange.clock import now_us
 from exchange.flows import lookups
 from exchange.flows.material import mismatch, open_record
 from exchange.flows.record import record
+from exchange.flows.settle import HeldStore, settle_after, settle_quietly
 from exchange.ledger import Effect
 from exchange.policy.identity import Caller
 from exchange.routing.deadline import call_deadline
@@ -37,6 +39,8 @@ from exchange.v1 import common_pb2, exchange_pb2, ledger_pb2
 
 if TYPE_CHECKING:
     from exchange.hub import Hub
+
+log = structlog.get_logger("exchange.submit")
 
 SUBMIT_ROLES = ("COLLECTOR", "FORM_TOOL")
 DAY_US = 86_400 * 1_000_000
@@ -118,6 +122,7 @@ async def submit(
         async with _decided_alone(hub, material_type.id, subject_ref):
             current = await lookups.indexed(hub, material_type.id, subject_ref)
             effect: Effect | None = None  # what the entry commits with it (nothing on file)
+            held: HeldStore | None = None  # the Store the owner's adapter holds pending
             if current is not None and current.content_hash == content_hash:
                 outcome = exchange_pb2.ALREADY_ON_FILE
                 reference, version, objection_id = current.reference, current.version, ""
@@ -133,8 +138,19 @@ async def submit(
                 reference = hub.content_keys.reference(material_type.id, subject_ref, version)
                 objection_id = ""
                 known.update(reference=reference, version=version)
-                await _store(
-                    hub, caller, material_type, subject_id, fields, content_hash, reference, version
+                # No entry, no access, at the holder too: nothing is stored while the hub knows
+                # its ledger cannot commit.
+                await hub.ledger.ensure_writable()
+                held = await _store(
+                    hub,
+                    caller,
+                    material_type,
+                    subject_id,
+                    subject_ref,
+                    fields,
+                    content_hash,
+                    reference,
+                    version,
                 )
                 indexed = IndexedMaterial(
                     reference=reference,
@@ -158,20 +174,25 @@ async def submit(
             attributes = {"submit": name}
             if objection_id:
                 attributes["objection_id"] = objection_id
+            entry = record(
+                hub.ledger,
+                caller,
+                ledger_pb2.SUBMIT,
+                effect=effect,
+                subject_ref=subject_ref,
+                material_type=material_type.id,
+                content_hash=content_hash,
+                counterparty=material_type.owner,
+                reference=reference,
+                version=version,
+                attributes=attributes,
+            )
             try:
-                receipt = await record(
-                    hub.ledger,
-                    caller,
-                    ledger_pb2.SUBMIT,
-                    effect=effect,
-                    subject_ref=subject_ref,
-                    material_type=material_type.id,
-                    content_hash=content_hash,
-                    counterparty=material_type.owner,
-                    reference=reference,
-                    version=version,
-                    attributes=attributes,
-                )
+                if held is None:
+                    receipt = await entry
+                else:
+                    # The pending Store is committed once the entry is, aborted if it is not.
+                    receipt = await settle_after(hub, held, asyncio.ensure_future(entry))
             except IntegrityError as exc:
                 # Another hub process on the same SQLite file indexed this version first (see
                 # _decided_alone); the caller's retry gets the material on file.
@@ -194,24 +215,37 @@ async def _store(
     caller: Caller,
     material_type: MaterialType,
     subject_id: str,
+    subject_ref: bytes,
     fields: dict[str, str],
     content_hash: bytes,
     reference: str,
     version: int,
-) -> None:
-    """Store at the owner's adapter and check its signed confirmation."""
+) -> HeldStore | None:
+    """Store at the owner's adapter, pending, and check its signed confirmation; the pending
+    Store to settle, or None when an adapter of provider contract 1 stored at once."""
     owner = await lookups.holder(hub, material_type.owner)
     request_id = forwarded_id(caller.request_id, "store")
-    answer = await hub.providers.store(
-        owner.provider_endpoint,
-        request_id=request_id,
-        material_type=material_type.id,
-        subject_id=subject_id,
-        fields=fields,
-        reference=reference,
-        version=version,
-        submitted_by=caller.department_id,
-    )
+    try:
+        answer = await hub.providers.store(
+            owner.provider_endpoint,
+            request_id=request_id,
+            material_type=material_type.id,
+            subject_id=subject_id,
+            fields=fields,
+            reference=reference,
+            version=version,
+            submitted_by=caller.department_id,
+        )
+    except errors.InvalidArgument as exc:
+        if exc.reason != common_pb2.UNKNOWN_FIELD:
+            raise
+        # An adapter of provider contract 1 that refuses what it does not know refuses the
+        # pending flag: nothing was stored (docs/adapters.md, "Provider contract versions").
+        raise errors.FailedPrecondition(
+            common_pb2.PROVIDER_UNAVAILABLE,
+            f"the owner's adapter ({material_type.owner!r}) predates provider contract 2 "
+            "(two-phase Store) and must be upgraded before it can store submissions",
+        ) from exc
     stored = open_record(
         answer.material,
         owner,
@@ -219,9 +253,25 @@ async def _store(
         material_type=material_type.id,
         subject_id=subject_id,
     )
+    held = None
+    if answer.pending:
+        held = HeldStore(
+            owner.provider_endpoint,
+            request_id,
+            caller.request_id,
+            material_type.id,
+            subject_ref,
+            reference,
+            content_hash,
+        )
+    else:
+        log.warning("store_not_two_phase", holder=material_type.owner)
     confirmed = canonical_fields(material_type, stored.fields, complete=False)
     if hub.content_keys.content_hash(material_type.id, subject_id, confirmed) != content_hash:
+        if held is not None:
+            await settle_quietly(hub, held, commit=False)
         raise mismatch("the holder confirmed other content than was submitted")
+    return held
 
 
 def _proposal(

@@ -167,6 +167,18 @@ def _nothing(entry: Entry, body: Any, out: list[Mismatch]) -> None:
     return
 
 
+def _reconciliation(
+    entry: Entry, body: ledger_pb2.ReconciliationRequest, out: list[Mismatch]
+) -> None:
+    _same("holder", entry.counterparty, body.holder, out)
+    _same("material type", entry.material_type, body.material_type, out)
+    _same("reference", entry.reference, body.reference, out)
+    if entry.version != body.version:
+        out.append(f"the entry records version {entry.version}, the signed request {body.version}")
+    _attribute(entry, "difference", body.difference, out)
+    _attribute(entry, "repair", body.repair, out)
+
+
 _RULES: dict[str, tuple[type[Message], frozenset[int], Check]] = {
     f"exchange.v1.{body_type.__name__}": (body_type, frozenset(kinds), check)
     for body_type, kinds, check in (
@@ -209,6 +221,7 @@ _RULES: dict[str, tuple[type[Message], frozenset[int], Check]] = {
         (audit_pb2.StreamEntriesRequest, [ledger_pb2.READ], _nothing),
         (supervision_pb2.ListAlertsRequest, [ledger_pb2.READ], _nothing),
         (supervision_pb2.BurdenReportRequest, [ledger_pb2.READ], _nothing),
+        (ledger_pb2.ReconciliationRequest, [ledger_pb2.RECONCILIATION], _reconciliation),
     )
 }
 

@@ -739,6 +739,47 @@ class Ledger:
         self._checkpoint_size = head.size
         self._checkpoint_time = time.monotonic()
 
+    # ---------------------------------------------------------------- before a holder call
+
+    async def ensure_writable(self) -> None:
+        """Return at once if this process's last write to the log succeeded; otherwise refuse
+        what would need an entry, before a holder is asked to fetch or store (issue 13: no
+        entry, no access, at the holder too).
+
+        Raises LedgerUnavailable (UNAVAILABLE, LEDGER_UNAVAILABLE, retry after
+        ``PROBE_RETRY_SECONDS``) when a commit or checkpoint of this process failed and none
+        succeeded since, or, before this process's first commit, when a connection check of
+        at most ``PROBE_TIMEOUT_SECONDS`` fails. A healthy writer costs no database round trip.
+        The refusal's own entry is the next commit attempt: once it commits, calls pass again.
+        """
+        if self._head is not None:  # the writer's last commit (or checkpoint) succeeded
+            return
+        if self._commits:  # it had committed, and a later commit or checkpoint failed
+            raise _writer_down("the ledger cannot commit (its last commit failed); retry")
+        try:
+            async with asyncio.timeout(PROBE_TIMEOUT_SECONDS):
+                await asyncio.to_thread(self._probe)
+        except Exception as exc:  # any driver or OS error, or the timeout: the same refusal
+            raise _writer_down(
+                f"the ledger's database cannot be reached ({type(exc).__name__}); retry"
+            ) from exc
+
+    def _probe(self) -> None:
+        """One short statement on a pooled connection (worker thread)."""
+        with self._engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+
+
+# How long ensure_writable waits for its connection check, and the retry delay it tells callers.
+PROBE_TIMEOUT_SECONDS = 1.0
+PROBE_RETRY_SECONDS = 1.0
+
+
+def _writer_down(message: str) -> LedgerUnavailable:
+    refusal = LedgerUnavailable(message)
+    refusal.retry_after = PROBE_RETRY_SECONDS
+    return refusal
+
 
 def _after_commit(batch: list[_Pending]) -> None:
     """Run the ``on_commit`` hooks of ``batch`` (committed, or of unknown outcome); a failing

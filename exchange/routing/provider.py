@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import grpc
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
@@ -39,6 +39,15 @@ _CHANNEL_OPTIONS = (("grpc.max_receive_message_length", MAX_ANSWER_BYTES),)
 
 FETCH = "/exchange.v1.Provider/Fetch"
 STORE = "/exchange.v1.Provider/Store"
+SETTLE = "/exchange.v1.Provider/Settle"
+INVENTORY = "/exchange.v1.Provider/Inventory"
+
+ForwardedBody = (
+    provider_pb2.FetchRequest
+    | provider_pb2.StoreRequest
+    | provider_pb2.SettleRequest
+    | provider_pb2.InventoryRequest
+)
 
 # Time kept back from the caller's deadline to record the failure and answer.
 MARGIN_SECONDS = 0.25
@@ -123,9 +132,7 @@ class ProviderRouter:
             )
         return min(self.timeout_seconds, budget)
 
-    def _envelope(
-        self, body: provider_pb2.FetchRequest | provider_pb2.StoreRequest, request_id: str
-    ) -> envelope_pb2.Envelope:
+    def _envelope(self, body: ForwardedBody, request_id: str) -> envelope_pb2.Envelope:
         body.header.request_id = request_id
         body.header.department_id = self.hub_id
         body.header.issued_at.CopyFrom(to_timestamp(now_us()))
@@ -176,7 +183,9 @@ class ProviderRouter:
         version: int,
         submitted_by: str,
     ) -> provider_pb2.StoreResponse:
-        """Ask the holder to store a material (new subject or new version).
+        """Ask the holder to hold a material pending (new subject or new version), invisible to
+        Fetch until ``settle``. The answer's ``pending`` is false from an adapter of contract
+        1, which stored at once.
 
         Raises Unavailable (PROVIDER_UNAVAILABLE) or DeadlineExceeded (PROVIDER_TIMEOUT).
         """
@@ -187,18 +196,47 @@ class ProviderRouter:
             reference=reference,
             version=version,
             submitted_by=submitted_by,
+            pending=True,
         )
         stored: provider_pb2.StoreResponse = await self._call(
             endpoint, STORE, self._envelope(body, request_id), provider_pb2.StoreResponse
         )
         return stored
 
+    async def settle(
+        self, endpoint: str, *, request_id: str, store_request_id: str, commit: bool
+    ) -> bool:
+        """Commit or abort the pending Store ``store_request_id``; whether the holder had it.
+
+        Raises Unavailable (PROVIDER_UNAVAILABLE), DeadlineExceeded (PROVIDER_TIMEOUT), or the
+        holder's refusal (e.g. FailedPrecondition when it was settled the other way).
+        """
+        body = provider_pb2.SettleRequest(store_request_id=store_request_id, commit=commit)
+        answer: provider_pb2.SettleResponse = await self._call(
+            endpoint, SETTLE, self._envelope(body, request_id), provider_pb2.SettleResponse
+        )
+        return answer.found
+
+    async def inventory(
+        self, endpoint: str, *, request_id: str, material_type: str
+    ) -> provider_pb2.InventoryResponse:
+        """What the holder holds of ``material_type``, and its pending Stores.
+
+        Raises Unavailable (PROVIDER_UNAVAILABLE; also from an adapter of contract 1, which
+        has no Inventory) or DeadlineExceeded (PROVIDER_TIMEOUT).
+        """
+        body = provider_pb2.InventoryRequest(material_type=material_type)
+        answer: provider_pb2.InventoryResponse = await self._call(
+            endpoint, INVENTORY, self._envelope(body, request_id), provider_pb2.InventoryResponse
+        )
+        return answer
+
     async def _call(
         self,
         endpoint: str,
         method: str,
         envelope: envelope_pb2.Envelope,
-        response_type: type[provider_pb2.FetchResponse] | type[provider_pb2.StoreResponse],
+        response_type: type[Message],
     ) -> Any:
         if not endpoint:
             raise errors.Unavailable(

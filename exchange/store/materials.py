@@ -158,6 +158,38 @@ class MaterialIndex:
         )
         return _indexed(rows)
 
+    def currents_held_by(self, material_type: str, holder: str) -> list[IndexedMaterial]:
+        """Every current version of ``material_type`` held by ``holder`` (without field
+        hashes), for exchange reconcile."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(
+                    materials.c.reference,
+                    materials.c.material_type,
+                    materials.c.subject_ref,
+                    materials.c.version,
+                    materials.c.content_hash,
+                    materials.c.holder,
+                    materials.c.submitted_by,
+                ).where(
+                    materials.c.material_type == material_type,
+                    materials.c.holder == holder,
+                    materials.c.superseded_us.is_(None),
+                )
+            ).all()
+        return [
+            IndexedMaterial(
+                reference=row[0],
+                material_type=row[1],
+                subject_ref=bytes(row[2]),
+                version=row[3],
+                content_hash=bytes(row[4]),
+                holder=row[5],
+                submitted_by=row[6],
+            )
+            for row in rows
+        ]
+
     async def close_readers(self) -> None:
         """Close the event loop's PostgreSQL readers (at shutdown)."""
         if self._readers is not None:

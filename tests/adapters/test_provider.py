@@ -17,7 +17,7 @@ from exchange.crypto.envelope import sign, verify
 from exchange.crypto.keys import SigningKey
 from exchange.crypto.keystore import Keystore
 from exchange.rpc.status import error_info
-from exchange.v1 import exchange_pb2, provider_pb2
+from exchange.v1 import envelope_pb2, exchange_pb2, provider_pb2
 from tests.adapters.conftest import (
     DEPARTMENT,
     MARRIAGE,
@@ -196,6 +196,77 @@ async def test_store_writes_and_answers_with_the_signed_record(
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.Store(caller.envelope(body), timeout=10)  # same request id, other bytes
     assert refusal(caught.value) == (grpc.StatusCode.FAILED_PRECONDITION, "REQUEST_ID_REUSED")
+
+
+async def test_pending_store_is_invisible_until_settled_and_listed_meanwhile(
+    adapter: ProviderServer, hub_caller: MakeCaller
+) -> None:
+    caller = hub_caller(adapter)
+    stub = caller.stub()
+    subject = "990101198803030033"
+    body = provider_pb2.StoreRequest(
+        material_type=MARRIAGE,
+        subject_id=subject,
+        fields={"marital_status": "married"},
+        reference="ref-pending",
+        version=1,
+        submitted_by="demo.township-office",
+        pending=True,
+    )
+    body.header.request_id = "store-1"
+    answer = await stub.Store(caller.envelope(body), timeout=10)
+    assert answer.pending
+    fetch = provider_pb2.FetchRequest(
+        material_type=MARRIAGE, subject_id=subject, fields=["marital_status"]
+    )
+    assert not (await caller.fetch(fetch)).found  # pending: invisible to Fetch
+    listed = await stub.Inventory(
+        caller.envelope(provider_pb2.InventoryRequest(material_type=MARRIAGE)), timeout=10
+    )
+    assert [(p.store_request_id, p.subject_id, p.reference) for p in listed.pending] == [
+        ("store-1", subject, "ref-pending")
+    ]
+    assert subject not in {h.subject_id for h in listed.held}
+
+    def settle(commit: bool, store: str = "store-1") -> envelope_pb2.Envelope:
+        return caller.envelope(provider_pb2.SettleRequest(store_request_id=store, commit=commit))
+
+    assert (await stub.Settle(settle(True), timeout=10)).found
+    fetched = await caller.fetch(fetch)
+    assert fetched.found
+    assert (await stub.Settle(settle(True), timeout=10)).found  # the same way again: the same
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.Settle(settle(False), timeout=10)  # the other way: refused
+    assert refusal(caught.value) == (grpc.StatusCode.FAILED_PRECONDITION, "REQUEST_ID_REUSED")
+    assert not (await stub.Settle(settle(False, "never-stored"), timeout=10)).found
+    listed = await stub.Inventory(
+        caller.envelope(provider_pb2.InventoryRequest(material_type=MARRIAGE)), timeout=10
+    )
+    assert list(listed.pending) == [] and subject in {h.subject_id for h in listed.held}
+    assert adapter.calls["Settle"] == 4 and adapter.calls["Store"] == 1
+
+
+async def test_aborted_pending_store_writes_nothing(
+    adapter: ProviderServer, hub_caller: MakeCaller
+) -> None:
+    caller = hub_caller(adapter)
+    stub = caller.stub()
+    body = provider_pb2.StoreRequest(
+        material_type=MARRIAGE,
+        subject_id="990101198803030033",
+        fields={"marital_status": "married"},
+        reference="ref-aborted",
+        version=1,
+        pending=True,
+    )
+    body.header.request_id = "store-2"
+    await stub.Store(caller.envelope(body), timeout=10)
+    abort = provider_pb2.SettleRequest(store_request_id="store-2", commit=False)
+    assert (await stub.Settle(caller.envelope(abort), timeout=10)).found
+    fetch = provider_pb2.FetchRequest(
+        material_type=MARRIAGE, subject_id="990101198803030033", fields=["marital_status"]
+    )
+    assert not (await caller.fetch(fetch)).found
 
 
 async def test_health_is_serving(adapter: ProviderServer, department_keystore: Keystore) -> None:
