@@ -20,7 +20,7 @@ from exchange.catalog.model import MaterialType, PurposeBasis, SharingClass
 from exchange.clock import now_us
 from exchange.flows import lookups
 from exchange.flows.person import require_person
-from exchange.flows.record import record
+from exchange.flows.record import record, with_receipt
 from exchange.flows.request import grants_for
 from exchange.policy.identity import Caller
 from exchange.policy.roles import person_facing
@@ -112,12 +112,6 @@ async def check(
                 holder=current.holder,
             )
 
-        def answered(receipt: common_pb2.Receipt) -> exchange_pb2.CheckResponse:
-            response = exchange_pb2.CheckResponse()
-            response.CopyFrom(answer)
-            response.receipt.CopyFrom(receipt)
-            return response
-
         # The answer is built in the entry's transaction, and stored with it for retries.
         receipt = await record(
             hub.ledger,
@@ -131,6 +125,6 @@ async def check(
             version=current.version if current else 0,
             content_hash=current.content_hash if current else b"",
             attributes={**known["attributes"], "on_file": "true" if current else "false"},
-            answer=answered,
+            answer=with_receipt(answer),
         )
-    return answered(receipt)
+    return with_receipt(answer)(receipt)

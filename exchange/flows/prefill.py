@@ -31,7 +31,7 @@ from exchange.clock import now_us
 from exchange.flows import lookups
 from exchange.flows.material import check_fields, mismatch, open_record
 from exchange.flows.person import require_person
-from exchange.flows.record import record
+from exchange.flows.record import record, with_receipt
 from exchange.flows.request import grants_for, take_rate
 from exchange.flows.validity import Share
 from exchange.policy.grants import Grant
@@ -258,6 +258,6 @@ async def prefill(
             reason=common_pb2.REASON_UNSPECIFIED,
             attributes=attributes,
             shares=shares,
+            answer=with_receipt(response),
         )
-    response.receipt.CopyFrom(receipt)
-    return response
+    return with_receipt(response)(receipt)

@@ -22,6 +22,22 @@ T = TypeVar("T")
 # for a refusal): given to ``record``, it is stored with the entry, in its transaction.
 AnswerBuilder = Callable[[common_pb2.Receipt], Message]
 
+Receipted = TypeVar("Receipted", bound=Message)
+
+
+def with_receipt(response: Receipted) -> Callable[[common_pb2.Receipt], Receipted]:
+    """The answer builder of a call whose response is ready before its entry: ``response``
+    with the entry's receipt in its ``receipt`` field. It sets the field in place, so it is
+    cheap on the ledger's writer thread and gives the same answer each time it runs; the flow
+    applies it again to the receipt ``record`` returns (``record`` does not run it when the
+    call holds no claim)."""
+
+    def build(receipt: common_pb2.Receipt) -> Receipted:
+        response.receipt.CopyFrom(receipt)  # type: ignore[attr-defined]
+        return response
+
+    return build
+
 
 class CallClaim(Claimed, Protocol):
     """The request-id claim of the call being served (exchange.api.claims.CallClaim), as

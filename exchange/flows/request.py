@@ -19,7 +19,7 @@ from exchange.clock import now_us, to_timestamp
 from exchange.flows import lookups
 from exchange.flows.material import check_fields, mismatch, open_record
 from exchange.flows.person import consent_for_request, keep_until_us, require_person, use_consent
-from exchange.flows.record import record
+from exchange.flows.record import record, with_receipt
 from exchange.flows.validity import Share
 from exchange.policy.grants import Grant
 from exchange.policy.identity import Caller
@@ -154,6 +154,10 @@ async def request(
         check_fields(
             hub.content_keys, material_type, subject_id, delivered.fields, allowed.fields, current
         )
+        response = exchange_pb2.MaterialResponse(material=answer.material)
+        if consent is not None:
+            response.consent_id = consent.id
+            response.keep_until.CopyFrom(to_timestamp(keep_until_us(consent)))
         receipt = await record(
             hub.ledger,
             caller,
@@ -168,9 +172,6 @@ async def request(
             version=current.version,
             attributes=attributes,
             shares=(Share(material_type.id, allowed.grant.id if allowed.grant else None),),
+            answer=with_receipt(response),
         )
-    response = exchange_pb2.MaterialResponse(material=answer.material, receipt=receipt)
-    if consent is not None:
-        response.consent_id = consent.id
-        response.keep_until.CopyFrom(to_timestamp(keep_until_us(consent)))
-    return response
+    return with_receipt(response)(receipt)

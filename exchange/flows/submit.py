@@ -28,7 +28,7 @@ from exchange.catalog.schema import canonical_fields
 from exchange.clock import now_us
 from exchange.flows import lookups
 from exchange.flows.material import mismatch, open_record
-from exchange.flows.record import record
+from exchange.flows.record import record, with_receipt
 from exchange.flows.settle import HeldStore, settle_after, settle_quietly
 from exchange.ledger import Effect
 from exchange.policy.identity import Caller
@@ -174,11 +174,19 @@ async def submit(
             attributes = {"submit": name}
             if objection_id:
                 attributes["objection_id"] = objection_id
+            answer = exchange_pb2.SubmitResponse(
+                outcome=outcome,
+                reference=reference,
+                version=version,
+                content_hash=content_hash,
+                objection_id=objection_id,
+            )
             entry = record(
                 hub.ledger,
                 caller,
                 ledger_pb2.SUBMIT,
                 effect=effect,
+                answer=with_receipt(answer),
                 subject_ref=subject_ref,
                 material_type=material_type.id,
                 content_hash=content_hash,
@@ -200,14 +208,7 @@ async def submit(
                     common_pb2.INTERNAL_ERROR,
                     "the same material was submitted concurrently through another hub; retry",
                 ) from exc
-    return exchange_pb2.SubmitResponse(
-        outcome=outcome,
-        reference=reference,
-        version=version,
-        content_hash=content_hash,
-        objection_id=objection_id,
-        receipt=receipt,
-    )
+    return with_receipt(answer)(receipt)
 
 
 async def _store(
