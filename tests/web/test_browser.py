@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -85,9 +86,27 @@ class Page:
         return self.driver.find_element(By.ID, element_id)
 
     def text(self) -> str:
+        """The page's main text. A click or Enter that sends a form does not wait for the next
+        page: an element read while the old page is replaced goes stale, so read again."""
+        from selenium.common.exceptions import StaleElementReferenceException
         from selenium.webdriver.common.by import By
 
+        for _ in range(50):
+            try:
+                return str(self.driver.find_element(By.TAG_NAME, "main").text)
+            except StaleElementReferenceException:
+                time.sleep(0.1)
         return str(self.driver.find_element(By.TAG_NAME, "main").text)
+
+    def shows(self, needle: str, seconds: float = 15.0) -> bool:
+        """Whether the page shows ``needle`` within ``seconds``: the page a form led to may
+        still be loading when the next line runs."""
+        deadline = time.monotonic() + seconds
+        while needle not in self.text():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
+        return True
 
     def shot(self, name: str) -> None:
         """Save a screenshot and check what every page must be: fits a phone's width, every
@@ -150,7 +169,7 @@ def sign_in_by_keyboard(page: Page) -> None:
     page.driver.switch_to.active_element.send_keys(CLERK + Keys.TAB)
     assert page.driver.switch_to.active_element.get_attribute("id") == "password"
     page.driver.switch_to.active_element.send_keys(CLERK_PASSWORD + Keys.ENTER)
-    assert "选择表单" in page.text()
+    assert page.shows("选择表单")
 
 
 def authenticate(page: Page, subject_id: str) -> None:
@@ -162,7 +181,7 @@ def test_counter_prefills_asks_only_the_missing_and_submits_once(page: Page) -> 
     sign_in_by_keyboard(page)
     page.shot("02-counter-forms")
     page.submit(f"choose-{data.FORM_ID}")
-    assert "办事人身份认证" in page.text()
+    assert page.shows("办事人身份认证")
     page.shot("03-counter-person-authenticates")
     authenticate(page, data.WANG_WU)
 
@@ -179,7 +198,7 @@ def test_counter_prefills_asks_only_the_missing_and_submits_once(page: Page) -> 
 
     page.by_id("f_marital_status").send_keys("unmarried")
     page.submit("to-preview")
-    assert "请办事人核对" in page.text() and "unmarried" in page.text()
+    assert page.shows("请办事人核对") and "unmarried" in page.text()
     page.shot("05-counter-preview")
     page.submit("confirm")
     done = page.text()
@@ -199,7 +218,7 @@ def test_counter_prefills_asks_only_the_missing_and_submits_once(page: Page) -> 
     page.shot("07-counter-second-visit-already-on-file")
     page.submit("to-preview")
     page.submit("confirm")
-    assert "所有项目都已有记录，无需提交任何材料" in page.text()
+    assert page.shows("所有项目都已有记录，无需提交任何材料")
     page.shot("08-counter-nothing-asked-twice")
 
 
@@ -227,11 +246,11 @@ def test_my_data_history_filters_and_english(page: Page) -> None:
     page.shot("12-mydata-history-filtered")
 
     page.submit("lang-switch")
-    assert "Who used my material" in page.text()
+    assert page.shows("Who used my material")
     assert page.driver.find_element("tag name", "html").get_attribute("lang") == "en"
     page.shot("13-mydata-history-english")
     page.submit("lang-switch")
-    assert "使用记录" in page.text()
+    assert page.shows("使用记录")
 
 
 def authenticate_me(page: Page, subject_id: str) -> None:
@@ -268,7 +287,7 @@ def test_a_refusal_is_explained_with_what_to_do_next(page: Page) -> None:
     page.submit("file-objection")
     assert "交换平台上没有这项材料的记录" in page.by_id("refusal-what").text
     assert page.by_id("refusal-next").text
-    assert "NOT_ON_FILE" in page.text()
+    assert page.shows("NOT_ON_FILE")
     page.shot("15-mydata-refusal-explained")
 
 
