@@ -29,7 +29,7 @@ from typing import IO, Any, NamedTuple, Protocol
 
 from google.protobuf.message import DecodeError
 
-from exchange.crypto.envelope import EnvelopeError, verify
+from exchange.crypto.envelope import EnvelopeError, verified_key
 from exchange.crypto.keys import keyid as keyid_of
 from exchange.ledger import merkle
 from exchange.ledger.checkpoint import (
@@ -134,15 +134,15 @@ class EntryAudit(Protocol):
     """Checks beyond what the ledger knows, plugged into ``verify_export``.
 
     ``inspect`` runs in the worker processes (the object is pickled to them once), for every
-    OK entry whose envelope verified; it must not depend on state. ``start`` and ``observe`` run
-    in the parent: ``start`` once with the key records (by actor) and the operator's pinned
-    first public keys,
-    ``observe`` for the same entries in log order with what ``inspect`` returned as facts.
+    OK entry whose envelope verified, with the entry's time; it must not depend on state.
+    ``start`` and ``observe`` run in the parent: ``start`` once with the key records (by actor)
+    and the operator's pinned first public keys, ``observe`` for the same entries in log order
+    with what ``inspect`` returned as facts.
     Problems name a ``FailureReason`` member.
     """
 
     def inspect(
-        self, entry: ledger_pb2.LedgerEntry, envelope: envelope_pb2.Envelope
+        self, entry: ledger_pb2.LedgerEntry, envelope: envelope_pb2.Envelope, time_ns: int
     ) -> tuple[list[Problem], Any]: ...
 
     def start(
@@ -211,6 +211,9 @@ def _trusted(
 _Key = KeyInfo
 _KEYS: dict[tuple[str, str], list[_Key]] = {}  # (actor, keyid) -> its records, in export order
 _AUDIT: EntryAudit | None = None
+# public key -> its key id, one string object per key: a chunk's results name the key of each
+# entry, and pickle sends a repeated object once
+_KEYIDS: dict[bytes, str] = {}
 
 Verified = tuple[int, int, str, str, Any]  # position, time, actor, keyid, facts
 LocalProblem = tuple[int, str, str]  # position, FailureReason member name, message
@@ -241,12 +244,13 @@ class ChunkResult(NamedTuple):
 
 
 def _init_worker(keys: dict[str, list[_Key]], audit: EntryAudit | None = None) -> None:
-    global _KEYS, _AUDIT  # a per-process key table and hook, set once by the pool initializer
+    global _KEYS, _KEYIDS, _AUDIT  # per-process key tables and hook, set once by the pool
     table: dict[tuple[str, str], list[_Key]] = {}
     for actor, records in keys.items():
         for record in records:
             table.setdefault((actor, record.keyid), []).append(record)
     _KEYS = table
+    _KEYIDS = {record.public_key: record.keyid for records in keys.values() for record in records}
     _AUDIT = audit
 
 
@@ -270,6 +274,8 @@ def _key_lookup(actor: str, time_ns: int) -> Callable[[str], bytes | None]:
 _ENTRY_PREFIX = '{"type":"entry","sequence":'
 _ENTRY_KEY = ',"entry":"'
 _ENVELOPE_KEY = '","envelope":"'
+_PREFIX_LENGTH, _ENTRY_KEY_LENGTH = len(_ENTRY_PREFIX), len(_ENTRY_KEY)
+_ENVELOPE_KEY_LENGTH = len(_ENVELOPE_KEY)
 _NO_LEAF = bytes(merkle.HASH_SIZE)  # stands for an undecodable entry's leaf (already reported)
 
 
@@ -277,19 +283,19 @@ def _entry_fields(line: str) -> tuple[bytes, bytes]:
     """The entry and envelope bytes of an entry line. Raises ValueError (binascii.Error
     among them), KeyError, TypeError if it is not an object with both in base64."""
     if line.startswith(_ENTRY_PREFIX):
-        entry_at = line.find(_ENTRY_KEY, len(_ENTRY_PREFIX))
-        envelope_at = line.find(_ENVELOPE_KEY, entry_at) + len(_ENVELOPE_KEY)
+        entry_at = line.find(_ENTRY_KEY, _PREFIX_LENGTH)
+        envelope_at = line.find(_ENVELOPE_KEY, entry_at) + _ENVELOPE_KEY_LENGTH
         end = len(line) - (3 if line.endswith('"}\n') else 2)
         if (
             entry_at > 0
-            and line[len(_ENTRY_PREFIX) : entry_at].isdecimal()
-            and len(_ENVELOPE_KEY) <= envelope_at <= end
+            and line[_PREFIX_LENGTH:entry_at].isdecimal()
+            and _ENVELOPE_KEY_LENGTH <= envelope_at <= end
             and line.endswith(('"}', '"}\n'))
         ):
             try:
                 return (
                     binascii.a2b_base64(
-                        line[entry_at + len(_ENTRY_KEY) : envelope_at - len(_ENVELOPE_KEY)],
+                        line[entry_at + _ENTRY_KEY_LENGTH : envelope_at - _ENVELOPE_KEY_LENGTH],
                         strict_mode=True,
                     ),
                     binascii.a2b_base64(line[envelope_at:end], strict_mode=True),
@@ -383,15 +389,15 @@ def _check_chunk(start: int, lines: list[str]) -> ChunkResult:
             failures.append((position, "BAD_ENVELOPE_SIGNATURE", "envelope is not decodable"))
             continue
         try:
-            signer = verify(message, _key_lookup(actor, time_ns))
+            _, public_key = verified_key(message, _key_lookup(actor, time_ns))
         except EnvelopeError as exc:
             reason = "NO_VALID_KEY" if "known key" in str(exc) else "BAD_ENVELOPE_SIGNATURE"
             failures.append((position, reason, f"actor {actor}: {exc}"))
             continue
         if audit is not None:
-            problems, facts = audit.inspect(entry, message)
+            problems, facts = audit.inspect(entry, message, time_ns)
             failures.extend((position, reason, text) for reason, text in problems)
-            verified.append((position, time_ns, actor, signer.keyid, facts))
+            verified.append((position, time_ns, actor, _KEYIDS[public_key], facts))
     return ChunkResult(
         start,
         len(lines),
