@@ -18,6 +18,7 @@ import io
 import json
 import os
 import random
+import resource
 import sqlite3
 import statistics
 import tempfile
@@ -203,6 +204,27 @@ def _per_entry_costs(text: str, runs: int = 15) -> tuple[float, float]:
     return chunk / len(entries), bare
 
 
+def _cpu_seconds() -> tuple[float, float]:
+    """CPU seconds (user + system) used so far by this process and by its ended children (the
+    verifier's pool, once shut down)."""
+    own, children = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
+
+
+def _bare_cpu_per_check(checks: int = 2000) -> float:
+    """CPU seconds of one bare Ed25519 check, over ``checks`` of them."""
+    key = SigningKey.generate()
+    message = b"x" * 200
+    signature = key.sign(message)
+    start = time.process_time()
+    for _ in range(checks):
+        verify_signature(key.public_bytes, signature, message)
+    return (time.process_time() - start) / checks
+
+
 def _timed(work: Callable[[], object]) -> float:
     start = time.perf_counter()
     work()
@@ -382,13 +404,18 @@ def main() -> None:
         _witness_round_trips(ledger, engine, tmpdir)
         engine.dispose()
         text = out.getvalue()
-        vrates, singles, parallels = [], [], []
+        vrates, singles, parallels, cpus = [], [], [], []
         for _ in range(args.repeat):
+            before = _cpu_seconds()
             start = time.perf_counter()
             report = verify_export(io.StringIO(text), hub_keys=[ledger.verifier_key])
             elapsed = time.perf_counter() - start
+            after = _cpu_seconds()
             assert report.ok, report.first_failure
             vrates.append(summary.entries / elapsed)
+            cpus.append(
+                tuple((b - a) / summary.entries for a, b in zip(before, after, strict=True))
+            )
             singles.append(_bare_verify_rate())
             parallels.append(_parallel_bare_verify_rate(cores))
         vrate = statistics.median(vrates)
@@ -408,6 +435,17 @@ def main() -> None:
             f"  bare Ed25519 verify in {cores} processes at once: {parallel:,.0f}/s "
             f"({parallel / (bare * cores):.2f} of cores x single); ratio to it: "
             f"{vrate / parallel:.2f}"
+        )
+
+        parent_cpu, workers_cpu = min(cpus, key=sum)
+        bare_cpu = min(_bare_cpu_per_check() for _ in range(15))
+        print(
+            f"  CPU per entry, least of {args.repeat} (a loaded machine stretches wall time, "
+            f"much less CPU time): {(parent_cpu + workers_cpu) * 1e6:.1f} us (parent "
+            f"{parent_cpu * 1e6:.1f} + workers {workers_cpu * 1e6:.1f}) against one bare "
+            f"Ed25519 check's {bare_cpu * 1e6:.1f} us, least of 15: ratio "
+            f"{bare_cpu / (parent_cpu + workers_cpu):.2f}  (what cores x bare would give with "
+            "the cores to itself)"
         )
 
         worker, bare_one = _per_entry_costs(text)

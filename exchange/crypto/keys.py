@@ -74,8 +74,8 @@ def verify_signature(public_key: bytes, signature: bytes, data: bytes) -> bool:
 
     A malformed key or signature is simply invalid: this never raises.
     """
-    try:
-        return sodium.verify_detached(bytes(signature), bytes(data), bytes(public_key))
+    try:  # verify_detached checks (and converts) any bytes-like value itself
+        return sodium.verify_detached(signature, data, public_key)
     except TypeError:  # not bytes-like
         return False
 

@@ -40,7 +40,6 @@ from google.protobuf.message import DecodeError
 
 from exchange.crypto.keys import keyid as keyid_of
 from exchange.ledger import binding
-from exchange.ledger.entry import entry_time_ns
 from exchange.v1 import envelope_pb2, ledger_pb2, registry_pb2
 
 Problem = tuple[str, str]  # (FailureReason member name, message)
@@ -164,43 +163,44 @@ class RegistryAudit:
     # ------------------------------------------------------------ worker side
 
     def inspect(
-        self, entry: ledger_pb2.LedgerEntry, envelope: envelope_pb2.Envelope
+        self, entry: ledger_pb2.LedgerEntry, envelope: envelope_pb2.Envelope, time_ns: int
     ) -> tuple[list[Problem], Seen | str | None]:
-        """For an OK entry whose envelope verified: problems found in its body, and the facts
-        ``observe`` needs (most entries: just the request id that may occur once, which is
-        cheaper to send back than a ``Seen``). Stateless: runs in the verifier's worker
-        processes."""
+        """For an OK entry (sequenced at ``time_ns``) whose envelope verified: problems found in
+        its body, and the facts ``observe`` needs (most entries: just the request id that may
+        occur once, which is cheaper to send back than a ``Seen``). Stateless: runs in the
+        verifier's worker processes, once per entry, so it reads each field once."""
+        payload_type = envelope.payload_type
         try:
-            body = binding.parse(envelope.payload_type, envelope.payload)
+            body = binding.parse(payload_type, envelope.payload)
         except DecodeError:
             return _mismatch("the signed payload is not a request body with a header"), _NOTHING
         header = body.header
-        if header.department_id != entry.actor:
+        actor, department = entry.actor, header.department_id
+        if department != actor:
             return _mismatch(
-                f"the envelope is a request of {header.department_id!r}, the entry's actor is "
-                f"{entry.actor!r}"
+                f"the envelope is a request of {department!r}, the entry's actor is {actor!r}"
             ), _NOTHING
-        if entry.request_id and header.request_id != entry.request_id:
+        recorded, request_id = entry.request_id, header.request_id
+        if recorded and request_id != recorded:
             return _mismatch(
-                f"the envelope is request {header.request_id[:128]!r}, the entry records "
-                f"{entry.request_id!r}"
+                f"the envelope is request {request_id[:128]!r}, the entry records {recorded!r}"
             ), _NOTHING
         problems: list[Problem] = [
             ("ENVELOPE_ENTRY_MISMATCH", message)
-            for message in binding.mismatches(entry, envelope.payload_type, body)
+            for message in binding.mismatches(entry, payload_type, body)
         ]
-        issued = header.issued_at.ToNanoseconds()
-        time_ns = entry_time_ns(entry)
+        issued_at = header.issued_at  # Timestamp.ToNanoseconds, without its Python call
+        issued = issued_at.seconds * 1_000_000_000 + issued_at.nanos
         if not issued_window_holds(issued, time_ns, self.issue_window_ns):
             problems.append(
                 (
                     "OUTSIDE_ISSUE_WINDOW",
-                    f"request {header.request_id[:128]!r} was issued "
+                    f"request {request_id[:128]!r} was issued "
                     f"{(time_ns - issued) / 1e9:+.0f} s from the entry's time; the hub accepts "
                     f"±{self.issue_window_ns / 1e9:.0f} s: a replayed or re-dated request",
                 )
             )
-        once = "" if envelope.payload_type in binding.UNCLAIMED else header.request_id
+        once = "" if payload_type in binding.UNCLAIMED else request_id
         if entry.kind in _REGISTRY:
             registry_problems, facts = _registry_facts(entry, envelope)
             problems.extend(registry_problems)

@@ -77,6 +77,26 @@ def fold_subtrees(hashes: Sequence[bytes]) -> bytes:
     return acc
 
 
+def subtree_levels(leaf_hashes: Sequence[bytes]) -> list[bytes]:
+    """Every complete aligned subtree of a run of leaves, level by level, for a reader to pick.
+
+    ``levels[L]`` is the concatenation of the 32-byte hashes of the subtrees at level L, counted
+    from the first leaf of the run: the i-th covers leaves [i * 2**L, (i + 1) * 2**L) of it, and
+    there are ``len(leaf_hashes) >> L`` of them. Costs one node hash per leaf, in one tight loop:
+    the offline verifier's workers build them so that its parent adds a chunk of leaves to its
+    tree, and takes a root anywhere inside it, with O(log n) hashes.
+    """
+    level = list(leaf_hashes)
+    levels = [b"".join(level)]
+    sha256 = _sha256
+    while len(level) > 1:
+        level = [
+            sha256(b"\x01" + level[i] + level[i + 1]).digest() for i in range(0, len(level) - 1, 2)
+        ]
+        levels.append(b"".join(level))
+    return levels
+
+
 def root(leaf_hashes: Sequence[bytes]) -> bytes:
     """Return the Merkle tree hash MTH of ``leaf_hashes`` (SHA-256 of nothing for no leaves)."""
     n = len(leaf_hashes)
@@ -273,6 +293,23 @@ class CompactRange:
                 completed.append((level, index, h))
         hashes.append(h)
         self.size += 1
+
+    def append_subtree(self, level: int, node: bytes) -> None:
+        """Add the 2**level leaves whose subtree hash is ``node`` at once.
+
+        Raises ValueError unless the size is a multiple of 2**level (the subtree must be aligned
+        where it lands, as every node of the tree is).
+        """
+        if level < 0 or self.size % (1 << level):
+            raise ValueError(f"a subtree of level {level} cannot start at leaf {self.size}")
+        h = node
+        index = self.size >> level
+        hashes = self._hashes
+        while index & 1:
+            h = node_hash(hashes.pop(), h)
+            index >>= 1
+        hashes.append(h)
+        self.size += 1 << level
 
     def root(self) -> bytes:
         """The Merkle tree hash of the leaves appended so far."""

@@ -21,7 +21,6 @@ import binascii
 import enum
 import json
 import os
-import re
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -30,7 +29,7 @@ from typing import IO, Any, NamedTuple, Protocol
 
 from google.protobuf.message import DecodeError
 
-from exchange.crypto.envelope import EnvelopeError, verify
+from exchange.crypto.envelope import EnvelopeError, verified_key
 from exchange.crypto.keys import keyid as keyid_of
 from exchange.ledger import merkle
 from exchange.ledger.checkpoint import (
@@ -135,15 +134,15 @@ class EntryAudit(Protocol):
     """Checks beyond what the ledger knows, plugged into ``verify_export``.
 
     ``inspect`` runs in the worker processes (the object is pickled to them once), for every
-    OK entry whose envelope verified; it must not depend on state. ``start`` and ``observe`` run
-    in the parent: ``start`` once with the key records (by actor) and the operator's pinned
-    first public keys,
-    ``observe`` for the same entries in log order with what ``inspect`` returned as facts.
+    OK entry whose envelope verified, with the entry's time; it must not depend on state.
+    ``start`` and ``observe`` run in the parent: ``start`` once with the key records (by actor)
+    and the operator's pinned first public keys, ``observe`` for the same entries in log order
+    with what ``inspect`` returned as facts.
     Problems name a ``FailureReason`` member.
     """
 
     def inspect(
-        self, entry: ledger_pb2.LedgerEntry, envelope: envelope_pb2.Envelope
+        self, entry: ledger_pb2.LedgerEntry, envelope: envelope_pb2.Envelope, time_ns: int
     ) -> tuple[list[Problem], Any]: ...
 
     def start(
@@ -210,27 +209,55 @@ def _trusted(
 # ------------------------------------------------------------------ worker side
 
 _Key = KeyInfo
-_KEYS: dict[str, list[_Key]] = {}
+_KEYS: dict[tuple[str, str], list[_Key]] = {}  # (actor, keyid) -> its records, in export order
 _AUDIT: EntryAudit | None = None
+# public key -> its key id, one string object per key: a chunk's results name the key of each
+# entry, and pickle sends a repeated object once
+_KEYIDS: dict[bytes, str] = {}
 
 Verified = tuple[int, int, str, str, Any]  # position, time, actor, keyid, facts
-ChunkResult = tuple[
-    list[int], list[bytes], list[bytes], list[tuple[int, str, str]], int, list[int], list[Verified]
-]
+LocalProblem = tuple[int, str, str]  # position, FailureReason member name, message
+
+
+class ChunkResult(NamedTuple):
+    """What a worker found in the entries at positions ``start`` … ``start + entries - 1``.
+
+    Everything that needs no state from earlier chunks is decided here; the parent only links
+    the chunk to its predecessor (``first_prev``, ``first_time``) and folds ``levels`` into its
+    tree."""
+
+    start: int
+    entries: int
+    failures: list[LocalProblem]  # problems of single entries, in position order
+    signatures: int
+    verified: list[Verified]  # OK entries whose envelope verified, for ``EntryAudit.observe``
+    # The first break of the chain inside the chunk: (position, problem or None if the entry
+    # is malformed, already reported). The first entry's link to the previous chunk is the
+    # parent's to check, against ``first_prev``.
+    chain: tuple[int, LocalProblem | None] | None
+    first_prev: bytes
+    last_leaf: bytes
+    first_time: tuple[int, int] | None  # (position, time) of the first decodable entry
+    last_time: int
+    regressions: list[int]  # positions dated before the decodable entry before them
+    levels: list[bytes]  # merkle.subtree_levels of the chunk's leaf hashes
 
 
 def _init_worker(keys: dict[str, list[_Key]], audit: EntryAudit | None = None) -> None:
-    global _KEYS, _AUDIT  # a per-process key table and hook, set once by the pool initializer
-    _KEYS = keys
+    global _KEYS, _KEYIDS, _AUDIT  # per-process key tables and hook, set once by the pool
+    table: dict[tuple[str, str], list[_Key]] = {}
+    for actor, records in keys.items():
+        for record in records:
+            table.setdefault((actor, record.keyid), []).append(record)
+    _KEYS = table
+    _KEYIDS = {record.public_key: record.keyid for records in keys.values() for record in records}
     _AUDIT = audit
 
 
 def _key_lookup(actor: str, time_ns: int) -> Callable[[str], bytes | None]:
-    candidates = _KEYS.get(actor, [])
-
     def lookup(keyid: str) -> bytes | None:
-        for kid, public_key, valid_from, valid_until, revoked_at in candidates:
-            if kid != keyid or time_ns < valid_from:
+        for _, public_key, valid_from, valid_until, revoked_at in _KEYS.get((actor, keyid), ()):
+            if time_ns < valid_from:
                 continue
             if valid_until is not None and time_ns >= valid_until:
                 continue
@@ -242,53 +269,103 @@ def _key_lookup(actor: str, time_ns: int) -> Callable[[str], bytes | None]:
     return lookup
 
 
-# An entry line as the exporter writes it; any other spelling of the same JSON is parsed as JSON.
-_ENTRY_LINE = re.compile(
-    r'\{"type":"entry","sequence":\d+,"entry":"([A-Za-z0-9+/=]*)","envelope":"([A-Za-z0-9+/=]*)"\}\n?'
-)
+# An entry line as the exporter writes it, taken apart without a JSON parse (most of a line is
+# base64, which strict decoding checks); any other spelling of the same JSON is parsed as JSON.
+_ENTRY_PREFIX = '{"type":"entry","sequence":'
+_ENTRY_KEY = ',"entry":"'
+_ENVELOPE_KEY = '","envelope":"'
+_PREFIX_LENGTH, _ENTRY_KEY_LENGTH = len(_ENTRY_PREFIX), len(_ENTRY_KEY)
+_ENVELOPE_KEY_LENGTH = len(_ENVELOPE_KEY)
+_NO_LEAF = bytes(merkle.HASH_SIZE)  # stands for an undecodable entry's leaf (already reported)
 
 
-def _entry_fields(line: str) -> tuple[str, str]:
-    """The base64 entry and envelope of an entry line. Raises ValueError, KeyError,
-    TypeError if it is not an object with them."""
-    match = _ENTRY_LINE.fullmatch(line)
-    if match is not None:
-        return match.group(1), match.group(2)
+def _entry_fields(line: str) -> tuple[bytes, bytes]:
+    """The entry and envelope bytes of an entry line. Raises ValueError (binascii.Error
+    among them), KeyError, TypeError if it is not an object with both in base64."""
+    if line.startswith(_ENTRY_PREFIX):
+        entry_at = line.find(_ENTRY_KEY, _PREFIX_LENGTH)
+        envelope_at = line.find(_ENVELOPE_KEY, entry_at) + _ENVELOPE_KEY_LENGTH
+        end = len(line) - (3 if line.endswith('"}\n') else 2)
+        if (
+            entry_at > 0
+            and line[_PREFIX_LENGTH:entry_at].isdecimal()
+            and _ENVELOPE_KEY_LENGTH <= envelope_at <= end
+            and line.endswith(('"}', '"}\n'))
+        ):
+            try:
+                return (
+                    binascii.a2b_base64(
+                        line[entry_at + _ENTRY_KEY_LENGTH : envelope_at - _ENVELOPE_KEY_LENGTH],
+                        strict_mode=True,
+                    ),
+                    binascii.a2b_base64(line[envelope_at:end], strict_mode=True),
+                )
+            except ValueError:
+                pass  # not the exporter's spelling after all (an escape, a quote): parse it
     record = json.loads(line)
     entry, envelope = record["entry"], record.get("envelope", "")
     if not isinstance(entry, str) or not isinstance(envelope, str):
         raise TypeError("entry and envelope are base64 strings")
-    return entry, envelope
+    return (
+        binascii.a2b_base64(entry, strict_mode=True),
+        binascii.a2b_base64(envelope, strict_mode=True),
+    )
 
 
 def _check_chunk(start: int, lines: list[str]) -> ChunkResult:
-    """Decode and check entries ``start`` … of one chunk; no chain or tree state needed."""
-    sequences: list[int] = []
-    leaves: list[bytes] = []
-    prevs: list[bytes] = []
-    failures: list[tuple[int, str, str]] = []
-    times: list[int] = []
+    """Decode and check the entries at ``start`` … of one chunk: everything about them that
+    needs no state of earlier chunks (see ``ChunkResult``)."""
+    failures: list[LocalProblem] = []
     verified: list[Verified] = []
+    leaves: list[bytes] = []
+    regressions: list[int] = []
+    chain: tuple[int, LocalProblem | None] | None = None
+    first_prev = b""
+    first_time: tuple[int, int] | None = None
+    last_time = -1
+    leaf = b""
     signatures = 0
-    for offset, line in enumerate(lines):
-        position = start + offset
+    audit = _AUDIT
+    leaf_hash = merkle.leaf_hash
+    parse_entry = ledger_pb2.LedgerEntry.FromString
+    parse_envelope = envelope_pb2.Envelope.FromString
+    ok = ledger_pb2.OK
+    position = start - 1
+    for line in lines:
+        position += 1
         try:
-            entry_text, envelope_text = _entry_fields(line)
-            entry_bytes = binascii.a2b_base64(entry_text, strict_mode=True)
-            envelope = binascii.a2b_base64(envelope_text, strict_mode=True)
-            entry = ledger_pb2.LedgerEntry.FromString(entry_bytes)
-        except (ValueError, KeyError, TypeError, binascii.Error, DecodeError) as exc:
+            entry_bytes, envelope = _entry_fields(line)
+            entry = parse_entry(entry_bytes)
+        except (ValueError, KeyError, TypeError, DecodeError) as exc:
             failures.append((position, "MALFORMED_ENTRY", f"cannot decode: {exc}"))
-            sequences.append(-1)
-            leaves.append(b"")
-            prevs.append(b"")
-            times.append(-1)
+            leaf = _NO_LEAF
+            leaves.append(leaf)
+            if chain is None:
+                chain = (position, None)
             continue
-        sequences.append(entry.sequence)
-        leaves.append(merkle.leaf_hash(entry_bytes))
-        prevs.append(entry.prev_leaf_hash)
+        previous, leaf = leaf, leaf_hash(entry_bytes)
+        leaves.append(leaf)
+        if chain is None:
+            if entry.sequence != position:
+                chain = (
+                    position,
+                    (
+                        position,
+                        "SEQUENCE_GAP",
+                        f"expected entry {position}, found entry {entry.sequence}",
+                    ),
+                )
+            elif position == start:
+                first_prev = entry.prev_leaf_hash
+            elif entry.prev_leaf_hash != previous:
+                chain = (position, _chain_broken(position))
         time_ns = entry_time_ns(entry)
-        times.append(time_ns)
+        if first_time is None:
+            first_time = (position, time_ns)
+        elif time_ns < last_time:
+            # A backdated entry could slip into a rotated or revoked key's validity window.
+            regressions.append(position)
+        last_time = time_ns
         if entry.envelope_hash != envelope_hash(envelope):
             failures.append(
                 (position, "ENVELOPE_HASH_MISMATCH", "the stored envelope bytes were altered")
@@ -297,31 +374,54 @@ def _check_chunk(start: int, lines: list[str]) -> ChunkResult:
         # A refused or failed call may carry a bad signature legitimately: only OK entries
         # vouch for their envelope's signature. Every OK entry records an authenticated call,
         # whose signed envelope the hub stores beside it (the operator's calls included).
-        if entry.outcome != ledger_pb2.OK:
+        if entry.outcome != ok:
             continue
+        actor = entry.actor
         if not envelope:
             failures.append(
-                (position, "MISSING_ENVELOPE", f"actor {entry.actor}: the call's envelope is gone")
+                (position, "MISSING_ENVELOPE", f"actor {actor}: the call's envelope is gone")
             )
             continue
         signatures += 1
         try:
-            message = envelope_pb2.Envelope.FromString(envelope)
+            message = parse_envelope(envelope)
         except DecodeError:
             failures.append((position, "BAD_ENVELOPE_SIGNATURE", "envelope is not decodable"))
             continue
-        lookup = _key_lookup(entry.actor, time_ns)
         try:
-            signer = verify(message, lookup)
+            _, public_key = verified_key(message, _key_lookup(actor, time_ns))
         except EnvelopeError as exc:
             reason = "NO_VALID_KEY" if "known key" in str(exc) else "BAD_ENVELOPE_SIGNATURE"
-            failures.append((position, reason, f"actor {entry.actor}: {exc}"))
+            failures.append((position, reason, f"actor {actor}: {exc}"))
             continue
-        if _AUDIT is not None:
-            problems, facts = _AUDIT.inspect(entry, message)
+        if audit is not None:
+            problems, facts = audit.inspect(entry, message, time_ns)
             failures.extend((position, reason, text) for reason, text in problems)
-            verified.append((position, time_ns, entry.actor, signer.keyid, facts))
-    return sequences, leaves, prevs, failures, signatures, times, verified
+            verified.append((position, time_ns, actor, _KEYIDS[public_key], facts))
+    return ChunkResult(
+        start,
+        len(lines),
+        failures,
+        signatures,
+        verified,
+        chain,
+        first_prev,
+        leaf,
+        first_time,
+        last_time,
+        regressions,
+        merkle.subtree_levels(leaves),
+    )
+
+
+def _chain_broken(position: int) -> LocalProblem:
+    culprit = max(position - 1, 0)
+    return (
+        culprit,
+        "CHAIN_BROKEN",
+        f"entry {position}'s prev_leaf_hash is not the leaf hash of entry {culprit}: an entry "
+        "was altered, removed or inserted",
+    )
 
 
 # ------------------------------------------------------------------ parent side
@@ -337,7 +437,7 @@ class _Stream:
     def __iter__(self) -> Iterator[str]:
         for line in self._lines:
             self.line_number += 1
-            if line.strip():
+            if not line.isspace():  # as ``line.strip()``, without copying the line
                 yield line
 
 
@@ -402,59 +502,62 @@ class _Verifier:
         self.report.failures.append(Failure(sequence, reason, message))
 
     def absorb(self, result: ChunkResult) -> None:
-        sequences, leaves, prevs, failures, signatures, times, verified = result
-        self.report.signatures += signatures
-        for position, reason, message in failures:
+        """Take a worker's findings for the next chunk, in log order."""
+        start, count = result.start, result.entries
+        self.report.signatures += result.signatures
+        for position, reason, message in result.failures:
             self.fail(position, FailureReason[reason], message)
-        if self.audit is not None:
-            for position, time_ns, actor, keyid, facts in verified:
-                for reason, message in self.audit.observe(position, time_ns, actor, keyid, facts):
+        audit = self.audit
+        if audit is not None:
+            for position, time_ns, actor, keyid, facts in result.verified:
+                for reason, message in audit.observe(position, time_ns, actor, keyid, facts):
                     self.fail(position, FailureReason[reason], message)
-        for sequence, leaf, prev, time_ns in zip(sequences, leaves, prevs, times, strict=True):
-            position = self.position
-            if time_ns != -1:
-                # A backdated entry could slip into a rotated or revoked key's validity window.
-                if time_ns < self.last_time:
-                    self.fail(
-                        position,
-                        FailureReason.TIME_REGRESSION,
-                        f"entry {position} is dated before entry {position - 1}",
-                    )
-                self.last_time = time_ns
-            if not self.broken:
-                if sequence == -1:
-                    self.broken = True  # already reported as malformed
-                elif sequence != position:
-                    self.fail(
-                        position,
-                        FailureReason.SEQUENCE_GAP,
-                        f"expected entry {position}, found entry {sequence}",
-                    )
-                    self.broken = True
-                elif prev != self.prev:
-                    culprit = max(position - 1, 0)
-                    self.fail(
-                        culprit,
-                        FailureReason.CHAIN_BROKEN,
-                        f"entry {position}'s prev_leaf_hash is not the leaf hash of entry "
-                        f"{culprit}: an entry was altered, removed or inserted",
-                    )
-                    self.broken = True
-            self.prev = leaf
-            self.tree.append(leaf)
-            self.position += 1
-            self._check_roots()
-        self.report.entries = self.position
+        # What depends on the chunks before, in the order a one-entry-at-a-time reading meets
+        # it: at each position its date, its link, then the checkpoints of the size it makes.
+        steps: list[tuple[int, int, LocalProblem | int]] = []
+        if result.first_time is not None:
+            position, time_ns = result.first_time
+            if time_ns < self.last_time:
+                steps.append((position, 0, _regression(position)))
+            self.last_time = result.last_time
+        steps.extend((position, 0, _regression(position)) for position in result.regressions)
+        if not self.broken and count:
+            chain = result.chain
+            if (chain is None or chain[0] > start) and result.first_prev != self.prev:
+                chain = (start, _chain_broken(start))
+            if chain is not None:
+                self.broken = True
+                if chain[1] is not None:
+                    steps.append((chain[0], 1, chain[1]))
+        end = start + count
+        sizes = {size for size in self.checkpoints_at if start < size <= end}
+        sizes.update(held.size for held in self.trusted if start < held.size <= end)
+        steps.extend((size - 1, 2, size) for size in sizes)
+        steps.sort(key=lambda step: step[:2])
+        for _, _, step in steps:
+            if isinstance(step, int):
+                self._check_roots(step, self._root_within(result, step))
+            else:
+                self.fail(step[0], FailureReason[step[1]], step[2])
+        _extend(self.tree, result.levels, count)
+        self.prev = result.last_leaf
+        self.position = end
+        self.report.entries = end
         if self.progress is not None:
-            self.progress(len(sequences))
+            self.progress(count)
 
-    def _check_roots(self) -> None:
-        size = self.position
+    def _root_within(self, result: ChunkResult, size: int) -> bytes:
+        """The root of the first ``size`` entries, the tree holding those before the chunk."""
+        tree = self.tree.copy()
+        _extend(tree, result.levels, size - result.start)
+        return tree.root()
+
+    def _check_roots(self, size: int, root: bytes) -> None:
         note = self.checkpoints_at.pop(size, None)
         if note is not None:
-            self._check_checkpoint(size, note)
+            self._check_checkpoint(size, note, root)
         for held in self.trusted:
-            if held.size == size and self.tree.root() != held.root_hash:
+            if held.size == size and root != held.root_hash:
                 self.fail(
                     size - 1,
                     FailureReason.TRUSTED_CHECKPOINT_MISMATCH,
@@ -462,7 +565,7 @@ class _Verifier:
                     f"{held.name}: the history was rewritten or forked",
                 )
 
-    def _check_checkpoint(self, size: int, note: str) -> None:
+    def _check_checkpoint(self, size: int, note: str, root: bytes) -> None:
         try:
             checkpoint = verify_checkpoint(note, self.hub_keys)
         except UntrustedSigner as exc:
@@ -488,7 +591,7 @@ class _Verifier:
                 f"{checkpoint.size}",
             )
             return
-        if checkpoint.root_hash != self.tree.root():
+        if checkpoint.root_hash != root:
             self.fail(
                 size - 1,
                 FailureReason.ROOT_MISMATCH,
@@ -510,9 +613,31 @@ class _Verifier:
             return
         self.last_checkpoint = size
         if size == self.position:  # the tree already holds exactly its entries
-            self._check_checkpoint(size, note)
+            self._check_checkpoint(size, note, self.tree.root())
         else:
             self.checkpoints_at[size] = note
+
+
+def _regression(position: int) -> LocalProblem:
+    return (
+        position,
+        "TIME_REGRESSION",
+        f"entry {position} is dated before entry {position - 1}",
+    )
+
+
+def _extend(tree: merkle.CompactRange, levels: list[bytes], count: int) -> None:
+    """Add the first ``count`` leaves of a chunk to ``tree`` (whose size is the chunk's start)
+    from the chunk's ``merkle.subtree_levels``: a subtree at a time where it is aligned in the
+    tree too (always, for chunks of a power of two), else leaf by leaf."""
+    width = merkle.HASH_SIZE
+    for level, index in merkle.range_subtrees(0, count):
+        if tree.size % (1 << level) == 0:
+            tree.append_subtree(level, levels[level][index * width : (index + 1) * width])
+        else:
+            leaves = levels[0]
+            for leaf in range(index << level, (index + 1) << level):
+                tree.append(leaves[leaf * width : (leaf + 1) * width])
 
 
 def verify_export(
@@ -583,14 +708,17 @@ def verify_export(
     pending: deque[Future[ChunkResult]] = deque()
     keys: dict[str, list[_Key]] | None = None
     count = (os.cpu_count() or 1) if workers is None else workers
+    in_process = False  # this process's worker state is set up
 
     def submit() -> None:
-        nonlocal pool, chunk, chunk_start
+        nonlocal pool, chunk, chunk_start, in_process
         assert keys is not None
         if count > 0 and pool is None and (len(chunk) == CHUNK or pending):
             pool = ProcessPoolExecutor(count, initializer=_init_worker, initargs=(keys, hook))
         if pool is None:
-            _init_worker(keys, hook)
+            if not in_process:
+                _init_worker(keys, hook)
+                in_process = True
             state.absorb(_check_chunk(chunk_start, chunk))
         else:
             pending.append(pool.submit(_check_chunk, chunk_start, chunk))

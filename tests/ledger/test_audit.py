@@ -668,3 +668,171 @@ def test_key_rotated_out_does_not_verify_after_the_grace_period(world: World) ->
     report = _verify(forged, hub_keys=[world.hub_vkey])
     _assert_fails(report, 20, FailureReason.REVOKED_KEY_USED)
     assert f"rotated out by entry {ROTATE_A}" in str(report.first_failure)
+
+
+# ---------------------------------------------------------------- a large log, chunked
+#
+# The workers check each chunk of entries apart and the parent joins them: links, dates and
+# checkpoint roots across chunk boundaries are the parent's, those inside a chunk the worker's.
+# Every tampering must be found at the same sequence for the same reason whichever way the log
+# is cut, in a pool or in this process.
+
+LARGE = 700  # entries after the operator's registration
+
+
+@pytest.fixture
+async def large(engine: Engine, hub_key: SigningKey) -> list[str]:
+    a1 = SigningKey.generate()
+    ledger = Ledger(engine, hub_key, ORIGIN, LedgerConfig(checkpoint_every=37, max_batch=50))
+    await ledger.start()
+    await ledger.append(*_registration(hub_key, A, a1, "op-1"))
+    await asyncio.gather(
+        *(
+            ledger.append(draft(i, actor=A, request_id=f"req-{i}"), _envelope(a1, A, f"req-{i}"))
+            for i in range(LARGE)
+        )
+    )
+    await ledger.close()
+    history = [
+        KeyRecord(HUB, hub_key.keyid, hub_key.public_bytes, EPOCH),
+        KeyRecord(A, a1.keyid, a1.public_bytes, LONG_AGO),
+    ]
+    out = io.StringIO()
+    export_ledger(engine, out, history, [verifier_key(ORIGIN, hub_key.public_bytes)])
+    return out.getvalue().splitlines(keepends=True)
+
+
+# (chunk size, workers): one chunk in this process, power-of-two chunks in a pool (the parent
+# adds whole subtrees), and chunks of an odd size (the parent adds leaf by leaf)
+CUTS = [(4096, 0), (64, 2), (48, 2), (64, 0)]
+
+
+def _failures_by_cut(
+    lines: list[str], monkeypatch: pytest.MonkeyPatch, **kw: object
+) -> list[list[tuple[int | None, FailureReason]]]:
+    found = []
+    for chunk, workers in CUTS:
+        monkeypatch.setattr(verify_module, "CHUNK", chunk)
+        report = _verify(lines, workers=workers, **kw)
+        found.append([(f.sequence, f.reason) for f in report.failures])
+    return found
+
+
+def test_large_log_verifies_however_it_is_cut(
+    large: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for chunk, workers in CUTS:
+        monkeypatch.setattr(verify_module, "CHUNK", chunk)
+        report = _verify(large, workers=workers)
+        assert report.ok, (chunk, workers, report.first_failure)
+        assert report.entries == LARGE + 1 and report.signatures == LARGE + 1
+        assert report.checkpoints > LARGE // 64  # several inside every cut's chunks
+
+
+# Sequences inside a chunk of 64 (and of 48), the first and last of a chunk of 64, and the
+# first of a chunk of 48 (144 = 3 x 48), the first entry of all and the last.
+PLACES = [350, 63, 64, 65, 127, 128, 144, 1, LARGE]
+
+
+@pytest.mark.parametrize("sequence", PLACES)
+def test_changed_entry_in_a_large_log_is_found_wherever_the_chunks_end(
+    large: list[str], monkeypatch: pytest.MonkeyPatch, sequence: int
+) -> None:
+    bad = _rewrite(large, _entry_index(large, sequence), _shift_time)
+    found = _failures_by_cut(bad, monkeypatch)
+    # the next entry's link names it; the last entry has none, its checkpoint's root does
+    reason = FailureReason.CHAIN_BROKEN if sequence < LARGE else FailureReason.ROOT_MISMATCH
+    assert (sequence, reason) in found[0]
+    assert min(position or 0 for position, _ in found[0]) == sequence
+    assert all(failures == found[0] for failures in found), found
+
+
+@pytest.mark.parametrize("sequence", [350, 64, 144])
+def test_altered_envelope_in_a_large_log_is_found_in_every_chunk(
+    large: list[str], monkeypatch: pytest.MonkeyPatch, sequence: int
+) -> None:
+    index = _entry_index(large, sequence)
+    bad = _rewrite(large, index, lambda r: r.update(envelope=base64.b64encode(b"x").decode()))
+    found = _failures_by_cut(bad, monkeypatch)
+    assert found[0] == [(sequence, FailureReason.ENVELOPE_HASH_MISMATCH)]
+    assert all(failures == found[0] for failures in found), found
+
+
+@pytest.mark.parametrize("sequence", [350, 64, 63, 144])
+def test_removed_entry_in_a_large_log_is_found_at_its_place(
+    large: list[str], monkeypatch: pytest.MonkeyPatch, sequence: int
+) -> None:
+    bad = list(large)
+    del bad[_entry_index(large, sequence)]
+    found = _failures_by_cut(bad, monkeypatch)
+    assert (sequence, FailureReason.SEQUENCE_GAP) in found[0]
+    assert all(failures == found[0] for failures in found), found
+
+
+@pytest.mark.parametrize("sequence", [350, 64, 128, 144])
+def test_dishonest_hub_backdating_in_a_large_log_is_found_at_chunk_boundaries(
+    large: list[str], hub_key: SigningKey, monkeypatch: pytest.MonkeyPatch, sequence: int
+) -> None:
+    # re-chained and re-signed: only the date gives it away (and the issue window)
+    def backdate(entry: ledger_pb2.LedgerEntry, envelope: bytes) -> bytes:
+        entry.time.seconds -= 1
+        return envelope
+
+    forged = _reforge(large, hub_key, {sequence: backdate})
+    found = _failures_by_cut(forged, monkeypatch)
+    assert found[0] == [(sequence, FailureReason.TIME_REGRESSION)]
+    assert all(failures == found[0] for failures in found), found
+
+
+def test_replayed_request_across_chunks_of_a_large_log_is_found(
+    large: list[str], hub_key: SigningKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # entry 70 (a later chunk) carries entry 40's signed request, re-chained and re-signed
+    envelopes = {
+        json.loads(line)["sequence"]: base64.b64decode(json.loads(line)["envelope"])
+        for line in large
+        if '"type":"entry"' in line
+    }
+
+    def replay(entry: ledger_pb2.LedgerEntry, envelope: bytes) -> bytes:
+        request = exchange_pb2.CheckRequest.FromString(
+            envelope_pb2.Envelope.FromString(envelopes[40]).payload
+        )
+        entry.request_id = request.header.request_id
+        return envelopes[40]
+
+    forged = _reforge(large, hub_key, {70: replay})
+    found = _failures_by_cut(forged, monkeypatch)
+    assert (70, FailureReason.REQUEST_RECORDED_TWICE) in found[0]
+    assert all(failures == found[0] for failures in found), found
+
+
+def _with_checkpoint(lines: list[str], size: int, root: bytes, hub: SigningKey) -> list[str]:
+    """``lines`` with a hub-signed checkpoint of ``size`` and ``root`` in its place (after entry
+    ``size - 1``), instead of any stored checkpoint of that size."""
+    out = [
+        line
+        for line in lines
+        if not ('"type":"checkpoint"' in line and json.loads(line)["size"] == size)
+    ]
+    note = sign_checkpoint(ORIGIN, size, root, hub, ORIGIN).note
+    record = json.dumps({"type": "checkpoint", "size": size, "note": note}, separators=(",", ":"))
+    out.insert(_entry_index(out, size - 1) + 1, record + "\n")
+    return out
+
+
+@pytest.mark.parametrize("size", [64, 127, 128, 129, 144, 350])
+def test_checkpoint_roots_inside_and_at_the_ends_of_chunks_are_checked(
+    large: list[str], hub_key: SigningKey, monkeypatch: pytest.MonkeyPatch, size: int
+) -> None:
+    leaves = [
+        merkle.leaf_hash(base64.b64decode(json.loads(line)["entry"]))
+        for line in large
+        if '"type":"entry"' in line
+    ]
+    right = _with_checkpoint(large, size, merkle.root(leaves[:size]), hub_key)
+    assert _failures_by_cut(right, monkeypatch) == [[]] * len(CUTS)
+    wrong = _with_checkpoint(large, size, merkle.root(leaves[1 : size + 1]), hub_key)
+    found = _failures_by_cut(wrong, monkeypatch)
+    assert found[0] == [(size - 1, FailureReason.ROOT_MISMATCH)]
+    assert all(failures == found[0] for failures in found), found
