@@ -24,6 +24,7 @@ from exchange.crypto.sealing import seal
 from exchange.flows import record
 from exchange.flows.record import AnswerBuilder, current_claim
 from exchange.ledger.entry import Receipt
+from exchange.observability import metrics
 from exchange.rpc.status import to_status
 from exchange.store.requests import (
     ANSWERED,
@@ -188,4 +189,6 @@ class CallClaim:
         except errors.ExchangeError:
             log.error("request_answer_lost")
             return
+        if self._state == COMMITTED:
+            metrics.ANSWERS_AFTER_COMMIT.inc()
         self._state = state

@@ -28,7 +28,7 @@ from exchange.clock import now_us
 from exchange.crypto.subject import SubjectIdScheme
 from exchange.errors import quote
 from exchange.flows import lookups
-from exchange.flows.record import record
+from exchange.flows.record import record, with_receipt
 from exchange.policy.identity import Caller
 from exchange.v1 import catalog_pb2, common_pb2, ledger_pb2
 
@@ -105,11 +105,13 @@ async def publish_material_type(
         if previous is not None:
             changed = replace(value, version=previous.version) != previous
             value = replace(value, version=previous.version + (1 if changed else 0))
+        response = catalog_pb2.MaterialTypeResponse(material_type=material_type_to_proto(value))
         try:
             receipt = await record(
                 hub.ledger,
                 caller,
                 ledger_pb2.MATERIAL_TYPE_PUBLICATION,
+                answer=with_receipt(response),
                 effect=(
                     (lambda conn: hub.catalog.add_material_type(conn, value, now_us()))
                     if changed
@@ -129,9 +131,7 @@ async def publish_material_type(
                 common_pb2.INTERNAL_ERROR,
                 f"material type {value.id!r} was published concurrently; retry",
             ) from exc
-    return catalog_pb2.MaterialTypeResponse(
-        material_type=material_type_to_proto(value), receipt=receipt
-    )
+    return with_receipt(response)(receipt)
 
 
 async def get_material_type(
@@ -140,12 +140,16 @@ async def get_material_type(
     """Read the latest version of one material type. Raises NotFound (UNKNOWN_MATERIAL_TYPE)."""
     with lookups.facts(material_type=body.material_type[:128]):
         found = await lookups.material_type(hub, body.material_type)
+        response = catalog_pb2.MaterialTypeResponse(material_type=material_type_to_proto(found))
         receipt = await record(
-            hub.ledger, caller, ledger_pb2.READ, material_type=found.id, version=found.version
+            hub.ledger,
+            caller,
+            ledger_pb2.READ,
+            material_type=found.id,
+            version=found.version,
+            answer=with_receipt(response),
         )
-    return catalog_pb2.MaterialTypeResponse(
-        material_type=material_type_to_proto(found), receipt=receipt
-    )
+    return with_receipt(response)(receipt)
 
 
 async def list_catalog(
@@ -155,13 +159,19 @@ async def list_catalog(
     types, purposes, forms = await asyncio.to_thread(
         lambda: (hub.catalog.material_types(), hub.catalog.purposes(), hub.catalog.forms())
     )
-    receipt = await record(hub.ledger, caller, ledger_pb2.READ, attributes={"what": "catalog"})
-    return catalog_pb2.ListCatalogResponse(
+    response = catalog_pb2.ListCatalogResponse(
         material_types=[material_type_to_proto(t) for t in types],
         purposes=[purpose_to_proto(p) for p in purposes],
         forms=[form_to_proto(f) for f in forms],
-        receipt=receipt,
     )
+    receipt = await record(
+        hub.ledger,
+        caller,
+        ledger_pb2.READ,
+        attributes={"what": "catalog"},
+        answer=with_receipt(response),
+    )
+    return with_receipt(response)(receipt)
 
 
 async def define_purpose(
@@ -188,6 +198,7 @@ async def define_purpose(
         value = Purpose(
             body.purpose.id, body.purpose.name.strip(), body.purpose.legal_basis.strip(), basis
         )
+        response = catalog_pb2.PurposeResponse(purpose=purpose_to_proto(value))
         receipt = await record(
             hub.ledger,
             caller,
@@ -195,8 +206,9 @@ async def define_purpose(
             effect=lambda conn: hub.catalog.put_purpose(conn, value, now_us()),
             on_commit=lambda: hub.catalog.forget_purpose(value.id),
             purpose=value.id,
+            answer=with_receipt(response),
         )
-    return catalog_pb2.PurposeResponse(purpose=purpose_to_proto(value), receipt=receipt)
+    return with_receipt(response)(receipt)
 
 
 async def register_form(
@@ -251,6 +263,7 @@ async def register_form(
             purpose=given.purpose,
         )
         types = sorted({f.material_type for f in fields if f.material_type})
+        response = catalog_pb2.FormResponse(form=form_to_proto(value))
         receipt = await record(
             hub.ledger,
             caller,
@@ -259,8 +272,9 @@ async def register_form(
             on_commit=lambda: hub.catalog.forget_form(value.id),
             purpose=value.purpose,
             attributes={"form": value.id, "material_types": ",".join(types)},
+            answer=with_receipt(response),
         )
-    return catalog_pb2.FormResponse(form=form_to_proto(value), receipt=receipt)
+    return with_receipt(response)(receipt)
 
 
 async def get_form(
@@ -269,5 +283,12 @@ async def get_form(
     """Read one form. Raises NotFound (UNKNOWN_FORM)."""
     with lookups.facts(attributes={"form": body.form_id[:128]}):
         found = await lookups.form(hub, body.form_id)
-        receipt = await record(hub.ledger, caller, ledger_pb2.READ, attributes={"form": found.id})
-    return catalog_pb2.FormResponse(form=form_to_proto(found), receipt=receipt)
+        response = catalog_pb2.FormResponse(form=form_to_proto(found))
+        receipt = await record(
+            hub.ledger,
+            caller,
+            ledger_pb2.READ,
+            attributes={"form": found.id},
+            answer=with_receipt(response),
+        )
+    return with_receipt(response)(receipt)

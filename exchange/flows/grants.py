@@ -17,7 +17,7 @@ from exchange.catalog.model import SharingClass
 from exchange.catalog.schema import check_identifier
 from exchange.clock import from_timestamp, now_us
 from exchange.flows import lookups
-from exchange.flows.record import ReadBack, record
+from exchange.flows.record import ReadBack, record, with_receipt
 from exchange.policy.grants import Grant
 from exchange.policy.identity import Caller
 from exchange.policy.sharing import check_fields
@@ -88,10 +88,12 @@ async def issue_grant(
             revoked_us=None,
             issued_us=now,
         )
+        response = grants_pb2.GrantResponse(grant=grant.to_proto())
         receipt = await record(
             hub.ledger,
             caller,
             ledger_pb2.GRANT_ISSUANCE,
+            answer=with_receipt(response),
             effect=lambda conn: hub.grants.add(conn, grant),
             on_commit=lambda: hub.grants.forget(grant),
             material_type=grant.material_type,
@@ -103,7 +105,7 @@ async def issue_grant(
                 "rate_per_minute": str(grant.rate_per_minute),
             },
         )
-    return grants_pb2.GrantResponse(grant=grant.to_proto(), receipt=receipt)
+    return with_receipt(response)(receipt)
 
 
 async def revoke_grant(
@@ -132,6 +134,11 @@ async def revoke_grant(
             lambda conn: hub.grants.get(grant.id, conn),
         )
 
+        def answered(receipt: common_pb2.Receipt) -> grants_pb2.GrantResponse:
+            # The revocation as its transaction read it back (built in that transaction).
+            revoked = revoke.value or replace(grant, revoked_us=grant.revoked_us or revoked_us)
+            return grants_pb2.GrantResponse(grant=revoked.to_proto(), receipt=receipt)
+
         receipt = await record(
             hub.ledger,
             caller,
@@ -141,9 +148,9 @@ async def revoke_grant(
             material_type=grant.material_type,
             counterparty=grant.consumer,
             attributes={"grant_id": grant.id},
+            answer=answered,
         )
-        revoked = revoke.value or replace(grant, revoked_us=grant.revoked_us or revoked_us)
-    return grants_pb2.GrantResponse(grant=revoked.to_proto(), receipt=receipt)
+    return answered(receipt)
 
 
 async def list_grants(
@@ -153,5 +160,12 @@ async def list_grants(
     found = await asyncio.to_thread(
         hub.grants.visible_to, None if caller.is_operator else caller.department_id
     )
-    receipt = await record(hub.ledger, caller, ledger_pb2.READ, attributes={"what": "grants"})
-    return grants_pb2.ListGrantsResponse(grants=[g.to_proto() for g in found], receipt=receipt)
+    response = grants_pb2.ListGrantsResponse(grants=[g.to_proto() for g in found])
+    receipt = await record(
+        hub.ledger,
+        caller,
+        ledger_pb2.READ,
+        attributes={"what": "grants"},
+        answer=with_receipt(response),
+    )
+    return with_receipt(response)(receipt)

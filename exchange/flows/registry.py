@@ -14,7 +14,7 @@ from exchange.clock import now_us, to_timestamp
 from exchange.crypto.keys import KeyFileError, keyid
 from exchange.crypto.keystore import Keystore, check_department_id
 from exchange.flows import lookups
-from exchange.flows.record import ReadBack, record
+from exchange.flows.record import ReadBack, record, with_receipt
 from exchange.ledger import Effect, appending
 from exchange.ledger.checkpoint import verifier_key
 from exchange.policy.identity import Caller
@@ -432,8 +432,15 @@ async def get_department(
 ) -> registry_pb2.DepartmentResponse:
     """Read one department. Raises NotFound (UNKNOWN_DEPARTMENT)."""
     department = await _existing(hub, body.department_id)
-    receipt = await record(hub.ledger, caller, ledger_pb2.READ, counterparty=department.id)
-    return registry_pb2.DepartmentResponse(department=to_proto(department), receipt=receipt)
+    response = registry_pb2.DepartmentResponse(department=to_proto(department))
+    receipt = await record(
+        hub.ledger,
+        caller,
+        ledger_pb2.READ,
+        counterparty=department.id,
+        answer=with_receipt(response),
+    )
+    return with_receipt(response)(receipt)
 
 
 async def list_departments(
@@ -441,7 +448,12 @@ async def list_departments(
 ) -> registry_pb2.ListDepartmentsResponse:
     """List every registered department."""
     departments = await asyncio.to_thread(hub.registry.all)
-    receipt = await record(hub.ledger, caller, ledger_pb2.READ, attributes={"what": "registry"})
-    return registry_pb2.ListDepartmentsResponse(
-        departments=[to_proto(d) for d in departments], receipt=receipt
+    response = registry_pb2.ListDepartmentsResponse(departments=[to_proto(d) for d in departments])
+    receipt = await record(
+        hub.ledger,
+        caller,
+        ledger_pb2.READ,
+        attributes={"what": "registry"},
+        answer=with_receipt(response),
     )
+    return with_receipt(response)(receipt)

@@ -85,6 +85,12 @@ COMMIT_FAILURES = Counter(
     "Ledger batches that failed to commit (their calls answered UNAVAILABLE).",
     registry=None,
 )
+ANSWERS_AFTER_COMMIT = Counter(
+    "exchange_answers_after_commit",
+    "Answers stored after their call's entry committed, not in its transaction (a flow "
+    "without an answer builder): a hub stopped in between leaves REQUEST_ANSWER_LOST.",
+    registry=None,
+)
 ALERTS = Counter(
     "exchange_alerts",
     "Supervision alerts raised, by level (YELLOW, RED) and category.",
@@ -123,6 +129,7 @@ EVENT_METRICS: tuple[Collector, ...] = (
     COMMIT_SECONDS,
     HEAD_LOCK_WAIT_SECONDS,
     COMMIT_FAILURES,
+    ANSWERS_AFTER_COMMIT,
     ALERTS,
     ALERT_DELIVERIES,
     WITNESS_SUBMISSIONS,
