@@ -103,6 +103,13 @@ async def _change(
     change that was made). Raises AlreadyExists (DEPARTMENT_EXISTS, ``taken``) if the effect
     meets a unique constraint."""
     change = ReadBack(effect, lambda conn: hub.registry.get(department_id, conn))
+
+    def answered(receipt: common_pb2.Receipt) -> registry_pb2.DepartmentResponse:
+        # The department as the change's transaction read it back (built in that transaction).
+        department = change.value
+        assert department is not None  # the change was to a registered department
+        return registry_pb2.DepartmentResponse(department=to_proto(department), receipt=receipt)
+
     try:
         receipt = await record(
             hub.ledger,
@@ -112,12 +119,11 @@ async def _change(
             on_commit=lambda: hub.departments.invalidate(department_id),
             counterparty=department_id,
             attributes=attributes,
+            answer=answered,
         )
     except IntegrityError as exc:
         raise errors.AlreadyExists(common_pb2.DEPARTMENT_EXISTS, taken) from exc
-    department = change.value
-    assert department is not None  # the change was to a registered department, in its transaction
-    return registry_pb2.DepartmentResponse(department=to_proto(department), receipt=receipt)
+    return answered(receipt)
 
 
 def _roles(given: registry_pb2.Department) -> frozenset[str]:
@@ -264,6 +270,12 @@ async def _rotate_operator_key(
         lambda conn: hub.operator_keys.rotate(conn, key, grace_us),
         hub.operator_keys.all,
     )
+
+    def answered(receipt: common_pb2.Receipt) -> registry_pb2.DepartmentResponse:
+        # The operator's keys as the rotation's transaction read them back.
+        operator = _keys_only(caller.department_id, "the hub operator", change.value)
+        return registry_pb2.DepartmentResponse(department=to_proto(operator), receipt=receipt)
+
     try:
         receipt = await record(
             hub.ledger,
@@ -272,13 +284,13 @@ async def _rotate_operator_key(
             effect=change,
             counterparty=caller.department_id,
             attributes={"keyid": key.keyid},
+            answer=answered,
         )
     except IntegrityError as exc:
         raise errors.AlreadyExists(
             common_pb2.DEPARTMENT_EXISTS, "that key is already the operator's"
         ) from exc
-    operator = _keys_only(caller.department_id, "the hub operator", change.value)
-    return registry_pb2.DepartmentResponse(department=to_proto(operator), receipt=receipt)
+    return answered(receipt)
 
 
 async def _rotate_log_key(
@@ -302,11 +314,21 @@ async def _rotate_log_key(
         )
     signing_key = next_key
     now = now_us()
+    log = _keys_only(
+        body.department_id,
+        "the hub's log",
+        [
+            KeyRecord(hub.hub_key.keyid, body.department_id, hub.hub_key.public_bytes, 0),
+            KeyRecord(signing_key.keyid, body.department_id, public_key, now),
+        ],
+    )
+    response = registry_pb2.DepartmentResponse(department=to_proto(log))
     try:
         receipt = await record(
             hub.ledger,
             caller,
             ledger_pb2.KEY_ROTATION,
+            answer=with_receipt(response),
             effect=lambda conn: hub.log_keys.approve(conn, signing_key.keyid, public_key, now),
             on_commit=lambda: hub.ledger.sign_also_with(signing_key),
             counterparty=body.department_id,
@@ -319,15 +341,7 @@ async def _rotate_log_key(
         raise errors.AlreadyExists(
             common_pb2.DEPARTMENT_EXISTS, "that log key is already approved"
         ) from exc
-    log = _keys_only(
-        body.department_id,
-        "the hub's log",
-        [
-            KeyRecord(hub.hub_key.keyid, body.department_id, hub.hub_key.public_bytes, 0),
-            KeyRecord(signing_key.keyid, body.department_id, public_key, now),
-        ],
-    )
-    return registry_pb2.DepartmentResponse(department=to_proto(log), receipt=receipt)
+    return with_receipt(response)(receipt)
 
 
 async def revoke_key(

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from exchange import errors
 from exchange.clock import to_timestamp
-from exchange.flows.record import record
+from exchange.flows.record import record, with_receipt
 from exchange.policy.identity import Caller
 from exchange.policy.roles import require_auditor
 from exchange.supervision.burden import BurdenReport, FormToolRecord, build_report
@@ -105,15 +105,15 @@ async def list_alerts(
     limit = min(body.limit or DEFAULT_LIMIT, MAX_LIMIT)
     await hub.supervision.settle(SETTLE_SECONDS)
     alerts = await asyncio.to_thread(hub.supervision.store.alerts, min_level, category, limit)
+    response = supervision_pb2.ListAlertsResponse(alerts=[alert_to_proto(a) for a in alerts])
     receipt = await record(
         hub.ledger,
         caller,
         ledger_pb2.READ,
         attributes={"what": "alerts", "count": str(len(alerts))},
+        answer=with_receipt(response),
     )
-    return supervision_pb2.ListAlertsResponse(
-        alerts=[alert_to_proto(a) for a in alerts], receipt=receipt
-    )
+    return with_receipt(response)(receipt)
 
 
 def compute_report(hub: Hub, idle_days: int, now_us: int) -> BurdenReport:
@@ -153,12 +153,12 @@ async def burden_report(
         )
     await hub.supervision.settle(SETTLE_SECONDS)
     report = await asyncio.to_thread(compute_report, hub, idle_days, hub.supervision.clock())
+    answer = report_to_proto(report)
     receipt = await record(
         hub.ledger,
         caller,
         ledger_pb2.READ,
         attributes={"what": "burden", "idle_days": str(idle_days)},
+        answer=with_receipt(answer),
     )
-    answer = report_to_proto(report)
-    answer.receipt.CopyFrom(receipt)
-    return answer
+    return with_receipt(answer)(receipt)

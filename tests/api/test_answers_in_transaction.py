@@ -12,7 +12,7 @@ import pytest
 
 from adapters.client import HubClient, Identity
 from exchange.observability import metrics
-from exchange.v1 import catalog_pb2, grants_pb2, registry_pb2
+from exchange.v1 import catalog_pb2, exchange_pb2, grants_pb2, registry_pb2
 from tests.conftest import StartHub
 from tests.flows.world import (
     ANNA,
@@ -85,18 +85,26 @@ async def test_answers_are_built_in_the_entry_transaction(world: World) -> None:
         assert (await social.check(MARRIAGE, ANNA)).on_file
         material = await social.request(MARRIAGE, ANNA, purpose=ASSISTANCE)
         assert material.fields == {"marital_status": "married"}
+    # A registry change answers with the department as its transaction read it back.
+    changed = await world.hub.operator.call(
+        "/exchange.v1.Registry/SetState",
+        registry_pb2.SetStateRequest(
+            department_id=FORM_TOOL, state=registry_pb2.SUSPENDED, reason="answers test"
+        ),
+        registry_pb2.DepartmentResponse,
+    )
+    assert changed.department.state == registry_pb2.SUSPENDED
     assert after_commit() == before
 
 
 async def test_an_answer_stored_after_the_commit_is_counted(world: World) -> None:
     """The counter the test above relies on moves when an answer is stored after the commit:
-    a registry change (SetState) still answers that way (issue 13 keeps it open)."""
+    ListObjections still answers that way (issue 13 keeps it open)."""
     before = after_commit()
-    await world.hub.operator.call(
-        "/exchange.v1.Registry/SetState",
-        registry_pb2.SetStateRequest(
-            department_id=SOCIAL, state=registry_pb2.SUSPENDED, reason="answers test"
-        ),
-        registry_pb2.DepartmentResponse,
-    )
+    async with client(world, CIVIL) as civil:
+        await civil.call(
+            "/exchange.v1.Exchange/ListObjections",
+            exchange_pb2.ListObjectionsRequest(),
+            exchange_pb2.ListObjectionsResponse,
+        )
     assert after_commit() == before + 1
