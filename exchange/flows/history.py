@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from exchange.flows import lookups
 from exchange.flows.person import require_person
-from exchange.flows.record import record
+from exchange.flows.record import record, with_receipt
 from exchange.policy.assertions import Assurance
 from exchange.policy.identity import Caller
 from exchange.v1 import exchange_pb2, ledger_pb2, person_pb2
@@ -93,11 +93,13 @@ async def access_history(
             for entry in (item.decode() for item in stored)
             if entry.kind in SUBJECT_KINDS
         ]
+        response = exchange_pb2.AccessHistoryResponse(records=records)
         receipt = await record(
             hub.ledger,
             caller,
             ledger_pb2.ACCESS_HISTORY,
             subject_ref=subject_ref,
             attributes={**known["attributes"], "records": str(len(records))},
+            answer=with_receipt(response),
         )
-    return exchange_pb2.AccessHistoryResponse(records=records, receipt=receipt)
+    return with_receipt(response)(receipt)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from functools import partial
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection
@@ -122,10 +123,9 @@ async def file_objection(
                 "objection_id": proposal.id,
                 "deadline_us": str(proposal.deadline_us),
             },
+            answer=partial(_objection_answer, file),
         )
-    stored = file.value
-    assert stored is not None  # inserted in the same transaction
-    return exchange_pb2.ObjectionResponse(objection=to_proto(stored), receipt=receipt)
+    return _objection_answer(file, receipt)
 
 
 async def list_objections(
@@ -218,7 +218,16 @@ async def resolve_objection(
             reference=objection.reference,
             version=version,
             attributes={"objection_id": objection.id, "state": state},
+            answer=partial(_objection_answer, resolve),
         )
-    stored = resolve.value
-    assert stored is not None  # resolved in the same transaction
+    return _objection_answer(resolve, receipt)
+
+
+def _objection_answer(
+    change: ReadBack[ObjectionRecord | None], receipt: common_pb2.Receipt
+) -> exchange_pb2.ObjectionResponse:
+    """An objection's answer: the objection as its transaction read it back (built in that
+    transaction, and again for the caller)."""
+    stored = change.value
+    assert stored is not None  # written in the same transaction
     return exchange_pb2.ObjectionResponse(objection=to_proto(stored), receipt=receipt)

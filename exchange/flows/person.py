@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 from google.protobuf.message import DecodeError
@@ -22,7 +23,7 @@ from sqlalchemy import Connection
 from exchange import errors
 from exchange.clock import from_timestamp, now_us, to_timestamp
 from exchange.flows import lookups
-from exchange.flows.record import ReadBack, record
+from exchange.flows.record import ReadBack, record, with_receipt
 from exchange.policy.assertions import VerifiedAssertion, facts_of, verify_assertion
 from exchange.policy.identity import Caller
 from exchange.store.consents import ConsentRecord, Usability
@@ -216,10 +217,9 @@ async def give_consent(
             purpose=purpose.id,
             counterparty=consumer.id,
             attributes=dict(known["attributes"]),
+            answer=partial(_consent_answer, give),
         )
-    stored = give.value
-    assert stored is not None  # inserted in the same transaction
-    return person_pb2.ConsentResponse(consent=consent_to_proto(stored), receipt=receipt)
+    return _consent_answer(give, receipt)
 
 
 async def revoke_consent(
@@ -270,10 +270,9 @@ async def revoke_consent(
             purpose=found.purpose,
             counterparty=found.consumer,
             attributes=dict(known["attributes"]),
+            answer=partial(_consent_answer, change),
         )
-    stored = change.value
-    assert stored is not None
-    return person_pb2.ConsentResponse(consent=consent_to_proto(stored), receipt=receipt)
+    return _consent_answer(change, receipt)
 
 
 async def list_consents(
@@ -287,16 +286,26 @@ async def list_consents(
         await _for_person(hub, caller, body, known, "ListConsents")
         found = await asyncio.to_thread(hub.consents.for_subject, known["subject_ref"])
         known["attributes"]["count"] = str(len(found))
+        response = person_pb2.ListConsentsResponse(consents=[consent_to_proto(c) for c in found])
         receipt = await record(
             hub.ledger,
             caller,
             ledger_pb2.CONSENT_LISTING,
             subject_ref=known["subject_ref"],
             attributes=dict(known["attributes"]),
+            answer=with_receipt(response),
         )
-    return person_pb2.ListConsentsResponse(
-        consents=[consent_to_proto(c) for c in found], receipt=receipt
-    )
+    return with_receipt(response)(receipt)
+
+
+def _consent_answer(
+    change: ReadBack[ConsentRecord | None], receipt: common_pb2.Receipt
+) -> person_pb2.ConsentResponse:
+    """A consent call's answer: the consent as its transaction read it back (built in that
+    transaction, and again for the caller)."""
+    stored = change.value
+    assert stored is not None  # written in the same transaction
+    return person_pb2.ConsentResponse(consent=consent_to_proto(stored), receipt=receipt)
 
 
 async def confirm_form(
@@ -321,6 +330,7 @@ async def confirm_form(
         attributes["completed_sha256"] = body.completed_sha256.hex()
         if body.prefill_sequence:
             attributes["prefill_sequence"] = str(body.prefill_sequence)
+        response = person_pb2.ConfirmFormResponse()
         receipt = await record(
             hub.ledger,
             caller,
@@ -328,8 +338,9 @@ async def confirm_form(
             subject_ref=known["subject_ref"],
             purpose=form.purpose,
             attributes=attributes,
+            answer=with_receipt(response),
         )
-    return person_pb2.ConfirmFormResponse(receipt=receipt)
+    return with_receipt(response)(receipt)
 
 
 # ------------------------------------------------------------------ requests for a person
