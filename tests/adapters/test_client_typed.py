@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from adapters.client import HubClient, Identity, Refused
+from adapters.client import Refused
 from exchange.v1 import catalog_pb2, grants_pb2
 from tests.conftest import StartHub
 from tests.flows.world import (
@@ -34,20 +34,8 @@ async def world(start_hub: StartHub, tmp_path: Path) -> AsyncIterator[World]:
         await adapter.stop(grace=0.2)
 
 
-def verified(world: World, department: str) -> HubClient:
-    store = world.hub.keystore
-    return HubClient(
-        world.hub.target,
-        Identity(
-            department, store.department_signing_key(department), store.department_tls(department)
-        ),
-        server_name="localhost",
-        hub_verifier=world.hub.server.hub.ledger.verifier_key,
-    )
-
-
 async def test_typed_methods_read_and_change_with_verified_receipts(world: World) -> None:
-    async with verified(world, CIVIL) as civil, verified(world, FORM_TOOL) as tool:
+    async with world.verified_client(CIVIL) as civil, world.verified_client(FORM_TOOL) as tool:
         departments = await civil.list_departments()
         assert CIVIL in {d.id for d in departments.departments}
         catalog = await tool.list_catalog()
@@ -75,7 +63,7 @@ async def test_typed_methods_read_and_change_with_verified_receipts(world: World
         )
         assert issued.grant.owner == CIVIL
         assert issued.grant.id in {g.id for g in (await civil.list_grants()).grants}
-    async with verified(world, SOCIAL) as social:
+    async with world.verified_client(SOCIAL) as social:
         material = await social.request(MARRIAGE, ANNA, purpose=ASSISTANCE)
         assert material.fields == {"marital_status": "married"}
         with pytest.raises(Refused) as refused:

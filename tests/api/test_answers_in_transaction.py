@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from adapters.client import HubClient, Identity
 from exchange.observability import metrics
 from exchange.v1 import catalog_pb2, exchange_pb2, grants_pb2, registry_pb2
 from tests.conftest import StartHub
@@ -32,18 +31,6 @@ def after_commit() -> float:
     return float(metrics.ANSWERS_AFTER_COMMIT._value.get())
 
 
-def client(world: World, department: str) -> HubClient:
-    store = world.hub.keystore
-    return HubClient(
-        world.hub.target,
-        Identity(
-            department, store.department_signing_key(department), store.department_tls(department)
-        ),
-        server_name="localhost",
-        hub_verifier=world.hub.server.hub.ledger.verifier_key,
-    )
-
-
 @pytest.fixture(params=["sqlite", "postgres"])
 async def world(
     request: pytest.FixtureRequest, start_hub: StartHub, tmp_path: Path
@@ -58,7 +45,7 @@ async def world(
 
 async def test_answers_are_built_in_the_entry_transaction(world: World) -> None:
     before = after_commit()
-    async with client(world, CIVIL) as civil, client(world, FORM_TOOL) as tool:
+    async with world.verified_client(CIVIL) as civil, world.verified_client(FORM_TOOL) as tool:
         assert (await civil.list_departments()).receipt.sequence > 0
         assert (await tool.list_catalog()).receipt.sequence > 0
         form = catalog_pb2.Form(
@@ -81,7 +68,7 @@ async def test_answers_are_built_in_the_entry_transaction(world: World) -> None:
             )
         )
         assert issued.grant.id in {g.id for g in (await civil.list_grants()).grants}
-    async with client(world, SOCIAL) as social:
+    async with world.verified_client(SOCIAL) as social:
         assert (await social.check(MARRIAGE, ANNA)).on_file
         material = await social.request(MARRIAGE, ANNA, purpose=ASSISTANCE)
         assert material.fields == {"marital_status": "married"}
@@ -101,7 +88,7 @@ async def test_an_answer_stored_after_the_commit_is_counted(world: World) -> Non
     """The counter the test above relies on moves when an answer is stored after the commit:
     ListObjections still answers that way (issue 13 keeps it open)."""
     before = after_commit()
-    async with client(world, CIVIL) as civil:
+    async with world.verified_client(CIVIL) as civil:
         await civil.call(
             "/exchange.v1.Exchange/ListObjections",
             exchange_pb2.ListObjectionsRequest(),

@@ -24,7 +24,7 @@ from typing import Any
 from sqlalchemy import Column, Date, MetaData, String, Table, create_engine
 
 from adapters.backends import Backend, Holding, open_backend
-from adapters.client import HubClient
+from adapters.client import HubClient, Identity
 from adapters.holdings import publish_holdings
 from adapters.identity import Assurance, DevelopmentIdentityProvider
 from adapters.provider import ProviderServer
@@ -162,6 +162,21 @@ class World:
         ``audience`` just now."""
         assert self.identity is not None
         return self.identity.issue(subject_id, audience, assurance, **kwargs).envelope
+
+    def verified_client(self, department: str) -> HubClient:
+        """A new client for ``department`` that verifies every receipt against the hub's
+        key (close it after use: ``async with``)."""
+        store = self.hub.keystore
+        return HubClient(
+            self.hub.target,
+            Identity(
+                department,
+                store.department_signing_key(department),
+                store.department_tls(department),
+            ),
+            server_name="localhost",
+            hub_verifier=self.hub.server.hub.ledger.verifier_key,
+        )
 
     def ledger_entries(self) -> list[Any]:
         """Every ledger entry as a LedgerEntry message."""
