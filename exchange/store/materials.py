@@ -54,18 +54,18 @@ class Proposal:
 
 # Built once: constructing a statement per call costs more CPU than executing it (the hot path
 # of every Request and Prefill).
+# A material's columns, in the order ``_material`` reads them.
+_MATERIAL_COLUMNS = (
+    materials.c.reference,
+    materials.c.material_type,
+    materials.c.subject_ref,
+    materials.c.version,
+    materials.c.content_hash,
+    materials.c.holder,
+    materials.c.submitted_by,
+)
 _CURRENT = (
-    select(
-        materials.c.reference,
-        materials.c.material_type,
-        materials.c.subject_ref,
-        materials.c.version,
-        materials.c.content_hash,
-        materials.c.holder,
-        materials.c.submitted_by,
-        material_fields.c.name,
-        material_fields.c.field_hash,
-    )
+    select(*_MATERIAL_COLUMNS, material_fields.c.name, material_fields.c.field_hash)
     .select_from(
         materials.outerjoin(material_fields, material_fields.c.reference == materials.c.reference)
     )
@@ -87,21 +87,25 @@ _CURRENT_SQLITE = str(_compiled)
 _CURRENT_POSTGRES = str(_CURRENT.compile(dialect=psycopg.dialect()))  # type: ignore[no-untyped-call]
 
 
+def _material(row: Sequence[Any], field_hashes: dict[str, bytes]) -> IndexedMaterial:
+    """The material of a row that starts with ``_MATERIAL_COLUMNS``."""
+    return IndexedMaterial(
+        reference=row[0],
+        material_type=row[1],
+        subject_ref=bytes(row[2]),
+        version=row[3],
+        content_hash=bytes(row[4]),
+        holder=row[5],
+        submitted_by=row[6],
+        field_hashes=field_hashes,
+    )
+
+
 def _indexed(rows: Sequence[Sequence[Any]]) -> IndexedMaterial | None:
     """The material of ``_CURRENT`` rows (one per field, columns in the statement's order)."""
     if not rows:
         return None
-    first = rows[0]
-    return IndexedMaterial(
-        reference=first[0],
-        material_type=first[1],
-        subject_ref=bytes(first[2]),
-        version=first[3],
-        content_hash=bytes(first[4]),
-        holder=first[5],
-        submitted_by=first[6],
-        field_hashes={row[7]: bytes(row[8]) for row in rows if row[7] is not None},
-    )
+    return _material(rows[0], {row[7]: bytes(row[8]) for row in rows if row[7] is not None})
 
 
 class MaterialIndex:
@@ -163,32 +167,13 @@ class MaterialIndex:
         hashes), for exchange reconcile."""
         with self.engine.connect() as conn:
             rows = conn.execute(
-                select(
-                    materials.c.reference,
-                    materials.c.material_type,
-                    materials.c.subject_ref,
-                    materials.c.version,
-                    materials.c.content_hash,
-                    materials.c.holder,
-                    materials.c.submitted_by,
-                ).where(
+                select(*_MATERIAL_COLUMNS).where(
                     materials.c.material_type == material_type,
                     materials.c.holder == holder,
                     materials.c.superseded_us.is_(None),
                 )
             ).all()
-        return [
-            IndexedMaterial(
-                reference=row[0],
-                material_type=row[1],
-                subject_ref=bytes(row[2]),
-                version=row[3],
-                content_hash=bytes(row[4]),
-                holder=row[5],
-                submitted_by=row[6],
-            )
-            for row in rows
-        ]
+        return [_material(row, {}) for row in rows]
 
     async def close_readers(self) -> None:
         """Close the event loop's PostgreSQL readers (at shutdown)."""
