@@ -86,17 +86,22 @@ class Page:
         return self.driver.find_element(By.ID, element_id)
 
     def text(self) -> str:
-        """The page's main text. A click or Enter that sends a form does not wait for the next
-        page: an element read while the old page is replaced goes stale, so read again."""
-        from selenium.common.exceptions import StaleElementReferenceException
-        from selenium.webdriver.common.by import By
+        """The page's main text, read in one script call. A click or Enter that sends a form
+        does not wait for the next page, and an element reference held across the swap goes
+        stale (or names a node of the old document): one script holds no reference."""
+        from selenium.common.exceptions import WebDriverException
 
         for _ in range(50):
             try:
-                return str(self.driver.find_element(By.TAG_NAME, "main").text)
-            except StaleElementReferenceException:
-                time.sleep(0.1)
-        return str(self.driver.find_element(By.TAG_NAME, "main").text)
+                found = self.driver.execute_script(
+                    "const m = document.querySelector('main'); return m ? m.innerText : null"
+                )
+            except WebDriverException:
+                found = None
+            if found is not None:
+                return str(found)
+            time.sleep(0.1)
+        raise AssertionError("no <main> on the page after 5 s")
 
     def shows(self, needle: str, seconds: float = 15.0) -> bool:
         """Whether the page shows ``needle`` within ``seconds``: the page a form led to may
