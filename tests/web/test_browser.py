@@ -148,12 +148,30 @@ class Page:
 
     def submit(self, element_id: str) -> None:
         """Click a button or link and wait until the next page replaced this one."""
-        from selenium.webdriver.support import expected_conditions
         from selenium.webdriver.support.ui import WebDriverWait
 
         element = self.by_id(element_id)
         element.click()
-        WebDriverWait(self.driver, 60).until(expected_conditions.staleness_of(element))
+        WebDriverWait(self.driver, 60).until(lambda _: _gone(element))
+        WebDriverWait(self.driver, 60).until(
+            lambda driver: driver.execute_script("return document.readyState") == "complete"
+        )
+
+
+def _gone(element: object) -> bool:
+    """Whether ``element`` left the document: Chromium says so either as a stale reference or,
+    when the page is swapped while it looks, as a node that "does not belong to the document"."""
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
+
+    try:
+        element.is_enabled()  # type: ignore[attr-defined]
+    except StaleElementReferenceException:
+        return True
+    except WebDriverException as error:
+        if "does not belong to the document" in str(error):
+            return True
+        raise
+    return False
 
 
 @pytest.fixture
