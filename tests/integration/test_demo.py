@@ -28,6 +28,7 @@ def test_demo_tells_every_step_and_exits_zero(tmp_path: Path) -> None:
     # 王五 authenticates at the counter; without him the form tool is refused.
     assert "without him, the form tool gets nothing: UNAUTHENTICATED ASSERTION_REQUIRED" in out
     assert "not even whether his marriage record is on file: ASSERTION_REQUIRED" in out
+    assert 'nor by submitting it ("already on file" would tell): ASSERTION_REQUIRED' in out
     # A form prefilled with each field's source; the missing fields listed.
     assert re.search(r"applicant_name\s+= 王五 \(demo\)\s+← demo\.public-security", out)
     assert re.search(r"credit_code\s+= 91990000DEMO00002X\s+← demo\.market-regulation", out)
