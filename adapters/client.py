@@ -791,15 +791,19 @@ class HubClient:
         fields: Mapping[str, str],
         *,
         request_id: str | None = None,
+        assertion: envelope_pb2.Envelope | None = None,
     ) -> SubmitResult:
-        """Submit material collected from a person (collect once). Raises Refused."""
+        """Submit material collected from a person (collect once). Raises Refused.
+
+        A form tool submits for the person with their ``assertion`` (the outcome tells whether
+        material was on file); a collector or owner on its own account needs none."""
+        body = exchange_pb2.SubmitRequest(
+            material_type=material_type, subject_id=subject_id, fields=dict(fields)
+        )
+        if assertion is not None:
+            body.assertion.CopyFrom(assertion)
         answer = await self.call(
-            f"{EXCHANGE}/Submit",
-            exchange_pb2.SubmitRequest(
-                material_type=material_type, subject_id=subject_id, fields=dict(fields)
-            ),
-            exchange_pb2.SubmitResponse,
-            request_id=request_id,
+            f"{EXCHANGE}/Submit", body, exchange_pb2.SubmitResponse, request_id=request_id
         )
         return SubmitResult(
             outcome=exchange_pb2.SubmitOutcome.Name(answer.outcome),

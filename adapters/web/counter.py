@@ -365,7 +365,11 @@ class Counter:
         try:
             for material_type, (request_id, fields) in plan.items():
                 result = await self.pages.client.submit(
-                    material_type, person.subject_id, fields, request_id=request_id
+                    material_type,
+                    person.subject_id,
+                    fields,
+                    request_id=request_id,
+                    assertion=person.assertion,
                 )
                 results.append((material_type, result))
             # The person's confirmation of the whole form, as previewed, goes on the record

@@ -302,6 +302,9 @@ class Story:
         refused(f"without him, the form tool gets nothing: {error.code.name} {error.reason}")
         error = await expect_refusal(township.check(data.MARRIAGE, data.WANG_WU))
         refused(f"not even whether his marriage record is on file: {error.reason}")
+        unmarried = {"marital_status": "unmarried"}
+        error = await expect_refusal(township.submit(data.MARRIAGE, data.WANG_WU, unmarried))
+        refused(f'nor by submitting it ("already on file" would tell): {error.reason}')
         counter = platform.issue(data.WANG_WU, data.TOWNSHIP, Assurance.ID_CARD_AT_COUNTER)
         ok(
             f"{IDENTITY} checked his ID card and signed an assertion for {data.TOWNSHIP} "
@@ -323,12 +326,12 @@ class Story:
 
         step("Only the missing fields are asked of 王五; his marital status is submitted once")
         collected = {"marital_status": "unmarried"}
-        first = await township.submit(data.MARRIAGE, data.WANG_WU, collected)
+        first = await township.submit(data.MARRIAGE, data.WANG_WU, collected, assertion=person)
         say("    王五 answers: unmarried (so there is no spouse name to give)")
         ok(f"{first.outcome}: stored at {data.CIVIL_AFFAIRS} as {first.reference} v{first.version}")
 
         step("Another counter of the township office collects the same material again")
-        again = await township.submit(data.MARRIAGE, data.WANG_WU, collected)
+        again = await township.submit(data.MARRIAGE, data.WANG_WU, collected, assertion=person)
         ok(f"{again.outcome}: nothing stored, existing {again.reference}; a re-collection avoided")
 
         step("王五 previews the completed form, each value with its source, and confirms")

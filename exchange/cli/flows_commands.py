@@ -255,13 +255,24 @@ def field_values(values: tuple[str, ...]) -> dict[str, str]:
 @click.argument("material_type")
 @click.argument("subject_id")
 @click.argument("values", nargs=-1, metavar="FIELD=VALUE...")
+@assertion_option(required=False)
 @with_caller
 def submit(
-    caller: Caller, material_type: str, subject_id: str, values: tuple[str, ...], as_json: bool
+    caller: Caller,
+    material_type: str,
+    subject_id: str,
+    values: tuple[str, ...],
+    assertion_path: Path | None,
+    as_json: bool,
 ) -> None:
-    """Submit material collected from the person (collect once); the holder stores it."""
+    """Submit material collected from the person (collect once); the holder stores it.
+
+    A form tool submits for the person with their --assertion."""
     fields = field_values(values)
-    result = caller.perform(lambda client: client.submit(material_type, subject_id, fields))
+    assertion = read_assertion(assertion_path) if assertion_path is not None else None
+    result = caller.perform(
+        lambda client: client.submit(material_type, subject_id, fields, assertion=assertion)
+    )
     if as_json:
         out.echo_json(out.submit_as_dict(material_type, result))
         return

@@ -6,6 +6,15 @@
 - changed content from the owner: a new version superseding the old (``NEW_VERSION``);
 - changed content from another department: a correction proposal to the owner, never an
   overwrite (``CORRECTION_PROPOSED``).
+
+Which of these happened tells the caller whether material was on file for the subject, so a
+person-facing member (a form tool, ``exchange.policy.roles.PERSON_FACING``, whatever else it
+holds) submits only for a person who authenticated to it: with their subject assertion, checked
+by ``exchange.flows.person.require_person`` before anything on file is looked at, so a refusal is
+the same whether or not anything is. There is no legal-basis way round it, unlike Check: what a
+form tool submits was collected from the person at its counter, so the person is there. A
+collector or an owner submitting on its own account needs no assertion (it may Check anyway);
+an assertion, when sent, is always verified. The entry's ``submitted_for`` says which.
 """
 
 from __future__ import annotations
@@ -28,10 +37,12 @@ from exchange.catalog.schema import canonical_fields
 from exchange.clock import now_us
 from exchange.flows import lookups
 from exchange.flows.material import mismatch, open_record
+from exchange.flows.person import require_person
 from exchange.flows.record import record, with_receipt
 from exchange.flows.settle import HeldStore, settle_after, settle_quietly
 from exchange.ledger import Effect
 from exchange.policy.identity import Caller
+from exchange.policy.roles import person_facing
 from exchange.routing.deadline import call_deadline
 from exchange.routing.provider import MARGIN_SECONDS, forwarded_id
 from exchange.store.materials import IndexedMaterial, Proposal
@@ -102,13 +113,16 @@ async def submit(
 ) -> exchange_pb2.SubmitResponse:
     """Submit a material; see the module docstring for the four outcomes.
 
-    Raises PermissionDenied (ROLE_REQUIRED), InvalidArgument (SCHEMA_VIOLATION or a missing
+    Raises PermissionDenied (ROLE_REQUIRED), the refusals of ``require_person`` (for a form
+    tool, or whenever an assertion is sent), InvalidArgument (SCHEMA_VIOLATION or a missing
     subject), NotFound (UNKNOWN_MATERIAL_TYPE), Unavailable / DeadlineExceeded (the owner's
     adapter is down or slow: nothing stored), FailedPrecondition (CONTENT_MISMATCH: the adapter
     confirmed other content than submitted).
     """
     subject_ref = hub.content_keys.subject_ref(body.subject_id) if body.subject_id else b""
-    with lookups.facts(material_type=body.material_type[:128], subject_ref=subject_ref) as known:
+    with lookups.facts(
+        material_type=body.material_type[:128], subject_ref=subject_ref, attributes={}
+    ) as known:
         lookups.require_text(body.subject_id, "subject_id", 128)
         material_type = await lookups.material_type(hub, body.material_type)
         known["counterparty"] = material_type.owner
@@ -116,6 +130,12 @@ async def submit(
         is_owner = caller.department_id == material_type.owner
         if not is_owner:
             lookups.require_role(caller, *SUBMIT_ROLES, what="Submit")
+        # Before anything on file is looked at (see the module docstring).
+        if body.HasField("assertion") or person_facing(caller):
+            await require_person(hub, caller, body.assertion, body.subject_id, known)
+            known["attributes"]["submitted_for"] = "person"
+        else:
+            known["attributes"]["submitted_for"] = "department"
         fields = canonical_fields(material_type, body.fields, complete=True)
         content_hash = hub.content_keys.content_hash(material_type.id, subject_id, fields)
         known["content_hash"] = content_hash
@@ -171,7 +191,7 @@ async def submit(
                     now_us=now_us(),
                 )
             name = exchange_pb2.SubmitOutcome.Name(outcome)
-            attributes = {"submit": name}
+            attributes = {**known["attributes"], "submit": name}
             if objection_id:
                 attributes["objection_id"] = objection_id
             answer = exchange_pb2.SubmitResponse(

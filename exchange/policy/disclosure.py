@@ -25,7 +25,7 @@ SALT_BYTES = 32
 # Body type -> its personal fields (names of fields of the body message).
 PERSONAL_FIELDS: dict[str, tuple[str, ...]] = {
     "exchange.v1.CheckRequest": ("subject_id", "assertion"),
-    "exchange.v1.SubmitRequest": ("subject_id", "fields"),
+    "exchange.v1.SubmitRequest": ("subject_id", "fields", "assertion"),
     "exchange.v1.MaterialRequest": ("subject_id", "assertion"),
     "exchange.v1.PrefillRequest": ("subject_id", "assertion"),
     "exchange.v1.AccessHistoryRequest": ("subject_id", "assertion"),

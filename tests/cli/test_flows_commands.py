@@ -182,6 +182,18 @@ async def test_submit_stores_then_the_same_submission_is_already_on_file(world: 
     assert out.startswith(f"on file: {MARRIAGE} v1 held by {CIVIL}")
 
 
+async def test_a_form_tool_submits_only_with_the_persons_assertion(world: World) -> None:
+    args = ("submit", MARRIAGE, CARL, "marital_status=unmarried")
+    err = refused(await exchange(world, FORM_TOOL, *args))
+    assert err.startswith("refused: UNAUTHENTICATED ASSERTION_REQUIRED: ")
+    path = await assertion_file(world, CARL)
+    out = succeeded(await exchange(world, FORM_TOOL, *args, "--assertion", path))
+    assert out.startswith(f"STORED: {MARRIAGE} reference ")
+    other = await assertion_file(world, ANNA)
+    err = refused(await exchange(world, FORM_TOOL, *args, "--assertion", other))
+    assert err.startswith("refused: PERMISSION_DENIED ASSERTION_SUBJECT_MISMATCH: ")
+
+
 async def test_submit_without_name_value_pairs_is_a_usage_error(world: World) -> None:
     result = await exchange(world, TOWNSHIP, "submit", MARRIAGE, CARL, "unmarried")
     assert result.exit_code == 2

@@ -55,12 +55,13 @@ MARRIAGE_FIELDS = ("marital_status", "spouse_name", "registered_on")
 
 
 class SpyBackend:
-    """A real backend, recording every fetch the hub makes, its fetches and stores optionally
-    slowed down."""
+    """A real backend, recording every fetch and store the hub makes, its fetches and stores
+    optionally slowed down."""
 
     def __init__(self, inner: Backend) -> None:
         self.inner = inner
         self.fetches: list[tuple[str, str, tuple[str, ...]]] = []
+        self.stores: list[tuple[str, str]] = []
         self.delay = 0.0
         self.store_delay = 0.0
 
@@ -85,6 +86,7 @@ class SpyBackend:
     def store(
         self, material_type: str, subject_id: str, fields: Mapping[str, str], **kw: Any
     ) -> None:
+        self.stores.append((material_type, subject_id))
         if self.store_delay:
             time.sleep(self.store_delay)  # runs in the adapter's worker thread
         self.inner.store(material_type, subject_id, fields, **kw)

@@ -28,6 +28,7 @@ def test_demo_tells_every_step_and_exits_zero(tmp_path: Path) -> None:
     # 王五 authenticates at the counter; without him the form tool is refused.
     assert "without him, the form tool gets nothing: UNAUTHENTICATED ASSERTION_REQUIRED" in out
     assert "not even whether his marriage record is on file: ASSERTION_REQUIRED" in out
+    assert 'nor by submitting it ("already on file" would tell): ASSERTION_REQUIRED' in out
     # A form prefilled with each field's source; the missing fields listed.
     assert re.search(r"applicant_name\s+= 王五 \(demo\)\s+← demo\.public-security", out)
     assert re.search(r"credit_code\s+= 91990000DEMO00002X\s+← demo\.market-regulation", out)
@@ -48,9 +49,10 @@ def test_demo_tells_every_step_and_exits_zero(tmp_path: Path) -> None:
     assert "PERMISSION_DENIED NO_GRANT" in out
     assert "served {'marital_status': 'married'} signed by demo.civil-affairs" in out
     assert "PERMISSION_DENIED MATERIAL_NOT_SHARED" in out
-    # The person's access history shows the prefill and both submissions.
+    # The person's access history shows the prefill, the refused submission and both others.
     history = out.split("who has used his material", 1)[1].split("[", 1)[0]
-    assert len(re.findall(r"demo\.township-office\s+SUBMIT\s+marriage-record", history)) == 2
+    submits = re.findall(r"demo\.township-office\s+SUBMIT\s+marriage-record\s+-\s+(\S+)", history)
+    assert submits == ["REFUSED", "OK", "OK"]  # without him, then collected once and again
     assert re.search(
         r"demo\.township-office\s+PREFILL\s+business-licence,household-registration", history
     )

@@ -68,6 +68,8 @@ async def test_the_javascript_client_works_against_a_real_hub(world: w.World) ->
         "subject_secret_hex": store.subject_key().hex(),
         "consumer": _member(store, w.SOCIAL),
         "collector": _member(store, w.TOWNSHIP),
+        "form_tool": _member(store, w.FORM_TOOL),
+        "assertion_hex": world.assertion(w.CARL).SerializeToString().hex(),
         "marriage": w.MARRIAGE,
         "household": w.HOUSEHOLD,
         "purpose": w.ASSISTANCE,
@@ -97,6 +99,10 @@ async def test_the_javascript_client_works_against_a_real_hub(world: w.World) ->
         "content_hash_matches": True,
         "reference_matches": True,
     }
+    without = out["form_tool_submit"]["without"]
+    assert (without["code"], without["reason"]) == ("UNAUTHENTICATED", "ASSERTION_REQUIRED")
+    assert without["ledger_sequence"] is not None
+    assert out["form_tool_submit"]["with"] == exchange_pb2.ALREADY_ON_FILE
     assert out["no_grant"]["code"] == "PERMISSION_DENIED"
     assert out["no_grant"]["reason"] == "NO_GRANT"
     assert out["no_grant"]["ledger_sequence"] is not None

@@ -1,7 +1,8 @@
 """Every person-bound call refuses every kind of bad subject assertion with its precise reason and
 its own ledger entry, against a real hub and two real provider adapters on loopback; and Check,
 made by a form tool, tells nothing about a person who has not authenticated to it except what a
-granted legal-basis purpose allows, while departments check on their own account as before."""
+granted legal-basis purpose allows, while departments check on their own account as before; nor
+does Submit, whose outcome ("already on file") would tell the same."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from collections.abc import Awaitable, Callable
 import grpc
 import pytest
 
+from adapters.client import Refused
 from adapters.identity import DevelopmentIdentityProvider
 from exchange.clock import now_us
 from exchange.v1 import catalog_pb2, common_pb2, envelope_pb2, ledger_pb2, registry_pb2
@@ -46,12 +48,24 @@ __all__ = ["world"]  # the fixture, shared with test_person
 
 Call = Callable[[World, envelope_pb2.Envelope], Awaitable[object]]
 
+# ANNA's marriage record as it is on file.
+ANNA_MARRIAGE = {
+    "marital_status": "married",
+    "spouse_name": "李四 (demo)",
+    "registered_on": "2018-05-20",
+}
+
 # Each person-bound call: who makes it, the call with a given assertion, and its entry's kind.
 CALLS: dict[str, tuple[str, Call, int]] = {
     "Check": (
         FORM_TOOL,
         lambda w, a: w.clients[FORM_TOOL].check(MARRIAGE, ANNA, assertion=a),
         ledger_pb2.CHECK,
+    ),
+    "Submit": (
+        FORM_TOOL,
+        lambda w, a: w.clients[FORM_TOOL].submit(MARRIAGE, ANNA, ANNA_MARRIAGE, assertion=a),
+        ledger_pb2.SUBMIT,
     ),
     "Prefill": (
         FORM_TOOL,
@@ -150,6 +164,7 @@ async def test_every_person_bound_call_refuses_every_bad_assertion_on_record(
         if case in ("expired", "other audience", "other subject"):
             assert entry.attributes["identity_provider"] == IDENTITY
     assert not any(world.spies[d].fetches for d in world.spies)  # nothing read for anyone
+    assert not any(world.spies[d].stores for d in world.spies)  # nor stored
     no_personal_data(world)
 
 
@@ -229,6 +244,12 @@ async def test_a_form_tool_that_also_collects_is_still_person_bound(world: World
         MARRIAGE, ANNA, assertion=world.assertion(ANNA, audience="js.nj.counter")
     )
     assert answer.on_file
+    error = await refused(counter.submit(MARRIAGE, ANNA, ANNA_MARRIAGE))
+    assert error.reason == "ASSERTION_REQUIRED"
+    submitted = await counter.submit(
+        MARRIAGE, ANNA, ANNA_MARRIAGE, assertion=world.assertion(ANNA, audience="js.nj.counter")
+    )
+    assert submitted.outcome == "ALREADY_ON_FILE"
 
 
 async def test_a_form_tool_that_is_also_a_consumer_objects_only_for_the_person(
@@ -308,3 +329,104 @@ async def test_departments_check_on_their_own_account_as_before(world: World) ->
     # An assertion, when sent, is verified whoever sends it.
     error = await refused(township.check(MARRIAGE, ANNA, assertion=world.assertion(ANNA)))
     assert (error.code, error.reason) == (DENIED, "ASSERTION_AUDIENCE_MISMATCH")
+
+
+# ------------------------------------------------------------------ Submit by a form tool
+
+
+def _refusal_seen(world: World, error: Refused) -> tuple[object, ...]:
+    """What a form tool learns from a refused submission, and what its entry records, apart
+    from the subject's keyed reference and the entry's place in the ledger."""
+    entry = refusal_entry(world, error.ledger_sequence)
+    return (
+        error.code,
+        error.reason,
+        error.message,
+        entry.kind,
+        entry.reason,
+        entry.material_type,
+        entry.counterparty,
+        entry.reference,
+        entry.version,
+        entry.content_hash,
+        dict(entry.attributes),
+    )
+
+
+async def test_a_form_tool_submits_for_a_person_only_with_their_assertion(world: World) -> None:
+    """Submit answers ALREADY_ON_FILE, STORED or a correction proposal: telling whether material
+    is on file. A form tool gets that answer only for a person who authenticated to it."""
+    form_tool = world.clients[FORM_TOOL]
+    carl_marriage = {"marital_status": "unmarried"}
+    # ANNA has this very record on file, CARL nothing: the refusals are the same, and come
+    # before anything on file is looked at (no reference, version or hash in the entry).
+    seen = []
+    for subject, fields in ((ANNA, ANNA_MARRIAGE), (CARL, carl_marriage), (ANNA, carl_marriage)):
+        error = await refused(form_tool.submit(MARRIAGE, subject, fields))
+        assert (error.code, error.reason) == (UNAUTHENTICATED, "ASSERTION_REQUIRED")
+        entry = refusal_entry(world, error.ledger_sequence)
+        assert entry.kind == ledger_pb2.SUBMIT and entry.actor == FORM_TOOL
+        assert entry.subject_ref == world.hub.server.hub.content_keys.subject_ref(subject)
+        assert (entry.reference, entry.version, entry.content_hash) == ("", 0, b"")
+        assert "submit" not in entry.attributes and "objection_id" not in entry.attributes
+        seen.append(_refusal_seen(world, error))
+    assert seen[0] == seen[1] == seen[2]
+    # Another person's assertion, or an expired one, opens nothing either.
+    error = await refused(
+        form_tool.submit(MARRIAGE, CARL, carl_marriage, assertion=world.assertion(ANNA))
+    )
+    assert (error.code, error.reason) == (DENIED, "ASSERTION_SUBJECT_MISMATCH")
+    long_ago = now_us() - 20 * 60_000_000
+    expired = world.assertion(CARL, issued_us=long_ago, lifetime_seconds=300)
+    error = await refused(form_tool.submit(MARRIAGE, CARL, carl_marriage, assertion=expired))
+    assert (error.code, error.reason) == (UNAUTHENTICATED, "ASSERTION_EXPIRED")
+    entry = refusal_entry(world, error.ledger_sequence)
+    assert entry.attributes["identity_provider"] == IDENTITY
+    assert len(bytes.fromhex(entry.attributes["assertion_sha256"])) == 32
+    assert not any(world.spies[d].stores for d in world.spies)  # nothing stored for anyone
+    assert not (await world.clients[TOWNSHIP].check(MARRIAGE, CARL)).on_file
+
+    # With the person's assertion it works as before: the entry names the provider, the
+    # assurance level and the assertion's hash, never the subject.
+    again = await form_tool.submit(MARRIAGE, ANNA, ANNA_MARRIAGE, assertion=world.assertion(ANNA))
+    assert again.outcome == "ALREADY_ON_FILE"
+    entry = world.last_entry()
+    assert entry.kind == ledger_pb2.SUBMIT and entry.outcome == ledger_pb2.OK
+    assert entry.attributes["submit"] == "ALREADY_ON_FILE"
+    assert entry.attributes["submitted_for"] == "person"
+    assert entry.attributes["identity_provider"] == IDENTITY
+    assert entry.attributes["assurance_level"] == "ID_CARD_AT_COUNTER"
+    assert len(bytes.fromhex(entry.attributes["assertion_sha256"])) == 32
+    stored = await form_tool.submit(MARRIAGE, CARL, carl_marriage, assertion=world.assertion(CARL))
+    assert stored.outcome == "STORED" and stored.version == 1
+    assert world.spies[CIVIL].stores  # at the owner's adapter
+    proposal = await form_tool.submit(
+        MARRIAGE, ANNA, {"marital_status": "divorced"}, assertion=world.assertion(ANNA)
+    )
+    assert proposal.outcome == "CORRECTION_PROPOSED" and proposal.objection_id
+
+    # The person sees the refused submissions in their history, with their reasons.
+    history = await form_tool.access_history(ANNA, assertion=world.assertion(ANNA))
+    submits = [(a.outcome, a.reason) for a in history if a.kind == "SUBMIT"]
+    refusal, served = ("REFUSED", "ASSERTION_REQUIRED"), ("OK", "")
+    assert submits[-4:] == [refusal, refusal, served, served]  # oldest first
+    no_personal_data(world)
+
+
+async def test_departments_submit_on_their_own_account_as_before(world: World) -> None:
+    """A collector or the owner submits without the person; an assertion, when sent, is still
+    verified."""
+    township = world.clients[TOWNSHIP]
+    answer = await township.submit(MARRIAGE, ANNA, ANNA_MARRIAGE)
+    assert answer.outcome == "ALREADY_ON_FILE"
+    entry = world.last_entry()
+    assert entry.attributes["submitted_for"] == "department"
+    assert "identity_provider" not in entry.attributes
+    stored = await township.submit(MARRIAGE, CARL, {"marital_status": "unmarried"})
+    assert stored.outcome == "STORED"
+    changed = {**ANNA_MARRIAGE, "marital_status": "divorced"}
+    owner = await world.clients[CIVIL].submit(MARRIAGE, ANNA, changed)
+    assert owner.outcome == "NEW_VERSION" and owner.version == 2
+    error = await refused(township.submit(MARRIAGE, ANNA, changed, assertion=world.assertion(ANNA)))
+    assert (error.code, error.reason) == (DENIED, "ASSERTION_AUDIENCE_MISMATCH")
+    assert refusal_entry(world, error.ledger_sequence).kind == ledger_pb2.SUBMIT

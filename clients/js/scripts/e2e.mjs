@@ -32,6 +32,7 @@ async function refusal(promise) {
 
 const consumer = client(config.consumer);
 const collector = client(config.collector);
+const formTool = client(config.form_tool);
 const out = {};
 try {
   const fullWidth = [...config.on_file].map((c) => String.fromCharCode(c.charCodeAt(0) + 0xfee0)).join("");
@@ -61,11 +62,21 @@ try {
     reference_matches:
       first.reference === keyed.reference(config.marriage, keyed.subjectRef(config.new_subject), 1),
   };
+  // A form tool submits for the person only with their assertion: without it the outcome
+  // ("already on file") is refused; with it (bytes from the identity provider) it is served.
+  const unmarried = { marital_status: "unmarried", spouse_name: "" };
+  out.form_tool_submit = {
+    without: await refusal(formTool.submit(config.marriage, config.new_subject, unmarried)),
+    with: (await formTool.submit(config.marriage, config.new_subject, unmarried, {
+      assertion: Buffer.from(config.assertion_hex, "hex"),
+    })).outcome,
+  };
   out.no_grant = await refusal(consumer.request(config.marriage, config.on_file, config.purpose));
   const wrong = config.on_file.slice(0, 17) + (config.on_file[17] === "0" ? "1" : "0");
   out.bad_subject = await refusal(consumer.check(config.marriage, wrong));
 } finally {
   consumer.close();
   collector.close();
+  formTool.close();
 }
 console.log(JSON.stringify(out));

@@ -11,7 +11,7 @@ import * as rules from "./rules.js";
 // Body type -> its personal fields (docs/security.md).
 export const PERSONAL_FIELDS = {
   "exchange.v1.CheckRequest": ["subject_id", "assertion"],
-  "exchange.v1.SubmitRequest": ["subject_id", "fields"],
+  "exchange.v1.SubmitRequest": ["subject_id", "fields", "assertion"],
   "exchange.v1.MaterialRequest": ["subject_id", "assertion"],
   "exchange.v1.PrefillRequest": ["subject_id", "assertion"],
   "exchange.v1.AccessHistoryRequest": ["subject_id", "assertion"],
@@ -52,6 +52,11 @@ export function errorInfo(metadata) {
   }
   return null;
 }
+
+/** A subject assertion given as the identity provider's envelope bytes, decoded; an object as
+ * it is; undefined when there is none. */
+const envelopeOf = (assertion) =>
+  assertion instanceof Uint8Array ? type("exchange.v1.Envelope").decode(assertion) : assertion;
 
 const hasValue = (v) =>
   v !== undefined && v !== null && v !== "" && !(Array.isArray(v) && v.length === 0) &&
@@ -163,14 +168,20 @@ export class HubClient {
     return this.send(method, this.envelope(bodyTypeName, fields, requestId), responseTypeName);
   }
 
-  check(materialType, subjectId) {
+  /** Is material on file? A form tool checks for a person with their `assertion` (the identity
+   * provider's envelope, as bytes or decoded), or under a granted legal-basis `purpose`. */
+  check(materialType, subjectId, { assertion, purpose = "" } = {}) {
     return this.call("/exchange.v1.Exchange/Check", "exchange.v1.CheckRequest",
-      { material_type: materialType, subject_id: subjectId }, "exchange.v1.CheckResponse");
+      { material_type: materialType, subject_id: subjectId, purpose, assertion: envelopeOf(assertion) },
+      "exchange.v1.CheckResponse");
   }
 
-  submit(materialType, subjectId, fields, options) {
+  /** Submit material collected from a person. A form tool submits for the person with their
+   * `assertion` (as for check); a collector or owner on its own account needs none. */
+  submit(materialType, subjectId, fields, { requestId, assertion } = {}) {
     return this.call("/exchange.v1.Exchange/Submit", "exchange.v1.SubmitRequest",
-      { material_type: materialType, subject_id: subjectId, fields }, "exchange.v1.SubmitResponse", options);
+      { material_type: materialType, subject_id: subjectId, fields, assertion: envelopeOf(assertion) },
+      "exchange.v1.SubmitResponse", { requestId });
   }
 
   /** Request material and verify the holder's signature end to end; return the record. */
