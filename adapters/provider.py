@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
+import sqlite3
 import time
 import uuid
 from collections import Counter, OrderedDict
@@ -32,12 +33,13 @@ from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined
 
 from adapters.backends import Backend, Holding
 from adapters.errors import BackendError, BackendRefused
+from adapters.pending import PendingFile
 from adapters.settings import DepartmentSettings
 from exchange import errors
 from exchange.clock import from_timestamp, now_us, to_timestamp
 from exchange.crypto import certificates
 from exchange.crypto.envelope import MAX_SIGNATURES, EnvelopeError, sign, verify
-from exchange.crypto.keys import SigningKey, keyid, load_public_key
+from exchange.crypto.keys import KeyFileError, SigningKey, keyid, load_public_key, load_signing_key
 from exchange.crypto.keystore import TlsIdentity
 from exchange.crypto.subject import is_normal, normalise
 from exchange.observability import tracing
@@ -162,7 +164,10 @@ class _PendingStore:
 
     body: provider_pb2.StoreRequest
     subject: str  # the subject id in normal form
-    since: float  # time.monotonic() when it arrived
+    since_us: int  # when it arrived (wall clock: it may outlive this process)
+    # Read back from the pending Stores file at start: its commit may have been written by
+    # the process that died, so the source is asked first (``_written``).
+    recovered: bool = False
 
 
 def _retrieved(task: asyncio.Future[None]) -> None:
@@ -178,10 +183,19 @@ def _invalid(message: str) -> errors.InvalidArgument:
 class ProviderService:
     """Fetch and Store over a backend, signing every answer; knows nothing of gRPC transport."""
 
-    def __init__(self, department_id: str, backend: Backend, signing_key: SigningKey) -> None:
+    def __init__(
+        self,
+        department_id: str,
+        backend: Backend,
+        signing_key: SigningKey,
+        pending_file: PendingFile | None = None,
+    ) -> None:
+        """``pending_file`` keeps pending Stores on disk across restarts (adapters.pending);
+        without it they live in this process's memory only."""
         self.department_id = department_id
         self.backend = backend
         self.signing_key = signing_key
+        self.pending_file = pending_file
         # Store is not naturally idempotent (a files backend appends), so a retried Store with
         # the same request id and bytes gets the first answer; different bytes are refused.
         self._stored: OrderedDict[str, tuple[bytes, provider_pb2.StoreResponse]] = OrderedDict()
@@ -193,6 +207,24 @@ class ProviderService:
         # Per material type, the normal forms of subject ids the source holds in another form
         # (full-width digits, inner spaces): filled by ``survey``.
         self._not_normal: dict[str, frozenset[str]] = {}
+
+    def recover(self) -> int:
+        """Open the pending Stores file and hold again what a previous run left pending (and
+        remember how its recent Settles went); return how many Stores are pending. Blocking:
+        call it in a worker thread, before serving.
+
+        Raises SettingsError (an unsafe file), sqlite3.Error (a file that is no database).
+        """
+        if self.pending_file is None:
+            return 0
+        recovered = self.pending_file.open()
+        for held in recovered.pending:
+            self._pending[held.store_request_id] = _PendingStore(
+                held.body, normalise(held.body.subject_id), held.since_us, recovered=True
+            )
+        for key, committed in recovered.settled:
+            self._remember(key, committed)
+        return len(self._pending)
 
     def survey(self) -> dict[str, int]:
         """Read every holding once and note the subject ids not held in normal form
@@ -355,25 +387,32 @@ class ProviderService:
             # Held aside until the hub's entry commits (Settle): a hub that dies first leaves
             # nothing visible. A newer pending Store of the same reference means the hub never
             # indexed the older one (it decides versions from its index): the older goes.
-            for key, older in list(self._pending.items()):
-                if older.body.material_type == body.material_type and (
-                    older.body.reference == body.reference
-                ):
-                    del self._pending[key]
-                    log.warning("pending_store_replaced", material_type=body.material_type)
+            dropped = [
+                key
+                for key, older in self._pending.items()
+                if older.body.material_type == body.material_type
+                and older.body.reference == body.reference
+            ]
+            for key in dropped:
+                del self._pending[key]
+                log.warning("pending_store_replaced", material_type=body.material_type)
             key = body.header.request_id
             # Held before the source is asked, so that a hub going away meanwhile (which
             # cancels this call) leaves it pending for exchange reconcile to settle.
-            self._pending[key] = _PendingStore(body, subject, time.monotonic())
+            self._pending[key] = held = _PendingStore(body, subject, now_us())
             while len(self._pending) > STORE_MEMORY:
-                self._pending.popitem(last=False)
+                dropped.append(self._pending.popitem(last=False)[0])
                 log.warning("pending_store_forgotten", reason="too many pending stores")
             try:
+                # On disk before the answer, so that an adapter that dies before Settle still
+                # holds it when it starts again (adapters.pending).
+                await self._keep(key, held, dropped)
                 # The source decides now (a rehearsed write: its types, constraints and
                 # triggers), so that a refusal reaches the caller before the hub's entry.
                 await self._write(body, subject, rehearse=True)
             except errors.ExchangeError:
                 self._pending.pop(key, None)
+                await self._forget([key])
                 raise
         else:
             await self._write(body, subject)
@@ -442,7 +481,8 @@ class ProviderService:
                 raise errors.FailedPrecondition(
                     common_pb2.REQUEST_ID_REUSED, f"the Store {key[:128]!r} is being committed"
                 )
-            del self._pending[key]
+            await self._settled_on_disk(key, False, refuse=True)
+            self._pending.pop(key, None)
             self._remember(key, False)
             log.info("store_settled", material_type=pending.body.material_type, commit=False)
             return provider_pb2.SettleResponse(found=True)
@@ -459,12 +499,77 @@ class ProviderService:
     async def _commit_pending(self, key: str, pending: _PendingStore) -> None:
         """Write a pending Store; it stays pending if the write fails."""
         try:
-            await self._write(pending.body, pending.subject)
+            if pending.recovered and await self._written(pending):
+                log.info("store_found_written", material_type=pending.body.material_type)
+            else:
+                await self._write(pending.body, pending.subject)
         finally:
             del self._committing[key]
         self._pending.pop(key, None)
         self._remember(key, True)
+        await self._settled_on_disk(key, True, refuse=False)
         log.info("store_settled", material_type=pending.body.material_type, commit=True)
+
+    async def _written(self, pending: _PendingStore) -> bool:
+        """Whether the source already holds a recovered Store's material (its commit was
+        written before the adapter died, not yet marked in the file): the reference, where the
+        mapping keeps one, else the same values. Raises errors.Unavailable."""
+        body = pending.body
+        readable = [
+            name for name in body.fields if name in self.backend.fields_of(body.material_type)
+        ]
+        if not readable:
+            return False
+        holding = await self._read(body.material_type, pending.subject, readable)
+        if holding is None:
+            return False
+        if holding.reference is not None:
+            return holding.reference == body.reference
+        return dict(holding.fields) == {name: body.fields[name] for name in readable}
+
+    async def _keep(self, key: str, pending: _PendingStore, dropped: list[str]) -> None:
+        """Write a pending Store to the pending Stores file (and drop ``dropped``). Raises
+        errors.Unavailable if the file cannot be written."""
+        if self.pending_file is None:
+            return
+        try:
+            await asyncio.to_thread(
+                self.pending_file.hold, key, pending.body, pending.since_us, dropped
+            )
+        except sqlite3.Error as exc:
+            log.error("pending_store_not_kept", error=type(exc).__name__)
+            raise errors.Unavailable(
+                common_pb2.PROVIDER_UNAVAILABLE,
+                "the adapter could not keep the pending Store on disk; the adapter log has the "
+                "cause",
+            ) from exc
+
+    async def _forget(self, keys: list[str]) -> None:
+        """Drop Stores from the pending Stores file; a failure is logged (a row left pending
+        is reported after a restart, and reconcile aborts it)."""
+        if self.pending_file is None:
+            return
+        try:
+            await asyncio.to_thread(self.pending_file.forget, keys)
+        except sqlite3.Error as exc:
+            log.error("pending_store_not_forgotten", error=type(exc).__name__)
+
+    async def _settled_on_disk(self, key: str, committed: bool, *, refuse: bool) -> None:
+        """Record a Settle in the pending Stores file. With ``refuse``, a failure is the
+        caller's errors.Unavailable (the Store stays pending); without, it is logged (a commit
+        already written: after a restart it is found written, ``_written``)."""
+        if self.pending_file is None:
+            return
+        try:
+            await asyncio.to_thread(self.pending_file.settled, key, committed, now_us())
+        except sqlite3.Error as exc:
+            log.error("pending_store_settle_not_kept", error=type(exc).__name__)
+            if refuse:
+                raise errors.Unavailable(
+                    common_pb2.PROVIDER_UNAVAILABLE,
+                    "the adapter could not record the Settle on disk; the adapter log has the "
+                    "cause",
+                ) from exc
 
     def _remember(self, key: str, committed: bool) -> None:
         self._settled[key] = committed
@@ -497,7 +602,7 @@ class ProviderService:
                 reference=holding.reference or "",
                 version=holding.version or 0,
             )
-        now = time.monotonic()
+        now = now_us()
         for key, pending in self._pending.items():
             if pending.body.material_type == body.material_type:
                 answer.pending.add(
@@ -506,7 +611,7 @@ class ProviderService:
                     reference=pending.body.reference,
                     version=pending.body.version,
                     store_request_id=key,
-                    pending_seconds=int(now - pending.since),
+                    pending_seconds=max(0, (now - pending.since_us) // 1_000_000),
                 )
         return answer
 
@@ -558,6 +663,20 @@ def _handlers(server: ProviderServer) -> grpc.GenericRpcHandler:  # type: ignore
     )
 
 
+def _retired_keys(settings: DepartmentSettings) -> list[SigningKey]:
+    """The department's retired signing keys in its keystore (``signing.*.retired.key``),
+    which may have sealed Stores left pending before a key rotation; an unsafe or unreadable
+    one is logged and skipped."""
+    directory = settings.keystore.department_dir(settings.department_id)
+    found: list[SigningKey] = []
+    for path in sorted(directory.glob("signing.*.retired.key")):
+        try:
+            found.append(load_signing_key(path))
+        except KeyFileError as exc:
+            log.warning("retired_key_skipped", error=str(exc))
+    return found
+
+
 def server_credentials(tls: TlsIdentity) -> grpc.ServerCredentials:
     """TLS with the department's certificate, requiring a client certificate from the CA.
 
@@ -590,10 +709,16 @@ class ProviderServer:
         self.backend = backend
         keystore = settings.keystore
         self.tls = tls or keystore.department_tls(settings.department_id)
+        key = signing_key or keystore.department_signing_key(settings.department_id)
         self.service = ProviderService(
             settings.department_id,
             backend,
-            signing_key or keystore.department_signing_key(settings.department_id),
+            key,
+            (
+                PendingFile(settings.pending_stores, key, _retired_keys(settings))
+                if settings.pending_stores is not None
+                else None
+            ),
         )
         self.authenticator = HubAuthenticator(
             settings.hub_id,
@@ -624,6 +749,8 @@ class ProviderServer:
         # Reflection does blocking I/O; keep it off the loop (other servers may share it).
         await asyncio.to_thread(self.backend.validate)
         await asyncio.to_thread(self.service.survey)
+        # Stores a previous run left pending are held again before anything is served.
+        await asyncio.to_thread(self.service.recover)
         self.port = bind(self.server, self.settings.listen, server_credentials(self.tls))
         await self.server.start()
         for name in ("", SERVICE):
@@ -642,6 +769,8 @@ class ProviderServer:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.settings.shutdown_grace_seconds if grace is None else grace)
         await asyncio.to_thread(self.backend.close)
+        if self.service.pending_file is not None:
+            await asyncio.to_thread(self.service.pending_file.close)
         log.info("adapter_stopped", department=self.settings.department_id)
 
     async def wait(self) -> None:

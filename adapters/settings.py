@@ -9,6 +9,7 @@ A worked example with every setting is in docs/adapters.md and adapters/examples
     hub_id = "hub"                      # the only peer allowed to call (its client cert CN)
     hub_public_key = "keys/hub/signing.pub"   # hex Ed25519 key that signs every request
     hub_target = "127.0.0.1:7443"       # the hub, for `exchange adapter publish`
+    pending_stores = "js.nj.civil-affairs.pending-stores.db"   # the default: <id>.pending-stores.db
 
     [backend]
     kind = "sql"                        # "sql" (any SQLAlchemy URL) or "files" (CSV, JSON Lines)
@@ -125,6 +126,8 @@ class DepartmentSettings:
     hub_server_name: str = "localhost"
     replay_window_seconds: int = 300
     shutdown_grace_seconds: float = 5.0
+    # The adapter's pending Stores file (adapters.pending); None keeps them in memory only.
+    pending_stores: Path | None = None
 
     @property
     def keystore(self) -> Keystore:
@@ -142,6 +145,7 @@ _DEPARTMENT_KEYS = {
     "hub_server_name",
     "replay_window_seconds",
     "shutdown_grace_seconds",
+    "pending_stores",
 }
 _MATERIAL_KEYS = {
     "table",
@@ -369,6 +373,10 @@ def parse(data: Mapping[str, Any], base: Path, source: str = "settings") -> Depa
         hub_server_name=_str(department, "hub_server_name", where, "localhost"),
         replay_window_seconds=_int(department, "replay_window_seconds", where, 300),
         shutdown_grace_seconds=float(grace),
+        pending_stores=_path(
+            base,
+            _str(department, "pending_stores", where, f"{department_id}.pending-stores.db"),
+        ),
     )
 
 

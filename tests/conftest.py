@@ -43,6 +43,22 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.postgres)
 
 
+@pytest.fixture(autouse=True)
+def no_answer_after_its_commit(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every flow commits the answer a retry gets in its entry's transaction (issue 13): no
+    test of the suite, whatever flows it runs in process, may move
+    ``exchange_answers_after_commit_total`` (a flow without an answer builder, or a builder
+    failing on the ledger's writer thread). Tests marked ``answers_after_commit`` do so on
+    purpose."""
+    from exchange.observability import metrics
+
+    before = metrics.ANSWERS_AFTER_COMMIT._value.get()
+    yield
+    if request.node.get_closest_marker("answers_after_commit") is None:
+        after = metrics.ANSWERS_AFTER_COMMIT._value.get()
+        assert after == before, f"{after - before} answer(s) stored after their entry's commit"
+
+
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
     """A fresh, empty PostgreSQL database for one test, dropped afterwards."""

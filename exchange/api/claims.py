@@ -4,7 +4,8 @@ retries"; the states are exchange.store.requests's).
 ``CallClaim.open`` claims the id (or finds the earlier call with it); inside ``with claim:``
 the flow runs with the claim as ``exchange.flows.record.current_claim``, and its first entry
 commits the answer with it (``answer``, called by the ledger's writer). Then ``answered``
-stores the answer if that transaction did not, before the response leaves the hub, and
+stores the answer if that transaction did not (a checkpoint or proof read only counted, which
+has no entry; an answer that failed to build), before the response leaves the hub, and
 ``refused`` stores a policy refusal or frees the id after a refusal for a passing condition.
 A claim left unsettled (the call failed, or its caller went away before anything was
 committed) is released on exit, so a retry runs again.

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from exchange import errors
 from exchange.flows.read_summary import summary_of
-from exchange.flows.record import record
+from exchange.flows.record import record, with_receipt
 from exchange.ledger import Checkpoint, StoredEntry
 from exchange.policy.identity import Caller
 from exchange.policy.roles import require_auditor
@@ -33,24 +33,37 @@ async def _latest(hub: Hub) -> Checkpoint:
     return checkpoint
 
 
-async def _read(
-    hub: Hub, caller: Caller, what: str, **attributes: str
-) -> common_pb2.Receipt | None:
-    """Record a read of ``what`` if the read summary admits it (see read_summary); the
-    receipt of its entry, or None (the answer carries no receipt) for a read only counted."""
+Answer = TypeVar(
+    "Answer",
+    audit_pb2.CheckpointResponse,
+    audit_pb2.InclusionProofResponse,
+    audit_pb2.ConsistencyProofResponse,
+)
+
+
+async def _read(hub: Hub, caller: Caller, response: Answer, what: str, **attributes: str) -> Answer:
+    """Record a read of ``what`` if the read summary admits it (see read_summary) and return
+    ``response``: with its entry's receipt, the answer a retry gets committed in the entry's
+    transaction; without one for a read only counted (no entry: the pipeline stores the answer
+    before it leaves)."""
     summary = summary_of(hub)
     admission = summary.admit(caller.department_id, what)
     if not admission.record:
-        return None
+        return response
     if admission.unrecorded:
         attributes["unrecorded_reads"] = str(admission.unrecorded)
     try:
-        return await record(
-            hub.ledger, caller, ledger_pb2.READ, attributes={"what": what, **attributes}
+        receipt = await record(
+            hub.ledger,
+            caller,
+            ledger_pb2.READ,
+            attributes={"what": what, **attributes},
+            answer=with_receipt(response),
         )
     except BaseException:
         summary.forget(caller.department_id, what)
         raise
+    return with_receipt(response)(receipt)
 
 
 async def get_checkpoint(
@@ -67,13 +80,10 @@ async def get_checkpoint(
     else:
         # With witnesses, the latest checkpoint they cosigned: the one a policy accepts.
         checkpoint = hub.witnessing.latest_cosigned or await _latest(hub)
-    receipt = await _read(hub, caller, "checkpoint", size=str(checkpoint.size))
-    return audit_pb2.CheckpointResponse(
-        checkpoint=checkpoint.note,
-        size=checkpoint.size,
-        root_hash=checkpoint.root_hash,
-        receipt=receipt,
+    response = audit_pb2.CheckpointResponse(
+        checkpoint=checkpoint.note, size=checkpoint.size, root_hash=checkpoint.root_hash
     )
+    return await _read(hub, caller, response, "checkpoint", size=str(checkpoint.size))
 
 
 async def get_inclusion_proof(
@@ -87,11 +97,11 @@ async def get_inclusion_proof(
     tree_size = body.tree_size or (await _latest(hub)).size
     proof = await asyncio.to_thread(hub.ledger.inclusion_proof, body.sequence, tree_size)
     (stored,) = await asyncio.to_thread(hub.ledger.entries, body.sequence, 1)
-    receipt = await _read(
-        hub, caller, "inclusion", sequence=str(body.sequence), size=str(tree_size)
+    response = audit_pb2.InclusionProofResponse(
+        leaf_hash=stored.leaf_hash, tree_size=tree_size, proof=proof
     )
-    return audit_pb2.InclusionProofResponse(
-        leaf_hash=stored.leaf_hash, tree_size=tree_size, proof=proof, receipt=receipt
+    return await _read(
+        hub, caller, response, "inclusion", sequence=str(body.sequence), size=str(tree_size)
     )
 
 
@@ -105,9 +115,11 @@ async def get_consistency_proof(
     require_auditor(caller, "the ledger")
     new_size = body.new_size or (await _latest(hub)).size
     proof = await asyncio.to_thread(hub.ledger.consistency_proof, body.old_size, new_size)
-    receipt = await _read(hub, caller, "consistency", old=str(body.old_size), new=str(new_size))
-    return audit_pb2.ConsistencyProofResponse(
-        old_size=body.old_size, new_size=new_size, proof=proof, receipt=receipt
+    response = audit_pb2.ConsistencyProofResponse(
+        old_size=body.old_size, new_size=new_size, proof=proof
+    )
+    return await _read(
+        hub, caller, response, "consistency", old=str(body.old_size), new=str(new_size)
     )
 
 

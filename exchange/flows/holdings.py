@@ -20,7 +20,7 @@ from exchange import errors
 from exchange.catalog.schema import canonical_fields
 from exchange.clock import now_us
 from exchange.flows import lookups
-from exchange.flows.record import record
+from exchange.flows.record import record, with_receipt
 from exchange.policy.identity import Caller
 from exchange.store.materials import IndexedMaterial
 from exchange.v1 import common_pb2, exchange_pb2, ledger_pb2
@@ -124,6 +124,7 @@ async def publish_holdings(
             )
         indexed = [(m, previous.reference if previous else None) for m, previous in changes]
         indexed_us = now_us()
+        response = exchange_pb2.PublishHoldingsResponse(holdings=results)
         try:
             receipt = await record(
                 hub.ledger,
@@ -142,10 +143,11 @@ async def publish_holdings(
                     "unchanged": str(counts["ALREADY_ON_FILE"]),
                     "new_versions": str(counts["NEW_VERSION"]),
                 },
+                answer=with_receipt(response),
             )
         except IntegrityError as exc:
             raise errors.Unavailable(
                 common_pb2.INTERNAL_ERROR,
                 "holdings of this type were published concurrently; publish again",
             ) from exc
-    return exchange_pb2.PublishHoldingsResponse(holdings=results, receipt=receipt)
+    return with_receipt(response)(receipt)

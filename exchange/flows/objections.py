@@ -21,7 +21,7 @@ from exchange.catalog.schema import canonical_fields
 from exchange.clock import now_us, to_timestamp
 from exchange.flows import lookups
 from exchange.flows.person import require_person
-from exchange.flows.record import ReadBack, record
+from exchange.flows.record import ReadBack, record, with_receipt
 from exchange.policy.identity import Caller
 from exchange.policy.roles import person_facing
 from exchange.store.materials import Proposal
@@ -133,15 +133,17 @@ async def list_objections(
 ) -> exchange_pb2.ListObjectionsResponse:
     """Objections against the caller's material (as owner), oldest first."""
     found = await asyncio.to_thread(hub.objections.for_owner, caller.department_id, body.open_only)
+    response = exchange_pb2.ListObjectionsResponse(objections=[to_proto(o) for o in found])
+    # The answer kept for a retry holds proposed values: CallClaim seals it (this call carries
+    # no disclosure, so under the hub's at-rest key), in the entry's transaction.
     receipt = await record(
         hub.ledger,
         caller,
         ledger_pb2.READ,
         attributes={"what": "objections", "count": str(len(found))},
+        answer=with_receipt(response),
     )
-    return exchange_pb2.ListObjectionsResponse(
-        objections=[to_proto(o) for o in found], receipt=receipt
-    )
+    return with_receipt(response)(receipt)
 
 
 async def resolve_objection(

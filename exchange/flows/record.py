@@ -110,9 +110,13 @@ async def record(
 
     The call's request-id claim (``current_claim``), unless an earlier entry of the call took
     it, is committed with the entry: with the answer ``answer`` builds from the receipt (what a
-    retry with the same bytes gets), or, without ``answer``, marked as committed for the
-    pipeline to store the answer before it sends it. An entry of a refusal for a passing
-    condition (``errors.transient``) does not take the claim: its call's id is released.
+    retry with the same bytes gets). Every flow served under a claim gives ``answer``: without
+    one (or if it fails on the writer thread) the claim is only marked committed and the
+    pipeline stores the answer after the commit, counted by
+    ``exchange_answers_after_commit_total`` (a hub stopped in between leaves the retry
+    REQUEST_ANSWER_LOST; tests/conftest.py fails any test that does so). An entry of a
+    refusal for a passing condition (``errors.transient``) does not take the claim: its
+    call's id is released.
 
     Raises exchange.errors.Unavailable (LEDGER_UNAVAILABLE) if the ledger cannot commit: the
     caller must then not serve or store anything; an effect's IntegrityError as it is.

@@ -87,8 +87,9 @@ COMMIT_FAILURES = Counter(
 )
 ANSWERS_AFTER_COMMIT = Counter(
     "exchange_answers_after_commit",
-    "Answers stored after their call's entry committed, not in its transaction (a flow "
-    "without an answer builder): a hub stopped in between leaves REQUEST_ANSWER_LOST.",
+    "Answers stored after their call's entry committed, not in its transaction (an answer "
+    "builder failed on the ledger's writer thread; stays 0): a hub stopped in between leaves "
+    "REQUEST_ANSWER_LOST.",
     registry=None,
 )
 ALERTS = Counter(
