@@ -19,7 +19,6 @@ whole prefill, naming every material type read.
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -29,7 +28,7 @@ from exchange import errors
 from exchange.catalog.model import FormField, MaterialType, SharingClass
 from exchange.clock import now_us
 from exchange.flows import lookups
-from exchange.flows.material import check_fields, mismatch, open_record
+from exchange.flows.material import fetch_checked
 from exchange.flows.person import require_person
 from exchange.flows.record import record, with_receipt
 from exchange.flows.request import grants_for, take_rate
@@ -37,7 +36,6 @@ from exchange.flows.validity import Share
 from exchange.policy.grants import Grant
 from exchange.policy.identity import Caller
 from exchange.policy.sharing import Permit
-from exchange.routing.provider import forwarded_id
 from exchange.store.materials import IndexedMaterial
 from exchange.v1 import common_pb2, envelope_pb2, exchange_pb2, ledger_pb2
 
@@ -127,43 +125,25 @@ async def prefill(
             # reported as withheld (the index holds no content, so nothing leaks).
             part.current = await lookups.indexed(hub, type_id, subject_ref)
 
-        latencies: list[float] = []  # of holders that answered, for supervision
+        latencies: list[float] = []  # of holders asked, for supervision
 
         async def fetch(part: _Part) -> None:
             assert part.material_type is not None and part.permit is not None
             assert part.current is not None
             try:
                 holder = await lookups.holder(hub, part.current.holder)
-                request_id = forwarded_id(caller.request_id, "prefill")
-                started = time.perf_counter()
-                answer = await hub.providers.fetch(
-                    holder.provider_endpoint,
-                    request_id=request_id,
-                    material_type=part.material_type.id,
-                    subject_id=subject_id,
-                    fields=part.permit.fields,
-                    consumer=caller.department_id,
-                    purpose=form.purpose,
-                    reference=part.current.reference,
-                    version=part.current.version,
-                )
-                latencies.append((time.perf_counter() - started) * 1000)
-                if not answer.found:
-                    raise mismatch("the holder has no such material, but the hub's index has")
-                delivered = open_record(
-                    answer.material,
+                envelope, values = await fetch_checked(
+                    hub,
                     holder,
-                    request_id=request_id,
-                    material_type=part.material_type.id,
-                    subject_id=subject_id,
-                )
-                check_fields(
-                    hub.content_keys,
+                    part.current,
                     part.material_type,
                     subject_id,
-                    delivered.fields,
                     part.permit.fields,
-                    part.current,
+                    caller=caller.department_id,
+                    request_id=caller.request_id,
+                    kind="prefill",
+                    purpose=form.purpose,
+                    timed=latencies.append,
                 )
             except (errors.Unavailable, errors.DeadlineExceeded, errors.FailedPrecondition) as exc:
                 part.failure = exc.reason_name
@@ -174,8 +154,8 @@ async def prefill(
                     reason=exc.reason_name,
                 )
                 return
-            part.envelope = answer.material
-            part.values = dict(delivered.fields)
+            part.envelope = envelope
+            part.values = dict(values)
 
         fetching = [p for p in parts.values() if p.current is not None and p.permit is not None]
         if fetching:
