@@ -1,13 +1,12 @@
 """What every exchange flow looks up before deciding: roles, catalog entries, holders.
 
 Hot reads come from the repositories' caches without leaving the event loop; a miss reads the
-database in a worker thread (SQLite and psycopg block).
+database in a worker thread (SQLite and psycopg block): ``TtlCache.read``.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -15,7 +14,6 @@ from exchange import errors
 from exchange.catalog.model import Form, MaterialType, Purpose
 from exchange.crypto.subject import SubjectIdError, SubjectIdScheme, check
 from exchange.policy.identity import Caller
-from exchange.store.cache import MISSING
 from exchange.store.materials import IndexedMaterial
 from exchange.store.registry import DepartmentRecord
 from exchange.v1 import common_pb2
@@ -34,14 +32,6 @@ async def indexed(hub: Hub, material_type: str, subject_ref: bytes) -> IndexedMa
     if hub.reads_inline:
         return hub.index.current_on_loop(material_type, subject_ref)
     return await hub.index.current_async(material_type, subject_ref)
-
-
-async def cached(peek: Callable[[], object], load: Callable[[], T]) -> T:
-    """``peek()`` if it hits the cache, else ``load()`` in a worker thread."""
-    value = peek()
-    if value is not MISSING:
-        return value  # type: ignore[return-value]
-    return await asyncio.to_thread(load)
 
 
 @contextmanager
@@ -93,10 +83,7 @@ def subject_id(
 async def material_type(hub: Hub, type_id: str) -> MaterialType:
     """The catalogued material type. Raises NotFound (UNKNOWN_MATERIAL_TYPE)."""
     require_text(type_id, "material_type", 128)
-    found: MaterialType | None = await cached(
-        lambda: hub.catalog.cached_material_type(type_id),
-        lambda: hub.catalog.material_type(type_id),
-    )
+    found = await hub.catalog.by_type.read(type_id)
     if found is None:
         raise errors.NotFound(
             common_pb2.UNKNOWN_MATERIAL_TYPE, f"material type {type_id[:128]!r} is not catalogued"
@@ -107,10 +94,7 @@ async def material_type(hub: Hub, type_id: str) -> MaterialType:
 async def purpose(hub: Hub, purpose_id: str) -> Purpose:
     """The catalogued purpose. Raises InvalidArgument (empty) or NotFound (UNKNOWN_PURPOSE)."""
     require_text(purpose_id, "purpose", 128)
-    found: Purpose | None = await cached(
-        lambda: hub.catalog.cached_purpose(purpose_id),
-        lambda: hub.catalog.purpose(purpose_id),
-    )
+    found = await hub.catalog.by_purpose.read(purpose_id)
     if found is None:
         raise errors.NotFound(
             common_pb2.UNKNOWN_PURPOSE, f"purpose {purpose_id[:128]!r} is not catalogued"
@@ -121,7 +105,7 @@ async def purpose(hub: Hub, purpose_id: str) -> Purpose:
 async def form(hub: Hub, form_id: str) -> Form:
     """The registered form. Raises NotFound (UNKNOWN_FORM)."""
     require_text(form_id, "form_id", 128)
-    found = await asyncio.to_thread(hub.catalog.form, form_id)
+    found = await hub.catalog.by_form.read(form_id)
     if found is None:
         raise errors.NotFound(common_pb2.UNKNOWN_FORM, f"form {form_id[:128]!r} is not registered")
     return found
@@ -129,11 +113,7 @@ async def form(hub: Hub, form_id: str) -> Form:
 
 async def department(hub: Hub, department_id: str) -> DepartmentRecord | None:
     """The registered department (cached, as for authentication), or None."""
-    found: DepartmentRecord | None = await cached(
-        lambda: hub.departments.peek(department_id),
-        lambda: hub.departments.get(department_id),
-    )
-    return found
+    return await hub.departments.read(department_id)
 
 
 async def acting_for(hub: Hub, caller: Caller) -> tuple[str, ...]:

@@ -105,10 +105,7 @@ async def prefill(
                 continue
             parts.setdefault(field.material_type, _Part(None, [])).form_fields.append(field)
         for type_id, part in parts.items():
-            part.material_type = await lookups.cached(
-                lambda t=type_id: hub.catalog.cached_material_type(t),  # type: ignore[misc]
-                lambda t=type_id: hub.catalog.material_type(t),  # type: ignore[misc]
-            )
+            part.material_type = await hub.catalog.by_type.read(type_id)
             if part.material_type is None:
                 continue
             lookups.subject_id(body.subject_id, part.material_type.subject_id_scheme)

@@ -33,12 +33,7 @@ async def grants_for(hub: Hub, consumers: tuple[str, ...], material_type: str) -
     """Every grant (any state) held by any of ``consumers`` for ``material_type``."""
     found: list[Grant] = []
     for consumer in consumers:
-        found.extend(
-            await lookups.cached(
-                lambda c=consumer: hub.grants.cached_for_consumer(c, material_type),  # type: ignore[misc]
-                lambda c=consumer: hub.grants.for_consumer(c, material_type),  # type: ignore[misc]
-            )
-        )
+        found.extend(await hub.grants.by_pair.read((consumer, material_type)))
     return found
 
 
