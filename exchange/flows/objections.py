@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from functools import partial
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection
@@ -21,7 +20,7 @@ from exchange.catalog.schema import canonical_fields
 from exchange.clock import now_us, to_timestamp
 from exchange.flows import lookups
 from exchange.flows.person import require_person
-from exchange.flows.record import ReadBack, record
+from exchange.flows.record import ReadBack, read_back, record
 from exchange.policy.identity import Caller
 from exchange.policy.roles import person_facing
 from exchange.store.materials import Proposal
@@ -107,6 +106,7 @@ async def file_objection(
             lambda conn: hub.index.add_proposal(conn, proposal),
             lambda conn: hub.objections.get(proposal.id, conn),
         )
+        answer = read_back(file, _objection_response)
 
         receipt = await record(
             hub.ledger,
@@ -123,9 +123,9 @@ async def file_objection(
                 "objection_id": proposal.id,
                 "deadline_us": str(proposal.deadline_us),
             },
-            answer=partial(_objection_answer, file),
+            answer=answer,
         )
-    return _objection_answer(file, receipt)
+    return answer(receipt)
 
 
 async def list_objections(
@@ -206,6 +206,7 @@ async def resolve_objection(
                 )
 
         resolve = ReadBack(resolve_open, lambda conn: hub.objections.get(objection_id, conn))
+        answer = read_back(resolve, _objection_response)
 
         receipt = await record(
             hub.ledger,
@@ -218,16 +219,11 @@ async def resolve_objection(
             reference=objection.reference,
             version=version,
             attributes={"objection_id": objection.id, "state": state},
-            answer=partial(_objection_answer, resolve),
+            answer=answer,
         )
-    return _objection_answer(resolve, receipt)
+    return answer(receipt)
 
 
-def _objection_answer(
-    change: ReadBack[ObjectionRecord | None], receipt: common_pb2.Receipt
-) -> exchange_pb2.ObjectionResponse:
-    """An objection's answer: the objection as its transaction read it back (built in that
-    transaction, and again for the caller)."""
-    stored = change.value
-    assert stored is not None  # written in the same transaction
-    return exchange_pb2.ObjectionResponse(objection=to_proto(stored), receipt=receipt)
+def _objection_response(stored: ObjectionRecord) -> exchange_pb2.ObjectionResponse:
+    """An objection's answer: the objection as its transaction read it back."""
+    return exchange_pb2.ObjectionResponse(objection=to_proto(stored))

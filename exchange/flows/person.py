@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 from google.protobuf.message import DecodeError
@@ -23,7 +22,7 @@ from sqlalchemy import Connection
 from exchange import errors
 from exchange.clock import from_timestamp, now_us, to_timestamp
 from exchange.flows import lookups
-from exchange.flows.record import ReadBack, record, with_receipt
+from exchange.flows.record import ReadBack, read_back, record, with_receipt
 from exchange.policy.assertions import VerifiedAssertion, facts_of, verify_assertion
 from exchange.policy.identity import Caller
 from exchange.store.consents import ConsentRecord, Usability
@@ -207,6 +206,7 @@ async def give_consent(
             lambda conn: hub.consents.add(conn, consent),
             lambda conn: hub.consents.get(consent.id, conn),
         )
+        answer = read_back(give, _consent_response)
         receipt = await record(
             hub.ledger,
             caller,
@@ -217,9 +217,9 @@ async def give_consent(
             purpose=purpose.id,
             counterparty=consumer.id,
             attributes=dict(known["attributes"]),
-            answer=partial(_consent_answer, give),
+            answer=answer,
         )
-    return _consent_answer(give, receipt)
+    return answer(receipt)
 
 
 async def revoke_consent(
@@ -260,6 +260,7 @@ async def revoke_consent(
                 )
 
         change = ReadBack(revoke, lambda conn: hub.consents.get(consent_id, conn))
+        answer = read_back(change, _consent_response)
         receipt = await record(
             hub.ledger,
             caller,
@@ -270,9 +271,9 @@ async def revoke_consent(
             purpose=found.purpose,
             counterparty=found.consumer,
             attributes=dict(known["attributes"]),
-            answer=partial(_consent_answer, change),
+            answer=answer,
         )
-    return _consent_answer(change, receipt)
+    return answer(receipt)
 
 
 async def list_consents(
@@ -298,14 +299,9 @@ async def list_consents(
     return with_receipt(response)(receipt)
 
 
-def _consent_answer(
-    change: ReadBack[ConsentRecord | None], receipt: common_pb2.Receipt
-) -> person_pb2.ConsentResponse:
-    """A consent call's answer: the consent as its transaction read it back (built in that
-    transaction, and again for the caller)."""
-    stored = change.value
-    assert stored is not None  # written in the same transaction
-    return person_pb2.ConsentResponse(consent=consent_to_proto(stored), receipt=receipt)
+def _consent_response(stored: ConsentRecord) -> person_pb2.ConsentResponse:
+    """A consent call's answer: the consent as its transaction read it back."""
+    return person_pb2.ConsentResponse(consent=consent_to_proto(stored))
 
 
 async def confirm_form(
