@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from exchange import errors
 from exchange.catalog.model import Form, MaterialType, Purpose
 from exchange.crypto.subject import SubjectIdError, SubjectIdScheme, check
+from exchange.membership import MemberState, Role
 from exchange.policy.identity import Caller
 from exchange.store.materials import IndexedMaterial
 from exchange.store.registry import DepartmentRecord
@@ -47,7 +48,7 @@ def facts(**fields: Any) -> Iterator[dict[str, Any]]:
         raise
 
 
-def require_role(caller: Caller, *roles: str, what: str) -> None:
+def require_role(caller: Caller, *roles: Role, what: str) -> None:
     """Raise PermissionDenied (ROLE_REQUIRED) unless the caller holds one of ``roles``."""
     if not caller.roles.intersection(roles):
         names = " or ".join(r.lower().replace("_", " ") for r in roles)
@@ -130,7 +131,7 @@ async def holder(hub: Hub, department_id: str) -> DepartmentRecord:
     provider endpoint.
     """
     found = await department(hub, department_id)
-    if found is None or found.state != "ACTIVE" or not found.provider_endpoint:
+    if found is None or found.state != MemberState.ACTIVE or not found.provider_endpoint:
         raise errors.Unavailable(
             common_pb2.PROVIDER_UNAVAILABLE,
             f"the holder {department_id!r} has no active provider adapter registered",

@@ -21,6 +21,7 @@ from exchange.clock import now_us, to_timestamp
 from exchange.flows import lookups
 from exchange.flows.person import require_person
 from exchange.flows.record import ReadBack, read_back, record
+from exchange.membership import Role
 from exchange.policy.identity import Caller
 from exchange.policy.roles import person_facing
 from exchange.store.materials import Proposal
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
     from exchange.hub import Hub
 
 DAY_US = 86_400 * 1_000_000
-FILE_ROLES = ("FORM_TOOL", "CONSUMER")
+FILE_ROLES = (Role.FORM_TOOL, Role.CONSUMER)
 STATES = {exchange_pb2.CORRECTED: "CORRECTED", exchange_pb2.REJECTED: "REJECTED"}
 
 
@@ -72,7 +73,7 @@ async def file_objection(
         lookups.require_text(body.subject_id, "subject_id", 128)
         # A form tool files for a person, even one that is also a consumer (a refusal of
         # NOT_ON_FILE would otherwise tell it about a person who never authenticated to it).
-        if body.HasField("assertion") or person_facing(caller) or "CONSUMER" not in caller.roles:
+        if body.HasField("assertion") or person_facing(caller) or Role.CONSUMER not in caller.roles:
             await require_person(hub, caller, body.assertion, body.subject_id, known)
         reason = lookups.require_text(body.reason.strip(), "reason", 2000)
         material_type = await lookups.material_type(hub, body.material_type)

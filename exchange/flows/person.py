@@ -23,6 +23,7 @@ from exchange import errors
 from exchange.clock import from_timestamp, now_us, to_timestamp
 from exchange.flows import lookups
 from exchange.flows.record import ReadBack, read_back, record, with_receipt
+from exchange.membership import Role
 from exchange.policy.assertions import VerifiedAssertion, facts_of, verify_assertion
 from exchange.policy.identity import Caller
 from exchange.store.consents import ConsentRecord, Usability
@@ -99,7 +100,7 @@ async def _for_person(
 ) -> VerifiedAssertion:
     """The checks every Person call makes first: the form-tool role, a subject id, and the
     person's assertion (``require_person``). Raises as those do."""
-    lookups.require_role(caller, "FORM_TOOL", what=what)
+    lookups.require_role(caller, Role.FORM_TOOL, what=what)
     lookups.require_text(body.subject_id, "subject_id", 128)
     return await require_person(hub, caller, body.assertion, body.subject_id, known)
 
@@ -149,7 +150,7 @@ async def give_consent(
         verified = await _for_person(hub, caller, body, known, "GiveConsent")
         lookups.require_text(wanted.consumer, "consent.consumer", 128)
         consumer = await lookups.department(hub, wanted.consumer)
-        if consumer is None or "CONSUMER" not in consumer.roles:
+        if consumer is None or Role.CONSUMER not in consumer.roles:
             raise errors.NotFound(
                 common_pb2.UNKNOWN_DEPARTMENT,
                 f"consent.consumer {wanted.consumer[:128]!r} is not a registered consumer",

@@ -33,6 +33,7 @@ from exchange.flows.person import require_person
 from exchange.flows.record import record, with_receipt
 from exchange.flows.request import grants_for, take_rate
 from exchange.flows.validity import Share
+from exchange.membership import Role
 from exchange.policy.grants import Grant
 from exchange.policy.identity import Caller
 from exchange.policy.sharing import Permit
@@ -89,7 +90,7 @@ async def prefill(
     """
     subject_ref = hub.content_keys.subject_ref(body.subject_id) if body.subject_id else b""
     with lookups.facts(subject_ref=subject_ref, attributes={"form": body.form_id[:128]}) as known:
-        lookups.require_role(caller, "FORM_TOOL", what="Prefill")
+        lookups.require_role(caller, Role.FORM_TOOL, what="Prefill")
         lookups.require_text(body.subject_id, "subject_id", 128)
         form = await lookups.form(hub, body.form_id)
         known["purpose"] = form.purpose  # a refused attempt shows the person its purpose too

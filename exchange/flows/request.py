@@ -20,6 +20,7 @@ from exchange.flows.material import fetch_checked
 from exchange.flows.person import consent_for_request, keep_until_us, require_person, use_consent
 from exchange.flows.record import record, with_receipt
 from exchange.flows.validity import Share
+from exchange.membership import Role
 from exchange.policy.grants import Grant
 from exchange.policy.identity import Caller
 from exchange.policy.sharing import Permit, permit
@@ -68,7 +69,7 @@ async def request(
         subject_ref=subject_ref,
         purpose=body.purpose[:128],
     ) as known:
-        lookups.require_role(caller, "CONSUMER", what="Request")
+        lookups.require_role(caller, Role.CONSUMER, what="Request")
         lookups.require_text(body.subject_id, "subject_id", 128)
         material_type = await lookups.material_type(hub, body.material_type)
         subject_id = lookups.subject_id(body.subject_id, material_type.subject_id_scheme)

@@ -25,12 +25,11 @@ from google.protobuf.message import DecodeError, Message
 from exchange import errors
 from exchange.clock import now_us
 from exchange.crypto.envelope import EnvelopeError, verify
+from exchange.membership import MemberState, Role
 from exchange.policy import envelope_checks
 from exchange.policy.envelope_checks import REQUEST_ID
 from exchange.store.registry import DepartmentRecord, KeyRecord
 from exchange.v1 import common_pb2, envelope_pb2, registry_pb2
-
-ACTIVE = "ACTIVE"
 
 Body = TypeVar("Body", bound=Message)
 
@@ -40,7 +39,7 @@ class Caller:
     """An authenticated call: who, with which key, and the exact bytes they signed."""
 
     department_id: str
-    roles: frozenset[str]
+    roles: frozenset[Role]
     is_operator: bool
     keyid: str
     request_id: str
@@ -141,8 +140,8 @@ class Authenticator:
             )
         now = now_us()
         if header.department_id == self.hub_id:
-            roles: frozenset[str] = frozenset()
-            state = ACTIVE
+            roles: frozenset[Role] = frozenset()
+            state = MemberState.ACTIVE
             is_operator = True
             records: Sequence[KeyRecord] = self.operator_keys()
         else:
@@ -177,7 +176,7 @@ class Authenticator:
             )
             raise error_type(reason, str(exc)) from exc
         _usable(next(k for k in records if k.keyid == verified.keyid), now)
-        if state != ACTIVE:
+        if state != MemberState.ACTIVE:
             raise errors.PermissionDenied(
                 common_pb2.DEPARTMENT_INACTIVE,
                 f"department {errors.quote(header.department_id)} is {state.lower()}",
