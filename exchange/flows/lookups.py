@@ -15,6 +15,7 @@ from exchange.catalog.model import Form, MaterialType, Purpose
 from exchange.crypto.subject import SubjectIdError, SubjectIdScheme, check
 from exchange.membership import MemberState, Role
 from exchange.policy.identity import Caller
+from exchange.store.cache import TtlCache
 from exchange.store.materials import IndexedMaterial
 from exchange.store.registry import DepartmentRecord
 from exchange.v1 import common_pb2
@@ -81,35 +82,54 @@ def subject_id(
         raise errors.InvalidArgument(common_pb2.INVALID_ARGUMENT_FIELD, f"{name} {exc}") from None
 
 
+async def _catalogued(
+    cache: TtlCache[str, T | None],
+    value: str,
+    field: str,
+    reason: common_pb2.Reason.ValueType,
+    missing: str,
+) -> T:
+    """The catalog entry ``value`` names (``field`` of the request, at most 128 characters).
+    Raises InvalidArgument (INVALID_ARGUMENT_FIELD) or NotFound (``reason``, ``missing``
+    telling what the entry is not)."""
+    require_text(value, field, 128)
+    found = await cache.read(value)
+    if found is None:
+        raise errors.NotFound(reason, missing.format(repr(value)))
+    return found
+
+
 async def material_type(hub: Hub, type_id: str) -> MaterialType:
     """The catalogued material type. Raises NotFound (UNKNOWN_MATERIAL_TYPE)."""
-    require_text(type_id, "material_type", 128)
-    found = await hub.catalog.by_type.read(type_id)
-    if found is None:
-        raise errors.NotFound(
-            common_pb2.UNKNOWN_MATERIAL_TYPE, f"material type {type_id[:128]!r} is not catalogued"
-        )
-    return found
+    return await _catalogued(
+        hub.catalog.by_type,
+        type_id,
+        "material_type",
+        common_pb2.UNKNOWN_MATERIAL_TYPE,
+        "material type {} is not catalogued",
+    )
 
 
 async def purpose(hub: Hub, purpose_id: str) -> Purpose:
     """The catalogued purpose. Raises InvalidArgument (empty) or NotFound (UNKNOWN_PURPOSE)."""
-    require_text(purpose_id, "purpose", 128)
-    found = await hub.catalog.by_purpose.read(purpose_id)
-    if found is None:
-        raise errors.NotFound(
-            common_pb2.UNKNOWN_PURPOSE, f"purpose {purpose_id[:128]!r} is not catalogued"
-        )
-    return found
+    return await _catalogued(
+        hub.catalog.by_purpose,
+        purpose_id,
+        "purpose",
+        common_pb2.UNKNOWN_PURPOSE,
+        "purpose {} is not catalogued",
+    )
 
 
 async def form(hub: Hub, form_id: str) -> Form:
     """The registered form. Raises NotFound (UNKNOWN_FORM)."""
-    require_text(form_id, "form_id", 128)
-    found = await hub.catalog.by_form.read(form_id)
-    if found is None:
-        raise errors.NotFound(common_pb2.UNKNOWN_FORM, f"form {form_id[:128]!r} is not registered")
-    return found
+    return await _catalogued(
+        hub.catalog.by_form,
+        form_id,
+        "form_id",
+        common_pb2.UNKNOWN_FORM,
+        "form {} is not registered",
+    )
 
 
 async def department(hub: Hub, department_id: str) -> DepartmentRecord | None:
