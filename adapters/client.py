@@ -16,10 +16,12 @@ Anything that does not verify raises ``VerificationError``.
 
 The typed methods (``check``, ``submit``, ``request``, ``prefill``, ``access_history``,
 ``file_objection``, ``department``, and the person's ``give_consent``, ``revoke_consent``,
-``list_consents``, ``confirm_form``) return frozen dataclasses; ``call`` and ``send`` reach any
-method. Calls made for a person take their subject assertion (``assertion``: the envelope an
-identity provider signed, see adapters.identity); it travels in the disclosure with the subject
-id, never in what the hub stores.
+``list_consents``, ``confirm_form``) return frozen dataclasses; those of the registry, the
+catalog, forms and grants (``register_department``, ``set_state``, ``publish_material_type``,
+``define_purpose``, ``register_form``, ``issue_grant``, ...) return the hub's answer message;
+``call`` and ``send`` reach any method. Calls made for a person take their subject assertion
+(``assertion``: the envelope an identity provider signed, see adapters.identity); it travels
+in the disclosure with the subject id, never in what the hub stores.
 """
 
 from __future__ import annotations
@@ -1082,49 +1084,180 @@ class HubClient:
         return Confirmation(form_id, salt, digest, self.verify_receipt(answer.receipt))
 
     # ---------------------------------------------------------------- registry, catalog, grants
-    # Each returns the hub's answer message after checking its receipt (when a verifier is set).
+    # Each returns the hub's answer message, its receipt checked (when a verifier is set).
+    # Raises Refused, VerificationError. ``request_id`` names the call (a fresh one if None).
 
-    async def _verified(self, method: str, body: Message, response: type[Response]) -> Response:
-        answer = await self.call(method, body, response)
-        self.verify_receipt(answer.receipt)  # type: ignore[attr-defined]
-        return answer
+    async def register_department(
+        self, department: registry_pb2.Department, *, request_id: str | None = None
+    ) -> registry_pb2.DepartmentResponse:
+        """Register a department (the operator)."""
+        return await self.call(
+            "/exchange.v1.Registry/RegisterDepartment",
+            registry_pb2.RegisterDepartmentRequest(department=department),
+            registry_pb2.DepartmentResponse,
+            request_id=request_id,
+        )
+
+    async def rotate_key(
+        self,
+        department_id: str,
+        new_public_key: bytes,
+        *,
+        grace_seconds: int = 0,
+        certificate_sha256: str = "",
+        request_id: str | None = None,
+    ) -> registry_pb2.DepartmentResponse:
+        """Add a new signing key to a department, the current one kept for ``grace_seconds``
+        (the department itself or the operator)."""
+        return await self.call(
+            "/exchange.v1.Registry/RotateKey",
+            registry_pb2.RotateKeyRequest(
+                department_id=department_id,
+                new_public_key=new_public_key,
+                grace_seconds=grace_seconds,
+                certificate_sha256=certificate_sha256,
+            ),
+            registry_pb2.DepartmentResponse,
+            request_id=request_id,
+        )
+
+    async def revoke_key(
+        self, department_id: str, keyid: str, *, request_id: str | None = None
+    ) -> registry_pb2.DepartmentResponse:
+        """Revoke one of a department's signing keys."""
+        return await self.call(
+            "/exchange.v1.Registry/RevokeKey",
+            registry_pb2.RevokeKeyRequest(department_id=department_id, keyid=keyid),
+            registry_pb2.DepartmentResponse,
+            request_id=request_id,
+        )
+
+    async def set_state(
+        self,
+        department_id: str,
+        state: registry_pb2.DepartmentState.ValueType,
+        reason: str = "",
+        *,
+        request_id: str | None = None,
+    ) -> registry_pb2.DepartmentResponse:
+        """Suspend, reactivate or retire a department (the operator)."""
+        return await self.call(
+            "/exchange.v1.Registry/SetState",
+            registry_pb2.SetStateRequest(department_id=department_id, state=state, reason=reason),
+            registry_pb2.DepartmentResponse,
+            request_id=request_id,
+        )
+
+    async def update_department(
+        self,
+        department_id: str,
+        department: registry_pb2.Department,
+        paths: Sequence[str],
+        *,
+        request_id: str | None = None,
+    ) -> registry_pb2.DepartmentResponse:
+        """Change the fields of a department named by ``paths`` (its update mask)."""
+        body = registry_pb2.UpdateDepartmentRequest(
+            department_id=department_id, department=department
+        )
+        body.update_mask.paths.extend(paths)
+        return await self.call(
+            "/exchange.v1.Registry/UpdateDepartment",
+            body,
+            registry_pb2.DepartmentResponse,
+            request_id=request_id,
+        )
 
     async def list_departments(self) -> registry_pb2.ListDepartmentsResponse:
-        """Every registered department. Raises Refused, VerificationError."""
-        return await self._verified(
+        """Every registered department."""
+        return await self.call(
             "/exchange.v1.Registry/ListDepartments",
             registry_pb2.ListDepartmentsRequest(),
             registry_pb2.ListDepartmentsResponse,
         )
 
+    async def publish_material_type(
+        self, material_type: catalog_pb2.MaterialType, *, request_id: str | None = None
+    ) -> catalog_pb2.MaterialTypeResponse:
+        """Publish a new version of a material type (its owner, a provider)."""
+        return await self.call(
+            "/exchange.v1.Catalog/PublishMaterialType",
+            catalog_pb2.PublishMaterialTypeRequest(material_type=material_type),
+            catalog_pb2.MaterialTypeResponse,
+            request_id=request_id,
+        )
+
+    async def get_material_type(self, type_id: str) -> catalog_pb2.MaterialTypeResponse:
+        """The latest version of a catalogued material type."""
+        return await self.call(
+            "/exchange.v1.Catalog/GetMaterialType",
+            catalog_pb2.GetMaterialTypeRequest(material_type=type_id),
+            catalog_pb2.MaterialTypeResponse,
+        )
+
+    async def define_purpose(
+        self, purpose: catalog_pb2.Purpose, *, request_id: str | None = None
+    ) -> catalog_pb2.PurposeResponse:
+        """Define or change a purpose (the operator)."""
+        return await self.call(
+            "/exchange.v1.Catalog/DefinePurpose",
+            catalog_pb2.DefinePurposeRequest(purpose=purpose),
+            catalog_pb2.PurposeResponse,
+            request_id=request_id,
+        )
+
     async def list_catalog(self) -> catalog_pb2.ListCatalogResponse:
-        """Material types, purposes and forms. Raises Refused, VerificationError."""
-        return await self._verified(
+        """Material types, purposes and forms."""
+        return await self.call(
             "/exchange.v1.Catalog/ListCatalog",
             catalog_pb2.ListCatalogRequest(),
             catalog_pb2.ListCatalogResponse,
         )
 
-    async def register_form(self, form: catalog_pb2.Form) -> catalog_pb2.FormResponse:
-        """Register or update a form (form tools, the operator). Raises Refused,
-        VerificationError."""
-        return await self._verified(
+    async def register_form(
+        self, form: catalog_pb2.Form, *, request_id: str | None = None
+    ) -> catalog_pb2.FormResponse:
+        """Register or update a form (form tools, the operator)."""
+        return await self.call(
             "/exchange.v1.Catalog/RegisterForm",
             catalog_pb2.RegisterFormRequest(form=form),
             catalog_pb2.FormResponse,
+            request_id=request_id,
         )
 
-    async def issue_grant(self, grant: grants_pb2.Grant) -> grants_pb2.GrantResponse:
-        """Issue a grant as the material type's owner. Raises Refused, VerificationError."""
-        return await self._verified(
+    async def get_form(self, form_id: str) -> catalog_pb2.FormResponse:
+        """A registered form."""
+        return await self.call(
+            "/exchange.v1.Catalog/GetForm",
+            catalog_pb2.GetFormRequest(form_id=form_id),
+            catalog_pb2.FormResponse,
+        )
+
+    async def issue_grant(
+        self, grant: grants_pb2.Grant, *, request_id: str | None = None
+    ) -> grants_pb2.GrantResponse:
+        """Issue a grant as the material type's owner."""
+        return await self.call(
             "/exchange.v1.Grants/IssueGrant",
             grants_pb2.IssueGrantRequest(grant=grant),
             grants_pb2.GrantResponse,
+            request_id=request_id,
+        )
+
+    async def revoke_grant(
+        self, grant_id: str, *, request_id: str | None = None
+    ) -> grants_pb2.GrantResponse:
+        """Revoke a grant (its owner, the operator)."""
+        return await self.call(
+            "/exchange.v1.Grants/RevokeGrant",
+            grants_pb2.RevokeGrantRequest(grant_id=grant_id),
+            grants_pb2.GrantResponse,
+            request_id=request_id,
         )
 
     async def list_grants(self) -> grants_pb2.ListGrantsResponse:
-        """The grants this department issued or holds. Raises Refused, VerificationError."""
-        return await self._verified(
+        """The grants this department issued or holds (every grant for the operator)."""
+        return await self.call(
             "/exchange.v1.Grants/ListGrants",
             grants_pb2.ListGrantsRequest(),
             grants_pb2.ListGrantsResponse,

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import re
 import sqlite3
 import time
 import uuid
@@ -36,14 +35,13 @@ from adapters.errors import BackendError, BackendRefused
 from adapters.pending import PendingFile
 from adapters.settings import DepartmentSettings
 from exchange import errors
-from exchange.clock import from_timestamp, now_us, to_timestamp
-from exchange.crypto import certificates
-from exchange.crypto.envelope import MAX_SIGNATURES, EnvelopeError, sign, verify
+from exchange.clock import now_us, to_timestamp
+from exchange.crypto.envelope import EnvelopeError, sign, verify
 from exchange.crypto.keys import KeyFileError, SigningKey, keyid, load_public_key, load_signing_key
 from exchange.crypto.keystore import TlsIdentity
 from exchange.crypto.subject import is_normal, normalise
 from exchange.observability import tracing
-from exchange.policy.payload import check_message
+from exchange.policy import envelope_checks
 from exchange.rpc.ports import SERVER_OPTIONS, bind
 from exchange.rpc.status import abort, peer_certificate, to_status
 from exchange.v1 import (
@@ -57,7 +55,6 @@ log = structlog.get_logger("adapters.provider")
 
 SERVICE = "exchange.v1.Provider"
 MATERIAL_RECORD = exchange_pb2.MaterialRecord.DESCRIPTOR.full_name
-REQUEST_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 STORE_MEMORY = 10_000
 
@@ -83,34 +80,14 @@ class HubAuthenticator:
         errors.PermissionDenied (a peer that is not the hub) or errors.InvalidArgument
         (malformed envelope or header), each with its contract reason.
         """
-        if not peer:
-            raise errors.Unauthenticated(
-                common_pb2.NO_CLIENT_CERTIFICATE, "a client certificate is required (mTLS)"
-            )
-        try:
-            identity = certificates.peer_identity(peer)
-        except certificates.CertificateError as exc:
-            raise errors.Unauthenticated(common_pb2.NO_CLIENT_CERTIFICATE, str(exc)) from exc
+        identity = envelope_checks.peer_identity(peer)
         if identity.department_id != self.hub_id:
             raise errors.PermissionDenied(
                 common_pb2.NOT_FROM_HUB,
                 f"only the hub {self.hub_id!r} may call this adapter; the client certificate "
                 f"names {errors.quote(identity.department_id)}",
             )
-        expected = body_type.DESCRIPTOR.full_name
-        if envelope.payload_type != expected:
-            raise errors.InvalidArgument(
-                common_pb2.PAYLOAD_TYPE_MISMATCH
-                if envelope.payload_type
-                else (common_pb2.MALFORMED_ENVELOPE),
-                f"this method takes {expected}, the envelope carries "
-                f"{envelope.payload_type[:128]!r}",
-            )
-        if len(envelope.signatures) > MAX_SIGNATURES:
-            raise errors.InvalidArgument(
-                common_pb2.MALFORMED_ENVELOPE,
-                f"the envelope carries more than {MAX_SIGNATURES} signatures",
-            )
+        envelope_checks.check_form(envelope, body_type)
         # The signature is checked before the payload is parsed: nothing unauthenticated is
         # decoded. One Ed25519 verification is ~50 µs, so it runs on the event loop.
         keys = {self.hub_keyid: self.hub_public_key}
@@ -122,39 +99,15 @@ class HubAuthenticator:
                 common_pb2.BAD_SIGNATURE if signed_by_hub_key else common_pb2.NOT_FROM_HUB,
                 f"the request is not signed by the hub: {exc}",
             ) from exc
-        body = body_type()
-        try:
-            body.ParseFromString(envelope.payload)
-        except DecodeError as exc:
-            raise errors.InvalidArgument(
-                common_pb2.MALFORMED_ENVELOPE, f"the payload is not a valid {expected}"
-            ) from exc
-        # Values the contract does not define (unknown fields or enum numbers, a version beyond
-        # the signed 64-bit range, a time outside 0001..9999) are refused before use.
-        check_message(envelope, "envelope")
-        check_message(body)
-        header: common_pb2.RequestHeader = body.header  # type: ignore[attr-defined]
+        body, header = envelope_checks.open_body(envelope, body_type)
         if header.department_id != self.hub_id:
             raise errors.Unauthenticated(
                 common_pb2.CERTIFICATE_MISMATCH,
                 f"the request header names {header.department_id[:128]!r}, not the hub",
             )
-        if not REQUEST_ID.match(header.request_id):
-            raise errors.InvalidArgument(
-                common_pb2.INVALID_ARGUMENT_FIELD,
-                "header.request_id must be 1-128 printable ASCII characters",
-            )
-        if not header.HasField("issued_at"):
-            raise errors.InvalidArgument(
-                common_pb2.INVALID_ARGUMENT_FIELD, "header.issued_at is required"
-            )
-        skew = abs(now_us() - from_timestamp(header.issued_at))
-        if skew > self.replay_window_us:
-            raise errors.Unauthenticated(
-                common_pb2.STALE_REQUEST,
-                f"issued_at is {skew / 1e6:.0f} s from the adapter's clock; the window is "
-                f"±{self.replay_window_us / 1e6:.0f} s",
-            )
+        envelope_checks.check_fresh(
+            header, now_us(), self.replay_window_us, clock="the adapter's clock"
+        )
         return body
 
 

@@ -326,21 +326,17 @@ async def measure(name: str, member: HubClient, seconds: float, workers: int) ->
 async def register(target: str, store: Keystore) -> None:
     async with client(target, store, HUB_ID) as operator:
         for department, role in ((FLOODER, common_pb2.CONSUMER), (AUDITOR, common_pb2.AUDITOR)):
-            await operator.call(
-                "/exchange.v1.Registry/RegisterDepartment",
-                registry_pb2.RegisterDepartmentRequest(
-                    department=registry_pb2.Department(
-                        id=department,
-                        name=department,
-                        roles=[role],
-                        keys=[
-                            registry_pb2.DepartmentKey(
-                                public_key=store.department_signing_key(department).public_bytes
-                            )
-                        ],
-                    )
-                ),
-                registry_pb2.DepartmentResponse,
+            await operator.register_department(
+                department=registry_pb2.Department(
+                    id=department,
+                    name=department,
+                    roles=[role],
+                    keys=[
+                        registry_pb2.DepartmentKey(
+                            public_key=store.department_signing_key(department).public_bytes
+                        )
+                    ],
+                )
             )
 
 

@@ -358,45 +358,33 @@ async def setup_hub(target: str, store: Keystore) -> None:
             (OWNER, [common_pb2.PROVIDER], os.environ["BENCH_PROVIDER"]),
             (CONSUMER, [common_pb2.CONSUMER], ""),
         ):
-            await operator.call(
-                "/exchange.v1.Registry/RegisterDepartment",
-                registry_pb2.RegisterDepartmentRequest(
-                    department=registry_pb2.Department(
-                        id=department,
-                        name=department,
-                        roles=roles,
-                        provider_endpoint=endpoint,
-                        keys=[
-                            registry_pb2.DepartmentKey(
-                                public_key=store.department_signing_key(department).public_bytes
-                            )
-                        ],
-                    )
-                ),
-                registry_pb2.DepartmentResponse,
-            )
-        await operator.call(
-            "/exchange.v1.Catalog/DefinePurpose",
-            catalog_pb2.DefinePurposeRequest(
-                purpose=catalog_pb2.Purpose(id=PURPOSE, name="assistance", legal_basis="bench")
-            ),
-            catalog_pb2.PurposeResponse,
-        )
-        await owner.call(
-            "/exchange.v1.Catalog/PublishMaterialType",
-            catalog_pb2.PublishMaterialTypeRequest(
-                material_type=catalog_pb2.MaterialType(
-                    id=MATERIAL,
-                    name="Marriage record",
-                    sharing_class=catalog_pb2.CONDITIONAL,
-                    fields=[
-                        catalog_pb2.FieldSpec(name="marital_status", type=catalog_pb2.STRING),
-                        catalog_pb2.FieldSpec(name="spouse_name", type=catalog_pb2.STRING),
-                        catalog_pb2.FieldSpec(name="registered_on", type=catalog_pb2.DATE),
+            await operator.register_department(
+                department=registry_pb2.Department(
+                    id=department,
+                    name=department,
+                    roles=roles,
+                    provider_endpoint=endpoint,
+                    keys=[
+                        registry_pb2.DepartmentKey(
+                            public_key=store.department_signing_key(department).public_bytes
+                        )
                     ],
                 )
-            ),
-            catalog_pb2.MaterialTypeResponse,
+            )
+        await operator.define_purpose(
+            purpose=catalog_pb2.Purpose(id=PURPOSE, name="assistance", legal_basis="bench")
+        )
+        await owner.publish_material_type(
+            material_type=catalog_pb2.MaterialType(
+                id=MATERIAL,
+                name="Marriage record",
+                sharing_class=catalog_pb2.CONDITIONAL,
+                fields=[
+                    catalog_pb2.FieldSpec(name="marital_status", type=catalog_pb2.STRING),
+                    catalog_pb2.FieldSpec(name="spouse_name", type=catalog_pb2.STRING),
+                    catalog_pb2.FieldSpec(name="registered_on", type=catalog_pb2.DATE),
+                ],
+            )
         )
         await owner.call(
             "/exchange.v1.Exchange/PublishHoldings",
@@ -406,17 +394,13 @@ async def setup_hub(target: str, store: Keystore) -> None:
             ),
             exchange_pb2.PublishHoldingsResponse,
         )
-        await owner.call(
-            "/exchange.v1.Grants/IssueGrant",
-            grants_pb2.IssueGrantRequest(
-                grant=grants_pb2.Grant(
-                    consumer=CONSUMER,
-                    material_type=MATERIAL,
-                    fields=list(FIELDS),
-                    purposes=[PURPOSE],
-                )
-            ),
-            grants_pb2.GrantResponse,
+        await owner.issue_grant(
+            grant=grants_pb2.Grant(
+                consumer=CONSUMER,
+                material_type=MATERIAL,
+                fields=list(FIELDS),
+                purposes=[PURPOSE],
+            )
         )
     finally:
         await operator.close()

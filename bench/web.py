@@ -190,23 +190,19 @@ async def exchange(root: Path, ready: Queue, stop: Event) -> None:  # type: igno
         with contextlib.redirect_stdout(io.StringIO()):
             await story.setup()
         await register_web_form_tool(story.client(HUB_ID), story.keystore)
-        await story.client(data.TOWNSHIP).call(
-            "/exchange.v1.Catalog/RegisterForm",
-            catalog_pb2.RegisterFormRequest(
-                form=catalog_pb2.Form(
-                    id=FORM_ID,
-                    name="十项表单 Ten-field form (bench)",
-                    purpose=SUBSIDY,
-                    fields=[
-                        catalog_pb2.FormField(
-                            name=f"{t[:4]}_{f}", label=f, material_type=t, material_field=f
-                        )
-                        for t, names in FIELDS
-                        for f in names
-                    ],
-                )
-            ),
-            catalog_pb2.FormResponse,
+        await story.client(data.TOWNSHIP).register_form(
+            form=catalog_pb2.Form(
+                id=FORM_ID,
+                name="十项表单 Ten-field form (bench)",
+                purpose=SUBSIDY,
+                fields=[
+                    catalog_pb2.FormField(
+                        name=f"{t[:4]}_{f}", label=f, material_type=t, material_field=f
+                    )
+                    for t, names in FIELDS
+                    for f in names
+                ],
+            )
         )
         await story._grant(
             data.CIVIL_AFFAIRS, data.TOWNSHIP, data.MARRIAGE, list(FIELDS[1][1]), [SUBSIDY]

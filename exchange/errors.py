@@ -68,7 +68,12 @@ class ExchangeError(Exception):
             self.code = code
         self.retry_after = retry_after
         self.entry_fields: dict[str, object] = {}
-        self.recorded = False
+        # Set by the ledger's writer when it appended this refusal's entry itself (a guard's
+        # refusal): the pipeline then records nothing more and names this entry.
+        self.ledger_sequence: int | None = None
+        # False when the call's envelope must not be kept with the refusal's entry (it holds
+        # the personal data of a refused disclosure).
+        self.store_envelope = True
 
     def about(self, **fields: object) -> ExchangeError:
         """Attach facts for the refusal's ledger entry (``material_type=…``, ``subject_ref=…``).
@@ -77,6 +82,11 @@ class ExchangeError(Exception):
         """
         self.entry_fields.update(fields)
         return self
+
+    @property
+    def recorded(self) -> bool:
+        """Whether this refusal's ledger entry is already appended (``ledger_sequence``)."""
+        return self.ledger_sequence is not None
 
     @property
     def transient(self) -> bool:

@@ -132,18 +132,14 @@ class RunningHub:
     ) -> HubClient:
         """Create keys for a department, register it through the operator, return its client."""
         key = self.keystore.add_department(department_id, server_names=server_names)
-        body = registry_pb2.RegisterDepartmentRequest(
-            department=registry_pb2.Department(
-                id=department_id,
-                name=department_id.replace(".", " ").title(),
-                roles=list(roles),
-                provider_endpoint=endpoint,
-                keys=[registry_pb2.DepartmentKey(public_key=key.public_bytes)],
-            )
+        department = registry_pb2.Department(
+            id=department_id,
+            name=department_id.replace(".", " ").title(),
+            roles=list(roles),
+            provider_endpoint=endpoint,
+            keys=[registry_pb2.DepartmentKey(public_key=key.public_bytes)],
         )
-        await self.operator.call(
-            "/exchange.v1.Registry/RegisterDepartment", body, registry_pb2.DepartmentResponse
-        )
+        await self.operator.register_department(department)
         return self.client(department_id)
 
 

@@ -22,7 +22,7 @@ from adapters.errors import VerificationError
 from adapters.web.identity import Assurance, NotAuthenticated, Person
 from adapters.web.pages import Pages
 from adapters.web.sessions import Realm, Session
-from exchange.v1 import catalog_pb2, common_pb2, registry_pb2
+from exchange.v1 import catalog_pb2, common_pb2
 
 OUTCOMES = ("OK", "REFUSED", "FAILED")
 
@@ -342,11 +342,7 @@ class MyData:
             consents = await self.pages.client.list_consents(
                 person.subject_id, assertion=person.assertion
             )
-            departments = await self.pages.client.call(
-                "/exchange.v1.Registry/ListDepartments",
-                registry_pb2.ListDepartmentsRequest(),
-                registry_pb2.ListDepartmentsResponse,
-            )
+            departments = await self.pages.client.list_departments()
         except (Refused, VerificationError) as refused:
             return self.pages.refusal(request, session, refused, "/me/consents")
         consumers = [d for d in departments.departments if common_pb2.CONSUMER in d.roles]

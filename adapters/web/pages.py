@@ -199,11 +199,7 @@ class Pages:
         """
         async with self._catalog_lock:
             if self._catalog is None or time.monotonic() - self._catalog[0] > CATALOG_SECONDS:
-                answer = await self.client.call(
-                    "/exchange.v1.Catalog/ListCatalog",
-                    catalog_pb2.ListCatalogRequest(),
-                    catalog_pb2.ListCatalogResponse,
-                )
+                answer = await self.client.list_catalog()
                 self._catalog = (time.monotonic(), answer)
             return self._catalog[1]
 

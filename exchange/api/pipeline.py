@@ -310,7 +310,7 @@ class Pipeline:
         try:
             return open_disclosure(body, disclosure)
         except errors.ExchangeError as error:
-            error.store_envelope = False  # type: ignore[attr-defined]
+            error.store_envelope = False
             raise
 
     async def _replay(
@@ -368,13 +368,13 @@ class Pipeline:
         """Record the refusal in the ledger (unless its flow did) and build its status; with
         ``claim``, the refusal (unless for a passing condition) is its request id's answer,
         committed with the entry."""
-        if error.recorded:
-            return to_status(error, getattr(error, "ledger_sequence", None))
+        if error.ledger_sequence is not None:
+            return to_status(error, error.ledger_sequence)
         who: Caller | Claim
         fields: dict[str, Any] = dict(error.entry_fields)
         attributes = dict(fields.pop("attributes", {}) or {})
         attributes["method"] = method.name
-        if caller is not None and getattr(error, "store_envelope", True):
+        if caller is not None and error.store_envelope:
             who, kind = caller, method.kind
         elif caller is not None:
             who, kind = Claim(caller.department_id, caller.request_id, b""), method.kind

@@ -56,25 +56,25 @@ def _form(row: Row[Any]) -> Form:
 
 
 class CatalogStore:
-    """Reads and writes the catalog tables; hot reads are cached (see TtlCache)."""
+    """Reads and writes the catalog tables; hot reads are cached (see TtlCache).
+
+    The caches (``by_type``, ``by_purpose``, ``by_form``) are public for the flows, which read
+    them on the event loop with ``TtlCache.read``; the methods of the same names block.
+    """
 
     def __init__(self, engine: Engine, ttl_seconds: float = 2.0) -> None:
         self.engine = engine
-        self._types: TtlCache[str, MaterialType | None] = TtlCache(
+        self.by_type: TtlCache[str, MaterialType | None] = TtlCache(
             self._load_material_type, ttl_seconds
         )
-        self._purposes: TtlCache[str, Purpose | None] = TtlCache(self._load_purpose, ttl_seconds)
-        self._forms: TtlCache[str, Form | None] = TtlCache(self._load_form, ttl_seconds)
+        self.by_purpose: TtlCache[str, Purpose | None] = TtlCache(self._load_purpose, ttl_seconds)
+        self.by_form: TtlCache[str, Form | None] = TtlCache(self._load_form, ttl_seconds)
 
     # ------------------------------------------------------------------ material types
 
     def material_type(self, type_id: str) -> MaterialType | None:
         """The latest version of a material type, or None. May block on a cache miss."""
-        return self._types.get(type_id)
-
-    def cached_material_type(self, type_id: str) -> object:
-        """The cached latest version, or ``exchange.store.cache.MISSING`` (never blocks)."""
-        return self._types.peek(type_id)
+        return self.by_type.get(type_id)
 
     def _load_material_type(self, type_id: str) -> MaterialType | None:
         with self.engine.connect() as conn:
@@ -136,17 +136,13 @@ class CatalogStore:
 
     def forget_material_type(self, type_id: str) -> None:
         """Drop the cached material type: a new version of it was committed."""
-        self._types.invalidate(type_id)
+        self.by_type.invalidate(type_id)
 
     # ------------------------------------------------------------------ purposes
 
     def purpose(self, purpose_id: str) -> Purpose | None:
         """A catalogued purpose, or None. May block on a cache miss."""
-        return self._purposes.get(purpose_id)
-
-    def cached_purpose(self, purpose_id: str) -> object:
-        """The cached purpose, or ``exchange.store.cache.MISSING`` (never blocks)."""
-        return self._purposes.peek(purpose_id)
+        return self.by_purpose.get(purpose_id)
 
     def _load_purpose(self, purpose_id: str) -> Purpose | None:
         with self.engine.connect() as conn:
@@ -178,13 +174,13 @@ class CatalogStore:
 
     def forget_purpose(self, purpose_id: str) -> None:
         """Drop the cached purpose: a change to it was committed."""
-        self._purposes.invalidate(purpose_id)
+        self.by_purpose.invalidate(purpose_id)
 
     # ------------------------------------------------------------------ forms
 
     def form(self, form_id: str) -> Form | None:
         """A registered form, or None. May block on a cache miss."""
-        return self._forms.get(form_id)
+        return self.by_form.get(form_id)
 
     def _load_form(self, form_id: str) -> Form | None:
         with self.engine.connect() as conn:
@@ -223,4 +219,4 @@ class CatalogStore:
 
     def forget_form(self, form_id: str) -> None:
         """Drop the cached form: a change to it was committed."""
-        self._forms.invalidate(form_id)
+        self.by_form.invalidate(form_id)

@@ -187,21 +187,13 @@ class Story:
                 catalog_pb2.PERSON_CONSENT,
             ),
         ):
-            await operator.call(
-                "/exchange.v1.Catalog/DefinePurpose",
-                catalog_pb2.DefinePurposeRequest(
-                    purpose=catalog_pb2.Purpose(
-                        id=purpose, name=name, legal_basis=law, basis=person_basis
-                    )
-                ),
-                catalog_pb2.PurposeResponse,
+            await operator.define_purpose(
+                purpose=catalog_pb2.Purpose(
+                    id=purpose, name=name, legal_basis=law, basis=person_basis
+                )
             )
         for entry in data.CATALOG:
-            await self.client(entry.owner).call(
-                "/exchange.v1.Catalog/PublishMaterialType",
-                catalog_pb2.PublishMaterialTypeRequest(material_type=entry.to_proto()),
-                catalog_pb2.MaterialTypeResponse,
-            )
+            await self.client(entry.owner).publish_material_type(material_type=entry.to_proto())
             say(
                 f"    · catalog: {entry.material_type:24} {entry.sharing_class:13} by {entry.owner}"
             )
@@ -213,25 +205,21 @@ class Story:
                 summary = await publish_holdings(client, adapter.backend, material_type)
                 say(f"    · {department.department_id} published {summary.total} {material_type}")
         township = self.client(data.TOWNSHIP)
-        await township.call(
-            "/exchange.v1.Catalog/RegisterForm",
-            catalog_pb2.RegisterFormRequest(
-                form=catalog_pb2.Form(
-                    id=data.FORM_ID,
-                    name=data.FORM_NAME,
-                    purpose=SUBSIDY,
-                    fields=[
-                        catalog_pb2.FormField(
-                            name=f.name,
-                            label=f.label or f.name.replace("_", " "),
-                            material_type=f.material_type,
-                            material_field=f.material_field,
-                        )
-                        for f in data.FORM
-                    ],
-                )
-            ),
-            catalog_pb2.FormResponse,
+        await township.register_form(
+            form=catalog_pb2.Form(
+                id=data.FORM_ID,
+                name=data.FORM_NAME,
+                purpose=SUBSIDY,
+                fields=[
+                    catalog_pb2.FormField(
+                        name=f.name,
+                        label=f.label or f.name.replace("_", " "),
+                        material_type=f.material_type,
+                        material_field=f.material_field,
+                    )
+                    for f in data.FORM
+                ],
+            )
         )
         await self._grant(
             data.CIVIL_AFFAIRS,
@@ -251,18 +239,14 @@ class Story:
         endpoint: str,
     ) -> None:
         key = self.keystore.department_signing_key(department_id)
-        await operator.call(
-            "/exchange.v1.Registry/RegisterDepartment",
-            registry_pb2.RegisterDepartmentRequest(
-                department=registry_pb2.Department(
-                    id=department_id,
-                    name=name,
-                    roles=roles,
-                    provider_endpoint=endpoint,
-                    keys=[registry_pb2.DepartmentKey(public_key=key.public_bytes)],
-                )
-            ),
-            registry_pb2.DepartmentResponse,
+        await operator.register_department(
+            department=registry_pb2.Department(
+                id=department_id,
+                name=name,
+                roles=roles,
+                provider_endpoint=endpoint,
+                keys=[registry_pb2.DepartmentKey(public_key=key.public_bytes)],
+            )
         )
 
     async def _grant(
@@ -271,19 +255,15 @@ class Story:
         from exchange.clock import now_us, to_timestamp
 
         now = now_us()
-        return await self.client(owner).call(
-            "/exchange.v1.Grants/IssueGrant",
-            grants_pb2.IssueGrantRequest(
-                grant=grants_pb2.Grant(
-                    consumer=consumer,
-                    material_type=material_type,
-                    fields=fields,
-                    purposes=purposes,
-                    valid_from=to_timestamp(now - 60_000_000),
-                    valid_until=to_timestamp(now + 365 * 86_400_000_000),
-                )
-            ),
-            grants_pb2.GrantResponse,
+        return await self.client(owner).issue_grant(
+            grant=grants_pb2.Grant(
+                consumer=consumer,
+                material_type=material_type,
+                fields=fields,
+                purposes=purposes,
+                valid_from=to_timestamp(now - 60_000_000),
+                valid_until=to_timestamp(now + 365 * 86_400_000_000),
+            )
         )
 
     async def tell(self) -> None:

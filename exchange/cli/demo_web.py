@@ -44,18 +44,14 @@ async def register_web_form_tool(operator: HubClient, keystore: Keystore) -> Non
     """Create the web counter's keys and register it: form tool and collector, owned by the
     township office (whose grants it prefills under)."""
     key = keystore.add_department(WEB_FORM_TOOL)
-    await operator.call(
-        "/exchange.v1.Registry/RegisterDepartment",
-        registry_pb2.RegisterDepartmentRequest(
-            department=registry_pb2.Department(
-                id=WEB_FORM_TOOL,
-                name="和平镇网上窗口 Township web counter (demo)",
-                roles=[common_pb2.FORM_TOOL, common_pb2.COLLECTOR],
-                owner=data.TOWNSHIP,
-                keys=[registry_pb2.DepartmentKey(public_key=key.public_bytes)],
-            )
-        ),
-        registry_pb2.DepartmentResponse,
+    await operator.register_department(
+        department=registry_pb2.Department(
+            id=WEB_FORM_TOOL,
+            name="和平镇网上窗口 Township web counter (demo)",
+            roles=[common_pb2.FORM_TOOL, common_pb2.COLLECTOR],
+            owner=data.TOWNSHIP,
+            keys=[registry_pb2.DepartmentKey(public_key=key.public_bytes)],
+        )
     )
 
 

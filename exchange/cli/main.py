@@ -76,8 +76,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Prefill a registered form, each value with its source.",
     ),
     "history": (
-        "exchange.cli.records_commands:history",
-        "Who accessed a subject's material, when and why.",
+        "exchange.cli.person_commands:history",
+        "Who accessed a subject's material, when and why (as `person history`).",
     ),
     "objection": (
         "exchange.cli.records_commands:objection",

@@ -7,7 +7,6 @@ the client SDK, and shares its options, output and exit codes (docs/cli.md).
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,48 +26,6 @@ from exchange.cli.material_file import MaterialFileError, load_form
 from exchange.v1 import catalog_pb2, exchange_pb2
 
 CATALOG = "/exchange.v1.Catalog"
-
-
-# ------------------------------------------------------------------------------ history
-
-
-@click.command()
-@click.argument("subject_id")
-@assertion_option(required=False)
-@with_caller
-def history(caller: Caller, subject_id: str, assertion_path: Path | None, as_json: bool) -> None:
-    """Every ledger entry that touched SUBJECT_ID's material: when (UTC), who, what, why.
-
-    A form tool passes the person's --assertion; a supervisor may leave it out.
-    """
-    assertion = read_assertion(assertion_path) if assertion_path else None
-    records = caller.perform(lambda client: client.access_history(subject_id, assertion=assertion))
-    if as_json:
-        out.echo_json(
-            [
-                {
-                    "sequence": r.sequence,
-                    "time": out.iso(r.time_us),
-                    "actor": r.actor,
-                    "kind": r.kind,
-                    "material_type": r.material_type,
-                    "purpose": r.purpose,
-                    "outcome": r.outcome,
-                    "reason": r.reason,
-                }
-                for r in records
-            ]
-        )
-        return
-    for r in records:
-        why = f" for {r.purpose}" if r.purpose else ""
-        reason = f" ({r.reason})" if r.reason else ""
-        when = datetime.fromtimestamp(r.time_us / 1e6, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-        click.echo(
-            f"#{r.sequence:<6} {when}  {r.actor:32} {r.kind:15} "
-            f"{r.material_type or '-'}{why}: {r.outcome}{reason}"
-        )
-    click.echo(f"{len(records)} access(es)")
 
 
 # ------------------------------------------------------------------------------ objections

@@ -29,6 +29,7 @@ from exchange.crypto.subject import SubjectIdScheme
 from exchange.errors import quote
 from exchange.flows import lookups
 from exchange.flows.record import record, with_receipt
+from exchange.membership import Role
 from exchange.policy.identity import Caller
 from exchange.v1 import catalog_pb2, common_pb2, ledger_pb2
 
@@ -90,7 +91,7 @@ async def publish_material_type(
     type or owner), InvalidArgument for a malformed type, Unavailable on a concurrent publish.
     """
     with lookups.facts(material_type=body.material_type.id[:128]):
-        lookups.require_role(caller, "PROVIDER", what="publishing a material type")
+        lookups.require_role(caller, Role.PROVIDER, what="publishing a material type")
         if body.material_type.owner and body.material_type.owner != caller.department_id:
             raise errors.PermissionDenied(
                 common_pb2.NOT_OWNER, "a department publishes only its own material types"
@@ -223,7 +224,7 @@ async def register_form(
     given = body.form
     with lookups.facts(purpose=given.purpose[:128], attributes={"form": given.id[:128]}):
         if not caller.is_operator:
-            lookups.require_role(caller, "FORM_TOOL", what="registering a form")
+            lookups.require_role(caller, Role.FORM_TOOL, what="registering a form")
         check_identifier(given.id, "form.id")
         lookups.require_text(given.name.strip(), "form.name", 500)
         await lookups.purpose(hub, given.purpose)

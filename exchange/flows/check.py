@@ -22,6 +22,7 @@ from exchange.flows import lookups
 from exchange.flows.person import require_person
 from exchange.flows.record import record, with_receipt
 from exchange.flows.request import grants_for
+from exchange.membership import Role
 from exchange.policy.identity import Caller
 from exchange.policy.roles import person_facing
 from exchange.policy.sharing import granted
@@ -30,7 +31,7 @@ from exchange.v1 import common_pb2, exchange_pb2, ledger_pb2
 if TYPE_CHECKING:
     from exchange.hub import Hub
 
-CHECK_ROLES = ("CONSUMER", "COLLECTOR", "FORM_TOOL", "PROVIDER")
+CHECK_ROLES = (Role.CONSUMER, Role.COLLECTOR, Role.FORM_TOOL, Role.PROVIDER)
 
 
 async def _on_what_basis(

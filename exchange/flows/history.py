@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from exchange.flows import lookups
 from exchange.flows.person import require_person
 from exchange.flows.record import record, with_receipt
+from exchange.membership import Role
 from exchange.policy.assertions import Assurance
 from exchange.policy.identity import Caller
 from exchange.v1 import exchange_pb2, ledger_pb2, person_pb2
@@ -80,9 +81,9 @@ async def access_history(
     """
     subject_ref = hub.content_keys.subject_ref(body.subject_id) if body.subject_id.strip() else b""
     with lookups.facts(subject_ref=subject_ref, attributes={}) as known:
-        lookups.require_role(caller, "FORM_TOOL", "SUPERVISOR", what="AccessHistory")
+        lookups.require_role(caller, Role.FORM_TOOL, Role.SUPERVISOR, what="AccessHistory")
         lookups.require_text(body.subject_id.strip(), "subject_id", 128)
-        if body.HasField("assertion") or "SUPERVISOR" not in caller.roles:
+        if body.HasField("assertion") or Role.SUPERVISOR not in caller.roles:
             await require_person(hub, caller, body.assertion, body.subject_id, known)
             known["attributes"]["served_to"] = "person"
         else:

@@ -21,6 +21,7 @@ from exchange.catalog.schema import canonical_fields
 from exchange.clock import now_us
 from exchange.flows import lookups
 from exchange.flows.record import record, with_receipt
+from exchange.membership import Role
 from exchange.policy.identity import Caller
 from exchange.store.materials import IndexedMaterial
 from exchange.v1 import common_pb2, exchange_pb2, ledger_pb2
@@ -47,7 +48,7 @@ async def publish_holdings(
         subject_ref=subject_ref,
         attributes={"publish": str(len(body.holdings))},
     ):
-        lookups.require_role(caller, "PROVIDER", what="PublishHoldings")
+        lookups.require_role(caller, Role.PROVIDER, what="PublishHoldings")
         material_type = await lookups.material_type(hub, body.material_type)
         if material_type.owner != caller.department_id:
             raise errors.PermissionDenied(

@@ -1,21 +1,21 @@
 """What every exchange flow looks up before deciding: roles, catalog entries, holders.
 
 Hot reads come from the repositories' caches without leaving the event loop; a miss reads the
-database in a worker thread (SQLite and psycopg block).
+database in a worker thread (SQLite and psycopg block): ``TtlCache.read``.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from exchange import errors
 from exchange.catalog.model import Form, MaterialType, Purpose
 from exchange.crypto.subject import SubjectIdError, SubjectIdScheme, check
+from exchange.membership import MemberState, Role
 from exchange.policy.identity import Caller
-from exchange.store.cache import MISSING
+from exchange.store.cache import TtlCache
 from exchange.store.materials import IndexedMaterial
 from exchange.store.registry import DepartmentRecord
 from exchange.v1 import common_pb2
@@ -36,14 +36,6 @@ async def indexed(hub: Hub, material_type: str, subject_ref: bytes) -> IndexedMa
     return await hub.index.current_async(material_type, subject_ref)
 
 
-async def cached(peek: Callable[[], object], load: Callable[[], T]) -> T:
-    """``peek()`` if it hits the cache, else ``load()`` in a worker thread."""
-    value = peek()
-    if value is not MISSING:
-        return value  # type: ignore[return-value]
-    return await asyncio.to_thread(load)
-
-
 @contextmanager
 def facts(**fields: Any) -> Iterator[dict[str, Any]]:
     """Attach ``fields`` (EntryDraft names) to any ExchangeError raised inside, for its ledger
@@ -57,7 +49,7 @@ def facts(**fields: Any) -> Iterator[dict[str, Any]]:
         raise
 
 
-def require_role(caller: Caller, *roles: str, what: str) -> None:
+def require_role(caller: Caller, *roles: Role, what: str) -> None:
     """Raise PermissionDenied (ROLE_REQUIRED) unless the caller holds one of ``roles``."""
     if not caller.roles.intersection(roles):
         names = " or ".join(r.lower().replace("_", " ") for r in roles)
@@ -90,50 +82,59 @@ def subject_id(
         raise errors.InvalidArgument(common_pb2.INVALID_ARGUMENT_FIELD, f"{name} {exc}") from None
 
 
+async def _catalogued(
+    cache: TtlCache[str, T | None],
+    value: str,
+    field: str,
+    reason: common_pb2.Reason.ValueType,
+    missing: str,
+) -> T:
+    """The catalog entry ``value`` names (``field`` of the request, at most 128 characters).
+    Raises InvalidArgument (INVALID_ARGUMENT_FIELD) or NotFound (``reason``, ``missing``
+    telling what the entry is not)."""
+    require_text(value, field, 128)
+    found = await cache.read(value)
+    if found is None:
+        raise errors.NotFound(reason, missing.format(repr(value)))
+    return found
+
+
 async def material_type(hub: Hub, type_id: str) -> MaterialType:
     """The catalogued material type. Raises NotFound (UNKNOWN_MATERIAL_TYPE)."""
-    require_text(type_id, "material_type", 128)
-    found: MaterialType | None = await cached(
-        lambda: hub.catalog.cached_material_type(type_id),
-        lambda: hub.catalog.material_type(type_id),
+    return await _catalogued(
+        hub.catalog.by_type,
+        type_id,
+        "material_type",
+        common_pb2.UNKNOWN_MATERIAL_TYPE,
+        "material type {} is not catalogued",
     )
-    if found is None:
-        raise errors.NotFound(
-            common_pb2.UNKNOWN_MATERIAL_TYPE, f"material type {type_id[:128]!r} is not catalogued"
-        )
-    return found
 
 
 async def purpose(hub: Hub, purpose_id: str) -> Purpose:
     """The catalogued purpose. Raises InvalidArgument (empty) or NotFound (UNKNOWN_PURPOSE)."""
-    require_text(purpose_id, "purpose", 128)
-    found: Purpose | None = await cached(
-        lambda: hub.catalog.cached_purpose(purpose_id),
-        lambda: hub.catalog.purpose(purpose_id),
+    return await _catalogued(
+        hub.catalog.by_purpose,
+        purpose_id,
+        "purpose",
+        common_pb2.UNKNOWN_PURPOSE,
+        "purpose {} is not catalogued",
     )
-    if found is None:
-        raise errors.NotFound(
-            common_pb2.UNKNOWN_PURPOSE, f"purpose {purpose_id[:128]!r} is not catalogued"
-        )
-    return found
 
 
 async def form(hub: Hub, form_id: str) -> Form:
     """The registered form. Raises NotFound (UNKNOWN_FORM)."""
-    require_text(form_id, "form_id", 128)
-    found = await asyncio.to_thread(hub.catalog.form, form_id)
-    if found is None:
-        raise errors.NotFound(common_pb2.UNKNOWN_FORM, f"form {form_id[:128]!r} is not registered")
-    return found
+    return await _catalogued(
+        hub.catalog.by_form,
+        form_id,
+        "form_id",
+        common_pb2.UNKNOWN_FORM,
+        "form {} is not registered",
+    )
 
 
 async def department(hub: Hub, department_id: str) -> DepartmentRecord | None:
     """The registered department (cached, as for authentication), or None."""
-    found: DepartmentRecord | None = await cached(
-        lambda: hub.departments.peek(department_id),
-        lambda: hub.departments.get(department_id),
-    )
-    return found
+    return await hub.departments.read(department_id)
 
 
 async def acting_for(hub: Hub, caller: Caller) -> tuple[str, ...]:
@@ -150,7 +151,7 @@ async def holder(hub: Hub, department_id: str) -> DepartmentRecord:
     provider endpoint.
     """
     found = await department(hub, department_id)
-    if found is None or found.state != "ACTIVE" or not found.provider_endpoint:
+    if found is None or found.state != MemberState.ACTIVE or not found.provider_endpoint:
         raise errors.Unavailable(
             common_pb2.PROVIDER_UNAVAILABLE,
             f"the holder {department_id!r} has no active provider adapter registered",

@@ -9,7 +9,9 @@ signature end to end.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+import time
+from collections.abc import Callable, Collection, Mapping
+from typing import TYPE_CHECKING
 
 from google.protobuf.message import DecodeError
 
@@ -19,9 +21,13 @@ from exchange.catalog.schema import canonical_fields
 from exchange.clock import now_us
 from exchange.crypto.content import ContentKeys, canonical_subject_id
 from exchange.crypto.envelope import EnvelopeError, verify
+from exchange.routing.provider import forwarded_id
 from exchange.store.materials import IndexedMaterial
 from exchange.store.registry import DepartmentRecord
 from exchange.v1 import common_pb2, envelope_pb2, exchange_pb2
+
+if TYPE_CHECKING:
+    from exchange.hub import Hub
 
 MATERIAL_RECORD = exchange_pb2.MaterialRecord.DESCRIPTOR.full_name
 
@@ -95,3 +101,55 @@ def check_fields(
                 f"field {name!r} delivered by the holder differs from version "
                 f"{indexed.version} on the hub's index"
             )
+
+
+async def fetch_checked(
+    hub: Hub,
+    holder: DepartmentRecord,
+    current: IndexedMaterial,
+    material_type: MaterialType,
+    subject_id: str,
+    fields: tuple[str, ...],
+    *,
+    caller: str,
+    request_id: str,
+    kind: str,
+    purpose: str,
+    timed: Callable[[float], None],
+) -> tuple[envelope_pb2.Envelope, Mapping[str, str]]:
+    """Fetch ``fields`` of the ``current`` version from its holder and check the answer
+    (``open_record``, ``check_fields``); return the holder's envelope, unchanged, and its
+    fields.
+
+    ``request_id`` is the caller's (the holder is asked under an id forwarded from it, marked
+    ``kind``), and ``caller`` the department asking. ``timed`` is given the holder's latency in
+    milliseconds, answered or not. Raises Unavailable (PROVIDER_UNAVAILABLE), DeadlineExceeded
+    (PROVIDER_TIMEOUT), FailedPrecondition (CONTENT_MISMATCH), or the holder's own refusal.
+    """
+    forwarded = forwarded_id(request_id, kind)
+    started = time.perf_counter()
+    try:
+        answer = await hub.providers.fetch(
+            holder.provider_endpoint,
+            request_id=forwarded,
+            material_type=material_type.id,
+            subject_id=subject_id,
+            fields=fields,
+            consumer=caller,
+            purpose=purpose,
+            reference=current.reference,
+            version=current.version,
+        )
+    finally:
+        timed((time.perf_counter() - started) * 1000)
+    if not answer.found:
+        raise mismatch("the holder has no such material, but the hub's index has")
+    delivered = open_record(
+        answer.material,
+        holder,
+        request_id=forwarded,
+        material_type=material_type.id,
+        subject_id=subject_id,
+    )
+    check_fields(hub.content_keys, material_type, subject_id, delivered.fields, fields, current)
+    return answer.material, delivered.fields

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from functools import partial
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection
@@ -21,7 +20,8 @@ from exchange.catalog.schema import canonical_fields
 from exchange.clock import now_us, to_timestamp
 from exchange.flows import lookups
 from exchange.flows.person import require_person
-from exchange.flows.record import ReadBack, record, with_receipt
+from exchange.flows.record import ReadBack, read_back, record, with_receipt
+from exchange.membership import Role
 from exchange.policy.identity import Caller
 from exchange.policy.roles import person_facing
 from exchange.store.materials import Proposal
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from exchange.hub import Hub
 
 DAY_US = 86_400 * 1_000_000
-FILE_ROLES = ("FORM_TOOL", "CONSUMER")
+FILE_ROLES = (Role.FORM_TOOL, Role.CONSUMER)
 STATES = {exchange_pb2.CORRECTED: "CORRECTED", exchange_pb2.REJECTED: "REJECTED"}
 
 
@@ -73,7 +73,7 @@ async def file_objection(
         lookups.require_text(body.subject_id, "subject_id", 128)
         # A form tool files for a person, even one that is also a consumer (a refusal of
         # NOT_ON_FILE would otherwise tell it about a person who never authenticated to it).
-        if body.HasField("assertion") or person_facing(caller) or "CONSUMER" not in caller.roles:
+        if body.HasField("assertion") or person_facing(caller) or Role.CONSUMER not in caller.roles:
             await require_person(hub, caller, body.assertion, body.subject_id, known)
         reason = lookups.require_text(body.reason.strip(), "reason", 2000)
         material_type = await lookups.material_type(hub, body.material_type)
@@ -107,6 +107,7 @@ async def file_objection(
             lambda conn: hub.index.add_proposal(conn, proposal),
             lambda conn: hub.objections.get(proposal.id, conn),
         )
+        answer = read_back(file, _objection_response)
 
         receipt = await record(
             hub.ledger,
@@ -123,9 +124,9 @@ async def file_objection(
                 "objection_id": proposal.id,
                 "deadline_us": str(proposal.deadline_us),
             },
-            answer=partial(_objection_answer, file),
+            answer=answer,
         )
-    return _objection_answer(file, receipt)
+    return answer(receipt)
 
 
 async def list_objections(
@@ -208,6 +209,7 @@ async def resolve_objection(
                 )
 
         resolve = ReadBack(resolve_open, lambda conn: hub.objections.get(objection_id, conn))
+        answer = read_back(resolve, _objection_response)
 
         receipt = await record(
             hub.ledger,
@@ -220,16 +222,11 @@ async def resolve_objection(
             reference=objection.reference,
             version=version,
             attributes={"objection_id": objection.id, "state": state},
-            answer=partial(_objection_answer, resolve),
+            answer=answer,
         )
-    return _objection_answer(resolve, receipt)
+    return answer(receipt)
 
 
-def _objection_answer(
-    change: ReadBack[ObjectionRecord | None], receipt: common_pb2.Receipt
-) -> exchange_pb2.ObjectionResponse:
-    """An objection's answer: the objection as its transaction read it back (built in that
-    transaction, and again for the caller)."""
-    stored = change.value
-    assert stored is not None  # written in the same transaction
-    return exchange_pb2.ObjectionResponse(objection=to_proto(stored), receipt=receipt)
+def _objection_response(stored: ObjectionRecord) -> exchange_pb2.ObjectionResponse:
+    """An objection's answer: the objection as its transaction read it back."""
+    return exchange_pb2.ObjectionResponse(objection=to_proto(stored))

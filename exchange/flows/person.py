@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 from google.protobuf.message import DecodeError
@@ -23,7 +22,8 @@ from sqlalchemy import Connection
 from exchange import errors
 from exchange.clock import from_timestamp, now_us, to_timestamp
 from exchange.flows import lookups
-from exchange.flows.record import ReadBack, record, with_receipt
+from exchange.flows.record import ReadBack, read_back, record, with_receipt
+from exchange.membership import Role
 from exchange.policy.assertions import VerifiedAssertion, facts_of, verify_assertion
 from exchange.policy.identity import Caller
 from exchange.store.consents import ConsentRecord, Usability
@@ -100,7 +100,7 @@ async def _for_person(
 ) -> VerifiedAssertion:
     """The checks every Person call makes first: the form-tool role, a subject id, and the
     person's assertion (``require_person``). Raises as those do."""
-    lookups.require_role(caller, "FORM_TOOL", what=what)
+    lookups.require_role(caller, Role.FORM_TOOL, what=what)
     lookups.require_text(body.subject_id, "subject_id", 128)
     return await require_person(hub, caller, body.assertion, body.subject_id, known)
 
@@ -150,7 +150,7 @@ async def give_consent(
         verified = await _for_person(hub, caller, body, known, "GiveConsent")
         lookups.require_text(wanted.consumer, "consent.consumer", 128)
         consumer = await lookups.department(hub, wanted.consumer)
-        if consumer is None or "CONSUMER" not in consumer.roles:
+        if consumer is None or Role.CONSUMER not in consumer.roles:
             raise errors.NotFound(
                 common_pb2.UNKNOWN_DEPARTMENT,
                 f"consent.consumer {wanted.consumer[:128]!r} is not a registered consumer",
@@ -207,6 +207,7 @@ async def give_consent(
             lambda conn: hub.consents.add(conn, consent),
             lambda conn: hub.consents.get(consent.id, conn),
         )
+        answer = read_back(give, _consent_response)
         receipt = await record(
             hub.ledger,
             caller,
@@ -217,9 +218,9 @@ async def give_consent(
             purpose=purpose.id,
             counterparty=consumer.id,
             attributes=dict(known["attributes"]),
-            answer=partial(_consent_answer, give),
+            answer=answer,
         )
-    return _consent_answer(give, receipt)
+    return answer(receipt)
 
 
 async def revoke_consent(
@@ -260,6 +261,7 @@ async def revoke_consent(
                 )
 
         change = ReadBack(revoke, lambda conn: hub.consents.get(consent_id, conn))
+        answer = read_back(change, _consent_response)
         receipt = await record(
             hub.ledger,
             caller,
@@ -270,9 +272,9 @@ async def revoke_consent(
             purpose=found.purpose,
             counterparty=found.consumer,
             attributes=dict(known["attributes"]),
-            answer=partial(_consent_answer, change),
+            answer=answer,
         )
-    return _consent_answer(change, receipt)
+    return answer(receipt)
 
 
 async def list_consents(
@@ -298,14 +300,9 @@ async def list_consents(
     return with_receipt(response)(receipt)
 
 
-def _consent_answer(
-    change: ReadBack[ConsentRecord | None], receipt: common_pb2.Receipt
-) -> person_pb2.ConsentResponse:
-    """A consent call's answer: the consent as its transaction read it back (built in that
-    transaction, and again for the caller)."""
-    stored = change.value
-    assert stored is not None  # written in the same transaction
-    return person_pb2.ConsentResponse(consent=consent_to_proto(stored), receipt=receipt)
+def _consent_response(stored: ConsentRecord) -> person_pb2.ConsentResponse:
+    """A consent call's answer: the consent as its transaction read it back."""
+    return person_pb2.ConsentResponse(consent=consent_to_proto(stored))
 
 
 async def confirm_form(

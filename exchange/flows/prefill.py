@@ -19,7 +19,6 @@ whole prefill, naming every material type read.
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -29,15 +28,15 @@ from exchange import errors
 from exchange.catalog.model import FormField, MaterialType, SharingClass
 from exchange.clock import now_us
 from exchange.flows import lookups
-from exchange.flows.material import check_fields, mismatch, open_record
+from exchange.flows.material import fetch_checked
 from exchange.flows.person import require_person
 from exchange.flows.record import record, with_receipt
 from exchange.flows.request import grants_for, take_rate
 from exchange.flows.validity import Share
+from exchange.membership import Role
 from exchange.policy.grants import Grant
 from exchange.policy.identity import Caller
 from exchange.policy.sharing import Permit
-from exchange.routing.provider import forwarded_id
 from exchange.store.materials import IndexedMaterial
 from exchange.v1 import common_pb2, envelope_pb2, exchange_pb2, ledger_pb2
 
@@ -91,7 +90,7 @@ async def prefill(
     """
     subject_ref = hub.content_keys.subject_ref(body.subject_id) if body.subject_id else b""
     with lookups.facts(subject_ref=subject_ref, attributes={"form": body.form_id[:128]}) as known:
-        lookups.require_role(caller, "FORM_TOOL", what="Prefill")
+        lookups.require_role(caller, Role.FORM_TOOL, what="Prefill")
         lookups.require_text(body.subject_id, "subject_id", 128)
         form = await lookups.form(hub, body.form_id)
         known["purpose"] = form.purpose  # a refused attempt shows the person its purpose too
@@ -107,10 +106,7 @@ async def prefill(
                 continue
             parts.setdefault(field.material_type, _Part(None, [])).form_fields.append(field)
         for type_id, part in parts.items():
-            part.material_type = await lookups.cached(
-                lambda t=type_id: hub.catalog.cached_material_type(t),  # type: ignore[misc]
-                lambda t=type_id: hub.catalog.material_type(t),  # type: ignore[misc]
-            )
+            part.material_type = await hub.catalog.by_type.read(type_id)
             if part.material_type is None:
                 continue
             lookups.subject_id(body.subject_id, part.material_type.subject_id_scheme)
@@ -127,43 +123,25 @@ async def prefill(
             # reported as withheld (the index holds no content, so nothing leaks).
             part.current = await lookups.indexed(hub, type_id, subject_ref)
 
-        latencies: list[float] = []  # of holders that answered, for supervision
+        latencies: list[float] = []  # of holders asked, for supervision
 
         async def fetch(part: _Part) -> None:
             assert part.material_type is not None and part.permit is not None
             assert part.current is not None
             try:
                 holder = await lookups.holder(hub, part.current.holder)
-                request_id = forwarded_id(caller.request_id, "prefill")
-                started = time.perf_counter()
-                answer = await hub.providers.fetch(
-                    holder.provider_endpoint,
-                    request_id=request_id,
-                    material_type=part.material_type.id,
-                    subject_id=subject_id,
-                    fields=part.permit.fields,
-                    consumer=caller.department_id,
-                    purpose=form.purpose,
-                    reference=part.current.reference,
-                    version=part.current.version,
-                )
-                latencies.append((time.perf_counter() - started) * 1000)
-                if not answer.found:
-                    raise mismatch("the holder has no such material, but the hub's index has")
-                delivered = open_record(
-                    answer.material,
+                envelope, values = await fetch_checked(
+                    hub,
                     holder,
-                    request_id=request_id,
-                    material_type=part.material_type.id,
-                    subject_id=subject_id,
-                )
-                check_fields(
-                    hub.content_keys,
+                    part.current,
                     part.material_type,
                     subject_id,
-                    delivered.fields,
                     part.permit.fields,
-                    part.current,
+                    caller=caller.department_id,
+                    request_id=caller.request_id,
+                    kind="prefill",
+                    purpose=form.purpose,
+                    timed=latencies.append,
                 )
             except (errors.Unavailable, errors.DeadlineExceeded, errors.FailedPrecondition) as exc:
                 part.failure = exc.reason_name
@@ -174,8 +152,8 @@ async def prefill(
                     reason=exc.reason_name,
                 )
                 return
-            part.envelope = answer.material
-            part.values = dict(delivered.fields)
+            part.envelope = envelope
+            part.values = dict(values)
 
         fetching = [p for p in parts.values() if p.current is not None and p.permit is not None]
         if fetching:

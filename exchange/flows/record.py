@@ -39,6 +39,23 @@ def with_receipt(response: Receipted) -> Callable[[common_pb2.Receipt], Receipte
     return build
 
 
+def read_back(
+    change: ReadBack[T | None], respond: Callable[[T], Receipted]
+) -> Callable[[common_pb2.Receipt], Receipted]:
+    """The answer builder of a call that answers with what its effect read back (``ReadBack``):
+    ``respond(value)`` with the entry's receipt set. It runs in the entry's transaction, and the
+    flow applies it again to the receipt ``record`` returns, for the caller."""
+
+    def build(receipt: common_pb2.Receipt) -> Receipted:
+        stored = change.value
+        assert stored is not None  # written in the same transaction
+        response = respond(stored)
+        response.receipt.CopyFrom(receipt)  # type: ignore[attr-defined]
+        return response
+
+    return build
+
+
 class CallClaim(Claimed, Protocol):
     """The request-id claim of the call being served (exchange.api.claims.CallClaim), as
     ``record`` uses it: the first entry recorded with it takes it."""

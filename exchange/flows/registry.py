@@ -17,6 +17,7 @@ from exchange.flows import lookups
 from exchange.flows.record import ReadBack, record, with_receipt
 from exchange.ledger import Effect, appending
 from exchange.ledger.checkpoint import verifier_key
+from exchange.membership import MemberState, Role
 from exchange.policy.identity import Caller
 from exchange.store.registry import DepartmentRecord, KeyRecord
 from exchange.v1 import common_pb2, ledger_pb2, registry_pb2
@@ -25,9 +26,9 @@ if TYPE_CHECKING:
     from exchange.hub import Hub
 
 STATES = {
-    registry_pb2.ACTIVE: "ACTIVE",
-    registry_pb2.SUSPENDED: "SUSPENDED",
-    registry_pb2.RETIRED: "RETIRED",
+    registry_pb2.ACTIVE: MemberState.ACTIVE,
+    registry_pb2.SUSPENDED: MemberState.SUSPENDED,
+    registry_pb2.RETIRED: MemberState.RETIRED,
 }
 
 
@@ -126,9 +127,9 @@ async def _change(
     return answered(receipt)
 
 
-def _roles(given: registry_pb2.Department) -> frozenset[str]:
+def _roles(given: registry_pb2.Department) -> frozenset[Role]:
     return frozenset(
-        common_pb2.Role.Name(r) for r in given.roles if r != common_pb2.ROLE_UNSPECIFIED
+        Role(common_pb2.Role.Name(r)) for r in given.roles if r != common_pb2.ROLE_UNSPECIFIED
     )
 
 
@@ -141,7 +142,7 @@ def _checked(department: DepartmentRecord) -> DepartmentRecord:
         raise errors.InvalidArgument(
             common_pb2.INVALID_ARGUMENT_FIELD, "department.roles must name at least one role"
         )
-    if "PROVIDER" in department.roles and not department.provider_endpoint:
+    if Role.PROVIDER in department.roles and not department.provider_endpoint:
         raise errors.InvalidArgument(
             common_pb2.INVALID_ARGUMENT_FIELD, "a provider needs department.provider_endpoint"
         )
@@ -183,7 +184,7 @@ async def register_department(
             roles=_roles(given),
             provider_endpoint=given.provider_endpoint,
             certificate_sha256=_fingerprint(given.certificate_sha256),
-            state="ACTIVE",
+            state=MemberState.ACTIVE,
             owner=given.owner,
             registered_us=now,
         )
@@ -245,7 +246,7 @@ def _keys_only(identity: str, name: str, keys: list[KeyRecord]) -> DepartmentRec
         roles=frozenset(),
         provider_endpoint="",
         certificate_sha256="",
-        state="ACTIVE",
+        state=MemberState.ACTIVE,
         owner="",
         registered_us=0,
         keys=tuple(keys),

@@ -10,21 +10,20 @@ answer against its index, and returns that envelope unchanged. Every outcome is 
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING
 
 from exchange import errors
 from exchange.catalog.model import PurposeBasis, SharingClass
 from exchange.clock import now_us, to_timestamp
 from exchange.flows import lookups
-from exchange.flows.material import check_fields, mismatch, open_record
+from exchange.flows.material import fetch_checked
 from exchange.flows.person import consent_for_request, keep_until_us, require_person, use_consent
 from exchange.flows.record import record, with_receipt
 from exchange.flows.validity import Share
+from exchange.membership import Role
 from exchange.policy.grants import Grant
 from exchange.policy.identity import Caller
 from exchange.policy.sharing import Permit, permit
-from exchange.routing.provider import forwarded_id
 from exchange.v1 import common_pb2, exchange_pb2, ledger_pb2
 
 if TYPE_CHECKING:
@@ -35,12 +34,7 @@ async def grants_for(hub: Hub, consumers: tuple[str, ...], material_type: str) -
     """Every grant (any state) held by any of ``consumers`` for ``material_type``."""
     found: list[Grant] = []
     for consumer in consumers:
-        found.extend(
-            await lookups.cached(
-                lambda c=consumer: hub.grants.cached_for_consumer(c, material_type),  # type: ignore[misc]
-                lambda c=consumer: hub.grants.for_consumer(c, material_type),  # type: ignore[misc]
-            )
-        )
+        found.extend(await hub.grants.by_pair.read((consumer, material_type)))
     return found
 
 
@@ -75,7 +69,7 @@ async def request(
         subject_ref=subject_ref,
         purpose=body.purpose[:128],
     ) as known:
-        lookups.require_role(caller, "CONSUMER", what="Request")
+        lookups.require_role(caller, Role.CONSUMER, what="Request")
         lookups.require_text(body.subject_id, "subject_id", 128)
         material_type = await lookups.material_type(hub, body.material_type)
         subject_id = lookups.subject_id(body.subject_id, material_type.subject_id_scheme)
@@ -126,35 +120,24 @@ async def request(
         holder = await lookups.holder(hub, current.holder)
         # No entry, no access: the holder is not asked while the ledger cannot commit.
         await hub.ledger.ensure_writable()
-        request_id = forwarded_id(caller.request_id, "fetch")
-        started = time.perf_counter()
-        try:
-            answer = await hub.providers.fetch(
-                holder.provider_endpoint,
-                request_id=request_id,
-                material_type=material_type.id,
-                subject_id=subject_id,
-                fields=allowed.fields,
-                consumer=caller.department_id,
-                purpose=body.purpose,
-                reference=current.reference,
-                version=current.version,
-            )
-        finally:
-            attributes["provider_latency_ms"] = f"{(time.perf_counter() - started) * 1000:.1f}"
-        if not answer.found:
-            raise mismatch("the holder has no such material, but the hub's index has")
-        delivered = open_record(
-            answer.material,
+
+        def timed(ms: float) -> None:
+            attributes["provider_latency_ms"] = f"{ms:.1f}"
+
+        material, _ = await fetch_checked(
+            hub,
             holder,
-            request_id=request_id,
-            material_type=material_type.id,
-            subject_id=subject_id,
+            current,
+            material_type,
+            subject_id,
+            allowed.fields,
+            caller=caller.department_id,
+            request_id=caller.request_id,
+            kind="fetch",
+            purpose=body.purpose,
+            timed=timed,
         )
-        check_fields(
-            hub.content_keys, material_type, subject_id, delivered.fields, allowed.fields, current
-        )
-        response = exchange_pb2.MaterialResponse(material=answer.material)
+        response = exchange_pb2.MaterialResponse(material=material)
         if consent is not None:
             response.consent_id = consent.id
             response.keep_until.CopyFrom(to_timestamp(keep_until_us(consent)))

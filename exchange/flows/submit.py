@@ -41,6 +41,7 @@ from exchange.flows.person import require_person
 from exchange.flows.record import record, with_receipt
 from exchange.flows.settle import HeldStore, settle_after, settle_quietly
 from exchange.ledger import Effect
+from exchange.membership import Role
 from exchange.policy.identity import Caller
 from exchange.policy.roles import person_facing
 from exchange.routing.deadline import call_deadline
@@ -53,7 +54,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("exchange.submit")
 
-SUBMIT_ROLES = ("COLLECTOR", "FORM_TOOL")
+SUBMIT_ROLES = (Role.COLLECTOR, Role.FORM_TOOL)
 DAY_US = 86_400 * 1_000_000
 
 # Submissions for one (material type, subject) are decided one at a time, so two concurrent

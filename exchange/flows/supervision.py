@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from exchange import errors
 from exchange.clock import to_timestamp
 from exchange.flows.record import record, with_receipt
+from exchange.membership import Role
 from exchange.policy.identity import Caller
 from exchange.policy.roles import require_auditor
 from exchange.supervision.burden import BurdenReport, FormToolRecord, build_report
@@ -22,7 +23,6 @@ from exchange.v1 import common_pb2, ledger_pb2, supervision_pb2
 if TYPE_CHECKING:
     from exchange.hub import Hub
 
-FORM_TOOL = "FORM_TOOL"
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 SETTLE_SECONDS = 2.0
@@ -123,7 +123,7 @@ def compute_report(hub: Hub, idle_days: int, now_us: int) -> BurdenReport:
     tools = [
         FormToolRecord(d.id, d.state, d.registered_us)
         for d in hub.registry.all()
-        if FORM_TOOL in d.roles
+        if Role.FORM_TOOL in d.roles
     ]
     return build_report(
         hub.supervision.store.counters(),

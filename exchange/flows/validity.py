@@ -29,7 +29,8 @@ from sqlalchemy import Connection, bindparam, select
 
 from exchange import errors
 from exchange.catalog.model import SharingClass
-from exchange.policy.identity import ACTIVE, Caller
+from exchange.membership import MemberState
+from exchange.policy.identity import Caller
 from exchange.store.exchange_tables import grants, material_types
 from exchange.store.tables import department_keys, departments
 from exchange.v1 import common_pb2
@@ -127,7 +128,7 @@ def _member(at: Appending, caller: Caller, standing: Standing) -> errors.Exchang
         return errors.Unauthenticated(
             common_pb2.KEY_EXPIRED, f"signing key {caller.keyid[:16]}… was rotated out"
         )
-    if state != ACTIVE:
+    if state != MemberState.ACTIVE:
         return errors.PermissionDenied(
             common_pb2.DEPARTMENT_INACTIVE,
             f"department {department!r} is {(state or 'not registered').lower()}",

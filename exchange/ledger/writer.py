@@ -340,7 +340,7 @@ class Ledger:
         before it, with the append's ``Appending``: after every entry sequenced before this one
         and their effects. If it returns an ExchangeError, the entry is appended as that
         refusal instead (outcome REFUSED, its reason), the effect is not run, and that error is
-        raised here, marked ``recorded`` with the refusal's ``ledger_sequence``.
+        raised here, with the refusal's ``ledger_sequence`` set.
 
         ``claim``, if given, is the call's request-id claim (exchange.store.requests): the
         entry is appended only if the claim is still this process's (compare-and-set on its
@@ -648,8 +648,7 @@ class Ledger:
         for offset, pending in enumerate(batch):
             refusal = guarded.get(id(pending))
             if refusal is not None:
-                refusal.recorded = True
-                refusal.ledger_sequence = old_size + offset  # type: ignore[attr-defined]
+                refusal.ledger_sequence = old_size + offset
                 outcomes[id(pending)] = refusal
         ordered = [
             refused[index] if index in refused else outcomes[id(pending)]

@@ -35,6 +35,7 @@ from exchange import errors
 from exchange.clock import from_timestamp
 from exchange.crypto.content import canonical_subject_id
 from exchange.crypto.envelope import EnvelopeError, verify
+from exchange.membership import MemberState, Role
 from exchange.v1 import common_pb2, envelope_pb2, person_pb2
 
 if TYPE_CHECKING:  # the department side imports Assurance without loading the hub's store
@@ -47,7 +48,6 @@ MAX_LIFETIME_US = 10 * 60 * 1_000_000
 CLOCK_SKEW_US = 30 * 1_000_000
 MIN_NONCE_BYTES = 16
 MAX_NONCE_BYTES = 64
-IDENTITY_PROVIDER = "IDENTITY_PROVIDER"
 
 
 class Assurance(enum.Enum):
@@ -152,7 +152,7 @@ def verify_assertion(
         assurance = None
     facts = AssertionFacts(provider_id, assurance, sha256)
     provider = lookup(provider_id) if provider_id else None
-    if provider is None or IDENTITY_PROVIDER not in provider.roles:
+    if provider is None or Role.IDENTITY_PROVIDER not in provider.roles:
         raise _refuse(
             errors.Unauthenticated,
             common_pb2.UNKNOWN_IDENTITY_PROVIDER,
@@ -171,7 +171,7 @@ def verify_assertion(
             facts,
         ) from exc
     key = provider.key(verified.keyid)
-    if provider.state != "ACTIVE" or key is None or not key.usable_at(now_us):
+    if provider.state != MemberState.ACTIVE or key is None or not key.usable_at(now_us):
         raise _refuse(
             errors.Unauthenticated,
             common_pb2.IDENTITY_PROVIDER_REVOKED,

@@ -83,22 +83,19 @@ class GrantStore:
     """Reads and writes grants; the per-(consumer, material type) read is cached.
 
     A revocation through this process applies at once; through another hub process sharing the
-    database, within ``ttl_seconds``.
+    database, within ``ttl_seconds``. The cache (``by_pair``, keyed by (consumer, material
+    type)) is public for the flows, which read it on the event loop with ``TtlCache.read``.
     """
 
     def __init__(self, engine: Engine, ttl_seconds: float = 2.0) -> None:
         self.engine = engine
-        self._by_pair: TtlCache[tuple[str, str], tuple[Grant, ...]] = TtlCache(
+        self.by_pair: TtlCache[tuple[str, str], tuple[Grant, ...]] = TtlCache(
             self._load_pair, ttl_seconds
         )
 
     def for_consumer(self, consumer: str, material_type: str) -> tuple[Grant, ...]:
         """Every grant (any state) to ``consumer`` for ``material_type``. May block on a miss."""
-        return self._by_pair.get((consumer, material_type))
-
-    def cached_for_consumer(self, consumer: str, material_type: str) -> object:
-        """Like ``for_consumer`` from the cache only, or ``exchange.store.cache.MISSING``."""
-        return self._by_pair.peek((consumer, material_type))
+        return self.by_pair.get((consumer, material_type))
 
     def _load_pair(self, key: tuple[str, str]) -> tuple[Grant, ...]:
         with self.engine.connect() as conn:
@@ -158,4 +155,4 @@ class GrantStore:
 
     def forget(self, grant: Grant) -> None:
         """Drop the cached grants of ``grant``'s pair: a change to it was committed."""
-        self._by_pair.invalidate((grant.consumer, grant.material_type))
+        self.by_pair.invalidate((grant.consumer, grant.material_type))

@@ -1,20 +1,21 @@
 """Authentication of every call: certificate, envelope signature, key validity, freshness.
 
-The checks, in order (docs/security.md): a client certificate is present; the envelope decodes
-and carries the payload type of the method; it carries at most four signatures; the envelope and
-its body hold only fields the contract defines, with values in range (exchange.policy.payload);
-the body's header is complete; the certificate names
-the department of the header; the department is registered and active (the hub operator is known
-by the hub key); the signature verifies under a key of that department; that key is inside its
-validity (not before ``valid_from``, not rotated out) and not revoked; the issue time is inside
-the replay window. Freshness comes after the signature so that an unauthenticated caller learns
-nothing about the hub's clock.
+The checks, in order (docs/security.md lists them too): a client certificate is present; the
+envelope carries the payload type of the method and at most four signatures; its payload decodes as
+that body; the envelope and its body hold only fields the contract defines, with values in range
+(exchange.policy.payload); the body's header is complete (the checks so far are shared with the
+provider adapter's authenticator: exchange.policy.envelope_checks); the certificate names the
+department of the header; the department is registered (the hub operator is known by the hub id)
+and, if the registry pins a certificate, presented that one; the signature verifies under a key of
+that department; that key is inside its validity (not before ``valid_from``, not rotated out) and
+not revoked; the department is active; the issue time is inside the replay window. State and
+freshness come after the signature so that an unauthenticated caller learns nothing about a
+department's state or the hub's clock.
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -22,15 +23,13 @@ from typing import TypeVar
 from google.protobuf.message import DecodeError, Message
 
 from exchange import errors
-from exchange.clock import from_timestamp, now_us
-from exchange.crypto import certificates
-from exchange.crypto.envelope import MAX_SIGNATURES, EnvelopeError, verify
-from exchange.policy.payload import check_message
+from exchange.clock import now_us
+from exchange.crypto.envelope import EnvelopeError, verify
+from exchange.membership import MemberState, Role
+from exchange.policy import envelope_checks
+from exchange.policy.envelope_checks import REQUEST_ID
 from exchange.store.registry import DepartmentRecord, KeyRecord
 from exchange.v1 import common_pb2, envelope_pb2, registry_pb2
-
-REQUEST_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
-ACTIVE = "ACTIVE"
 
 Body = TypeVar("Body", bound=Message)
 
@@ -40,7 +39,7 @@ class Caller:
     """An authenticated call: who, with which key, and the exact bytes they signed."""
 
     department_id: str
-    roles: frozenset[str]
+    roles: frozenset[Role]
     is_operator: bool
     keyid: str
     request_id: str
@@ -130,58 +129,9 @@ class Authenticator:
         Raises errors.Unauthenticated, errors.InvalidArgument or errors.PermissionDenied with the
         matching contract reason.
         """
-        if not peer_certificate:
-            raise errors.Unauthenticated(
-                common_pb2.NO_CLIENT_CERTIFICATE, "a client certificate is required (mTLS)"
-            )
-        try:
-            peer = certificates.peer_identity(peer_certificate)
-        except certificates.CertificateError as exc:
-            raise errors.Unauthenticated(common_pb2.NO_CLIENT_CERTIFICATE, str(exc)) from exc
-        expected_type = body_type.DESCRIPTOR.full_name
-        if not envelope.payload_type:
-            raise errors.InvalidArgument(
-                common_pb2.MALFORMED_ENVELOPE,
-                f"the envelope has no payload_type; expected {expected_type}",
-            )
-        if envelope.payload_type != expected_type:
-            raise errors.InvalidArgument(
-                common_pb2.PAYLOAD_TYPE_MISMATCH,
-                f"this method takes {expected_type}, the envelope carries "
-                f"{envelope.payload_type[:128]!r}",
-            )
-        if len(envelope.signatures) > MAX_SIGNATURES:
-            raise errors.InvalidArgument(
-                common_pb2.MALFORMED_ENVELOPE,
-                f"the envelope carries {len(envelope.signatures)} signatures; at most "
-                f"{MAX_SIGNATURES} are allowed",
-            )
-        body = body_type()
-        try:
-            body.ParseFromString(envelope.payload)
-        except DecodeError as exc:
-            raise errors.InvalidArgument(
-                common_pb2.MALFORMED_ENVELOPE, f"the payload is not a valid {expected_type}"
-            ) from exc
-        # Before anything else is read from it: the signed bytes are stored beside the entry, so
-        # nothing the contract does not define may ride along in them (and no value the flows
-        # cannot hold may reach them). A refusal here is recorded without the envelope.
-        check_message(envelope, "envelope")
-        check_message(body)
-        header: common_pb2.RequestHeader = body.header  # type: ignore[attr-defined]
-        if not REQUEST_ID.match(header.request_id):
-            raise errors.InvalidArgument(
-                common_pb2.INVALID_ARGUMENT_FIELD,
-                "header.request_id must be 1-128 printable ASCII characters",
-            )
-        if not header.department_id:
-            raise errors.InvalidArgument(
-                common_pb2.INVALID_ARGUMENT_FIELD, "header.department_id is required"
-            )
-        if not header.HasField("issued_at"):
-            raise errors.InvalidArgument(
-                common_pb2.INVALID_ARGUMENT_FIELD, "header.issued_at is required"
-            )
+        peer = envelope_checks.peer_identity(peer_certificate)
+        envelope_checks.check_form(envelope, body_type)
+        body, header = envelope_checks.open_body(envelope, body_type)
         if peer.department_id != header.department_id:
             raise errors.Unauthenticated(
                 common_pb2.CERTIFICATE_MISMATCH,
@@ -190,8 +140,8 @@ class Authenticator:
             )
         now = now_us()
         if header.department_id == self.hub_id:
-            roles: frozenset[str] = frozenset()
-            state = ACTIVE
+            roles: frozenset[Role] = frozenset()
+            state = MemberState.ACTIVE
             is_operator = True
             records: Sequence[KeyRecord] = self.operator_keys()
         else:
@@ -226,18 +176,12 @@ class Authenticator:
             )
             raise error_type(reason, str(exc)) from exc
         _usable(next(k for k in records if k.keyid == verified.keyid), now)
-        if state != ACTIVE:
+        if state != MemberState.ACTIVE:
             raise errors.PermissionDenied(
                 common_pb2.DEPARTMENT_INACTIVE,
                 f"department {errors.quote(header.department_id)} is {state.lower()}",
             )
-        issued = from_timestamp(header.issued_at)
-        if abs(now - issued) > self.replay_window_us:
-            raise errors.Unauthenticated(
-                common_pb2.STALE_REQUEST,
-                f"issued_at is {abs(now - issued) / 1e6:.0f} s from the hub's clock; the window "
-                f"is ±{self.replay_window_us / 1e6:.0f} s",
-            )
+        issued = envelope_checks.check_fresh(header, now, self.replay_window_us)
         data = envelope_bytes(envelope)
         caller = Caller(
             department_id=header.department_id,

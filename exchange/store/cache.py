@@ -9,6 +9,7 @@ it cannot serve the old value for another ``ttl_seconds``.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import weakref
@@ -69,6 +70,15 @@ class TtlCache(Generic[K, V]):
                 self._entries.clear()
             self._entries[key] = (loaded_at, loaded)
         return loaded
+
+    async def read(self, key: K) -> V:
+        """The cached value, on the event loop when it is fresh; else ``get`` in a worker thread
+        (a load blocks on the database)."""
+        value = self.peek(key)
+        if value is not _MISSING:
+            self.hits += 1
+            return value  # type: ignore[return-value]
+        return await asyncio.to_thread(self.get, key)
 
     def invalidate(self, key: K | None = None) -> None:
         """Forget ``key``, or everything."""

@@ -1,8 +1,11 @@
 """The one SQLAlchemy MetaData every table of the exchange is declared on.
 
-Tables live beside the code that owns them (``exchange.store.tables`` for the registry, catalog
-and flows, ``exchange.ledger.storage`` for the ledger); Alembic migrations under
-``exchange/store/migrations`` create them.
+Tables live beside the code that owns them: ``exchange.store.tables`` (the registry, request
+ids), ``exchange.store.exchange_tables`` (the catalog, grants, the material index, objections),
+``exchange.store.consents``, ``exchange.store.operator_keys``, ``exchange.store.log_keys``,
+``exchange.ledger.storage`` (the ledger), ``exchange.supervision.store``,
+``exchange.observability.alerts`` (alert deliveries) and ``exchange.ownership``; the Alembic
+migrations under ``exchange/store/migrations`` create them.
 """
 
 from __future__ import annotations

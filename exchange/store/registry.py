@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, Engine, Row, insert, select, update
 
+from exchange.membership import MemberState, Role
 from exchange.store.tables import department_keys, departments
 
 
@@ -36,10 +37,10 @@ class DepartmentRecord:
 
     id: str
     name: str
-    roles: frozenset[str]
+    roles: frozenset[Role]
     provider_endpoint: str
     certificate_sha256: str
-    state: str
+    state: MemberState
     owner: str
     registered_us: int
     keys: tuple[KeyRecord, ...] = ()
@@ -164,7 +165,7 @@ class Registry:
             .values(revoked_us=revoked_us)
         )
 
-    def set_state(self, conn: Connection, department_id: str, state: str) -> None:
+    def set_state(self, conn: Connection, department_id: str, state: MemberState) -> None:
         """Change a department's life-cycle state."""
         conn.execute(
             update(departments).where(departments.c.id == department_id).values(state=state)
@@ -201,14 +202,14 @@ class Registry:
     @staticmethod
     def _department(row: Row[tuple[object, ...]], keys: Iterable[KeyRecord]) -> DepartmentRecord:
         m = row._mapping
-        roles = frozenset(r for r in str(m["roles"]).split(",") if r)
+        roles = frozenset(Role(r) for r in str(m["roles"]).split(",") if r)
         return DepartmentRecord(
             id=m["id"],
             name=m["name"],
             roles=roles,
             provider_endpoint=m["provider_endpoint"],
             certificate_sha256=m["certificate_sha256"],
-            state=m["state"],
+            state=MemberState(m["state"]),
             owner=m["owner"],
             registered_us=m["registered_us"],
             keys=tuple(keys),

@@ -14,12 +14,11 @@ from dataclasses import dataclass
 
 from exchange.catalog.model import Form, MaterialType
 from exchange.config import SupervisionConfig
+from exchange.membership import MemberState
 from exchange.supervision.model import Observation
 from exchange.supervision.rules import DAY_US
 
 STORED = frozenset({"STORED", "NEW_VERSION"})
-FORM_TOOL = "FORM_TOOL"
-ACTIVE = "ACTIVE"
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,7 +258,7 @@ def build_report(
     for tool in sorted(tools, key=lambda t: t.department):
         use = usage.get(tool.department, ToolUse(0, None))
         idle = (
-            tool.state == ACTIVE
+            tool.state == MemberState.ACTIVE
             and tool.registered_us <= horizon
             and use.uses < config.form_tool_min_uses
         )

@@ -106,11 +106,7 @@ async def test_receipts_verify_against_the_hub_key_and_a_foreign_key_is_refused(
     department = await good.department(CONSUMER)
     assert department.id == CONSUMER
 
-    answer = await good.call(
-        "/exchange.v1.Registry/ListDepartments",
-        registry_pb2.ListDepartmentsRequest(),
-        registry_pb2.ListDepartmentsResponse,
-    )
+    answer = await good.list_departments()
     forged = common_pb2.Receipt()
     forged.CopyFrom(answer.receipt)
     forged.leaf_hash = bytes(32)
@@ -136,18 +132,14 @@ class Exchange:
 
 async def _register(hub: RunningHub, department_id: str, roles: list[Any], endpoint: str) -> None:
     key = hub.keystore.department_signing_key(department_id)
-    await hub.operator.call(
-        REGISTER,
-        registry_pb2.RegisterDepartmentRequest(
-            department=registry_pb2.Department(
-                id=department_id,
-                name=department_id,
-                roles=roles,
-                provider_endpoint=endpoint,
-                keys=[registry_pb2.DepartmentKey(public_key=key.public_bytes)],
-            )
-        ),
-        registry_pb2.DepartmentResponse,
+    await hub.operator.register_department(
+        department=registry_pb2.Department(
+            id=department_id,
+            name=department_id,
+            roles=roles,
+            provider_endpoint=endpoint,
+            keys=[registry_pb2.DepartmentKey(public_key=key.public_bytes)],
+        )
     )
 
 
@@ -159,33 +151,25 @@ async def exchange(hub: RunningHub, tmp_path: Path, start_adapter: StartAdapter)
     adapter = await start_adapter(sql_settings(url, keystore.root, tmp_path))
     await _register(hub, DEPARTMENT, [common_pb2.PROVIDER], f"127.0.0.1:{adapter.port}")
     provider = hub.client(DEPARTMENT)
-    await provider.call(
-        "/exchange.v1.Catalog/PublishMaterialType",
-        catalog_pb2.PublishMaterialTypeRequest(
-            material_type=catalog_pb2.MaterialType(
-                id=MARRIAGE,
-                owner=DEPARTMENT,
-                name="Marriage record",
-                sharing_class=catalog_pb2.UNCONDITIONAL,
-                fields=[
-                    catalog_pb2.FieldSpec(
-                        name="marital_status", type=catalog_pb2.STRING, required=True
-                    ),
-                    catalog_pb2.FieldSpec(name="spouse_name", type=catalog_pb2.STRING),
-                    catalog_pb2.FieldSpec(name="registered_on", type=catalog_pb2.DATE),
-                ],
-            )
-        ),
-        catalog_pb2.MaterialTypeResponse,
+    await provider.publish_material_type(
+        material_type=catalog_pb2.MaterialType(
+            id=MARRIAGE,
+            owner=DEPARTMENT,
+            name="Marriage record",
+            sharing_class=catalog_pb2.UNCONDITIONAL,
+            fields=[
+                catalog_pb2.FieldSpec(
+                    name="marital_status", type=catalog_pb2.STRING, required=True
+                ),
+                catalog_pb2.FieldSpec(name="spouse_name", type=catalog_pb2.STRING),
+                catalog_pb2.FieldSpec(name="registered_on", type=catalog_pb2.DATE),
+            ],
+        )
     )
-    await hub.operator.call(
-        "/exchange.v1.Catalog/DefinePurpose",
-        catalog_pb2.DefinePurposeRequest(
-            purpose=catalog_pb2.Purpose(
-                id=PURPOSE, name="Pension eligibility", legal_basis="Social Insurance Law art. 16"
-            )
-        ),
-        catalog_pb2.PurposeResponse,
+    await hub.operator.define_purpose(
+        purpose=catalog_pb2.Purpose(
+            id=PURPOSE, name="Pension eligibility", legal_basis="Social Insurance Law art. 16"
+        )
     )
     summary = await publish_holdings(provider, adapter.backend, MARRIAGE)
     assert summary.outcomes == {"STORED": 2}

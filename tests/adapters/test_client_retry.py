@@ -68,7 +68,7 @@ async def test_a_call_retrying_while_the_hub_restarts_succeeds_within_its_deadli
     first = await start_hub(listen=listen)
     sends = CountSends()
     client = operator(first, listen, interceptors=[cast(Any, sends)])
-    await client.call(LIST, registry_pb2.ListDepartmentsRequest(), DEPARTMENTS)
+    await client.list_departments()
     await first.server.stop(grace=1.0)
 
     envelope = client.envelope(registry_pb2.ListDepartmentsRequest())
@@ -130,13 +130,13 @@ async def test_channel_keepalive_options_reach_the_connection(start_hub: StartHu
         hub.target,
         channel_options=ChannelOptions(keepalive_time_ms=50, keepalive_permit_without_calls=True),
     )
-    await client.call(LIST, registry_pb2.ListDepartmentsRequest(), DEPARTMENTS)
+    await client.list_departments()
     assert client.channel.get_state() == grpc.ChannelConnectivity.READY
     # Pinging every 50 ms breaks the hub's rule: it closes the connection (GOAWAY).
     await asyncio.wait_for(client.channel.wait_for_state_change(grpc.ChannelConnectivity.READY), 30)
     assert client.channel.get_state() != grpc.ChannelConnectivity.READY
     # The next call reconnects.
-    await client.call(LIST, registry_pb2.ListDepartmentsRequest(), DEPARTMENTS)
+    await client.list_departments()
     options = dict(client.channel_options.grpc_options())
     assert options["grpc.max_reconnect_backoff_ms"] == ChannelOptions().max_reconnect_backoff_ms
 

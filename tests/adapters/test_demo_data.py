@@ -8,7 +8,7 @@ from adapters import demo_data
 from adapters.holdings import publish_holdings
 from adapters.settings import load
 from exchange.crypto.keystore import Keystore
-from exchange.v1 import catalog_pb2, common_pb2, exchange_pb2, provider_pb2, registry_pb2
+from exchange.v1 import common_pb2, exchange_pb2, provider_pb2, registry_pb2
 from tests.adapters.conftest import HubCaller
 from tests.conftest import RunningHub
 
@@ -65,28 +65,20 @@ async def test_demo_catalog_and_holdings_are_accepted_by_a_real_hub(
     try:
         for department, server in zip(departments, servers, strict=True):
             key = hub.keystore.department_signing_key(department.department_id)
-            await hub.operator.call(
-                "/exchange.v1.Registry/RegisterDepartment",
-                registry_pb2.RegisterDepartmentRequest(
-                    department=registry_pb2.Department(
-                        id=department.department_id,
-                        name=department.name,
-                        roles=[common_pb2.PROVIDER],
-                        provider_endpoint=f"127.0.0.1:{server.port}",
-                        keys=[registry_pb2.DepartmentKey(public_key=key.public_bytes)],
-                    )
-                ),
-                registry_pb2.DepartmentResponse,
+            await hub.operator.register_department(
+                department=registry_pb2.Department(
+                    id=department.department_id,
+                    name=department.name,
+                    roles=[common_pb2.PROVIDER],
+                    provider_endpoint=f"127.0.0.1:{server.port}",
+                    keys=[registry_pb2.DepartmentKey(public_key=key.public_bytes)],
+                )
             )
             client = hub.client(department.department_id)
             for entry in demo_data.CATALOG:
                 if entry.owner != department.department_id:
                     continue
-                await client.call(
-                    "/exchange.v1.Catalog/PublishMaterialType",
-                    catalog_pb2.PublishMaterialTypeRequest(material_type=entry.to_proto()),
-                    catalog_pb2.MaterialTypeResponse,
-                )
+                await client.publish_material_type(material_type=entry.to_proto())
                 summary = await publish_holdings(client, server.backend, entry.material_type)
                 assert set(summary.outcomes) == {"STORED"} and summary.total >= 2
     finally:

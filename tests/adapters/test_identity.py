@@ -13,6 +13,7 @@ from adapters.identity import (
 )
 from exchange.clock import from_timestamp, now_us
 from exchange.crypto.keys import SigningKey
+from exchange.membership import MemberState, Role
 from exchange.policy.assertions import verify_assertion
 from exchange.store.registry import DepartmentRecord, KeyRecord
 from exchange.v1 import person_pb2
@@ -26,10 +27,10 @@ def registered(key: SigningKey) -> DepartmentRecord:
     return DepartmentRecord(
         id=PLATFORM,
         name=PLATFORM,
-        roles=frozenset({"IDENTITY_PROVIDER"}),
+        roles=frozenset({Role.IDENTITY_PROVIDER}),
         provider_endpoint="",
         certificate_sha256="",
-        state="ACTIVE",
+        state=MemberState.ACTIVE,
         owner="",
         registered_us=0,
         keys=(KeyRecord(key.keyid, PLATFORM, key.public_bytes, 0),),

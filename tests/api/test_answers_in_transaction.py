@@ -145,12 +145,8 @@ async def test_answers_are_built_in_the_entry_transaction(world: World) -> None:
         material = await social.request(MARRIAGE, ANNA, purpose=ASSISTANCE)
         assert material.fields == {"marital_status": "married"}
     # A registry change answers with the department as its transaction read it back.
-    changed = await world.hub.operator.call(
-        "/exchange.v1.Registry/SetState",
-        registry_pb2.SetStateRequest(
-            department_id=FORM_TOOL, state=registry_pb2.SUSPENDED, reason="answers test"
-        ),
-        registry_pb2.DepartmentResponse,
+    changed = await world.hub.operator.set_state(
+        department_id=FORM_TOOL, state=registry_pb2.SUSPENDED, reason="answers test"
     )
     assert changed.department.state == registry_pb2.SUSPENDED
     assert after_commit() == before

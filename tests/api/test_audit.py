@@ -11,11 +11,10 @@ import pytest
 from adapters.auditor import ForkDetected, Watcher, stream_entries
 from adapters.client import Refused
 from exchange.ledger import merkle, verify_checkpoint
-from exchange.v1 import audit_pb2, common_pb2, ledger_pb2, registry_pb2
+from exchange.v1 import audit_pb2, common_pb2, ledger_pb2
 from tests.conftest import RunningHub, StartHub
 
 AUDIT = "/exchange.v1.Audit"
-LIST = "/exchange.v1.Registry/ListDepartments"
 
 
 async def checkpoint_covering(hub: RunningHub, size: int) -> None:
@@ -31,9 +30,7 @@ async def checkpoint_covering(hub: RunningHub, size: int) -> None:
 async def traffic(hub: RunningHub, n: int = 5) -> None:
     client = hub.client("js.nj.civil-affairs")
     for _ in range(n):
-        await client.call(
-            LIST, registry_pb2.ListDepartmentsRequest(), registry_pb2.ListDepartmentsResponse
-        )
+        await client.list_departments()
 
 
 async def test_non_auditor_is_refused(hub: RunningHub) -> None:
@@ -138,9 +135,7 @@ async def test_watcher_trusts_advances_and_checks_receipts(hub: RunningHub, tmp_
     first = await watcher.check()
     await traffic(hub, 5)
     client = hub.client("js.nj.civil-affairs")
-    answer = await client.call(
-        LIST, registry_pb2.ListDepartmentsRequest(), registry_pb2.ListDepartmentsResponse
-    )
+    answer = await client.list_departments()
     await checkpoint_covering(hub, hub.server.hub.ledger.size())
     second = await watcher.check()
     assert second.old_size == first.checkpoint.size < second.checkpoint.size
@@ -165,26 +160,20 @@ async def test_watcher_reports_a_forked_log_loudly(start_hub: StartHub, tmp_path
     forked = await start_hub(f"sqlite:///{tmp_path / 'b.db'}")
     from exchange.v1 import registry_pb2 as r
 
-    await forked.operator.call(
-        "/exchange.v1.Registry/RegisterDepartment",
-        r.RegisterDepartmentRequest(
-            department=r.Department(
-                id="js.audit",
-                name="Audit",
-                roles=[common_pb2.AUDITOR],
-                keys=[
-                    r.DepartmentKey(
-                        public_key=forked.keystore.department_signing_key("js.audit").public_bytes
-                    )
-                ],
-            )
-        ),
-        r.DepartmentResponse,
+    await forked.operator.register_department(
+        department=r.Department(
+            id="js.audit",
+            name="Audit",
+            roles=[common_pb2.AUDITOR],
+            keys=[
+                r.DepartmentKey(
+                    public_key=forked.keystore.department_signing_key("js.audit").public_bytes
+                )
+            ],
+        )
     )
     for _ in range(trusted.size + 3):
-        await forked.client("js.audit").call(
-            LIST, r.ListDepartmentsRequest(), r.ListDepartmentsResponse
-        )
+        await forked.client("js.audit").list_departments()
     await checkpoint_covering(forked, forked.server.hub.ledger.size())
     rewatch = Watcher(
         forked.client("js.audit"), forked.server.hub.ledger.verifier_key, tmp_path / "trusted.note"
@@ -260,9 +249,7 @@ async def test_a_verifying_sdk_accepts_reads_answered_without_a_receipt(hub: Run
         # the first read is an entry with a verified receipt, the others are only counted
         assert [a.HasField("receipt") for a in answers] == [True, False, False]
         # every other answer still needs its receipt
-        listed = await client.call(
-            LIST, registry_pb2.ListDepartmentsRequest(), registry_pb2.ListDepartmentsResponse
-        )
+        listed = await client.list_departments()
         assert listed.HasField("receipt")
     finally:
         await client.close()

@@ -95,11 +95,7 @@ async def test_signature_by_unregistered_key_is_refused(hub: RunningHub) -> None
 async def test_revoked_key_is_refused(hub: RunningHub) -> None:
     client = await hub.register("js.nj.civil-affairs")
     key = hub.keystore.department_signing_key("js.nj.civil-affairs")
-    await hub.operator.call(
-        "/exchange.v1.Registry/RevokeKey",
-        registry_pb2.RevokeKeyRequest(department_id="js.nj.civil-affairs", keyid=key.keyid),
-        registry_pb2.DepartmentResponse,
-    )
+    await hub.operator.revoke_key(department_id="js.nj.civil-affairs", keyid=key.keyid)
     error = await refused(client.call(LIST, list_body(), registry_pb2.ListDepartmentsResponse))
     assert (error.code, error.reason) == (grpc.StatusCode.UNAUTHENTICATED, "KEY_REVOKED")
 
@@ -107,14 +103,8 @@ async def test_revoked_key_is_refused(hub: RunningHub) -> None:
 async def test_rotated_key_keeps_working_for_grace_then_new_key_signs(hub: RunningHub) -> None:
     client = await hub.register("js.nj.civil-affairs")
     new_key = SigningKey.generate()
-    await hub.operator.call(
-        "/exchange.v1.Registry/RotateKey",
-        registry_pb2.RotateKeyRequest(
-            department_id="js.nj.civil-affairs",
-            new_public_key=new_key.public_bytes,
-            grace_seconds=0,
-        ),
-        registry_pb2.DepartmentResponse,
+    await hub.operator.rotate_key(
+        department_id="js.nj.civil-affairs", new_public_key=new_key.public_bytes, grace_seconds=0
     )
     error = await refused(client.call(LIST, list_body(), registry_pb2.ListDepartmentsResponse))
     assert (error.code, error.reason) == (grpc.StatusCode.UNAUTHENTICATED, "KEY_EXPIRED")
@@ -277,13 +267,7 @@ async def test_department_cannot_act_as_operator(hub: RunningHub) -> None:
 
 async def test_retired_department_is_refused(hub: RunningHub) -> None:
     client = await hub.register("js.nj.civil-affairs")
-    await hub.operator.call(
-        "/exchange.v1.Registry/SetState",
-        registry_pb2.SetStateRequest(
-            department_id="js.nj.civil-affairs", state=registry_pb2.RETIRED
-        ),
-        registry_pb2.DepartmentResponse,
-    )
+    await hub.operator.set_state(department_id="js.nj.civil-affairs", state=registry_pb2.RETIRED)
     error = await refused(client.call(LIST, list_body(), registry_pb2.ListDepartmentsResponse))
     assert (error.code, error.reason) == (grpc.StatusCode.PERMISSION_DENIED, "DEPARTMENT_INACTIVE")
 

@@ -27,11 +27,7 @@ async def test_hub_on_postgresql_registers_and_authenticates(
 ) -> None:
     hub = await start_hub(postgres_url)
     client = await hub.register("js.nj.civil-affairs")
-    answer = await client.call(
-        "/exchange.v1.Registry/ListDepartments",
-        registry_pb2.ListDepartmentsRequest(),
-        registry_pb2.ListDepartmentsResponse,
-    )
+    answer = await client.list_departments()
     assert [d.id for d in answer.departments] == ["js.nj.civil-affairs"]
     envelope = client.envelope(registry_pb2.ListDepartmentsRequest())
     envelope.signatures[0].sig = bytes(64)
@@ -59,17 +55,13 @@ async def _world(
 
 
 async def _grant_marital_status(world: World) -> None:
-    await world.clients[CIVIL].call(
-        "/exchange.v1.Grants/IssueGrant",
-        grants_pb2.IssueGrantRequest(
-            grant=grants_pb2.Grant(
-                consumer=SOCIAL,
-                material_type=MARRIAGE,
-                fields=["marital_status"],
-                purposes=[ASSISTANCE],
-            )
-        ),
-        grants_pb2.GrantResponse,
+    await world.clients[CIVIL].issue_grant(
+        grant=grants_pb2.Grant(
+            consumer=SOCIAL,
+            material_type=MARRIAGE,
+            fields=["marital_status"],
+            purposes=[ASSISTANCE],
+        )
     )
 
 

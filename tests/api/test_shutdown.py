@@ -14,14 +14,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from adapters.auditor import stream_entries
 from adapters.client import HubClient, Refused, channel
-from exchange.v1 import exchange_pb2, ledger_pb2, registry_pb2
+from exchange.v1 import exchange_pb2, ledger_pb2
 from tests.conftest import StartHub
 from tests.flows.world import ANNA, ASSISTANCE, CIVIL, MARRIAGE, SOCIAL, World, build
 from tests.integration.test_flows import grant
 
 REQUEST = "/exchange.v1.Exchange/Request"
-LIST = "/exchange.v1.Registry/ListDepartments"
-LIST_RESPONSE = registry_pb2.ListDepartmentsResponse
 
 
 async def until(condition: object, seconds: float = 20.0) -> None:
@@ -79,7 +77,7 @@ async def test_a_call_cut_by_the_grace_is_unavailable_and_its_retry_runs_after_r
         # A call that has not started is turned away at once, retryable, with nothing done.
         size = hub.server.hub.ledger.size()
         with pytest.raises(Refused) as late:
-            await consumer.call(LIST, registry_pb2.ListDepartmentsRequest(), LIST_RESPONSE)
+            await consumer.list_departments()
         assert late.value.code == grpc.StatusCode.UNAVAILABLE
         assert late.value.reason == "SHUTTING_DOWN"
         assert late.value.retry_after is not None and late.value.ledger_sequence is None

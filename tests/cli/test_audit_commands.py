@@ -15,8 +15,6 @@ from exchange.v1 import common_pb2, registry_pb2
 from tests.api.test_audit import checkpoint_covering
 from tests.conftest import RunningHub, StartHub
 
-LIST = "/exchange.v1.Registry/ListDepartments"
-
 
 def hub_args(hub: RunningHub) -> list[str]:
     return ["--listen", hub.target, "--keys-dir", str(hub.keystore.root)]
@@ -35,9 +33,7 @@ async def test_export_of_the_configured_hub_verifies_offline(
     hub = await start_hub(url)
     client = await hub.register("js.nj.civil-affairs")
     for _ in range(3):
-        await client.call(
-            LIST, registry_pb2.ListDepartmentsRequest(), registry_pb2.ListDepartmentsResponse
-        )
+        await client.list_departments()
     verifier = hub.server.hub.ledger.verifier_key
     await hub.server.stop(grace=1)  # final checkpoint
     # The auditor holds public material only: the hub's public key, no secret of anyone's.
@@ -109,26 +105,20 @@ async def test_watch_trusts_then_reports_a_fork_with_exit_3(
     await honest.server.stop(grace=1)
 
     forked = await start_hub(f"sqlite:///{tmp_path / 'b.db'}")
-    await forked.operator.call(
-        "/exchange.v1.Registry/RegisterDepartment",
-        registry_pb2.RegisterDepartmentRequest(
-            department=registry_pb2.Department(
-                id="js.audit",
-                name="Another audit office",
-                roles=[common_pb2.AUDITOR],
-                keys=[
-                    registry_pb2.DepartmentKey(
-                        public_key=forked.keystore.department_signing_key("js.audit").public_bytes
-                    )
-                ],
-            )
-        ),
-        registry_pb2.DepartmentResponse,
+    await forked.operator.register_department(
+        department=registry_pb2.Department(
+            id="js.audit",
+            name="Another audit office",
+            roles=[common_pb2.AUDITOR],
+            keys=[
+                registry_pb2.DepartmentKey(
+                    public_key=forked.keystore.department_signing_key("js.audit").public_bytes
+                )
+            ],
+        )
     )
     for _ in range(4):
-        await forked.client("js.audit").call(
-            LIST, registry_pb2.ListDepartmentsRequest(), registry_pb2.ListDepartmentsResponse
-        )
+        await forked.client("js.audit").list_departments()
     await checkpoint_covering(forked, forked.server.hub.ledger.size())
     args = [
         "audit",
@@ -148,9 +138,7 @@ async def test_watch_trusts_then_reports_a_fork_with_exit_3(
 async def test_check_receipt_proves_a_departments_receipt(hub: RunningHub, tmp_path: Path) -> None:
     await hub.register("js.audit", (common_pb2.AUDITOR,))
     client = await hub.register("js.nj.civil-affairs")
-    answer = await client.call(
-        LIST, registry_pb2.ListDepartmentsRequest(), registry_pb2.ListDepartmentsResponse
-    )
+    answer = await client.list_departments()
     receipt = tmp_path / "receipt.json"
     receipt.write_text(json_format.MessageToJson(answer.receipt))
     state = tmp_path / "trusted"

@@ -560,14 +560,10 @@ async def test_person_commands_history_objection_consent_and_confirmation(world:
         path,
     )
     assert f"filed with {CIVIL}" in succeeded(filed)
-    await world.hub.operator.call(
-        "/exchange.v1.Catalog/DefinePurpose",
-        catalog_pb2.DefinePurposeRequest(
-            purpose=catalog_pb2.Purpose(
-                id="loan", name="loan", legal_basis="demo", basis=catalog_pb2.PERSON_CONSENT
-            )
-        ),
-        catalog_pb2.PurposeResponse,
+    await world.hub.operator.define_purpose(
+        purpose=catalog_pb2.Purpose(
+            id="loan", name="loan", legal_basis="demo", basis=catalog_pb2.PERSON_CONSENT
+        )
     )
     given = json.loads(
         succeeded(

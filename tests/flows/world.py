@@ -197,19 +197,15 @@ async def register(
 ) -> HubClient:
     """Register a department whose keys are already in the keystore; return its client."""
     key = hub.keystore.department_signing_key(department_id)
-    body = registry_pb2.RegisterDepartmentRequest(
-        department=registry_pb2.Department(
-            id=department_id,
-            name=department_id,
-            roles=list(roles),
-            provider_endpoint=endpoint,
-            owner=owner,
-            keys=[registry_pb2.DepartmentKey(public_key=key.public_bytes)],
-        )
+    department = registry_pb2.Department(
+        id=department_id,
+        name=department_id,
+        roles=list(roles),
+        provider_endpoint=endpoint,
+        owner=owner,
+        keys=[registry_pb2.DepartmentKey(public_key=key.public_bytes)],
     )
-    await hub.operator.call(
-        "/exchange.v1.Registry/RegisterDepartment", body, registry_pb2.DepartmentResponse
-    )
+    await hub.operator.register_department(department)
     return hub.client(department_id)
 
 
@@ -333,40 +329,32 @@ async def build(hub: RunningHub, tmp_path: Path) -> World:
         c[POLICE], material_type(CRIMINAL, catalog_pb2.NOT_SHARED, [("offence", S, True)])
     )
     for purpose in (ASSISTANCE, MARRIAGE_REGISTRATION):
-        await hub.operator.call(
-            "/exchange.v1.Catalog/DefinePurpose",
-            catalog_pb2.DefinePurposeRequest(
-                purpose=catalog_pb2.Purpose(id=purpose, name=purpose, legal_basis="demo regulation")
-            ),
-            catalog_pb2.PurposeResponse,
+        await hub.operator.define_purpose(
+            purpose=catalog_pb2.Purpose(id=purpose, name=purpose, legal_basis="demo regulation")
         )
-    await c[FORM_TOOL].call(
-        "/exchange.v1.Catalog/RegisterForm",
-        catalog_pb2.RegisterFormRequest(
-            form=catalog_pb2.Form(
-                id=FORM,
-                name="Township subsidy application",
-                purpose=ASSISTANCE,
-                fields=[
-                    catalog_pb2.FormField(
-                        name="full_name", material_type=HOUSEHOLD, material_field="name"
-                    ),
-                    catalog_pb2.FormField(
-                        name="birth_date", material_type=HOUSEHOLD, material_field="birth_date"
-                    ),
-                    catalog_pb2.FormField(
-                        name="address", material_type=HOUSEHOLD, material_field="address"
-                    ),
-                    catalog_pb2.FormField(
-                        name="marital_status",
-                        material_type=MARRIAGE,
-                        material_field="marital_status",
-                    ),
-                    catalog_pb2.FormField(name="bank_account", label="Bank account"),
-                ],
-            )
-        ),
-        catalog_pb2.FormResponse,
+    await c[FORM_TOOL].register_form(
+        form=catalog_pb2.Form(
+            id=FORM,
+            name="Township subsidy application",
+            purpose=ASSISTANCE,
+            fields=[
+                catalog_pb2.FormField(
+                    name="full_name", material_type=HOUSEHOLD, material_field="name"
+                ),
+                catalog_pb2.FormField(
+                    name="birth_date", material_type=HOUSEHOLD, material_field="birth_date"
+                ),
+                catalog_pb2.FormField(
+                    name="address", material_type=HOUSEHOLD, material_field="address"
+                ),
+                catalog_pb2.FormField(
+                    name="marital_status",
+                    material_type=MARRIAGE,
+                    material_field="marital_status",
+                ),
+                catalog_pb2.FormField(name="bank_account", label="Bank account"),
+            ],
+        )
     )
     await publish_holdings(c[CIVIL], spies[CIVIL], MARRIAGE)
     await publish_holdings(c[POLICE], spies[POLICE], HOUSEHOLD)
@@ -377,8 +365,4 @@ async def build(hub: RunningHub, tmp_path: Path) -> World:
 async def publish_type(
     client: HubClient, value: catalog_pb2.MaterialType
 ) -> catalog_pb2.MaterialTypeResponse:
-    return await client.call(
-        "/exchange.v1.Catalog/PublishMaterialType",
-        catalog_pb2.PublishMaterialTypeRequest(material_type=value),
-        catalog_pb2.MaterialTypeResponse,
-    )
+    return await client.publish_material_type(material_type=value)

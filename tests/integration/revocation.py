@@ -62,17 +62,13 @@ class Outcomes:
 
 async def issue_grant(owner: HubClient, consumer: str = SOCIAL) -> grants_pb2.Grant:
     """A grant of marriage records (marital status) to ``consumer`` for social assistance."""
-    answer = await owner.call(
-        "/exchange.v1.Grants/IssueGrant",
-        grants_pb2.IssueGrantRequest(
-            grant=grants_pb2.Grant(
-                consumer=consumer,
-                material_type=MARRIAGE,
-                fields=["marital_status"],
-                purposes=[ASSISTANCE],
-            )
-        ),
-        grants_pb2.GrantResponse,
+    answer = await owner.issue_grant(
+        grant=grants_pb2.Grant(
+            consumer=consumer,
+            material_type=MARRIAGE,
+            fields=["marital_status"],
+            purposes=[ASSISTANCE],
+        )
     )
     return answer.grant
 
@@ -82,51 +78,29 @@ async def revoke(
 ) -> int:
     """Make the revocation of ``kind``; return its entry's sequence."""
     if kind is Kind.GRANT:
-        answer: object = await owner.call(
-            "/exchange.v1.Grants/RevokeGrant",
-            grants_pb2.RevokeGrantRequest(grant_id=grant.id),
-            grants_pb2.GrantResponse,
-        )
+        answer: object = await owner.revoke_grant(grant_id=grant.id)
     elif kind is Kind.KEY:
-        answer = await operator.call(
-            "/exchange.v1.Registry/RevokeKey",
-            registry_pb2.RevokeKeyRequest(department_id=SOCIAL, keyid=keyid),
-            registry_pb2.DepartmentResponse,
-        )
+        answer = await operator.revoke_key(department_id=SOCIAL, keyid=keyid)
     elif kind is Kind.ROTATION:
-        answer = await operator.call(
-            "/exchange.v1.Registry/RotateKey",
-            registry_pb2.RotateKeyRequest(
-                department_id=SOCIAL,
-                new_public_key=SigningKey.generate().public_bytes,
-                grace_seconds=0,
-            ),
-            registry_pb2.DepartmentResponse,
+        answer = await operator.rotate_key(
+            department_id=SOCIAL, new_public_key=SigningKey.generate().public_bytes, grace_seconds=0
         )
     elif kind is Kind.STATE:
-        answer = await operator.call(
-            "/exchange.v1.Registry/SetState",
-            registry_pb2.SetStateRequest(
-                department_id=SOCIAL, state=registry_pb2.SUSPENDED, reason="race test"
-            ),
-            registry_pb2.DepartmentResponse,
+        answer = await operator.set_state(
+            department_id=SOCIAL, state=registry_pb2.SUSPENDED, reason="race test"
         )
     else:
         S, D = catalog_pb2.STRING, catalog_pb2.DATE
-        answer = await owner.call(
-            "/exchange.v1.Catalog/PublishMaterialType",
-            catalog_pb2.PublishMaterialTypeRequest(
-                material_type=material_type(
-                    MARRIAGE,
-                    catalog_pb2.NOT_SHARED,
-                    [
-                        ("marital_status", S, True),
-                        ("spouse_name", S, False),
-                        ("registered_on", D, False),
-                    ],
-                )
-            ),
-            catalog_pb2.MaterialTypeResponse,
+        answer = await owner.publish_material_type(
+            material_type=material_type(
+                MARRIAGE,
+                catalog_pb2.NOT_SHARED,
+                [
+                    ("marital_status", S, True),
+                    ("spouse_name", S, False),
+                    ("registered_on", D, False),
+                ],
+            )
         )
     return int(answer.receipt.sequence)  # type: ignore[attr-defined]
 

@@ -19,7 +19,7 @@ from exchange.crypto.sealing import AtRest, SealError
 from exchange.store.exchange_tables import objections
 from exchange.store.files import create_private, open_private_text
 from exchange.store.tables import requests
-from exchange.v1 import exchange_pb2, registry_pb2
+from exchange.v1 import exchange_pb2
 from tests.conftest import StartHub
 from tests.flows.world import ANNA, CIVIL, FORM_TOOL, MARRIAGE, World, build
 
@@ -145,11 +145,7 @@ async def test_database_files_are_owner_readable_only(start_hub: StartHub, tmp_p
     previous = os.umask(0o022)
     try:
         hub = await start_hub()
-        await hub.operator.call(
-            "/exchange.v1.Registry/ListDepartments",
-            registry_pb2.ListDepartmentsRequest(),
-            registry_pb2.ListDepartmentsResponse,
-        )
+        await hub.operator.list_departments()
     finally:
         os.umask(previous)
     database = tmp_path / "exchange.db"

@@ -61,16 +61,13 @@ def kinds(world: World) -> list[int]:
 
 
 async def test_a_grant_is_not_stored_without_its_entry(world: World) -> None:
-    body = grants_pb2.IssueGrantRequest(
-        grant=grants_pb2.Grant(
+    call = world.clients[CIVIL].issue_grant(
+        grants_pb2.Grant(
             consumer=SOCIAL,
             material_type=MARRIAGE,
             fields=["marital_status"],
             purposes=[ASSISTANCE],
         )
-    )
-    call = world.clients[CIVIL].call(
-        "/exchange.v1.Grants/IssueGrant", body, grants_pb2.GrantResponse
     )
     await refused_while_down(world, call)
     with world.hub.server.hub.engine.connect() as conn:
@@ -84,19 +81,15 @@ async def test_a_grant_is_not_stored_without_its_entry(world: World) -> None:
 
 async def test_a_department_is_not_registered_without_its_entry(world: World) -> None:
     key = world.hub.keystore.add_department("js.nj.new-office")
-    body = registry_pb2.RegisterDepartmentRequest(
-        department=registry_pb2.Department(
-            id="js.nj.new-office",
-            name="New Office",
-            roles=[common_pb2.CONSUMER],
-            keys=[registry_pb2.DepartmentKey(public_key=key.public_bytes)],
-        )
+    department = registry_pb2.Department(
+        id="js.nj.new-office",
+        name="New Office",
+        roles=[common_pb2.CONSUMER],
+        keys=[registry_pb2.DepartmentKey(public_key=key.public_bytes)],
     )
 
     def register() -> Awaitable[registry_pb2.DepartmentResponse]:
-        return world.hub.operator.call(
-            "/exchange.v1.Registry/RegisterDepartment", body, registry_pb2.DepartmentResponse
-        )
+        return world.hub.operator.register_department(department)
 
     await refused_while_down(world, register())
     assert world.hub.server.hub.registry.get("js.nj.new-office") is None
@@ -106,11 +99,8 @@ async def test_a_department_is_not_registered_without_its_entry(world: World) ->
 
 
 async def test_a_purpose_is_not_defined_without_its_entry(world: World) -> None:
-    body = catalog_pb2.DefinePurposeRequest(
-        purpose=catalog_pb2.Purpose(id="housing-subsidy", name="Housing", legal_basis="test")
-    )
-    call = world.hub.operator.call(
-        "/exchange.v1.Catalog/DefinePurpose", body, catalog_pb2.PurposeResponse
+    call = world.hub.operator.define_purpose(
+        catalog_pb2.Purpose(id="housing-subsidy", name="Housing", legal_basis="test")
     )
     await refused_while_down(world, call)
     assert world.hub.server.hub.catalog.purpose("housing-subsidy") is None

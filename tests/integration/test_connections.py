@@ -20,9 +20,6 @@ from exchange.v1 import common_pb2, registry_pb2
 from tests.conftest import StartHub
 from tests.integration.test_hub_process import EXCHANGE, free_port, wait_serving
 
-LIST = "/exchange.v1.Registry/ListDepartments"
-DEPARTMENTS = registry_pb2.ListDepartmentsResponse
-
 
 async def left_ready(channel: grpc.aio.Channel) -> grpc.ChannelConnectivity:
     """Wait (at most 30 s) until ``channel`` leaves READY; return the state it went to."""
@@ -46,10 +43,10 @@ def closed_by_peer(sock: socket.socket) -> bool:
 async def test_an_idle_connection_is_closed_after_the_idle_timeout(start_hub: StartHub) -> None:
     hub = await start_hub(limits=LimitsConfig(idle_timeout_ms=300))
     client = await hub.register("js.nj.civil-affairs")
-    await client.call(LIST, registry_pb2.ListDepartmentsRequest(), DEPARTMENTS)
+    await client.list_departments()
     assert await left_ready(client.channel) == grpc.ChannelConnectivity.IDLE
     # The client reconnects on its next call.
-    await client.call(LIST, registry_pb2.ListDepartmentsRequest(), DEPARTMENTS)
+    await client.list_departments()
 
 
 async def test_a_connection_that_never_completes_its_handshake_is_closed(
@@ -81,7 +78,7 @@ async def test_a_client_pinging_too_often_is_disconnected(start_hub: StartHub) -
         assert await left_ready(pinging) != grpc.ChannelConnectivity.READY
     finally:
         await pinging.close()
-    await client.call(LIST, registry_pb2.ListDepartmentsRequest(), DEPARTMENTS)
+    await client.list_departments()
 
 
 def _small_descriptor_limit() -> None:
@@ -125,17 +122,13 @@ async def test_connections_beyond_the_descriptor_limit_leave_connected_callers_s
             Identity("hub", store.operator_signing_key(), store.operator_tls()),
             server_name="localhost",
         )
-        await operator.call(
-            "/exchange.v1.Registry/RegisterDepartment",
-            registry_pb2.RegisterDepartmentRequest(
-                department=registry_pb2.Department(
-                    id="js.nj.civil-affairs",
-                    name="Civil Affairs",
-                    roles=[common_pb2.CONSUMER],
-                    keys=[registry_pb2.DepartmentKey(public_key=key.public_bytes)],
-                )
-            ),
-            registry_pb2.DepartmentResponse,
+        await operator.register_department(
+            department=registry_pb2.Department(
+                id="js.nj.civil-affairs",
+                name="Civil Affairs",
+                roles=[common_pb2.CONSUMER],
+                keys=[registry_pb2.DepartmentKey(public_key=key.public_bytes)],
+            )
         )
         member = HubClient(
             target,
@@ -143,7 +136,7 @@ async def test_connections_beyond_the_descriptor_limit_leave_connected_callers_s
             server_name="localhost",
             retries=0,
         )
-        await member.call(LIST, registry_pb2.ListDepartmentsRequest(), DEPARTMENTS)
+        await member.list_departments()
         # More connections than the hub has descriptors, none of them completing a handshake.
         for _ in range(800):
             held.append(socket.create_connection(("127.0.0.1", port)))
@@ -151,7 +144,7 @@ async def test_connections_beyond_the_descriptor_limit_leave_connected_callers_s
         # The member connected before is served, calls needing the database included.
         answers = await asyncio.gather(
             *(
-                member.call(LIST, registry_pb2.ListDepartmentsRequest(), DEPARTMENTS)
+                member.list_departments()
                 for _ in range(30)  # within the certificate's share of calls
             )
         )

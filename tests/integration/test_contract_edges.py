@@ -111,17 +111,14 @@ async def test_an_id_with_a_wrong_check_digit_is_refused_naming_the_field(world:
 
 async def test_a_type_declaring_opaque_ids_takes_any_id_in_normal_form(world: w.World) -> None:
     police = world.clients[w.POLICE]
-    body = catalog_pb2.PublishMaterialTypeRequest(
-        material_type=catalog_pb2.MaterialType(
+    published = await police.publish_material_type(
+        catalog_pb2.MaterialType(
             id="passport-entry",
             name="Passport entry",
             sharing_class=catalog_pb2.UNCONDITIONAL,
             subject_id_scheme=catalog_pb2.OPAQUE,
             fields=[catalog_pb2.FieldSpec(name="note", type=catalog_pb2.STRING)],
         )
-    )
-    published = await police.call(
-        "/exchange.v1.Catalog/PublishMaterialType", body, catalog_pb2.MaterialTypeResponse
     )
     assert published.material_type.subject_id_scheme == catalog_pb2.OPAQUE
     answer = await world.clients[w.SOCIAL].call(

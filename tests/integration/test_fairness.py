@@ -32,7 +32,6 @@ from tests.flows.world import ANNA, ASSISTANCE, CIVIL, MARRIAGE, SOCIAL, TOWNSHI
 REQUEST = "/exchange.v1.Exchange/Request"
 CHECK = "/exchange.v1.Exchange/Check"
 CHECK_RESPONSE = exchange_pb2.CheckResponse
-LIST = "/exchange.v1.Registry/ListDepartments"
 DEPARTMENTS = registry_pb2.ListDepartmentsResponse
 
 
@@ -61,17 +60,13 @@ async def open_world(
 
 
 async def granted(world: World) -> World:
-    await world.clients[CIVIL].call(
-        "/exchange.v1.Grants/IssueGrant",
-        grants_pb2.IssueGrantRequest(
-            grant=grants_pb2.Grant(
-                consumer=SOCIAL,
-                material_type=MARRIAGE,
-                fields=["marital_status"],
-                purposes=[ASSISTANCE],
-            )
-        ),
-        grants_pb2.GrantResponse,
+    await world.clients[CIVIL].issue_grant(
+        grant=grants_pb2.Grant(
+            consumer=SOCIAL,
+            material_type=MARRIAGE,
+            fields=["marital_status"],
+            purposes=[ASSISTANCE],
+        )
     )
     world.spies[CIVIL].delay = 1.0
     return world
@@ -292,7 +287,7 @@ async def test_followers_through_the_hub_share_one_reader(start_hub: StartHub) -
     ledger = hub.server.hub.ledger
     reads, commits = feed.reads, ledger.commit_count
     for _ in range(6):
-        await member.call(LIST, registry_pb2.ListDepartmentsRequest(), DEPARTMENTS)
+        await member.list_departments()
         size = ledger.size()
         await until(lambda n=size: all(len(into) == n for into in seen))
     committed = ledger.commit_count - commits

@@ -32,7 +32,6 @@ from tests.flows.world import (
 )
 
 ISSUE = "/exchange.v1.Grants/IssueGrant"
-REVOKE = "/exchange.v1.Grants/RevokeGrant"
 
 
 async def grant(
@@ -199,9 +198,7 @@ async def test_expired_and_not_yet_valid_grants_are_refused(world: World) -> Non
 async def test_revoked_grant_is_refused_at_once(world: World) -> None:
     issued = await grant(world)
     await world.clients[SOCIAL].request(MARRIAGE, ANNA, purpose=ASSISTANCE)
-    revoked = await world.clients[CIVIL].call(
-        REVOKE, grants_pb2.RevokeGrantRequest(grant_id=issued.id), grants_pb2.GrantResponse
-    )
+    revoked = await world.clients[CIVIL].revoke_grant(grant_id=issued.id)
     assert revoked.grant.HasField("revoked_at")
     error = await refused(world.clients[SOCIAL].request(MARRIAGE, ANNA, purpose=ASSISTANCE))
     assert error.reason == "GRANT_REVOKED"
@@ -220,11 +217,7 @@ async def test_only_the_owner_grants_and_revokes(world: World) -> None:
     error = await refused(world.clients[POLICE].call(ISSUE, body, grants_pb2.GrantResponse))
     assert error.reason == "NOT_OWNER"
     issued = await grant(world)
-    error = await refused(
-        world.clients[SOCIAL].call(
-            REVOKE, grants_pb2.RevokeGrantRequest(grant_id=issued.id), grants_pb2.GrantResponse
-        )
-    )
+    error = await refused(world.clients[SOCIAL].revoke_grant(grant_id=issued.id))
     assert error.reason == "NOT_OWNER"
 
 

@@ -90,17 +90,13 @@ async def register_civil(target: str, store: Keystore) -> None:
         Identity("hub", store.operator_signing_key(), store.operator_tls()),
         server_name="localhost",
     ) as operator:
-        await operator.call(
-            "/exchange.v1.Registry/RegisterDepartment",
-            registry_pb2.RegisterDepartmentRequest(
-                department=registry_pb2.Department(
-                    id=CIVIL,
-                    name="Civil Affairs",
-                    roles=[common_pb2.CONSUMER],
-                    keys=[registry_pb2.DepartmentKey(public_key=key.public_bytes)],
-                )
-            ),
-            registry_pb2.DepartmentResponse,
+        await operator.register_department(
+            department=registry_pb2.Department(
+                id=CIVIL,
+                name="Civil Affairs",
+                roles=[common_pb2.CONSUMER],
+                keys=[registry_pb2.DepartmentKey(public_key=key.public_bytes)],
+            )
         )
 
 

@@ -25,10 +25,6 @@ from exchange.v1 import common_pb2, ledger_pb2, registry_pb2
 from tests.conftest import HUB_ID, RunningHub, StartHub
 from tests.ledger.test_audit import _reforge
 
-LIST = "/exchange.v1.Registry/ListDepartments"
-ROTATE = "/exchange.v1.Registry/RotateKey"
-REGISTER = "/exchange.v1.Registry/RegisterDepartment"
-
 
 def _as_operator(hub: RunningHub, key: SigningKey) -> HubClient:
     return HubClient(
@@ -59,17 +55,13 @@ async def test_the_hub_never_loads_the_operators_private_key(
     await hub.server.stop(grace=1)
     hub = await start_hub(f"sqlite:///{tmp_path / 'hub.db'}")
     operator = _as_operator(hub, operator_key)
-    answer = await operator.call(
-        LIST, registry_pb2.ListDepartmentsRequest(), registry_pb2.ListDepartmentsResponse
-    )
+    answer = await operator.list_departments()
     assert answer.receipt.sequence >= 0
     await operator.close()
     # The hub's own key no longer signs as the operator.
     impostor = _as_operator(hub, hub.keystore.hub_signing_key())
     with pytest.raises(Refused) as caught:
-        await impostor.call(
-            LIST, registry_pb2.ListDepartmentsRequest(), registry_pb2.ListDepartmentsResponse
-        )
+        await impostor.list_departments()
     await impostor.close()
     assert (caught.value.code, caught.value.reason) == (
         grpc.StatusCode.UNAUTHENTICATED,
@@ -81,12 +73,8 @@ async def test_operator_rotates_its_key_with_an_overlap(hub: RunningHub) -> None
     old_key = hub.keystore.operator_signing_key()
     new_key = SigningKey.generate()
     old = _as_operator(hub, old_key)
-    answer = await old.call(
-        ROTATE,
-        registry_pb2.RotateKeyRequest(
-            department_id=HUB_ID, new_public_key=new_key.public_bytes, grace_seconds=3600
-        ),
-        registry_pb2.DepartmentResponse,
+    answer = await old.rotate_key(
+        department_id=HUB_ID, new_public_key=new_key.public_bytes, grace_seconds=3600
     )
     assert {k.keyid for k in answer.department.keys} == {old_key.keyid, new_key.keyid}
     entry = ledger_pb2.LedgerEntry.FromString(
@@ -97,40 +85,26 @@ async def test_operator_rotates_its_key_with_an_overlap(hub: RunningHub) -> None
     # both keys sign during the overlap
     new = _as_operator(hub, new_key)
     for client in (old, new):
-        await client.call(
-            LIST, registry_pb2.ListDepartmentsRequest(), registry_pb2.ListDepartmentsResponse
-        )
+        await client.list_departments()
     # the hub's key cannot become the operator's
     with pytest.raises(Refused) as caught:
-        await new.call(
-            ROTATE,
-            registry_pb2.RotateKeyRequest(
-                department_id=HUB_ID, new_public_key=hub.keystore.hub_signing_key().public_bytes
-            ),
-            registry_pb2.DepartmentResponse,
+        await new.rotate_key(
+            department_id=HUB_ID, new_public_key=hub.keystore.hub_signing_key().public_bytes
         )
     assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
     # a rotation without grace ends the other keys at once
     newest = SigningKey.generate()
-    await new.call(
-        ROTATE,
-        registry_pb2.RotateKeyRequest(department_id=HUB_ID, new_public_key=newest.public_bytes),
-        registry_pb2.DepartmentResponse,
-    )
+    await new.rotate_key(department_id=HUB_ID, new_public_key=newest.public_bytes)
     # (the keys it ends sign for one more second, so the rotation's own entry is in their
     # validity: exchange.store.operator_keys)
     await asyncio.sleep(SELF_SIGNED_OVERLAP_US / 1e6 + 0.1)
     with pytest.raises(Refused) as caught:
-        await old.call(
-            LIST, registry_pb2.ListDepartmentsRequest(), registry_pb2.ListDepartmentsResponse
-        )
+        await old.list_departments()
     assert caught.value.reason == "KEY_EXPIRED"
     for client in (old, new):
         await client.close()
     latest = _as_operator(hub, newest)
-    await latest.call(
-        LIST, registry_pb2.ListDepartmentsRequest(), registry_pb2.ListDepartmentsResponse
-    )
+    await latest.list_departments()
     await latest.close()
 
 
@@ -138,16 +112,10 @@ async def test_verifier_follows_operator_rotations(hub: RunningHub) -> None:
     old_key = hub.keystore.operator_signing_key()
     new_key = SigningKey.generate()
     old = _as_operator(hub, old_key)
-    await old.call(
-        ROTATE,
-        registry_pb2.RotateKeyRequest(department_id=HUB_ID, new_public_key=new_key.public_bytes),
-        registry_pb2.DepartmentResponse,
-    )
+    await old.rotate_key(department_id=HUB_ID, new_public_key=new_key.public_bytes)
     await old.close()
     new = _as_operator(hub, new_key)
-    await new.call(
-        LIST, registry_pb2.ListDepartmentsRequest(), registry_pb2.ListDepartmentsResponse
-    )
+    await new.list_departments()
     await new.close()
     await hub.server.stop(grace=1)
     text, roots, verifier = _export(hub)
@@ -293,29 +261,19 @@ async def test_log_key_rotates_with_an_overlap(start_hub: StartHub, tmp_path: Pa
     origin = hub.config.origin
     # the operator cannot approve a key the hub does not hold
     with pytest.raises(Refused) as caught:
-        await operator.call(
-            ROTATE,
-            registry_pb2.RotateKeyRequest(
-                department_id=origin, new_public_key=SigningKey.generate().public_bytes
-            ),
-            registry_pb2.DepartmentResponse,
+        await operator.rotate_key(
+            department_id=origin, new_public_key=SigningKey.generate().public_bytes
         )
     assert caught.value.code == grpc.StatusCode.FAILED_PRECONDITION
     next_key = hub.keystore.init_next_hub_key()
     new_vkey = verifier_key(origin, next_key.public_bytes)
-    answer = await operator.call(
-        ROTATE,
-        registry_pb2.RotateKeyRequest(department_id=origin, new_public_key=next_key.public_bytes),
-        registry_pb2.DepartmentResponse,
-    )
+    answer = await operator.rotate_key(department_id=origin, new_public_key=next_key.public_bytes)
     entry = ledger_pb2.LedgerEntry.FromString(
         hub.server.hub.ledger.entries(answer.receipt.sequence, 1)[0].entry_bytes
     )
     assert entry.kind == ledger_pb2.KEY_ROTATION and entry.counterparty == origin
     assert entry.attributes["log_key"] == new_vkey
-    await operator.call(
-        LIST, registry_pb2.ListDepartmentsRequest(), registry_pb2.ListDepartmentsResponse
-    )
+    await operator.list_departments()
 
     async def latest_signed_by_both() -> None:
         for _ in range(100):
@@ -331,9 +289,7 @@ async def test_log_key_rotates_with_an_overlap(start_hub: StartHub, tmp_path: Pa
     # a restarted hub resumes the overlap
     await hub.server.stop(grace=1)
     hub = await start_hub(url)
-    await hub.operator.call(
-        LIST, registry_pb2.ListDepartmentsRequest(), registry_pb2.ListDepartmentsResponse
-    )
+    await hub.operator.list_departments()
     await latest_signed_by_both()
     # after the overlap the next key becomes the key: only it signs
     await hub.server.stop(grace=1)
@@ -341,9 +297,7 @@ async def test_log_key_rotates_with_an_overlap(start_hub: StartHub, tmp_path: Pa
     (hub_dir / "signing.next.key").replace(hub_dir / "signing.key")
     (hub_dir / "signing.next.pub").replace(hub_dir / "signing.pub")
     hub = await start_hub(url)
-    await hub.operator.call(
-        LIST, registry_pb2.ListDepartmentsRequest(), registry_pb2.ListDepartmentsResponse
-    )
+    await hub.operator.list_departments()
     await hub.server.stop(grace=1)
     latest = hub.server.hub.ledger.latest_checkpoint()
     assert latest is not None

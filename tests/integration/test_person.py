@@ -97,32 +97,24 @@ def raw_assertion(
 
 
 async def define_purpose(world: World, purpose: str, basis: int) -> None:
-    await world.hub.operator.call(
-        "/exchange.v1.Catalog/DefinePurpose",
-        catalog_pb2.DefinePurposeRequest(
-            purpose=catalog_pb2.Purpose(
-                id=purpose,
-                name=purpose,
-                legal_basis="demo regulation",
-                basis=basis,  # type: ignore[arg-type]
-            )
-        ),
-        catalog_pb2.PurposeResponse,
+    await world.hub.operator.define_purpose(
+        purpose=catalog_pb2.Purpose(
+            id=purpose,
+            name=purpose,
+            legal_basis="demo regulation",
+            basis=basis,  # type: ignore[arg-type]
+        )
     )
 
 
 async def grant_marriage(world: World, consumer: str, purposes: tuple[str, ...]) -> None:
-    await world.clients[CIVIL].call(
-        "/exchange.v1.Grants/IssueGrant",
-        grants_pb2.IssueGrantRequest(
-            grant=grants_pb2.Grant(
-                consumer=consumer,
-                material_type=MARRIAGE,
-                fields=["marital_status", "spouse_name"],
-                purposes=list(purposes),
-            )
-        ),
-        grants_pb2.GrantResponse,
+    await world.clients[CIVIL].issue_grant(
+        grant=grants_pb2.Grant(
+            consumer=consumer,
+            material_type=MARRIAGE,
+            fields=["marital_status", "spouse_name"],
+            purposes=list(purposes),
+        )
     )
 
 
@@ -225,12 +217,8 @@ async def test_prefill_refuses_each_bad_assertion_with_its_reason_and_entry(
 
 async def test_an_identity_provider_suspended_or_its_key_revoked_is_refused(world: World) -> None:
     assertion = world.assertion(ANNA)
-    await world.hub.operator.call(
-        "/exchange.v1.Registry/SetState",
-        registry_pb2.SetStateRequest(
-            department_id=IDENTITY, state=registry_pb2.SUSPENDED, reason="audit"
-        ),
-        registry_pb2.DepartmentResponse,
+    await world.hub.operator.set_state(
+        department_id=IDENTITY, state=registry_pb2.SUSPENDED, reason="audit"
     )
     error = await refused(world.clients[FORM_TOOL].prefill(FORM, ANNA, assertion=assertion))
     assert (error.code, error.reason) == (

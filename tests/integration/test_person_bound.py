@@ -14,7 +14,7 @@ import pytest
 from adapters.client import Refused
 from adapters.identity import DevelopmentIdentityProvider
 from exchange.clock import now_us
-from exchange.v1 import catalog_pb2, common_pb2, envelope_pb2, ledger_pb2, registry_pb2
+from exchange.v1 import catalog_pb2, common_pb2, envelope_pb2, ledger_pb2
 from tests.flows.world import (
     ANNA,
     ASSISTANCE,
@@ -193,11 +193,7 @@ async def test_confirm_form_without_the_persons_assertion_is_refused_on_record(
 async def test_an_identity_providers_revoked_key_is_refused_on_record(world: World) -> None:
     assertion = world.assertion(ANNA)  # signed before the revocation
     key = world.hub.keystore.department_signing_key(IDENTITY)
-    await world.hub.operator.call(
-        "/exchange.v1.Registry/RevokeKey",
-        registry_pb2.RevokeKeyRequest(department_id=IDENTITY, keyid=key.keyid),
-        registry_pb2.DepartmentResponse,
-    )
+    await world.hub.operator.revoke_key(department_id=IDENTITY, keyid=key.keyid)
     error = await refused(world.clients[FORM_TOOL].list_consents(ANNA, assertion=assertion))
     assert (error.code, error.reason) == (UNAUTHENTICATED, "IDENTITY_PROVIDER_REVOKED")
     entry = refusal_entry(world, error.ledger_sequence)

@@ -14,7 +14,7 @@ import pytest
 
 from adapters.client import Refused
 from exchange.crypto.keys import keyid as keyid_of
-from exchange.v1 import grants_pb2, ledger_pb2
+from exchange.v1 import ledger_pb2
 from tests.flows.world import (
     ANNA,
     CIVIL,
@@ -79,11 +79,7 @@ async def test_prefill_decided_before_a_grant_revocation_is_refused_at_its_entry
     )
     while len(spy.fetches) == asked:
         await asyncio.sleep(0.005)
-    revoked = await world.clients[CIVIL].call(
-        "/exchange.v1.Grants/RevokeGrant",
-        grants_pb2.RevokeGrantRequest(grant_id=issued.id),
-        grants_pb2.GrantResponse,
-    )
+    revoked = await world.clients[CIVIL].revoke_grant(grant_id=issued.id)
     with pytest.raises(Refused) as caught:
         await prefill
     spy.delay = 0.0

@@ -26,7 +26,6 @@ from exchange.witness.server import Witness, WitnessServer
 from exchange.witness.submitter import post
 from tests.conftest import HUB_ID, RunningHub, StartHub
 
-LIST = "/exchange.v1.Registry/ListDepartments"
 EXCHANGE = [sys.executable, "-m", "exchange.cli"]
 ORIGIN = "exchange.local/hub"
 
@@ -123,14 +122,12 @@ async def _cosigned(hub: RunningHub, size: int) -> None:
 async def test_witnessed_checkpoints_meet_the_policy(
     start_hub: StartHub, witnesses: Witnesses, tmp_path: Path
 ) -> None:
-    from exchange.v1 import common_pb2, registry_pb2
+    from exchange.v1 import common_pb2
 
     hub = await start_hub(witnesses=witnesses.config, origin=ORIGIN)
     auditor = await hub.register("js.audit", (common_pb2.AUDITOR,))
     client = await hub.register("js.nj.civil-affairs")
-    answer = await client.call(
-        LIST, registry_pb2.ListDepartmentsRequest(), registry_pb2.ListDepartmentsResponse
-    )
+    answer = await client.list_departments()
     await _cosigned(hub, answer.receipt.sequence + 1)
     verifier = hub.server.hub.ledger.verifier_key
     both = WitnessPolicy.parse(witnesses.keys, 2)

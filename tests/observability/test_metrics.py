@@ -18,7 +18,6 @@ from adapters.client import Refused
 from exchange.crypto.keys import SigningKey
 from exchange.crypto.keystore import Keystore
 from exchange.ledger import verifier_key
-from exchange.v1 import registry_pb2
 from exchange.witness.cosignature import WitnessKey
 from exchange.witness.server import Witness, WitnessServer
 from tests.conftest import StartHub
@@ -178,11 +177,7 @@ async def test_witness_cosigning_state_per_witness_by_name(
     try:
         hub = await start_hub(metrics_listen="127.0.0.1:0", witnesses=setting, origin=origin)
         client = await hub.register("js.nj.civil-affairs")
-        answer = await client.call(
-            "/exchange.v1.Registry/ListDepartments",
-            registry_pb2.ListDepartmentsRequest(),
-            registry_pb2.ListDepartmentsResponse,
-        )
+        answer = await client.list_departments()
         witnessing = hub.server.hub.witnessing
         for _ in range(200):
             if witnessing.clients[0].cosigned_size > answer.receipt.sequence:

@@ -9,6 +9,7 @@ from exchange.clock import now_us, to_timestamp
 from exchange.crypto import certificates
 from exchange.crypto.envelope import sign
 from exchange.crypto.keystore import Keystore
+from exchange.membership import MemberState, Role
 from exchange.policy.identity import Authenticator
 from exchange.store.registry import DepartmentRecord, KeyRecord
 from exchange.v1 import common_pb2, registry_pb2
@@ -31,10 +32,10 @@ def authenticate_with_key(
     department = DepartmentRecord(
         id=CIVIL,
         name="Civil Affairs",
-        roles=frozenset({"CONSUMER"}),
+        roles=frozenset({Role.CONSUMER}),
         provider_endpoint="",
         certificate_sha256=certificates.peer_identity(peer_certificate).certificate_sha256,
-        state="ACTIVE",
+        state=MemberState.ACTIVE,
         owner=HUB_ID,
         registered_us=now_us() - HOUR_US,
         keys=(

@@ -50,3 +50,17 @@ def test_a_load_overtaken_by_an_invalidation_is_not_kept() -> None:
     assert seen == ["valid"]
     assert cache.peek("grant") is MISSING
     assert cache.get("grant") == "revoked"
+
+
+async def test_read_serves_a_fresh_value_on_the_loop_and_loads_a_miss_in_a_thread() -> None:
+    threads: list[str] = []
+
+    def load(key: str) -> str:
+        threads.append(threading.current_thread().name)
+        return f"v-{key}"
+
+    cache: TtlCache[str, str] = TtlCache(load, 60)
+    assert await cache.read("a") == "v-a"
+    assert threads and threads[0] != threading.current_thread().name  # a miss: a worker thread
+    assert await cache.read("a") == "v-a" and len(threads) == 1  # a hit: no load
+    assert (cache.hits, cache.misses) == (1, 1)

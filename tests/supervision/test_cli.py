@@ -45,17 +45,13 @@ async def with_activity(start_hub: StartHub) -> RunningHub:
         )
     )
     civil = await hub.register(CIVIL, (common_pb2.PROVIDER,), endpoint="127.0.0.1:9")
-    await civil.call(
-        "/exchange.v1.Catalog/PublishMaterialType",
-        catalog_pb2.PublishMaterialTypeRequest(
-            material_type=catalog_pb2.MaterialType(
-                id="marriage-record",
-                name="Marriage record",
-                sharing_class=catalog_pb2.CONDITIONAL,
-                fields=[catalog_pb2.FieldSpec(name="spouse", type=catalog_pb2.STRING)],
-            )
-        ),
-        catalog_pb2.MaterialTypeResponse,
+    await civil.publish_material_type(
+        material_type=catalog_pb2.MaterialType(
+            id="marriage-record",
+            name="Marriage record",
+            sharing_class=catalog_pb2.CONDITIONAL,
+            fields=[catalog_pb2.FieldSpec(name="spouse", type=catalog_pb2.STRING)],
+        )
     )
     consumer = await hub.register("js.nj.social-security", (common_pb2.CONSUMER,))
     for _ in range(2):

@@ -86,46 +86,32 @@ async def test_burden_report_counts_catalog_entries_form_tools_and_overlaps(
     civil = await hub.register(CIVIL, (common_pb2.PROVIDER,), endpoint="127.0.0.1:9")
     tool = await hub.register(TOOL, (common_pb2.FORM_TOOL,))
     auditor = await hub.register("js.nj.audit-bureau", (common_pb2.AUDITOR,))
-    await hub.operator.call(
-        "/exchange.v1.Catalog/DefinePurpose",
-        catalog_pb2.DefinePurposeRequest(
-            purpose=catalog_pb2.Purpose(id="benefit", name="Benefit", legal_basis="Art. 1")
-        ),
-        catalog_pb2.PurposeResponse,
+    await hub.operator.define_purpose(
+        purpose=catalog_pb2.Purpose(id="benefit", name="Benefit", legal_basis="Art. 1")
     )
-    await civil.call(
-        "/exchange.v1.Catalog/PublishMaterialType",
-        catalog_pb2.PublishMaterialTypeRequest(
-            material_type=catalog_pb2.MaterialType(
-                id="marriage-record",
-                name="Marriage record",
-                sharing_class=catalog_pb2.CONDITIONAL,
-                fields=[
-                    catalog_pb2.FieldSpec(name=n, type=catalog_pb2.STRING)
-                    for n in ("spouse", "date", "office")
-                ],
-            )
-        ),
-        catalog_pb2.MaterialTypeResponse,
+    await civil.publish_material_type(
+        material_type=catalog_pb2.MaterialType(
+            id="marriage-record",
+            name="Marriage record",
+            sharing_class=catalog_pb2.CONDITIONAL,
+            fields=[
+                catalog_pb2.FieldSpec(name=n, type=catalog_pb2.STRING)
+                for n in ("spouse", "date", "office")
+            ],
+        )
     )
     for form_id, extra in (("marriage-benefit", "phone"), ("housing-subsidy", "income")):
-        await tool.call(
-            "/exchange.v1.Catalog/RegisterForm",
-            catalog_pb2.RegisterFormRequest(
-                form=catalog_pb2.Form(
-                    id=form_id,
-                    name=form_id,
-                    purpose="benefit",
-                    fields=[
-                        catalog_pb2.FormField(
-                            name=n, material_type="marriage-record", material_field=n
-                        )
-                        for n in ("spouse", "date")
-                    ]
-                    + [catalog_pb2.FormField(name=extra)],
-                )
-            ),
-            catalog_pb2.FormResponse,
+        await tool.register_form(
+            form=catalog_pb2.Form(
+                id=form_id,
+                name=form_id,
+                purpose="benefit",
+                fields=[
+                    catalog_pb2.FormField(name=n, material_type="marriage-record", material_field=n)
+                    for n in ("spouse", "date")
+                ]
+                + [catalog_pb2.FormField(name=extra)],
+            )
         )
 
     answer = await burden(auditor, idle_days=30)
