@@ -18,8 +18,8 @@ from adapters.client import HubClient, Identity
 from exchange.api.server import HubServer
 from exchange.config import Config
 from exchange.crypto.keystore import Keystore
-from exchange.store.database import scratch_postgres
 from exchange.v1 import common_pb2, registry_pb2
+from tests.postgres import scratch_postgres
 
 HUB_ID = "hub"
 

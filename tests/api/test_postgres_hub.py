@@ -15,7 +15,7 @@ import pytest
 
 from adapters.client import HubClient, Identity, Refused
 from exchange.flows.submit import submission_lock_key
-from exchange.store.database import AsyncConnections
+from exchange.store.loop_connections import AsyncConnections
 from exchange.v1 import grants_pb2, ledger_pb2, registry_pb2
 from tests.conftest import StartHub
 from tests.flows.world import ANNA, ASSISTANCE, CIVIL, MARRIAGE, SOCIAL, World, build
@@ -77,8 +77,9 @@ async def _grant_marital_status(world: World) -> None:
 async def test_requests_on_postgresql_read_the_index_on_the_loop(
     postgres_url: str, start_hub: StartHub, tmp_path: Path
 ) -> None:
-    # The index is read on the loop's own psycopg connections (store.database.AsyncConnections):
-    # a Request sees the current version, and a new version at once.
+    # The index is read on the loop's own psycopg connections
+    # (store.loop_connections.AsyncConnections): a Request sees the current version, and a new
+    # version at once.
     async with _world(start_hub, postgres_url, tmp_path, 1500) as world:
         await _grant_marital_status(world)
         first = await world.clients[SOCIAL].request(MARRIAGE, ANNA, purpose=ASSISTANCE)

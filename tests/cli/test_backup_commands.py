@@ -15,8 +15,9 @@ from sqlalchemy import text
 
 from exchange.cli.main import main
 from exchange.crypto.keystore import Keystore
-from exchange.store.database import open_engine, scratch_postgres
+from exchange.store.engines import open_engine
 from tests.conftest import RunningHub, StartHub, require_postgres
+from tests.postgres import scratch_postgres
 
 
 def exchange(*args: str) -> Result:

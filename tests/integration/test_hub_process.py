@@ -18,7 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from adapters.client import HubClient, Identity, Refused, channel
 from exchange.crypto.keystore import Keystore
 from exchange.ledger import Ledger, verifier_key
-from exchange.store.database import open_engine
+from exchange.store.engines import open_engine
 from exchange.v1 import common_pb2, envelope_pb2, ledger_pb2, registry_pb2
 
 EXCHANGE = [sys.executable, "-m", "exchange.cli"]

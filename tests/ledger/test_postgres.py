@@ -17,7 +17,8 @@ from exchange.ledger import Ledger, LedgerConfig, LedgerUnavailable, merkle, ver
 from exchange.ledger.entry import ZERO_HASH
 from exchange.ledger.export import export_ledger
 from exchange.ledger.verify import verify_export
-from exchange.store.database import open_engine, upgrade
+from exchange.store.engines import open_engine
+from exchange.store.schema import upgrade
 from exchange.v1 import ledger_pb2
 
 from .support import ORIGIN, draft

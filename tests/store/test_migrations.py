@@ -17,8 +17,9 @@ import exchange.store.log_keys
 import exchange.store.operator_keys
 import exchange.store.tables
 import exchange.supervision.store  # noqa: F401  (declares its tables on the metadata)
-from exchange.store.database import open_engine, upgrade
+from exchange.store.engines import open_engine
 from exchange.store.metadata import metadata
+from exchange.store.schema import upgrade
 
 
 def _differences(engine: Engine) -> list[object]:
