@@ -44,8 +44,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+def postgres_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test, dropped afterwards. Fails a test that
+    reaches it without the ``postgres`` marker (through ``request.getfixturevalue``, which the
+    collection hook above cannot see): mark its parameter or the test."""
+    if request.node.get_closest_marker("postgres") is None:
+        pytest.fail(f"{request.node.nodeid} needs PostgreSQL: mark it with pytest.mark.postgres")
     with scratch_postgres(require_postgres(), "exchange_test") as url:
         yield url
 

@@ -21,7 +21,6 @@ from tests.conftest import StartHub
 from tests.flows.world import ANNA, ASSISTANCE, CIVIL, MARRIAGE, SOCIAL, World, build
 
 
-@pytest.mark.postgres
 async def test_hub_on_postgresql_registers_and_authenticates(
     postgres_url: str, start_hub: StartHub
 ) -> None:
@@ -73,7 +72,6 @@ async def _grant_marital_status(world: World) -> None:
     )
 
 
-@pytest.mark.postgres
 async def test_requests_on_postgresql_read_the_index_on_the_loop(
     postgres_url: str, start_hub: StartHub, tmp_path: Path
 ) -> None:
@@ -99,7 +97,6 @@ async def test_requests_on_postgresql_read_the_index_on_the_loop(
         assert readers is not None and readers.opened >= 1  # the reads went through them
 
 
-@pytest.mark.postgres
 async def test_two_hubs_decide_concurrent_submissions_one_at_a_time(
     postgres_url: str, start_hub: StartHub, tmp_path: Path
 ) -> None:
@@ -136,7 +133,6 @@ async def test_two_hubs_decide_concurrent_submissions_one_at_a_time(
         assert material.fields == {"marital_status": latest} and material.version == 2
 
 
-@pytest.mark.postgres
 async def test_a_submission_waits_for_the_lock_no_longer_than_its_bound(
     postgres_url: str, start_hub: StartHub, tmp_path: Path
 ) -> None:

@@ -168,7 +168,6 @@ def write_config(folder: Path, database: Path, keys: str) -> Path:
     return config
 
 
-@pytest.mark.postgres
 async def test_postgres_backup_and_restore_with_pg_dump(
     start_hub: StartHub,
     keystore: Keystore,

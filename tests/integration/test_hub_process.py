@@ -75,7 +75,7 @@ LIST = "/exchange.v1.Registry/ListDepartments"
 CIVIL = "js.nj.civil-affairs"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def hub_database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A SQLite file in tmp_path, or a scratch PostgreSQL database."""
     if request.param == "postgresql":

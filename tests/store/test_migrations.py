@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy.engine import Engine
@@ -39,7 +38,6 @@ def test_migrations_match_the_declared_tables_on_sqlite(tmp_path: Path) -> None:
         engine.dispose()
 
 
-@pytest.mark.postgres
 def test_migrations_match_the_declared_tables_on_postgres(postgres_url: str) -> None:
     engine = open_engine(postgres_url)
     try:
