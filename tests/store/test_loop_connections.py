@@ -62,6 +62,17 @@ def _advisory_locks_held(url: str) -> int:
         engine.dispose()
 
 
+async def _no_advisory_lock_within(url: str, seconds: float) -> bool:
+    """Whether the database holds no advisory lock within ``seconds``: a closed connection's
+    session ends on the server a moment later, and its locks with it; a lock left on a
+    connection the pool keeps never goes."""
+    for _ in range(int(seconds / 0.05)):
+        if await asyncio.to_thread(_advisory_locks_held, url) == 0:
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
 async def _locks_cancelled_at_any_moment(url: str) -> None:
     # A lock's caller cancelled while it waits, just as it is granted, or in its block leaves
     # no lock behind on a connection the pool keeps: its connection is closed, not reused.
@@ -74,7 +85,7 @@ async def _locks_cancelled_at_any_moment(url: str) -> None:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            assert await asyncio.to_thread(_advisory_locks_held, url) == 0
+            assert await _no_advisory_lock_within(url, 10.0)
             async with locks.advisory_lock(9):  # and the key is free for the next caller
                 pass
         assert locks.opened <= 2

@@ -11,6 +11,7 @@ from sqlalchemy.engine import Engine
 import exchange.ledger.storage
 import exchange.observability.alerts
 import exchange.ownership
+import exchange.store.consents
 import exchange.store.exchange_tables
 import exchange.store.log_keys
 import exchange.store.operator_keys
