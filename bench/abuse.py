@@ -54,7 +54,7 @@ from adapters.client import HubClient, Identity, Refused
 from exchange.config import Config, LimitsConfig
 from exchange.crypto.keystore import Keystore
 from exchange.ledger import storage
-from exchange.store.database import open_engine
+from exchange.store.engines import open_engine
 from exchange.v1 import audit_pb2, common_pb2, envelope_pb2, exchange_pb2, registry_pb2
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -31,10 +31,12 @@ from exchange.crypto.keys import SigningKey
 from exchange.flows.validity import Share, guard
 from exchange.ledger import EntryDraft, Ledger, LedgerConfig, LockStats
 from exchange.policy.identity import Caller
-from exchange.store.database import open_engine, scratch_postgres, upgrade
+from exchange.store.engines import open_engine
 from exchange.store.exchange_tables import grants, material_types
+from exchange.store.schema import upgrade
 from exchange.store.tables import department_keys, departments
 from exchange.v1 import ledger_pb2
+from tests.postgres import scratch_postgres
 
 CONSUMER = "js.nj.social-security"
 MATERIAL = "marriage-record"

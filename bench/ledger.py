@@ -36,7 +36,8 @@ from exchange.crypto.keys import SigningKey, verify_signature
 from exchange.ledger import EntryDraft, Ledger, LedgerConfig, merkle, sign_checkpoint
 from exchange.ledger.export import KeyRecord, export_ledger
 from exchange.ledger.verify import verify_export
-from exchange.store.database import open_engine, upgrade
+from exchange.store.engines import open_engine
+from exchange.store.schema import upgrade
 from exchange.v1 import common_pb2, exchange_pb2, ledger_pb2, registry_pb2
 
 ORIGIN = "bench.exchange/ledger"

@@ -60,7 +60,6 @@ from exchange.clock import now_us, to_timestamp
 from exchange.config import Config
 from exchange.crypto.envelope import sign, verify
 from exchange.crypto.keystore import Keystore
-from exchange.store.database import scratch_postgres
 from exchange.v1 import (
     catalog_pb2,
     common_pb2,
@@ -70,6 +69,7 @@ from exchange.v1 import (
     provider_pb2,
     registry_pb2,
 )
+from tests.postgres import scratch_postgres
 
 HUB_ID = "hub"
 OWNER = "js.nj.civil-affairs"

@@ -28,14 +28,16 @@ from exchange.policy.rates import RateLimiter
 from exchange.routing.provider import ProviderRouter
 from exchange.store.cache import TtlCache
 from exchange.store.consents import Consents
-from exchange.store.database import AsyncConnections, hold_connections, open_engine, upgrade
+from exchange.store.engines import hold_connections, open_engine
 from exchange.store.leadership import Leadership
 from exchange.store.log_keys import LogKeys
+from exchange.store.loop_connections import AsyncConnections
 from exchange.store.materials import MaterialIndex
 from exchange.store.objections import Objections
 from exchange.store.operator_keys import OperatorKeys
 from exchange.store.registry import DepartmentRecord, Registry
 from exchange.store.requests import Holder, RequestLog
+from exchange.store.schema import upgrade
 from exchange.supervision import Supervisor
 from exchange.supervision.engine import LEADER_LOCK
 from exchange.witness.submitter import WitnessEndpoint, Witnessing
@@ -145,9 +147,11 @@ class Hub:
         self.index = MaterialIndex(engine, at_rest=self.at_rest)
         # Submissions for one material and subject are decided one at a time by every hub
         # process of a PostgreSQL database (exchange.flows.submit): held on connections of
-        # their own, as a submission holds its lock while the owner's adapter stores.
+        # their own, as a submission holds its lock while the owner's adapter stores. A
+        # submission bounds its own wait for a connection and the lock (twice the provider
+        # timeout and a second, within its deadline), so the pool sets none of its own.
         self.subject_locks = (
-            AsyncConnections(engine, "subject_lock", size=8)
+            AsyncConnections(engine, "subject_lock", size=8, wait_seconds=None)
             if engine.dialect.name == "postgresql"
             else None
         )

@@ -44,6 +44,11 @@ def configure(level: str = "info", fmt: str = "json") -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
+    # psycopg_pool writes unstructured lines through the standard library; its warnings are
+    # about connections exchange.store.loop_connections closes on purpose (and the pool then
+    # replaces), or attempts to connect while the database is down, which the refused calls
+    # and that module's own events already report.
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
 
 
 def ensure_configured() -> None:

@@ -18,8 +18,8 @@ from adapters.client import HubClient, Identity
 from exchange.api.server import HubServer
 from exchange.config import Config
 from exchange.crypto.keystore import Keystore
-from exchange.store.database import scratch_postgres
 from exchange.v1 import common_pb2, registry_pb2
+from tests.postgres import scratch_postgres
 
 HUB_ID = "hub"
 
@@ -60,8 +60,12 @@ def no_answer_after_its_commit(request: pytest.FixtureRequest) -> Iterator[None]
 
 
 @pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+def postgres_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test, dropped afterwards. Fails a test that
+    reaches it without the ``postgres`` marker (through ``request.getfixturevalue``, which the
+    collection hook above cannot see): mark its parameter or the test."""
+    if request.node.get_closest_marker("postgres") is None:
+        pytest.fail(f"{request.node.nodeid} needs PostgreSQL: mark it with pytest.mark.postgres")
     with scratch_postgres(require_postgres(), "exchange_test") as url:
         yield url
 

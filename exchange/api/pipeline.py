@@ -33,7 +33,7 @@ from exchange.policy.disclosure import open_disclosure
 from exchange.policy.identity import Caller, Claim, claim_of
 from exchange.rpc.status import abort, peer_certificate, to_status
 from exchange.store.cache import MISSING
-from exchange.store.database import database_failure
+from exchange.store.failures import database_failure
 from exchange.store.requests import (
     IN_PROGRESS_RETRY_SECONDS,
     PENDING,

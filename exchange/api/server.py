@@ -36,7 +36,7 @@ from exchange.hub import Hub
 from exchange.observability import runtime as observability
 from exchange.observability import tracing
 from exchange.rpc.ports import SERVER_OPTIONS, bind
-from exchange.store.database import HELD_SQLITE_CONNECTIONS
+from exchange.store.engines import HELD_SQLITE_CONNECTIONS
 
 log = structlog.get_logger("exchange.server")
 

@@ -197,7 +197,7 @@ def export_command(
     """
     from exchange.ledger import storage
     from exchange.ledger.export import export_ledger, first_keys
-    from exchange.store.database import open_engine
+    from exchange.store.engines import open_engine
     from exchange.store.files import open_private_text
 
     obj = _obj(ctx)

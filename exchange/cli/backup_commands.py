@@ -142,7 +142,7 @@ def backup(ctx: click.Context, out: Path, database_url: str | None) -> None:
 
 def _latest_checkpoint(url: str) -> Any:
     from exchange.ledger import storage
-    from exchange.store.database import open_engine
+    from exchange.store.engines import open_engine
 
     engine = open_engine(url, create=False)
     try:
@@ -219,7 +219,7 @@ def verify_restored(config: Any, trusted: tuple[Path, ...], hub_verifier: str | 
     from exchange.ledger.checkpoint import NoteVerifier
     from exchange.ledger.export import export_ledger, first_keys
     from exchange.ledger.verify import verify_export
-    from exchange.store.database import open_engine
+    from exchange.store.engines import open_engine
 
     engine = open_engine(config.database_url, create=False)
     try:

@@ -464,7 +464,7 @@ class Story:
         verifier = hub.ledger.verifier_key
         await self.stop_hub()  # the final checkpoint covers every entry
         out = self.root / "ledger-export.jsonl"
-        from exchange.store.database import open_engine
+        from exchange.store.engines import open_engine
 
         engine = open_engine(f"sqlite:///{self.root / 'hub.db'}")
         from exchange.store.files import open_private_text

@@ -111,7 +111,7 @@ def serve(
 def migrate(ctx: click.Context, database_url: str | None) -> None:
     """Upgrade the database's schema to this exchange's, as a step of its own (before rolling
     hubs to a new version). Safe beside running hubs and other migrations: one at a time."""
-    from exchange.store.database import open_engine
+    from exchange.store.engines import open_engine
     from exchange.store.schema import SchemaError, upgrade
 
     config = load_config(ctx, database_url=database_url)

@@ -60,9 +60,10 @@ from exchange.ledger.entry import (
 )
 from exchange.ledger.errors import BeyondLog, CheckpointNotFound, LedgerUnavailable
 from exchange.observability import metrics
-from exchange.store.database import KeptConnection, write_lock
 from exchange.store.group_commit import GroupCommit, call_soon, settle
+from exchange.store.kept_connection import KeptConnection
 from exchange.store.requests import COMMITTED, Answer, Claimed, ClaimLost, ClaimStatements
+from exchange.store.write_lock import write_lock
 from exchange.v1 import ledger_pb2
 
 log = structlog.get_logger(__name__)

@@ -52,8 +52,8 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from exchange.clock import now_us
 from exchange.config import ConfigError
 from exchange.observability import metrics
-from exchange.store.database import write_lock
 from exchange.store.metadata import metadata
+from exchange.store.write_lock import write_lock
 from exchange.supervision.model import AlertLevel
 from exchange.supervision.store import supervision_alerts
 

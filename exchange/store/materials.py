@@ -18,8 +18,8 @@ from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.pool import PoolProxiedConnection
 
 from exchange.crypto.sealing import AtRest
-from exchange.store.database import AsyncConnections
 from exchange.store.exchange_tables import material_fields, materials, objections
+from exchange.store.loop_connections import AsyncConnections
 
 
 @dataclass(frozen=True, slots=True)

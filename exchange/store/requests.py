@@ -31,9 +31,11 @@ import structlog
 from sqlalchemy import Connection, Engine, delete, text
 
 from exchange import errors
-from exchange.store.database import KeptConnection, database_failure, writing
+from exchange.store.failures import database_failure
 from exchange.store.group_commit import GroupCommit, settle
+from exchange.store.kept_connection import KeptConnection
 from exchange.store.tables import requests
+from exchange.store.write_lock import writing
 from exchange.v1 import common_pb2
 
 if TYPE_CHECKING:  # the ledger imports this module

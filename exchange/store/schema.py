@@ -17,7 +17,8 @@ from pathlib import Path
 
 from sqlalchemy import Connection, Engine, text
 
-from exchange.store.database import MIGRATIONS
+# The Alembic scripts, shipped in the package.
+MIGRATIONS = Path(__file__).parent / "migrations"
 
 # pg_advisory_xact_lock key of migrations: "exmigrat" as a big-endian int64.
 MIGRATION_LOCK = int.from_bytes(b"exmigrat", "big") & 0x7FFF_FFFF_FFFF_FFFF

@@ -38,8 +38,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
-from exchange.store.database import write_lock
 from exchange.store.metadata import metadata
+from exchange.store.write_lock import write_lock
 from exchange.supervision.burden import CounterChange, Counters, ToolUse, Usage
 from exchange.supervision.model import Alert, AlertCategory, AlertLevel, Finding
 from exchange.supervision.objections import (

@@ -61,7 +61,7 @@ def after_commit() -> float:
     return float(metrics.ANSWERS_AFTER_COMMIT._value.get())
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 async def world(
     request: pytest.FixtureRequest, start_hub: StartHub, tmp_path: Path
 ) -> AsyncIterator[World]:

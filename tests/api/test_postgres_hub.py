@@ -15,13 +15,12 @@ import pytest
 
 from adapters.client import HubClient, Identity, Refused
 from exchange.flows.submit import submission_lock_key
-from exchange.store.database import AsyncConnections
+from exchange.store.loop_connections import AsyncConnections
 from exchange.v1 import grants_pb2, ledger_pb2, registry_pb2
 from tests.conftest import StartHub
 from tests.flows.world import ANNA, ASSISTANCE, CIVIL, MARRIAGE, SOCIAL, World, build
 
 
-@pytest.mark.postgres
 async def test_hub_on_postgresql_registers_and_authenticates(
     postgres_url: str, start_hub: StartHub
 ) -> None:
@@ -65,12 +64,12 @@ async def _grant_marital_status(world: World) -> None:
     )
 
 
-@pytest.mark.postgres
 async def test_requests_on_postgresql_read_the_index_on_the_loop(
     postgres_url: str, start_hub: StartHub, tmp_path: Path
 ) -> None:
-    # The index is read on the loop's own psycopg connections (store.database.AsyncConnections):
-    # a Request sees the current version, and a new version at once.
+    # The index is read on the loop's own psycopg connections
+    # (store.loop_connections.AsyncConnections): a Request sees the current version, and a new
+    # version at once.
     async with _world(start_hub, postgres_url, tmp_path, 1500) as world:
         await _grant_marital_status(world)
         first = await world.clients[SOCIAL].request(MARRIAGE, ANNA, purpose=ASSISTANCE)
@@ -90,7 +89,6 @@ async def test_requests_on_postgresql_read_the_index_on_the_loop(
         assert readers is not None and readers.opened >= 1  # the reads went through them
 
 
-@pytest.mark.postgres
 async def test_two_hubs_decide_concurrent_submissions_one_at_a_time(
     postgres_url: str, start_hub: StartHub, tmp_path: Path
 ) -> None:
@@ -127,7 +125,6 @@ async def test_two_hubs_decide_concurrent_submissions_one_at_a_time(
         assert material.fields == {"marital_status": latest} and material.version == 2
 
 
-@pytest.mark.postgres
 async def test_a_submission_waits_for_the_lock_no_longer_than_its_bound(
     postgres_url: str, start_hub: StartHub, tmp_path: Path
 ) -> None:

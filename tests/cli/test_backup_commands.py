@@ -15,8 +15,9 @@ from sqlalchemy import text
 
 from exchange.cli.main import main
 from exchange.crypto.keystore import Keystore
-from exchange.store.database import open_engine, scratch_postgres
+from exchange.store.engines import open_engine
 from tests.conftest import RunningHub, StartHub, require_postgres
+from tests.postgres import scratch_postgres
 
 
 def exchange(*args: str) -> Result:
@@ -167,7 +168,6 @@ def write_config(folder: Path, database: Path, keys: str) -> Path:
     return config
 
 
-@pytest.mark.postgres
 async def test_postgres_backup_and_restore_with_pg_dump(
     start_hub: StartHub,
     keystore: Keystore,

@@ -143,7 +143,8 @@ def test_audit_export_without_the_hub_key_prints_one_line(tmp_path: Path) -> Non
     config.write_text('database_url = "sqlite:///var/hub.db"\n')
     (tmp_path / "var").mkdir()
     # An empty but real database: the hub's schema, no checkpoint.
-    from exchange.store.database import open_engine, upgrade
+    from exchange.store.engines import open_engine
+    from exchange.store.schema import upgrade
 
     engine = open_engine(f"sqlite:///{tmp_path / 'var' / 'hub.db'}")
     upgrade(engine)

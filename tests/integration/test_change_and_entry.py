@@ -16,8 +16,8 @@ import pytest
 from sqlalchemy import select, text
 
 from adapters.client import Refused
-from exchange.store.database import writing
 from exchange.store.exchange_tables import grants
+from exchange.store.write_lock import writing
 from exchange.v1 import catalog_pb2, common_pb2, exchange_pb2, grants_pb2, ledger_pb2, registry_pb2
 from tests.flows.world import (
     ANNA,

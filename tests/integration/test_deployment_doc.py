@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from exchange.store.database import open_engine, scratch_postgres
+from exchange.store.engines import open_engine
 from tests.conftest import require_postgres
+from tests.postgres import scratch_postgres
 
 ROOT = Path(__file__).resolve().parents[2]
 

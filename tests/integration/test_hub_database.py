@@ -17,7 +17,7 @@ from adapters.provider import ProviderServer
 from adapters.settings import parse
 from exchange.crypto.keystore import Keystore
 from exchange.rpc.ports import AddressInUse
-from exchange.store.database import open_engine
+from exchange.store.engines import open_engine
 from exchange.store.schema import head
 from tests.conftest import HUB_ID, StartHub
 from tests.integration.test_hub_process import free_port, start, wait_serving

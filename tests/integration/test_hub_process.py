@@ -18,7 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from adapters.client import HubClient, Identity, Refused, channel
 from exchange.crypto.keystore import Keystore
 from exchange.ledger import Ledger, verifier_key
-from exchange.store.database import open_engine
+from exchange.store.engines import open_engine
 from exchange.v1 import common_pb2, envelope_pb2, ledger_pb2, registry_pb2
 
 EXCHANGE = [sys.executable, "-m", "exchange.cli"]
@@ -75,7 +75,7 @@ LIST = "/exchange.v1.Registry/ListDepartments"
 CIVIL = "js.nj.civil-affairs"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def hub_database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A SQLite file in tmp_path, or a scratch PostgreSQL database."""
     if request.param == "postgresql":

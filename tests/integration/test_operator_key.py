@@ -19,8 +19,9 @@ from exchange.crypto.keys import SigningKey, save_signing_key
 from exchange.ledger import EntryDraft, Ledger
 from exchange.ledger.export import export_ledger, first_keys
 from exchange.ledger.verify import FailureReason, verify_export
-from exchange.store.database import open_engine, upgrade
+from exchange.store.engines import open_engine
 from exchange.store.operator_keys import SELF_SIGNED_OVERLAP_US, OperatorKeys
+from exchange.store.schema import upgrade
 from exchange.v1 import common_pb2, ledger_pb2, registry_pb2
 from tests.conftest import HUB_ID, RunningHub, StartHub
 from tests.ledger.test_audit import _reforge

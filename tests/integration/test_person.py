@@ -497,7 +497,6 @@ async def test_prefill_request_history_carry_the_assertion_only_in_the_disclosur
     assert disclosed.HasField("assertion") and disclosed.subject_id == ANNA
 
 
-@pytest.mark.postgres
 async def test_consent_and_assertions_on_postgresql(
     start_hub: StartHub, postgres_url: str, tmp_path: Path
 ) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from exchange.crypto.keys import load_signing_key
 from exchange.ledger import EntryDraft, Ledger, LedgerConfig
-from exchange.store.database import open_engine
+from exchange.store.engines import open_engine
 from exchange.v1 import ledger_pb2
 
 

@@ -23,7 +23,8 @@ from exchange.ledger import verify as verify_module
 from exchange.ledger.entry import envelope_hash
 from exchange.ledger.export import KeyRecord, export_ledger
 from exchange.ledger.verify import FailureReason, Report, verify_export
-from exchange.store.database import open_engine, upgrade
+from exchange.store.engines import open_engine
+from exchange.store.schema import upgrade
 from exchange.v1 import common_pb2, envelope_pb2, exchange_pb2, ledger_pb2, registry_pb2
 
 from .support import ORIGIN, draft

@@ -16,7 +16,8 @@ from exchange.crypto.envelope import sign
 from exchange.crypto.keys import SigningKey
 from exchange.ledger import Ledger, sign_checkpoint, verifier_key
 from exchange.ledger.verify import FailureReason
-from exchange.store.database import open_engine, upgrade
+from exchange.store.engines import open_engine
+from exchange.store.schema import upgrade
 from exchange.v1 import exchange_pb2, grants_pb2, ledger_pb2
 
 from .support import ORIGIN, draft

@@ -19,7 +19,8 @@ from exchange.crypto.keys import SigningKey, save_signing_key
 from exchange.ledger import Checkpoint, Ledger, Receipt, merkle, verifier_key, verify_receipt
 from exchange.ledger.export import export_ledger
 from exchange.ledger.verify import verify_export
-from exchange.store.database import open_engine, upgrade
+from exchange.store.engines import open_engine
+from exchange.store.schema import upgrade
 
 from .support import ORIGIN
 

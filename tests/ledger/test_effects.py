@@ -17,8 +17,10 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from exchange.crypto.keys import SigningKey
 from exchange.ledger import Ledger, LedgerUnavailable, verify_receipt
-from exchange.store.database import open_engine, scratch_postgres, upgrade
+from exchange.store.engines import open_engine
+from exchange.store.schema import upgrade
 from tests.conftest import require_postgres
+from tests.postgres import scratch_postgres
 
 from .support import ORIGIN, draft
 

@@ -4,54 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import io
-import os
-import secrets
-from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from exchange.crypto.keys import SigningKey
 from exchange.ledger import Ledger, LedgerConfig, LedgerUnavailable, merkle, verify_receipt
 from exchange.ledger.entry import ZERO_HASH
 from exchange.ledger.export import export_ledger
 from exchange.ledger.verify import verify_export
-from exchange.store.database import open_engine, upgrade
+from exchange.store.engines import open_engine
+from exchange.store.schema import upgrade
 from exchange.v1 import ledger_pb2
 
 from .support import ORIGIN, draft
 
-URL = os.environ.get("EXCHANGE_TEST_DATABASE_URL")
-pytestmark = [
-    pytest.mark.postgres,
-    pytest.mark.skipif(
-        not URL or not URL.startswith("postgresql"),
-        reason="set EXCHANGE_TEST_DATABASE_URL to a PostgreSQL URL to run PostgreSQL tests",
-    ),
-]
 
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A fresh database for this test, dropped afterwards."""
-    assert URL is not None
-    base = make_url(URL)
-    name = f"exchange_test_{secrets.token_hex(6)}"
-    admin = create_engine(base.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield base.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
-async def test_two_hubs_on_one_postgresql_build_one_chain(pg_url: str) -> None:
+async def test_two_hubs_on_one_postgresql_build_one_chain(postgres_url: str) -> None:
     hub = SigningKey.generate()
-    engines = [open_engine(pg_url) for _ in range(2)]
+    engines = [open_engine(postgres_url) for _ in range(2)]
     upgrade(engines[0])
     hubs = [Ledger(e, hub, ORIGIN, LedgerConfig(checkpoint_every=25)) for e in engines]
     for h in hubs:
@@ -97,8 +67,7 @@ async def test_two_hubs_on_one_postgresql_build_one_chain(pg_url: str) -> None:
 
 
 async def test_append_is_unavailable_when_postgresql_is_unreachable() -> None:
-    assert URL is not None
-    dead = make_url(URL).set(port=1).render_as_string(hide_password=False)
+    dead = "postgresql+psycopg://nobody@127.0.0.1:1/none"  # nothing listens there
     ledger = Ledger(
         open_engine(dead, connect_args={"connect_timeout": 1}), SigningKey.generate(), ORIGIN
     )

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
-from exchange.store.database import open_engine
+from exchange.store.engines import open_engine
 
 
 def test_database_errors_do_not_show_the_statements_values(tmp_path: Path) -> None:

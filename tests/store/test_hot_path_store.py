@@ -14,10 +14,13 @@ from structlog.testing import capture_logs
 
 from exchange.crypto.keys import SigningKey
 from exchange.ledger import EntryDraft, Ledger
-from exchange.store.database import AsyncConnections, open_engine, upgrade, writing
+from exchange.store.engines import open_engine
 from exchange.store.materials import IndexedMaterial, MaterialIndex
 from exchange.store.requests import ANSWERED, PENDING, RequestLog
+from exchange.store.schema import upgrade
+from exchange.store.write_lock import writing
 from exchange.v1 import ledger_pb2
+from tests.postgres import drop_other_sessions
 
 
 def _material(reference: str, version: int, fields: dict[str, bytes]) -> IndexedMaterial:
@@ -156,24 +159,6 @@ def test_an_answer_is_written_when_no_claim_follows(tmp_path: Path) -> None:
     asyncio.run(_answer_written_while_idle(f"sqlite:///{tmp_path}/hub.db"))
 
 
-def _drop_other_connections(url: str) -> int:
-    """Terminate every other session on the test database (a server restart, as the writers
-    see it); return how many."""
-    admin = open_engine(url)
-    try:
-        with admin.connect() as conn:
-            killed = conn.execute(
-                text(
-                    # Waits (up to 5 s) until each session has ended.
-                    "SELECT count(pg_terminate_backend(pid, 5000)) FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-                )
-            ).scalar()
-        return int(killed or 0)
-    finally:
-        admin.dispose()
-
-
 async def _writers_survive_a_dropped_connection(url: str) -> None:
     engine = open_engine(url)
     upgrade(engine)
@@ -186,7 +171,7 @@ async def _writers_survive_a_dropped_connection(url: str) -> None:
         assert await log.claim("d1", "r1", b"e" * 32, "/m", 1) is None
         first = await ledger.append(_entry(1))
         # Both writers keep a connection between batches; the server drops them.
-        assert _drop_other_connections(url) >= 2
+        assert drop_other_sessions(url) >= 2
         # The next batch of each reconnects once and succeeds: nothing was lost or refused.
         assert await log.claim("d1", "r2", b"f" * 32, "/m", 2) is None
         second = await ledger.append(_entry(2))
@@ -237,7 +222,7 @@ async def _loop_reads_on_postgres(url: str) -> None:
         assert index._readers is not None and 1 <= index._readers.opened <= 4
 
         # The server drops the loop's connections: the next read reconnects once.
-        assert _drop_other_connections(url) >= 1
+        assert drop_other_sessions(url) >= 1
         assert await index.current_async("marriage-record", ref) == second
     finally:
         await index.close_readers()
@@ -258,7 +243,7 @@ async def _claims_reconnect_mid_batch(url: str) -> None:
     log.start()
     try:
         assert await log.claim("d1", "r1", b"e" * 32, "/m", 1) is None
-        assert _drop_other_connections(url) >= 1
+        assert drop_other_sessions(url) >= 1
         with capture_logs() as events:
             assert await log.claim("d1", "r2", b"f" * 32, "/m", 2) is None
         names = [event["event"] for event in events]
@@ -273,123 +258,3 @@ async def _claims_reconnect_mid_batch(url: str) -> None:
 
 def test_claims_reconnect_when_the_driver_finds_the_connection_gone(postgres_url: str) -> None:
     asyncio.run(_claims_reconnect_mid_batch(postgres_url))
-
-
-async def _advisory_locks(url: str) -> None:
-    engine = open_engine(url)
-    one, other = AsyncConnections(engine, "one"), AsyncConnections(engine, "other")
-    order: list[str] = []
-    try:
-        async with one.advisory_lock(42):
-            # Another process's holder waits for this block to end.
-            waiting = asyncio.create_task(_hold(other, 42, order, "other"))
-            await asyncio.sleep(0.2)
-            assert not waiting.done()
-            order.append("one")
-            # A caller that gives up while waiting takes no lock with it.
-            with pytest.raises(TimeoutError):
-                await asyncio.wait_for(_hold(other, 42, order, "gave up"), 0.2)
-        await asyncio.wait_for(waiting, 5)
-        assert order == ["one", "other"]
-        async with one.advisory_lock(42):  # free again
-            order.append("again")
-        assert one.opened == 1 and other.opened == 1  # the given-up connection was closed
-    finally:
-        await one.close()
-        await other.close()
-        engine.dispose()
-
-
-async def _hold(connections: AsyncConnections, key: int, order: list[str], name: str) -> None:
-    async with connections.advisory_lock(key):
-        order.append(name)
-
-
-def test_advisory_locks_order_processes_and_survive_a_caller_giving_up(postgres_url: str) -> None:
-    asyncio.run(_advisory_locks(postgres_url))
-
-
-async def _pool_survives_cancellation(url: str) -> None:
-    engine = open_engine(url)
-    pool = AsyncConnections(engine, "probe", size=2)
-    try:
-        # Callers cancelled while connecting, while waiting for a turn and mid-statement
-        # take no slot with them.
-        for delay in (0.0, 0.001, 0.005, 0.02, 0.05):
-            tasks = [
-                asyncio.create_task(pool.fetchall("SELECT pg_sleep(0.03)", {})) for _ in range(5)
-            ]
-            await asyncio.sleep(delay)
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            assert pool.opened == len(pool._free) <= 2  # nothing in use, no slot lost
-            both = [pool.fetchall("SELECT pg_sleep(0.01)", {}) for _ in range(2)]
-            assert await asyncio.wait_for(asyncio.gather(*both), 10) == [[("",)], [("",)]]
-
-        # A waiter woken and then cancelled before it runs passes its turn to the next.
-        one = AsyncConnections(engine, "one", size=1)
-        try:
-            async with one.connection():
-                woken = asyncio.create_task(one.fetchall("SELECT 1", {}))
-                next_in_line = asyncio.create_task(one.fetchall("SELECT 2", {}))
-                await asyncio.sleep(0.05)
-            woken.cancel()  # its turn came with the end of the block above, before it ran
-            assert await asyncio.wait_for(next_in_line, 5) == [(2,)]
-
-            # A caller that comes when a connection is given back does not overtake one that
-            # waits for it.
-            order: list[str] = []
-
-            async def use(name: str) -> None:
-                async with one.connection():
-                    order.append(name)
-
-            async with one.connection():
-                waited = asyncio.create_task(use("waited"))
-                await asyncio.sleep(0.05)
-            later = asyncio.create_task(use("later"))
-            await asyncio.wait_for(asyncio.gather(waited, later), 5)
-            assert order == ["waited", "later"]
-
-            # Closing refuses every caller still waiting.
-            async with one.connection():
-                refused = [asyncio.create_task(use("refused")) for _ in range(2)]
-                await asyncio.sleep(0.05)
-                await one.close()
-            outcomes = await asyncio.gather(*refused, return_exceptions=True)
-            assert all(isinstance(o, RuntimeError) for o in outcomes) and one.opened == 0
-        finally:
-            await one.close()
-    finally:
-        await pool.close()
-        engine.dispose()
-
-
-def test_the_loop_connections_survive_cancelled_callers(postgres_url: str) -> None:
-    asyncio.run(_pool_survives_cancellation(postgres_url))
-
-
-async def _locks_across_server_drops(url: str) -> None:
-    engine = open_engine(url)
-    locks = AsyncConnections(engine, "locks")
-    try:
-        async with locks.advisory_lock(7):
-            pass
-        assert locks.opened == 1
-        # The server drops the idle session: the next lock is taken on a new one.
-        assert _drop_other_connections(url) >= 1
-        async with locks.advisory_lock(7):
-            # ...and dropped again during the block: the block's outcome stands (the unlock's
-            # failure is logged, and the session's end released the lock).
-            assert _drop_other_connections(url) >= 1
-        assert locks.opened == 0
-        async with locks.advisory_lock(7):
-            pass
-    finally:
-        await locks.close()
-        engine.dispose()
-
-
-def test_advisory_locks_outlive_dropped_sessions(postgres_url: str) -> None:
-    asyncio.run(_locks_across_server_drops(postgres_url))

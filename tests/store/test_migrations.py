@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy.engine import Engine
@@ -12,13 +11,15 @@ from sqlalchemy.engine import Engine
 import exchange.ledger.storage
 import exchange.observability.alerts
 import exchange.ownership
+import exchange.store.consents
 import exchange.store.exchange_tables
 import exchange.store.log_keys
 import exchange.store.operator_keys
 import exchange.store.tables
 import exchange.supervision.store  # noqa: F401  (declares its tables on the metadata)
-from exchange.store.database import open_engine, upgrade
+from exchange.store.engines import open_engine
 from exchange.store.metadata import metadata
+from exchange.store.schema import upgrade
 
 
 def _differences(engine: Engine) -> list[object]:
@@ -38,7 +39,6 @@ def test_migrations_match_the_declared_tables_on_sqlite(tmp_path: Path) -> None:
         engine.dispose()
 
 
-@pytest.mark.postgres
 def test_migrations_match_the_declared_tables_on_postgres(postgres_url: str) -> None:
     engine = open_engine(postgres_url)
     try:

@@ -10,7 +10,8 @@ from sqlalchemy import Engine
 
 from exchange.crypto.keys import SigningKey
 from exchange.ledger import Ledger, LedgerConfig
-from exchange.store.database import open_engine, upgrade
+from exchange.store.engines import open_engine
+from exchange.store.schema import upgrade
 from exchange.supervision import Supervisor
 
 from .support import CONFIG

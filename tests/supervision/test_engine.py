@@ -111,7 +111,8 @@ async def test_the_same_entries_are_stored_once(engine: Engine, ledger: Ledger) 
 
 async def test_postgres_stores_effects_once_and_ticks(postgres_url: str) -> None:
     from exchange.crypto.keys import SigningKey
-    from exchange.store.database import open_engine, upgrade
+    from exchange.store.engines import open_engine
+    from exchange.store.schema import upgrade
 
     pg = open_engine(postgres_url)
     upgrade(pg)
