@@ -166,8 +166,8 @@ class Limits:
         # Departments with calls waiting, in turn order, and their queues.
         self._queues: dict[str, deque[_Waiter]] = {}
         self._waiting = 0
-        # Until when (event loop time) a department without a backlog counts as present.
-        self._light_until = 0.0
+        # Until when (event loop time) each department without a backlog counts as present.
+        self._light_until: dict[str, float] = {}
         # At least one, so that a backlogged department always has a call running (whose end
         # gives the next turn) and is never starved.
         self._backlogged = max(1, config.calls_backlogged)
@@ -263,15 +263,22 @@ class Limits:
         """A call of ``department`` gave its slot back: note a department without a backlog as
         present, and give the slot to the next call waiting."""
         if department not in self._queues:
-            self._light_until = asyncio.get_running_loop().time() + LIGHT_WINDOW_SECONDS
+            now = asyncio.get_running_loop().time()
+            self._light_until[department] = now + LIGHT_WINDOW_SECONDS
         self._dispatch()
 
-    def _light_present(self) -> bool:
-        """Whether a department without a backlog has a call in progress, or had one end
-        within the window."""
+    def _light_present(self) -> set[str] | None:
+        """None if a department without a backlog has a call in progress; else the departments
+        whose last call (without a backlog) ended within the window, each present for the
+        others (a department does not yield to its own past)."""
         gauge = self._gauges[Kind.CALL]
         backlogged = sum(gauge.departments.get(department, 0) for department in self._queues)
-        return gauge.hub > backlogged or asyncio.get_running_loop().time() < self._light_until
+        if gauge.hub > backlogged:
+            return None
+        now = asyncio.get_running_loop().time()
+        for department in [d for d, until in self._light_until.items() if until <= now]:
+            del self._light_until[department]
+        return set(self._light_until)
 
     def _dispatch(self) -> None:
         """Give freed slots to waiting calls, one department after another; while departments
@@ -279,7 +286,7 @@ class Limits:
         if not self._queues:
             return
         gauge = self._gauges[Kind.CALL]
-        yielding = self._light_present()
+        present = self._light_present()
         progressed = True
         while progressed and self._queues:
             progressed = False
@@ -288,6 +295,7 @@ class Limits:
                 waiter = queue[0]
                 if gauge.full(department, waiter.certificate) is not None:
                     continue
+                yielding = present is None or bool(present - {department})
                 if yielding and gauge.departments.get(department, 0) >= self._backlogged:
                     continue
                 queue.popleft()

@@ -157,3 +157,19 @@ async def test_a_caller_gone_away_before_its_turn_is_handed_on_is_skipped() -> N
     assert limits.in_use(Kind.CALL) == 1 and limits.waiting() == 0
     slot.release()
     assert limits.in_use(Kind.CALL) == 0
+
+
+async def test_a_department_alone_does_not_yield_to_its_own_earlier_calls() -> None:
+    limits = Limits(LimitsConfig(calls_per_department=2, calls_per_certificate=2))
+    first = await limits.call("busy", None, None)
+    first.release()  # it had no backlog then
+    held = [await limits.call("busy", None, None) for _ in range(2)]
+    queued = [asyncio.create_task(limits.call("busy", None, None)) for _ in range(3)]
+    await settle()
+    for slot in held:
+        slot.release()
+    await settle()
+    assert limits.in_use(Kind.CALL, "busy") == 2 and limits.waiting("busy") == 1
+    for task in queued:
+        (await task).release()
+    assert limits.in_use(Kind.CALL) == 0
