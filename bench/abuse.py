@@ -86,7 +86,7 @@ def raise_descriptor_limit() -> tuple[int, int]:
 
 def identity(store: Keystore, department: str) -> Identity:
     if department == HUB_ID:
-        return Identity(HUB_ID, store.hub_signing_key(), store.operator_tls())
+        return Identity(HUB_ID, store.operator_signing_key(), store.operator_tls())
     return Identity(
         department, store.department_signing_key(department), store.department_tls(department)
     )
@@ -484,7 +484,11 @@ def main() -> None:
                 keys_dir=store.root,
                 limits=limits,
             )
-            hub = context.Process(target=run_hub, args=(config, str(hub_log), ports), daemon=True)
+            hub = context.Process(
+                target=run_hub,
+                args=(config, str(hub_log), str(Path(tmp) / "lock.stats"), ports),
+                daemon=True,
+            )
             hub.start()
             processes.append(hub)
             target = f"127.0.0.1:{ports.get(timeout=60)}"

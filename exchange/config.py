@@ -63,7 +63,9 @@ class LimitsConfig:
     to ``calls_queued_per_department`` waiting (``calls_queued`` in the hub); beyond that, or
     when its deadline is near, it is refused with RESOURCE_EXHAUSTED (TOO_MANY_CALLS,
     HUB_BUSY) and a RetryInfo of ``retry_after_ms``, and recorded like any refusal. A stream
-    over its limit is refused at once (TOO_MANY_STREAMS).
+    over its limit is refused at once (TOO_MANY_STREAMS). A department with calls waiting runs
+    at most ``calls_backlogged`` at once while departments without calls waiting are being
+    served (exchange/api/limits.py says why).
     ``follow_buffer`` is how many entries a following StreamEntries may have waiting for its
     caller before it is dropped (FOLLOWER_TOO_SLOW; it resumes from its cursor).
 
@@ -82,6 +84,7 @@ class LimitsConfig:
     calls_per_certificate: int = 4
     calls_queued: int = 16_384
     calls_queued_per_department: int = 4096
+    calls_backlogged: int = 1
     streams: int = 64
     streams_per_department: int = 16
     streams_per_certificate: int = 8

@@ -15,6 +15,16 @@ has not come before its deadline is near; the pipeline records it like any refus
 dropped unseen. Streams are held for long: one over its limit (TOO_MANY_STREAMS) is refused at
 once.
 
+A department with calls waiting (a backlog: it asks for more than its share) yields to the
+departments without one: while a call of theirs is in progress, or one ended within the last
+``LIGHT_WINDOW_SECONDS``, it runs at most ``calls_backlogged`` calls at once (1 by default).
+Turns alone are not enough. The event loop shares its one core among the calls in progress
+(processor sharing), so another department's latency grows with how many of the flood's calls
+run beside its own, and a flooder that sends each call again as soon as it is answered keeps
+its share full all the time: 4 of the flood's beside 4 of its own doubled that department's
+latency (bench/abuse.py, docs/performance.md). Departments that all have a backlog take turns at
+their full shares, and a backlogged department alone has the hub to itself after the window.
+
 The counters live on the event loop (every call takes and gives back its slot there), so they
 need no lock. A department or certificate with nothing in progress takes no memory.
 """
@@ -114,7 +124,7 @@ class Slot:
         gauge: _Gauge,
         department: str,
         certificate: bytes | None,
-        freed: Callable[[], None] | None = None,
+        freed: Callable[[str], None] | None = None,
     ) -> None:
         self._gauge: _Gauge | None = gauge
         self._department = department
@@ -127,7 +137,7 @@ class Slot:
             self._gauge.remove(self._department, self._certificate)
             self._gauge = None
             if self._freed is not None:
-                self._freed()
+                self._freed(self._department)
 
 
 # A waiting call gives up this long before its deadline, so that its refusal (and entry) still
@@ -135,12 +145,17 @@ class Slot:
 DEADLINE_MARGIN_SECONDS = 0.25
 # And waits at most this long when it has no deadline.
 LONGEST_WAIT_SECONDS = 30.0
+# A department without a backlog counts as present this long after its last call began or
+# ended, so that the gap between one of its calls and the next (a client's turnaround) does not
+# let a backlogged department take its whole share back in between.
+LIGHT_WINDOW_SECONDS = 1.0
 
 
 @dataclass(slots=True)
 class _Waiter:
     certificate: bytes | None
-    turn: asyncio.Future[None]
+    # True once a slot is taken for it; False when its wait ran out first.
+    turn: asyncio.Future[bool]
 
 
 class Limits:
@@ -151,6 +166,11 @@ class Limits:
         # Departments with calls waiting, in turn order, and their queues.
         self._queues: dict[str, deque[_Waiter]] = {}
         self._waiting = 0
+        # Until when (event loop time) each department without a backlog counts as present.
+        self._light_until: dict[str, float] = {}
+        # At least one, so that a backlogged department always has a call running (whose end
+        # gives the next turn) and is never starved.
+        self._backlogged = max(1, config.calls_backlogged)
         self._gauges = {
             Kind.CALL: _Gauge(
                 Ceiling(config.calls_per_department, config.calls_per_certificate, config.calls)
@@ -190,46 +210,83 @@ class Limits:
         queue = self._queues.get(department)
         if queue is None and gauge.full(department, fingerprint) is None:
             gauge.add(department, fingerprint)
-            return Slot(gauge, department, fingerprint, self._dispatch)
+            return Slot(gauge, department, fingerprint, self._released)
         if (queue is not None and len(queue) >= self.config.calls_queued_per_department) or (
             self._waiting >= self.config.calls_queued
         ):
             scope = Scope.HUB if self._waiting >= self.config.calls_queued else Scope.DEPARTMENT
             raise self._refusal(Kind.CALL, scope, department, queued=True)
-        waiter = _Waiter(fingerprint, asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        waiter = _Waiter(fingerprint, loop.create_future())
         self._queues.setdefault(department, deque()).append(waiter)
         self._waiting += 1
         wait = LONGEST_WAIT_SECONDS
         if time_remaining is not None:
             wait = min(wait, time_remaining - DEADLINE_MARGIN_SECONDS)
+        # A timer and the one future, no wait_for and shield: thousands of calls may wait at
+        # once, and every object a waiting call holds is walked by each garbage collection.
+        timer = loop.call_later(max(wait, 0.0), self._expire, department, waiter)
         try:
-            await asyncio.wait_for(asyncio.shield(waiter.turn), max(wait, 0.0))
-        except TimeoutError:
-            if not self._withdraw(department, waiter):
-                scope = gauge.full(department, fingerprint) or Scope.DEPARTMENT
-                raise self._refusal(Kind.CALL, scope, department, waited=True) from None
+            served = await waiter.turn
         except asyncio.CancelledError:  # the caller went away
+            timer.cancel()
             if self._withdraw(department, waiter):
-                Slot(gauge, department, fingerprint, self._dispatch).release()
+                Slot(gauge, department, fingerprint, self._released).release()
             raise
-        return Slot(gauge, department, fingerprint, self._dispatch)
+        timer.cancel()
+        if not served:
+            scope = gauge.full(department, fingerprint) or Scope.DEPARTMENT
+            raise self._refusal(Kind.CALL, scope, department, waited=True)
+        return Slot(gauge, department, fingerprint, self._released)
+
+    def _expire(self, department: str, waiter: _Waiter) -> None:
+        """The wait of ``waiter`` ran out before its turn came: its call is refused."""
+        if not waiter.turn.done():
+            self._withdraw(department, waiter)
+            waiter.turn.set_result(False)
 
     def _withdraw(self, department: str, waiter: _Waiter) -> bool:
-        """Take ``waiter`` out of its queue; return whether its turn had come (it then holds a
-        slot)."""
-        if waiter.turn.done():
-            return True
-        waiter.turn.cancel()
-        queue = self._queues[department]
-        queue.remove(waiter)
-        self._waiting -= 1
-        if not queue:
-            del self._queues[department]
+        """Take ``waiter`` out of its queue if it is still there; return whether a slot was
+        taken for it (its turn had come)."""
+        turn = waiter.turn
+        if turn.done() and not turn.cancelled():
+            return turn.result()
+        queue = self._queues.get(department)
+        if queue is not None and waiter in queue:
+            queue.remove(waiter)
+            self._waiting -= 1
+            if not queue:
+                del self._queues[department]
         return False
 
-    def _dispatch(self) -> None:
-        """Give freed slots to waiting calls, one department after another."""
+    def _released(self, department: str) -> None:
+        """A call of ``department`` gave its slot back: note a department without a backlog as
+        present, and give the slot to the next call waiting."""
+        if department not in self._queues:
+            now = asyncio.get_running_loop().time()
+            self._light_until[department] = now + LIGHT_WINDOW_SECONDS
+        self._dispatch()
+
+    def _light_present(self) -> set[str] | None:
+        """None if a department without a backlog has a call in progress; else the departments
+        whose last call (without a backlog) ended within the window, each present for the
+        others (a department does not yield to its own past)."""
         gauge = self._gauges[Kind.CALL]
+        backlogged = sum(gauge.departments.get(department, 0) for department in self._queues)
+        if gauge.hub > backlogged:
+            return None
+        now = asyncio.get_running_loop().time()
+        for department in [d for d, until in self._light_until.items() if until <= now]:
+            del self._light_until[department]
+        return set(self._light_until)
+
+    def _dispatch(self) -> None:
+        """Give freed slots to waiting calls, one department after another; while departments
+        without a backlog are present, each backlogged one runs at most ``calls_backlogged``."""
+        if not self._queues:
+            return
+        gauge = self._gauges[Kind.CALL]
+        present = self._light_present()
         progressed = True
         while progressed and self._queues:
             progressed = False
@@ -238,15 +295,20 @@ class Limits:
                 waiter = queue[0]
                 if gauge.full(department, waiter.certificate) is not None:
                     continue
+                yielding = present is None or bool(present - {department})
+                if yielding and gauge.departments.get(department, 0) >= self._backlogged:
+                    continue
                 queue.popleft()
                 self._waiting -= 1
                 # Its turn is over: the department goes to the back of the line.
                 del self._queues[department]
                 if queue:
                     self._queues[department] = queue
-                gauge.add(department, waiter.certificate)
-                waiter.turn.set_result(None)
                 progressed = True
+                if waiter.turn.done():  # cancelled: its caller went away, and takes no slot
+                    continue
+                gauge.add(department, waiter.certificate)
+                waiter.turn.set_result(True)
 
     def take(self, kind: Kind, department: str, certificate: bytes | None) -> Slot:
         """Take a slot of ``kind`` for a call of ``department`` over ``certificate`` (PEM bytes,

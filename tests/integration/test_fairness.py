@@ -149,8 +149,13 @@ async def test_a_call_over_its_departments_share_waits_its_turn_and_others_pass(
 async def test_a_call_finding_its_departments_queue_full_is_refused_with_reason_and_entry(
     open_world: Callable[..., Awaitable[World]],
 ) -> None:
+    # calls_backlogged at the share: with a queue of one, the waiting Check must get the first
+    # slot freed, or the SDK's follow-up call after a held Request would find the queue full.
     world = await open_world(
-        calls_per_department=2, calls_per_certificate=2, calls_queued_per_department=1
+        calls_per_department=2,
+        calls_per_certificate=2,
+        calls_queued_per_department=1,
+        calls_backlogged=2,
     )
     held = await hold_requests(world, 2)
     waiting = asyncio.create_task(world.clients[SOCIAL].check(MARRIAGE, ANNA))
