@@ -486,8 +486,12 @@ class ProviderService:
         if self.pending_file is None:
             return
         try:
-            await asyncio.to_thread(
-                self.pending_file.hold, key, pending.body, pending.since_us, dropped
+            # Shielded: a hub that goes away cancels this call, and an unshielded wait would
+            # cancel the write before its thread took it up, leaving the Store nowhere on disk.
+            await asyncio.shield(
+                asyncio.to_thread(
+                    self.pending_file.hold, key, pending.body, pending.since_us, dropped
+                )
             )
         except sqlite3.Error as exc:
             log.error("pending_store_not_kept", error=type(exc).__name__)

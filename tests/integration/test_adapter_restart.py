@@ -132,7 +132,7 @@ async def check_restart_before_settle(
     await verify(hub.engine, hub.ledger, hub.key_history())
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 async def world_and_url(
     request: pytest.FixtureRequest, start_hub: StartHub, tmp_path: Path
 ) -> AsyncIterator[tuple[World, str]]:
