@@ -16,9 +16,18 @@ import pytest
 from adapters.client import HubClient, Identity, Refused
 from exchange.flows.submit import submission_lock_key
 from exchange.store.loop_connections import AsyncConnections
-from exchange.v1 import grants_pb2, ledger_pb2, registry_pb2
+from exchange.v1 import ledger_pb2, registry_pb2
 from tests.conftest import StartHub
-from tests.flows.world import ANNA, ASSISTANCE, CIVIL, MARRIAGE, SOCIAL, World, build
+from tests.flows.world import (
+    ANNA,
+    ASSISTANCE,
+    CIVIL,
+    MARRIAGE,
+    SOCIAL,
+    World,
+    build,
+    grant_marital_status,
+)
 
 
 async def test_hub_on_postgresql_registers_and_authenticates(
@@ -53,17 +62,6 @@ async def _world(
             await adapter.stop(grace=0.2)
 
 
-async def _grant_marital_status(world: World) -> None:
-    await world.clients[CIVIL].issue_grant(
-        grant=grants_pb2.Grant(
-            consumer=SOCIAL,
-            material_type=MARRIAGE,
-            fields=["marital_status"],
-            purposes=[ASSISTANCE],
-        )
-    )
-
-
 async def test_requests_on_postgresql_read_the_index_on_the_loop(
     postgres_url: str, start_hub: StartHub, tmp_path: Path
 ) -> None:
@@ -71,7 +69,7 @@ async def test_requests_on_postgresql_read_the_index_on_the_loop(
     # (store.loop_connections.AsyncConnections): a Request sees the current version, and a new
     # version at once.
     async with _world(start_hub, postgres_url, tmp_path, 1500) as world:
-        await _grant_marital_status(world)
+        await grant_marital_status(world)
         first = await world.clients[SOCIAL].request(MARRIAGE, ANNA, purpose=ASSISTANCE)
         assert first.fields == {"marital_status": "married"} and first.version == 1
         changed = {
@@ -119,7 +117,7 @@ async def test_two_hubs_decide_concurrent_submissions_one_at_a_time(
         )
         assert sorted(a.outcome for a in answers) == ["NEW_VERSION", "STORED"]
         latest = "married" if answers[0].outcome == "NEW_VERSION" else "divorced"
-        await _grant_marital_status(world)
+        await grant_marital_status(world)
         # The index and the adapter agree: the later decision is what is on file.
         material = await world.clients[SOCIAL].request(MARRIAGE, subject, purpose=ASSISTANCE)
         assert material.fields == {"marital_status": latest} and material.version == 2

@@ -29,7 +29,7 @@ from adapters.holdings import publish_holdings
 from adapters.identity import Assurance, DevelopmentIdentityProvider
 from adapters.provider import ProviderServer
 from adapters.settings import parse
-from exchange.v1 import catalog_pb2, common_pb2, envelope_pb2, registry_pb2
+from exchange.v1 import catalog_pb2, common_pb2, envelope_pb2, grants_pb2, registry_pb2
 from tests.conftest import HUB_ID, RunningHub
 
 CIVIL = "js.nj.civil-affairs"
@@ -366,3 +366,15 @@ async def publish_type(
     client: HubClient, value: catalog_pb2.MaterialType
 ) -> catalog_pb2.MaterialTypeResponse:
     return await client.publish_material_type(material_type=value)
+
+
+async def grant_marital_status(world: World) -> None:
+    """Civil affairs grants social security the marital status for social assistance."""
+    await world.clients[CIVIL].issue_grant(
+        grant=grants_pb2.Grant(
+            consumer=SOCIAL,
+            material_type=MARRIAGE,
+            fields=["marital_status"],
+            purposes=[ASSISTANCE],
+        )
+    )

@@ -22,12 +22,21 @@ from exchange.v1 import (
     common_pb2,
     envelope_pb2,
     exchange_pb2,
-    grants_pb2,
     ledger_pb2,
     registry_pb2,
 )
 from tests.conftest import RunningHub, StartHub
-from tests.flows.world import ANNA, ASSISTANCE, CIVIL, MARRIAGE, SOCIAL, TOWNSHIP, World, build
+from tests.flows.world import (
+    ANNA,
+    ASSISTANCE,
+    CIVIL,
+    MARRIAGE,
+    SOCIAL,
+    TOWNSHIP,
+    World,
+    build,
+    grant_marital_status,
+)
 
 REQUEST = "/exchange.v1.Exchange/Request"
 CHECK = "/exchange.v1.Exchange/Check"
@@ -60,14 +69,7 @@ async def open_world(
 
 
 async def granted(world: World) -> World:
-    await world.clients[CIVIL].issue_grant(
-        grant=grants_pb2.Grant(
-            consumer=SOCIAL,
-            material_type=MARRIAGE,
-            fields=["marital_status"],
-            purposes=[ASSISTANCE],
-        )
-    )
+    await grant_marital_status(world)
     world.spies[CIVIL].delay = 1.0
     return world
 
