@@ -8,6 +8,7 @@ the servicer layer maps it to a gRPC status plus ``google.rpc.ErrorInfo`` in one
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass, field
 
 from exchange.v1 import common_pb2
 
@@ -41,12 +42,44 @@ def quote(text: str, limit: int = QUOTE_LIMIT) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "…")
 
 
+@dataclass(slots=True)
+class EntryFacts:
+    """What a call's ledger entry says of the call beyond who made it and what came of it,
+    gathered as the call goes: a refusal raised at any step carries what was known by then
+    (``ExchangeError.facts``), and the call's own entry is recorded from the same value
+    (``exchange.flows.record``). The names are those of ``exchange.ledger.EntryDraft``;
+    ``subject_ref`` is already a keyed hash and ``content_hash`` a hash (no personal data).
+    """
+
+    material_type: str = ""
+    subject_ref: bytes = b""
+    content_hash: bytes = b""
+    purpose: str = ""
+    counterparty: str = ""
+    reference: str = ""
+    version: int = 0
+    attributes: dict[str, str] = field(default_factory=dict)
+
+    def fill(self, known: EntryFacts) -> None:
+        """Take from ``known`` each fact this one does not hold yet (an empty value, an
+        attribute it has no value for); what it holds stays."""
+        self.material_type = self.material_type or known.material_type
+        self.subject_ref = self.subject_ref or known.subject_ref
+        self.content_hash = self.content_hash or known.content_hash
+        self.purpose = self.purpose or known.purpose
+        self.counterparty = self.counterparty or known.counterparty
+        self.reference = self.reference or known.reference
+        self.version = self.version or known.version
+        for name, value in known.attributes.items():
+            self.attributes.setdefault(name, value)
+
+
 class ExchangeError(Exception):
     """Base of every error the exchange raises on purpose.
 
     ``reason`` is an ``exchange.v1.Reason`` value, ``code`` the status class, ``message`` is safe
     to show to the caller (no personal data, no internals). ``retry_after`` (seconds) is set for
-    rate limits.
+    rate limits. ``facts`` are what the refusal's ledger entry says of the call.
     """
 
     code: Code = Code.INTERNAL
@@ -67,21 +100,13 @@ class ExchangeError(Exception):
         if code is not None:
             self.code = code
         self.retry_after = retry_after
-        self.entry_fields: dict[str, object] = {}
+        self.facts = EntryFacts()
         # Set by the ledger's writer when it appended this refusal's entry itself (a guard's
         # refusal): the pipeline then records nothing more and names this entry.
         self.ledger_sequence: int | None = None
         # False when the call's envelope must not be kept with the refusal's entry (it holds
         # the personal data of a refused disclosure).
         self.store_envelope = True
-
-    def about(self, **fields: object) -> ExchangeError:
-        """Attach facts for the refusal's ledger entry (``material_type=…``, ``subject_ref=…``).
-
-        The names are those of ``exchange.ledger.EntryDraft``; returns self for ``raise``.
-        """
-        self.entry_fields.update(fields)
-        return self
 
     @property
     def recorded(self) -> bool:

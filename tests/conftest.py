@@ -11,6 +11,7 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -20,6 +21,9 @@ from exchange.config import Config
 from exchange.crypto.keystore import Keystore
 from exchange.v1 import common_pb2, registry_pb2
 from tests.postgres import scratch_postgres
+
+if TYPE_CHECKING:
+    from tests.flows.world import World
 
 HUB_ID = "hub"
 
@@ -169,6 +173,15 @@ async def start_hub(keystore: Keystore, tmp_path: Path) -> AsyncIterator[StartHu
         for client in hub.clients:
             await client.close()
         await hub.server.stop(grace=1.0)
+
+
+@pytest.fixture
+async def world(start_hub: StartHub, tmp_path: Path) -> AsyncIterator[World]:
+    """The exchange of ``tests.flows.world``: a hub and two provider adapters on loopback."""
+    from tests.flows.world import running  # it builds on this module
+
+    async with running(start_hub, tmp_path) as built:
+        yield built
 
 
 @pytest.fixture

@@ -362,4 +362,5 @@ class Limits:
         error = errors.ResourceExhausted(
             reason, message, retry_after=self.config.retry_after_ms / 1000
         )
-        return error.about(attributes={"limit": scope.value, "limit_kind": kind.value})
+        error.facts.attributes.update(limit=scope.value, limit_kind=kind.value)
+        return error

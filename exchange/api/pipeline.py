@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import time
@@ -371,8 +372,8 @@ class Pipeline:
         if error.ledger_sequence is not None:
             return to_status(error, error.ledger_sequence)
         who: Caller | Claim
-        fields: dict[str, Any] = dict(error.entry_fields)
-        attributes = dict(fields.pop("attributes", {}) or {})
+        facts = dataclasses.replace(error.facts, attributes=dict(error.facts.attributes))
+        attributes = facts.attributes
         attributes["method"] = method.name
         if caller is not None and error.store_envelope:
             who, kind = caller, method.kind
@@ -400,9 +401,8 @@ class Pipeline:
                     kind,
                     outcome=outcome,
                     reason=error.reason,
-                    attributes=attributes,
                     answer=lambda receipt: to_status(error, receipt.sequence),
-                    **fields,
+                    facts=facts,
                 )
         except errors.Unavailable as ledger_down:
             return to_status(ledger_down)

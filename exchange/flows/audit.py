@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, TypeVar
 
 from exchange import errors
+from exchange.errors import EntryFacts
 from exchange.flows.read_summary import summary_of
 from exchange.flows.record import record, with_receipt
 from exchange.ledger import Checkpoint, StoredEntry
@@ -57,7 +58,7 @@ async def _read(hub: Hub, caller: Caller, response: Answer, what: str, **attribu
             hub.ledger,
             caller,
             ledger_pb2.READ,
-            attributes={"what": what, **attributes},
+            facts=EntryFacts(attributes={"what": what, **attributes}),
             answer=with_receipt(response),
         )
     except BaseException:
@@ -137,7 +138,7 @@ async def stream_entries(
         hub.ledger,
         caller,
         ledger_pb2.READ,
-        attributes={"what": "stream", "from": str(body.from_sequence)},
+        facts=EntryFacts(attributes={"what": "stream", "from": str(body.from_sequence)}),
     )
     if body.follow:
         # One reader for all followers (exchange.ledger.feed); a slow one is dropped with

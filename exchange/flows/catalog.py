@@ -26,7 +26,7 @@ from exchange.catalog.model import (
 from exchange.catalog.schema import check_field_name, check_identifier
 from exchange.clock import now_us
 from exchange.crypto.subject import SubjectIdScheme
-from exchange.errors import quote
+from exchange.errors import EntryFacts, quote
 from exchange.flows import lookups
 from exchange.flows.record import record, with_receipt
 from exchange.membership import Role
@@ -90,7 +90,7 @@ async def publish_material_type(
     Raises PermissionDenied (ROLE_REQUIRED without the provider role, NOT_OWNER for another's
     type or owner), InvalidArgument for a malformed type, Unavailable on a concurrent publish.
     """
-    with lookups.facts(material_type=body.material_type.id[:128]):
+    with lookups.facts(EntryFacts(material_type=body.material_type.id[:128])):
         lookups.require_role(caller, Role.PROVIDER, what="publishing a material type")
         if body.material_type.owner and body.material_type.owner != caller.department_id:
             raise errors.PermissionDenied(
@@ -119,13 +119,15 @@ async def publish_material_type(
                     else None
                 ),
                 on_commit=lambda: hub.catalog.forget_material_type(value.id),
-                material_type=value.id,
-                version=value.version,
-                attributes={
-                    "sharing_class": value.sharing_class.value,
-                    "fields": ",".join(value.field_names),
-                    "changed": "true" if changed else "false",
-                },
+                facts=EntryFacts(
+                    material_type=value.id,
+                    version=value.version,
+                    attributes={
+                        "sharing_class": value.sharing_class.value,
+                        "fields": ",".join(value.field_names),
+                        "changed": "true" if changed else "false",
+                    },
+                ),
             )
         except IntegrityError as exc:
             raise errors.Unavailable(
@@ -139,15 +141,14 @@ async def get_material_type(
     hub: Hub, caller: Caller, body: catalog_pb2.GetMaterialTypeRequest
 ) -> catalog_pb2.MaterialTypeResponse:
     """Read the latest version of one material type. Raises NotFound (UNKNOWN_MATERIAL_TYPE)."""
-    with lookups.facts(material_type=body.material_type[:128]):
+    with lookups.facts(EntryFacts(material_type=body.material_type[:128])):
         found = await lookups.material_type(hub, body.material_type)
         response = catalog_pb2.MaterialTypeResponse(material_type=material_type_to_proto(found))
         receipt = await record(
             hub.ledger,
             caller,
             ledger_pb2.READ,
-            material_type=found.id,
-            version=found.version,
+            facts=EntryFacts(material_type=found.id, version=found.version),
             answer=with_receipt(response),
         )
     return with_receipt(response)(receipt)
@@ -169,7 +170,7 @@ async def list_catalog(
         hub.ledger,
         caller,
         ledger_pb2.READ,
-        attributes={"what": "catalog"},
+        facts=EntryFacts(attributes={"what": "catalog"}),
         answer=with_receipt(response),
     )
     return with_receipt(response)(receipt)
@@ -182,7 +183,7 @@ async def define_purpose(
 
     Raises PermissionDenied (OPERATOR_ONLY), InvalidArgument (id, name or legal basis).
     """
-    with lookups.facts(purpose=body.purpose.id[:128]):
+    with lookups.facts(EntryFacts(purpose=body.purpose.id[:128])):
         if not caller.is_operator:
             raise errors.PermissionDenied(
                 common_pb2.OPERATOR_ONLY, "only the hub operator may define purposes"
@@ -206,7 +207,7 @@ async def define_purpose(
             ledger_pb2.PURPOSE_DEFINITION,
             effect=lambda conn: hub.catalog.put_purpose(conn, value, now_us()),
             on_commit=lambda: hub.catalog.forget_purpose(value.id),
-            purpose=value.id,
+            facts=EntryFacts(purpose=value.id),
             answer=with_receipt(response),
         )
     return with_receipt(response)(receipt)
@@ -222,7 +223,9 @@ async def register_form(
     (UNKNOWN_MATERIAL_TYPE, UNKNOWN_PURPOSE).
     """
     given = body.form
-    with lookups.facts(purpose=given.purpose[:128], attributes={"form": given.id[:128]}):
+    with lookups.facts(
+        EntryFacts(purpose=given.purpose[:128], attributes={"form": given.id[:128]})
+    ):
         if not caller.is_operator:
             lookups.require_role(caller, Role.FORM_TOOL, what="registering a form")
         check_identifier(given.id, "form.id")
@@ -271,8 +274,10 @@ async def register_form(
             ledger_pb2.FORM_REGISTRATION,
             effect=lambda conn: hub.catalog.put_form(conn, value, now_us()),
             on_commit=lambda: hub.catalog.forget_form(value.id),
-            purpose=value.purpose,
-            attributes={"form": value.id, "material_types": ",".join(types)},
+            facts=EntryFacts(
+                purpose=value.purpose,
+                attributes={"form": value.id, "material_types": ",".join(types)},
+            ),
             answer=with_receipt(response),
         )
     return with_receipt(response)(receipt)
@@ -282,14 +287,14 @@ async def get_form(
     hub: Hub, caller: Caller, body: catalog_pb2.GetFormRequest
 ) -> catalog_pb2.FormResponse:
     """Read one form. Raises NotFound (UNKNOWN_FORM)."""
-    with lookups.facts(attributes={"form": body.form_id[:128]}):
+    with lookups.facts(EntryFacts(attributes={"form": body.form_id[:128]})):
         found = await lookups.form(hub, body.form_id)
         response = catalog_pb2.FormResponse(form=form_to_proto(found))
         receipt = await record(
             hub.ledger,
             caller,
             ledger_pb2.READ,
-            attributes={"form": found.id},
+            facts=EntryFacts(attributes={"form": found.id}),
             answer=with_receipt(response),
         )
     return with_receipt(response)(receipt)

@@ -13,11 +13,12 @@ assertion, when sent, is always verified. Every refusal is an entry with its pre
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from exchange import errors
 from exchange.catalog.model import MaterialType, PurposeBasis, SharingClass
 from exchange.clock import now_us
+from exchange.errors import EntryFacts
 from exchange.flows import lookups
 from exchange.flows.person import require_person
 from exchange.flows.record import record, with_receipt
@@ -39,7 +40,7 @@ async def _on_what_basis(
     caller: Caller,
     body: exchange_pb2.CheckRequest,
     material_type: MaterialType,
-    known: dict[str, Any],
+    known: EntryFacts,
 ) -> str:
     """Why the caller may learn whether the subject's material is on file: "person" (their
     assertion), "legal_basis" (a granted legal-basis purpose) or "department" (its own account).
@@ -74,7 +75,7 @@ async def _on_what_basis(
     # ties this form tool to the law it invokes.
     grant = granted(material_type, grants, (), purpose.id, now_us()).grant
     assert grant is not None  # granted() always names the grant it used
-    known["attributes"]["grant_id"] = grant.id
+    known.attributes["grant_id"] = grant.id
     return "legal_basis"
 
 
@@ -89,17 +90,18 @@ async def check(
     """
     subject_ref = hub.content_keys.subject_ref(body.subject_id) if body.subject_id else b""
     with lookups.facts(
-        material_type=body.material_type[:128],
-        subject_ref=subject_ref,
-        purpose=body.purpose[:128],
-        attributes={},
+        EntryFacts(
+            material_type=body.material_type[:128],
+            subject_ref=subject_ref,
+            purpose=body.purpose[:128],
+        )
     ) as known:
         lookups.require_role(caller, *CHECK_ROLES, what="Check")
         lookups.require_text(body.subject_id, "subject_id", 128)
         material_type = await lookups.material_type(hub, body.material_type)
         lookups.subject_id(body.subject_id, material_type.subject_id_scheme)
-        known["counterparty"] = material_type.owner
-        known["attributes"]["checked_for"] = await _on_what_basis(
+        known.counterparty = material_type.owner
+        known.attributes["checked_for"] = await _on_what_basis(
             hub, caller, body, material_type, known
         )
         current = await lookups.indexed(hub, material_type.id, subject_ref)
@@ -112,20 +114,17 @@ async def check(
                 version=current.version,
                 holder=current.holder,
             )
+            known.reference, known.version = current.reference, current.version
+            known.content_hash = current.content_hash
+        known.material_type, known.purpose = material_type.id, body.purpose
+        known.attributes["on_file"] = "true" if current else "false"
 
         # The answer is built in the entry's transaction, and stored with it for retries.
         receipt = await record(
             hub.ledger,
             caller,
             ledger_pb2.CHECK,
-            subject_ref=subject_ref,
-            material_type=material_type.id,
-            purpose=body.purpose,
-            counterparty=material_type.owner,
-            reference=current.reference if current else "",
-            version=current.version if current else 0,
-            content_hash=current.content_hash if current else b"",
-            attributes={**known["attributes"], "on_file": "true" if current else "false"},
+            facts=known,
             answer=with_receipt(answer),
         )
     return with_receipt(answer)(receipt)

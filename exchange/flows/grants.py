@@ -16,6 +16,7 @@ from exchange import errors
 from exchange.catalog.model import SharingClass
 from exchange.catalog.schema import check_identifier
 from exchange.clock import from_timestamp, now_us
+from exchange.errors import EntryFacts
 from exchange.flows import lookups
 from exchange.flows.record import ReadBack, record, with_receipt
 from exchange.policy.grants import Grant
@@ -43,7 +44,9 @@ async def issue_grant(
     InvalidArgument (fields, purposes, window).
     """
     given = body.grant
-    with lookups.facts(material_type=given.material_type[:128], counterparty=given.consumer[:128]):
+    with lookups.facts(
+        EntryFacts(material_type=given.material_type[:128], counterparty=given.consumer[:128])
+    ):
         material_type = await lookups.material_type(hub, given.material_type)
         if material_type.owner != caller.department_id:
             raise errors.PermissionDenied(
@@ -96,14 +99,16 @@ async def issue_grant(
             answer=with_receipt(response),
             effect=lambda conn: hub.grants.add(conn, grant),
             on_commit=lambda: hub.grants.forget(grant),
-            material_type=grant.material_type,
-            counterparty=grant.consumer,
-            attributes={
-                "grant_id": grant.id,
-                "fields": ",".join(sorted(grant.fields)),
-                "purposes": ",".join(sorted(grant.purposes)),
-                "rate_per_minute": str(grant.rate_per_minute),
-            },
+            facts=EntryFacts(
+                material_type=grant.material_type,
+                counterparty=grant.consumer,
+                attributes={
+                    "grant_id": grant.id,
+                    "fields": ",".join(sorted(grant.fields)),
+                    "purposes": ",".join(sorted(grant.purposes)),
+                    "rate_per_minute": str(grant.rate_per_minute),
+                },
+            ),
         )
     return with_receipt(response)(receipt)
 
@@ -115,14 +120,14 @@ async def revoke_grant(
 
     Raises NotFound (UNKNOWN_GRANT), PermissionDenied (NOT_OWNER).
     """
-    with lookups.facts(attributes={"grant_id": body.grant_id[:64]}) as known:
+    with lookups.facts(EntryFacts(attributes={"grant_id": body.grant_id[:64]})) as known:
         lookups.require_text(body.grant_id, "grant_id", 64)
         grant = await asyncio.to_thread(hub.grants.get, body.grant_id)
         if grant is None:
             raise errors.NotFound(
                 common_pb2.UNKNOWN_GRANT, f"grant {body.grant_id[:64]!r} is not known"
             )
-        known.update(material_type=grant.material_type, counterparty=grant.consumer)
+        known.material_type, known.counterparty = grant.material_type, grant.consumer
         if grant.owner != caller.department_id:
             raise errors.PermissionDenied(
                 common_pb2.NOT_OWNER, "only the owner that issued a grant may revoke it"
@@ -145,9 +150,11 @@ async def revoke_grant(
             ledger_pb2.GRANT_REVOCATION,
             effect=revoke,
             on_commit=partial(hub.grants.forget, grant),
-            material_type=grant.material_type,
-            counterparty=grant.consumer,
-            attributes={"grant_id": grant.id},
+            facts=EntryFacts(
+                material_type=grant.material_type,
+                counterparty=grant.consumer,
+                attributes={"grant_id": grant.id},
+            ),
             answer=answered,
         )
     return answered(receipt)
@@ -165,7 +172,7 @@ async def list_grants(
         hub.ledger,
         caller,
         ledger_pb2.READ,
-        attributes={"what": "grants"},
+        facts=EntryFacts(attributes={"what": "grants"}),
         answer=with_receipt(response),
     )
     return with_receipt(response)(receipt)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
+from exchange.errors import EntryFacts
 from exchange.flows import lookups
 from exchange.flows.person import require_person
 from exchange.flows.record import record, with_receipt
@@ -80,14 +81,14 @@ async def access_history(
     id), and the refusals of ``require_person``.
     """
     subject_ref = hub.content_keys.subject_ref(body.subject_id) if body.subject_id.strip() else b""
-    with lookups.facts(subject_ref=subject_ref, attributes={}) as known:
+    with lookups.facts(EntryFacts(subject_ref=subject_ref)) as known:
         lookups.require_role(caller, Role.FORM_TOOL, Role.SUPERVISOR, what="AccessHistory")
         lookups.require_text(body.subject_id.strip(), "subject_id", 128)
         if body.HasField("assertion") or Role.SUPERVISOR not in caller.roles:
             await require_person(hub, caller, body.assertion, body.subject_id, known)
-            known["attributes"]["served_to"] = "person"
+            known.attributes["served_to"] = "person"
         else:
-            known["attributes"]["served_to"] = "supervisor"
+            known.attributes["served_to"] = "supervisor"
         stored = await asyncio.to_thread(hub.ledger.entries_for_subject, subject_ref)
         records = [
             access_record(entry)
@@ -95,12 +96,12 @@ async def access_history(
             if entry.kind in SUBJECT_KINDS
         ]
         response = exchange_pb2.AccessHistoryResponse(records=records)
+        known.attributes["records"] = str(len(records))
         receipt = await record(
             hub.ledger,
             caller,
             ledger_pb2.ACCESS_HISTORY,
-            subject_ref=subject_ref,
-            attributes={**known["attributes"], "records": str(len(records))},
+            facts=known,
             answer=with_receipt(response),
         )
     return with_receipt(response)(receipt)

@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from exchange import errors
 from exchange.catalog.schema import canonical_fields
 from exchange.clock import now_us
+from exchange.errors import EntryFacts
 from exchange.flows import lookups
 from exchange.flows.record import record, with_receipt
 from exchange.membership import Role
@@ -44,9 +45,11 @@ async def publish_holdings(
     single = len(body.holdings) == 1 and body.holdings[0].subject_id
     subject_ref = hub.content_keys.subject_ref(body.holdings[0].subject_id) if single else b""
     with lookups.facts(
-        material_type=body.material_type[:128],
-        subject_ref=subject_ref,
-        attributes={"publish": str(len(body.holdings))},
+        EntryFacts(
+            material_type=body.material_type[:128],
+            subject_ref=subject_ref,
+            attributes={"publish": str(len(body.holdings))},
+        )
     ):
         lookups.require_role(caller, Role.PROVIDER, what="PublishHoldings")
         material_type = await lookups.material_type(hub, body.material_type)
@@ -132,18 +135,20 @@ async def publish_holdings(
                 caller,
                 ledger_pb2.SUBMIT,
                 effect=lambda conn: hub.index.put_versions(conn, indexed, indexed_us),
-                subject_ref=subject_ref,
-                material_type=material_type.id,
-                content_hash=results[0].content_hash if single else b"",
-                reference=results[0].reference if single else "",
-                version=results[0].version if single else 0,
-                attributes={
-                    "submit": "PUBLISHED",
-                    "holdings": str(len(results)),
-                    "stored": str(counts["STORED"]),
-                    "unchanged": str(counts["ALREADY_ON_FILE"]),
-                    "new_versions": str(counts["NEW_VERSION"]),
-                },
+                facts=EntryFacts(
+                    subject_ref=subject_ref,
+                    material_type=material_type.id,
+                    content_hash=results[0].content_hash if single else b"",
+                    reference=results[0].reference if single else "",
+                    version=results[0].version if single else 0,
+                    attributes={
+                        "submit": "PUBLISHED",
+                        "holdings": str(len(results)),
+                        "stored": str(counts["STORED"]),
+                        "unchanged": str(counts["ALREADY_ON_FILE"]),
+                        "new_versions": str(counts["NEW_VERSION"]),
+                    },
+                ),
                 answer=with_receipt(response),
             )
         except IntegrityError as exc:

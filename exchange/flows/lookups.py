@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from exchange import errors
 from exchange.catalog.model import Form, MaterialType, Purpose
 from exchange.crypto.subject import SubjectIdError, SubjectIdScheme, check
+from exchange.errors import EntryFacts
 from exchange.membership import MemberState, Role
 from exchange.policy.identity import Caller
 from exchange.store.cache import TtlCache
@@ -37,15 +38,14 @@ async def indexed(hub: Hub, material_type: str, subject_ref: bytes) -> IndexedMa
 
 
 @contextmanager
-def facts(**fields: Any) -> Iterator[dict[str, Any]]:
-    """Attach ``fields`` (EntryDraft names) to any ExchangeError raised inside, for its ledger
-    entry; the yielded dict may be updated as more facts become known."""
-    known = dict(fields)
+def facts(known: EntryFacts) -> Iterator[EntryFacts]:
+    """Gather the call's entry facts in ``known`` as the call goes (the flow updates it as more
+    become known); a refusal raised inside takes every fact it does not hold itself, for its
+    ledger entry."""
     try:
         yield known
     except errors.ExchangeError as error:
-        for name, value in known.items():
-            error.entry_fields.setdefault(name, value)
+        error.facts.fill(known)
         raise
 
 

@@ -18,6 +18,7 @@ from sqlalchemy import Connection
 from exchange import errors
 from exchange.catalog.schema import canonical_fields
 from exchange.clock import now_us, to_timestamp
+from exchange.errors import EntryFacts
 from exchange.flows import lookups
 from exchange.flows.person import require_person
 from exchange.flows.record import ReadBack, read_back, record, with_receipt
@@ -68,7 +69,9 @@ async def file_objection(
     (UNKNOWN_MATERIAL_TYPE, NOT_ON_FILE).
     """
     subject_ref = hub.content_keys.subject_ref(body.subject_id) if body.subject_id else b""
-    with lookups.facts(material_type=body.material_type[:128], subject_ref=subject_ref) as known:
+    with lookups.facts(
+        EntryFacts(material_type=body.material_type[:128], subject_ref=subject_ref)
+    ) as known:
         lookups.require_role(caller, *FILE_ROLES, what="FileObjection")
         lookups.require_text(body.subject_id, "subject_id", 128)
         # A form tool files for a person, even one that is also a consumer (a refusal of
@@ -78,7 +81,7 @@ async def file_objection(
         reason = lookups.require_text(body.reason.strip(), "reason", 2000)
         material_type = await lookups.material_type(hub, body.material_type)
         lookups.subject_id(body.subject_id, material_type.subject_id_scheme)
-        known["counterparty"] = material_type.owner
+        known.counterparty = material_type.owner
         proposed = (
             canonical_fields(material_type, body.proposed_fields, complete=False)
             if body.proposed_fields
@@ -108,22 +111,16 @@ async def file_objection(
             lambda conn: hub.objections.get(proposal.id, conn),
         )
         answer = read_back(file, _objection_response)
+        known.reference, known.version = current.reference, current.version
+        known.attributes["objection_id"] = proposal.id
+        known.attributes["deadline_us"] = str(proposal.deadline_us)
 
         receipt = await record(
             hub.ledger,
             caller,
             ledger_pb2.OBJECTION_FILING,
             effect=file,
-            subject_ref=subject_ref,
-            material_type=material_type.id,
-            counterparty=material_type.owner,
-            reference=current.reference,
-            version=current.version,
-            attributes={
-                **known.get("attributes", {}),
-                "objection_id": proposal.id,
-                "deadline_us": str(proposal.deadline_us),
-            },
+            facts=known,
             answer=answer,
         )
     return answer(receipt)
@@ -141,7 +138,7 @@ async def list_objections(
         hub.ledger,
         caller,
         ledger_pb2.READ,
-        attributes={"what": "objections", "count": str(len(found))},
+        facts=EntryFacts(attributes={"what": "objections", "count": str(len(found))}),
         answer=with_receipt(response),
     )
     return with_receipt(response)(receipt)
@@ -156,19 +153,15 @@ async def resolve_objection(
     state, or REJECTED without a resolution), FailedPrecondition (ALREADY_RESOLVED, or
     CORRECTION_NOT_ON_FILE when no newer version was submitted).
     """
-    with lookups.facts(attributes={"objection_id": body.objection_id[:64]}) as known:
+    with lookups.facts(EntryFacts(attributes={"objection_id": body.objection_id[:64]})) as known:
         lookups.require_text(body.objection_id, "objection_id", 64)
         objection = await asyncio.to_thread(hub.objections.get, body.objection_id)
         if objection is None:
             raise errors.NotFound(
                 common_pb2.UNKNOWN_OBJECTION, f"objection {body.objection_id[:64]!r} is not known"
             )
-        known.update(
-            material_type=objection.material_type,
-            subject_ref=objection.subject_ref,
-            reference=objection.reference,
-            counterparty=objection.filed_by,
-        )
+        known.material_type, known.subject_ref = objection.material_type, objection.subject_ref
+        known.reference, known.counterparty = objection.reference, objection.filed_by
         if caller.department_id != objection.owner:
             raise errors.PermissionDenied(
                 common_pb2.NOT_OWNER, "only the owner of the material may resolve its objections"
@@ -210,18 +203,15 @@ async def resolve_objection(
 
         resolve = ReadBack(resolve_open, lambda conn: hub.objections.get(objection_id, conn))
         answer = read_back(resolve, _objection_response)
+        known.version = version
+        known.attributes["state"] = state
 
         receipt = await record(
             hub.ledger,
             caller,
             ledger_pb2.OBJECTION_RESOLUTION,
             effect=resolve,
-            subject_ref=objection.subject_ref,
-            material_type=objection.material_type,
-            counterparty=objection.filed_by,
-            reference=objection.reference,
-            version=version,
-            attributes={"objection_id": objection.id, "state": state},
+            facts=known,
             answer=answer,
         )
     return answer(receipt)

@@ -21,10 +21,11 @@ from sqlalchemy import Connection
 
 from exchange import errors
 from exchange.clock import from_timestamp, now_us, to_timestamp
+from exchange.errors import EntryFacts
 from exchange.flows import lookups
 from exchange.flows.record import ReadBack, read_back, record, with_receipt
 from exchange.membership import Role
-from exchange.policy.assertions import VerifiedAssertion, facts_of, verify_assertion
+from exchange.policy.assertions import VerifiedAssertion, verify_assertion
 from exchange.policy.identity import Caller
 from exchange.store.consents import ConsentRecord, Usability
 from exchange.store.registry import DepartmentRecord
@@ -53,11 +54,11 @@ async def require_person(
     caller: Caller,
     assertion: envelope_pb2.Envelope,
     subject_id: str,
-    known: dict[str, Any],
+    known: EntryFacts,
 ) -> VerifiedAssertion:
     """Check the person's subject assertion for ``subject_id`` with the caller as audience.
 
-    Records the assertion's facts in ``known["attributes"]`` (the ledger entry's) either way.
+    Records the assertion's facts in ``known.attributes`` (the ledger entry's) either way.
     Raises Unauthenticated (ASSERTION_REQUIRED, ASSERTION_INVALID, ASSERTION_EXPIRED,
     UNKNOWN_IDENTITY_PROVIDER, IDENTITY_PROVIDER_REVOKED) or PermissionDenied
     (ASSERTION_AUDIENCE_MISMATCH, ASSERTION_SUBJECT_MISMATCH).
@@ -68,7 +69,6 @@ async def require_person(
     def lookup(department_id: str) -> DepartmentRecord | None:
         return provider if provider is not None and provider.id == department_id else None
 
-    attributes: dict[str, str] = known.setdefault("attributes", {})
     try:
         verified = verify_assertion(
             assertion,
@@ -78,11 +78,9 @@ async def require_person(
             lookup=lookup,
         )
     except errors.ExchangeError as error:
-        facts = facts_of(error)
-        if facts is not None:
-            attributes.update(facts.attributes())
+        known.attributes.update(error.facts.attributes)  # what the refusal says of it
         raise
-    attributes.update(verified.facts.attributes())
+    known.attributes.update(verified.facts.attributes())
     return verified
 
 
@@ -96,7 +94,7 @@ class _PersonBody(Protocol):
 
 
 async def _for_person(
-    hub: Hub, caller: Caller, body: _PersonBody, known: dict[str, Any], what: str
+    hub: Hub, caller: Caller, body: _PersonBody, known: EntryFacts, what: str
 ) -> VerifiedAssertion:
     """The checks every Person call makes first: the form-tool role, a subject id, and the
     person's assertion (``require_person``). Raises as those do."""
@@ -129,9 +127,10 @@ def consent_to_proto(value: ConsentRecord) -> person_pb2.Consent:
     return message
 
 
-def _person_facts(subject_id: str, hub: Hub) -> dict[str, Any]:
+def _person_facts(hub: Hub, subject_id: str, **attributes: str) -> EntryFacts:
+    """The first facts of a Person call's entry: the person's keyed reference (never the id)."""
     subject_ref = hub.content_keys.subject_ref(subject_id) if subject_id else b""
-    return {"subject_ref": subject_ref, "attributes": {}}
+    return EntryFacts(subject_ref=subject_ref, attributes=attributes)
 
 
 async def give_consent(
@@ -144,9 +143,9 @@ async def give_consent(
     consumer, UNKNOWN_MATERIAL_TYPE, UNKNOWN_PURPOSE).
     """
     wanted = body.consent
-    facts = _person_facts(body.subject_id, hub)
-    facts.update(material_type=wanted.material_type[:128], purpose=wanted.purpose[:128])
-    with lookups.facts(**facts) as known:
+    facts = _person_facts(hub, body.subject_id)
+    facts.material_type, facts.purpose = wanted.material_type[:128], wanted.purpose[:128]
+    with lookups.facts(facts) as known:
         verified = await _for_person(hub, caller, body, known, "GiveConsent")
         lookups.require_text(wanted.consumer, "consent.consumer", 128)
         consumer = await lookups.department(hub, wanted.consumer)
@@ -155,7 +154,7 @@ async def give_consent(
                 common_pb2.UNKNOWN_DEPARTMENT,
                 f"consent.consumer {wanted.consumer[:128]!r} is not a registered consumer",
             )
-        known["counterparty"] = consumer.id
+        known.counterparty = consumer.id
         material_type = await lookups.material_type(hub, wanted.material_type)
         purpose = await lookups.purpose(hub, wanted.purpose)
         fields = frozenset(wanted.fields)
@@ -183,7 +182,7 @@ async def give_consent(
         assert assurance is not None  # verify_assertion refuses an assertion without one
         consent = ConsentRecord(
             id="c-" + uuid.uuid4().hex[:24],
-            subject_ref=known["subject_ref"],
+            subject_ref=known.subject_ref,
             consumer=consumer.id,
             material_type=material_type.id,
             fields=fields,
@@ -201,8 +200,9 @@ async def give_consent(
             identity_provider=verified.facts.identity_provider,
             assurance_level=assurance.name,
         )
-        known["attributes"]["consent_id"] = consent.id
-        known["attributes"]["fields"] = ",".join(sorted(fields))
+        known.material_type, known.purpose = material_type.id, purpose.id
+        known.attributes["consent_id"] = consent.id
+        known.attributes["fields"] = ",".join(sorted(fields))
         give = ReadBack(
             lambda conn: hub.consents.add(conn, consent),
             lambda conn: hub.consents.get(consent.id, conn),
@@ -213,11 +213,7 @@ async def give_consent(
             caller,
             ledger_pb2.CONSENT_GIVEN,
             effect=give,
-            subject_ref=known["subject_ref"],
-            material_type=material_type.id,
-            purpose=purpose.id,
-            counterparty=consumer.id,
-            attributes=dict(known["attributes"]),
+            facts=known,
             answer=answer,
         )
     return answer(receipt)
@@ -231,22 +227,19 @@ async def revoke_consent(
     Raises PermissionDenied (ROLE_REQUIRED), the refusals of ``require_person``, NotFound
     (UNKNOWN_CONSENT: none with this id for this person), FailedPrecondition (CONSENT_REVOKED).
     """
-    facts = _person_facts(body.subject_id, hub)
-    facts["attributes"]["consent_id"] = body.consent_id[:64]
-    with lookups.facts(**facts) as known:
+    with lookups.facts(
+        _person_facts(hub, body.subject_id, consent_id=body.consent_id[:64])
+    ) as known:
         await _for_person(hub, caller, body, known, "RevokeConsent")
         lookups.require_text(body.consent_id, "consent_id", 64)
         found = await asyncio.to_thread(hub.consents.get, body.consent_id)
         # Another person's consent is answered like an unknown one: its existence is theirs.
-        if found is None or found.subject_ref != known["subject_ref"]:
+        if found is None or found.subject_ref != known.subject_ref:
             raise errors.NotFound(
                 common_pb2.UNKNOWN_CONSENT, f"consent {body.consent_id[:64]!r} is not known"
             )
-        known.update(
-            material_type=found.material_type,
-            purpose=found.purpose,
-            counterparty=found.consumer,
-        )
+        known.material_type, known.purpose = found.material_type, found.purpose
+        known.counterparty = found.consumer
         if found.revoked_us is not None:
             raise errors.FailedPrecondition(
                 common_pb2.CONSENT_REVOKED, "the consent was already revoked"
@@ -267,11 +260,7 @@ async def revoke_consent(
             caller,
             ledger_pb2.CONSENT_REVOCATION,
             effect=change,
-            subject_ref=known["subject_ref"],
-            material_type=found.material_type,
-            purpose=found.purpose,
-            counterparty=found.consumer,
-            attributes=dict(known["attributes"]),
+            facts=known,
             answer=answer,
         )
     return answer(receipt)
@@ -284,17 +273,16 @@ async def list_consents(
 
     Raises PermissionDenied (ROLE_REQUIRED) and the refusals of ``require_person``.
     """
-    with lookups.facts(**_person_facts(body.subject_id, hub)) as known:
+    with lookups.facts(_person_facts(hub, body.subject_id)) as known:
         await _for_person(hub, caller, body, known, "ListConsents")
-        found = await asyncio.to_thread(hub.consents.for_subject, known["subject_ref"])
-        known["attributes"]["count"] = str(len(found))
+        found = await asyncio.to_thread(hub.consents.for_subject, known.subject_ref)
+        known.attributes["count"] = str(len(found))
         response = person_pb2.ListConsentsResponse(consents=[consent_to_proto(c) for c in found])
         receipt = await record(
             hub.ledger,
             caller,
             ledger_pb2.CONSENT_LISTING,
-            subject_ref=known["subject_ref"],
-            attributes=dict(known["attributes"]),
+            facts=known,
             answer=with_receipt(response),
         )
     return with_receipt(response)(receipt)
@@ -313,28 +301,23 @@ async def confirm_form(
     Raises PermissionDenied (ROLE_REQUIRED), the refusals of ``require_person``, NotFound
     (UNKNOWN_FORM), InvalidArgument (completed_sha256 not 32 bytes).
     """
-    facts = _person_facts(body.subject_id, hub)
-    facts["attributes"]["form"] = body.form_id[:128]
-    with lookups.facts(**facts) as known:
+    with lookups.facts(_person_facts(hub, body.subject_id, form=body.form_id[:128])) as known:
         await _for_person(hub, caller, body, known, "ConfirmForm")
         form = await lookups.form(hub, body.form_id)
-        known["purpose"] = form.purpose
+        known.purpose = form.purpose
         if len(body.completed_sha256) != 32:
             raise errors.InvalidArgument(
                 common_pb2.INVALID_ARGUMENT_FIELD, "completed_sha256 must be 32 bytes"
             )
-        attributes = dict(known["attributes"])
-        attributes["completed_sha256"] = body.completed_sha256.hex()
+        known.attributes["completed_sha256"] = body.completed_sha256.hex()
         if body.prefill_sequence:
-            attributes["prefill_sequence"] = str(body.prefill_sequence)
+            known.attributes["prefill_sequence"] = str(body.prefill_sequence)
         response = person_pb2.ConfirmFormResponse()
         receipt = await record(
             hub.ledger,
             caller,
             ledger_pb2.FORM_CONFIRMATION,
-            subject_ref=known["subject_ref"],
-            purpose=form.purpose,
-            attributes=attributes,
+            facts=known,
             answer=with_receipt(response),
         )
     return with_receipt(response)(receipt)

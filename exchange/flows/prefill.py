@@ -27,6 +27,7 @@ import structlog
 from exchange import errors
 from exchange.catalog.model import FormField, MaterialType, SharingClass
 from exchange.clock import now_us
+from exchange.errors import EntryFacts
 from exchange.flows import lookups
 from exchange.flows.material import fetch_checked
 from exchange.flows.person import require_person
@@ -38,7 +39,7 @@ from exchange.policy.grants import Grant
 from exchange.policy.identity import Caller
 from exchange.policy.sharing import Permit
 from exchange.store.materials import IndexedMaterial
-from exchange.v1 import common_pb2, envelope_pb2, exchange_pb2, ledger_pb2
+from exchange.v1 import envelope_pb2, exchange_pb2, ledger_pb2
 
 if TYPE_CHECKING:
     from exchange.hub import Hub
@@ -89,11 +90,13 @@ async def prefill(
     ``unavailable`` and the entry says so.
     """
     subject_ref = hub.content_keys.subject_ref(body.subject_id) if body.subject_id else b""
-    with lookups.facts(subject_ref=subject_ref, attributes={"form": body.form_id[:128]}) as known:
+    with lookups.facts(
+        EntryFacts(subject_ref=subject_ref, attributes={"form": body.form_id[:128]})
+    ) as known:
         lookups.require_role(caller, Role.FORM_TOOL, what="Prefill")
         lookups.require_text(body.subject_id, "subject_id", 128)
         form = await lookups.form(hub, body.form_id)
-        known["purpose"] = form.purpose  # a refused attempt shows the person its purpose too
+        known.purpose = form.purpose  # a refused attempt shows the person its purpose too
         subject_id = lookups.subject_id(body.subject_id)
         await require_person(hub, caller, body.assertion, subject_id, known)
         consumers = await lookups.acting_for(hub, caller)
@@ -211,30 +214,25 @@ async def prefill(
             for p in parts.values()
             if p.material_type is not None and p.permit is not None and p.values is not None
         ]
-        attributes = {
-            **known["attributes"],
-            "form": form.id,
-            "material_types": ",".join(used),
-            "filled": str(len(response.fields)),
-            "missing": str(len(response.missing)),
-            "withheld": str(len(response.withheld)),
-            "unavailable": str(len(response.unavailable)),
-        }
+        known.material_type = used[0] if len(used) == 1 else ""
+        known.counterparty = ",".join(sorted({f.holder for f in response.fields}))[:128]
+        known.attributes.update(
+            form=form.id,
+            material_types=",".join(used),
+            filled=str(len(response.fields)),
+            missing=str(len(response.missing)),
+            withheld=str(len(response.withheld)),
+            unavailable=str(len(response.unavailable)),
+        )
         if latencies:
-            attributes["provider_latency_ms"] = f"{max(latencies):.1f}"
+            known.attributes["provider_latency_ms"] = f"{max(latencies):.1f}"
         if failures:
-            attributes["failures"] = ",".join(f"{t}:{r}" for t, r in sorted(failures.items()))
+            known.attributes["failures"] = ",".join(f"{t}:{r}" for t, r in sorted(failures.items()))
         receipt = await record(
             hub.ledger,
             caller,
             ledger_pb2.PREFILL,
-            subject_ref=subject_ref,
-            purpose=form.purpose,
-            material_type=used[0] if len(used) == 1 else "",
-            counterparty=",".join(sorted({f.holder for f in response.fields}))[:128],
-            outcome=ledger_pb2.OK,
-            reason=common_pb2.REASON_UNSPECIFIED,
-            attributes=attributes,
+            facts=known,
             shares=shares,
             answer=with_receipt(response),
         )

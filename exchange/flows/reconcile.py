@@ -37,6 +37,7 @@ from exchange.catalog.schema import canonical_fields
 from exchange.clock import now_us, to_timestamp
 from exchange.crypto.envelope import sign
 from exchange.crypto.keys import SigningKey
+from exchange.errors import EntryFacts
 from exchange.flows import lookups
 from exchange.flows.record import record
 from exchange.flows.settle import HeldStore, indexed, settle
@@ -279,13 +280,15 @@ class _Run:
                 who,
                 ledger_pb2.RECONCILIATION,
                 effect=effect,
-                subject_ref=difference.subject_ref,
-                material_type=difference.material_type,
-                content_hash=content_hash,
-                counterparty=self.holder,
-                reference=difference.reference,
-                version=difference.version,
-                attributes={"difference": difference.kind, "repair": difference.repair},
+                facts=EntryFacts(
+                    subject_ref=difference.subject_ref,
+                    material_type=difference.material_type,
+                    content_hash=content_hash,
+                    counterparty=self.holder,
+                    reference=difference.reference,
+                    version=difference.version,
+                    attributes={"difference": difference.kind, "repair": difference.repair},
+                ),
             )
         except errors.ExchangeError as exc:
             return _failed(difference, exc)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextvars
 from collections.abc import Callable, Sequence
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from google.protobuf.message import Message
 from sqlalchemy import Connection
 
 from exchange import errors
+from exchange.errors import EntryFacts
 from exchange.flows.validity import Share, guard
 from exchange.ledger import Effect, EntryDraft, Ledger
 from exchange.policy.identity import Caller, Claim
@@ -112,11 +113,12 @@ async def record(
     on_commit: Callable[[], None] | None = None,
     shares: Sequence[Share] = (),
     answer: AnswerBuilder | None = None,
-    **fields: Any,
+    facts: EntryFacts | None = None,
 ) -> common_pb2.Receipt:
     """Append the entry of one call, with the caller's envelope beside it; return its receipt.
 
-    ``fields`` are further ``EntryDraft`` fields (material_type, subject_ref, purpose…).
+    ``facts`` are what the entry says of the call beyond its caller, kind, outcome and reason
+    (material type, subject ref, purpose…: ``exchange.errors.EntryFacts``).
     ``effect`` is the change the call makes, written in the entry's transaction
     (``Ledger.append``): both are stored, or neither. ``on_commit`` refreshes what caches it.
     An OK entry of an authenticated caller is appended only if what the call relied on still
@@ -138,13 +140,21 @@ async def record(
     Raises exchange.errors.Unavailable (LEDGER_UNAVAILABLE) if the ledger cannot commit: the
     caller must then not serve or store anything; an effect's IntegrityError as it is.
     """
+    said = facts if facts is not None else EntryFacts()
     draft = EntryDraft(
         kind=kind,
         actor=caller.department_id,
         outcome=outcome,
         reason=reason,
         request_id=caller.request_id,
-        **fields,
+        subject_ref=said.subject_ref,
+        material_type=said.material_type,
+        content_hash=said.content_hash,
+        purpose=said.purpose,
+        counterparty=said.counterparty,
+        reference=said.reference,
+        version=said.version,
+        attributes=dict(said.attributes),
     )
     checked = (
         guard(caller, shares) if outcome == ledger_pb2.OK and isinstance(caller, Caller) else None

@@ -13,6 +13,7 @@ from exchange import errors
 from exchange.clock import now_us, to_timestamp
 from exchange.crypto.keys import KeyFileError, keyid
 from exchange.crypto.keystore import Keystore, check_department_id
+from exchange.errors import EntryFacts
 from exchange.flows import lookups
 from exchange.flows.record import ReadBack, record, with_receipt
 from exchange.ledger import Effect, appending
@@ -118,8 +119,7 @@ async def _change(
             kind,
             effect=change,
             on_commit=lambda: hub.departments.invalidate(department_id),
-            counterparty=department_id,
-            attributes=attributes,
+            facts=EntryFacts(counterparty=department_id, attributes=attributes),
             answer=answered,
         )
     except IntegrityError as exc:
@@ -283,8 +283,7 @@ async def _rotate_operator_key(
             caller,
             ledger_pb2.KEY_ROTATION,
             effect=change,
-            counterparty=caller.department_id,
-            attributes={"keyid": key.keyid},
+            facts=EntryFacts(counterparty=caller.department_id, attributes={"keyid": key.keyid}),
             answer=answered,
         )
     except IntegrityError as exc:
@@ -332,11 +331,13 @@ async def _rotate_log_key(
             answer=with_receipt(response),
             effect=lambda conn: hub.log_keys.approve(conn, signing_key.keyid, public_key, now),
             on_commit=lambda: hub.ledger.sign_also_with(signing_key),
-            counterparty=body.department_id,
-            attributes={
-                "keyid": signing_key.keyid,
-                "log_key": verifier_key(hub.ledger.key_name, public_key),
-            },
+            facts=EntryFacts(
+                counterparty=body.department_id,
+                attributes={
+                    "keyid": signing_key.keyid,
+                    "log_key": verifier_key(hub.ledger.key_name, public_key),
+                },
+            ),
         )
     except IntegrityError as exc:
         raise errors.AlreadyExists(
@@ -452,7 +453,7 @@ async def get_department(
         hub.ledger,
         caller,
         ledger_pb2.READ,
-        counterparty=department.id,
+        facts=EntryFacts(counterparty=department.id),
         answer=with_receipt(response),
     )
     return with_receipt(response)(receipt)
@@ -468,7 +469,7 @@ async def list_departments(
         hub.ledger,
         caller,
         ledger_pb2.READ,
-        attributes={"what": "registry"},
+        facts=EntryFacts(attributes={"what": "registry"}),
         answer=with_receipt(response),
     )
     return with_receipt(response)(receipt)

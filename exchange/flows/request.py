@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from exchange import errors
 from exchange.catalog.model import PurposeBasis, SharingClass
 from exchange.clock import now_us, to_timestamp
+from exchange.errors import EntryFacts
 from exchange.flows import lookups
 from exchange.flows.material import fetch_checked
 from exchange.flows.person import consent_for_request, keep_until_us, require_person, use_consent
@@ -65,16 +66,19 @@ async def request(
     """
     subject_ref = hub.content_keys.subject_ref(body.subject_id) if body.subject_id else b""
     with lookups.facts(
-        material_type=body.material_type[:128],
-        subject_ref=subject_ref,
-        purpose=body.purpose[:128],
+        EntryFacts(
+            material_type=body.material_type[:128],
+            subject_ref=subject_ref,
+            purpose=body.purpose[:128],
+        )
     ) as known:
         lookups.require_role(caller, Role.CONSUMER, what="Request")
         lookups.require_text(body.subject_id, "subject_id", 128)
         material_type = await lookups.material_type(hub, body.material_type)
         subject_id = lookups.subject_id(body.subject_id, material_type.subject_id_scheme)
-        known["counterparty"] = material_type.owner
-        known["attributes"] = {"sharing_class": material_type.sharing_class.name}
+        known.counterparty = material_type.owner
+        attributes = known.attributes
+        attributes["sharing_class"] = material_type.sharing_class.name
         purpose = await lookups.purpose(hub, body.purpose)
         grants = (
             await grants_for(hub, (caller.department_id,), material_type.id)
@@ -82,13 +86,9 @@ async def request(
             else []
         )
         allowed = permit(material_type, grants, list(body.fields), body.purpose, now_us())
-        attributes = {
-            "fields": ",".join(allowed.fields),
-            "sharing_class": material_type.sharing_class.name,
-        }
+        attributes["fields"] = ",".join(allowed.fields)
         if allowed.grant is not None:
             attributes["grant_id"] = allowed.grant.id
-        known["attributes"] = attributes
         consent = None
         if purpose.basis is PurposeBasis.PERSON_PRESENT:
             await require_person(hub, caller, body.assertion, body.subject_id, known)
@@ -111,12 +111,8 @@ async def request(
             raise errors.NotFound(
                 common_pb2.NOT_ON_FILE, f"no {material_type.id!r} is on file for this subject"
             )
-        known.update(
-            reference=current.reference,
-            version=current.version,
-            content_hash=current.content_hash,
-            counterparty=current.holder,
-        )
+        known.reference, known.version = current.reference, current.version
+        known.content_hash, known.counterparty = current.content_hash, current.holder
         holder = await lookups.holder(hub, current.holder)
         # No entry, no access: the holder is not asked while the ledger cannot commit.
         await hub.ledger.ensure_writable()
@@ -146,14 +142,7 @@ async def request(
             caller,
             ledger_pb2.REQUEST,
             effect=None if consent is None else use_consent(hub, consent),
-            subject_ref=subject_ref,
-            material_type=material_type.id,
-            content_hash=current.content_hash,
-            purpose=body.purpose,
-            counterparty=current.holder,
-            reference=current.reference,
-            version=current.version,
-            attributes=attributes,
+            facts=known,
             shares=(Share(material_type.id, allowed.grant.id if allowed.grant else None),),
             answer=with_receipt(response),
         )

@@ -25,6 +25,7 @@ import hashlib
 import uuid
 import weakref
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -35,6 +36,7 @@ from exchange import errors
 from exchange.catalog.model import MaterialType
 from exchange.catalog.schema import canonical_fields
 from exchange.clock import now_us
+from exchange.errors import EntryFacts
 from exchange.flows import lookups
 from exchange.flows.material import mismatch, open_record
 from exchange.flows.person import require_person
@@ -122,11 +124,11 @@ async def submit(
     """
     subject_ref = hub.content_keys.subject_ref(body.subject_id) if body.subject_id else b""
     with lookups.facts(
-        material_type=body.material_type[:128], subject_ref=subject_ref, attributes={}
+        EntryFacts(material_type=body.material_type[:128], subject_ref=subject_ref)
     ) as known:
         lookups.require_text(body.subject_id, "subject_id", 128)
         material_type = await lookups.material_type(hub, body.material_type)
-        known["counterparty"] = material_type.owner
+        known.counterparty = material_type.owner
         subject_id = lookups.subject_id(body.subject_id, material_type.subject_id_scheme)
         is_owner = caller.department_id == material_type.owner
         if not is_owner:
@@ -134,12 +136,12 @@ async def submit(
         # Before anything on file is looked at (see the module docstring).
         if body.HasField("assertion") or person_facing(caller):
             await require_person(hub, caller, body.assertion, body.subject_id, known)
-            known["attributes"]["submitted_for"] = "person"
+            known.attributes["submitted_for"] = "person"
         else:
-            known["attributes"]["submitted_for"] = "department"
+            known.attributes["submitted_for"] = "department"
         fields = canonical_fields(material_type, body.fields, complete=True)
         content_hash = hub.content_keys.content_hash(material_type.id, subject_id, fields)
-        known["content_hash"] = content_hash
+        known.content_hash = content_hash
         async with _decided_alone(hub, material_type.id, subject_ref):
             current = await lookups.indexed(hub, material_type.id, subject_ref)
             effect: Effect | None = None  # what the entry commits with it (nothing on file)
@@ -158,7 +160,7 @@ async def submit(
                 version = 1 if current is None else current.version + 1
                 reference = hub.content_keys.reference(material_type.id, subject_ref, version)
                 objection_id = ""
-                known.update(reference=reference, version=version)
+                known.reference, known.version = reference, version
                 # No entry, no access, at the holder too: nothing is stored while the hub knows
                 # its ledger cannot commit.
                 await hub.ledger.ensure_writable()
@@ -192,9 +194,12 @@ async def submit(
                     now_us=now_us(),
                 )
             name = exchange_pb2.SubmitOutcome.Name(outcome)
-            attributes = {**known["attributes"], "submit": name}
+            # The entry names the version on file too when nothing is stored (a refusal after
+            # this point names only what the call stored).
+            said = replace(known, reference=reference, version=version)
+            said.attributes = {**known.attributes, "submit": name}
             if objection_id:
-                attributes["objection_id"] = objection_id
+                said.attributes["objection_id"] = objection_id
             answer = exchange_pb2.SubmitResponse(
                 outcome=outcome,
                 reference=reference,
@@ -208,13 +213,7 @@ async def submit(
                 ledger_pb2.SUBMIT,
                 effect=effect,
                 answer=with_receipt(answer),
-                subject_ref=subject_ref,
-                material_type=material_type.id,
-                content_hash=content_hash,
-                counterparty=material_type.owner,
-                reference=reference,
-                version=version,
-                attributes=attributes,
+                facts=said,
             )
             try:
                 if held is None:

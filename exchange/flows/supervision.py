@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from exchange import errors
 from exchange.clock import to_timestamp
+from exchange.errors import EntryFacts
 from exchange.flows.record import record, with_receipt
 from exchange.membership import Role
 from exchange.policy.identity import Caller
@@ -110,7 +111,7 @@ async def list_alerts(
         hub.ledger,
         caller,
         ledger_pb2.READ,
-        attributes={"what": "alerts", "count": str(len(alerts))},
+        facts=EntryFacts(attributes={"what": "alerts", "count": str(len(alerts))}),
         answer=with_receipt(response),
     )
     return with_receipt(response)(receipt)
@@ -158,7 +159,7 @@ async def burden_report(
         hub.ledger,
         caller,
         ledger_pb2.READ,
-        attributes={"what": "burden", "idle_days": str(idle_days)},
+        facts=EntryFacts(attributes={"what": "burden", "idle_days": str(idle_days)}),
         answer=with_receipt(answer),
     )
     return with_receipt(answer)(receipt)

@@ -93,14 +93,9 @@ def _refuse(
     facts: AssertionFacts | None,
 ) -> errors.ExchangeError:
     error = kind(reason, message)
-    error.assertion_facts = facts  # type: ignore[attr-defined]
+    if facts is not None:
+        error.facts.attributes.update(facts.attributes())
     return error
-
-
-def facts_of(error: errors.ExchangeError) -> AssertionFacts | None:
-    """The assertion facts a refusal raised by ``verify_assertion`` carries, if any."""
-    found: AssertionFacts | None = getattr(error, "assertion_facts", None)
-    return found
 
 
 def verify_assertion(
@@ -116,7 +111,7 @@ def verify_assertion(
     ``lookup`` reads a member from the registry. Raises Unauthenticated (ASSERTION_REQUIRED,
     ASSERTION_INVALID, ASSERTION_EXPIRED, UNKNOWN_IDENTITY_PROVIDER, IDENTITY_PROVIDER_REVOKED)
     or PermissionDenied (ASSERTION_AUDIENCE_MISMATCH, ASSERTION_SUBJECT_MISMATCH); each carries
-    the facts known so far (``facts_of``) for the refusal's ledger entry.
+    the assertion's facts known so far in its entry attributes (``ExchangeError.facts``).
     """
     if not assertion.payload and not assertion.signatures:
         raise _refuse(

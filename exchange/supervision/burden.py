@@ -17,6 +17,7 @@ from exchange.config import SupervisionConfig
 from exchange.membership import MemberState
 from exchange.supervision.model import Observation
 from exchange.supervision.rules import DAY_US
+from exchange.v1 import ledger_pb2
 
 STORED = frozenset({"STORED", "NEW_VERSION"})
 
@@ -49,12 +50,12 @@ class Usage:
 
 def counter_changes(obs: Observation) -> list[CounterChange]:
     """What ``obs`` adds to the burden counters (see the module docstring)."""
-    kind, ok = obs.kind, obs.outcome == "OK"
-    if kind == "MATERIAL_TYPE_PUBLICATION" and ok and obs.material_type:
+    kind, ok = obs.kind, obs.outcome == ledger_pb2.OK
+    if kind == ledger_pb2.MATERIAL_TYPE_PUBLICATION and ok and obs.material_type:
         return [CounterChange(obs.material_type, holder=obs.actor, listed_us=obs.time_us)]
-    if not obs.material_type and kind != "PREFILL":
+    if not obs.material_type and kind != ledger_pb2.PREFILL:
         return []
-    if kind == "SUBMIT" and ok:
+    if kind == ledger_pb2.SUBMIT and ok:
         outcome = obs.attributes.get("submit", "")
         return [
             CounterChange(
@@ -65,29 +66,33 @@ def counter_changes(obs: Observation) -> list[CounterChange]:
                 used_us=obs.time_us,
             )
         ]
-    if kind == "REQUEST":
+    if kind == ledger_pb2.REQUEST:
         return [
             CounterChange(
                 obs.material_type,
                 holder=obs.counterparty,
                 served=int(ok),
-                refused=int(obs.outcome == "REFUSED"),
-                failed=int(obs.outcome == "FAILED"),
+                refused=int(obs.outcome == ledger_pb2.REFUSED),
+                failed=int(obs.outcome == ledger_pb2.FAILED),
                 used_us=obs.time_us if ok else 0,
             )
         ]
-    if kind == "PREFILL" and ok:
+    if kind == ledger_pb2.PREFILL and ok:
         types = obs.material_types()
         holder = obs.counterparty if len(types) == 1 else ""
         return [CounterChange(t, holder=holder, prefills=1, used_us=obs.time_us) for t in types]
-    if kind == "CHECK" and ok:
+    if kind == ledger_pb2.CHECK and ok:
         return [CounterChange(obs.material_type, holder=obs.counterparty, used_us=obs.time_us)]
     return []
 
 
 def usage_of(obs: Observation) -> Usage | None:
     """The form-tool use ``obs`` records: a successful PREFILL or SUBMIT by its actor."""
-    if obs.kind in ("PREFILL", "SUBMIT") and obs.outcome == "OK" and obs.actor:
+    if (
+        obs.kind in (ledger_pb2.PREFILL, ledger_pb2.SUBMIT)
+        and obs.outcome == ledger_pb2.OK
+        and obs.actor
+    ):
         return Usage(obs.actor, obs.time_us // DAY_US, obs.time_us)
     return None
 

@@ -38,17 +38,18 @@ class AlertCategory(enum.Enum):
 class Observation:
     """The facts of one committed entry that supervision reads.
 
-    ``kind``, ``outcome`` and ``reason`` are the contract's enum names ("REQUEST", "OK",
-    "NO_GRANT"); ``time_us`` is the hub's sequencing time. ``subject_ref`` is the keyed
+    ``kind``, ``outcome`` and ``reason`` are the contract's enum values (``ledger_pb2.REQUEST``,
+    ``ledger_pb2.OK``, ``common_pb2.NO_GRANT``; a value newer than this hub's contract stays a
+    number); ``time_us`` is the hub's sequencing time. ``subject_ref`` is the keyed
     subject reference; it is kept in memory by the bulk-access rule only and never persisted.
     """
 
     sequence: int
     time_us: int
-    kind: str
+    kind: ledger_pb2.EntryKind.ValueType
     actor: str
-    outcome: str
-    reason: str = ""
+    outcome: ledger_pb2.Outcome.ValueType
+    reason: common_pb2.Reason.ValueType = common_pb2.REASON_UNSPECIFIED
     counterparty: str = ""
     material_type: str = ""
     subject_ref: bytes = b""
@@ -60,15 +61,25 @@ class Observation:
         return cls(
             sequence=sequence,
             time_us=entry.time.seconds * 1_000_000 + entry.time.nanos // 1000,
-            kind=_name(ledger_pb2.EntryKind.Name, entry.kind),
+            kind=entry.kind,
             actor=entry.actor,
-            outcome=_name(ledger_pb2.Outcome.Name, entry.outcome),
-            reason="" if not entry.reason else _name(common_pb2.Reason.Name, entry.reason),
+            outcome=entry.outcome,
+            reason=entry.reason,
             counterparty=entry.counterparty,
             material_type=entry.material_type,
             subject_ref=entry.subject_ref,
             attributes=MappingProxyType(dict(entry.attributes)),
         )
+
+    @property
+    def kind_name(self) -> str:
+        """The kind's contract name ("REQUEST"), for messages."""
+        return _name(ledger_pb2.EntryKind.Name, self.kind)
+
+    @property
+    def reason_name(self) -> str:
+        """The reason's contract name ("NO_GRANT"), or "" when the entry gives none."""
+        return _name(common_pb2.Reason.Name, self.reason) if self.reason else ""
 
     def attribute_int(self, name: str) -> int | None:
         """The attribute ``name`` as a decimal integer, or None if absent or not a number."""

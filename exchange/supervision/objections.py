@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from exchange.config import SupervisionConfig
 from exchange.supervision.model import AlertCategory, AlertLevel, Finding, Observation
 from exchange.supervision.rules import DAY_US
+from exchange.v1 import ledger_pb2
 
 RULE = "objection-overdue"
 
@@ -47,15 +48,17 @@ def objection_change(
     Its holder is the entry's counterparty. A successful OBJECTION_RESOLUTION closes the one
     named.
     """
-    if obs.outcome != "OK":
+    if obs.outcome != ledger_pb2.OK:
         return None
     objection_id = obs.attributes.get("objection_id", "")
     if not objection_id:
         return None
-    if obs.kind == "OBJECTION_RESOLUTION":
+    if obs.kind == ledger_pb2.OBJECTION_RESOLUTION:
         return ObjectionClosed(objection_id)
-    proposal = obs.kind == "SUBMIT" and obs.attributes.get("submit") == "CORRECTION_PROPOSED"
-    if obs.kind != "OBJECTION_FILING" and not proposal:
+    proposal = (
+        obs.kind == ledger_pb2.SUBMIT and obs.attributes.get("submit") == "CORRECTION_PROPOSED"
+    )
+    if obs.kind != ledger_pb2.OBJECTION_FILING and not proposal:
         return None
     deadline = obs.attribute_int("deadline_us")
     if deadline is None or deadline <= obs.time_us:

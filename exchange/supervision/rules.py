@@ -14,19 +14,30 @@ from typing import Protocol
 
 from exchange.config import SupervisionConfig
 from exchange.supervision.model import AlertCategory, AlertLevel, Finding, Observation
+from exchange.v1 import common_pb2, ledger_pb2
 
 _US = 1_000_000
 DAY_US = 86_400 * _US
 
 # Calls that reach a provider.
-PROVIDER_KINDS = frozenset({"REQUEST", "PREFILL"})
+PROVIDER_KINDS = frozenset({ledger_pb2.REQUEST, ledger_pb2.PREFILL})
 # Calls that touch a person's material; their refusals count towards repeated refusals.
 # CALL_REFUSAL is left out: its actor is only what an unauthenticated caller claimed to be.
-DATA_KINDS = frozenset({"CHECK", "SUBMIT", "REQUEST", "PREFILL", "ACCESS_HISTORY"})
+DATA_KINDS = frozenset(
+    {
+        ledger_pb2.CHECK,
+        ledger_pb2.SUBMIT,
+        ledger_pb2.REQUEST,
+        ledger_pb2.PREFILL,
+        ledger_pb2.ACCESS_HISTORY,
+    }
+)
 # Calls that reveal something about a subject; distinct subjects count towards bulk access.
 # ACCESS_HISTORY is one: it tells the caller who touched a person's material, so a form tool
 # reading many people's histories is enumerating people like any bulk reader.
-ACCESS_KINDS = frozenset({"CHECK", "REQUEST", "PREFILL", "ACCESS_HISTORY"})
+ACCESS_KINDS = frozenset(
+    {ledger_pb2.CHECK, ledger_pb2.REQUEST, ledger_pb2.PREFILL, ledger_pb2.ACCESS_HISTORY}
+)
 
 
 class Rule(Protocol):
@@ -45,15 +56,16 @@ class Rule(Protocol):
         ...
 
 
-def prefill_failures(obs: Observation, reason: str) -> list[str]:
+def prefill_failures(obs: Observation, reason: common_pb2.Reason.ValueType) -> list[str]:
     """Material types whose holder failed a PREFILL with ``reason``: a prefill does not fail for
     one holder, it records ``failures="type:REASON,…"`` on its entry."""
-    if obs.kind != "PREFILL":
+    if obs.kind != ledger_pb2.PREFILL:
         return []
     failed = []
+    name = common_pb2.Reason.Name(reason)
     for item in obs.attributes.get("failures", "").split(","):
         material_type, _, why = item.rpartition(":")
-        if material_type and why == reason:
+        if material_type and why == name:
             failed.append(material_type)
     return failed
 
@@ -97,7 +109,7 @@ class ProviderLateness:
     def observe(self, obs: Observation) -> list[Finding]:
         if obs.kind not in PROVIDER_KINDS:
             return []
-        timeouts = prefill_failures(obs, "PROVIDER_TIMEOUT")
+        timeouts = prefill_failures(obs, common_pb2.PROVIDER_TIMEOUT)
         if timeouts:
             message = f"a holder did not answer a prefill within the {self.limit_ms} ms limit"
             return [
@@ -112,7 +124,7 @@ class ProviderLateness:
                 )
                 for material_type in timeouts
             ]
-        if obs.reason == "PROVIDER_TIMEOUT":
+        if obs.reason == common_pb2.PROVIDER_TIMEOUT:
             message = f"the provider did not answer within the {self.limit_ms} ms limit (timeout)"
             level = AlertLevel.RED
         else:
@@ -138,7 +150,7 @@ class ContentMismatch:
 
     def observe(self, obs: Observation) -> list[Finding]:
         message = "material from the provider does not match the content hash in the index"
-        mismatched = prefill_failures(obs, "CONTENT_MISMATCH")
+        mismatched = prefill_failures(obs, common_pb2.CONTENT_MISMATCH)
         if mismatched:
             return [
                 _finding(
@@ -152,7 +164,7 @@ class ContentMismatch:
                 )
                 for material_type in mismatched
             ]
-        if obs.kind not in PROVIDER_KINDS or obs.reason != "CONTENT_MISMATCH":
+        if obs.kind not in PROVIDER_KINDS or obs.reason != common_pb2.CONTENT_MISMATCH:
             return []
         return [
             _finding(
@@ -194,7 +206,7 @@ class OffHoursConditional:
         return not self.start <= local.hour < self.end
 
     def observe(self, obs: Observation) -> list[Finding]:
-        if obs.kind != "REQUEST" or obs.attributes.get("sharing_class") != "CONDITIONAL":
+        if obs.kind != ledger_pb2.REQUEST or obs.attributes.get("sharing_class") != "CONDITIONAL":
             return []
         if not self.outside_hours(obs.time_us):
             return []
@@ -237,7 +249,7 @@ class RepeatedRefusals:
         self._raised: dict[str, tuple[AlertLevel, int]] = {}
 
     def observe(self, obs: Observation) -> list[Finding]:
-        if obs.kind not in DATA_KINDS or obs.outcome != "REFUSED":
+        if obs.kind not in DATA_KINDS or obs.outcome != ledger_pb2.REFUSED:
             return []
         times = self._times.setdefault(obs.actor, deque())
         times.append(obs.time_us)
@@ -257,7 +269,7 @@ class RepeatedRefusals:
         seconds = self.window_us // _US
         message = (
             f"{count} refused calls within {seconds} s (threshold {self.threshold}); "
-            f"latest: {obs.kind} refused with {obs.reason or 'no reason'}"
+            f"latest: {obs.kind_name} refused with {obs.reason_name or 'no reason'}"
         )
         return [_finding(self.name, level, AlertCategory.PROCESS, obs, obs.actor, message)]
 
@@ -287,7 +299,7 @@ class BulkAccess:
         self._raised: dict[str, int] = {}
 
     def observe(self, obs: Observation) -> list[Finding]:
-        if obs.kind not in ACCESS_KINDS or obs.outcome != "OK" or not obs.subject_ref:
+        if obs.kind not in ACCESS_KINDS or obs.outcome != ledger_pb2.OK or not obs.subject_ref:
             return []
         seen = self._seen.setdefault(obs.actor, OrderedDict())
         seen.pop(obs.subject_ref, None)

@@ -3,14 +3,10 @@ adapters, every receipt verified against the hub's key."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import pytest
 
 from adapters.client import Refused
 from exchange.v1 import catalog_pb2, grants_pb2
-from tests.conftest import StartHub
 from tests.flows.world import (
     ANNA,
     ASSISTANCE,
@@ -21,17 +17,7 @@ from tests.flows.world import (
     MARRIAGE,
     SOCIAL,
     World,
-    build,
 )
-
-
-@pytest.fixture
-async def world(start_hub: StartHub, tmp_path: Path) -> AsyncIterator[World]:
-    hub = await start_hub()
-    built = await build(hub, tmp_path)
-    yield built
-    for adapter in built.adapters.values():
-        await adapter.stop(grace=0.2)
 
 
 async def test_typed_methods_read_and_change_with_verified_receipts(world: World) -> None:

@@ -22,6 +22,7 @@ from adapters.client import HubClient, Refused
 from exchange.api.claims import CallClaim
 from exchange.clock import now_us
 from exchange.crypto.sealing import SEALED
+from exchange.errors import EntryFacts
 from exchange.flows.read_summary import summary_of
 from exchange.flows.record import record
 from exchange.observability import metrics
@@ -279,7 +280,7 @@ async def test_an_answer_left_after_the_commit_is_counted_and_lost_with_its_hub(
             hub.ledger,
             Claim(CIVIL, "answers-lost", envelope_bytes(envelope)),
             ledger_pb2.READ,
-            attributes={"what": "objections", "count": "0"},
+            facts=EntryFacts(attributes={"what": "objections", "count": "0"}),
         )
     state, stored, sequence = kept(world, CIVIL, "answers-lost")
     assert (state, stored, sequence) == (COMMITTED, None, receipt.sequence)

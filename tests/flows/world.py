@@ -16,7 +16,8 @@ import csv
 import datetime as dt
 import json
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from adapters.identity import Assurance, DevelopmentIdentityProvider
 from adapters.provider import ProviderServer
 from adapters.settings import parse
 from exchange.v1 import catalog_pb2, common_pb2, envelope_pb2, grants_pb2, registry_pb2
-from tests.conftest import HUB_ID, RunningHub
+from tests.conftest import HUB_ID, RunningHub, StartHub
 
 CIVIL = "js.nj.civil-affairs"
 POLICE = "js.nj.public-security"
@@ -218,6 +219,19 @@ def material_type(
         sharing_class=sharing,  # type: ignore[arg-type]
         fields=[catalog_pb2.FieldSpec(name=n, type=t, required=r) for n, t, r in fields],  # type: ignore[arg-type]
     )
+
+
+@asynccontextmanager
+async def running(
+    start_hub: StartHub, tmp_path: Path, **hub_options: object
+) -> AsyncIterator[World]:
+    """The exchange on a hub started with ``hub_options``; its adapters stopped after."""
+    built = await build(await start_hub(**hub_options), tmp_path)
+    try:
+        yield built
+    finally:
+        for adapter in built.adapters.values():
+            await adapter.stop(grace=0.2)
 
 
 async def build(hub: RunningHub, tmp_path: Path) -> World:

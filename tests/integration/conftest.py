@@ -8,14 +8,11 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import StartHub
-from tests.flows.world import World, build
+from tests.flows.world import World, running
 
 
 @pytest.fixture
 async def world(start_hub: StartHub, tmp_path: Path) -> AsyncIterator[World]:
     """The exchange of ``tests.flows.world``, providers answering within 1.5 s."""
-    hub = await start_hub(provider_timeout_ms=1500)
-    built = await build(hub, tmp_path)
-    yield built
-    for adapter in built.adapters.values():
-        await adapter.stop(grace=0.2)
+    async with running(start_hub, tmp_path, provider_timeout_ms=1500) as built:
+        yield built

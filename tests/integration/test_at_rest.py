@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -21,20 +20,11 @@ from exchange.store.files import create_private, open_private_text
 from exchange.store.tables import requests
 from exchange.v1 import exchange_pb2
 from tests.conftest import StartHub
-from tests.flows.world import ANNA, CIVIL, FORM_TOOL, MARRIAGE, World, build
+from tests.flows.world import ANNA, CIVIL, FORM_TOOL, MARRIAGE, World
 
 SECRET_VALUE = "离婚 (demo secret)"
 SECRET_REASON = "我已于去年离婚 (demo reason)"
 SECRET_RESOLUTION = "赵六 (demo) 的婚姻登记仍有效 (demo resolution)"
-
-
-@pytest.fixture
-async def world(start_hub: StartHub, tmp_path: Path) -> AsyncIterator[World]:
-    hub = await start_hub()
-    built = await build(hub, tmp_path)
-    yield built
-    for adapter in built.adapters.values():
-        await adapter.stop(grace=0.2)
 
 
 def stored_bytes(world: World) -> bytes:

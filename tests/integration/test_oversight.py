@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import grpc
 import pytest
 
 from adapters.client import Refused
 from exchange.v1 import exchange_pb2
-from tests.conftest import StartHub
 from tests.flows.world import (
     ANNA,
     CARL,
@@ -20,21 +16,11 @@ from tests.flows.world import (
     SOCIAL,
     TOWNSHIP,
     World,
-    build,
 )
 
 FILE = "/exchange.v1.Exchange/FileObjection"
 LIST = "/exchange.v1.Exchange/ListObjections"
 RESOLVE = "/exchange.v1.Exchange/ResolveObjection"
-
-
-@pytest.fixture
-async def world(start_hub: StartHub, tmp_path: Path) -> AsyncIterator[World]:
-    hub = await start_hub()
-    built = await build(hub, tmp_path)
-    yield built
-    for adapter in built.adapters.values():
-        await adapter.stop(grace=0.2)
 
 
 async def refused(coroutine: object) -> Refused:

@@ -6,7 +6,6 @@ consent, consents given, used, spent and revoked, and the confirmation of a comp
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -54,15 +53,6 @@ from tests.integration.test_flows import no_personal_data
 LOAN = "loan-subsidy"  # rests on the person's consent
 COUNTER = "counter-benefit"  # needs the person present
 DAY_US = 86_400_000_000
-
-
-@pytest.fixture
-async def world(start_hub: StartHub, tmp_path: Path) -> AsyncIterator[World]:
-    hub = await start_hub()
-    built = await build(hub, tmp_path)
-    yield built
-    for adapter in built.adapters.values():
-        await adapter.stop(grace=0.2)
 
 
 async def refused(coroutine: object) -> Refused:

@@ -41,10 +41,7 @@ from tests.integration.test_person import (
     raw_assertion,
     refusal_entry,
     refused,
-    world,
 )
-
-__all__ = ["world"]  # the fixture, shared with test_person
 
 Call = Callable[[World, envelope_pb2.Envelope], Awaitable[object]]
 

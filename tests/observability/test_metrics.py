@@ -31,7 +31,7 @@ from tests.flows.world import (
     POLICE,
     SOCIAL,
     World,
-    build,
+    running,
 )
 from tests.integration.test_change_and_entry import ledger_down
 
@@ -41,11 +41,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 async def world(start_hub: StartHub, tmp_path: Path) -> AsyncIterator[World]:
-    hub = await start_hub(metrics_listen="127.0.0.1:0")
-    built = await build(hub, tmp_path)
-    yield built
-    for adapter in built.adapters.values():
-        await adapter.stop(grace=0.2)
+    async with running(start_hub, tmp_path, metrics_listen="127.0.0.1:0") as built:
+        yield built
 
 
 def _get(url: str) -> tuple[int, str]:
