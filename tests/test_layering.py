@@ -1,15 +1,56 @@
-"""Dependencies point one way (docs/architecture.md), checked in a fresh interpreter per module,
-since a module already imported by another test would hide a forbidden import: the department
-side never loads the hub, and the flows never load the gRPC edge or the composition root."""
+"""Dependencies point one way (docs/architecture.md, "Direction of dependencies").
+
+Two checks. Every import written in the hub's packages goes down the layers, read from the
+source (an import made only for type checking does not count: it loads nothing). And what a
+module really loads, in a fresh interpreter per module, since a module already imported by
+another test would hide a forbidden import: the department side never loads the hub, and the
+flows never load the gRPC edge or the composition root.
+"""
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+import exchange
+
+# The hub's parts, top layer first. A module may import its own part, any part of a lower
+# layer and another part of its own layer; never a part above it.
+LAYERS: list[tuple[str, ...]] = [
+    ("exchange.cli",),
+    ("exchange.api",),
+    ("exchange.hub",),
+    ("exchange.flows",),
+    (
+        "exchange.policy",
+        "exchange.catalog",
+        "exchange.routing",
+        "exchange.supervision",
+        "exchange.witness",
+        "exchange.ownership",
+        "exchange.audit",
+    ),
+    ("exchange.ledger",),
+    ("exchange.store",),
+    ("exchange.crypto", "exchange.rpc"),
+    (
+        "exchange.errors",
+        "exchange.clock",
+        "exchange.config",
+        "exchange.membership",
+        "exchange.logs",
+    ),
+]
+# Beside the layers: hooked in where events happen, from any layer (docs/operations.md). It
+# reads the store and supervision's alerts, and nothing of what serves a call.
+BESIDE = "exchange.observability"
+ABOVE_OBSERVABILITY = ("exchange.cli", "exchange.api", "exchange.hub", "exchange.flows")
+RANK = {part: rank for rank, layer in enumerate(LAYERS) for part in layer}
 
 DEPARTMENT_SIDE = [
     "adapters.client",
@@ -27,6 +68,65 @@ import json, sys
 import {module}
 print(json.dumps(sorted(sys.modules)))
 """
+
+
+def _part(name: str) -> str:
+    """``exchange.store.requests`` -> ``exchange.store``; ``adapters.client`` -> ``adapters``."""
+    parts = name.split(".")
+    return ".".join(parts[:2]) if parts[0] == "exchange" and len(parts) > 1 else parts[0]
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    """(line, module) of every import in ``path`` outside ``if TYPE_CHECKING:`` blocks,
+    including those made inside functions (they load when the function runs)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    typing_only = {
+        id(inner)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+        for inner in ast.walk(node)
+    }
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.append((node.lineno, node.module))
+            if node.module == "exchange":  # from exchange import errors, ownership
+                found += [(node.lineno, f"exchange.{alias.name}") for alias in node.names]
+    return found
+
+
+def _upward(path: Path, importer: str, imported: str) -> bool:
+    if imported in ("exchange", "exchange.v1", importer):
+        return False
+    if imported == "adapters":
+        return importer != "exchange.cli"  # only the command line drives the department side
+    if importer == BESIDE:
+        return imported in ABOVE_OBSERVABILITY
+    if imported == BESIDE:
+        return False
+    assert importer in RANK and imported in RANK, (
+        f"{path} ({importer} imports {imported}): give every part a place in LAYERS"
+    )
+    return RANK[imported] < RANK[importer]
+
+
+def test_every_import_of_the_hub_goes_down_the_layers() -> None:
+    root = Path(exchange.__file__).parent
+    upward = []
+    for path in sorted(root.rglob("*.py")):
+        relative = path.relative_to(root.parent)
+        if {"v1", "migrations"} & set(relative.parts) or relative == Path("exchange/__init__.py"):
+            continue
+        importer = _part(".".join(relative.with_suffix("").parts))
+        for line, module in _imports(path):
+            imported = _part(module)
+            if imported.startswith(("exchange", "adapters")) and _upward(path, importer, imported):
+                upward.append(f"{relative}:{line} imports {module}")
+    assert upward == [], "imports against the layers: " + "; ".join(upward)
 
 
 def _loaded_by(module: str) -> list[str]:

@@ -27,6 +27,7 @@ from typing import IO, TYPE_CHECKING, Any, cast
 
 import click
 
+from exchange.cli.main import with_options
 from exchange.cli.progress import LineCounter, progress
 from exchange.crypto.keys import SigningKey
 from exchange.ledger.checkpoint import CheckpointError, NoteVerifier, verifier_key
@@ -148,10 +149,7 @@ witness_policy_options = [
 ]
 
 
-def _with_policy_options(function: Any) -> Any:
-    for option in reversed(witness_policy_options):
-        function = option(function)
-    return function
+_with_policy_options = with_options(*witness_policy_options)
 
 
 @click.group(name="audit")
@@ -396,6 +394,26 @@ def _auditor_client(
     return config, lambda: HubClient(config.listen, identity, server_name="localhost")
 
 
+def _watching(
+    ctx: click.Context,
+    department: str,
+    listen: str | None,
+    keys_dir: Path | None,
+    hub_verifier_key: str | None,
+    state_file: Path,
+    witnesses: tuple[str, ...],
+    quorum: int | None,
+) -> tuple[Any, Callable[[], Any]]:
+    """The configuration, and how to make the auditor's ``Watcher`` of the watch options (inside
+    ``asyncio.run``: its client's channel belongs to that loop); the caller closes its client."""
+    from adapters.auditor import Watcher
+
+    config, connect = _auditor_client(ctx, department, listen, keys_dir)
+    verifier = _verifier(config, hub_verifier_key)
+    policy = _policy(witnesses, quorum)
+    return config, lambda: Watcher(connect(), verifier, state_file, policy)
+
+
 def _verifier(config: Any, given: str | None) -> str:
     if given:
         return str(NoteVerifier.parse(given))
@@ -434,10 +452,7 @@ watch_options = [
 ]
 
 
-def _with_watch_options(function: Any) -> Any:
-    for option in reversed(watch_options):
-        function = option(function)
-    return function
+_with_watch_options = with_options(*watch_options)
 
 
 @audit.command(name="watch")
@@ -465,17 +480,16 @@ def watch_command(
     """
     import asyncio
 
-    from adapters.auditor import ForkDetected, Watcher
+    from adapters.auditor import ForkDetected
     from adapters.client import Refused
     from exchange.cli.main import call_failed
 
-    config, connect = _auditor_client(ctx, department, listen, keys_dir)
-    verifier = _verifier(config, hub_verifier_key)
-    policy = _policy(witnesses, quorum)
+    config, watching = _watching(
+        ctx, department, listen, keys_dir, hub_verifier_key, state_file, witnesses, quorum
+    )
 
     async def loop() -> None:
-        client = connect()
-        watcher = Watcher(client, verifier, state_file, policy)
+        watcher = watching()
         try:
             while True:
                 advance = await watcher.check()
@@ -489,7 +503,7 @@ def watch_command(
                     return
                 await asyncio.sleep(interval)
         finally:
-            await client.close()
+            await watcher.client.close()
 
     try:
         asyncio.run(loop())
@@ -529,7 +543,7 @@ def check_receipt_command(
 
     from google.protobuf import json_format
 
-    from adapters.auditor import ForkDetected, Watcher
+    from adapters.auditor import ForkDetected
     from adapters.client import Refused
     from exchange.cli.main import call_failed
     from exchange.v1 import common_pb2
@@ -538,17 +552,16 @@ def check_receipt_command(
         receipt = json_format.Parse(receipt_file.read_text(), common_pb2.Receipt())
     except json_format.ParseError as exc:
         raise click.BadParameter(str(exc), param_hint="RECEIPT_FILE") from exc
-    config, connect = _auditor_client(ctx, department, listen, keys_dir)
-    verifier = _verifier(config, hub_verifier_key)
-    policy = _policy(witnesses, quorum)
+    config, watching = _watching(
+        ctx, department, listen, keys_dir, hub_verifier_key, state_file, witnesses, quorum
+    )
 
     async def check() -> Any:
-        client = connect()
-        watcher = Watcher(client, verifier, state_file, policy)
+        watcher = watching()
         try:
             return await watcher.check_receipt(receipt)
         finally:
-            await client.close()
+            await watcher.client.close()
 
     try:
         checkpoint = asyncio.run(check())

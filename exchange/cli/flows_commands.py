@@ -24,7 +24,7 @@ from google.protobuf.message import Message
 from adapters.client import HubClient, Identity, Refused, VerificationError
 from adapters.identity import IdentityError, parse_assertion
 from exchange.cli import flows_output as out
-from exchange.cli.main import call_failed, fail, load_config, run
+from exchange.cli.main import call_failed, fail, load_config, run, with_options
 from exchange.cli.material_file import MaterialFileError, load_material_type
 from exchange.clock import now_us, to_timestamp
 from exchange.config import Config
@@ -168,9 +168,7 @@ def with_caller(function: Command) -> Command:
         config = load_config(ctx, listen=listen, keys_dir=keys_dir)
         function(Caller(config, department, hub_verifier), *args, **kwargs)
 
-    decorated: Command = command
-    for option in reversed(CALLER_OPTIONS):
-        decorated = option(decorated)
+    decorated: Command = with_options(*CALLER_OPTIONS)(command)
     return decorated
 
 

@@ -10,7 +10,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from adapters.client import HubClient, Identity, Refused, channel
-from exchange.cli.main import call_failed, fail, load_config, run
+from exchange.cli.main import call_failed, fail, load_config, run, with_options
 from exchange.config import Config, ConfigError
 from exchange.crypto.keys import KeyFileError, load_public_key
 from exchange.crypto.keystore import Keystore
@@ -27,10 +27,7 @@ hub_options = [
 ]
 
 
-def with_hub_options(function: Any) -> Any:
-    for option in reversed(hub_options):
-        function = option(function)
-    return function
+with_hub_options = with_options(*hub_options)
 
 
 @click.command()

@@ -120,6 +120,17 @@ def _root_obj(ctx: click.Context) -> dict[str, Any]:
     return obj if isinstance(obj, dict) else {}
 
 
+def with_options(*options: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """One decorator for several click options and arguments, shown in the order given."""
+
+    def apply(function: Any) -> Any:
+        for option in reversed(options):
+            function = option(function)
+        return function
+
+    return apply
+
+
 def run(coroutine: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine to completion for a command."""
     return asyncio.run(coroutine)

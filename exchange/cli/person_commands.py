@@ -19,9 +19,11 @@ from adapters.identity import Assurance, DevelopmentIdentityProvider
 from exchange.cli import flows_output as out
 from exchange.cli.flows_commands import Caller, assertion_option, read_assertion, with_caller
 from exchange.cli.main import fail, load_config
-from exchange.clock import now_us
+from exchange.cli.records_commands import file_objection, objection_arguments
+from exchange.clock import from_timestamp, now_us
 from exchange.crypto.keys import KeyFileError
 from exchange.crypto.keystore import Keystore, check_department_id
+from exchange.v1 import exchange_pb2
 
 DAY_US = 86_400_000_000
 ASSURANCES = {a.name.lower().replace("_", "-"): a for a in Assurance}
@@ -144,43 +146,39 @@ def history(caller: Caller, subject_id: str, assertion_path: Path | None, as_jso
 
 
 @person.command("object")
-@click.argument("material_type")
-@click.argument("subject_id")
-@click.option("--reason", required=True, help="Why the material is wrong.")
-@click.option("--propose", multiple=True, help="A proposed value NAME=VALUE (repeatable).")
-@assertion_option(required=True)
+@objection_arguments(assertion_required=True)
 @with_caller
 def objection(
     caller: Caller,
     material_type: str,
     subject_id: str,
     reason: str,
-    propose: tuple[str, ...],
+    proposed: tuple[str, ...],
     assertion_path: Path,
     as_json: bool,
 ) -> None:
-    """File the person's objection to the material on file; its owner must answer."""
-    assertion = read_assertion(assertion_path)
-    proposed = _pairs(propose, "--propose")
-    filed = caller.perform(
-        lambda client: client.file_objection(
-            material_type, subject_id, reason, proposed_fields=proposed, assertion=assertion
-        )
+    """File the person's objection to the material on file; its owner must answer.
+
+    The call of ``exchange objection file`` with the person's assertion, printed for the person.
+    """
+    filed, receipt = file_objection(
+        caller, material_type, subject_id, reason, proposed, assertion_path
     )
+    deadline = out.iso(from_timestamp(filed.deadline))
     if as_json:
         out.echo_json(
             {
                 "id": filed.id,
                 "owner": filed.owner,
-                "state": filed.state,
-                "deadline": out.iso(filed.deadline_us),
-                "ledger_sequence": filed.receipt.sequence,
+                "state": exchange_pb2.ObjectionState.Name(filed.state),
+                "deadline": deadline,
+                "ledger_sequence": receipt.sequence,
             }
         )
         return
     click.echo(
-        f"objection {filed.id} filed with {filed.owner}; answer due {out.iso(filed.deadline_us)} "
-        f"({out.ledger(filed.receipt)})"
+        f"objection {filed.id} filed with {filed.owner}; answer due {deadline} "
+        f"({out.ledger(receipt)})"
     )
 
 

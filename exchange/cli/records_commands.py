@@ -7,6 +7,7 @@ the client SDK, and shares its options, output and exit codes (docs/cli.md).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +18,15 @@ from exchange.cli import flows_output as out
 from exchange.cli.flows_commands import (
     EXCHANGE,
     Caller,
+    Command,
     assertion_option,
     field_values,
     read_assertion,
     with_caller,
 )
+from exchange.cli.main import with_options
 from exchange.cli.material_file import MaterialFileError, load_form
+from exchange.ledger import Receipt
 from exchange.v1 import catalog_pb2, exchange_pb2
 
 CATALOG = "/exchange.v1.Catalog"
@@ -66,18 +70,52 @@ def objection() -> None:
     """Objections to material on file: file one, list them, answer one (the holder)."""
 
 
+def objection_arguments(*, assertion_required: bool) -> Callable[[Command], Command]:
+    """MATERIAL_TYPE SUBJECT_ID --reason --propose --assertion: ``objection file`` and
+    ``person object`` take the same arguments (the person's assertion required there)."""
+
+    return with_options(
+        click.argument("material_type"),
+        click.argument("subject_id"),
+        click.option("--reason", required=True, help="Why the material is wrong."),
+        click.option(
+            "--propose",
+            "proposed",
+            multiple=True,
+            metavar="FIELD=VALUE",
+            help="A corrected value to propose (repeatable).",
+        ),
+        assertion_option(required=assertion_required),
+    )
+
+
+def file_objection(
+    caller: Caller,
+    material_type: str,
+    subject_id: str,
+    reason: str,
+    proposed: tuple[str, ...],
+    assertion_path: Path | None,
+) -> tuple[exchange_pb2.Objection, Receipt]:
+    """File one objection (FileObjection); the objection filed and its checked receipt."""
+    body = exchange_pb2.FileObjectionRequest(
+        material_type=material_type,
+        subject_id=subject_id,
+        reason=reason,
+        proposed_fields=field_values(proposed) if proposed else {},
+    )
+    if assertion_path is not None:
+        body.assertion.CopyFrom(read_assertion(assertion_path))
+
+    async def file(client: HubClient) -> tuple[exchange_pb2.Objection, Receipt]:
+        filed = await client.call(f"{EXCHANGE}/FileObjection", body, exchange_pb2.ObjectionResponse)
+        return filed.objection, client.verify_receipt(filed.receipt)
+
+    return caller.perform(file)
+
+
 @objection.command("file")
-@click.argument("material_type")
-@click.argument("subject_id")
-@click.option("--reason", required=True, help="Why the material is wrong.")
-@click.option(
-    "--propose",
-    "proposed",
-    multiple=True,
-    metavar="FIELD=VALUE",
-    help="A corrected value to propose (repeatable).",
-)
-@assertion_option(required=False)
+@objection_arguments(assertion_required=False)
 @with_caller
 def objection_file(
     caller: Caller,
@@ -93,26 +131,14 @@ def objection_file(
     A form tool filing for the person passes their --assertion; a consumer objecting on its
     own account leaves it out.
     """
-    body = exchange_pb2.FileObjectionRequest(
-        material_type=material_type,
-        subject_id=subject_id,
-        reason=reason,
-        proposed_fields=field_values(proposed) if proposed else {},
+    filed, receipt = file_objection(
+        caller, material_type, subject_id, reason, proposed, assertion_path
     )
-    if assertion_path is not None:
-        body.assertion.CopyFrom(read_assertion(assertion_path))
-
-    async def file(client: HubClient) -> exchange_pb2.ObjectionResponse:
-        filed = await client.call(f"{EXCHANGE}/FileObjection", body, exchange_pb2.ObjectionResponse)
-        client.verify_receipt(filed.receipt)  # as HubClient.file_objection does
-        return filed
-
-    answer = caller.perform(file)
     if as_json:
-        out.echo_json(objection_as_dict(answer.objection))
+        out.echo_json(objection_as_dict(filed))
         return
-    show_objection(answer.objection)
-    click.echo(f"filed ({'ledger entry #' + str(answer.receipt.sequence)})")
+    show_objection(filed)
+    click.echo(f"filed ({out.ledger(receipt)})")
 
 
 @objection.command("list")

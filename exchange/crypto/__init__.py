@@ -1,1 +1,4 @@
-"""Keys, signed envelopes and certificates. Depends on nothing else in the exchange."""
+"""Keys, signed envelopes, certificates, sealing, content identity and subject ids.
+
+Depends on nothing else in the exchange but its generated contract (``exchange.v1``).
+"""

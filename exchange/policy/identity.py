@@ -6,11 +6,11 @@ that body; the envelope and its body hold only fields the contract defines, with
 (exchange.policy.payload); the body's header is complete (the checks so far are shared with the
 provider adapter's authenticator: exchange.policy.envelope_checks); the certificate names the
 department of the header; the department is registered (the hub operator is known by the hub id)
-and, if the registry pins a certificate, presented that one; the signature verifies under a key of
-that department; that key is inside its validity (not before ``valid_from``, not rotated out) and
-not revoked; the department is active; the issue time is inside the replay window. State and
-freshness come after the signature so that an unauthenticated caller learns nothing about a
-department's state or the hub's clock.
+and, if the registry pins a certificate, presented that one; a signature verifies under a key of
+that department (an envelope with none is malformed); that key is not revoked and inside its
+validity (not before ``valid_from``, not rotated out); the department is active; the issue time
+is inside the replay window. State and freshness come after the signature so that an
+unauthenticated caller learns nothing about a department's state or the hub's clock.
 """
 
 from __future__ import annotations

@@ -26,11 +26,11 @@ def open_engine(
     SQLite files are created owner-readable only (exchange.store.files) and put in WAL mode
     with ``synchronous=FULL`` so that a committed transaction survives a crash of the process
     or the machine (an acknowledged call is durable), and the parent directory is created.
-    ``synchronous="NORMAL"`` (SQLite only) skips the fsync at commit: the transaction survives
-    a crash of the process, and becomes machine-crash durable with the next FULL commit on the
-    same file (WAL frames are appended in order). On
-    PostgreSQL, NORMAL is ``synchronous_commit=off`` for the engine's sessions, with the same
-    guarantee: the WAL is flushed in order, so the next synchronous commit flushes it too.
+    ``synchronous="NORMAL"`` skips the fsync at commit: the transaction survives a crash of the
+    process, and becomes machine-crash durable with the next FULL commit on the same file (WAL
+    frames are appended in order). On PostgreSQL, NORMAL is ``SET LOCAL synchronous_commit =
+    off`` in each of the engine's transactions, with the same guarantee: the WAL is flushed in
+    order, so the next synchronous commit flushes it too.
     Statement parameters are never put in error messages (``hide_parameters``): they can hold
     personal data. (PostgreSQL's own DETAIL line can still quote a value; the log withholds
     database errors' messages altogether: exchange.logs.withhold_database_messages.)

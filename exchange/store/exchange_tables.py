@@ -1,8 +1,8 @@
-"""Tables of the catalog, grants, the material index and correction proposals.
+"""Tables of the catalog, grants, the material index and objections.
 
 Times are integer microseconds since the Unix epoch (UTC), as in ``exchange.store.tables``.
 The index holds no personal data: subjects appear as keyed subject refs, content and fields as
-keyed hashes (docs/content-hash.md). Correction proposals are the one exception: their reasons
+keyed hashes (docs/content-hash.md). Objections are the one exception: their reasons
 and proposed values wait here for the owner, who alone may store them, sealed under the hub's
 at-rest key (exchange.crypto.sealing.AtRest) and the proposed values erased at resolution.
 """
@@ -105,7 +105,7 @@ material_fields = Table(
     Column("field_hash", LargeBinary(32), nullable=False),
 )
 
-# Correction proposals (and, later, objections) against a material, waiting for its owner.
+# Objections against a material (a reason, and corrections proposed), waiting for its owner.
 # ``reason``, ``proposed_fields`` (JSON) and ``resolution`` are sealed text ("sealed:v1:…",
 # AtRest, bound to the id); the proposed values are in flight to the owner, erased at resolution,
 # never logged.
