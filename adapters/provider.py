@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 import grpc
 import structlog
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 
@@ -749,13 +749,7 @@ class ProviderServer:
         outcome = "OK"
         material_type = ""
         try:
-            envelope = envelope_pb2.Envelope()
-            try:
-                envelope.ParseFromString(request)
-            except DecodeError as exc:
-                raise errors.InvalidArgument(
-                    common_pb2.MALFORMED_ENVELOPE, "the request is not an exchange.v1.Envelope"
-                ) from exc
+            envelope = envelope_checks.parse_envelope(request)
             body = self.authenticator.authenticate(peer_certificate(context), envelope, body_type)
             material_type = getattr(body, "material_type", "")
             digest = hashlib.sha256(envelope.SerializeToString(deterministic=True)).digest()

@@ -18,7 +18,7 @@ from typing import Any, Generic, TypeVar
 
 import grpc
 import structlog
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import Message
 from google.rpc import status_pb2
 
 from exchange import errors
@@ -30,6 +30,7 @@ from exchange.crypto.sealing import SealError, unseal
 from exchange.flows.record import record
 from exchange.hub import Hub
 from exchange.observability import metrics
+from exchange.policy import envelope_checks
 from exchange.policy.disclosure import open_disclosure
 from exchange.policy.identity import Caller, Claim, claim_of
 from exchange.rpc.status import abort, peer_certificate, to_status
@@ -283,12 +284,7 @@ class Pipeline:
         The disclosure (personal data) is taken out of ``envelope`` first, so the envelope the
         caller's entry stores, and whose hash identifies the request, never holds it.
         """
-        try:
-            envelope.ParseFromString(request)
-        except DecodeError as exc:
-            raise errors.InvalidArgument(
-                common_pb2.MALFORMED_ENVELOPE, "the request is not an exchange.v1.Envelope"
-            ) from exc
+        envelope_checks.parse_envelope(request, into=envelope)
         disclosure = envelope.disclosure
         envelope.ClearField("disclosure")
         authenticate = self.hub.authenticator.authenticate

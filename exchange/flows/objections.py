@@ -21,7 +21,7 @@ from exchange.clock import now_us, to_timestamp
 from exchange.errors import EntryFacts
 from exchange.flows import lookups
 from exchange.flows.person import require_person
-from exchange.flows.record import ReadBack, read_back, record, with_receipt
+from exchange.flows.record import ReadBack, record, record_change, with_receipt
 from exchange.membership import Role
 from exchange.policy.identity import Caller
 from exchange.policy.roles import person_facing
@@ -110,20 +110,12 @@ async def file_objection(
             lambda conn: hub.index.add_proposal(conn, proposal),
             lambda conn: hub.objections.get(proposal.id, conn),
         )
-        answer = read_back(file, _objection_response)
         known.reference, known.version = current.reference, current.version
         known.attributes["objection_id"] = proposal.id
         known.attributes["deadline_us"] = str(proposal.deadline_us)
-
-        receipt = await record(
-            hub.ledger,
-            caller,
-            ledger_pb2.OBJECTION_FILING,
-            effect=file,
-            facts=known,
-            answer=answer,
+        return await record_change(
+            hub.ledger, caller, ledger_pb2.OBJECTION_FILING, file, _objection_response, known
         )
-    return answer(receipt)
 
 
 async def list_objections(
@@ -202,19 +194,11 @@ async def resolve_objection(
                 )
 
         resolve = ReadBack(resolve_open, lambda conn: hub.objections.get(objection_id, conn))
-        answer = read_back(resolve, _objection_response)
         known.version = version
         known.attributes["state"] = state
-
-        receipt = await record(
-            hub.ledger,
-            caller,
-            ledger_pb2.OBJECTION_RESOLUTION,
-            effect=resolve,
-            facts=known,
-            answer=answer,
+        return await record_change(
+            hub.ledger, caller, ledger_pb2.OBJECTION_RESOLUTION, resolve, _objection_response, known
         )
-    return answer(receipt)
 
 
 def _objection_response(stored: ObjectionRecord) -> exchange_pb2.ObjectionResponse:

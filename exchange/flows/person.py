@@ -23,7 +23,7 @@ from exchange import errors
 from exchange.clock import from_timestamp, now_us, to_timestamp
 from exchange.errors import EntryFacts
 from exchange.flows import lookups
-from exchange.flows.record import ReadBack, read_back, record, with_receipt
+from exchange.flows.record import ReadBack, record, record_change, with_receipt
 from exchange.membership import Role
 from exchange.policy.assertions import VerifiedAssertion, verify_assertion
 from exchange.policy.identity import Caller
@@ -207,16 +207,9 @@ async def give_consent(
             lambda conn: hub.consents.add(conn, consent),
             lambda conn: hub.consents.get(consent.id, conn),
         )
-        answer = read_back(give, _consent_response)
-        receipt = await record(
-            hub.ledger,
-            caller,
-            ledger_pb2.CONSENT_GIVEN,
-            effect=give,
-            facts=known,
-            answer=answer,
+        return await record_change(
+            hub.ledger, caller, ledger_pb2.CONSENT_GIVEN, give, _consent_response, known
         )
-    return answer(receipt)
 
 
 async def revoke_consent(
@@ -254,16 +247,9 @@ async def revoke_consent(
                 )
 
         change = ReadBack(revoke, lambda conn: hub.consents.get(consent_id, conn))
-        answer = read_back(change, _consent_response)
-        receipt = await record(
-            hub.ledger,
-            caller,
-            ledger_pb2.CONSENT_REVOCATION,
-            effect=change,
-            facts=known,
-            answer=answer,
+        return await record_change(
+            hub.ledger, caller, ledger_pb2.CONSENT_REVOCATION, change, _consent_response, known
         )
-    return answer(receipt)
 
 
 async def list_consents(

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -326,25 +326,8 @@ def _last_indexing_entry(
 
 
 def _done(difference: Difference, sequence: int) -> Difference:
-    return Difference(
-        difference.kind,
-        difference.material_type,
-        difference.subject_ref,
-        difference.reference,
-        difference.version,
-        difference.repair,
-        repaired=True,
-        sequence=sequence,
-    )
+    return replace(difference, repaired=True, sequence=sequence)
 
 
 def _failed(difference: Difference, error: errors.ExchangeError) -> Difference:
-    return Difference(
-        difference.kind,
-        difference.material_type,
-        difference.subject_ref,
-        difference.reference,
-        difference.version,
-        difference.repair,
-        error=f"{error.reason_name}: {error.message}",
-    )
+    return replace(difference, error=f"{error.reason_name}: {error.message}")

@@ -40,23 +40,6 @@ def with_receipt(response: Receipted) -> Callable[[common_pb2.Receipt], Receipte
     return build
 
 
-def read_back(
-    change: ReadBack[T | None], respond: Callable[[T], Receipted]
-) -> Callable[[common_pb2.Receipt], Receipted]:
-    """The answer builder of a call that answers with what its effect read back (``ReadBack``):
-    ``respond(value)`` with the entry's receipt set. It runs in the entry's transaction, and the
-    flow applies it again to the receipt ``record`` returns, for the caller."""
-
-    def build(receipt: common_pb2.Receipt) -> Receipted:
-        stored = change.value
-        assert stored is not None  # written in the same transaction
-        response = respond(stored)
-        response.receipt.CopyFrom(receipt)  # type: ignore[attr-defined]
-        return response
-
-    return build
-
-
 class CallClaim(Claimed, Protocol):
     """The request-id claim of the call being served (exchange.api.claims.CallClaim), as
     ``record`` uses it: the first entry recorded with it takes it."""
@@ -190,3 +173,27 @@ def _transient_outcome(
     """Whether an entry of ``outcome`` and ``reason`` is a refusal for a passing condition."""
     code = errors.Code.UNAVAILABLE if outcome == ledger_pb2.FAILED else errors.Code.INTERNAL
     return errors.transient(code, reason)
+
+
+async def record_change(
+    ledger: Ledger,
+    caller: Caller,
+    kind: ledger_pb2.EntryKind.ValueType,
+    change: ReadBack[T | None],
+    respond: Callable[[T], Receipted],
+    facts: EntryFacts,
+) -> Receipted:
+    """Record the entry of a call that changes something and answers with what its change read
+    back (``change``, written in the entry's transaction): ``respond(value)`` with the entry's
+    receipt. The answer is built in that transaction too, and stored with the entry for a
+    retry. Raises as ``record``."""
+
+    def answer(receipt: common_pb2.Receipt) -> Receipted:
+        stored = change.value
+        assert stored is not None  # written in the same transaction
+        response = respond(stored)
+        response.receipt.CopyFrom(receipt)  # type: ignore[attr-defined]
+        return response
+
+    receipt = await record(ledger, caller, kind, effect=change, answer=answer, facts=facts)
+    return answer(receipt)

@@ -39,6 +39,21 @@ def peer_identity(peer_certificate: bytes | None) -> certificates.PeerIdentity:
         raise errors.Unauthenticated(common_pb2.NO_CLIENT_CERTIFICATE, str(exc)) from exc
 
 
+def parse_envelope(
+    request: bytes, into: envelope_pb2.Envelope | None = None
+) -> envelope_pb2.Envelope:
+    """The request's bytes as an Envelope (into ``into`` if given). Raises InvalidArgument
+    (MALFORMED_ENVELOPE)."""
+    envelope = into if into is not None else envelope_pb2.Envelope()
+    try:
+        envelope.ParseFromString(request)
+    except DecodeError as exc:
+        raise errors.InvalidArgument(
+            common_pb2.MALFORMED_ENVELOPE, "the request is not an exchange.v1.Envelope"
+        ) from exc
+    return envelope
+
+
 def check_form(envelope: envelope_pb2.Envelope, body_type: type[Message]) -> None:
     """The envelope carries ``body_type`` and at most ``MAX_SIGNATURES`` signatures.
 
