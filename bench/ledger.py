@@ -30,12 +30,12 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
+from exchange.audit.verify import verify_export
 from exchange.clock import now_us, to_timestamp
 from exchange.crypto.envelope import sign
 from exchange.crypto.keys import SigningKey, verify_signature
 from exchange.ledger import EntryDraft, Ledger, LedgerConfig, merkle, sign_checkpoint
 from exchange.ledger.export import KeyRecord, export_ledger
-from exchange.ledger.verify import verify_export
 from exchange.store.engines import open_engine
 from exchange.store.schema import upgrade
 from exchange.v1 import common_pb2, exchange_pb2, ledger_pb2, registry_pb2
@@ -194,7 +194,7 @@ def _per_entry_costs(text: str, runs: int = 15) -> tuple[float, float]:
     """The per-entry cost, in seconds, of a verifier worker on one chunk of the export and of
     one bare Ed25519 check, each the minimum of ``runs`` (the least disturbed by a shared
     machine's other work): the part of full verification the bindings add to."""
-    from exchange.ledger import verify as verifier
+    from exchange.audit import verify as verifier
 
     lines = text.splitlines(keepends=True)
     entries = [line for line in lines if line.startswith('{"type":"entry"')][: verifier.CHUNK]

@@ -298,7 +298,7 @@ def verify_command(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-    from exchange.ledger.verify import verify_export
+    from exchange.audit.verify import verify_export
 
     try:
         pinned = [str(NoteVerifier.parse(k)) for k in hub_verifier_keys]

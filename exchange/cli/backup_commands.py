@@ -7,7 +7,7 @@ them). PostgreSQL: a wrapper around ``pg_dump --format=custom`` and ``pg_restore
 PostgreSQL client tools must be installed); docs/operations.md shows the same commands by hand.
 
 ``restore`` puts the backup in place, then exports its ledger and verifies it offline, as an
-auditor would (exchange.ledger.verify): every entry, signature, the hash chain and the Merkle
+auditor would (exchange.audit.verify): every entry, signature, the hash chain and the Merkle
 tree, and that it extends every ``--trusted-checkpoint`` given. A backup older than a
 checkpoint an auditor holds is refused: serving it would fork the log they saw.
 """
@@ -214,11 +214,11 @@ def _shown(url: str) -> str:
 def verify_restored(config: Any, trusted: tuple[Path, ...], hub_verifier: str | None) -> None:
     """Export the restored ledger and verify it as an auditor would, against each trusted
     checkpoint. Exits 1 on the first failure."""
+    from exchange.audit.verify import verify_export
     from exchange.cli.audit import _published_verifier, _registry_key_history
     from exchange.ledger import storage
     from exchange.ledger.checkpoint import NoteVerifier
     from exchange.ledger.export import export_ledger, first_keys
-    from exchange.ledger.verify import verify_export
     from exchange.store.engines import open_engine
 
     engine = open_engine(config.database_url, create=False)

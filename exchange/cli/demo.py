@@ -455,8 +455,8 @@ class Story:
             )
 
     async def audit(self) -> None:
+        from exchange.audit.verify import verify_export
         from exchange.ledger.export import export_ledger, first_keys
-        from exchange.ledger.verify import verify_export
 
         step("An auditor exports the ledger and verifies it offline")
         hub = self.hub.hub

@@ -11,7 +11,7 @@ holds, the entry becomes the call's refusal with its precise reason, and nothing
 This gives the exchange one rule, the same on every hub of a database: a call whose entry
 comes after a revocation's entry in the chain is refused. A revocation therefore takes effect
 on every hub before the revoking call returns (its entry is committed by then), and an honest
-hub's ledger always verifies: the verifier's key rule (``exchange.ledger.keyhistory``: a key
+hub's ledger always verifies: the verifier's key rule (``exchange.audit.keyhistory``: a key
 revoked by an entry signs nothing later than that entry's time) holds by construction, because
 a revocation records its time as its own entry's (``exchange.ledger.appending``).
 

@@ -16,9 +16,9 @@ from click.testing import CliRunner, Result
 from sqlalchemy import create_engine, text
 
 from adapters.client import Refused
+from exchange.audit.verify import verify_export
 from exchange.cli.main import main
 from exchange.ledger.export import export_ledger, first_keys
-from exchange.ledger.verify import verify_export
 from exchange.v1 import ledger_pb2, registry_pb2
 from tests.cli.test_flows_commands import (
     assertion_file,

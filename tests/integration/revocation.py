@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from sqlalchemy import Engine
 
 from adapters.client import HubClient, Refused
+from exchange.audit.verify import verify_export
 from exchange.crypto.keys import SigningKey
 from exchange.ledger import Ledger
 from exchange.ledger.export import KeyRecord, export_ledger, first_keys
-from exchange.ledger.verify import verify_export
 from exchange.v1 import catalog_pb2, exchange_pb2, grants_pb2, registry_pb2
 from tests.conftest import HUB_ID
 from tests.flows.world import ANNA, ASSISTANCE, MARRIAGE, SOCIAL, material_type

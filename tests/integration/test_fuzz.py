@@ -40,6 +40,7 @@ from exchange import logs
 from exchange.api.pipeline import StreamMethod
 from exchange.api.server import HubServer
 from exchange.api.services import SERVICES
+from exchange.audit.verify import verify_export
 from exchange.clock import now_us, to_timestamp
 from exchange.crypto.envelope import pae
 from exchange.crypto.keys import SigningKey
@@ -47,7 +48,6 @@ from exchange.crypto.keystore import Keystore, TlsIdentity
 from exchange.crypto.subject import normalise
 from exchange.ledger.checkpoint import verifier_key
 from exchange.ledger.export import export_ledger, first_keys
-from exchange.ledger.verify import verify_export
 from exchange.policy.disclosure import split
 from exchange.rpc.status import error_info
 from exchange.v1 import envelope_pb2, provider_pb2

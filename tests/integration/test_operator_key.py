@@ -14,11 +14,11 @@ import grpc
 import pytest
 
 from adapters.client import HubClient, Identity, Refused
+from exchange.audit.verify import FailureReason, verify_export
 from exchange.crypto.envelope import sign
 from exchange.crypto.keys import SigningKey, save_signing_key
 from exchange.ledger import EntryDraft, Ledger
 from exchange.ledger.export import export_ledger, first_keys
-from exchange.ledger.verify import FailureReason, verify_export
 from exchange.store.engines import open_engine
 from exchange.store.operator_keys import SELF_SIGNED_OVERLAP_US, OperatorKeys
 from exchange.store.schema import upgrade

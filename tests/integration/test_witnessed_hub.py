@@ -18,9 +18,9 @@ import pytest
 from click.testing import CliRunner
 
 from adapters.auditor import Watcher
+from exchange.audit.verify import FailureReason, verify_export
 from exchange.crypto.keys import SigningKey
 from exchange.ledger.export import export_ledger, first_keys
-from exchange.ledger.verify import FailureReason, verify_export
 from exchange.witness.cosignature import QuorumError, WitnessKey, WitnessPolicy
 from exchange.witness.server import Witness, WitnessServer
 from exchange.witness.submitter import post

@@ -15,14 +15,14 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import Engine
 
+from exchange.audit import verify as verify_module
+from exchange.audit.verify import FailureReason, Report, verify_export
 from exchange.cli.audit import audit
 from exchange.crypto.envelope import sign
 from exchange.crypto.keys import SigningKey
 from exchange.ledger import EntryDraft, Ledger, LedgerConfig, merkle, sign_checkpoint, verifier_key
-from exchange.ledger import verify as verify_module
 from exchange.ledger.entry import envelope_hash
 from exchange.ledger.export import KeyRecord, export_ledger
-from exchange.ledger.verify import FailureReason, Report, verify_export
 from exchange.store.engines import open_engine
 from exchange.store.schema import upgrade
 from exchange.v1 import common_pb2, envelope_pb2, exchange_pb2, ledger_pb2, registry_pb2

@@ -11,11 +11,11 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import Engine
 
+from exchange.audit.verify import FailureReason
 from exchange.cli.audit import audit
 from exchange.crypto.envelope import sign
 from exchange.crypto.keys import SigningKey
 from exchange.ledger import Ledger, sign_checkpoint, verifier_key
-from exchange.ledger.verify import FailureReason
 from exchange.store.engines import open_engine
 from exchange.store.schema import upgrade
 from exchange.v1 import exchange_pb2, grants_pb2, ledger_pb2
@@ -323,7 +323,7 @@ def test_trusted_checkpoint_of_another_key_is_refused(world: World) -> None:
 def test_request_id_memory_is_bounded_and_still_catches_recent_replays(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from exchange.ledger import keyhistory
+    from exchange.audit import keyhistory
 
     # purge in bulk after a few entries (the default is 65,536)
     monkeypatch.setattr(keyhistory, "_PURGE_EVERY", 4)

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from exchange.audit.verify import verify_export
 from exchange.crypto.keys import SigningKey, save_signing_key
 from exchange.ledger import Checkpoint, Ledger, Receipt, merkle, verifier_key, verify_receipt
 from exchange.ledger.export import export_ledger
-from exchange.ledger.verify import verify_export
 from exchange.store.engines import open_engine
 from exchange.store.schema import upgrade
 

@@ -7,11 +7,11 @@ import io
 
 import pytest
 
+from exchange.audit.verify import verify_export
 from exchange.crypto.keys import SigningKey
 from exchange.ledger import Ledger, LedgerConfig, LedgerUnavailable, merkle, verify_receipt
 from exchange.ledger.entry import ZERO_HASH
 from exchange.ledger.export import export_ledger
-from exchange.ledger.verify import verify_export
 from exchange.store.engines import open_engine
 from exchange.store.schema import upgrade
 from exchange.v1 import ledger_pb2

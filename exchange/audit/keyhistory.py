@@ -38,8 +38,8 @@ from typing import NamedTuple
 
 from google.protobuf.message import DecodeError
 
+from exchange.audit import binding
 from exchange.crypto.keys import keyid as keyid_of
-from exchange.ledger import binding
 from exchange.v1 import envelope_pb2, ledger_pb2, registry_pb2
 
 Problem = tuple[str, str]  # (FailureReason member name, message)

@@ -157,7 +157,7 @@ class EntryAudit(Protocol):
 def default_audit(issue_window_seconds: int | None = None) -> EntryAudit:
     """The hook ``verify_export`` uses by default: ``keyhistory.RegistryAudit``, allowing the
     hub's replay window (default 300 s) between a request's issue and its entry."""
-    from exchange.ledger.keyhistory import ISSUE_WINDOW_NS, RegistryAudit
+    from exchange.audit.keyhistory import ISSUE_WINDOW_NS, RegistryAudit
 
     if issue_window_seconds is None:
         return RegistryAudit()
