@@ -25,7 +25,7 @@ from adapters.errors import VerificationError
 from adapters.web.identity import Assurance, NotAuthenticated, Person
 from adapters.web.pages import Pages
 from adapters.web.sessions import Realm, Session
-from exchange.v1 import catalog_pb2
+from exchange.v1 import catalog_pb2, envelope_pb2
 
 INPUT_TYPES = {catalog_pb2.DATE: "date", catalog_pb2.INTEGER: "number"}
 
@@ -263,7 +263,16 @@ class Counter:
 
     def _clear_person(self, session: Session) -> None:
         session.person = None
-        for key in ("views", "entered", "plan", "outcomes", "receipt", "confirmation", "confirmed"):
+        for key in (
+            "views",
+            "entered",
+            "plan",
+            "signed",
+            "outcomes",
+            "receipt",
+            "confirmation",
+            "confirmed",
+        ):
             session.data.pop(key, None)
 
     def _serving(self, request: Request) -> Session | None:
@@ -332,6 +341,7 @@ class Counter:
                 errors=errors,
             )
         # One request id per material type, fixed now: confirming twice submits once.
+        session.data.pop("signed", None)
         session.data["plan"] = {
             material_type: (uuid.uuid4().hex, fields)
             for material_type, fields in submissions(views, entered).items()
@@ -364,13 +374,7 @@ class Counter:
         results: list[tuple[str, SubmitResult]] = []
         try:
             for material_type, (request_id, fields) in plan.items():
-                result = await self.pages.client.submit(
-                    material_type,
-                    person.subject_id,
-                    fields,
-                    request_id=request_id,
-                    assertion=person.assertion,
-                )
+                result = await self._submit(session, person, material_type, request_id, fields)
                 results.append((material_type, result))
             # The person's confirmation of the whole form, as previewed, goes on the record
             # with their assertion (only a salted hash of the values reaches the hub).
@@ -408,6 +412,37 @@ class Counter:
         session.data["outcomes"] = outcomes
         session.data["confirmed"] = confirmation.receipt.sequence
         return self.pages.redirect("/counter/done", session)
+
+    async def _submit(
+        self,
+        session: Session,
+        person: Person,
+        material_type: str,
+        request_id: str,
+        fields: dict[str, str],
+    ) -> SubmitResult:
+        """One Submit of the confirmed plan. Its signed bytes are kept in the session, so
+        confirming again (after a refusal of another material type, a reload) sends the same
+        bytes and the hub answers a Submit it already took with its first answer. Bytes the hub
+        finds too old to accept (STALE_REQUEST, refused before the request id is claimed) are
+        signed anew under the same id."""
+        client = self.pages.client
+        signed: dict[str, envelope_pb2.Envelope] = session.data.setdefault("signed", {})
+        for again in (False, True):
+            if again or material_type not in signed:
+                signed[material_type] = client.submission(
+                    material_type,
+                    person.subject_id,
+                    fields,
+                    request_id=request_id,
+                    assertion=person.assertion,
+                )
+            try:
+                return await client.submit_signed(signed[material_type])
+            except Refused as error:
+                if again or error.reason != "STALE_REQUEST":
+                    raise
+        raise AssertionError("unreachable: the second attempt returns or raises")
 
     async def done_page(self, request: Request) -> Response:
         session = self._staff(request)

@@ -9,6 +9,7 @@ import re
 import socket
 from collections.abc import Iterator
 from http.cookies import SimpleCookie
+from pathlib import Path
 
 import httpx
 import pytest
@@ -18,7 +19,8 @@ from adapters.web.i18n import MESSAGES
 from adapters.web.pages import HERE
 from adapters.web.sessions import Realm, SessionStore
 from exchange.cli.demo_web import CLERK, CLERK_PASSWORD
-from tests.web.conftest import WebStack
+from exchange.v1 import common_pb2, ledger_pb2
+from tests.web.conftest import WebStack, web_stack
 
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 
@@ -223,3 +225,56 @@ def test_every_explained_refusal_is_a_contract_reason() -> None:
     unknown = set(REFUSALS) - set(common_pb2.Reason.keys()) - {"VERIFICATION_FAILED"}
     assert not unknown
     assert {"NO_GRANT", "CONSENT_REQUIRED", "ASSERTION_EXPIRED", "NOT_ON_FILE"} <= set(REFUSALS)
+
+
+NEWCOMER = "990101199505050049"  # nothing on file anywhere: every material type is collected
+
+
+def test_confirming_again_after_a_refusal_answers_each_submit_as_the_first_time(
+    tmp_path: Path,
+) -> None:
+    """One material type of a confirmation is refused (the licence holder's adapter takes no
+    collected licences) after the others were stored. Confirming again gets each Submit's first
+    answer: the counter resends the bytes it signed rather than a new signature under the same
+    request id (which the hub refuses REQUEST_ID_REUSED), and nothing is submitted twice."""
+    with web_stack(tmp_path) as stack:
+        visitor = Visitor(stack.url)
+        try:
+            visitor.post(
+                "/counter/sign-in", {"account": CLERK, "password": CLERK_PASSWORD}, "/counter"
+            )
+            visitor.post("/counter/form", {"form_id": data.FORM_ID}, "/counter")
+            visitor.post("/counter/person", {"subject_id": NEWCOMER}, "/counter/person")
+            entered = {
+                "f_applicant_name": "赵六 (demo)",
+                "f_birth_date": "1995-05-05",
+                "f_address": "示例省示例县和平村 9 号 (demo)",
+                "f_marital_status": "unmarried",
+                "f_enterprise_name": "赵六小吃店 (demo)",
+                "f_credit_code": "91990000DEMO00009X",
+                "action": "preview",
+            }
+            preview = visitor.post("/counter/fill", entered, "/counter/fill")
+            assert preview.headers["location"] == "/counter/preview"
+            pages = [visitor.post("/counter/confirm", {}, "/counter/preview") for _ in range(2)]
+        finally:
+            visitor.http.close()
+        for page in pages:
+            assert page.status_code == 400
+            assert "INVALID_ARGUMENT_FIELD" in page.text and "REQUEST_ID_REUSED" not in page.text
+
+        hub = stack.story.hub.hub
+        subject_ref = hub.content_keys.subject_ref(NEWCOMER)
+        entries = [s.decode() for s in hub.ledger.entries(0, hub.ledger.size())]
+        submits = [
+            e for e in entries if e.kind == ledger_pb2.SUBMIT and e.subject_ref == subject_ref
+        ]
+        assert sorted(
+            (e.material_type, e.attributes["submit"]) for e in submits if e.outcome == ledger_pb2.OK
+        ) == [(data.HOUSEHOLD, "STORED"), (data.MARRIAGE, "STORED")]
+        # The licence's refusal was recorded once; the second confirmation got it back.
+        assert [
+            (e.material_type, common_pb2.Reason.Name(e.reason))
+            for e in submits
+            if e.outcome != ledger_pb2.OK
+        ] == [(data.LICENCE, "INVALID_ARGUMENT_FIELD")]
