@@ -837,3 +837,62 @@ def test_checkpoint_roots_inside_and_at_the_ends_of_chunks_are_checked(
     found = _failures_by_cut(wrong, monkeypatch)
     assert found[0] == [(size - 1, FailureReason.ROOT_MISMATCH)]
     assert all(failures == found[0] for failures in found), found
+
+
+# ---------------------------------------------------------------- an export file
+
+
+def _verify_file(path: Path, **kw: object) -> Report:
+    with path.open(encoding="utf-8") as handle:
+        assert verify_module._plain_file(handle) is not None  # the workers read the file
+        return verify_export(handle, **kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("sequence", [64, 144, LARGE])
+def test_workers_reading_the_export_file_find_what_a_stream_shows(
+    large: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path, sequence: int
+) -> None:
+    # From a plain file each worker reads its chunk itself, by byte range; the parent reads
+    # the file in blocks, which chunks and lines straddle here.
+    bad = _rewrite(large, _entry_index(large, sequence), _shift_time)
+    path = tmp_path / "export.jsonl"
+    path.write_text("".join(bad), encoding="utf-8")
+    monkeypatch.setattr(verify_module, "BLOCK", 4000)
+    streamed = _failures_by_cut(bad, monkeypatch)
+    for (chunk, workers), expected in zip(CUTS, streamed, strict=True):
+        monkeypatch.setattr(verify_module, "CHUNK", chunk)
+        report = _verify_file(path, workers=workers)
+        assert [(f.sequence, f.reason) for f in report.failures] == expected, (chunk, workers)
+        assert report.entries == LARGE + 1
+    assert streamed[0]
+
+
+def test_an_export_file_with_crlf_line_ends_verifies(
+    large: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Lines read as text end where the handle's newline mode says: from the first carriage
+    # return on, the parent reads the file as text and hands the workers text.
+    path = tmp_path / "export.jsonl"
+    path.write_bytes(
+        "".join(large[:500]).encode() + "".join(large[500:]).encode().replace(b"\n", b"\r\n")
+    )
+    monkeypatch.setattr(verify_module, "BLOCK", 4000)
+    monkeypatch.setattr(verify_module, "CHUNK", 64)
+    report = _verify_file(path, workers=2)
+    assert report.ok, report.first_failure
+    assert report.entries == LARGE + 1 and report.signatures == LARGE + 1
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_an_entry_line_of_the_export_file_that_is_not_utf8_is_a_malformed_export(
+    large: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path, workers: int
+) -> None:
+    index = _entry_index(large, 300)
+    data = [line.encode() for line in large]
+    data[index] = data[index][:60] + b"\xff" + data[index][61:]
+    path = tmp_path / "export.jsonl"
+    path.write_bytes(b"".join(data))
+    monkeypatch.setattr(verify_module, "CHUNK", 64)
+    report = _verify_file(path, workers=workers)
+    _assert_fails(report, None, FailureReason.MALFORMED_EXPORT)
+    assert f"line {index + 1}:" in str(report.first_failure)
