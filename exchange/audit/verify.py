@@ -9,9 +9,12 @@ auditor already trusts. What the ledger does not know (that an envelope is the r
 entry, and that the export's unsigned key records are vouched for by the operator's registry
 entries) is checked by an ``EntryAudit`` hook, by default ``keyhistory.RegistryAudit``.
 
-Per-entry work (decode, hashes, envelope signatures) runs in a process pool over chunks of the
-stream, since Ed25519 verification dominates and the GIL would hold it to one core; the parent
-only reads lines, links the chain and folds leaf hashes into the tree, in order.
+Per-entry work (decode, hashes, envelope signatures, bindings) runs in a process pool over
+chunks of the stream, since Ed25519 verification dominates and the GIL would hold it to one
+core. The parent finds where entry lines are and cuts them into chunks, reads the records
+between them, links each chunk to the one before, keeps the registry's state and folds the
+chunks' Merkle subtrees into the tree, in order. From an export file the workers read their
+chunks themselves, by byte range: no entry line passes through the parent's pipes.
 """
 
 from __future__ import annotations
@@ -246,7 +249,7 @@ class ChunkResult(NamedTuple):
     levels: list[bytes]  # merkle.subtree_levels of the chunk's leaf hashes
 
 
-class ExportFile(NamedTuple):
+class _ExportFile(NamedTuple):
     """The export as a file the workers read their chunks from themselves, by byte range: the
     parent reads each line once to find where chunks start and what lies between entries, and
     sends no entry to a worker. Identified by more than its path, so that a worker never reads
@@ -267,6 +270,10 @@ _FILE: int | None = None  # the worker's descriptor of the export file
 _FILE_PROBLEM = ""  # why it has none, for a chunk given by byte range
 
 
+class _AtLine(ValueError):
+    """A malformed export, its message naming the line."""
+
+
 class _NotText(ValueError):
     """A chunk of the export file is not UTF-8, ``line`` lines after the chunk's first."""
 
@@ -281,7 +288,7 @@ class _NotText(ValueError):
 def _init_worker(
     keys: dict[str, list[_Key]],
     audit: EntryAudit | None = None,
-    export: ExportFile | int | None = None,
+    export: _ExportFile | int | None = None,
 ) -> None:
     """Set this process's key tables and hook, and the export file it reads byte ranges of
     (``export``: the file to open, or a descriptor already open in this process)."""
@@ -296,7 +303,7 @@ def _init_worker(
     _FILE, _FILE_PROBLEM = (export, "") if isinstance(export, int) else _open(export)
 
 
-def _open(export: ExportFile | None) -> tuple[int | None, str]:
+def _open(export: _ExportFile | None) -> tuple[int | None, str]:
     if export is None:
         return None, "no export file was given"
     try:
@@ -545,18 +552,9 @@ class _Source:
         self.entries = 0
         self.ended = False  # the end record was read: any further record is refused
         self.chunk_line = 0
-        self.fd: int | None = None  # of the file, while events are read
-        self._by_range = False  # chunks are byte ranges of the file
-
-    def events(self) -> Generator[tuple[int, Any], None, None]:
-        if self.file is not None:
-            self.fd = os.open(self.file.path, os.O_RDONLY)
-            self._by_range = True
-        try:
-            yield from self._events()
-        finally:
-            if self.fd is not None:
-                os.close(self.fd)
+        # the handle's descriptor, read at explicit offsets (the handle stays where it is)
+        self.fd = None if self.file is None else handle.fileno()
+        self._by_range = self.file is not None  # chunks are byte ranges of the file
 
     def _blocks(self) -> Iterator[tuple[str | bytes, int, int]]:
         """The export as (block, offset of the block in the file, where its last whole line
@@ -594,7 +592,7 @@ class _Source:
             if cut:
                 yield text, offset, cut
 
-    def _events(self) -> Iterator[tuple[int, Any]]:
+    def events(self) -> Generator[tuple[int, Any], None, None]:
         chunk = CHUNK
         header = True  # the first record is the header, whatever it starts with
         in_chunk = 0  # entry lines in the chunk being cut
@@ -659,7 +657,7 @@ class _Source:
         return text
 
 
-def _plain_file(handle: IO[str]) -> ExportFile | None:
+def _plain_file(handle: IO[str]) -> _ExportFile | None:
     """The export file behind ``handle`` if workers can read their chunks from it themselves:
     an unread regular file, opened by its path as strict UTF-8."""
     if not hasattr(os, "pread"):
@@ -684,7 +682,7 @@ def _plain_file(handle: IO[str]) -> ExportFile | None:
         found.st_ino,
     ):
         return None  # not a plain file, or its path names another file now
-    return ExportFile(path, found.st_dev, found.st_ino, found.st_size, found.st_mtime_ns)
+    return _ExportFile(path, found.st_dev, found.st_ino, found.st_size, found.st_mtime_ns)
 
 
 def _keys_from(records: list[dict[str, Any]]) -> dict[str, list[_Key]]:
@@ -983,9 +981,9 @@ def _read(
         try:
             found = result()
         except _NotText as exc:
-            raise ValueError(f"line {first_line + exc.line}: {exc}") from None
+            raise _AtLine(f"line {first_line + exc.line}: {exc}") from None
         if found.entries != entries:  # the worker read other bytes than this process
-            raise ValueError(f"line {first_line}: the export changed while it was verified")
+            raise _AtLine(f"line {first_line}: the export changed while it was verified")
         state.absorb(found)
 
     def submit(chunk: Chunk, entries: int) -> None:
@@ -1037,7 +1035,7 @@ def _read(
             future, line, expected = pending.popleft()
             take(future.result, line, expected)
     except (ValueError, KeyError, TypeError, binascii.Error) as exc:
-        message = str(exc) if str(exc).startswith("line ") else f"line {source.line_number}: {exc}"
+        message = str(exc) if isinstance(exc, _AtLine) else f"line {source.line_number}: {exc}"
         report.failures.append(Failure(None, FailureReason.MALFORMED_EXPORT, message))
         return
     finally:
