@@ -185,10 +185,10 @@ class RegistryAudit:
             return _mismatch(
                 f"the envelope is request {request_id[:128]!r}, the entry records {recorded!r}"
             ), _NOTHING
-        problems: list[Problem] = [
-            ("ENVELOPE_ENTRY_MISMATCH", message)
-            for message in binding.mismatches(entry, payload_type, body)
-        ]
+        mismatches = binding.mismatches(entry, payload_type, body)
+        problems: list[Problem] = (
+            [("ENVELOPE_ENTRY_MISMATCH", message) for message in mismatches] if mismatches else []
+        )
         issued_at = header.issued_at  # Timestamp.ToNanoseconds, without its Python call
         issued = issued_at.seconds * 1_000_000_000 + issued_at.nanos
         if not issued_window_holds(issued, time_ns, self.issue_window_ns):

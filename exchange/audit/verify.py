@@ -358,18 +358,6 @@ _ENVELOPE_KEY_LENGTH = len(_ENVELOPE_KEY)
 _NO_LEAF = bytes(merkle.HASH_SIZE)  # stands for an undecodable entry's leaf (already reported)
 
 
-def _base64(text: bytes) -> bytes:
-    """Strict standard base64, as ``binascii.a2b_base64(text, strict_mode=True)`` decodes it.
-
-    pybase64 decodes the exporter's own spelling several times faster; what it refuses goes to
-    binascii, whose strict mode is the rule (it accepts a few spellings pybase64 does not, and
-    never refuses one pybase64 accepts)."""
-    try:
-        return pybase64.b64decode(text, None, True)  # validate=True: a keyword costs more
-    except ValueError:
-        return binascii.a2b_base64(text, strict_mode=True)
-
-
 def _entry_fields(line: bytes, errors: str = "strict") -> tuple[bytes, bytes]:
     """The entry and envelope bytes of an entry line (without its line end), which is UTF-8
     (decoded with ``errors`` where it must be). Raises ValueError (binascii.Error and
@@ -385,12 +373,20 @@ def _entry_fields(line: bytes, errors: str = "strict") -> tuple[bytes, bytes]:
             and _ENVELOPE_KEY_LENGTH <= envelope_at <= end
             and line.endswith(b'"}')
         ):
+            entry_text = line[entry_at + _ENTRY_KEY_LENGTH : envelope_at - _ENVELOPE_KEY_LENGTH]
+            envelope_text = line[envelope_at:end]
+            # Strict standard base64: pybase64 decodes the exporter's spelling several times
+            # faster than binascii, whose strict mode is the rule: it never refuses what
+            # pybase64 accepts, and decides what pybase64 refuses (a few spellings it accepts).
+            decode = pybase64.b64decode  # (text, None, True): validate, a keyword costs more
+            try:
+                return decode(entry_text, None, True), decode(envelope_text, None, True)
+            except ValueError:
+                pass
             try:
                 return (
-                    _base64(
-                        line[entry_at + _ENTRY_KEY_LENGTH : envelope_at - _ENVELOPE_KEY_LENGTH]
-                    ),
-                    _base64(line[envelope_at:end]),
+                    binascii.a2b_base64(entry_text, strict_mode=True),
+                    binascii.a2b_base64(envelope_text, strict_mode=True),
                 )
             except ValueError:
                 pass  # not the exporter's spelling after all (an escape, a quote): parse it
@@ -496,7 +492,8 @@ def _check_chunk(start: int, source: Chunk) -> ChunkResult:
             continue
         if audit is not None:
             problems, facts = audit.inspect(entry, message, time_ns)
-            failures.extend((position, reason, text) for reason, text in problems)
+            if problems:
+                failures.extend((position, reason, text) for reason, text in problems)
             verified.append((position, time_ns, actor, _KEYIDS[public_key], facts))
     return ChunkResult(
         start,
@@ -599,6 +596,7 @@ class _Source:
         begin = 0  # where it begins: in the file, or in the current block of text
         pieces: list[str] = []  # its text from earlier blocks
         read = 0  # where in the file the blocks read so far end
+        ended = False  # as self.ended, which the reader of the events sets
         newline: Any = b"\n" if self._by_range else "\n"
         mark: Any = _ENTRY if self._by_range else _ENTRY.decode()
         for block, offset, cut in self._blocks():
@@ -610,34 +608,42 @@ class _Source:
                     begin = 0
             find, starts = block.find, block.startswith
             position = 0
+            # the counters are kept here and stored before each event (and error)
+            line_number, entries = self.line_number, self.entries
             while position < cut:
                 end = find(newline, position, cut)
                 if end < 0:
                     end = cut  # the stream's last line, without its end
-                self.line_number += 1
+                line_number += 1
                 if starts(mark, position) and not header:
-                    if self.ended:
+                    if ended:
+                        self.line_number = line_number
                         raise ValueError("records after the end record")
-                    if not self.entries:
+                    if not entries:
+                        self.line_number = line_number
                         yield _FIRST_ENTRY, None
                     if not in_chunk:
                         begin = offset + position if self._by_range else position
-                        self.chunk_line = self.line_number
-                    self.entries += 1
+                        self.chunk_line = line_number
+                    entries += 1
                     in_chunk += 1
                     if in_chunk == chunk:
+                        self.line_number, self.entries = line_number, entries
                         stop = min(end + 1, cut)  # after the line's end, if it has one
                         yield _CHUNK, self._chunk(pieces, block, begin, stop, offset)
                         in_chunk = 0
                 else:
+                    self.line_number, self.entries = line_number, entries
                     line = block[position:end]
                     text = line if isinstance(line, str) else line.decode("utf-8")
                     if text and not text.isspace():
-                        if self.ended:
+                        if ended:
                             raise ValueError("records after the end record")
                         header = False
                         yield _RECORD, text
+                        ended = self.ended  # the end record was just read
                 position = end + 1
+            self.line_number, self.entries = line_number, entries
             read = offset + cut
             if in_chunk and not self._by_range:  # the chunk goes on in the next block
                 pieces.append(str(block[begin:cut]))

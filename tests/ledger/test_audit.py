@@ -896,3 +896,43 @@ def test_an_entry_line_of_the_export_file_that_is_not_utf8_is_a_malformed_export
     report = _verify_file(path, workers=workers)
     _assert_fails(report, None, FailureReason.MALFORMED_EXPORT)
     assert f"line {index + 1}:" in str(report.first_failure)
+
+
+def _malformed(lines: list[str], tmp_path: Path, source: str, workers: int) -> str:
+    """The one failure of ``lines`` read from a stream or a file: a malformed export."""
+    if source == "stream":
+        report = _verify(lines, workers=workers)
+    else:
+        path = tmp_path / "export.jsonl"
+        path.write_text("".join(lines), encoding="utf-8")
+        report = _verify_file(path, workers=workers)
+    assert [f.reason for f in report.failures if f.sequence is None] == [
+        FailureReason.MALFORMED_EXPORT
+    ], report.failures
+    return str(report.first_failure)
+
+
+@pytest.mark.parametrize(("source", "workers"), [("stream", 0), ("file", 0), ("file", 2)])
+def test_records_out_of_place_are_a_malformed_export_at_their_line(
+    world: World, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, source: str, workers: int
+) -> None:
+    monkeypatch.setattr(verify_module, "CHUNK", 4)
+    lines = world.export()
+    # blank lines count as lines and are passed over: the export still verifies
+    spaced = [*lines[:3], "\n", "  \n", *lines[3:]]
+    path = tmp_path / "spaced.jsonl"
+    path.write_text("".join(spaced), encoding="utf-8")
+    assert (_verify(spaced) if source == "stream" else _verify_file(path, workers=workers)).ok
+    entry = next(line for line in lines if line.startswith('{"type":"entry"'))
+    key = next(line for line in lines if line.startswith('{"type":"key"'))
+    after_end = [*spaced, entry]
+    assert f"line {len(after_end)}: records after the end record" in _malformed(
+        after_end, tmp_path, source, workers
+    )
+    late_key = [*spaced[:12], key, *spaced[12:]]
+    assert "line 13: key records must come before entries" in _malformed(
+        late_key, tmp_path, source, workers
+    )
+    unknown = [*spaced[:20], '{"type":"gossip"}\n', *spaced[20:]]
+    assert "line 21: unknown record type 'gossip'" in _malformed(unknown, tmp_path, source, workers)
+    assert "bad header" in _malformed(["\n"], tmp_path, source, workers)
