@@ -7,7 +7,9 @@ Prints each figure beside a baseline measured in the same run on this machine:
 - full verification of an export (entries/s) vs. cores x bare Ed25519 verifications/s;
 - inclusion and consistency proof time at 10k, 100k and 1M entries (node rows bulk-built).
 
-Run: python bench/ledger.py [--appends N] [--skip-million]
+Run: python bench/ledger.py [--appends N] [--skip-million] [--only verify]
+(``--only verify``: one unmeasured run of appends to build the log, then the verification
+figures alone.)
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
-from exchange.audit.verify import verify_export
+from exchange.audit.verify import Report, verify_export
 from exchange.clock import now_us, to_timestamp
 from exchange.crypto.envelope import sign
 from exchange.crypto.keys import SigningKey, verify_signature
@@ -200,7 +202,8 @@ def _per_entry_costs(text: str, runs: int = 15) -> tuple[float, float]:
     entries = [line for line in lines if line.startswith('{"type":"entry"')][: verifier.CHUNK]
     keys = [json.loads(line) for line in lines if line.startswith('{"type":"key"')]
     verifier._init_worker(verifier._keys_from(keys), verifier.default_audit())
-    chunk = min(_timed(lambda: verifier._check_chunk(0, entries)) for _ in range(runs))
+    lines = "".join(entries)  # a chunk as a stream's text, its lines encoded and split
+    chunk = min(_timed(lambda: verifier._check_chunk(0, lines)) for _ in range(runs))
     bare = min(1 / _bare_verify_rate(0.2) for _ in range(runs))
     return chunk / len(entries), bare
 
@@ -335,7 +338,9 @@ def main() -> None:
     parser.add_argument("--callers", type=int, default=1000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--skip-million", action="store_true")
+    parser.add_argument("--only", choices=["verify"], help="measure only full verification")
     args = parser.parse_args()
+    only_verify = args.only == "verify"
     cores = os.cpu_count() or 1
     hub = SigningKey.generate()
     dept = SigningKey.generate()
@@ -348,7 +353,8 @@ def main() -> None:
         # Disk and CPU of a shared machine are noisy: each figure is measured in `--repeat`
         # interleaved (subject, baseline) pairs and the median pair ratio is reported.
         ratios, rates, raws = [], [], []
-        for rep in range(args.repeat):
+        runs = 1 if only_verify else args.repeat
+        for rep in range(runs):
             engine, ledger, rate, batch, entry_size = asyncio.run(
                 _appends(
                     f"sqlite:///{tmpdir / f'ledger-{rep}.db'}",
@@ -369,32 +375,10 @@ def main() -> None:
             rates.append(rate)
             raws.append(raw)
             ratios.append(rate / raw)
-            if rep < args.repeat - 1:
+            if rep < runs - 1:
                 engine.dispose()
-        print(
-            f"appends (durable, SQLite WAL+FULL, {args.callers} callers): "
-            f"{statistics.median(rates):,.0f} entries/s median of "
-            f"{', '.join(f'{r:,.0f}' for r in rates)}; avg batch {batch:.0f}, "
-            f"entry {entry_size:.0f} B + envelope {len(envelope)} B"
-        )
-        print(
-            "  baseline raw sqlite3 insert, same row size and batching: "
-            f"{statistics.median(raws):,.0f} rows/s median of "
-            f"{', '.join(f'{r:,.0f}' for r in raws)}"
-        )
-        print(
-            f"  ratio (median of pairs): {statistics.median(ratios):.2f} "
-            f"[{', '.join(f'{r:.2f}' for r in ratios)}]  (target >= 0.25; >= 20,000/s)"
-        )
-
-        signs = _sign_rate()
-        appended = statistics.median(rates)
-        print(
-            f"receipts: one Ed25519 signature per entry would cost {appended / signs:.2f} core "
-            f"at {appended:,.0f} entries/s (sign {signs:,.0f}/s per core); one per batch costs "
-            f"{appended / batch / signs:.4f} core"
-        )
-
+        if not only_verify:
+            _print_appends(args, rates, raws, ratios, batch, entry_size, len(envelope))
         out = io.StringIO()
         since = datetime(2020, 1, 1, tzinfo=UTC)
         history = [
@@ -402,14 +386,19 @@ def main() -> None:
             KeyRecord(ACTOR, dept.keyid, dept.public_bytes, since),
         ]
         summary = export_ledger(engine, out, history, [ledger.verifier_key])
-        _witness_round_trips(ledger, engine, tmpdir)
+        if not only_verify:
+            _witness_round_trips(ledger, engine, tmpdir)
         engine.dispose()
         text = out.getvalue()
+        # verified as `exchange audit verify FILE` does: from the file, which its workers read
+        export = tmpdir / "export.jsonl"
+        export.write_text(text, encoding="utf-8")
         vrates, singles, parallels, cpus = [], [], [], []
         for _ in range(args.repeat):
             before = _cpu_seconds()
             start = time.perf_counter()
-            report = verify_export(io.StringIO(text), hub_keys=[ledger.verifier_key])
+            with export.open(encoding="utf-8") as handle:
+                report = verify_export(handle, hub_keys=[ledger.verifier_key])
             elapsed = time.perf_counter() - start
             after = _cpu_seconds()
             assert report.ok, report.first_failure
@@ -419,62 +408,109 @@ def main() -> None:
             )
             singles.append(_bare_verify_rate())
             parallels.append(_parallel_bare_verify_rate(cores))
-        vrate = statistics.median(vrates)
-        bare = statistics.median(singles)
-        parallel = statistics.median(parallels)
-        print(
-            f"full verification: {vrate:,.0f} entries/s median of "
-            f"{', '.join(f'{r:,.0f}' for r in vrates)} ({summary.entries} entries, "
-            f"{report.signatures} signatures, {report.checkpoints} checkpoints, {cores} workers)"
-        )
-        print(
-            f"  baseline bare Ed25519 verify: {bare:,.0f}/s per core x {cores} = "
-            f"{bare * cores:,.0f}/s"
-        )
-        print(f"  ratio: {vrate / (bare * cores):.2f}  (target >= 0.8)")
-        print(
-            f"  bare Ed25519 verify in {cores} processes at once: {parallel:,.0f}/s "
-            f"({parallel / (bare * cores):.2f} of cores x single); ratio to it: "
-            f"{vrate / parallel:.2f}"
-        )
-
-        parent_cpu, workers_cpu = min(cpus, key=sum)
-        bare_cpu = min(_bare_cpu_per_check() for _ in range(15))
-        print(
-            f"  CPU per entry, least of {args.repeat} (a loaded machine stretches wall time, "
-            f"much less CPU time): {(parent_cpu + workers_cpu) * 1e6:.1f} us (parent "
-            f"{parent_cpu * 1e6:.1f} + workers {workers_cpu * 1e6:.1f}) against one bare "
-            f"Ed25519 check's {bare_cpu * 1e6:.1f} us, least of 15: ratio "
-            f"{bare_cpu / (parent_cpu + workers_cpu):.2f}  (what cores x bare would give with "
-            "the cores to itself)"
-        )
-
+        _print_verification(args, cores, summary.entries, report, vrates, singles, parallels, cpus)
         worker, bare_one = _per_entry_costs(text)
         print(
             f"  per entry, min of 15 (steadier than the rates on a shared machine): a worker "
             f"{worker * 1e6:.1f} us, of which one bare Ed25519 check {bare_one * 1e6:.1f} us "
             f"({bare_one / worker:.2f})"
         )
+        if not only_verify:
+            _proofs(args, tmpdir, hub)
 
-        sizes = [10_000, 100_000] + ([] if args.skip_million else [1_000_000])
-        results = {}
-        for size in sizes:
-            start = time.perf_counter()
-            url = _bulk_log(tmpdir / f"proofs-{size}.db", size, hub)
-            built = time.perf_counter() - start
-            inclusion, consistency = _proof_times(url, size, hub)
-            results[size] = (inclusion, consistency)
-            print(
-                f"proofs at {size:>9,} entries: inclusion {inclusion * 1e6:7.0f} us, "
-                f"consistency {consistency * 1e6:7.0f} us  (log built in {built:.0f} s)"
-            )
-        base = results[sizes[0]]
-        for size in sizes[1:]:
-            inc, con = results[size]
-            print(
-                f"  ratio {size:,} / {sizes[0]:,}: inclusion {inc / base[0]:.2f}, "
-                f"consistency {con / base[1]:.2f}  (target <= 2)"
-            )
+
+def _print_appends(
+    args: argparse.Namespace,
+    rates: list[float],
+    raws: list[float],
+    ratios: list[float],
+    batch: float,
+    entry_size: float,
+    envelope_size: int,
+) -> None:
+    print(
+        f"appends (durable, SQLite WAL+FULL, {args.callers} callers): "
+        f"{statistics.median(rates):,.0f} entries/s median of "
+        f"{', '.join(f'{r:,.0f}' for r in rates)}; avg batch {batch:.0f}, "
+        f"entry {entry_size:.0f} B + envelope {envelope_size} B"
+    )
+    print(
+        "  baseline raw sqlite3 insert, same row size and batching: "
+        f"{statistics.median(raws):,.0f} rows/s median of "
+        f"{', '.join(f'{r:,.0f}' for r in raws)}"
+    )
+    print(
+        f"  ratio (median of pairs): {statistics.median(ratios):.2f} "
+        f"[{', '.join(f'{r:.2f}' for r in ratios)}]  (target >= 0.25; >= 20,000/s)"
+    )
+    signs = _sign_rate()
+    appended = statistics.median(rates)
+    print(
+        f"receipts: one Ed25519 signature per entry would cost {appended / signs:.2f} core "
+        f"at {appended:,.0f} entries/s (sign {signs:,.0f}/s per core); one per batch costs "
+        f"{appended / batch / signs:.4f} core"
+    )
+
+
+def _print_verification(
+    args: argparse.Namespace,
+    cores: int,
+    entries: int,
+    report: Report,
+    vrates: list[float],
+    singles: list[float],
+    parallels: list[float],
+    cpus: list[tuple[float, ...]],
+) -> None:
+    vrate = statistics.median(vrates)
+    bare = statistics.median(singles)
+    parallel = statistics.median(parallels)
+    print(
+        f"full verification: {vrate:,.0f} entries/s median of "
+        f"{', '.join(f'{r:,.0f}' for r in vrates)} ({entries} entries, "
+        f"{report.signatures} signatures, {report.checkpoints} checkpoints, {cores} workers)"
+    )
+    print(
+        f"  baseline bare Ed25519 verify: {bare:,.0f}/s per core x {cores} = {bare * cores:,.0f}/s"
+    )
+    print(f"  ratio: {vrate / (bare * cores):.2f}  (target >= 0.8)")
+    print(
+        f"  bare Ed25519 verify in {cores} processes at once: {parallel:,.0f}/s "
+        f"({parallel / (bare * cores):.2f} of cores x single); ratio to it: "
+        f"{vrate / parallel:.2f}"
+    )
+    parent_cpu, workers_cpu = min(cpus, key=sum)
+    bare_cpu = min(_bare_cpu_per_check() for _ in range(15))
+    print(
+        f"  CPU per entry, least of {args.repeat} (a loaded machine stretches wall time, "
+        f"much less CPU time): {(parent_cpu + workers_cpu) * 1e6:.1f} us (parent "
+        f"{parent_cpu * 1e6:.1f} + workers {workers_cpu * 1e6:.1f}) against one bare "
+        f"Ed25519 check's {bare_cpu * 1e6:.1f} us, least of 15: ratio "
+        f"{bare_cpu / (parent_cpu + workers_cpu):.2f}  (what cores x bare would give with "
+        "the cores to itself)"
+    )
+
+
+def _proofs(args: argparse.Namespace, tmpdir: Path, hub: SigningKey) -> None:
+    sizes = [10_000, 100_000] + ([] if args.skip_million else [1_000_000])
+    results = {}
+    for size in sizes:
+        start = time.perf_counter()
+        url = _bulk_log(tmpdir / f"proofs-{size}.db", size, hub)
+        built = time.perf_counter() - start
+        inclusion, consistency = _proof_times(url, size, hub)
+        results[size] = (inclusion, consistency)
+        print(
+            f"proofs at {size:>9,} entries: inclusion {inclusion * 1e6:7.0f} us, "
+            f"consistency {consistency * 1e6:7.0f} us  (log built in {built:.0f} s)"
+        )
+    base = results[sizes[0]]
+    for size in sizes[1:]:
+        inc, con = results[size]
+        print(
+            f"  ratio {size:,} / {sizes[0]:,}: inclusion {inc / base[0]:.2f}, "
+            f"consistency {con / base[1]:.2f}  (target <= 2)"
+        )
 
 
 if __name__ == "__main__":

@@ -244,9 +244,9 @@ def parse(payload_type: str, payload: bytes) -> Any:
     """The signed body: a message of ``payload_type`` if this contract knows it, else any body
     with its header (field 1 of every request body). Raises DecodeError if not decodable."""
     rule = _RULES.get(payload_type)
-    body: Message = rule[0]() if rule is not None else registry_pb2.ListDepartmentsRequest()
-    body.ParseFromString(payload)
-    return body
+    return (rule[0] if rule is not None else registry_pb2.ListDepartmentsRequest).FromString(
+        payload
+    )
 
 
 def mismatches(entry: Entry, payload_type: str, body: Any) -> list[Mismatch]:

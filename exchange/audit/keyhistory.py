@@ -185,10 +185,10 @@ class RegistryAudit:
             return _mismatch(
                 f"the envelope is request {request_id[:128]!r}, the entry records {recorded!r}"
             ), _NOTHING
-        problems: list[Problem] = [
-            ("ENVELOPE_ENTRY_MISMATCH", message)
-            for message in binding.mismatches(entry, payload_type, body)
-        ]
+        mismatches = binding.mismatches(entry, payload_type, body)
+        problems: list[Problem] = (
+            [("ENVELOPE_ENTRY_MISMATCH", message) for message in mismatches] if mismatches else []
+        )
         issued_at = header.issued_at  # Timestamp.ToNanoseconds, without its Python call
         issued = issued_at.seconds * 1_000_000_000 + issued_at.nanos
         if not issued_window_holds(issued, time_ns, self.issue_window_ns):
@@ -249,7 +249,9 @@ class RegistryAudit:
             seen = facts if isinstance(facts, Seen) else _NOTHING
             once, facts = seen.once, seen.registry
         if once:
-            problems.extend(self._once(sequence, time_ns, (actor, once)))
+            replayed = self._once(sequence, time_ns, (actor, once))
+            if replayed is not None:
+                problems.append(replayed)
         if actor == self.operator:
             standing = self._operator_standing(time_ns, actor, keyid)
             problems.extend(standing)
@@ -278,8 +280,9 @@ class RegistryAudit:
             elif isinstance(facts, Revoked):
                 self._revoked.setdefault((facts.department, facts.keyid), (sequence, time_ns))
             return problems
-        introduced = self._introduced.get((actor, keyid))
-        if introduced is None or introduced[1] != self._record_keys.get((actor, keyid)):
+        key = (actor, keyid)
+        introduced = self._introduced.get(key)
+        if introduced is None or introduced[1] != self._record_keys.get(key):
             problems.append(
                 (
                     "UNREGISTERED_KEY",
@@ -287,7 +290,7 @@ class RegistryAudit:
                     "registration or rotation entry with that public key",
                 )
             )
-        revoked = self._revoked.get((actor, keyid))
+        revoked = self._revoked.get(key)
         if revoked is not None and time_ns > revoked[1]:
             problems.append(
                 (
@@ -295,7 +298,7 @@ class RegistryAudit:
                     f"key {keyid[:16]}… of {actor!r} was revoked by entry {revoked[0]}",
                 )
             )
-        rotated = self._rotated_out.get((actor, keyid))
+        rotated = self._rotated_out.get(key)
         if rotated is not None and time_ns > rotated[1]:
             problems.append(
                 (
@@ -306,24 +309,23 @@ class RegistryAudit:
             )
         return problems
 
-    def _once(self, sequence: int, time_ns: int, key: tuple[str, str]) -> list[Problem]:
-        earlier = self._recent.get(key)
+    def _once(self, sequence: int, time_ns: int, key: tuple[str, str]) -> Problem | None:
+        recent = self._recent
+        earlier = recent.get(key)
         if earlier is not None:
-            return [
-                (
-                    "REQUEST_RECORDED_TWICE",
-                    f"request {key[1][:128]!r} of {key[0]!r} is already recorded as OK entry "
-                    f"{earlier[0]}: a replayed request",
-                )
-            ]
-        self._recent[key] = (sequence, time_ns)
-        if len(self._recent) >= self._purge_at:
+            return (
+                "REQUEST_RECORDED_TWICE",
+                f"request {key[1][:128]!r} of {key[0]!r} is already recorded as OK entry "
+                f"{earlier[0]}: a replayed request",
+            )
+        recent[key] = (sequence, time_ns)
+        if len(recent) >= self._purge_at:
             # Forget request ids too old for a replay of theirs to pass the window check,
             # in bulk: the parent's per-entry work stays a dictionary lookup and insert.
             horizon = time_ns - 2 * self.issue_window_ns - CALL_ALLOWANCE_NS
             self._recent = {k: v for k, v in self._recent.items() if v[1] >= horizon}
             self._purge_at = max(_PURGE_EVERY, 2 * len(self._recent))
-        return []
+        return None
 
     def _operator_standing(self, time_ns: int, actor: str, keyid: str) -> list[Problem]:
         if keyid not in self._operator_keys:

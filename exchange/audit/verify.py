@@ -9,24 +9,30 @@ auditor already trusts. What the ledger does not know (that an envelope is the r
 entry, and that the export's unsigned key records are vouched for by the operator's registry
 entries) is checked by an ``EntryAudit`` hook, by default ``keyhistory.RegistryAudit``.
 
-Per-entry work (decode, hashes, envelope signatures) runs in a process pool over chunks of the
-stream, since Ed25519 verification dominates and the GIL would hold it to one core; the parent
-only reads lines, links the chain and folds leaf hashes into the tree, in order.
+Per-entry work (decode, hashes, envelope signatures, bindings) runs in a process pool over
+chunks of the stream, since Ed25519 verification dominates and the GIL would hold it to one
+core. The parent finds where entry lines are and cuts them into chunks, reads the records
+between them, links each chunk to the one before, keeps the registry's state and folds the
+chunks' Merkle subtrees into the tree, in order. From an export file the workers read their
+chunks themselves, by byte range: no entry line passes through the parent's pipes.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import codecs
 import enum
 import json
 import os
+import stat
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import IO, Any, NamedTuple, Protocol
 
+import pybase64
 from google.protobuf.message import DecodeError
 
 from exchange.crypto.envelope import EnvelopeError, verified_key
@@ -243,8 +249,50 @@ class ChunkResult(NamedTuple):
     levels: list[bytes]  # merkle.subtree_levels of the chunk's leaf hashes
 
 
-def _init_worker(keys: dict[str, list[_Key]], audit: EntryAudit | None = None) -> None:
-    global _KEYS, _KEYIDS, _AUDIT  # per-process key tables and hook, set once by the pool
+class _ExportFile(NamedTuple):
+    """The export as a file the workers read their chunks from themselves, by byte range: the
+    parent reads each line once to find where chunks start and what lies between entries, and
+    sends no entry to a worker. Identified by more than its path, so that a worker never reads
+    another file that took its place."""
+
+    path: str
+    device: int
+    inode: int
+    size: int
+    mtime_ns: int
+
+
+# A chunk as a worker gets it: its lines as text (a stream that is not a plain file), or the
+# byte range of the export file holding them (entry lines, and the records the parent handles
+# between them, which the worker passes over).
+Chunk = str | tuple[int, int]
+_FILE: int | None = None  # the worker's descriptor of the export file
+_FILE_PROBLEM = ""  # why it has none, for a chunk given by byte range
+
+
+class _AtLine(ValueError):
+    """A malformed export, its message naming the line."""
+
+
+class _NotText(ValueError):
+    """A chunk of the export file is not UTF-8, ``line`` lines after the chunk's first."""
+
+    def __init__(self, line: int, problem: str) -> None:
+        super().__init__(line, problem)  # as pickle rebuilds it, from the worker
+        self.line = line
+
+    def __str__(self) -> str:
+        return str(self.args[1])
+
+
+def _init_worker(
+    keys: dict[str, list[_Key]],
+    audit: EntryAudit | None = None,
+    export: _ExportFile | int | None = None,
+) -> None:
+    """Set this process's key tables and hook, and the export file it reads byte ranges of
+    (``export``: the file to open, or a descriptor already open in this process)."""
+    global _KEYS, _KEYIDS, _AUDIT, _FILE, _FILE_PROBLEM  # per-process state, set once
     table: dict[tuple[str, str], list[_Key]] = {}
     for actor, records in keys.items():
         for record in records:
@@ -252,6 +300,36 @@ def _init_worker(keys: dict[str, list[_Key]], audit: EntryAudit | None = None) -
     _KEYS = table
     _KEYIDS = {record.public_key: record.keyid for records in keys.values() for record in records}
     _AUDIT = audit
+    _FILE, _FILE_PROBLEM = (export, "") if isinstance(export, int) else _open(export)
+
+
+def _open(export: _ExportFile | None) -> tuple[int | None, str]:
+    if export is None:
+        return None, "no export file was given"
+    try:
+        fd = os.open(export.path, os.O_RDONLY)
+    except OSError as exc:
+        return None, f"cannot open the export file: {exc}"
+    found = os.fstat(fd)
+    if (found.st_dev, found.st_ino, found.st_size, found.st_mtime_ns) != export[1:]:
+        os.close(fd)
+        return None, f"{export.path} changed while it was being verified"
+    return fd, ""
+
+
+def _chunk_lines(source: Chunk) -> list[bytes]:
+    """The lines of a chunk, as bytes without their line ends."""
+    if isinstance(source, str):
+        # surrogatepass: a line parsed as JSON decodes back to exactly this text
+        data = source.encode("utf-8", "surrogatepass")
+    else:
+        if _FILE is None:
+            raise ValueError(_FILE_PROBLEM)
+        begin, end = source
+        data = os.pread(_FILE, end - begin, begin)
+        if len(data) != end - begin:
+            raise ValueError("the export file was truncated while it was being verified")
+    return data.split(b"\n")
 
 
 def _key_lookup(actor: str, time_ns: int) -> Callable[[str], bytes | None]:
@@ -271,38 +349,48 @@ def _key_lookup(actor: str, time_ns: int) -> Callable[[str], bytes | None]:
 
 # An entry line as the exporter writes it, taken apart without a JSON parse (most of a line is
 # base64, which strict decoding checks); any other spelling of the same JSON is parsed as JSON.
-_ENTRY_PREFIX = '{"type":"entry","sequence":'
-_ENTRY_KEY = ',"entry":"'
-_ENVELOPE_KEY = '","envelope":"'
+_ENTRY = b'{"type":"entry"'  # what marks a line as an entry, for the parent and the workers
+_ENTRY_PREFIX = b'{"type":"entry","sequence":'
+_ENTRY_KEY = b',"entry":"'
+_ENVELOPE_KEY = b'","envelope":"'
 _PREFIX_LENGTH, _ENTRY_KEY_LENGTH = len(_ENTRY_PREFIX), len(_ENTRY_KEY)
 _ENVELOPE_KEY_LENGTH = len(_ENVELOPE_KEY)
 _NO_LEAF = bytes(merkle.HASH_SIZE)  # stands for an undecodable entry's leaf (already reported)
 
 
-def _entry_fields(line: str) -> tuple[bytes, bytes]:
-    """The entry and envelope bytes of an entry line. Raises ValueError (binascii.Error
-    among them), KeyError, TypeError if it is not an object with both in base64."""
+def _entry_fields(line: bytes, errors: str = "strict") -> tuple[bytes, bytes]:
+    """The entry and envelope bytes of an entry line (without its line end), which is UTF-8
+    (decoded with ``errors`` where it must be). Raises ValueError (binascii.Error and
+    UnicodeDecodeError among them), KeyError, TypeError if it is not an object with both in
+    base64."""
     if line.startswith(_ENTRY_PREFIX):
         entry_at = line.find(_ENTRY_KEY, _PREFIX_LENGTH)
         envelope_at = line.find(_ENVELOPE_KEY, entry_at) + _ENVELOPE_KEY_LENGTH
-        end = len(line) - (3 if line.endswith('"}\n') else 2)
+        end = len(line) - 2
         if (
             entry_at > 0
-            and line[_PREFIX_LENGTH:entry_at].isdecimal()
+            and line[_PREFIX_LENGTH:entry_at].isdigit()
             and _ENVELOPE_KEY_LENGTH <= envelope_at <= end
-            and line.endswith(('"}', '"}\n'))
+            and line.endswith(b'"}')
         ):
+            entry_text = line[entry_at + _ENTRY_KEY_LENGTH : envelope_at - _ENVELOPE_KEY_LENGTH]
+            envelope_text = line[envelope_at:end]
+            # Strict standard base64: pybase64 decodes the exporter's spelling several times
+            # faster than binascii, whose strict mode is the rule: it never refuses what
+            # pybase64 accepts, and decides what pybase64 refuses (a few spellings it accepts).
+            decode = pybase64.b64decode  # (text, None, True): validate, a keyword costs more
+            try:
+                return decode(entry_text, None, True), decode(envelope_text, None, True)
+            except ValueError:
+                pass
             try:
                 return (
-                    binascii.a2b_base64(
-                        line[entry_at + _ENTRY_KEY_LENGTH : envelope_at - _ENVELOPE_KEY_LENGTH],
-                        strict_mode=True,
-                    ),
-                    binascii.a2b_base64(line[envelope_at:end], strict_mode=True),
+                    binascii.a2b_base64(entry_text, strict_mode=True),
+                    binascii.a2b_base64(envelope_text, strict_mode=True),
                 )
             except ValueError:
                 pass  # not the exporter's spelling after all (an escape, a quote): parse it
-    record = json.loads(line)
+    record = json.loads(line.decode("utf-8", errors))
     entry, envelope = record["entry"], record.get("envelope", "")
     if not isinstance(entry, str) or not isinstance(envelope, str):
         raise TypeError("entry and envelope are base64 strings")
@@ -312,7 +400,7 @@ def _entry_fields(line: str) -> tuple[bytes, bytes]:
     )
 
 
-def _check_chunk(start: int, lines: list[str]) -> ChunkResult:
+def _check_chunk(start: int, source: Chunk) -> ChunkResult:
     """Decode and check the entries at ``start`` … of one chunk: everything about them that
     needs no state of earlier chunks (see ``ChunkResult``)."""
     failures: list[LocalProblem] = []
@@ -331,11 +419,19 @@ def _check_chunk(start: int, lines: list[str]) -> ChunkResult:
     parse_envelope = envelope_pb2.Envelope.FromString
     ok = ledger_pb2.OK
     position = start - 1
+    # a line of text comes back exactly as it was; the file's bytes must be UTF-8, as they
+    # must be for a text stream of the file
+    errors = "surrogatepass" if isinstance(source, str) else "strict"
+    lines = _chunk_lines(source)
     for line in lines:
+        if not line.startswith(_ENTRY):
+            continue  # a blank line or a record between entries: the parent's
         position += 1
         try:
-            entry_bytes, envelope = _entry_fields(line)
+            entry_bytes, envelope = _entry_fields(line, errors)
             entry = parse_entry(entry_bytes)
+        except UnicodeDecodeError as exc:
+            raise _NotText(lines.index(line), str(exc)) from None
         except (ValueError, KeyError, TypeError, DecodeError) as exc:
             failures.append((position, "MALFORMED_ENTRY", f"cannot decode: {exc}"))
             leaf = _NO_LEAF
@@ -396,11 +492,12 @@ def _check_chunk(start: int, lines: list[str]) -> ChunkResult:
             continue
         if audit is not None:
             problems, facts = audit.inspect(entry, message, time_ns)
-            failures.extend((position, reason, text) for reason, text in problems)
+            if problems:
+                failures.extend((position, reason, text) for reason, text in problems)
             verified.append((position, time_ns, actor, _KEYIDS[public_key], facts))
     return ChunkResult(
         start,
-        len(lines),
+        position + 1 - start,
         failures,
         signatures,
         verified,
@@ -427,28 +524,171 @@ def _chain_broken(position: int) -> LocalProblem:
 # ------------------------------------------------------------------ parent side
 
 
-class _Stream:
-    """The export's lines, parsed lazily: entry lines stay raw for the workers."""
+BLOCK = 1 << 20  # bytes (characters of a text stream) the parent reads at a time
+
+_RECORD, _FIRST_ENTRY, _CHUNK = 0, 1, 2
+
+
+class _Source:
+    """The export's lines for the parent, read a block at a time.
+
+    Entry lines are only counted and cut into chunks of ``CHUNK`` entries; the parent reads
+    every other line (its records: the header, keys, checkpoints, end) as text. A chunk is the
+    span of the export from its first entry line to its last, with the records between them,
+    which its worker passes over: the byte range of a plain UTF-8 file (the worker reads it
+    itself), else that text. ``events`` yields (``_RECORD``, text), (``_FIRST_ENTRY``, None) at
+    the first entry line, and (``_CHUNK``, chunk) in order; ``entries`` counts the entry lines
+    seen, ``line_number`` the lines and ``chunk_line`` is the number of the last chunk's first
+    line.
+    """
 
     def __init__(self, handle: IO[str]) -> None:
-        self._lines = iter(handle)
+        self._handle = handle
+        self.file = _plain_file(handle)
         self.line_number = 0
+        self.entries = 0
+        self.ended = False  # the end record was read: any further record is refused
+        self.chunk_line = 0
+        # the handle's descriptor, read at explicit offsets (the handle stays where it is)
+        self.fd = None if self.file is None else handle.fileno()
+        self._by_range = self.file is not None  # chunks are byte ranges of the file
 
-    def __iter__(self) -> Iterator[str]:
-        for line in self._lines:
-            self.line_number += 1
-            if not line.isspace():  # as ``line.strip()``, without copying the line
-                yield line
+    def _blocks(self) -> Iterator[tuple[str | bytes, int, int]]:
+        """The export as (block, offset of the block in the file, where its last whole line
+        ends); the stream's last block ends where the stream does. Bytes of the file while it
+        holds no carriage return, else text read through the handle, whose newline mode then
+        decides where lines end."""
+        offset = 0
+        if self.fd is not None:
+            size = BLOCK
+            while True:
+                block = os.pread(self.fd, size, offset)
+                if b"\r" in block:
+                    self._handle.seek(offset)  # a line start: a cookie of a stateless decoder
+                    break
+                if len(block) < size:
+                    if block:
+                        yield block, offset, len(block)
+                    return
+                cut = block.rfind(b"\n") + 1
+                if cut:
+                    yield block, offset, cut
+                    offset, size = offset + cut, BLOCK
+                else:
+                    size *= 2  # a line longer than a block
+        carry = ""
+        while True:
+            text = self._handle.read(BLOCK)
+            if not text:
+                if carry:
+                    yield carry, offset, len(carry)
+                return
+            text = carry + text
+            cut = text.rfind("\n") + 1
+            carry = text[cut:]
+            if cut:
+                yield text, offset, cut
+
+    def events(self) -> Generator[tuple[int, Any], None, None]:
+        chunk = CHUNK
+        header = True  # the first record is the header, whatever it starts with
+        in_chunk = 0  # entry lines in the chunk being cut
+        begin = 0  # where it begins: in the file, or in the current block of text
+        pieces: list[str] = []  # its text from earlier blocks
+        read = 0  # where in the file the blocks read so far end
+        ended = False  # as self.ended, which the reader of the events sets
+        newline: Any = b"\n" if self._by_range else "\n"
+        mark: Any = _ENTRY if self._by_range else _ENTRY.decode()
+        for block, offset, cut in self._blocks():
+            if self._by_range and isinstance(block, str):  # the rest is read as text
+                self._by_range, newline, mark = False, "\n", _ENTRY.decode()
+                if in_chunk:
+                    assert self.fd is not None
+                    pieces.append(os.pread(self.fd, offset - begin, begin).decode("utf-8"))
+                    begin = 0
+            find, starts = block.find, block.startswith
+            position = 0
+            # the counters are kept here and stored before each event (and error)
+            line_number, entries = self.line_number, self.entries
+            while position < cut:
+                end = find(newline, position, cut)
+                if end < 0:
+                    end = cut  # the stream's last line, without its end
+                line_number += 1
+                if starts(mark, position) and not header:
+                    if ended:
+                        self.line_number = line_number
+                        raise ValueError("records after the end record")
+                    if not entries:
+                        self.line_number = line_number
+                        yield _FIRST_ENTRY, None
+                    if not in_chunk:
+                        begin = offset + position if self._by_range else position
+                        self.chunk_line = line_number
+                    entries += 1
+                    in_chunk += 1
+                    if in_chunk == chunk:
+                        self.line_number, self.entries = line_number, entries
+                        stop = min(end + 1, cut)  # after the line's end, if it has one
+                        yield _CHUNK, self._chunk(pieces, block, begin, stop, offset)
+                        in_chunk = 0
+                else:
+                    self.line_number, self.entries = line_number, entries
+                    line = block[position:end]
+                    text = line if isinstance(line, str) else line.decode("utf-8")
+                    if text and not text.isspace():
+                        if ended:
+                            raise ValueError("records after the end record")
+                        header = False
+                        yield _RECORD, text
+                        ended = self.ended  # the end record was just read
+                position = end + 1
+            self.line_number, self.entries = line_number, entries
+            read = offset + cut
+            if in_chunk and not self._by_range:  # the chunk goes on in the next block
+                pieces.append(str(block[begin:cut]))
+                begin = 0
+        if in_chunk:  # to the end of the stream (the worker passes over the records there)
+            yield _CHUNK, self._chunk(pieces, "", begin, 0, read)
+
+    def _chunk(
+        self, pieces: list[str], block: str | bytes, begin: int, end: int, offset: int
+    ) -> Chunk:
+        """The chunk from ``begin`` to ``end`` in ``block``, found at ``offset`` in the file."""
+        if self._by_range:
+            return (begin, offset + end)
+        pieces.append(str(block[begin:end]))
+        text = "".join(pieces)
+        pieces.clear()
+        return text
 
 
-def _record_type(line: str) -> str:
-    # Entry lines are the bulk: recognise them without parsing JSON in the parent.
-    if line.startswith('{"type":"entry"'):
-        return "entry"
-    record = json.loads(line)
-    if not isinstance(record, dict) or not isinstance(record.get("type"), str):
-        raise ValueError("a record is not an object with a type")
-    return str(record["type"])
+def _plain_file(handle: IO[str]) -> _ExportFile | None:
+    """The export file behind ``handle`` if workers can read their chunks from it themselves:
+    an unread regular file, opened by its path as strict UTF-8."""
+    if not hasattr(os, "pread"):
+        return None
+    try:
+        path = handle.name
+        if (
+            not isinstance(path, str)
+            or codecs.lookup(handle.encoding).name != "utf-8"  # type: ignore[attr-defined]
+            or handle.errors != "strict"  # type: ignore[attr-defined]
+            or not handle.seekable()
+            or handle.tell() != 0
+        ):
+            return None
+        found = os.fstat(handle.fileno())
+        path = os.path.abspath(path)
+        here = os.stat(path)
+    except (AttributeError, OSError, ValueError, LookupError):
+        return None
+    if not stat.S_ISREG(found.st_mode) or (here.st_dev, here.st_ino) != (
+        found.st_dev,
+        found.st_ino,
+    ):
+        return None  # not a plain file, or its path names another file now
+    return _ExportFile(path, found.st_dev, found.st_ino, found.st_size, found.st_mtime_ns)
 
 
 def _keys_from(records: list[dict[str, Any]]) -> dict[str, list[_Key]]:
@@ -509,8 +749,10 @@ class _Verifier:
             self.fail(position, FailureReason[reason], message)
         audit = self.audit
         if audit is not None:
+            observe = audit.observe
             for position, time_ns, actor, keyid, facts in result.verified:
-                for reason, message in audit.observe(position, time_ns, actor, keyid, facts):
+                problems = observe(position, time_ns, actor, keyid, facts)
+                for reason, message in problems:
                     self.fail(position, FailureReason[reason], message)
         # What depends on the chunks before, in the order a one-entry-at-a-time reading meets
         # it: at each position its date, its link, then the checkpoints of the size it makes.
@@ -598,8 +840,7 @@ class _Verifier:
                 f"checkpoint of size {size} has a root the entries do not produce",
             )
 
-    def checkpoint(self, line: str, entries_seen: int) -> None:
-        record = json.loads(line)
+    def checkpoint(self, record: dict[str, Any], entries_seen: int) -> None:
         size = int(record["size"])
         note = str(record["note"])
         self.report.checkpoints += 1
@@ -674,10 +915,40 @@ def verify_export(
     a bad export.
     """
     report = Report()
-    source = _Stream(handle)
-    stream = iter(source)
+    source = _Source(handle)
+    events = source.events()
     try:
-        header = json.loads(next(stream))
+        keys = _header(report, events, hub_keys, operator_keys)
+        if keys is None:
+            return report
+        pinned, operator_roots = keys
+        if on_header is not None:
+            on_header(report.size)
+        trusted = _trusted(report, trusted_checkpoint, pinned)
+        if trusted is None:
+            return report
+        hook = default_audit(issue_window_seconds) if audit is None else audit
+        state = _Verifier(report, pinned, trusted, progress, hook)
+        state.operator_keys = operator_roots or [k.public_key for k in pinned]
+        state.witness_policy = witness_policy
+        count = (os.cpu_count() or 1) if workers is None else workers
+        _read(state, source, events, hook, count)
+    finally:
+        events.close()
+    return report
+
+
+def _header(
+    report: Report,
+    events: Iterator[tuple[int, Any]],
+    hub_keys: Sequence[str],
+    operator_keys: Sequence[bytes],
+) -> tuple[list[NoteVerifier], list[bytes]] | None:
+    """Read the header record: the origin and size go to ``report``; returns the hub keys to
+    trust and the operator's first keys, or None if the header is bad (reported)."""
+    try:
+        _, line = next(events)
+        header = json.loads(line)
         if header.get("format") != FORMAT or header.get("version") != VERSION:
             raise ValueError(f"not a {FORMAT} version {VERSION} stream")
         report.origin = str(header["origin"])
@@ -689,84 +960,96 @@ def verify_export(
         ]
     except (StopIteration, ValueError, KeyError, TypeError, CheckpointError, binascii.Error) as exc:
         report.failures.append(Failure(None, FailureReason.MALFORMED_EXPORT, f"bad header: {exc}"))
-        return report
-    if on_header is not None:
-        on_header(report.size)
-    trusted = _trusted(report, trusted_checkpoint, pinned)
-    if trusted is None:
-        return report
-    hook = default_audit(issue_window_seconds) if audit is None else audit
-    state = _Verifier(report, pinned, trusted, progress, hook)
-    state.operator_keys = operator_roots or [k.public_key for k in pinned]
-    state.witness_policy = witness_policy
+        return None
+    return pinned, operator_roots
+
+
+def _read(
+    state: _Verifier,
+    source: _Source,
+    events: Iterator[tuple[int, Any]],
+    hook: EntryAudit,
+    count: int,
+) -> None:
+    """Check the export after its header, the entries in a pool of ``count`` worker processes
+    (none: in this one), the records here; problems go to ``state.report``."""
+    report = state.report
     key_records: list[dict[str, Any]] = []
-    chunk: list[str] = []
     chunk_start = 0
-    entries_seen = 0
     ended: dict[str, Any] | None = None
     pool: ProcessPoolExecutor | None = None
-    pending: deque[Future[ChunkResult]] = deque()
+    # each chunk's result to come, with the chunk's first line and its count of entries
+    pending: deque[tuple[Future[ChunkResult], int, int]] = deque()
     keys: dict[str, list[_Key]] | None = None
-    count = (os.cpu_count() or 1) if workers is None else workers
     in_process = False  # this process's worker state is set up
 
-    def submit() -> None:
-        nonlocal pool, chunk, chunk_start, in_process
+    def take(result: Callable[[], ChunkResult], first_line: int, entries: int) -> None:
+        try:
+            found = result()
+        except _NotText as exc:
+            raise _AtLine(f"line {first_line + exc.line}: {exc}") from None
+        if found.entries != entries:  # the worker read other bytes than this process
+            raise _AtLine(f"line {first_line}: the export changed while it was verified")
+        state.absorb(found)
+
+    def submit(chunk: Chunk, entries: int) -> None:
+        nonlocal pool, chunk_start, in_process
         assert keys is not None
-        if count > 0 and pool is None and (len(chunk) == CHUNK or pending):
-            pool = ProcessPoolExecutor(count, initializer=_init_worker, initargs=(keys, hook))
+        if count > 0 and pool is None and (entries == CHUNK or pending):
+            pool = ProcessPoolExecutor(
+                count, initializer=_init_worker, initargs=(keys, hook, source.file)
+            )
+        start, first_line = chunk_start, source.chunk_line
         if pool is None:
             if not in_process:
-                _init_worker(keys, hook)
+                _init_worker(keys, hook, source.fd)
                 in_process = True
-            state.absorb(_check_chunk(chunk_start, chunk))
+            take(lambda: _check_chunk(start, chunk), first_line, entries)
         else:
-            pending.append(pool.submit(_check_chunk, chunk_start, chunk))
+            pending.append((pool.submit(_check_chunk, start, chunk), first_line, entries))
             while len(pending) > 2 * count:
-                state.absorb(pending.popleft().result())
-        chunk_start += len(chunk)
-        chunk = []
+                future, line, expected = pending.popleft()
+                take(future.result, line, expected)
+        chunk_start += entries
 
     try:
-        for line in stream:
-            if ended is not None:
-                raise ValueError("records after the end record")
-            kind = _record_type(line)
-            if kind == "entry":
-                if keys is None:
-                    keys = _start(state, key_records)
-                chunk.append(line)
-                entries_seen += 1
-                if len(chunk) == CHUNK:
-                    submit()
-            elif kind == "checkpoint":
-                # Only registered here; checked when the tree reaches its size, so the
-                # workers keep streaming.
-                state.checkpoint(line, entries_seen)
-            elif kind == "key":
-                if keys is not None:
-                    raise ValueError("key records must come before entries")
-                key_records.append(json.loads(line))
-            elif kind == "end":
-                ended = json.loads(line)
+        for kind, item in events:
+            if kind == _CHUNK:
+                submit(item, source.entries - chunk_start)
+            elif kind == _FIRST_ENTRY:
+                keys = _start(state, key_records)
             else:
-                raise ValueError(f"unknown record type {kind!r}")
+                record = json.loads(item)
+                if not isinstance(record, dict) or not isinstance(record.get("type"), str):
+                    raise ValueError("a record is not an object with a type")
+                if record["type"] == "checkpoint":
+                    # Only registered here; checked when the tree reaches its size, so the
+                    # workers keep streaming.
+                    state.checkpoint(record, source.entries)
+                elif record["type"] == "key":
+                    if keys is not None:
+                        raise ValueError("key records must come before entries")
+                    key_records.append(record)
+                elif record["type"] == "end":
+                    ended = record
+                    source.ended = True
+                else:
+                    raise ValueError(f"unknown record type {record['type']!r}")
         if keys is None:
             keys = _start(state, key_records)
-        if chunk:
-            submit()
         while pending:
-            state.absorb(pending.popleft().result())
+            future, line, expected = pending.popleft()
+            take(future.result, line, expected)
     except (ValueError, KeyError, TypeError, binascii.Error) as exc:
-        report.failures.append(
-            Failure(None, FailureReason.MALFORMED_EXPORT, f"line {source.line_number}: {exc}")
-        )
-        return report
+        message = str(exc) if isinstance(exc, _AtLine) else f"line {source.line_number}: {exc}"
+        report.failures.append(Failure(None, FailureReason.MALFORMED_EXPORT, message))
+        return
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
+        if in_process:
+            _init_worker({}, None)  # forget the export file, whose descriptor closes
     _finish(state, ended)
-    return report
 
 
 def _start(state: _Verifier, records: list[dict[str, Any]]) -> dict[str, list[_Key]]:

@@ -837,3 +837,102 @@ def test_checkpoint_roots_inside_and_at_the_ends_of_chunks_are_checked(
     found = _failures_by_cut(wrong, monkeypatch)
     assert found[0] == [(size - 1, FailureReason.ROOT_MISMATCH)]
     assert all(failures == found[0] for failures in found), found
+
+
+# ---------------------------------------------------------------- an export file
+
+
+def _verify_file(path: Path, **kw: object) -> Report:
+    with path.open(encoding="utf-8") as handle:
+        assert verify_module._plain_file(handle) is not None  # the workers read the file
+        return verify_export(handle, **kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("sequence", [64, 144, LARGE])
+def test_workers_reading_the_export_file_find_what_a_stream_shows(
+    large: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path, sequence: int
+) -> None:
+    # From a plain file each worker reads its chunk itself, by byte range; the parent reads
+    # the file in blocks, which chunks and lines straddle here.
+    bad = _rewrite(large, _entry_index(large, sequence), _shift_time)
+    path = tmp_path / "export.jsonl"
+    path.write_text("".join(bad), encoding="utf-8")
+    monkeypatch.setattr(verify_module, "BLOCK", 4000)
+    streamed = _failures_by_cut(bad, monkeypatch)
+    for (chunk, workers), expected in zip(CUTS, streamed, strict=True):
+        monkeypatch.setattr(verify_module, "CHUNK", chunk)
+        report = _verify_file(path, workers=workers)
+        assert [(f.sequence, f.reason) for f in report.failures] == expected, (chunk, workers)
+        assert report.entries == LARGE + 1
+    assert streamed[0]
+
+
+def test_an_export_file_with_crlf_line_ends_verifies(
+    large: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Lines read as text end where the handle's newline mode says: from the first carriage
+    # return on, the parent reads the file as text and hands the workers text.
+    path = tmp_path / "export.jsonl"
+    path.write_bytes(
+        "".join(large[:500]).encode() + "".join(large[500:]).encode().replace(b"\n", b"\r\n")
+    )
+    monkeypatch.setattr(verify_module, "BLOCK", 4000)
+    monkeypatch.setattr(verify_module, "CHUNK", 64)
+    report = _verify_file(path, workers=2)
+    assert report.ok, report.first_failure
+    assert report.entries == LARGE + 1 and report.signatures == LARGE + 1
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_an_entry_line_of_the_export_file_that_is_not_utf8_is_a_malformed_export(
+    large: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path, workers: int
+) -> None:
+    index = _entry_index(large, 300)
+    data = [line.encode() for line in large]
+    data[index] = data[index][:60] + b"\xff" + data[index][61:]
+    path = tmp_path / "export.jsonl"
+    path.write_bytes(b"".join(data))
+    monkeypatch.setattr(verify_module, "CHUNK", 64)
+    report = _verify_file(path, workers=workers)
+    _assert_fails(report, None, FailureReason.MALFORMED_EXPORT)
+    assert f"line {index + 1}:" in str(report.first_failure)
+
+
+def _malformed(lines: list[str], tmp_path: Path, source: str, workers: int) -> str:
+    """The one failure of ``lines`` read from a stream or a file: a malformed export."""
+    if source == "stream":
+        report = _verify(lines, workers=workers)
+    else:
+        path = tmp_path / "export.jsonl"
+        path.write_text("".join(lines), encoding="utf-8")
+        report = _verify_file(path, workers=workers)
+    assert [f.reason for f in report.failures if f.sequence is None] == [
+        FailureReason.MALFORMED_EXPORT
+    ], report.failures
+    return str(report.first_failure)
+
+
+@pytest.mark.parametrize(("source", "workers"), [("stream", 0), ("file", 0), ("file", 2)])
+def test_records_out_of_place_are_a_malformed_export_at_their_line(
+    world: World, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, source: str, workers: int
+) -> None:
+    monkeypatch.setattr(verify_module, "CHUNK", 4)
+    lines = world.export()
+    # blank lines count as lines and are passed over: the export still verifies
+    spaced = [*lines[:3], "\n", "  \n", *lines[3:]]
+    path = tmp_path / "spaced.jsonl"
+    path.write_text("".join(spaced), encoding="utf-8")
+    assert (_verify(spaced) if source == "stream" else _verify_file(path, workers=workers)).ok
+    entry = next(line for line in lines if line.startswith('{"type":"entry"'))
+    key = next(line for line in lines if line.startswith('{"type":"key"'))
+    after_end = [*spaced, entry]
+    assert f"line {len(after_end)}: records after the end record" in _malformed(
+        after_end, tmp_path, source, workers
+    )
+    late_key = [*spaced[:12], key, *spaced[12:]]
+    assert "line 13: key records must come before entries" in _malformed(
+        late_key, tmp_path, source, workers
+    )
+    unknown = [*spaced[:20], '{"type":"gossip"}\n', *spaced[20:]]
+    assert "line 21: unknown record type 'gossip'" in _malformed(unknown, tmp_path, source, workers)
+    assert "bad header" in _malformed(["\n"], tmp_path, source, workers)
