@@ -25,7 +25,6 @@ from exchange.flows.record import ReadBack, record, record_change, with_receipt
 from exchange.membership import Role
 from exchange.policy.identity import Caller
 from exchange.policy.roles import person_facing
-from exchange.store.materials import Proposal
 from exchange.store.objections import ObjectionRecord
 from exchange.v1 import common_pb2, exchange_pb2, ledger_pb2
 
@@ -94,7 +93,7 @@ async def file_objection(
                 f"no {material_type.id!r} is on file for this subject: nothing to object to",
             )
         filed = now_us()
-        proposal = Proposal(
+        proposal = ObjectionRecord(
             id="o-" + uuid.uuid4().hex[:24],
             material_type=material_type.id,
             reference=current.reference,

@@ -48,7 +48,8 @@ from exchange.policy.identity import Caller
 from exchange.policy.roles import person_facing
 from exchange.routing.deadline import call_deadline
 from exchange.routing.provider import MARGIN_SECONDS, forwarded_id
-from exchange.store.materials import IndexedMaterial, Proposal
+from exchange.store.materials import IndexedMaterial
+from exchange.store.objections import ObjectionRecord
 from exchange.v1 import common_pb2, exchange_pb2, ledger_pb2
 
 if TYPE_CHECKING:
@@ -301,9 +302,9 @@ def _proposal(
     material_type: MaterialType,
     current: IndexedMaterial,
     fields: dict[str, str],
-) -> Proposal:
+) -> ObjectionRecord:
     """A correction proposal to the owner (filed with the submission's entry)."""
-    proposal = Proposal(
+    proposal = ObjectionRecord(
         id="o-" + uuid.uuid4().hex[:24],
         material_type=material_type.id,
         reference=current.reference,

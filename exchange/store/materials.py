@@ -20,6 +20,7 @@ from sqlalchemy.pool import PoolProxiedConnection
 from exchange.crypto.sealing import AtRest
 from exchange.store.exchange_tables import material_fields, materials, objections
 from exchange.store.loop_connections import AsyncConnections
+from exchange.store.objections import ObjectionRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,22 +35,6 @@ class IndexedMaterial:
     holder: str
     submitted_by: str
     field_hashes: Mapping[str, bytes] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class Proposal:
-    """A correction proposal filed against a material, waiting for its owner."""
-
-    id: str
-    material_type: str
-    reference: str
-    subject_ref: bytes
-    filed_by: str
-    owner: str
-    reason: str
-    proposed_fields: Mapping[str, str]
-    filed_us: int
-    deadline_us: int
 
 
 # Built once: constructing a statement per call costs more CPU than executing it (the hot path
@@ -243,9 +228,10 @@ class MaterialIndex:
         if rows:
             conn.execute(insert(material_fields), rows)
 
-    def add_proposal(self, conn: Connection, proposal: Proposal) -> None:
-        """Record a correction proposal (state OPEN) for the owner, its reason and proposed
-        values sealed (exchange.crypto.sealing.AtRest, bound to the proposal's id).
+    def add_proposal(self, conn: Connection, proposal: ObjectionRecord) -> None:
+        """Record a correction proposal or objection (as filed: state OPEN) for the owner, its
+        reason and proposed values sealed (exchange.crypto.sealing.AtRest, bound to its id);
+        read back through ``exchange.store.objections.Objections``.
 
         Raises RuntimeError if the index was opened without an at-rest key."""
         if self.at_rest is None:
@@ -263,35 +249,10 @@ class MaterialIndex:
                 owner=proposal.owner,
                 reason=self.at_rest.seal_text(proposal.reason, proposal.id),
                 proposed_fields=self.at_rest.seal_text(values, proposal.id),
-                state="OPEN",
+                state=proposal.state,
                 filed_us=proposal.filed_us,
                 deadline_us=proposal.deadline_us,
-                resolution="",
-                resolved_us=None,
+                resolution=proposal.resolution,
+                resolved_us=proposal.resolved_us,
             )
         )
-
-    def proposals_for(self, owner: str) -> list[Proposal]:
-        """Open proposals against ``owner``'s material, oldest first."""
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(objections)
-                .where(objections.c.owner == owner, objections.c.state == "OPEN")
-                .order_by(objections.c.filed_us)
-            ).all()
-        open_text = self.at_rest.open_text if self.at_rest else lambda text, _context: text
-        return [
-            Proposal(
-                id=r.id,
-                material_type=r.material_type,
-                reference=r.reference,
-                subject_ref=bytes(r.subject_ref),
-                filed_by=r.filed_by,
-                owner=r.owner,
-                reason=open_text(r.reason, r.id),
-                proposed_fields=json.loads(open_text(r.proposed_fields, r.id)),
-                filed_us=r.filed_us,
-                deadline_us=r.deadline_us,
-            )
-            for r in rows
-        ]

@@ -14,7 +14,8 @@ from exchange.store.exchange_tables import objections
 
 @dataclass(frozen=True, slots=True)
 class ObjectionRecord:
-    """An objection as stored; ``proposed_fields`` are values in flight to the owner."""
+    """An objection or correction proposal, as filed (state OPEN) or as stored since;
+    ``proposed_fields`` are values in flight to the owner."""
 
     id: str
     material_type: str
@@ -24,11 +25,11 @@ class ObjectionRecord:
     owner: str
     reason: str
     proposed_fields: dict[str, str]
-    state: str
     filed_us: int
     deadline_us: int
-    resolution: str
-    resolved_us: int | None
+    state: str = "OPEN"
+    resolution: str = ""
+    resolved_us: int | None = None
 
 
 def _record(row: Row[Any], at_rest: AtRest) -> ObjectionRecord:

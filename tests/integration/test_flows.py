@@ -337,7 +337,7 @@ async def test_changed_content_from_another_department_is_a_correction_proposal(
     await grant(world)
     material = await world.clients[SOCIAL].request(MARRIAGE, ANNA, purpose=ASSISTANCE)
     assert material.fields == {"marital_status": "married"}
-    proposals = world.hub.server.hub.index.proposals_for(CIVIL)
+    proposals = world.hub.server.hub.objections.for_owner(CIVIL, open_only=True)
     assert [p.id for p in proposals] == [answer.objection_id]
 
 
