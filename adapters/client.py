@@ -816,8 +816,9 @@ class HubClient:
     ) -> envelope_pb2.Envelope:
         """A signed Submit (see ``submit``) for ``submit_signed``. Kept and sent again
         unchanged, after the call that sent it ended, it gets the hub's first answer to it
-        while the hub keeps that answer (docs/api.md, "Request ids and retries"); signed anew
-        under the same request id, it would be refused REQUEST_ID_REUSED."""
+        within the hub's replay window (docs/api.md, "Request ids and retries"; later it is
+        refused STALE_REQUEST); signed anew under the same request id, it is refused
+        REQUEST_ID_REUSED once the hub took the first."""
         body = exchange_pb2.SubmitRequest(
             material_type=material_type, subject_id=subject_id, fields=dict(fields)
         )

@@ -8,7 +8,7 @@ the servicer layer maps it to a gRPC status plus ``google.rpc.ErrorInfo`` in one
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from exchange.v1 import common_pb2
 
@@ -59,6 +59,12 @@ class EntryFacts:
     reference: str = ""
     version: int = 0
     attributes: dict[str, str] = field(default_factory=dict)
+
+    def copy(self, **attributes: str) -> EntryFacts:
+        """A copy, with ``attributes`` added, for what only the call's own entry says (its
+        outcome's facts): a refusal raised while that entry is recorded says only what the
+        call had learned, not what it would have answered."""
+        return replace(self, attributes={**self.attributes, **attributes})
 
     def fill(self, known: EntryFacts) -> None:
         """Take from ``known`` each fact this one does not hold yet (an empty value, an

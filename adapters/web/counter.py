@@ -268,6 +268,7 @@ class Counter:
             "entered",
             "plan",
             "signed",
+            "submitted",
             "outcomes",
             "receipt",
             "confirmation",
@@ -329,6 +330,9 @@ class Counter:
             v.name: v.label for v in views if v.state.asked and v.required and not entered[v.name]
         }
         session.data["entered"] = entered
+        # Values posted again end the plan made from the earlier ones (and what it signed).
+        for key in ("plan", "signed", "submitted"):
+            session.data.pop(key, None)
         if errors:
             return self.pages.render(
                 request,
@@ -341,7 +345,6 @@ class Counter:
                 errors=errors,
             )
         # One request id per material type, fixed now: confirming twice submits once.
-        session.data.pop("signed", None)
         session.data["plan"] = {
             material_type: (uuid.uuid4().hex, fields)
             for material_type, fields in submissions(views, entered).items()
@@ -421,11 +424,15 @@ class Counter:
         request_id: str,
         fields: dict[str, str],
     ) -> SubmitResult:
-        """One Submit of the confirmed plan. Its signed bytes are kept in the session, so
-        confirming again (after a refusal of another material type, a reload) sends the same
-        bytes and the hub answers a Submit it already took with its first answer. Bytes the hub
-        finds too old to accept (STALE_REQUEST, refused before the request id is claimed) are
-        signed anew under the same id."""
+        """One Submit of the confirmed plan, answered once. Its answer is kept in the session:
+        confirming again (after a refusal of another material type, a reload) does not send a
+        Submit that was answered. Its signed bytes are kept too, so one whose answer was lost
+        (a deadline) is sent again unchanged and the hub answers with its first answer, if it
+        took it. Bytes the hub finds too old to accept (STALE_REQUEST, refused before the
+        request id is claimed) are signed anew under the same id."""
+        answered: dict[str, SubmitResult] = session.data.setdefault("submitted", {})
+        if material_type in answered:
+            return answered[material_type]
         client = self.pages.client
         signed: dict[str, envelope_pb2.Envelope] = session.data.setdefault("signed", {})
         for again in (False, True):
@@ -438,7 +445,8 @@ class Counter:
                     assertion=person.assertion,
                 )
             try:
-                return await client.submit_signed(signed[material_type])
+                answered[material_type] = await client.submit_signed(signed[material_type])
+                return answered[material_type]
             except Refused as error:
                 if again or error.reason != "STALE_REQUEST":
                     raise

@@ -114,17 +114,18 @@ async def check(
                 version=current.version,
                 holder=current.holder,
             )
-            known.reference, known.version = current.reference, current.version
-            known.content_hash = current.content_hash
-        known.material_type, known.purpose = material_type.id, body.purpose
-        known.attributes["on_file"] = "true" if current else "false"
+        said = known.copy(on_file="true" if current else "false")
+        said.material_type, said.purpose = material_type.id, body.purpose
+        if current is not None:
+            said.reference, said.version = current.reference, current.version
+            said.content_hash = current.content_hash
 
         # The answer is built in the entry's transaction, and stored with it for retries.
         receipt = await record(
             hub.ledger,
             caller,
             ledger_pb2.CHECK,
-            facts=known,
+            facts=said,
             answer=with_receipt(answer),
         )
     return with_receipt(answer)(receipt)

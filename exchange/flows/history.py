@@ -96,12 +96,11 @@ async def access_history(
             if entry.kind in SUBJECT_KINDS
         ]
         response = exchange_pb2.AccessHistoryResponse(records=records)
-        known.attributes["records"] = str(len(records))
         receipt = await record(
             hub.ledger,
             caller,
             ledger_pb2.ACCESS_HISTORY,
-            facts=known,
+            facts=known.copy(records=str(len(records))),
             answer=with_receipt(response),
         )
     return with_receipt(response)(receipt)

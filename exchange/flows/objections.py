@@ -109,11 +109,10 @@ async def file_objection(
             lambda conn: hub.index.add_proposal(conn, proposal),
             lambda conn: hub.objections.get(proposal.id, conn),
         )
-        known.reference, known.version = current.reference, current.version
-        known.attributes["objection_id"] = proposal.id
-        known.attributes["deadline_us"] = str(proposal.deadline_us)
+        said = known.copy(objection_id=proposal.id, deadline_us=str(proposal.deadline_us))
+        said.reference, said.version = current.reference, current.version
         return await record_change(
-            hub.ledger, caller, ledger_pb2.OBJECTION_FILING, file, _objection_response, known
+            hub.ledger, caller, ledger_pb2.OBJECTION_FILING, file, _objection_response, said
         )
 
 
@@ -193,10 +192,10 @@ async def resolve_objection(
                 )
 
         resolve = ReadBack(resolve_open, lambda conn: hub.objections.get(objection_id, conn))
-        known.version = version
-        known.attributes["state"] = state
+        said = known.copy(state=state)
+        said.version = version
         return await record_change(
-            hub.ledger, caller, ledger_pb2.OBJECTION_RESOLUTION, resolve, _objection_response, known
+            hub.ledger, caller, ledger_pb2.OBJECTION_RESOLUTION, resolve, _objection_response, said
         )
 
 

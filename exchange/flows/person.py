@@ -295,15 +295,15 @@ async def confirm_form(
             raise errors.InvalidArgument(
                 common_pb2.INVALID_ARGUMENT_FIELD, "completed_sha256 must be 32 bytes"
             )
-        known.attributes["completed_sha256"] = body.completed_sha256.hex()
+        said = known.copy(completed_sha256=body.completed_sha256.hex())
         if body.prefill_sequence:
-            known.attributes["prefill_sequence"] = str(body.prefill_sequence)
+            said.attributes["prefill_sequence"] = str(body.prefill_sequence)
         response = person_pb2.ConfirmFormResponse()
         receipt = await record(
             hub.ledger,
             caller,
             ledger_pb2.FORM_CONFIRMATION,
-            facts=known,
+            facts=said,
             answer=with_receipt(response),
         )
     return with_receipt(response)(receipt)

@@ -214,9 +214,7 @@ async def prefill(
             for p in parts.values()
             if p.material_type is not None and p.permit is not None and p.values is not None
         ]
-        known.material_type = used[0] if len(used) == 1 else ""
-        known.counterparty = ",".join(sorted({f.holder for f in response.fields}))[:128]
-        known.attributes.update(
+        said = known.copy(
             form=form.id,
             material_types=",".join(used),
             filled=str(len(response.fields)),
@@ -224,15 +222,17 @@ async def prefill(
             withheld=str(len(response.withheld)),
             unavailable=str(len(response.unavailable)),
         )
+        said.material_type = used[0] if len(used) == 1 else ""
+        said.counterparty = ",".join(sorted({f.holder for f in response.fields}))[:128]
         if latencies:
-            known.attributes["provider_latency_ms"] = f"{max(latencies):.1f}"
+            said.attributes["provider_latency_ms"] = f"{max(latencies):.1f}"
         if failures:
-            known.attributes["failures"] = ",".join(f"{t}:{r}" for t, r in sorted(failures.items()))
+            said.attributes["failures"] = ",".join(f"{t}:{r}" for t, r in sorted(failures.items()))
         receipt = await record(
             hub.ledger,
             caller,
             ledger_pb2.PREFILL,
-            facts=known,
+            facts=said,
             shares=shares,
             answer=with_receipt(response),
         )

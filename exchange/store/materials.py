@@ -238,6 +238,8 @@ class MaterialIndex:
             raise RuntimeError(
                 "this index was opened without an at-rest key: it stores no proposals"
             )
+        if proposal.state != "OPEN" or proposal.resolution or proposal.resolved_us is not None:
+            raise ValueError("a proposal is recorded as filed: OPEN, not resolved")
         values = json.dumps(dict(proposal.proposed_fields), ensure_ascii=False, sort_keys=True)
         conn.execute(
             insert(objections).values(
@@ -249,10 +251,10 @@ class MaterialIndex:
                 owner=proposal.owner,
                 reason=self.at_rest.seal_text(proposal.reason, proposal.id),
                 proposed_fields=self.at_rest.seal_text(values, proposal.id),
-                state=proposal.state,
+                state="OPEN",
                 filed_us=proposal.filed_us,
                 deadline_us=proposal.deadline_us,
-                resolution=proposal.resolution,
-                resolved_us=proposal.resolved_us,
+                resolution="",
+                resolved_us=None,
             )
         )

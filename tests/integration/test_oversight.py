@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import pytest
 
@@ -179,3 +181,39 @@ async def test_objection_to_material_not_on_file_is_not_found(world: World) -> N
     with pytest.raises(Refused) as caught:
         await file(world, subject=CARL)
     assert (caught.value.code, caught.value.reason) == (grpc.StatusCode.NOT_FOUND, "NOT_ON_FILE")
+
+
+async def test_resolutions_racing_for_one_objection_record_one_outcome(world: World) -> None:
+    """The owner resolves one objection from several calls at once: one is the resolution, the
+    others are refused ALREADY_RESOLVED (at the check, or in the entry's transaction when they
+    passed it together), and a refused one's entry does not read like a resolution."""
+    from exchange.v1 import ledger_pb2
+
+    objection = await file(world)
+
+    async def resolve(n: int) -> object:
+        body = exchange_pb2.ResolveObjectionRequest(
+            objection_id=objection.id,
+            state=exchange_pb2.REJECTED,
+            resolution=f"the registry shows no dissolution ({n})",
+        )
+        try:
+            return await world.clients[CIVIL].call(RESOLVE, body, exchange_pb2.ObjectionResponse)
+        except Refused as error:
+            return error
+
+    results = await asyncio.gather(*(resolve(n) for n in range(6)))
+    served = [r for r in results if isinstance(r, exchange_pb2.ObjectionResponse)]
+    refusals = [r for r in results if isinstance(r, Refused)]
+    assert len(served) == 1 and len(refusals) == 5
+    assert {(r.code, r.reason) for r in refusals} == {
+        (grpc.StatusCode.FAILED_PRECONDITION, "ALREADY_RESOLVED")
+    }
+    resolutions = [e for e in world.ledger_entries() if e.kind == ledger_pb2.OBJECTION_RESOLUTION]
+    assert [e.outcome for e in resolutions].count(ledger_pb2.OK) == 1
+    for entry in resolutions:
+        assert entry.attributes["objection_id"] == objection.id
+        if entry.outcome != ledger_pb2.OK:
+            assert "state" not in entry.attributes and entry.version == 0
+    stored = next(e for e in resolutions if e.outcome == ledger_pb2.OK)
+    assert stored.attributes["state"] == "REJECTED"

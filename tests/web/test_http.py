@@ -278,3 +278,27 @@ def test_confirming_again_after_a_refusal_answers_each_submit_as_the_first_time(
             for e in submits
             if e.outcome != ledger_pb2.OK
         ] == [(data.LICENCE, "INVALID_ARGUMENT_FIELD")]
+
+
+def test_values_posted_again_end_the_plan_made_from_the_earlier_ones(
+    visitor: Visitor, stack: WebStack
+) -> None:
+    """Back on the form, values posted again (here with a required one left out) end the
+    previewed plan: confirming then submits nothing, neither the earlier values nor the new."""
+    visitor.post("/counter/sign-in", {"account": CLERK, "password": CLERK_PASSWORD}, "/counter")
+    visitor.post("/counter/form", {"form_id": data.FORM_ID}, "/counter")
+    visitor.post("/counter/person", {"subject_id": data.WANG_WU}, "/counter/person")
+    first = {"f_marital_status": "single", "action": "preview"}
+    assert visitor.post("/counter/fill", first, "/counter/fill").headers["location"] == (
+        "/counter/preview"
+    )
+    again = visitor.post(
+        "/counter/fill", {"f_marital_status": "", "action": "preview"}, "/counter/fill"
+    )
+    assert again.status_code == 400
+    hub = stack.story.hub.hub
+    size = hub.ledger.size()
+    confirm = visitor.post("/counter/confirm", {}, "/counter/fill")
+    assert confirm.status_code == 303 and confirm.headers["location"] == "/counter"
+    added = [s.decode() for s in hub.ledger.entries(size, hub.ledger.size())]
+    assert [e for e in added if e.kind == ledger_pb2.SUBMIT] == []
