@@ -435,22 +435,26 @@ class Counter:
             return answered[material_type]
         client = self.pages.client
         signed: dict[str, envelope_pb2.Envelope] = session.data.setdefault("signed", {})
-        for again in (False, True):
-            if again or material_type not in signed:
-                signed[material_type] = client.submission(
-                    material_type,
-                    person.subject_id,
-                    fields,
-                    request_id=request_id,
-                    assertion=person.assertion,
-                )
-            try:
-                answered[material_type] = await client.submit_signed(signed[material_type])
-                return answered[material_type]
-            except Refused as error:
-                if again or error.reason != "STALE_REQUEST":
-                    raise
-        raise AssertionError("unreachable: the second attempt returns or raises")
+
+        def sign() -> envelope_pb2.Envelope:
+            signed[material_type] = client.submission(
+                material_type,
+                person.subject_id,
+                fields,
+                request_id=request_id,
+                assertion=person.assertion,
+            )
+            return signed[material_type]
+
+        try:
+            kept = signed.get(material_type)
+            result = await client.submit_signed(kept if kept is not None else sign())
+        except Refused as error:
+            if error.reason != "STALE_REQUEST":
+                raise
+            result = await client.submit_signed(sign())
+        answered[material_type] = result
+        return result
 
     async def done_page(self, request: Request) -> Response:
         session = self._staff(request)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import functools
 import hashlib
 import time
@@ -368,9 +367,8 @@ class Pipeline:
         if error.ledger_sequence is not None:
             return to_status(error, error.ledger_sequence)
         who: Caller | Claim
-        facts = dataclasses.replace(error.facts, attributes=dict(error.facts.attributes))
+        facts = error.facts.copy(method=method.name)
         attributes = facts.attributes
-        attributes["method"] = method.name
         if caller is not None and error.store_envelope:
             who, kind = caller, method.kind
         elif caller is not None:

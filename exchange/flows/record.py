@@ -191,9 +191,7 @@ async def record_change(
     def answer(receipt: common_pb2.Receipt) -> Receipted:
         stored = change.value
         assert stored is not None  # written in the same transaction
-        response = respond(stored)
-        response.receipt.CopyFrom(receipt)  # type: ignore[attr-defined]
-        return response
+        return with_receipt(respond(stored))(receipt)
 
     receipt = await record(ledger, caller, kind, effect=change, answer=answer, facts=facts)
     return answer(receipt)

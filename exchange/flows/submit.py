@@ -25,7 +25,6 @@ import hashlib
 import uuid
 import weakref
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -197,8 +196,8 @@ async def submit(
             name = exchange_pb2.SubmitOutcome.Name(outcome)
             # The entry names the version on file too when nothing is stored (a refusal after
             # this point names only what the call stored).
-            said = replace(known, reference=reference, version=version)
-            said.attributes = {**known.attributes, "submit": name}
+            said = known.copy(submit=name)
+            said.reference, said.version = reference, version
             if objection_id:
                 said.attributes["objection_id"] = objection_id
             answer = exchange_pb2.SubmitResponse(
