@@ -34,13 +34,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from itertools import compress
+from typing import TYPE_CHECKING, NamedTuple
 
 from google.protobuf.message import DecodeError
 
 from exchange.audit import binding
 from exchange.crypto.keys import keyid as keyid_of
 from exchange.v1 import envelope_pb2, ledger_pb2, registry_pb2
+
+if TYPE_CHECKING:
+    from exchange.audit.verify import Verified
 
 Problem = tuple[str, str]  # (FailureReason member name, message)
 
@@ -87,6 +91,7 @@ class Seen(NamedTuple):
 
 
 _NOTHING = Seen("", None)
+_PLAIN = frozenset({str, type(None)})  # the facts of an entry that registers nothing
 _PURGE_EVERY = 65536
 
 
@@ -309,6 +314,57 @@ class RegistryAudit:
             )
         return problems
 
+    def observe_chunk(self, verified: Verified) -> list[tuple[int, str, str]]:
+        """``observe`` for a chunk's entries, in log order: problems by position. Most chunks
+        hold no registry entry, no entry of the operator, no key with a revocation or rotation
+        on record and no request id seen before; for them the whole chunk is checked at once,
+        in C-level set and dictionary operations. Any other chunk is observed an entry at a
+        time, from the same state (the quick check changes nothing unless it passes)."""
+        if self._quiet(verified):
+            return []
+        found: list[tuple[int, str, str]] = []
+        for sequence, time_ns, actor, keyid, facts in zip(*verified, strict=True):
+            for reason, message in self.observe(sequence, time_ns, actor, keyid, facts):
+                found.append((sequence, reason, message))
+        return found
+
+    def _quiet(self, verified: Verified) -> bool:
+        """True, with the state updated as ``observe`` would, if no entry of the chunk can
+        have a problem here or changes the key history (see ``observe_chunk``)."""
+        positions, times, actors, keyids, facts = verified
+        if not positions:
+            return True
+        if not set(map(type, facts)) <= _PLAIN:
+            return False  # a registry entry: learns or checks the key history in order
+        for key in set(zip(actors, keyids, strict=True)):
+            introduced = self._introduced.get(key)
+            if (
+                key[0] == self.operator
+                or introduced is None
+                or introduced[1] != self._record_keys.get(key)
+                or key in self._revoked
+                or key in self._rotated_out
+            ):
+                return False
+        # every (actor, request id) once: new in the chunk and not recorded recently
+        claims = zip(actors, facts, strict=True)
+        at = zip(positions, times, strict=True)
+        claimed = list(compress(zip(claims, at, strict=True), facts))
+        first = dict(claimed)
+        if len(first) != len(claimed) or not self._recent.keys().isdisjoint(first):
+            return False
+        self._recent.update(first)
+        if len(self._recent) >= self._purge_at:
+            self._purge(times[-1])
+        return True
+
+    def _purge(self, time_ns: int) -> None:
+        """Forget request ids too old for a replay of theirs to pass the window check, in
+        bulk: the parent's per-entry work stays a dictionary lookup and insert."""
+        horizon = time_ns - 2 * self.issue_window_ns - CALL_ALLOWANCE_NS
+        self._recent = {k: v for k, v in self._recent.items() if v[1] >= horizon}
+        self._purge_at = max(_PURGE_EVERY, 2 * len(self._recent))
+
     def _once(self, sequence: int, time_ns: int, key: tuple[str, str]) -> Problem | None:
         recent = self._recent
         earlier = recent.get(key)
@@ -320,11 +376,7 @@ class RegistryAudit:
             )
         recent[key] = (sequence, time_ns)
         if len(recent) >= self._purge_at:
-            # Forget request ids too old for a replay of theirs to pass the window check,
-            # in bulk: the parent's per-entry work stays a dictionary lookup and insert.
-            horizon = time_ns - 2 * self.issue_window_ns - CALL_ALLOWANCE_NS
-            self._recent = {k: v for k, v in self._recent.items() if v[1] >= horizon}
-            self._purge_at = max(_PURGE_EVERY, 2 * len(self._recent))
+            self._purge(time_ns)
         return None
 
     def _operator_standing(self, time_ns: int, actor: str, keyid: str) -> list[Problem]:
